@@ -1,0 +1,281 @@
+"""A local single-node Apache Kafka broker (KRaft) for development, demos and tests.
+
+Kafka ships no PyPI package and no Docker engine runs here, so the broker is assembled from
+Maven Central jars (resolved once with Maven, cached under ``~/.cache/waxflow``) and run with
+the machine's Java. ``start`` formats storage on first use, starts the broker in the
+background and returns only once an AdminClient answers; ``stop`` stops only the process whose
+pid it wrote. Transactions and share groups (KIP-932) work on it: the single-node settings for
+``__transaction_state`` and ``__share_group_state`` are part of the generated config.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "4.2.0"
+SLF4J_VERSION = "2.0.17"
+DEFAULT_PORT = 9092
+DEFAULT_CONTROLLER_PORT = 9093
+
+
+class BrokerError(RuntimeError):
+    """A broker could not be set up, started or stopped; the message is one line for users."""
+
+
+def cache_dir() -> Path:
+    """Where resolved jars live: ``$WAXFLOW_CACHE`` or ``~/.cache/waxflow``."""
+    return Path(os.environ.get("WAXFLOW_CACHE", Path.home() / ".cache" / "waxflow"))
+
+
+def default_data_dir() -> Path:
+    """Where the default broker keeps its storage, pid and log: ``$WAXFLOW_BROKER_DIR``."""
+    default = Path.home() / ".local" / "state" / "waxflow" / "broker"
+    return Path(os.environ.get("WAXFLOW_BROKER_DIR", default))
+
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.waxflow</groupId><artifactId>kafka-broker</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId>
+      <version>{slf4j}</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId>
+      <version>{slf4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_SERVER_PROPERTIES = """process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{cport}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={logs}
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.share.record.lock.duration.ms={lock_ms}
+group.share.min.record.lock.duration.ms={lock_ms}
+auto.create.topics.enable=true
+log.cleaner.dedupe.buffer.size=16777216
+"""
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise BrokerError(f"`{tool}` not found on PATH: {hint}")
+    return path
+
+
+def resolve_jars(version: str = KAFKA_VERSION) -> Path:
+    """Return a directory holding the broker's runtime jars, resolving them with Maven once.
+
+    A second call finds the cache (marked complete by a ``.complete`` file) and needs no network.
+    """
+    libs = cache_dir() / f"kafka-{version}" / "libs"
+    if (libs.parent / ".complete").exists():
+        return libs
+    mvn = _require("mvn", "install Maven 3.8+ (Debian package `maven`) to fetch the Kafka jars")
+    work = libs.parent
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(_POM.format(kafka=version, slf4j=SLF4J_VERSION))
+    if libs.exists():
+        shutil.rmtree(libs)
+    proc = subprocess.run(
+        [mvn, "-B", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+         "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0 or not any(libs.glob(f"kafka_2.13-{version}.jar")):
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "ERROR" in ln]
+        why = lines[0].strip() if lines else "no error text"
+        raise BrokerError(
+            f"could not resolve org.apache.kafka:kafka_2.13:{version} from Maven Central and "
+            f"nothing is cached in {libs.parent}: {why[:300]}"
+        )
+    (work / ".complete").write_text(version)
+    return libs
+
+
+@dataclass
+class LocalBroker:
+    """One local broker: its data directory, ports and the pid file it owns."""
+
+    data_dir: Path
+    port: int = DEFAULT_PORT
+    controller_port: int = DEFAULT_CONTROLLER_PORT
+    share_lock_ms: int = 30000
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def _props(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    def pid(self) -> int | None:
+        """The pid of the broker this directory started, if that process still runs."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists() and b"kafka.Kafka" not in cmdline.read_bytes():
+            return None  # pid reused by another program: not ours
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 90.0) -> float:
+        """Start the broker (formatting storage on first use); return seconds until ready.
+
+        Idempotent: an already running broker of this directory is left as it is.
+        """
+        if self.running():
+            return 0.0
+        t0 = time.monotonic()
+        java = _require("java", "install a Java 17+ runtime (Debian package `openjdk-17-jre`)")
+        for p in (self.port, self.controller_port):
+            if _port_taken(p):
+                raise BrokerError(
+                    f"port {p} on 127.0.0.1 is taken by another process; stop it or pick "
+                    "other ports with --port/--controller-port"
+                )
+        libs = resolve_jars()
+        classpath = f"{libs}/*"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.data_dir / "kraft-logs"
+        self._props.write_text(_SERVER_PROPERTIES.format(
+            port=self.port, cport=self.controller_port, logs=logs, lock_ms=self.share_lock_ms))
+        if not (logs / "meta.properties").exists():
+            self._format(java, classpath)
+        env = dict(os.environ)
+        env.setdefault("KAFKA_HEAP_OPTS", "")
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                [java, "-Xms512m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
+                 "-Dorg.slf4j.simpleLogger.showDateTime=true",
+                 "-cp", classpath, "kafka.Kafka", str(self._props)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        self._wait_ready(proc, timeout)
+        return time.monotonic() - t0
+
+    def _format(self, java: str, classpath: str) -> None:
+        def tool(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", *args],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        uuid = tool("random-uuid").stdout.strip().splitlines()[-1:]
+        if not uuid:
+            raise BrokerError("kafka StorageTool random-uuid printed nothing")
+        res = tool("format", "--standalone", "-t", uuid[0], "-c", str(self._props))
+        if res.returncode != 0:
+            raise BrokerError(f"formatting broker storage failed: {res.stderr.strip()[:300]}")
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise BrokerError(
+                    f"the broker exited at start (code {proc.returncode}); see {self.log_file}"
+                )
+            if _port_taken(self.port):
+                admin = AdminClient({"bootstrap.servers": self.bootstrap,
+                                     "socket.timeout.ms": 2000})
+                try:
+                    admin.list_topics(timeout=2)
+                    return
+                except Exception:
+                    pass
+            time.sleep(0.2)
+        self.stop()
+        raise BrokerError(f"the broker did not answer within {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, wipe: bool = False, timeout: float = 30.0) -> bool:
+        """Stop the broker this directory started (only that pid); return whether one ran."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                while _alive(pid):
+                    time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        if wipe and self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        return pid is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of ours still answers kill(0): reap it if we can
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            return stat.read_text().split(") ", 1)[1][0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
