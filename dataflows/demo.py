@@ -31,7 +31,7 @@ def main() -> int:
             continue
         seen += 1
         print(f"{msg.topic()}/{msg.partition()}@{msg.offset()} key={msg.key()!r} "
-              f"value={(msg.value() or b"").decode()}")
+              f"value={(msg.value() or b'').decode()}")
     consumer.close()
     print(f"consumed {seen}/10 records from {topic}")
     return 0 if seen == 10 else 1
