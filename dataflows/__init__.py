@@ -1,0 +1,22 @@
+"""waxflow flows: load a flow file and get a Bytewax dataflow.
+
+``python -m bytewax.run "dataflows:load_flow('flows/x.yaml')"`` runs any flow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bytewax.dataflow import Dataflow
+
+
+def load_flow(path: str | Path, stop_when_idle: float | None = None) -> Dataflow:
+    """Parse and validate the flow file at ``path`` and compile it into a Dataflow.
+
+    Raises :class:`dataflows.errors.FlowError` (file:line:col, field, expectation) when the
+    flow does not validate.
+    """
+    from dataflows.compiler import RunOptions, compile_flow
+    from dataflows.spec import parse_flow
+
+    return compile_flow(parse_flow(path), RunOptions(stop_when_idle=stop_when_idle))

@@ -7,9 +7,12 @@ traceback), 2 usage error (argparse's own).
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from connectors.broker import (
@@ -19,8 +22,14 @@ from connectors.broker import (
     LocalBroker,
     default_data_dir,
 )
+from dataflows.errors import FlowError
 
 Command = Callable[[argparse.Namespace], int]
+
+
+def _flow_err(exc: FlowError) -> int:
+    print(str(exc), file=sys.stderr)
+    return 1
 
 
 def _err(msg: str) -> int:
@@ -88,11 +97,83 @@ def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         sp.set_defaults(func=func)
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from dataflows.spec import parse_flow
+
+    flow = parse_flow(args.flow)
+    ntasks = sum(1 for _ in flow.all_tasks())
+    print(f"{args.flow}: valid flow {flow.namespace}.{flow.id} "
+          f"({flow.trigger.type}, {ntasks} tasks)")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from dataflows.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dataflows.runner import run_cluster, run_here, user_error
+    from dataflows.spec import parse_flow
+
+    parse_flow(args.flow)  # refuse to start an invalid flow, before any process is spawned
+    if args.processes > 1 and args.process_id is None:
+        base = ["run", args.flow, "-w", str(args.workers), "--epoch-ms", str(args.epoch_ms)]
+        if args.recovery_dir:
+            base += ["--recovery-dir", args.recovery_dir]
+        if args.stop_when_idle is not None:
+            base += ["--stop-when-idle", str(args.stop_when_idle)]
+        return run_cluster(base, args.processes)
+    logging.basicConfig(level=os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        run_here(args.flow, args.workers, timedelta(milliseconds=args.epoch_ms),
+                 args.recovery_dir, args.stop_when_idle, args.process_id,
+                 args.addresses.split(";") if args.addresses else None)
+    except Exception as exc:
+        msg = user_error(exc)
+        if msg is None:
+            if os.environ.get("WAXFLOW_DEBUG"):
+                raise
+            last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+            msg = f"the job failed: {last[0]} (set WAXFLOW_DEBUG=1 for the traceback)"
+        return _err(msg)
+    return 0
+
+
+def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    v = sub.add_parser("validate", help="check a flow file (exit 1 with file:line messages)")
+    v.add_argument("flow")
+    v.set_defaults(func=_validate)
+    s = sub.add_parser("schema", help="print the JSON Schema of the flow file")
+    s.set_defaults(func=_schema)
+    r = sub.add_parser("run", help="run a flow on Kafka")
+    r.add_argument("flow")
+    r.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process")
+    r.add_argument("--processes", type=int, default=1, help="processes in the cluster")
+    r.add_argument("--recovery-dir", default=None, help="Bytewax recovery directory")
+    r.add_argument("--stop-when-idle", type=float, default=None, metavar="SECONDS",
+                   help="stop once no record arrived for SECONDS and all work is committed")
+    r.add_argument("--epoch-ms", type=int, default=200, help="epoch length (commit cadence)")
+    r.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
+    r.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
+    r.set_defaults(func=_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
     parser = argparse.ArgumentParser(prog="waxflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     _add_broker(sub)
+    _add_flow_commands(sub)
+    try:
+        from recovery.executions_cli import add_parser as add_executions
+    except ImportError:  # pragma: no cover - during development only
+        pass
+    else:
+        add_executions(sub)
     return parser
 
 
@@ -102,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
-    except BrokerError as exc:
-        return _err(str(exc))
+    except (BrokerError, FlowError) as exc:
+        return _err(str(exc)) if isinstance(exc, BrokerError) else _flow_err(exc)
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,198 @@
+"""Consumer-group Kafka source for Bytewax that commits offsets only after the work is done.
+
+One Bytewax partition per Kafka partition (``FixedPartitionedSource``), each with its own
+manually assigned consumer in the flow's group. Commit rule (G1, DESIGN §5): ``snapshot()``
+runs at every epoch end and records the next offset to read; the *first* ``next_batch()``
+after it commits that offset. Bytewax calls ``next_batch()`` for epoch e+1 only after epoch e
+has passed every step, and the execute step finishes its executions inside the step, so
+every record below a committed offset has a done execution. Nothing is committed in
+``close()`` or at EOF. Resume point: the Bytewax snapshot when recovery is on, else the
+group's committed offset, else ``since`` (a timestamp), else ``auto.offset.reset``
+(default ``earliest``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+from connectors.kafka_config import require
+
+LOG = logging.getLogger("waxflow.source")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A record as read from Kafka, before deserialization."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None
+    headers: tuple[tuple[str, bytes | None], ...]
+
+    @property
+    def part_key(self) -> str:
+        return f"{self.partition}-{self.topic}"
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
+    if not raw:
+        return ()
+    items = raw.items() if isinstance(raw, dict) else raw
+    return tuple((k, v.encode() if isinstance(v, str) else v) for k, v in items)
+
+
+class SourceStop(Exception):
+    """The source cannot go on (fatal consumer error); the message names the partition."""
+
+
+def _split_part(part: str) -> tuple[str, int]:
+    num, topic = part.split("-", 1)
+    return topic, int(num)
+
+
+class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
+    def __init__(self, conf: dict[str, Any], topic: str, partition: int,
+                 resume: int | None, since: datetime | None, batch_size: int,
+                 idle_stop: float | None) -> None:
+        self._tp = f"{topic}/{partition}"
+        self._topic, self._partition = topic, partition
+        self._batch = batch_size
+        self._idle_stop = idle_stop
+        self._confirmed: int | None = None
+        conf = {**conf, "on_commit": self._on_commit}
+        self._consumer = Consumer(conf)
+        start = resume
+        if start is None:
+            got = self._consumer.committed([TopicPartition(topic, partition)], timeout=30)[0]
+            if got.offset >= 0:
+                start = got.offset
+                self._confirmed = got.offset
+        if start is None and since is not None:
+            ms = int(since.timestamp() * 1000)
+            found = self._consumer.offsets_for_times([TopicPartition(topic, partition, ms)],
+                                                     timeout=30)[0]
+            start = found.offset if found.offset >= 0 else OFFSET_END
+        if start is None:
+            reset = str(conf.get("auto.offset.reset", "earliest")).lower()
+            start = OFFSET_END if reset in ("latest", "largest", "end") else OFFSET_BEGINNING
+        self._next: int | None = start if start >= 0 else None
+        self._to_commit: int | None = None
+        self._requested: int | None = self._confirmed
+        self._last_activity = time.monotonic()
+        self._awake: datetime | None = None
+        self._consumer.assign([TopicPartition(topic, partition, start)])
+
+    def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
+        if err is not None:
+            LOG.warning("commit for %s failed (will retry next epoch): %s", self._tp, err)
+            self._requested = self._confirmed
+            return
+        for tp in parts:
+            if tp.error is None and tp.topic == self._topic and tp.partition == self._partition:
+                self._confirmed = tp.offset
+
+    def next_batch(self) -> list[RawRecord]:
+        if self._to_commit is not None and self._to_commit != self._requested:
+            self._consumer.commit(offsets=[TopicPartition(self._topic, self._partition,
+                                                          self._to_commit)],
+                                  asynchronous=True)
+            self._requested = self._to_commit
+        self._to_commit = None
+        msgs = self._consumer.consume(self._batch, 0)
+        out: list[RawRecord] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal() or not err.retriable():
+                    raise SourceStop(f"consumer error on {self._tp}: {err.str()}")
+                LOG.warning("consumer error on %s (retrying): %s", self._tp, err.str())
+                continue
+            ts_type, ts = m.timestamp()
+            out.append(RawRecord(m.topic() or "", m.partition() or 0, m.offset() or 0,
+                                 m.key(), m.value(), ts if ts_type != 0 else None,
+                                 _headers(m.headers())))
+        now = time.monotonic()
+        if out:
+            self._next = out[-1].offset + 1
+            self._last_activity = now
+            self._awake = None
+        else:
+            self._awake = datetime.now().astimezone() + timedelta(milliseconds=20)
+            if (self._idle_stop is not None and now - self._last_activity >= self._idle_stop
+                    and (self._next is None or self._confirmed == self._next)):
+                raise StopIteration
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int | None:
+        self._to_commit = self._next
+        return self._next
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
+    """Reads a trigger's topics in its consumer group; commits per the rule above."""
+
+    def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str],
+                 pattern: str | None = None, partitions: list[int] | None = None,
+                 since: datetime | None = None, batch_size: int = 500,
+                 idle_stop: float | None = None) -> None:
+        self._conf = dict(conf)
+        self._conf["group.id"] = group_id
+        why = "waxflow commits offsets itself, only after the work is done (G1)"
+        require(self._conf, "enable.auto.commit", False, why)
+        require(self._conf, "enable.auto.offset.store", False, why)
+        self._conf.setdefault("isolation.level", "read_committed")
+        self._conf.setdefault("auto.offset.reset", "earliest")
+        self._conf.setdefault("enable.partition.eof", False)
+        self._topics = topics
+        self._pattern = pattern
+        self._partitions = partitions
+        self._since = since
+        self._batch = batch_size
+        self._idle_stop = idle_stop
+
+    def list_parts(self) -> list[str]:
+        probe = Consumer({k: v for k, v in self._conf.items() if k != "on_commit"})
+        try:
+            md = probe.list_topics(timeout=30)
+        finally:
+            probe.close()
+        if self._pattern is not None:
+            rx = re.compile(self._pattern)
+            topics = sorted(t for t in md.topics if rx.fullmatch(t) and not t.startswith("__"))
+        else:
+            topics = self._topics
+        parts = []
+        for topic in topics:
+            tmd = md.topics.get(topic)
+            if tmd is None or tmd.error is not None:
+                raise SourceStop(f"topic {topic} does not exist on "
+                                 f"{self._conf['bootstrap.servers']}")
+            for p in sorted(tmd.partitions):
+                if self._partitions is None or p in self._partitions:
+                    parts.append(f"{p}-{topic}")
+        return parts
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: int | None) -> _GroupPartition:
+        topic, partition = _split_part(for_part)
+        return _GroupPartition(self._conf, topic, partition, resume_state, self._since,
+                               self._batch, self._idle_stop)

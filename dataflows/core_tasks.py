@@ -1,0 +1,279 @@
+"""Core flow tasks: logging, branching, grouping, failing, setting values and calling Python.
+
+Every task here renders its template-bearing properties with :meth:`RunContext.render` at run
+time and returns JSON-serialisable outputs (``core.Python`` returns what the user function
+gives). Branching tasks run their chosen child list through the context, so retries,
+timeouts, ``allowFailure`` and ``errors`` of the children are the engine's business.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ConfigDict, Field, field_validator
+
+from dataflows.errors import format_path
+from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+
+if TYPE_CHECKING:  # resolved at run time by the lead's discriminated union (model_rebuild)
+    from dataflows.tasks import TaskBase as AnyTask
+
+__all__ = ["FUNCTION_PATTERN", "is_truthy", "switch_key"]
+
+_FALSE_STRINGS = frozenset({"false", "0", "-0", ""})
+#: ``package.module:function`` (the part after the colon may be a dotted attribute path).
+FUNCTION_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
+
+
+def is_truthy(value: Any) -> bool:
+    """Kestra's truthiness of a rendered condition.
+
+    ``True`` and non-zero numbers are true; strings are true unless they are (ignoring case
+    and surrounding blanks) ``false``, ``0``, ``-0`` or empty; ``None`` and ``False`` are
+    false; any other value follows Python (a non-empty list or dict is true).
+    """
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE_STRINGS
+    return bool(value)
+
+
+def switch_key(value: Any) -> str:
+    """The string a ``core.Switch`` value (or a YAML case key) is compared as.
+
+    Booleans become ``true``/``false`` (as in Kestra), ``None`` becomes ``""``, anything else
+    is ``str()``-ed.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _rendered_str(ctx: RunContext, template: str) -> str:
+    return switch_key(ctx.render(template))
+
+
+@task_type("core.Log")
+class Log(TaskBase):
+    """Write ``message`` (rendered) to the execution's log at ``level``. No outputs."""
+
+    type: Literal["core.Log"]
+    message: str
+    level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        ctx.log(self.level, _rendered_str(ctx, self.message))
+        return None
+
+    def idempotent(self) -> bool:
+        return True
+
+
+@task_type("core.Switch")
+class Switch(TaskBase):
+    """Run the task list of the case matching the rendered ``value``, else ``defaults``.
+
+    The value is compared as a string (:func:`switch_key`); YAML case keys such as ``true``
+    or ``1`` are converted the same way, so ``true:`` matches a boolean value. Outputs
+    ``{"value": <compared string>, "defaults": <whether defaults ran>}``; ``defaults`` is true
+    also when no case matched and there are no default tasks.
+    """
+
+    type: Literal["core.Switch"]
+    value: str
+    cases: dict[str, list[AnyTask]] = Field(min_length=1)
+    defaults: list[AnyTask] = Field(default_factory=list)
+
+    @field_validator("cases", mode="before")
+    @classmethod
+    def _stringify_keys(cls, cases: Any) -> Any:
+        if isinstance(cases, dict):
+            keys = [switch_key(k) for k in cases]
+            if len(set(keys)) != len(keys):
+                raise ValueError("two cases have the same key once converted to strings")
+            return dict(zip(keys, cases.values(), strict=True))
+        return cases
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        key = _rendered_str(ctx, self.value)
+        tasks = self.cases.get(key)
+        if tasks is None:
+            ctx.run_tasks(self.defaults, self)
+        else:
+            ctx.run_tasks(tasks, self)
+        return {"value": key, "defaults": tasks is None}
+
+    def child_lists(self) -> list[tuple[str, Sequence[TaskBase]]]:
+        out: list[tuple[str, Sequence[TaskBase]]] = [
+            (format_path(["cases", key]), tasks) for key, tasks in self.cases.items()
+        ]
+        if self.defaults:
+            out.append(("defaults", self.defaults))
+        return out + super().child_lists()
+
+    def idempotent(self) -> bool:
+        return True
+
+
+@task_type("core.If")
+class If(TaskBase):
+    """Run ``then`` when the rendered ``condition`` is truthy (:func:`is_truthy`), else ``else``.
+
+    Outputs ``{"condition": <bool>}``.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    type: Literal["core.If"]
+    condition: str
+    then: list[AnyTask] = Field(min_length=1)
+    else_: list[AnyTask] = Field(default_factory=list, alias="else")
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        result = is_truthy(ctx.render(self.condition))
+        ctx.run_tasks(self.then if result else self.else_, self)
+        return {"condition": result}
+
+    def child_lists(self) -> list[tuple[str, Sequence[TaskBase]]]:
+        out: list[tuple[str, Sequence[TaskBase]]] = [("then", self.then)]
+        if self.else_:
+            out.append(("else", self.else_))
+        return out + super().child_lists()
+
+    def idempotent(self) -> bool:
+        return True
+
+
+@task_type("core.Sequential")
+class Sequential(TaskBase):
+    """Run ``tasks`` one after the other; a failing child stops the list. No outputs."""
+
+    type: Literal["core.Sequential"]
+    tasks: list[AnyTask] = Field(min_length=1)
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        ctx.run_tasks(self.tasks, self)
+        return None
+
+    def child_lists(self) -> list[tuple[str, Sequence[TaskBase]]]:
+        return [("tasks", self.tasks), *super().child_lists()]
+
+    def idempotent(self) -> bool:
+        return True
+
+
+@task_type("core.Parallel")
+class Parallel(TaskBase):
+    """Run ``tasks`` concurrently, at most ``concurrency`` at a time (0 = all at once).
+
+    All children run to their end even when one fails; the task then fails. No outputs.
+    """
+
+    type: Literal["core.Parallel"]
+    tasks: list[AnyTask] = Field(min_length=1)
+    concurrency: int = Field(default=0, ge=0)
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        ctx.run_parallel(self.tasks, self, self.concurrency)
+        return None
+
+    def child_lists(self) -> list[tuple[str, Sequence[TaskBase]]]:
+        return [("tasks", self.tasks), *super().child_lists()]
+
+    def idempotent(self) -> bool:
+        return True
+
+
+@task_type("core.Fail")
+class Fail(TaskBase):
+    """Fail with the rendered ``errorMessage`` when ``condition`` is absent or truthy.
+
+    With a falsy condition the task succeeds without outputs.
+    """
+
+    type: Literal["core.Fail"]
+    errorMessage: str = "Task failure"
+    condition: str | None = None
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        if self.condition is None or is_truthy(ctx.render(self.condition)):
+            raise TaskFailure(_rendered_str(ctx, self.errorMessage))
+        return None
+
+    def idempotent(self) -> bool:
+        return True
+
+
+@task_type("core.Set")
+class Set(TaskBase):
+    """Output the rendered ``values``: ``outputs.<id>.<key>`` (Kestra's OutputValues).
+
+    The outputs are the values themselves, not nested under ``values``: in Jinja,
+    ``outputs.x.values`` would find the dict method before the key.
+    """
+
+    type: Literal["core.Set"]
+    values: dict[str, Any] = Field(min_length=1)
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        return {key: ctx.render(value) for key, value in self.values.items()}
+
+    def idempotent(self) -> bool:
+        return True
+
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
+def _load_function(task_id: str, spec: str) -> Callable[..., Any]:
+    """Import ``module:attr.path`` once per process; failures become :class:`TaskFailure`."""
+    cached = _FUNCTIONS.get(spec)
+    if cached is not None:
+        return cached
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr_path.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise TaskFailure(
+            f"core.Python {task_id}: cannot load function {spec}: {type(exc).__name__}: {exc}"
+        ) from None
+    if not callable(target):
+        raise TaskFailure(f"core.Python {task_id}: {spec} is not callable")
+    function: Callable[..., Any] = target
+    _FUNCTIONS[spec] = function
+    return function
+
+
+@task_type("core.Python")
+class Python(TaskBase):
+    """Call ``function(context, **args)``: ``context`` is the expression context (read-only
+    by convention), ``args`` are rendered.
+
+    The function is imported once per process. A dict result is the task's outputs; any
+    other non-None result is output as ``{"result": value}``; ``None`` gives no outputs.
+    A missing module or attribute fails the task with a message naming the function;
+    exceptions raised by the function itself fail the attempt as they are.
+    """
+
+    type: Literal["core.Python"]
+    function: str = Field(pattern=FUNCTION_PATTERN, description="module:function")
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        fn = _load_function(self.id, self.function)
+        args = ctx.render(self.args) if self.args else {}
+        result = fn(ctx.vars, **args)
+        if result is None:
+            return None
+        if isinstance(result, dict):
+            return {str(key): value for key, value in result.items()}
+        return {"result": result}

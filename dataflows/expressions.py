@@ -1,0 +1,462 @@
+"""Jinja2 expressions of a flow: sandboxed, compiled once, rendered per record.
+
+Guarantees:
+
+* Only templates written in the flow file are compiled. Values coming from records are
+  context data: they are never parsed as templates, and rendered output is never rendered
+  again, so a record field holding ``{{ 7*7 }}`` comes out as that literal text.
+* A template that is a single expression (``"{{ trigger.value }}"``) renders to the native
+  Python value (dict, bool, int, ...) exactly as produced; strings are never re-parsed (unlike
+  Jinja's ``NativeEnvironment``, which ``literal_eval``\\ s them). Any other template renders
+  to a string. A template without ``{{``/``{%``/``{#`` is a constant and skips Jinja.
+* Rendering runs in Jinja's immutable sandbox (no private attributes, no mutation of lists or
+  dicts). Undefined values raise. ``a.b`` on a dict reads the key ``b`` before any dict method
+  of that name, so record fields called ``items`` or ``values`` work.
+* Every failure while rendering raises :class:`ExpressionError`, whose text is redacted.
+* Every secret value handed out by :class:`Secrets` is registered with a process-wide
+  redactor: :func:`redact` / :func:`redact_obj` replace it with ``******``.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import os
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import jinja2
+import yaml
+from jinja2 import meta, nodes
+from jinja2.nativetypes import NativeCodeGenerator, NativeEnvironment
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from dataflows.durations import format_duration
+
+__all__ = [
+    "ALLOWED_ROOTS",
+    "ExpressionError",
+    "Expressions",
+    "Redactor",
+    "SecretError",
+    "Secrets",
+    "Template",
+    "redact",
+    "redact_obj",
+    "register_secret",
+]
+
+#: Root variables a flow's templates may use (besides names the template binds itself).
+ALLOWED_ROOTS = frozenset(
+    {"trigger", "outputs", "execution", "flow", "env", "secret", "now", "task", "taskrun",
+     "labels", "parents", "loop"}
+)  # fmt: skip
+MASK = "******"
+_MIN_SECRET_LEN = 3
+_MARKERS = ("{{", "{%", "{#")
+
+
+# --------------------------------------------------------------------------- redaction
+class Redactor:
+    """Set of secret values, and a single compiled regex that masks them. Thread-safe.
+
+    The regex is rebuilt only when a new value is added; :meth:`redact` takes no lock.
+    Values shorter than 3 characters are not masked (they would mask ordinary text).
+    A value's JSON-escaped forms are masked too.
+    """
+
+    def __init__(self) -> None:
+        self._values: frozenset[str] = frozenset()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, value: str) -> None:
+        """Register ``value``; afterwards :meth:`redact` masks it everywhere."""
+        if len(value) < _MIN_SECRET_LEN or value in self._values:
+            return
+        forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+        with self._lock:
+            values = self._values | forms
+            ordered = sorted(values, key=len, reverse=True)  # longest first: overlaps mask fully
+            self._pattern = re.compile("|".join(map(re.escape, ordered)))
+            self._values = values  # published after the pattern: a known value is masked
+
+    def redact(self, text: str) -> str:
+        """``text`` with every registered value replaced by ``******``."""
+        pattern = self._pattern
+        return text if pattern is None else pattern.sub(MASK, text)
+
+    def redact_obj(self, obj: Any) -> Any:
+        """Copy of a JSON-like structure with every string (keys too) redacted."""
+        if self._pattern is None:
+            return obj
+        if isinstance(obj, str):
+            return self.redact(obj)
+        if isinstance(obj, dict):
+            return {self.redact_obj(k): self.redact_obj(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(self.redact_obj(v) for v in obj)
+        return obj
+
+
+_REDACTOR = Redactor()
+register_secret = _REDACTOR.add
+redact = _REDACTOR.redact
+redact_obj = _REDACTOR.redact_obj
+
+
+# --------------------------------------------------------------------------- secrets
+class SecretError(LookupError):
+    """A secret is missing or the secrets file is unusable. Never contains a secret value."""
+
+
+class Secrets:
+    """Looks up ``secret('NAME')``: env ``WAXFLOW_SECRET_NAME`` first, then the secrets file.
+
+    The env name is ``NAME`` upper-cased with non-alphanumerics replaced by ``_``. The file
+    (a YAML or JSON mapping; path given or from ``$WAXFLOW_SECRETS_FILE``) is read once, on
+    first use; its keys are matched exactly, then in the env-name form (``SLACK_WEBHOOK``).
+    Every value returned is registered with the process-wide redactor. Thread-safe.
+    """
+
+    def __init__(
+        self, environ: Mapping[str, str] | None = None, file: str | os.PathLike[str] | None = None
+    ) -> None:
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        path = file if file is not None else self._environ.get("WAXFLOW_SECRETS_FILE")
+        self.file = Path(path) if path else None
+        self._from_file: dict[str, str] | None = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def env_name(name: str) -> str:
+        """The environment variable holding secret ``name``."""
+        return "WAXFLOW_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+    def get(self, name: str) -> str:
+        """The value of secret ``name``; raises :class:`SecretError` naming it if undefined."""
+        key = self.env_name(name)
+        value = self._environ.get(key)
+        if value is None:
+            stored = self._file_values()
+            value = stored.get(name, stored.get(key[len("WAXFLOW_SECRET_") :]))
+        if value is None:
+            where = f" or add it to {self.file}" if self.file else ""
+            raise SecretError(f"secret {name!r} is not defined (set ${key}{where})")
+        register_secret(value)
+        return value
+
+    __call__ = get
+
+    def register_all(self) -> None:
+        """Register every secret this object could return, before any is used."""
+        for key, value in self._environ.items():
+            if key.startswith("WAXFLOW_SECRET_"):
+                register_secret(value)
+        for value in self._file_values().values():
+            register_secret(value)
+
+    def _file_values(self) -> dict[str, str]:
+        if self._from_file is not None:
+            return self._from_file
+        if self.file is None:
+            return {}
+        with self._lock:
+            if self._from_file is None:
+                self._from_file = _read_secrets_file(self.file)
+            return self._from_file
+
+
+def _read_secrets_file(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise SecretError(f"cannot read secrets file {path}: {type(exc).__name__}") from None
+    try:  # messages of parser errors quote the file: never pass them on
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError):
+        raise SecretError(f"secrets file {path} is not valid YAML or JSON") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SecretError(f"secrets file {path} must hold a mapping of names to values")
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise SecretError(f"secret {key!r} in {path} must be a string")
+        out[str(key)] = str(value)
+    return out
+
+
+# --------------------------------------------------------------------------- environment
+class ExpressionError(Exception):
+    """A template failed to compile or render. The message is redacted."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        shown = source if len(source) <= 200 else source[:197] + "..."
+        super().__init__(redact(f"cannot render {shown!r}: {reason}"))
+        self.source = source
+        self.reason = redact(reason)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, jinja2.UndefinedError | SecretError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+_NOTHING: Any = object()
+
+
+def _concat(values: Iterable[Any]) -> Any:
+    """One output: that value as is (an undefined one raises). Several: joined as text."""
+    it = iter(values)
+    first = next(it, _NOTHING)
+    if first is _NOTHING:
+        return ""
+    second = next(it, _NOTHING)
+    if second is _NOTHING:
+        if isinstance(first, jinja2.Undefined):
+            str(first)  # StrictUndefined raises here
+        return first
+    return "".join([str(first), str(second), *[str(v) for v in it]])
+
+
+class _CodeGenerator(NativeCodeGenerator):
+    """Native output, but expressions are never folded to text at compile time."""
+
+    def _output_child_to_const(self, node: nodes.Expr, frame: Any, finalize: Any) -> Any:
+        if isinstance(node, nodes.TemplateData):
+            return node.as_const(frame.eval_ctx)
+        raise nodes.Impossible()
+
+
+class _Environment(ImmutableSandboxedEnvironment, NativeEnvironment):
+    """Immutable sandbox + native single-expression output + dict-key-first attributes."""
+
+    code_generator_class = _CodeGenerator
+    concat = staticmethod(_concat)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:  # "in": no defaultdict side effects
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, datetime | date | time):
+        return obj.isoformat()
+    if isinstance(obj, timedelta):
+        return format_duration(obj) if obj >= timedelta(0) else str(obj)
+    if isinstance(obj, Decimal | UUID):
+        return str(obj)
+    if isinstance(obj, bytes | bytearray):
+        return base64.b64encode(obj).decode("ascii")
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    if isinstance(obj, jinja2.Undefined):
+        str(obj)  # raises
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def tojson(value: Any) -> str:
+    """Compact JSON, non-ASCII kept; dates as ISO text, Decimal/UUID as text, bytes base64."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def fromjson(text: str | bytes) -> Any:
+    """Parse JSON text."""
+    return json.loads(text)
+
+
+def now() -> str:
+    """Current UTC time, ISO-8601 with microseconds and ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- templates
+class Template(ABC):
+    """A compiled template. ``render`` is safe to call from many threads at once."""
+
+    __slots__ = ()
+    source: Any
+
+    @abstractmethod
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        """Render against ``ctx``; raises :class:`ExpressionError` on failure."""
+
+
+class _Constant(Template):
+    __slots__ = ("source",)
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        return self.source
+
+
+class _Jinja(Template):
+    __slots__ = ("_env", "_globals", "_root", "source")
+
+    def __init__(self, source: str, compiled: jinja2.Template, globals_: dict[str, Any]) -> None:
+        self.source = source
+        self._env = compiled.environment
+        self._root = compiled.root_render_func
+        self._globals = globals_
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        context = Context(self._env, {**self._globals, **ctx}, None, {})
+        try:
+            return _concat(self._root(context))
+        except Exception as exc:
+            raise ExpressionError(self.source, _reason(exc)) from None
+
+
+class _Structure(Template):
+    """A dict or list whose strings are templates; renders to a fresh container each time."""
+
+    __slots__ = ("_items", "source")
+
+    def __init__(self, source: Any, items: list[tuple[Any, Template]]) -> None:
+        self.source = source
+        self._items = items
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        if isinstance(self.source, dict):
+            return {
+                (k.render(ctx) if isinstance(k, Template) else k): v.render(ctx)
+                for k, v in self._items
+            }
+        return [v.render(ctx) for _, v in self._items]
+
+
+class Expressions:
+    """The expressions of one flow: one sandboxed environment, one compile cache."""
+
+    def __init__(
+        self, secrets: Secrets | None = None, extra_globals: Mapping[str, Any] | None = None
+    ) -> None:
+        self.secrets = secrets if secrets is not None else Secrets()
+        env = _Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+        env.filters["tojson"] = tojson
+        env.filters["fromjson"] = fromjson
+        env.globals["secret"] = self.secrets.get
+        env.globals["now"] = now
+        env.globals.update(extra_globals or {})
+        self._env = env
+        self._globals = dict(env.globals)
+        self._known = ALLOWED_ROOTS | frozenset(self._globals)
+        self._cache: dict[str, Template] = {}
+        self._lock = threading.Lock()
+
+    def compile(self, source: str) -> Template:
+        """The compiled template for ``source``; the same string compiles once.
+
+        Only pass strings written in the flow file. Raises :class:`ExpressionError` for
+        invalid templates (use :meth:`check` first for messages fit for users).
+        """
+        found = self._cache.get(source)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._cache.get(source)
+            if found is None:
+                found = self._compile(source)
+                self._cache[source] = found
+            return found
+
+    def _compile(self, source: str) -> Template:
+        if not any(m in source for m in _MARKERS):
+            return _Constant(source)
+        try:
+            compiled = self._env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ExpressionError(source, _syntax_message(source, exc)) from None
+        return _Jinja(source, compiled, self._globals)
+
+    def compile_value(self, value: Any) -> Template:
+        """Compile every string (dict keys too) inside a JSON-like value, once.
+
+        Rendering the result equals :meth:`render_value` on ``value`` without the per-call
+        cache look-ups.
+        """
+        if isinstance(value, str):
+            return self.compile(value)
+        if isinstance(value, dict):
+            items = [
+                (self.compile(k) if isinstance(k, str) else k, self.compile_value(v))
+                for k, v in value.items()
+            ]
+            return _Structure(value, items)
+        if isinstance(value, list | tuple):
+            return _Structure(list(value), [(None, self.compile_value(v)) for v in value])
+        return _Constant(value)
+
+    def render_value(self, value: Any, ctx: Mapping[str, Any]) -> Any:
+        """Render strings inside dicts (keys too) and lists; other values are returned as is.
+
+        A templated key renders to its native value (keep keys as text: ``"{{ x }}"``).
+        Lists and tuples come back as new lists, dicts as new dicts.
+        """
+        if isinstance(value, str):
+            return self.compile(value).render(ctx)
+        if isinstance(value, dict):
+            return {
+                (self.compile(k).render(ctx) if isinstance(k, str) else k): self.render_value(
+                    v, ctx
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.render_value(v, ctx) for v in value]
+        return value
+
+    def check(self, source: str) -> list[str]:
+        """Static problems of ``source`` for ``waxflow validate``; [] when it is fine.
+
+        Reports syntax errors (with the template's own line when it has several), unknown
+        filters/tests, ``include``/``import``/``extends`` (no templates to load), and root
+        variables that are neither in :data:`ALLOWED_ROOTS`, nor globals, nor bound by the
+        template itself.
+        """
+        if not any(m in source for m in _MARKERS):
+            return []
+        try:
+            tree = self._env.parse(source)
+            undeclared = meta.find_undeclared_variables(tree)  # also finds unknown filters
+        except jinja2.TemplateSyntaxError as exc:
+            return [_syntax_message(source, exc)]
+        problems = [
+            f"'{type(node).__name__.lower()}' is not available in expressions"
+            for node in tree.find_all(
+                (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
+            )
+        ]
+        for name in sorted(undeclared - self._known):
+            close = difflib.get_close_matches(name, sorted(self._known), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(
+                f"unknown variable {name!r} ({hint}known: {', '.join(sorted(ALLOWED_ROOTS))})"
+            )
+        if not problems:
+            try:
+                self.compile(source)
+            except ExpressionError as exc:
+                problems.append(exc.reason)
+        return problems
+
+
+def _syntax_message(source: str, exc: jinja2.TemplateSyntaxError) -> str:
+    where = f" on line {exc.lineno} of the expression" if "\n" in source.strip() else ""
+    kind = "error" if isinstance(exc, jinja2.TemplateAssertionError) else "syntax error"
+    return f"{kind}{where}: {exc.message}"

@@ -1,0 +1,120 @@
+"""Task types: the base model every task shares, the registry, and what a task sees at run time.
+
+A task type is a pydantic model subclassing :class:`TaskBase`, registered with
+:func:`task_type`. Its fields are the YAML properties; string fields may hold Jinja templates,
+rendered at run time with :meth:`RunContext.render` (compiled once per flow, never per
+record). ``run`` returns the task's outputs (``outputs.<taskId>.*`` for later tasks) or raises
+:class:`TaskFailure` (or any exception) to fail the attempt; the engine handles retries,
+timeouts, ``allowFailure`` and ``errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dataflows.durations import Duration
+
+TASK_TYPES: dict[str, type[TaskBase]] = {}
+# ``AnyTask`` (the discriminated union of every registered type) is resolved by
+# ``dataflows.spec.task_union()`` once all task modules are imported; fields that hold child
+# task lists are annotated ``list[AnyTask]``.
+
+T = TypeVar("T", bound="type[TaskBase]")
+
+ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+
+
+class TaskFailure(Exception):
+    """A task failed for a reason the user should read (no traceback is shown)."""
+
+
+class RetrySpec(BaseModel):
+    """Kestra-compatible retry policy. ``maxAttempts`` counts the first run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(pattern="^(constant|exponential|random)$")
+    interval: Duration | None = None
+    maxInterval: Duration | None = None
+    minInterval: Duration | None = None
+    delayFactor: float | None = Field(default=None, gt=1.0)
+    maxAttempts: int | None = Field(default=None, ge=1)
+    maxDuration: Duration | None = None
+    warningOnRetry: bool = False
+
+
+class RunContext(Protocol):
+    """What a running task may use: rendering, child task lists, logging."""
+
+    @property
+    def vars(self) -> Mapping[str, Any]:
+        """The expression context: trigger, outputs, execution, flow, env."""
+        ...
+
+    def render(self, value: Any) -> Any:
+        """Render a template-bearing value (str, or dict/list of them) to its native value."""
+        ...
+
+    def run_tasks(self, tasks: Sequence[TaskBase], parent: TaskBase) -> None:
+        """Run a child task list in order; raises if one of them fails the execution."""
+        ...
+
+    def run_parallel(self, tasks: Sequence[TaskBase], parent: TaskBase, concurrency: int) -> None:
+        """Run child tasks concurrently; raises once all ended if one failed the execution."""
+        ...
+
+    def log(self, level: str, message: str) -> None:
+        """Log a (redacted) message attributed to the running task."""
+        ...
+
+
+class TaskBase(BaseModel):
+    """Properties every task has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    TYPE: ClassVar[str] = ""
+
+    id: str = Field(pattern=ID_PATTERN)
+    type: str
+    description: str | None = None
+    retry: RetrySpec | None = None
+    timeout: Duration | None = None
+    allowFailure: bool = False
+    disabled: bool = False
+    errors: list[AnyTask] = Field(default_factory=list,
+                                  description="tasks run when this one fails")
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        """Do the work; return outputs or raise to fail this attempt."""
+        raise NotImplementedError
+
+    def child_lists(self) -> list[tuple[str, Sequence[TaskBase]]]:
+        """Child task lists with the field path they come from (for validation and walks)."""
+        out: list[tuple[str, Sequence[TaskBase]]] = []
+        if self.errors:
+            out.append(("errors", self.errors))
+        return out
+
+    def idempotent(self) -> bool:
+        """Whether a replay of this task is harmless (documentation aid)."""
+        return False
+
+
+def task_type(name: str) -> Callable[[T], T]:
+    """Class decorator registering a task model under its YAML ``type`` name."""
+
+    def register(cls: T) -> T:
+        if name in TASK_TYPES:
+            raise ValueError(f"task type {name} registered twice")
+        cls.TYPE = name
+        TASK_TYPES[name] = cls
+        return cls
+
+    return register
+
+
+if TYPE_CHECKING:
+    AnyTask = TaskBase  # at run time: the discriminated union of all registered types

@@ -1,0 +1,73 @@
+"""Deserialize step: raw Kafka records → decoded records, applying ``onSerdeError`` (G5).
+
+A record whose key or value does not deserialize is never dropped silently: with SKIPPED or
+DLQ it goes on as a :class:`Decoded` with ``error`` set (the execute step records a SKIPPED
+execution and, for DLQ, sends it to the DLQ topic); with FAIL the step raises
+:class:`SerdeStop` naming topic/partition/offset, which stops the job before that epoch (and
+so that record) is committed. Records not matching ``headerFilters`` are marked
+``filtered``: no execution, but their offsets advance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from connectors.kafka_source import RawRecord
+from connectors.serdes import Deserializer, SerdeError
+
+
+class SerdeStop(Exception):
+    """onSerdeError FAIL: the job stops at this record without committing it."""
+
+
+@dataclass(slots=True)
+class Decoded:
+    raw: RawRecord
+    key: Any = None
+    value: Any = None
+    error: str | None = None
+    filtered: bool = False
+
+
+def _headers_match(raw: RawRecord, filters: Mapping[str, str]) -> bool:
+    have = {k: (v.decode("utf-8", "replace") if v is not None else None)
+            for k, v in raw.headers}
+    return all(have.get(k) == v for k, v in filters.items())
+
+
+def decode(raw: RawRecord, key_de: Deserializer, value_de: Deserializer, fail: bool,
+           filters: Mapping[str, str]) -> Decoded:
+    """Decode one record; raises SerdeStop only when ``fail`` (onSerdeError FAIL)."""
+    if filters and not _headers_match(raw, filters):
+        return Decoded(raw, filtered=True)
+    part = "key"
+    try:
+        key = key_de(raw.key)
+        part = "value"
+        value = value_de(raw.value)
+    except SerdeError as exc:
+        where = f"{raw.topic}/{raw.partition}@{raw.offset}"
+        message = f"cannot deserialize the {part} of record {where}: {exc}"
+        if fail:
+            raise SerdeStop(f"{message} (onSerdeError FAIL: stopped without committing it)"
+                            ) from None
+        return Decoded(raw, error=message)
+    return Decoded(raw, key, value)
+
+
+def deserialize(step_id: str, up: Stream[RawRecord], key_de: Deserializer,
+                value_de: Deserializer, on_error: str,
+                header_filters: Mapping[str, str]) -> Stream[Decoded]:
+    """Decode each record of ``up`` (stateless: items stay on their worker)."""
+    fail = on_error == "FAIL"
+    filters = dict(header_filters)
+
+    def batch(raws: list[RawRecord]) -> list[Decoded]:
+        return [decode(r, key_de, value_de, fail, filters) for r in raws]
+
+    return op.flat_map_batch(step_id, up, batch)

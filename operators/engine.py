@@ -1,0 +1,206 @@
+"""Runs one execution: the task list with retries, timeouts, allowFailure and errors handlers.
+
+Guarantees: ``Engine.run`` returns only when the execution is terminal (SUCCESS, WARNING or
+FAILED) and never raises for task failures: a failing task (after its retries) fails the
+execution, stops the remaining tasks, runs the task's and then the flow's ``errors`` tasks,
+and records the error text (secrets redacted). ``allowFailure`` turns a failure into
+WARNING. A flow-level ``retry`` is the default for every task without its own. Flowable
+tasks (Switch, If, ...) are not retried for a child's failure: the child already was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from dataflows.expressions import Expressions, redact
+from dataflows.spec import FlowBase
+from dataflows.tasks import RetrySpec, TaskBase, TaskFailure
+from operators.execution import Attempt, Execution, TaskRun, now
+from operators.retry import RetryPolicy
+
+LOG = logging.getLogger("waxflow.task")
+
+
+class _TaskFailed(Exception):
+    def __init__(self, task_id: str, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.message = message
+
+
+def _env_vars() -> dict[str, str]:
+    """``env.*``: the process environment minus anything that carries secrets."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WAXFLOW_SECRET_")}
+
+
+def error_text(exc: BaseException) -> str:
+    """One-line, redacted error text for the history (TaskFailure text as is)."""
+    text = str(exc) if isinstance(exc, TaskFailure) else f"{type(exc).__name__}: {exc}"
+    return redact(text.strip().replace("\n", " ")[:2000])
+
+
+def _call_with_timeout(task: TaskBase, ctx: _Context, timeout: float | None) -> Any:
+    if timeout is None:
+        return task.run(ctx)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["out"] = task.run(ctx)
+        except BaseException as exc:  # handed back to the caller's thread
+            box["exc"] = exc
+
+    worker = threading.Thread(target=target, name=f"task-{task.id}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TaskFailure(f"timed out after {timeout:g}s")
+    if "exc" in box:
+        raise box["exc"]
+    return box.get("out")
+
+
+class _Context:
+    """The RunContext of one execution (see dataflows.tasks.RunContext)."""
+
+    def __init__(self, engine: Engine, execution: Execution, variables: dict[str, Any]) -> None:
+        self.engine = engine
+        self.execution = execution
+        self._vars = variables
+        self.current: TaskBase | None = None
+        self.warned = False
+
+    @property
+    def vars(self) -> Mapping[str, Any]:
+        return self._vars
+
+    def render(self, value: Any) -> Any:
+        return self.engine.exprs.render_value(value, self._vars)
+
+    def log(self, level: str, message: str) -> None:
+        lvl = logging.getLevelName(level.upper().replace("WARN", "WARNING").replace(
+            "WARNINGING", "WARNING"))
+        task = self.current.id if self.current is not None else "-"
+        LOG.log(lvl if isinstance(lvl, int) else logging.INFO, "[%s %s] %s",
+                self.execution.id[:12], task, redact(str(message)))
+
+    def run_tasks(self, tasks: Sequence[TaskBase], parent: TaskBase | None) -> None:
+        for task in tasks:
+            self.engine.run_task(self, task, parent)
+
+    def run_parallel(self, tasks: Sequence[TaskBase], parent: TaskBase, concurrency: int) -> None:
+        workers = concurrency if concurrency > 0 else max(1, len(tasks))
+        failures: list[BaseException] = []
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(self.engine.run_task, self, t, parent) for t in tasks]
+            for fut in futures:
+                exc = fut.exception()
+                if exc is not None:
+                    failures.append(exc)
+        if failures:
+            raise failures[0]
+
+
+class Engine:
+    """Runs executions of one flow; thread-safe (one instance serves all workers)."""
+
+    def __init__(self, flow: FlowBase, exprs: Expressions) -> None:
+        self.flow = flow
+        self.exprs = exprs
+        self.env = _env_vars()
+        self._flow_vars = {"id": flow.id, "namespace": flow.namespace}
+
+    def run(self, execution: Execution, trigger_vars: dict[str, Any]) -> Execution:
+        """Run the flow's tasks for ``execution`` until it is terminal."""
+        execution.state = "RUNNING"
+        variables: dict[str, Any] = {
+            "trigger": trigger_vars,
+            "outputs": {},
+            "execution": {"id": execution.id, "startDate": execution.start.isoformat(),
+                          "runId": execution.run_id},
+            "flow": self._flow_vars,
+            "labels": self.flow.labels,
+            "env": self.env,
+        }
+        ctx = _Context(self, execution, variables)
+        try:
+            ctx.run_tasks(self.flow.tasks, None)
+        except _TaskFailed as failed:
+            execution.error = {"taskId": failed.task_id, "message": failed.message}
+            self._run_handlers(ctx, self.flow.errors)
+            execution.finish("FAILED")
+            return execution
+        except Exception as exc:  # engine bug or unexpected error: still a FAILED execution
+            execution.error = {"taskId": "", "message": error_text(exc)}
+            execution.finish("FAILED")
+            return execution
+        execution.finish("WARNING" if ctx.warned else "SUCCESS")
+        return execution
+
+    def _run_handlers(self, ctx: _Context, tasks: Sequence[TaskBase]) -> None:
+        # a failing errors handler is recorded in its task run; the state stays FAILED
+        with contextlib.suppress(_TaskFailed):
+            ctx.run_tasks(tasks, None)
+
+    def run_task(self, ctx: _Context, task: TaskBase, parent: TaskBase | None) -> None:
+        """Run one task with its retry policy; raise _TaskFailed when it fails the execution."""
+        if task.disabled:
+            return
+        run = TaskRun(task.id, task.type, parent.id if parent is not None else None)
+        ctx.execution.add_task_run(run)
+        policy = RetryPolicy(task.retry or self._flow_retry())
+        timeout = task.timeout.total_seconds() if task.timeout is not None else None
+        started = time.monotonic()
+        attempt_no = 0
+        while True:
+            attempt_no += 1
+            attempt = Attempt("RUNNING", now())
+            run.attempts.append(attempt)
+            previous, ctx.current = ctx.current, task
+            try:
+                out = _call_with_timeout(task, ctx, timeout)
+            except _TaskFailed as child:
+                attempt.state, attempt.end = "FAILED", now()
+                attempt.error = f"child task {child.task_id} failed"
+                run.state = "FAILED"
+                raise
+            except Exception as exc:
+                attempt.state, attempt.end, attempt.error = "FAILED", now(), error_text(exc)
+                delay = policy.delay(attempt_no)
+                elapsed = time.monotonic() - started
+                if delay is not None and policy.should_retry(attempt_no, elapsed):
+                    run.state = "RETRYING"
+                    time.sleep(delay.total_seconds())
+                    continue
+                self._fail(ctx, task, run, attempt.error)
+                return
+            finally:
+                ctx.current = previous
+            attempt.state, attempt.end = "SUCCESS", now()
+            run.outputs = out if isinstance(out, dict) else None
+            if run.outputs is not None:
+                ctx.vars["outputs"][task.id] = run.outputs
+            if attempt_no > 1 and policy.warning_on_retry:
+                run.state, ctx.warned = "WARNING", True
+            else:
+                run.state = "SUCCESS"
+            return
+
+    def _fail(self, ctx: _Context, task: TaskBase, run: TaskRun, message: str) -> None:
+        if task.allowFailure:
+            run.state, ctx.warned = "WARNING", True
+            return
+        run.state = "FAILED"
+        if task.errors:
+            self._run_handlers(ctx, task.errors)
+        raise _TaskFailed(task.id, f"{task.id}: {message}")
+
+    def _flow_retry(self) -> RetrySpec | None:
+        return self.flow.retry

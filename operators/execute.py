@@ -1,0 +1,148 @@
+"""Execute step: one execution per record, finished inside the step (DESIGN §5).
+
+For each batch Bytewax hands it, the step runs the executions concurrently (a bounded thread
+pool; optionally one key at a time), writes a RUNNING and a terminal document per execution
+to the execution log, and returns only when every document is acknowledged by the broker.
+Only then does it emit, per source partition, the next offset whose records are all done;
+the source commits offsets at the following epoch, so a commit never runs ahead of the work
+(G1). Serde failures become SKIPPED executions (and DLQ records, delivery checked). With
+``onFailure: STOP`` a FAILED execution raises :class:`FlowStopped` after its document is
+delivered: the job halts and the record is not committed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from connectors.execution_log import LOG_HEADER, ExecutionLog, LogBatch
+from dataflows.spec import FlowBase
+from operators.deserialize import Decoded
+from operators.engine import Engine
+from operators.execution import Execution, execution_id, jsonable
+
+Done = tuple[str, tuple[str, int]]
+
+
+class FlowStopped(Exception):
+    """onFailure STOP: an execution failed; the job halts without committing its record."""
+
+
+def _header_dict(raw_headers: tuple[tuple[str, bytes | None], ...]) -> dict[str, str | None]:
+    return {k: (v.decode("utf-8", "replace") if v is not None else None)
+            for k, v in raw_headers}
+
+
+class ExecuteBatch:
+    """The batch function of the execute step; one instance serves all workers of a process."""
+
+    def __init__(self, flow: FlowBase, engine: Engine, log_factory: Callable[[], ExecutionLog],
+                 trigger_type: str, max_concurrency: int, key_ordering: bool,
+                 stop_on_failure: bool, dlq_topic: str | None) -> None:
+        self.flow = flow
+        self.engine = engine
+        self._log_factory = log_factory
+        self._log: ExecutionLog | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.trigger_type = trigger_type
+        self.max_concurrency = max_concurrency
+        self.key_ordering = key_ordering
+        self.stop_on_failure = stop_on_failure
+        self.dlq_topic = dlq_topic
+
+    def _resources(self) -> tuple[ExecutionLog, ThreadPoolExecutor]:
+        with self._lock:
+            if self._log is None:
+                self._log = self._log_factory()
+                self._pool = ThreadPoolExecutor(self.max_concurrency,
+                                                thread_name_prefix="execution")
+            assert self._pool is not None
+            return self._log, self._pool
+
+    def _new_execution(self, rec: Decoded) -> Execution:
+        raw = rec.raw
+        headers = _header_dict(raw.headers)
+        return Execution(
+            id=execution_id(self.flow.namespace, self.flow.id, raw.topic, raw.partition,
+                            raw.offset),
+            namespace=self.flow.namespace, flow_id=self.flow.id,
+            trigger={"type": self.trigger_type, "topic": raw.topic,
+                     "partition": raw.partition, "offset": raw.offset,
+                     "key": jsonable(rec.key), "timestamp": raw.timestamp,
+                     "offsets": None, "messagesCount": None, "deliveryCount": None},
+            upstream_id=headers.get(LOG_HEADER),
+            labels=dict(self.flow.labels),
+        )
+
+    def _run_one(self, rec: Decoded, batch: LogBatch) -> Execution:
+        execution = self._new_execution(rec)
+        raw = rec.raw
+        if rec.error is not None:
+            execution.error = {"taskId": "", "message": rec.error}
+            if self.dlq_topic is not None:
+                batch.produce(self.dlq_topic, raw.key, raw.value, [
+                    *((k, v) for k, v in raw.headers if v is not None),
+                    ("waxflow.source.topic", raw.topic.encode()),
+                    ("waxflow.source.partition", str(raw.partition).encode()),
+                    ("waxflow.source.offset", str(raw.offset).encode()),
+                    ("waxflow.error", rec.error.encode()),
+                    (LOG_HEADER, execution.id.encode()),
+                ])
+                execution.error["message"] += f" (sent to DLQ topic {self.dlq_topic})"
+            execution.finish("SKIPPED")
+            batch.write(execution.id, execution.to_json())
+            return execution
+        execution.state = "RUNNING"
+        batch.write(execution.id, execution.to_json())
+        trigger_vars = {
+            "key": rec.key, "value": rec.value, "topic": raw.topic,
+            "partition": raw.partition, "offset": raw.offset, "timestamp": raw.timestamp,
+            "headers": _header_dict(raw.headers),
+        }
+        self.engine.run(execution, trigger_vars)
+        batch.write(execution.id, execution.to_json())
+        return execution
+
+    def _run_sequence(self, recs: list[Decoded], batch: LogBatch) -> list[Execution]:
+        return [self._run_one(r, batch) for r in recs]
+
+    def __call__(self, items: list[Decoded]) -> list[Done]:
+        log, pool = self._resources()
+        batch = log.batch()
+        todo = [r for r in items if not r.filtered]
+        if self.key_ordering:
+            groups: dict[Any, list[Decoded]] = defaultdict(list)
+            for r in todo:
+                groups[r.raw.key].append(r)
+            futures = [pool.submit(self._run_sequence, g, batch) for g in groups.values()]
+        else:
+            futures = [pool.submit(self._run_sequence, [r], batch) for r in todo]
+        wait(futures)
+        executions = [e for f in futures for e in f.result()]
+        batch.wait()
+        if self.stop_on_failure:
+            for e in executions:
+                if e.state == "FAILED":
+                    t = e.trigger
+                    msg = (e.error or {}).get("message", "")
+                    raise FlowStopped(
+                        f"execution {e.id} of record {t['topic']}/{t['partition']}@"
+                        f"{t['offset']} FAILED: {msg}; onFailure STOP: job halted without "
+                        "committing this record")
+        ends: dict[str, int] = {}
+        for r in items:
+            key = r.raw.part_key
+            ends[key] = max(ends.get(key, -1), r.raw.offset + 1)
+        return [("done", (k, v)) for k, v in ends.items()]
+
+
+def execute(step_id: str, up: Stream[Decoded], runner: ExecuteBatch) -> Stream[Done]:
+    """Run one execution per record; emit ``("done", (source_part, next_offset))``."""
+    return op.flat_map_batch(step_id, up, runner)

@@ -1,0 +1,359 @@
+"""Tests for dataflows.expressions."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataflows.expressions import (
+    ExpressionError,
+    Expressions,
+    Redactor,
+    SecretError,
+    Secrets,
+    redact,
+    redact_obj,
+    register_secret,
+)
+
+CTX: dict[str, Any] = {
+    "trigger": {
+        "value": {"amount": 20000, "type": "refund", "items": [1, 2], "name": "Zoë"},
+        "offset": 7,
+        "topic": "orders",
+    },
+    "flow": {"id": "f", "namespace": "shop"},
+}
+
+
+@pytest.fixture
+def exprs() -> Expressions:
+    return Expressions(Secrets(environ={"WAXFLOW_SECRET_SLACK_WEBHOOK": "https://hooks/abc123"}))
+
+
+def render(exprs: Expressions, source: str, ctx: dict[str, Any] = CTX) -> Any:
+    return exprs.compile(source).render(ctx)
+
+
+# ---------------------------------------------------------------- native values
+def test_single_expression_is_native(exprs: Expressions) -> None:
+    assert render(exprs, "{{ trigger.value.amount > 10000 }}") is True
+    assert render(exprs, "{{ trigger.value.amount > 99999 }}") is False
+    assert render(exprs, "{{ trigger.value }}") is CTX["trigger"]["value"]
+    assert render(exprs, "{{ trigger.offset }}") == 7
+    assert render(exprs, "{{ 7 * 7 }}") == 49  # constant-folded expressions stay native too
+    assert render(exprs, "{{ none }}") is None
+
+
+def test_mixed_text_is_string(exprs: Expressions) -> None:
+    assert render(exprs, "offset {{ trigger.offset }}") == "offset 7"
+    assert render(exprs, "{{ trigger.offset }}{{ trigger.offset }}") == "77"
+    assert render(exprs, "[1, 2] {{ 3 }}") == "[1, 2] 3"  # Jinja's native mode loses the space
+    assert render(exprs, "{% if true %}10{% endif %}") == "10"
+    assert render(exprs, "{% if false %}x{% endif %}") == ""
+
+
+def test_record_data_is_never_evaluated(exprs: Expressions) -> None:
+    ctx = {"trigger": {"value": {"a": "{{ 7*7 }}", "b": "[1, 2]", "c": "123", "d": "True"}}}
+    assert render(exprs, "{{ trigger.value.a }}", ctx) == "{{ 7*7 }}"
+    assert render(exprs, "{{ trigger.value.b }}", ctx) == "[1, 2]"  # not literal_eval'd
+    assert render(exprs, "{{ trigger.value.c }}", ctx) == "123"
+    assert render(exprs, "{{ trigger.value.d }}", ctx) == "True"
+    assert render(exprs, "x {{ trigger.value.a }}", ctx) == "x {{ 7*7 }}"
+    assert exprs.render_value({"m": "{{ trigger.value.a }}"}, ctx) == {"m": "{{ 7*7 }}"}
+
+
+def test_dict_keys_win_over_dict_methods(exprs: Expressions) -> None:
+    assert render(exprs, "{{ trigger.value.items }}") == [1, 2]
+    assert render(exprs, "{{ trigger.value['items'] }}") == [1, 2]
+    assert render(exprs, "{{ flow.keys() | list }}") == ["id", "namespace"]
+
+
+# ---------------------------------------------------------------- errors and sandbox
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("{{ trigger.value.missing }}", "has no attribute 'missing'"),
+        ("{{ trigger.nope.deeper }}", "has no attribute 'nope'"),
+        ("x {{ trigger.value.missing }}", "has no attribute 'missing'"),
+        ("{{ triggers }}", "'triggers' is undefined"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("{{ trigger.__class__ }}", "SecurityError"),
+        ("{{ trigger.value.items.append(3) }}", "SecurityError"),
+        ("{{ range(10**7) | list }}", "OverflowError"),
+    ],
+)
+def test_render_failures_raise_expression_error(
+    exprs: Expressions, source: str, reason: str
+) -> None:
+    with pytest.raises(ExpressionError, match=reason) as info:
+        render(exprs, source)
+    assert info.value.source == source
+    assert repr(source) in str(info.value)
+
+
+def test_compile_syntax_error(exprs: Expressions) -> None:
+    with pytest.raises(ExpressionError, match="syntax error"):
+        exprs.compile("{{ x }")
+
+
+# ---------------------------------------------------------------- compile cache
+def test_compile_caches_by_source(exprs: Expressions) -> None:
+    a = exprs.compile("{{ trigger.offset }}")
+    assert exprs.compile("{{ trigger.offset }}") is a
+    assert exprs.compile("{{ trigger.topic }}") is not a
+
+
+def test_constant_fast_path(exprs: Expressions) -> None:
+    t = exprs.compile("plain text with { braces } and }}")
+    assert t.render({}) == "plain text with { braces } and }}"
+    assert exprs.compile("plain text with { braces } and }}") is t
+    assert render(exprs, "{# comment #}x") == "x"  # comments are not constants
+
+
+def test_compile_is_thread_safe(exprs: Expressions) -> None:
+    results: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(exprs.compile("{{ trigger.value.type }} {{ flow.id }}"))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(r) for r in results}) == 1
+
+
+def test_template_reusable_across_contexts(exprs: Expressions) -> None:
+    t = exprs.compile("{% set n = trigger.offset * 2 %}{{ n }}")
+    assert t.render({"trigger": {"offset": 1}}) == 2
+    assert t.render({"trigger": {"offset": 5}}) == 10
+
+
+# ---------------------------------------------------------------- filters and globals
+def test_tojson(exprs: Expressions) -> None:
+    assert render(exprs, "{{ trigger.value | tojson }}") == json.dumps(
+        CTX["trigger"]["value"], ensure_ascii=False, separators=(",", ":")
+    )
+    assert "Zoë" in render(exprs, "{{ trigger.value | tojson }}")
+    ctx = {"v": {"s": "<a&b>", "n": None, "d": Decimal("1.10"), "t": datetime(2024, 1, 2, 3, 4)}}
+    assert render(exprs, "{{ v | tojson }}", ctx) == (
+        '{"s":"<a&b>","n":null,"d":"1.10","t":"2024-01-02T03:04:00"}'
+    )
+    assert render(exprs, "{{ 'x' | tojson }}") == '"x"'
+    assert render(exprs, "{{ 1.5 | tojson }}") == "1.5"
+    assert render(exprs, "{{ none | tojson }}") == "null"
+    with pytest.raises(ExpressionError, match="not JSON serializable"):
+        render(exprs, "{{ v | tojson }}", {"v": object()})
+
+
+def test_fromjson(exprs: Expressions) -> None:
+    ctx = {"raw": '{"a": [1, 2], "b": "é"}'}
+    assert render(exprs, "{{ (raw | fromjson).a[1] }}", ctx) == 2
+    assert render(exprs, "{{ raw | fromjson }}", ctx) == {"a": [1, 2], "b": "é"}
+
+
+def test_now_is_utc_iso(exprs: Expressions) -> None:
+    out = render(exprs, "{{ now() }}")
+    assert out.endswith("Z")
+    parsed = datetime.fromisoformat(out)
+    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 5
+
+
+def test_secret_global(exprs: Expressions) -> None:
+    assert render(exprs, "{{ secret('SLACK_WEBHOOK') }}") == "https://hooks/abc123"
+    assert render(exprs, "{{ secret('slack-webhook') }}") == "https://hooks/abc123"
+    assert redact("posting to https://hooks/abc123 now") == "posting to ****** now"
+
+
+# ---------------------------------------------------------------- render_value
+def test_render_value_recurses(exprs: Expressions) -> None:
+    value = {
+        "url": "https://x/{{ flow.id }}",
+        "{{ trigger.topic }}": [
+            "{{ trigger.offset }}",
+            3,
+            None,
+            {"deep": "{{ trigger.value.type }}"},
+        ],
+        5: True,
+        "plain": "text",
+    }
+    expected = {
+        "url": "https://x/f",
+        "orders": [7, 3, None, {"deep": "refund"}],
+        5: True,
+        "plain": "text",
+    }
+    assert exprs.render_value(value, CTX) == expected
+    assert exprs.compile_value(value).render(CTX) == expected
+    assert exprs.render_value(("{{ flow.id }}",), CTX) == ["f"]
+    assert exprs.render_value(1.5, CTX) == 1.5
+
+
+def test_compile_value_returns_fresh_containers(exprs: Expressions) -> None:
+    t = exprs.compile_value({"a": ["x"]})
+    first = t.render(CTX)
+    first["a"].append("y")
+    assert t.render(CTX) == {"a": ["x"]}
+
+
+# ---------------------------------------------------------------- check
+def test_check_ok(exprs: Expressions) -> None:
+    assert exprs.check("no template here") == []
+    assert exprs.check("{{ trigger.value | tojson }} {{ secret('X') }} {{ now() }}") == []
+    assert exprs.check("{% for i in range(3) %}{% set y = i %}{{ y }}{% endfor %}") == []
+    assert exprs.check("{{ outputs.a.b }} {{ execution.id }} {{ env.HOME }} {{ loop }}") == []
+
+
+def test_check_unknown_variable(exprs: Expressions) -> None:
+    [message] = exprs.check("{{ trigers.value }}")
+    assert message.startswith("unknown variable 'trigers' (did you mean 'trigger'? known: ")
+    for name in ("execution", "flow", "outputs", "trigger", "env", "secret"):
+        assert name in message
+    assert len(exprs.check("{{ a }} {{ b }}")) == 2
+
+
+def test_check_syntax_errors(exprs: Expressions) -> None:
+    assert exprs.check("{{ x }") == ["syntax error: unexpected '}'"]
+    [message] = exprs.check("line one\n{{ trigger +  }}")
+    assert message.startswith("syntax error on line 2 of the expression: ")
+
+
+def test_check_unknown_filter_and_include(exprs: Expressions) -> None:
+    assert exprs.check("{{ trigger | nofilter }}") == ["error: No filter named 'nofilter'."]
+    assert exprs.check("{% include 'x.html' %}") == ["'include' is not available in expressions"]
+
+
+# ---------------------------------------------------------------- secrets
+def test_secret_env_name() -> None:
+    assert Secrets.env_name("slack-webhook.url") == "WAXFLOW_SECRET_SLACK_WEBHOOK_URL"
+
+
+def test_secret_lookup_order(tmp_path: Path) -> None:
+    file = tmp_path / "secrets.yaml"
+    file.write_text("DB_PASSWORD: from-file-pw\nONLY_FILE: file-only-1\nlower-name: lower-1\n")
+    env = {"WAXFLOW_SECRET_DB_PASSWORD": "from-env-pw", "WAXFLOW_SECRETS_FILE": str(file)}
+    secrets = Secrets(environ=env)
+    assert secrets.get("DB_PASSWORD") == "from-env-pw"
+    assert secrets.get("ONLY_FILE") == "file-only-1"
+    assert secrets.get("only-file") == "file-only-1"  # env-name form of the key
+    assert secrets("lower-name") == "lower-1"
+
+
+def test_secrets_json_file(tmp_path: Path) -> None:
+    file = tmp_path / "s.json"
+    file.write_text(json.dumps({"TOKEN": "json-token-1", "PORT": 5432}))
+    secrets = Secrets(environ={}, file=file)
+    assert secrets.get("TOKEN") == "json-token-1"
+    assert secrets.get("PORT") == "5432"
+
+
+def test_missing_secret_names_it_without_values(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    file.write_text("OTHER: other-value-1\n")
+    secrets = Secrets(environ={"WAXFLOW_SECRET_X": "x-value-1"}, file=file)
+    with pytest.raises(SecretError) as info:
+        secrets.get("NOPE")
+    text = str(info.value)
+    assert "'NOPE'" in text and "WAXFLOW_SECRET_NOPE" in text
+    assert "other-value-1" not in text and "x-value-1" not in text
+
+
+def test_bad_secrets_file_does_not_leak(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    file.write_text("TOKEN: leaked-value-9\n  bad: [indent\n")
+    with pytest.raises(SecretError) as info:
+        Secrets(environ={}, file=file).get("TOKEN")
+    assert "leaked-value-9" not in str(info.value)
+    with pytest.raises(SecretError, match="cannot read"):
+        Secrets(environ={}, file=tmp_path / "absent.yaml").get("TOKEN")
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(SecretError, match="mapping"):
+        Secrets(environ={}, file=tmp_path / "list.yaml").get("TOKEN")
+
+
+def test_secret_error_in_template_is_expression_error() -> None:
+    exprs = Expressions(Secrets(environ={}))
+    with pytest.raises(ExpressionError, match="secret 'MISSING_ONE' is not defined"):
+        exprs.compile("{{ secret('MISSING_ONE') }}").render({})
+
+
+def test_expression_error_text_is_redacted() -> None:
+    exprs = Expressions(Secrets(environ={"WAXFLOW_SECRET_TOK": "tok-value-77"}))
+    with pytest.raises(ExpressionError) as info:
+        exprs.compile("{{ table[secret('TOK')] }}").render({"table": {}})
+    assert "tok-value-77" not in str(info.value)
+    assert "******" in str(info.value)
+
+
+def test_register_all(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    file.write_text("A: never-used-file-secret\n")
+    Secrets(environ={"WAXFLOW_SECRET_B": "never-used-env-secret"}, file=file).register_all()
+    assert redact("never-used-file-secret never-used-env-secret") == "****** ******"
+
+
+# ---------------------------------------------------------------- redaction
+def test_redactor_basics() -> None:
+    r = Redactor()
+    assert r.redact("nothing registered") == "nothing registered"
+    r.add("ab")  # too short to mask
+    r.add("hunter2")
+    r.add("hunter2-long")
+    assert r.redact("ab hunter2 hunter2-long") == "ab ****** ******"
+    assert r.redact_obj({"hunter2": ["x hunter2", 3, ("hunter2",)]}) == {
+        "******": ["x ******", 3, ("******",)]
+    }
+
+
+def test_redactor_json_escaped_form() -> None:
+    r = Redactor()
+    r.add('pa"ss\\word')
+    assert r.redact(json.dumps({"p": 'pa"ss\\word'})) == '{"p": "******"}'
+
+
+def test_module_redactor() -> None:
+    register_secret("module-level-secret")
+    assert redact_obj({"k": ["module-level-secret"]}) == {"k": ["******"]}
+
+
+def test_redactor_thread_safe() -> None:
+    r = Redactor()
+    values = [f"secret-{i:04d}" for i in range(200)]
+    errors: list[str] = []
+
+    def adder(chunk: list[str]) -> None:
+        for v in chunk:
+            r.add(v)
+            if r.redact(f"<{v}>") != "<******>":
+                errors.append(v)
+
+    threads = [threading.Thread(target=adder, args=(values[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert r.redact(" ".join(values)) == " ".join(["******"] * 200)
+
+
+# ---------------------------------------------------------------- performance
+def test_render_rate_well_above_10k_per_second(exprs: Expressions) -> None:
+    # Full micro benchmark: bench/expressions.py (about 370k renders/s for this template).
+    t = exprs.compile("{{ trigger.value.type }}-{{ trigger.value.amount }}")
+    ctxs = [{"trigger": {"value": {"type": "a", "amount": i}}} for i in range(20_000)]
+    start = time.perf_counter()
+    for ctx in ctxs:
+        t.render(ctx)
+    assert time.perf_counter() - start < 2.0  # >= 10k renders/s even on a slow machine

@@ -1,0 +1,291 @@
+"""The execution index without a broker: documents go in through ``ExecutionIndex.ingest``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recovery.executions_cli import add_parser, parse_when
+from recovery.index import AmbiguousIdError, ExecutionIndex
+
+LOG = "waxflow.executions"
+
+
+def doc(exec_id: str, state: str = "SUCCESS", *, run: str = "r1", flow: str = "orders",
+        namespace: str = "shop", start: str = "2026-11-25T16:00:00+00:00",
+        topic: str | None = "orders", partition: int | None = 0, offset: int | None = 0,
+        offsets: dict[str, list[int]] | None = None, upstream: str | None = None,
+        **extra: Any) -> dict[str, Any]:
+    terminal = state in ("SUCCESS", "WARNING", "FAILED", "SKIPPED")
+    return {
+        "id": exec_id, "namespace": namespace, "flowId": flow, "state": state,
+        "terminal": terminal, "runId": run, "startDate": start,
+        "endDate": start if terminal else None, "durationMs": 12.5 if terminal else None,
+        "trigger": {"type": "kafka.RealtimeTrigger", "topic": topic, "partition": partition,
+                    "offset": offset, "key": None, "timestamp": None, "offsets": offsets,
+                    "messagesCount": None, "deliveryCount": None},
+        "taskRuns": [], "error": None, "upstreamExecutionId": upstream, "labels": {},
+        **extra,
+    }
+
+
+class Feeder:
+    """Appends documents to log partition 0 at increasing offsets, like the real topic."""
+
+    def __init__(self, index: ExecutionIndex) -> None:
+        self.index = index
+        self.offset = 0
+
+    def __call__(self, *docs: dict[str, Any]) -> None:
+        for d in docs:
+            assert self.index.ingest(0, self.offset, d["id"].encode(), json.dumps(d).encode(),
+                                     log_topic=LOG)
+            self.offset += 1
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[ExecutionIndex]:
+    with ExecutionIndex(tmp_path / "index.sqlite") as ix:
+        yield ix
+
+
+@pytest.fixture
+def feed(index: ExecutionIndex) -> Feeder:
+    return Feeder(index)
+
+
+def test_latest_document_wins_by_log_offset(index: ExecutionIndex, feed: Feeder) -> None:
+    feed(doc("a" * 32, "RUNNING"), doc("a" * 32, "SUCCESS"))
+    assert index.list()[0]["state"] == "SUCCESS"
+    # an older record of the same key (re-ingested out of order) does not win
+    older = json.dumps(doc("a" * 32, "RUNNING")).encode()
+    index.ingest(0, 0, b"a" * 32, older, log_topic=LOG)
+    shown = index.show("a" * 32)
+    assert shown is not None and shown["state"] == "SUCCESS" and shown["terminal"] is True
+    assert len(index.list()) == 1
+
+
+def test_tombstones_and_junk_are_ignored(index: ExecutionIndex) -> None:
+    assert index.ingest(0, 0, b"k", None) is False
+    assert index.ingest(0, 1, b"k", b"not json") is False
+    assert index.ingest(0, 2, b"k", b"[1, 2]") is False
+    assert index.ingest(0, 3, None, b'{"state": "RUNNING"}') is False
+    assert index.list() == []
+    # a document without "id" is keyed by the record key
+    assert index.ingest(0, 4, b"fromkey", b'{"state": "RUNNING"}') is True
+    assert [r["id"] for r in index.list()] == ["fromkey"]
+
+
+def test_runs_count_distinct_run_ids(index: ExecutionIndex, feed: Feeder) -> None:
+    eid = "b" * 32
+    feed(doc(eid, "RUNNING", run="r1", start="2026-11-25T16:00:00+00:00"),
+         doc(eid, "RUNNING", run="r2", start="2026-11-25T16:05:00+00:00"),
+         doc(eid, "SUCCESS", run="r2", start="2026-11-25T16:05:00+00:00"))
+    [row] = index.list()
+    assert row["runs"] == 2 and row["state"] == "SUCCESS"
+    shown = index.show(eid)
+    assert shown is not None
+    assert [(r["runId"], r["state"]) for r in shown["runs"]] == [("r1", "RUNNING"),
+                                                                 ("r2", "SUCCESS")]
+    assert shown["runs"][1]["startDate"].startswith("2026-11-25T16:05:00")
+
+
+def test_list_filters_and_order(index: ExecutionIndex, feed: Feeder) -> None:
+    feed(doc("e1" * 16, "SUCCESS", flow="orders", start="2026-11-25T10:00:00+00:00", offset=1),
+         doc("e2" * 16, "FAILED", flow="orders", start="2026-11-25T11:00:00+00:00", offset=2),
+         doc("e3" * 16, "SUCCESS", flow="refunds", namespace="pay", topic="refunds",
+             start="2026-11-25T12:00:00+01:00", offset=3),  # 11:00Z, written in +01:00
+         doc("e4" * 16, "RUNNING", flow="batchy", topic=None, partition=None, offset=None,
+             offsets={"clicks/0": [0, 9], "orders/1": [5, 7]},
+             start="2026-11-25T13:00:00Z"))
+    def ids(rows: list[dict[str, Any]]) -> list[str]:
+        return [r["id"][:2] for r in rows]
+
+    assert ids(index.list()) == ["e4", "e3", "e2", "e1"]
+    assert ids(index.list(flow="orders")) == ["e2", "e1"]
+    assert ids(index.list(flow="pay.refunds")) == ["e3"]
+    assert ids(index.list(state="success")) == ["e3", "e1"]
+    assert ids(index.list(topic="orders")) == ["e4", "e2", "e1"]
+    assert ids(index.list(topic="clicks")) == ["e4"]
+    since = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
+    assert set(ids(index.list(since=since))) == {"e4", "e3", "e2"}
+    assert ids(index.list(since=since, until=datetime(2026, 11, 25, 12, 0))) in (
+        ["e3", "e2"], ["e2", "e3"])
+    assert ids(index.list(limit=1)) == ["e4"]
+    assert ids(index.list(flow="orders", state="FAILED")) == ["e2"]
+
+
+def test_show_by_prefix_and_ambiguity(index: ExecutionIndex, feed: Feeder) -> None:
+    feed(doc("abcdef01" + "0" * 24), doc("abcdef02" + "0" * 24), doc("123456" + "f" * 26))
+    shown = index.show("123456f")
+    assert shown is not None and shown["id"] == "123456" + "f" * 26
+    assert index.show("12345") is None  # too short for a prefix
+    assert index.show("999999") is None
+    with pytest.raises(AmbiguousIdError) as err:
+        index.show("abcdef")
+    assert err.value.candidates == ["abcdef01" + "0" * 24, "abcdef02" + "0" * 24]
+    assert index.show("abcdef02") is not None
+
+
+def test_trace_record_batch_and_downstream(index: ExecutionIndex, feed: Feeder) -> None:
+    feed(doc("rec" + "0" * 29, topic="orders", partition=1, offset=7),
+         doc("other" + "0" * 27, topic="orders", partition=1, offset=8),
+         doc("batch" + "0" * 27, topic=None, partition=None, offset=None,
+             offsets={"orders/1": [5, 9], "orders/0": [0, 3]}),
+         doc("down1" + "0" * 27, topic="enriched", offset=0, upstream="rec" + "0" * 29),
+         doc("down2" + "0" * 27, topic="alerts", offset=4, upstream="down1" + "0" * 27),
+         doc("fromb" + "0" * 27, topic="agg", offset=0, upstream="batch" + "0" * 27))
+    got = [(r["id"][:5], r["match"], r["depth"]) for r in index.trace("orders", 1, 7)]
+    assert sorted(got[:2]) == [("batch", "batch", 0), ("rec00", "record", 0)]
+    assert sorted(got[2:4]) == [("down1", "downstream", 1), ("fromb", "downstream", 1)]
+    assert got[4:] == [("down2", "downstream", 2)]
+    # range bounds are inclusive; outside them only record matches remain
+    assert [r["id"][:5] for r in index.trace("orders", 1, 9)] == ["batch", "fromb"]
+    assert [r["id"][:5] for r in index.trace("orders", 1, 10)] == []
+    assert [r["id"][:5] for r in index.trace("orders", 0, 3)] == ["batch", "fromb"]
+    assert index.trace("orders", 2, 7) == []
+
+
+def test_trace_stops_at_cycles_and_depth(index: ExecutionIndex, feed: Feeder) -> None:
+    chain = [f"c{i:02d}" + "0" * 29 for i in range(14)]
+    feed(doc(chain[0], topic="in", offset=0, upstream=chain[1]))  # a cycle back to the root
+    for i in range(1, 14):
+        feed(doc(chain[i], topic=f"t{i}", offset=0, upstream=chain[i - 1]))
+    got = index.trace("in", 0, 0)
+    assert [r["depth"] for r in got] == list(range(11))
+    assert len({r["id"] for r in got}) == 11
+
+
+def test_index_persists_and_rebuilds_on_schema_change(tmp_path: Path) -> None:
+    path = tmp_path / "ix.sqlite"
+    with ExecutionIndex(path) as ix:
+        Feeder(ix)(doc("p" * 32))
+    with ExecutionIndex(path) as ix:
+        assert len(ix.list()) == 1
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 999")
+    with ExecutionIndex(path) as ix:
+        assert ix.list() == []  # a cache from another version is dropped, not misread
+
+
+def test_default_path_honours_waxflow_home(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAXFLOW_HOME", str(tmp_path / "home"))
+    with ExecutionIndex() as ix:
+        assert ix.path == tmp_path / "home" / "index.sqlite"
+    assert ix.path.exists()
+
+
+# -- CLI ---------------------------------------------------------------------------------
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="waxflow")
+    add_parser(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(list(argv))
+    code: int = args.func(args)
+    return code
+
+
+@pytest.fixture
+def cli_index(tmp_path: Path) -> str:
+    path = tmp_path / "cli.sqlite"
+    with ExecutionIndex(path) as ix:
+        feed = Feeder(ix)
+        feed(doc("f00d" * 8, "RUNNING", run="r1", offset=1),
+             doc("f00d" * 8, "FAILED", run="r2", offset=1,
+                 error={"taskId": "load", "message": "boom [x]"},
+                 taskRuns=[{"taskId": "load", "type": "http.Request", "parentTaskId": None,
+                            "state": "FAILED", "outputs": {},
+                            "attempts": [{"state": "FAILED", "error": "timeout",
+                                          "startDate": "2026-11-25T16:00:00+00:00",
+                                          "endDate": "2026-11-25T16:00:01.5+00:00"}] * 2}]),
+             doc("beef" * 8, "SUCCESS", offset=2, start="2026-11-25T17:00:00+00:00"),
+             doc("cafe" * 8, "SUCCESS", topic="out", offset=0, upstream="f00d" * 8))
+    return str(path)
+
+
+def test_cli_list_json(cli_index: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_cli("executions", "list", "--no-sync", "--index", cli_index, "--format", "json")
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = json.loads(out)
+    # newest start first; equal starts: the later log record first
+    assert [r["id"][:4] for r in rows] == ["beef", "cafe", "f00d"]
+    assert {r["id"][:4]: r["runs"] for r in rows}["f00d"] == 2
+    code = run_cli("executions", "list", "--no-sync", "--index", cli_index, "--format", "json",
+                   "--state", "failed")
+    assert [r["id"][:4] for r in json.loads(capsys.readouterr().out)] == ["f00d"]
+
+
+def test_cli_show_and_trace_json(cli_index: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("executions", "show", "f00df00d", "--no-sync", "--index", cli_index,
+                   "--format", "json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["id"] == "f00d" * 8 and shown["state"] == "FAILED"
+    assert [r["runId"] for r in shown["runs"]] == ["r1", "r2"]
+    assert run_cli("executions", "trace", "orders", "0", "1", "--no-sync", "--index", cli_index,
+                   "--format", "json") == 0
+    traced = json.loads(capsys.readouterr().out)
+    assert [(r["id"][:4], r["depth"]) for r in traced] == [("f00d", 0), ("cafe", 1)]
+
+
+def test_cli_tables_render(cli_index: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (("list",), ("show", "f00d" * 8), ("trace", "orders", "0", "1"),
+                 ("trace", "orders", "0", "99")):
+        assert run_cli("executions", *argv, "--no-sync", "--index", cli_index) == 0
+    out = capsys.readouterr().out
+    assert "f00df00df00d" in out and "replayed 1 time" in out and "boom [x]" in out
+    assert "orders/0@1" in out and "no execution recorded for orders/0@99" in out
+
+
+def test_cli_user_errors_are_one_line(cli_index: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with ExecutionIndex(cli_index) as ix:
+        ix.ingest(1, 0, None, json.dumps(doc("f00d" + "1" * 28)).encode(), log_topic=LOG)
+    assert run_cli("executions", "show", "0123456789", "--no-sync", "--index", cli_index) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no execution matches" in err
+    assert run_cli("executions", "show", "f00d", "--no-sync", "--index", cli_index) == 1
+    assert "at least 6" in capsys.readouterr().err
+    assert run_cli("executions", "show", "f00df0", "--no-sync", "--index", cli_index) == 0
+    capsys.readouterr()
+    assert run_cli("executions", "show", "f00d11", "--no-sync", "--index", cli_index) == 0
+    capsys.readouterr()
+    with ExecutionIndex(cli_index) as ix:
+        ix.ingest(1, 1, None, json.dumps(doc("f00df0" + "2" * 26)).encode(), log_topic=LOG)
+    assert run_cli("executions", "show", "f00df0", "--no-sync", "--index", cli_index) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ambiguous" in err and "f00d" * 8 in err
+
+
+def test_cli_unreachable_broker_fails_fast(cli_index: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = time.monotonic()
+    code = run_cli("executions", "list", "--index", cli_index, "--bootstrap", "127.0.0.1:1",
+                   "--sync-timeout", "2")
+    assert code == 1 and time.monotonic() - t0 < 10
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "127.0.0.1:1" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_parse_when() -> None:
+    now = datetime.now(UTC)
+    assert abs(parse_when("1h") - (now - timedelta(hours=1))) < timedelta(seconds=5)
+    assert abs(parse_when("30m") - (now - timedelta(minutes=30))) < timedelta(seconds=5)
+    assert parse_when("2026-11-25T16:00:00") == datetime(2026, 11, 25, 16, tzinfo=UTC)
+    assert parse_when("2026-11-25T17:00:00+01:00") == datetime(2026, 11, 25, 16, tzinfo=UTC)
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_when("yesterday")
+    with pytest.raises(SystemExit) as exc:
+        run_cli("executions", "list", "--since", "soon")
+    assert exc.value.code == 2
