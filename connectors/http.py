@@ -129,8 +129,13 @@ def _one_line(text: str) -> str:
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
-        text = text.replace(secret, "***")
+    """Mask each secret of 3+ characters, also in its ``repr`` forms (str and UTF-8 bytes)."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if len(secret) >= 3:
+            forms |= {secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
     return text
 
 

@@ -17,8 +17,8 @@ from pydantic import ConfigDict, Field, field_validator
 from dataflows.errors import format_path
 from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
 
-if TYPE_CHECKING:  # resolved at run time by the lead's discriminated union (model_rebuild)
-    from dataflows.tasks import TaskBase as AnyTask
+if TYPE_CHECKING:  # at run time AnyTask is resolved by model_rebuild (dataflows.spec)
+    from dataflows.tasks import AnyTask
 
 __all__ = ["FUNCTION_PATTERN", "is_truthy", "switch_key"]
 

@@ -10,10 +10,13 @@ is off unless ``--recovery-dir`` is given (then Bytewax snapshots are the resume
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -45,6 +48,44 @@ def user_error(exc: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def quiet_panics() -> Iterator[None]:
+    """Forward fd 2 through a filter that drops the Rust panic report of a failed step.
+
+    Bytewax reports an exception raised in a step as a Rust panic with a long backtrace on
+    stderr before the exception reaches Python; users get our one-line message instead.
+    Everything else (logs, librdkafka warnings) passes through. ``WAXFLOW_DEBUG=1`` keeps it.
+    """
+    if env_flag("WAXFLOW_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    out = os.fdopen(saved, "wb", buffering=0, closefd=False)
+
+    def pump() -> None:
+        dropping = False
+        with os.fdopen(read_fd, "rb") as pipe:
+            for line in pipe:
+                if b"panicked at" in line:
+                    dropping = True
+                if not dropping:
+                    out.write(line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF
+        thread.join(timeout=5)
+        os.close(saved)
+
+
 def run_here(flow_path: str, workers: int, epoch: timedelta, recovery_dir: str | None,
              stop_when_idle: float | None, process_id: int | None = None,
              addresses: list[str] | None = None) -> None:
@@ -62,9 +103,11 @@ def run_here(flow_path: str, workers: int, epoch: timedelta, recovery_dir: str |
             rdir.mkdir(parents=True, exist_ok=True)
             init_db_dir(rdir, max(1, workers * len(addresses or [""])))  # type: ignore[no-untyped-call]
         recovery = RecoveryConfig(str(rdir))  # type: ignore[no-untyped-call]
-    cli_main(  # type: ignore[no-untyped-call]
-        flow, workers_per_process=workers, process_id=process_id, addresses=addresses,
-        epoch_interval=epoch, recovery_config=recovery)
+    os.environ.setdefault("RUST_BACKTRACE", "0")
+    with quiet_panics():
+        cli_main(  # type: ignore[no-untyped-call]
+            flow, workers_per_process=workers, process_id=process_id, addresses=addresses,
+            epoch_interval=epoch, recovery_config=recovery)
 
 
 def run_cluster(argv_base: list[str], processes: int) -> int:

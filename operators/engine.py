@@ -173,9 +173,8 @@ class Engine:
                 raise
             except Exception as exc:
                 attempt.state, attempt.end, attempt.error = "FAILED", now(), error_text(exc)
-                delay = policy.delay(attempt_no)
-                elapsed = time.monotonic() - started
-                if delay is not None and policy.should_retry(attempt_no, elapsed):
+                delay = policy.next_delay(attempt_no, time.monotonic() - started)
+                if delay is not None:
                     run.state = "RETRYING"
                     time.sleep(delay.total_seconds())
                     continue

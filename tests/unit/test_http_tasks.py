@@ -297,3 +297,13 @@ def test_notify_connection_error_hides_url_path() -> None:
 def test_slack_needs_exactly_one_of_text_and_payload(props: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match="exactly one of text and payload"):
         parse_task({"id": "s", "type": "notify.Slack", "url": "https://h", **props})
+
+
+def test_protocol_error_does_not_echo_header_values(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/h").respond_with_data("ok")
+    task = request(httpserver.url_for("/h"), headers={"X-Key": f"{SECRET}\r\nInjected: 1"})
+    with pytest.raises(TaskFailure) as info:
+        task.run(FakeContext())
+    message = str(info.value)
+    assert "failed: LocalProtocolError" in message
+    assert SECRET not in message and "\n" not in message

@@ -1,0 +1,94 @@
+"""Run flows as real ``waxflow run`` processes against the test broker and read their history."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from tests.kafka_helpers import read_all
+
+WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
+
+
+def flow_env(bootstrap: str, log_topic: str, **extra: str) -> dict[str, str]:
+    """Environment for a flow process: the test broker and a per-test execution-log topic."""
+    env = dict(os.environ)
+    env.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log_topic,
+                "WAXFLOW_LOG_LEVEL": "WARNING", **extra})
+    return env
+
+
+def new_log_topic() -> str:
+    return f"log-{uuid.uuid4().hex[:10]}"
+
+
+def write_flow(tmp_path: Path, text: str, name: str = "flow.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run_flow(path: Path, env: dict[str, str], *args: str, idle: float = 3.0,
+             timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+    """``waxflow run FLOW --stop-when-idle idle`` to completion."""
+    return subprocess.run([WAXFLOW, "run", str(path), "--stop-when-idle", str(idle), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def start_flow(path: Path, env: dict[str, str], *args: str,
+               idle: float | None = None) -> subprocess.Popen[str]:
+    cmd = [WAXFLOW, "run", str(path), *args]
+    if idle is not None:
+        cmd += ["--stop-when-idle", str(idle)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes | None],
+            keys: list[bytes | None] | None = None, partitions: int | None = None,
+            headers: list[tuple[str, bytes]] | None = None) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i, v in enumerate(values):
+        kwargs: dict[str, Any] = {}
+        if partitions:
+            kwargs["partition"] = i % partitions
+        if headers:
+            kwargs["headers"] = headers
+        p.produce(topic, value=v, key=keys[i] if keys else None, **kwargs)
+        if i % 10000 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+
+
+def produce_json(bootstrap: str, topic: str, docs: list[dict[str, Any]],
+                 partitions: int | None = None) -> None:
+    produce(bootstrap, topic, [json.dumps(d).encode() for d in docs],
+            keys=[str(d.get("id", i)).encode() for i, d in enumerate(docs)],
+            partitions=partitions)
+
+
+def log_documents(bootstrap: str, log_topic: str) -> list[dict[str, Any]]:
+    """Every document of the execution log, in log order per partition."""
+    return [json.loads(m.value() or b"null") for m in read_all(bootstrap, log_topic)]
+
+
+def latest_by_id(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        out[d["id"]] = d
+    return out
+
+
+def runs_by_id(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
+    runs: dict[str, set[str]] = defaultdict(set)
+    for d in docs:
+        runs[d["id"]].add(d["runId"])
+    return runs
