@@ -45,7 +45,8 @@ class RawRecord:
         return f"{self.partition}-{self.topic}"
 
 
-def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
+def headers_tuple(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
+    """confluent-kafka headers (list of pairs or dict) as a tuple of (name, bytes) pairs."""
     if not raw:
         return ()
     items = raw.items() if isinstance(raw, dict) else raw
@@ -123,7 +124,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
             ts_type, ts = m.timestamp()
             out.append(RawRecord(m.topic() or "", m.partition() or 0, m.offset() or 0,
                                  m.key(), m.value(), ts if ts_type != 0 else None,
-                                 _headers(m.headers())))
+                                 headers_tuple(m.headers())))
         now = time.monotonic()
         if out:
             self._next = out[-1].offset + 1

@@ -143,6 +143,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test(args: argparse.Namespace) -> int:
+    from dataflows.local_run import run_jsonl
+    from dataflows.spec import parse_flow
+    from recovery.executions_cli import print_executions
+
+    docs = run_jsonl(parse_flow(args.flow), Path(args.records))
+    print_executions(docs, args.format)
+    return 0 if all(d["state"] in ("SUCCESS", "WARNING", "SKIPPED") for d in docs) else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from dataflows.local_run import replay
+    from dataflows.spec import parse_flow
+    from recovery.executions_cli import print_executions
+    from recovery.index import ExecutionIndex
+
+    flow = parse_flow(args.flow)
+    with ExecutionIndex(args.index) as index:
+        index.sync(args.bootstrap or os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"),
+                   os.environ.get("WAXFLOW_EXECUTION_LOG", "waxflow.executions"))
+        doc = index.show(args.id)
+    if doc is None:
+        return _err(f"no execution {args.id} in the execution log")
+    trig = doc["trigger"]
+    if trig.get("offset") is None:
+        return _err(f"execution {doc['id']} is not the execution of one record")
+    try:
+        execution = replay(flow, doc["id"], trig["topic"], trig["partition"], trig["offset"])
+    except LookupError as exc:
+        return _err(str(exc))
+    print_executions([execution.document()], args.format)
+    return 0 if execution.state in ("SUCCESS", "WARNING") else 1
+
+
 def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v = sub.add_parser("validate", help="check a flow file (exit 1 with file:line messages)")
     v.add_argument("flow")
@@ -160,6 +194,24 @@ def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     r.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
     r.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)
+    t = sub.add_parser("test", help="run a flow on records from a JSONL file (no broker)")
+    t.add_argument("flow")
+    t.add_argument("--records", required=True, metavar="FILE.jsonl")
+    t.add_argument("--format", choices=("table", "json"), default="table")
+    t.set_defaults(func=_test)
+
+
+def add_replay(executions: argparse.ArgumentParser) -> None:
+    """``waxflow executions replay ID --flow FLOW`` (needs the execution engine)."""
+    sub = next(a for a in executions._actions
+               if isinstance(a, argparse._SubParsersAction))
+    rp = sub.add_parser("replay", help="run an execution's record again under the same id")
+    rp.add_argument("id", metavar="ID")
+    rp.add_argument("--flow", required=True, help="the flow file the execution belongs to")
+    rp.add_argument("--format", choices=("table", "json"), default="table")
+    rp.add_argument("--bootstrap", default=None)
+    rp.add_argument("--index", default=None)
+    rp.set_defaults(func=_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_executions(sub)
+        add_replay(sub.choices["executions"])
     return parser
 
 
@@ -187,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _err(str(exc)) if isinstance(exc, BrokerError) else _flow_err(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `waxflow executions list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -51,9 +51,8 @@ def _precompile(flow: FlowBase, exprs: Expressions) -> None:
                 walk(value)
 
 
-def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
-    """The Bytewax dataflow of ``flow`` (a RealtimeTrigger flow, consumer-group mode)."""
-    options = options or RunOptions()
+def build_runner(flow: FlowBase) -> ExecuteBatch:
+    """The execute step's batch function for ``flow`` (templates compiled once, here)."""
     trig = flow.trigger
     exprs = Expressions()
     _precompile(flow, exprs)
@@ -65,8 +64,16 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
                              if not k.startswith(("isolation.", "auto.offset", "group."))})
 
     dlq = trig.onSerdeError.topic if trig.onSerdeError.type == "DLQ" else None
-    runner = ExecuteBatch(flow, engine, log_factory, trig.type, trig.maxConcurrency,
-                          trig.keyOrdering, trig.onFailure == "STOP", dlq)
+    return ExecuteBatch(flow, engine, log_factory, trig.type, trig.maxConcurrency,
+                        trig.keyOrdering, trig.onFailure == "STOP", dlq)
+
+
+def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
+    """The Bytewax dataflow of ``flow`` (a RealtimeTrigger flow, consumer-group mode)."""
+    options = options or RunOptions()
+    trig = flow.trigger
+    conf = client_conf(trig.properties)
+    runner = build_runner(flow)
     source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(), trig.topicPattern,
                               trig.partitions, trig.since, options.batch_size,
                               options.stop_when_idle)

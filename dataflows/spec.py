@@ -9,12 +9,21 @@ expression variables, retry policies). A flow that does not validate never start
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Hashable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dataflows.errors import FlowError, Problem, format_path
 from dataflows.expressions import Expressions
@@ -46,12 +55,12 @@ class KafkaTrigger(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str = Field(pattern=ID_PATTERN)
+    groupType: Literal["CONSUMER", "SHARE"] = "CONSUMER"  # first: later fields check it
     topic: str | list[str] | None = None
     topics: list[str] | None = None
     topicPattern: str | None = None
     partitions: list[int] | None = None
     groupId: str = Field(min_length=1)
-    groupType: Literal["CONSUMER", "SHARE"] = "CONSUMER"
     since: datetime | None = None
     keyDeserializer: Serde = "STRING"
     valueDeserializer: Serde = "STRING"
@@ -73,12 +82,25 @@ class KafkaTrigger(BaseModel):
                              + (f" (got {', '.join(given)})" if given else ""))
         if self.partitions is not None and self.topicPattern:
             raise ValueError("`partitions` cannot be combined with `topicPattern`")
-        if self.groupType == "SHARE":
-            bad = [n for n in ("topicPattern", "partitions", "since") if getattr(self, n)]
-            if bad:
-                raise ValueError(f"groupType SHARE does not support {', '.join(bad)}: share "
-                                 "groups assign records, not partitions or offsets")
         return self
+
+    @field_validator("topicPattern", "partitions", "since")
+    @classmethod
+    def _not_for_share(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("groupType") == "SHARE":
+            raise ValueError(f"groupType SHARE does not support `{info.field_name}`: share "
+                             "groups hand out records, not partitions or offsets")
+        return value
+
+    @field_validator("topicPattern")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
     def topic_list(self) -> list[str]:
         """The explicitly named topics (empty when ``topicPattern`` is used)."""

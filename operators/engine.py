@@ -199,7 +199,7 @@ class Engine:
         run.state = "FAILED"
         if task.errors:
             self._run_handlers(ctx, task.errors)
-        raise _TaskFailed(task.id, f"{task.id}: {message}")
+        raise _TaskFailed(task.id, message)
 
     def _flow_retry(self) -> RetrySpec | None:
         return self.flow.retry

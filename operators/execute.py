@@ -57,7 +57,7 @@ class ExecuteBatch:
         self.stop_on_failure = stop_on_failure
         self.dlq_topic = dlq_topic
 
-    def _resources(self) -> tuple[ExecutionLog, ThreadPoolExecutor]:
+    def resources(self) -> tuple[ExecutionLog, ThreadPoolExecutor]:
         with self._lock:
             if self._log is None:
                 self._log = self._log_factory()
@@ -81,7 +81,8 @@ class ExecuteBatch:
             labels=dict(self.flow.labels),
         )
 
-    def _run_one(self, rec: Decoded, batch: LogBatch) -> Execution:
+    def run_one(self, rec: Decoded, batch: LogBatch) -> Execution:
+        """Run (or skip) the execution of one decoded record, writing its documents."""
         execution = self._new_execution(rec)
         raw = rec.raw
         if rec.error is not None:
@@ -111,10 +112,10 @@ class ExecuteBatch:
         return execution
 
     def _run_sequence(self, recs: list[Decoded], batch: LogBatch) -> list[Execution]:
-        return [self._run_one(r, batch) for r in recs]
+        return [self.run_one(r, batch) for r in recs]
 
     def __call__(self, items: list[Decoded]) -> list[Done]:
-        log, pool = self._resources()
+        log, pool = self.resources()
         batch = log.batch()
         todo = [r for r in items if not r.filtered]
         if self.key_ordering:

@@ -304,3 +304,19 @@ def _trace_tree(label: str, rows: list[dict[str, Any]]) -> Tree:
             (f"  {_error_text(r.get('error'))}" if r.get("error") else "", "red"))
         nodes[str(r["id"])] = (parent or root).add(line)
     return root
+
+
+def print_executions(docs: list[dict[str, Any]], fmt: str) -> None:
+    """Print execution documents (``waxflow test``/``replay``): JSON, or a table plus the
+    details of every execution that did not succeed."""
+    if fmt == "json":
+        _emit_json(docs)
+        return
+    console = Console()
+    if len(docs) == 1:
+        console.print(_show_view(docs[0]))
+        return
+    console.print(_list_table([{**d, "runs": 1} for d in docs]))
+    for d in docs:
+        if d.get("state") not in ("SUCCESS", "SKIPPED"):
+            console.print(_show_view(d))
