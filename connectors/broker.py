@@ -10,6 +10,7 @@ pid it wrote. Transactions and share groups (KIP-932) work on it: the single-nod
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -95,9 +96,17 @@ def resolve_jars(version: str = KAFKA_VERSION) -> Path:
     libs = cache_dir() / f"kafka-{version}" / "libs"
     if (libs.parent / ".complete").exists():
         return libs
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    with open(libs.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one resolver at a time; others wait, then reuse
+        if (libs.parent / ".complete").exists():
+            return libs
+        return _resolve_locked(libs, version)
+
+
+def _resolve_locked(libs: Path, version: str) -> Path:
     mvn = _require("mvn", "install Maven 3.8+ (Debian package `maven`) to fetch the Kafka jars")
     work = libs.parent
-    work.mkdir(parents=True, exist_ok=True)
     (work / "pom.xml").write_text(_POM.format(kafka=version, slf4j=SLF4J_VERSION))
     if libs.exists():
         shutil.rmtree(libs)

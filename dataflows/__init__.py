@@ -14,9 +14,14 @@ def load_flow(path: str | Path, stop_when_idle: float | None = None) -> Dataflow
     """Parse and validate the flow file at ``path`` and compile it into a Dataflow.
 
     Raises :class:`dataflows.errors.FlowError` (file:line:col, field, expectation) when the
-    flow does not validate.
+    flow does not validate. ``stop_when_idle`` (seconds; default ``$WAXFLOW_STOP_WHEN_IDLE``)
+    ends the dataflow once no record arrived for that long and all work is committed.
     """
+    import os
+
     from dataflows.compiler import RunOptions, compile_flow
     from dataflows.spec import parse_flow
 
+    if stop_when_idle is None and os.environ.get("WAXFLOW_STOP_WHEN_IDLE"):
+        stop_when_idle = float(os.environ["WAXFLOW_STOP_WHEN_IDLE"])
     return compile_flow(parse_flow(path), RunOptions(stop_when_idle=stop_when_idle))

@@ -84,8 +84,9 @@ class LogWatcher:
         self.c.close()
 
 
+@pytest.mark.parametrize("recovery", [False, True], ids=["group-offsets", "recovery-dir"])
 def test_kill_three_times_nothing_lost_one_history(
-    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, recovery: bool
 ) -> None:
     topic = new_topic(PARTS)
     group = f"g-{uuid.uuid4().hex[:8]}"
@@ -94,11 +95,14 @@ def test_kill_three_times_nothing_lost_one_history(
     flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group))
     env = flow_env(bootstrap, log_topic, PYTHONPATH=str(REPO))
 
+    args = ["-w", "2"]
+    if recovery:
+        args += ["--recovery-dir", str(tmp_path / "recovery")]
     watcher = LogWatcher(bootstrap, log_topic)
     kills = 0
     try:
         for threshold in (300, 900, 1500):
-            proc = start_flow(flow, env, "-w", "2")
+            proc = start_flow(flow, env, *args)
             try:
                 watcher.wait_for(threshold)
             finally:
@@ -118,7 +122,7 @@ def test_kill_three_times_nothing_lost_one_history(
         watcher.close()
     assert kills == 3
 
-    final = run_flow(flow, env, "-w", "2", idle=3)
+    final = run_flow(flow, env, *args, idle=3)
     assert final.returncode == 0, final.stderr[-2000:]
 
     ends = end_offsets(bootstrap, topic, PARTS)

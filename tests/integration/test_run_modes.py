@@ -1,0 +1,78 @@
+"""The ways to run a flow: several processes, and plain ``python -m bytewax.run``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from operators.execution import execution_id
+from tests.flow_helpers import (
+    flow_env,
+    latest_by_id,
+    log_documents,
+    new_log_topic,
+    produce_json,
+    run_flow,
+    write_flow,
+)
+from tests.kafka_helpers import committed, end_offsets
+
+pytestmark = pytest.mark.integration
+
+FLOW = """
+id: modes
+namespace: tests
+triggers:
+  - id: t
+    type: kafka.RealtimeTrigger
+    topic: {topic}
+    groupId: {group}
+    valueDeserializer: JSON
+tasks:
+  - id: double
+    type: core.Set
+    values: {{twice: "{{{{ trigger.value.n * 2 }}}}"}}
+"""
+
+
+def _check_all_done(bootstrap: str, topic: str, group: str, log_topic: str,
+                    parts: int) -> dict[str, dict[str, object]]:
+    ends = end_offsets(bootstrap, topic, parts)
+    assert committed(bootstrap, group, topic, parts) == ends
+    latest = latest_by_id(log_documents(bootstrap, log_topic))
+    expected = {execution_id("tests", "modes", topic, p, o)
+                for p, end in ends.items() for o in range(end)}
+    assert set(latest) == expected
+    assert {d["state"] for d in latest.values()} == {"SUCCESS"}
+    return latest
+
+
+def test_two_processes_share_the_partitions(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic, group, log_topic = new_topic(4), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    produce_json(bootstrap, topic, [{"id": i, "n": i} for i in range(400)], partitions=4)
+    flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group))
+    res = run_flow(flow, flow_env(bootstrap, log_topic), "--processes", "2", idle=2)
+    assert res.returncode == 0, res.stderr[-2000:]
+    latest = _check_all_done(bootstrap, topic, group, log_topic, 4)
+    outs = {d["taskRuns"][0]["outputs"]["twice"] for d in latest.values()}  # type: ignore[index]
+    assert outs == {2 * i for i in range(400)}
+
+
+def test_python_m_bytewax_run_load_flow(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic, group, log_topic = new_topic(2), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    produce_json(bootstrap, topic, [{"id": i, "n": i} for i in range(100)], partitions=2)
+    flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group))
+    env = flow_env(bootstrap, log_topic, WAXFLOW_STOP_WHEN_IDLE="2")
+    res = subprocess.run([sys.executable, "-m", "bytewax.run", f"dataflows:load_flow('{flow}')",
+                          "-s", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _check_all_done(bootstrap, topic, group, log_topic, 2)
