@@ -39,6 +39,8 @@ class RawRecord:
     value: bytes | None
     timestamp: int | None
     headers: tuple[tuple[str, bytes | None], ...]
+    delivery_count: int | None = None  # share groups: how often the broker delivered it
+    origin: int | None = None  # share groups: id of the source partition that holds its ack
 
     @property
     def part_key(self) -> str:

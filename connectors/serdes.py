@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 Deserializer = Callable[[bytes | None], Any]
+Serializer = Callable[[Any], bytes | None]
 
 
 class SerdeError(ValueError):
@@ -73,7 +74,19 @@ def _void(data: bytes | None) -> None:
     return None
 
 
+def _ion(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    from connectors.ion import ion_loads
+
+    try:
+        return ion_loads(data)
+    except Exception as exc:
+        raise SerdeError(f"malformed ION: {exc}") from None
+
+
 DESERIALIZERS: dict[str, Deserializer] = {
+    "ION": _ion,
     "STRING": _string,
     "JSON": _json,
     "UUID": _uuid,
@@ -94,4 +107,99 @@ def deserializer(name: str) -> Deserializer:
         return DESERIALIZERS[name]
     except KeyError:
         raise SerdeError(f"unknown serde {name}; expected one of {sorted(DESERIALIZERS)}"
+                         ) from None
+
+
+def _ser_struct(fmt: str, name: str, kind: type) -> Serializer:
+    packer = struct.Struct(fmt)
+
+    def ser(value: Any) -> bytes | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise SerdeError(f"{name} expects a number, got {type(value).__name__}")
+        try:
+            return packer.pack(kind(value))
+        except (ValueError, struct.error) as exc:
+            raise SerdeError(f"{name} cannot hold {value!r}: {exc}") from None
+
+    return ser
+
+
+def _ser_string(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return str(value).encode()
+
+
+def _ser_json(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise SerdeError(f"JSON cannot encode the value: {exc}") from None
+
+
+def _ser_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, dict) and set(value) == {"$base64"}:
+        import base64
+
+        return base64.b64decode(value["$base64"])
+    if isinstance(value, str):
+        return value.encode()
+    raise SerdeError(f"BYTES expects bytes or text, got {type(value).__name__}")
+
+
+def _ser_uuid(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(str(value))).encode()
+    except ValueError:
+        raise SerdeError(f"not a UUID: {str(value)[:40]!r}") from None
+
+
+def _ser_ion(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    from connectors.ion import ion_dumps
+
+    return ion_dumps(value)
+
+
+def _ser_void(value: Any) -> None:
+    if value not in (None, b"", ""):
+        raise SerdeError("VOID expects no value")
+    return None
+
+
+SERIALIZERS: dict[str, Serializer] = {
+    "STRING": _ser_string,
+    "JSON": _ser_json,
+    "UUID": _ser_uuid,
+    "BYTES": _ser_bytes,
+    "BYTE_ARRAY": _ser_bytes,
+    "ION": _ser_ion,
+    "VOID": _ser_void,
+    "INTEGER": _ser_struct(">i", "INTEGER", int),
+    "LONG": _ser_struct(">q", "LONG", int),
+    "SHORT": _ser_struct(">h", "SHORT", int),
+    "FLOAT": _ser_struct(">f", "FLOAT", float),
+    "DOUBLE": _ser_struct(">d", "DOUBLE", float),
+}
+
+
+def serializer(name: str) -> Serializer:
+    """The serializer for a serde name (AVRO is built per task: it needs a schema)."""
+    try:
+        return SERIALIZERS[name]
+    except KeyError:
+        raise SerdeError(f"unknown serde {name}; expected one of {sorted(SERIALIZERS)}"
                          ) from None

@@ -2,7 +2,10 @@
 
 kafka.RealtimeTrigger (consumer group):
 ``input (KafkaGroupSource) → deserialize → execute → output (DoneSink)``; the commit order
-is documented in ``operators.commit``. Templates are compiled here, once per flow.
+is documented in ``operators.commit``. With ``groupType: SHARE`` the input is a
+``KafkaShareSource`` (one ShareConsumer per worker) and the execute step hands each
+record's outcome back to it for the ack (no step between them moves items). Templates are
+compiled here, once per flow.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from typing import Any
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
 
 from connectors.execution_log import ExecutionLog
 from connectors.kafka_config import client_conf
-from connectors.kafka_source import KafkaGroupSource
-from connectors.serdes import deserializer
+from connectors.kafka_output import KafkaOutput
+from connectors.kafka_source import KafkaGroupSource, RawRecord
+from connectors.serdes import Deserializer, deserializer
 from dataflows.expressions import Expressions
-from dataflows.spec import FlowBase
+from dataflows.spec import FlowBase, KafkaTrigger
 from operators.commit import DoneSink
 from operators.deserialize import deserialize
 from operators.engine import Engine
@@ -51,8 +56,12 @@ def _precompile(flow: FlowBase, exprs: Expressions) -> None:
                 walk(value)
 
 
-def build_runner(flow: FlowBase) -> ExecuteBatch:
-    """The execute step's batch function for ``flow`` (templates compiled once, here)."""
+def build_runner(flow: FlowBase, standalone: bool = False) -> ExecuteBatch:
+    """The execute step's batch function for ``flow`` (templates compiled once, here).
+
+    ``standalone``: executions run outside the consumer-group dataflow (replay, test), so a
+    transactional Produce commits its own transaction instead of the batch's.
+    """
     trig = flow.trigger
     exprs = Expressions()
     _precompile(flow, exprs)
@@ -64,8 +73,21 @@ def build_runner(flow: FlowBase) -> ExecuteBatch:
                              if not k.startswith(("isolation.", "auto.offset", "group."))})
 
     dlq = trig.onSerdeError.topic if trig.onSerdeError.type == "DLQ" else None
+    group_conf = ({**conf, "group.id": trig.groupId} if trig.groupType == "CONSUMER" and
+                  not standalone else None)
+    output = KafkaOutput(f"{flow.namespace}.{flow.id}", group_conf)
     return ExecuteBatch(flow, engine, log_factory, trig.type, trig.maxConcurrency,
-                        trig.keyOrdering, trig.onFailure == "STOP", dlq)
+                        trig.keyOrdering, trig.onFailure == "STOP", dlq, output)
+
+
+def trigger_deserializer(trig: KafkaTrigger, field: str) -> Deserializer:
+    """The trigger's key or value deserializer (AVRO through its schema registry)."""
+    name = trig.keyDeserializer if field == "key" else trig.valueDeserializer
+    if name == "AVRO":
+        from connectors.avro import avro_deserializer
+
+        return avro_deserializer(trig.serdeProperties)
+    return deserializer(name)
 
 
 def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
@@ -74,13 +96,24 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     trig = flow.trigger
     conf = client_conf(trig.properties)
     runner = build_runner(flow)
-    source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(), trig.topicPattern,
-                              trig.partitions, trig.since, options.batch_size,
-                              options.stop_when_idle)
+    source: Source[RawRecord]
+    if trig.groupType == "SHARE":
+        from connectors.kafka_share import (  # type: ignore[import-not-found]
+            KafkaShareSource,
+            share_outcomes,
+        )
+
+        source = KafkaShareSource(conf, trig.groupId, trig.topic_list(), options.batch_size,
+                                  options.stop_when_idle, trig.maxDeliveries)
+        runner.outcomes = share_outcomes
+    else:
+        source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(), trig.topicPattern,
+                                  trig.partitions, trig.since, options.batch_size,
+                                  options.stop_when_idle)
     df = Dataflow(f"{flow.namespace}-{flow.id}".replace(".", "_"))
     raw = op.input("kafka", df, source)
-    decoded = deserialize("deserialize", raw, deserializer(trig.keyDeserializer),
-                          deserializer(trig.valueDeserializer), trig.onSerdeError.type,
+    decoded = deserialize("deserialize", raw, trigger_deserializer(trig, "key"),
+                          trigger_deserializer(trig, "value"), trig.onSerdeError.type,
                           trig.headerFilters)
     done = execute("execute", decoded, runner)
     op.output("done", done, DoneSink())

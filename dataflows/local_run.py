@@ -21,8 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from connectors.kafka_config import client_conf
 from connectors.kafka_source import RawRecord, headers_tuple
-from connectors.serdes import deserializer
-from dataflows.compiler import build_runner
+from dataflows.compiler import build_runner, trigger_deserializer
 from dataflows.errors import FlowError, Problem
 from dataflows.spec import FlowBase
 from operators.deserialize import Decoded, decode
@@ -63,7 +62,7 @@ def _line_record(flow: FlowBase, line_no: int, item: Any) -> Decoded:
 
 def run_jsonl(flow: FlowBase, records_file: Path) -> list[dict[str, Any]]:
     """Run one execution per JSONL line; return the terminal documents."""
-    runner = build_runner(flow)
+    runner = build_runner(flow, standalone=True)
     batch = MemoryBatch()
     out: list[dict[str, Any]] = []
     try:
@@ -111,10 +110,10 @@ def replay(flow: FlowBase, exec_id: str, topic: str, partition: int,
     if execution_id(flow.namespace, flow.id, topic, partition, offset) != exec_id:
         raise LookupError(f"execution {exec_id} is not an execution of flow "
                           f"{flow.namespace}.{flow.id}")
-    runner = build_runner(flow)
+    runner = build_runner(flow, standalone=True)
     trig = flow.trigger
     raw = fetch_record(flow, topic, partition, offset)
-    rec = decode(raw, deserializer(trig.keyDeserializer), deserializer(trig.valueDeserializer),
+    rec = decode(raw, trigger_deserializer(trig, "key"), trigger_deserializer(trig, "value"),
                  False, {})
     log, _pool = runner.resources()
     batch = log.batch()

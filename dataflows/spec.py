@@ -30,10 +30,8 @@ from dataflows.expressions import Expressions
 from dataflows.tasks import ID_PATTERN, TASK_TYPES, RetrySpec, TaskBase
 from dataflows.yamlpos import PositionMap, load_yaml
 
-SERDES = ("STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES", "BYTE_ARRAY",
-          "UUID", "JSON", "VOID")
 Serde = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES", "BYTE_ARRAY",
-                "UUID", "JSON", "VOID"]
+                "UUID", "JSON", "ION", "AVRO", "VOID"]
 
 
 class OnSerdeError(BaseModel):
@@ -69,6 +67,10 @@ class KafkaTrigger(BaseModel):
     serdeProperties: dict[str, str] = Field(default_factory=dict)
     onSerdeError: OnSerdeError = Field(default_factory=OnSerdeError)
     onFailure: Literal["CONTINUE", "STOP"] = "CONTINUE"
+    maxDeliveries: int | None = Field(
+        default=None, ge=1,
+        description="SHARE: REJECT a failing record at this delivery count (default: the "
+                    "broker's group.share.delivery.count.limit)")
     maxConcurrency: int = Field(default=64, ge=1, le=4096,
                                 description="executions in flight per worker")
     keyOrdering: bool = Field(default=False,
@@ -83,6 +85,20 @@ class KafkaTrigger(BaseModel):
         if self.partitions is not None and self.topicPattern:
             raise ValueError("`partitions` cannot be combined with `topicPattern`")
         return self
+
+    @model_validator(mode="after")
+    def _avro_needs_registry(self) -> KafkaTrigger:
+        avro = "AVRO" in (self.keyDeserializer, self.valueDeserializer)
+        if avro and not self.serdeProperties.get("schema.registry.url"):
+            raise ValueError("AVRO deserializers need serdeProperties.schema.registry.url")
+        return self
+
+    @field_validator("maxDeliveries")
+    @classmethod
+    def _only_for_share(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("groupType") != "SHARE":
+            raise ValueError("`maxDeliveries` applies to groupType SHARE only")
+        return value
 
     @field_validator("topicPattern", "partitions", "since")
     @classmethod
@@ -123,6 +139,7 @@ def task_union() -> Any:
     """The discriminated union of every registered task type (resolves ``AnyTask``)."""
     # importing these modules registers their task types
     import connectors.http
+    import connectors.kafka_produce
     import connectors.notify
     import dataflows.core_tasks
 

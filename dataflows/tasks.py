@@ -70,6 +70,11 @@ class RunContext(Protocol):
         """Log a (redacted) message attributed to the running task."""
         ...
 
+    @property
+    def batch(self) -> Any:
+        """Per-batch resources of the execute step (Kafka transaction scope), or None."""
+        ...
+
 
 class TaskBase(BaseModel):
     """Properties every task has."""

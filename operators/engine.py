@@ -70,8 +70,10 @@ def _call_with_timeout(task: TaskBase, ctx: _Context, timeout: float | None) -> 
 class _Context:
     """The RunContext of one execution (see dataflows.tasks.RunContext)."""
 
-    def __init__(self, engine: Engine, execution: Execution, variables: dict[str, Any]) -> None:
+    def __init__(self, engine: Engine, execution: Execution, variables: dict[str, Any],
+                 batch: Any = None) -> None:
         self.engine = engine
+        self.batch = batch  # per-batch resources (connectors.kafka_output.BatchScope)
         self.execution = execution
         self._vars = variables
         self.current: TaskBase | None = None
@@ -117,8 +119,12 @@ class Engine:
         self.env = _env_vars()
         self._flow_vars = {"id": flow.id, "namespace": flow.namespace}
 
-    def run(self, execution: Execution, trigger_vars: dict[str, Any]) -> Execution:
-        """Run the flow's tasks for ``execution`` until it is terminal."""
+    def run(self, execution: Execution, trigger_vars: dict[str, Any],
+            batch: Any = None) -> Execution:
+        """Run the flow's tasks for ``execution`` until it is terminal.
+
+        ``batch`` is the execute step's per-batch scope (the Kafka transaction of the batch).
+        """
         execution.state = "RUNNING"
         variables: dict[str, Any] = {
             "trigger": trigger_vars,
@@ -129,7 +135,7 @@ class Engine:
             "labels": self.flow.labels,
             "env": self.env,
         }
-        ctx = _Context(self, execution, variables)
+        ctx = _Context(self, execution, variables, batch)
         try:
             ctx.run_tasks(self.flow.tasks, None)
         except _TaskFailed as failed:

@@ -22,6 +22,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 
 from connectors.execution_log import LOG_HEADER, ExecutionLog, LogBatch
+from connectors.kafka_output import BatchScope, KafkaOutput
 from dataflows.spec import FlowBase
 from operators.deserialize import Decoded
 from operators.engine import Engine
@@ -44,8 +45,10 @@ class ExecuteBatch:
 
     def __init__(self, flow: FlowBase, engine: Engine, log_factory: Callable[[], ExecutionLog],
                  trigger_type: str, max_concurrency: int, key_ordering: bool,
-                 stop_on_failure: bool, dlq_topic: str | None) -> None:
+                 stop_on_failure: bool, dlq_topic: str | None,
+                 output: KafkaOutput | None = None) -> None:
         self.flow = flow
+        self.output = output
         self.engine = engine
         self._log_factory = log_factory
         self._log: ExecutionLog | None = None
@@ -56,6 +59,9 @@ class ExecuteBatch:
         self.key_ordering = key_ordering
         self.stop_on_failure = stop_on_failure
         self.dlq_topic = dlq_topic
+        # share groups: called (on the worker's thread) with every record of a batch and its
+        # execution (None when filtered) once all documents are delivered, to ack by outcome
+        self.outcomes: Callable[[list[tuple[Decoded, Execution | None]]], None] | None = None
 
     def resources(self) -> tuple[ExecutionLog, ThreadPoolExecutor]:
         with self._lock:
@@ -76,12 +82,14 @@ class ExecuteBatch:
             trigger={"type": self.trigger_type, "topic": raw.topic,
                      "partition": raw.partition, "offset": raw.offset,
                      "key": jsonable(rec.key), "timestamp": raw.timestamp,
-                     "offsets": None, "messagesCount": None, "deliveryCount": None},
+                     "offsets": None, "messagesCount": None,
+                     "deliveryCount": raw.delivery_count},
             upstream_id=headers.get(LOG_HEADER),
             labels=dict(self.flow.labels),
         )
 
-    def run_one(self, rec: Decoded, batch: LogBatch) -> Execution:
+    def run_one(self, rec: Decoded, batch: LogBatch, scope: BatchScope | None = None
+                ) -> Execution:
         """Run (or skip) the execution of one decoded record, writing its documents."""
         execution = self._new_execution(rec)
         raw = rec.raw
@@ -107,27 +115,35 @@ class ExecuteBatch:
             "partition": raw.partition, "offset": raw.offset, "timestamp": raw.timestamp,
             "headers": _header_dict(raw.headers),
         }
-        self.engine.run(execution, trigger_vars)
+        self.engine.run(execution, trigger_vars, scope)
         batch.write(execution.id, execution.to_json())
         return execution
 
-    def _run_sequence(self, recs: list[Decoded], batch: LogBatch) -> list[Execution]:
-        return [self.run_one(r, batch) for r in recs]
+    def _run_sequence(self, recs: list[Decoded], batch: LogBatch,
+                      scope: BatchScope | None) -> list[Execution]:
+        return [self.run_one(r, batch, scope) for r in recs]
 
     def __call__(self, items: list[Decoded]) -> list[Done]:
         log, pool = self.resources()
         batch = log.batch()
-        todo = [r for r in items if not r.filtered]
-        if self.key_ordering:
-            groups: dict[Any, list[Decoded]] = defaultdict(list)
-            for r in todo:
-                groups[r.raw.key].append(r)
-            futures = [pool.submit(self._run_sequence, g, batch) for g in groups.values()]
-        else:
-            futures = [pool.submit(self._run_sequence, [r], batch) for r in todo]
-        wait(futures)
-        executions = [e for f in futures for e in f.result()]
-        batch.wait()
+        scope = self.output.scope() if self.output is not None else None
+        try:
+            executions = self._run_batch(items, batch, pool, scope)
+            ends: dict[tuple[str, int], int] = {}
+            for r in items:
+                key = (r.raw.topic, r.raw.partition)
+                ends[key] = max(ends.get(key, -1), r.raw.offset + 1)
+            if scope is not None and scope.active:
+                scope.commit(ends)  # outputs + consumed offsets in one transaction (G3)
+        except BaseException:
+            if scope is not None and scope.active:
+                scope.abort()
+            raise
+        if self.outcomes is not None:
+            by_offset = {(e.trigger["topic"], e.trigger["partition"], e.trigger["offset"]): e
+                         for e in executions}
+            self.outcomes([(r, by_offset.get((r.raw.topic, r.raw.partition, r.raw.offset)))
+                           for r in items])
         if self.stop_on_failure:
             for e in executions:
                 if e.state == "FAILED":
@@ -137,11 +153,23 @@ class ExecuteBatch:
                         f"execution {e.id} of record {t['topic']}/{t['partition']}@"
                         f"{t['offset']} FAILED: {msg}; onFailure STOP: job halted without "
                         "committing this record")
-        ends: dict[str, int] = {}
-        for r in items:
-            key = r.raw.part_key
-            ends[key] = max(ends.get(key, -1), r.raw.offset + 1)
-        return [("done", (k, v)) for k, v in ends.items()]
+        return [("done", (f"{p}-{t}", off)) for (t, p), off in ends.items()]
+
+    def _run_batch(self, items: list[Decoded], batch: LogBatch, pool: ThreadPoolExecutor,
+                   scope: BatchScope | None) -> list[Execution]:
+        todo = [r for r in items if not r.filtered]
+        if self.key_ordering:
+            groups: dict[Any, list[Decoded]] = defaultdict(list)
+            for r in todo:
+                groups[r.raw.key].append(r)
+            futures = [pool.submit(self._run_sequence, g, batch, scope)
+                       for g in groups.values()]
+        else:
+            futures = [pool.submit(self._run_sequence, [r], batch, scope) for r in todo]
+        wait(futures)
+        executions = [e for f in futures for e in f.result()]
+        batch.wait()
+        return executions
 
 
 def execute(step_id: str, up: Stream[Decoded], runner: ExecuteBatch) -> Stream[Done]:

@@ -1,0 +1,149 @@
+"""``kafka.Produce``: publish records from a flow, transactional by default.
+
+``from`` is one record (a map), a list of them, or a file (``file://`` URI or path; ``.ion``
+is an ION stream, anything else NDJSON). Each record may hold ``key``, ``value``, ``topic``,
+``partition``, ``timestamp`` (epoch ms or ISO-8601) and ``headers``. Every record carries the
+header ``waxflow.execution.id`` naming the execution that produced it, so a flow triggered by
+it records its upstream and ``waxflow executions trace`` follows the chain.
+
+Guarantees: all records are serialized before the first is sent, so a value that does not fit
+its serializer fails the task (naming the record and the field) with nothing sent; every
+delivery is acknowledged before the task succeeds; in a consumer-group flow a transactional
+Produce joins the batch's transaction, committed together with the consumed offsets (G3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from connectors.deliveries import Deliveries, DeliveryError
+from connectors.execution_log import LOG_HEADER
+from connectors.kafka_config import client_conf
+from connectors.serdes import SerdeError, Serializer, serializer
+from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+
+SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES",
+                    "BYTE_ARRAY", "UUID", "JSON", "ION", "VOID", "AVRO"]
+RECORD_KEYS = frozenset({"key", "value", "topic", "partition", "timestamp", "headers"})
+
+
+def _timestamp(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    try:
+        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        raise TaskFailure(f"timestamp {value!r} is neither epoch milliseconds nor ISO-8601"
+                          ) from None
+
+
+def load_records(source: Any) -> list[dict[str, Any]]:
+    """The records ``from`` designates (see module doc)."""
+    if isinstance(source, dict):
+        return [source]
+    if isinstance(source, list):
+        return list(source)
+    if isinstance(source, str):
+        path = Path(source.removeprefix("file://"))
+        try:
+            if path.suffix == ".ion":
+                from connectors.ion import read_stream
+
+                with path.open("rb") as fp:
+                    return list(read_stream(fp))
+            with path.open(encoding="utf-8") as fp:
+                return [json.loads(line) for line in fp if line.strip()]
+        except FileNotFoundError:
+            raise TaskFailure(f"`from` file {source} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise TaskFailure(f"`from` file {source} cannot be read: {exc}") from None
+    raise TaskFailure(f"`from` must be a map, a list of maps or a file URI, got "
+                      f"{type(source).__name__}")
+
+
+@task_type("kafka.Produce")
+class Produce(TaskBase):
+    """Produce records to Kafka; outputs ``messagesCount``."""
+
+    type: Literal["kafka.Produce"]
+    from_: Any = Field(alias="from")
+    topic: str | None = None
+    keySerializer: SerdeName = "STRING"
+    valueSerializer: SerdeName = "STRING"
+    keyAvroSchema: str | None = None
+    valueAvroSchema: str | None = None
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    serdeProperties: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    partition: int | None = None
+    transactional: bool = True
+
+    model_config = {**TaskBase.model_config, "populate_by_name": True}
+
+    def _serializer(self, name: str, schema: str | None, field: str
+                    ) -> Callable[[Any, str], bytes | None]:
+        if name == "AVRO":
+            from connectors.avro import avro_serializer
+
+            try:
+                return avro_serializer(self.serdeProperties, schema, field)
+            except SerdeError as exc:
+                raise TaskFailure(str(exc)) from None
+        plain: Serializer = serializer(name)
+        return lambda value, _topic: plain(value)
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        items = load_records(ctx.render(self.from_))
+        default_topic = ctx.render(self.topic) if self.topic else None
+        task_headers = {k: str(v) for k, v in ctx.render(self.headers).items()}
+        exec_id = str(ctx.vars["execution"]["id"])
+        ser_key = self._serializer(self.keySerializer, self.keyAvroSchema, "key")
+        ser_value = self._serializer(self.valueSerializer, self.valueAvroSchema, "value")
+        prepared = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not (RECORD_KEYS & set(item)):
+                raise TaskFailure(f"record {i}: expected a map with `value` (and optionally "
+                                  "key, topic, partition, timestamp, headers)")
+            topic = item.get("topic") or default_topic
+            if not topic:
+                raise TaskFailure(f"record {i}: no `topic` on the record or the task")
+            field = "key"
+            try:
+                key = ser_key(item.get("key"), str(topic))
+                field = "value"
+                value = ser_value(item.get("value"), str(topic))
+            except SerdeError as exc:
+                serde = self.keySerializer if field == "key" else self.valueSerializer
+                raise TaskFailure(f"record {i} field `{field}` does not fit {serde}: {exc}"
+                                  ) from None
+            headers: list[tuple[str, str | bytes | None]] = [(LOG_HEADER, exec_id.encode())]
+            headers += [(k, v.encode()) for k, v in task_headers.items()]
+            headers += [(str(k), str(v).encode()) for k, v in (item.get("headers") or {}).items()]
+            part = item.get("partition", self.partition)
+            prepared.append((str(topic), key, value, headers,
+                             int(part) if part is not None else None,
+                             _timestamp(item.get("timestamp"))))
+        conf = client_conf(self.properties)
+        scope = getattr(ctx, "batch", None)
+        deliveries: Deliveries
+        if scope is not None:
+            deliveries = scope.deliveries(conf, self.transactional)
+        else:
+            from connectors.kafka_output import KafkaOutput
+
+            deliveries = KafkaOutput("task", None).scope().deliveries(conf, self.transactional)
+        for topic, key, value, headers, part, ts in prepared:
+            deliveries.produce(topic, key, value, headers, part, ts)
+        try:
+            deliveries.wait()
+        except DeliveryError as exc:
+            raise TaskFailure(str(exc)) from None
+        return {"messagesCount": len(prepared)}
