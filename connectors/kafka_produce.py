@@ -1,8 +1,9 @@
 """``kafka.Produce``: publish records from a flow, transactional by default.
 
 ``from`` is one record (a map), a list of them, or a file (``file://`` URI or path; ``.ion``
-is an ION stream, anything else NDJSON). Each record may hold ``key``, ``value``, ``topic``,
-``partition``, ``timestamp`` (epoch ms or ISO-8601) and ``headers``. Every record carries the
+is an ION stream, anything else NDJSON). A record is a map holding any of ``key``,
+``value``, ``topic``, ``partition``, ``timestamp`` (epoch ms or ISO-8601) and ``headers``;
+any other item of the list is taken as a bare value. Every record carries the
 header ``waxflow.execution.id`` naming the execution that produced it, so a flow triggered by
 it records its upstream and ``waxflow executions trace`` follows the chain.
 
@@ -110,8 +111,7 @@ class Produce(TaskBase):
         prepared = []
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not (RECORD_KEYS & set(item)):
-                raise TaskFailure(f"record {i}: expected a map with `value` (and optionally "
-                                  "key, topic, partition, timestamp, headers)")
+                item = {"value": item}  # a bare value (e.g. an item of an API response)
             topic = item.get("topic") or default_topic
             if not topic:
                 raise TaskFailure(f"record {i}: no `topic` on the record or the task")

@@ -10,12 +10,14 @@ from pathlib import Path
 from bytewax.dataflow import Dataflow
 
 
-def load_flow(path: str | Path, stop_when_idle: float | None = None) -> Dataflow:
+def load_flow(path: str | Path, stop_when_idle: float | None = None,
+              max_ticks: int | None = None) -> Dataflow:
     """Parse and validate the flow file at ``path`` and compile it into a Dataflow.
 
     Raises :class:`dataflows.errors.FlowError` (file:line:col, field, expectation) when the
     flow does not validate. ``stop_when_idle`` (seconds; default ``$WAXFLOW_STOP_WHEN_IDLE``)
-    ends the dataflow once no record arrived for that long and all work is committed.
+    ends the dataflow once no record arrived for that long and all work is committed;
+    ``max_ticks`` ends a schedule flow after that many ticks.
     """
     import os
 
@@ -24,4 +26,5 @@ def load_flow(path: str | Path, stop_when_idle: float | None = None) -> Dataflow
 
     if stop_when_idle is None and os.environ.get("WAXFLOW_STOP_WHEN_IDLE"):
         stop_when_idle = float(os.environ["WAXFLOW_STOP_WHEN_IDLE"])
-    return compile_flow(parse_flow(path), RunOptions(stop_when_idle=stop_when_idle))
+    return compile_flow(parse_flow(path), RunOptions(stop_when_idle=stop_when_idle,
+                                                     max_ticks=max_ticks))

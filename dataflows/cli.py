@@ -125,13 +125,15 @@ def _run(args: argparse.Namespace) -> int:
             base += ["--recovery-dir", args.recovery_dir]
         if args.stop_when_idle is not None:
             base += ["--stop-when-idle", str(args.stop_when_idle)]
+        if args.ticks is not None:
+            base += ["--ticks", str(args.ticks)]
         return run_cluster(base, args.processes)
     logging.basicConfig(level=os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         run_here(args.flow, args.workers, timedelta(milliseconds=args.epoch_ms),
                  args.recovery_dir, args.stop_when_idle, args.process_id,
-                 args.addresses.split(";") if args.addresses else None)
+                 args.addresses.split(";") if args.addresses else None, args.ticks)
     except Exception as exc:
         msg = user_error(exc)
         if msg is None:
@@ -191,6 +193,8 @@ def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     r.add_argument("--stop-when-idle", type=float, default=None, metavar="SECONDS",
                    help="stop once no record arrived for SECONDS and all work is committed")
     r.add_argument("--epoch-ms", type=int, default=200, help="epoch length (commit cadence)")
+    r.add_argument("--ticks", type=int, default=None, metavar="N",
+                   help="schedule flows: stop after N ticks")
     r.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
     r.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)

@@ -23,7 +23,7 @@ from connectors.kafka_output import KafkaOutput
 from connectors.kafka_source import KafkaGroupSource, RawRecord
 from connectors.serdes import Deserializer, deserializer
 from dataflows.expressions import Expressions
-from dataflows.spec import FlowBase, KafkaTrigger
+from dataflows.spec import FlowBase, KafkaTrigger, ScheduleTrigger
 from operators.commit import DoneSink
 from operators.deserialize import deserialize
 from operators.engine import Engine
@@ -36,6 +36,7 @@ class RunOptions:
 
     stop_when_idle: float | None = None
     batch_size: int = 500
+    max_ticks: int | None = None  # schedule flows: stop after this many ticks
 
 
 def _precompile(flow: FlowBase, exprs: Expressions) -> None:
@@ -62,7 +63,7 @@ def build_runner(flow: FlowBase, standalone: bool = False) -> ExecuteBatch:
     ``standalone``: executions run outside the consumer-group dataflow (replay, test), so a
     transactional Produce commits its own transaction instead of the batch's.
     """
-    trig = flow.trigger
+    trig = flow.kafka_trigger
     exprs = Expressions()
     _precompile(flow, exprs)
     engine = Engine(flow, exprs)
@@ -90,10 +91,25 @@ def trigger_deserializer(trig: KafkaTrigger, field: str) -> Deserializer:
     return deserializer(name)
 
 
+def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
+                      ) -> Dataflow:
+    from operators.schedule import ScheduleSource, TickRunner, execute_ticks
+
+    exprs = Expressions()
+    _precompile(flow, exprs)
+    runner = TickRunner(flow, Engine(flow, exprs), client_conf(None))
+    df = Dataflow(f"{flow.namespace}-{flow.id}".replace(".", "_"))
+    ticks = op.input("schedule", df, ScheduleSource(trig, options.max_ticks))
+    op.output("done", execute_ticks("execute", ticks, runner), DoneSink())
+    return df
+
+
 def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     """The Bytewax dataflow of ``flow`` (a RealtimeTrigger flow, consumer-group mode)."""
     options = options or RunOptions()
-    trig = flow.trigger
+    if isinstance(flow.trigger, ScheduleTrigger):
+        return _compile_schedule(flow, flow.trigger, options)
+    trig = flow.kafka_trigger
     conf = client_conf(trig.properties)
     runner = build_runner(flow)
     source: Source[RawRecord]

@@ -47,7 +47,7 @@ class MemoryBatch:
 
 
 def _line_record(flow: FlowBase, line_no: int, item: Any) -> Decoded:
-    trig = flow.trigger
+    trig = flow.kafka_trigger
     topics = trig.topic_list() or ["test"]
     if isinstance(item, dict) and "value" in item:
         headers = {str(k): str(v) for k, v in (item.get("headers") or {}).items()}
@@ -85,7 +85,7 @@ def run_jsonl(flow: FlowBase, records_file: Path) -> list[dict[str, Any]]:
 def fetch_record(flow: FlowBase, topic: str, partition: int, offset: int,
                  timeout: float = 15.0) -> RawRecord:
     """Read one record from Kafka by its coordinates (no group, nothing committed)."""
-    conf = client_conf(flow.trigger.properties)
+    conf = client_conf(flow.kafka_trigger.properties)
     conf.update({"group.id": "waxflow-replay", "enable.auto.commit": False,
                  "enable.partition.eof": True})
     consumer = Consumer(conf)
@@ -111,7 +111,7 @@ def replay(flow: FlowBase, exec_id: str, topic: str, partition: int,
         raise LookupError(f"execution {exec_id} is not an execution of flow "
                           f"{flow.namespace}.{flow.id}")
     runner = build_runner(flow, standalone=True)
-    trig = flow.trigger
+    trig = flow.kafka_trigger
     raw = fetch_record(flow, topic, partition, offset)
     rec = decode(raw, trigger_deserializer(trig, "key"), trigger_deserializer(trig, "value"),
                  False, {})

@@ -88,14 +88,16 @@ def quiet_panics() -> Iterator[None]:
 
 def run_here(flow_path: str, workers: int, epoch: timedelta, recovery_dir: str | None,
              stop_when_idle: float | None, process_id: int | None = None,
-             addresses: list[str] | None = None) -> None:
+             addresses: list[str] | None = None, max_ticks: int | None = None) -> None:
     """Run the flow in this process (one member of a cluster when ``addresses`` is set)."""
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
     from dataflows import load_flow
 
-    flow = load_flow(flow_path, stop_when_idle=stop_when_idle)
+    if process_id is not None:
+        os.environ["WAXFLOW_PROCESS_ID"] = str(process_id)  # stable transactional.ids
+    flow = load_flow(flow_path, stop_when_idle=stop_when_idle, max_ticks=max_ticks)
     recovery = None
     if recovery_dir is not None:
         rdir = Path(recovery_dir)

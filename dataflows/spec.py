@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from dataflows.durations import Duration
 from dataflows.errors import FlowError, Problem, format_path
 from dataflows.expressions import Expressions
 from dataflows.tasks import ID_PATTERN, TASK_TYPES, RetrySpec, TaskBase
@@ -131,7 +132,38 @@ class RealtimeTrigger(KafkaTrigger):
     type: Literal["kafka.RealtimeTrigger"]
 
 
-TRIGGER_TYPES: dict[str, type[BaseModel]] = {"kafka.RealtimeTrigger": RealtimeTrigger}
+class ScheduleTrigger(BaseModel):
+    """One execution per tick: every ``interval`` (aligned to the epoch) or per ``cron``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=ID_PATTERN)
+    type: Literal["schedule.Interval"]
+    interval: Duration | None = None
+    cron: str | None = Field(default=None, description="5-field cron expression, in UTC")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleTrigger:
+        if (self.interval is None) == (self.cron is None):
+            raise ValueError("set exactly one of `interval` (ISO-8601 duration) or `cron`")
+        if self.interval is not None and self.interval.total_seconds() <= 0:
+            raise ValueError("`interval` must be positive")
+        return self
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(value):
+                raise ValueError(f"not a valid cron expression: {value!r}")
+        return value
+
+
+AnyTrigger = Annotated[Union[RealtimeTrigger, ScheduleTrigger],  # noqa: UP007
+                       Field(discriminator="type")]
+TRIGGER_TYPES: dict[str, type[BaseModel]] = {"kafka.RealtimeTrigger": RealtimeTrigger,
+                                             "schedule.Interval": ScheduleTrigger}
 
 
 @functools.cache
@@ -163,7 +195,7 @@ class FlowBase(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     retry: RetrySpec | None = Field(
         default=None, description="default retry for every task that has none of its own")
-    triggers: list[RealtimeTrigger] = Field(min_length=1, max_length=1)
+    triggers: list[AnyTrigger] = Field(min_length=1, max_length=1)
     tasks: list[Any] = Field(min_length=1)
     errors: list[Any] = Field(default_factory=list)
 
@@ -179,8 +211,16 @@ class FlowBase(BaseModel):
         yield from walk(("errors",), self.errors)
 
     @property
-    def trigger(self) -> RealtimeTrigger:
+    def trigger(self) -> RealtimeTrigger | ScheduleTrigger:
         return self.triggers[0]
+
+    @property
+    def kafka_trigger(self) -> RealtimeTrigger:
+        """The trigger of a Kafka-triggered flow (raises for schedules)."""
+        trig = self.triggers[0]
+        if not isinstance(trig, RealtimeTrigger):
+            raise TypeError(f"flow {self.id} has no Kafka trigger")
+        return trig
 
 
 @functools.cache
