@@ -1,0 +1,108 @@
+"""Internal storage: batch files of Kafka records as ION, on a local directory or S3.
+
+A batch file is an ION stream with one entry per record: ``{key, value, topic, partition,
+offset, timestamp, headers}``. Names are deterministic (derived from the execution id by the
+caller), so a replayed batch overwrites its file instead of adding a second one. Writes are
+atomic on the local store (write to a temp file, then rename): a reader never sees half a
+file. Location: ``$WAXFLOW_STORAGE`` — a directory path or ``file://`` URI (default
+``.waxflow/storage``), or ``s3://bucket/prefix`` (boto3; ``$WAXFLOW_S3_ENDPOINT`` for a local
+S3 such as moto).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from connectors.ion import read_stream, write_stream
+
+
+class StorageError(RuntimeError):
+    """A batch file could not be written or read; the message names the URI."""
+
+
+def _s3_client() -> Any:
+    import boto3
+
+    endpoint = os.environ.get("WAXFLOW_S3_ENDPOINT")
+    return boto3.client("s3", endpoint_url=endpoint) if endpoint else boto3.client("s3")
+
+
+class Storage:
+    """Where batch files live; ``put_records`` returns the file's URI."""
+
+    def __init__(self, base: str | None = None) -> None:
+        base = base or os.environ.get("WAXFLOW_STORAGE") or ".waxflow/storage"
+        self.base = base.rstrip("/")
+
+    def _is_s3(self) -> bool:
+        return self.base.startswith("s3://")
+
+    def uri_for(self, name: str) -> str:
+        if self._is_s3():
+            return f"{self.base}/{name}"
+        root = Path(self.base.removeprefix("file://")).resolve()
+        return (root / name).as_uri()
+
+    def put_records(self, name: str, records: Iterable[dict[str, Any]]) -> tuple[str, int]:
+        """Store records as one ION file named ``name``; return (URI, count)."""
+        uri = self.uri_for(name)
+        if self._is_s3():
+            with tempfile.NamedTemporaryFile(suffix=".ion") as tmp:
+                count = write_stream(tmp, records)
+                tmp.flush()
+                self.put_file(uri, Path(tmp.name))
+            return uri, count
+        path = Path(urlparse(uri).path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".ion")
+        try:
+            with os.fdopen(fd, "wb") as fp:
+                count = write_stream(fp, records)
+                fp.flush()
+                os.fsync(fp.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return uri, count
+
+    def put_file(self, uri: str, source: Path) -> None:
+        parsed = urlparse(uri)
+        if parsed.scheme == "s3":
+            try:
+                _s3_client().upload_file(str(source), parsed.netloc, parsed.path.lstrip("/"))
+            except Exception as exc:
+                raise StorageError(f"cannot write {uri}: {exc}") from None
+            return
+        dest = Path(parsed.path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, dest)
+
+
+def local_path(uri: str, workdir: Path | None = None) -> Path:
+    """A local file with the content of ``uri`` (downloaded from S3 when needed)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme else uri)
+        if not path.exists():
+            raise StorageError(f"{uri} does not exist in internal storage")
+        return path
+    if parsed.scheme == "s3":
+        target = (workdir or Path(tempfile.mkdtemp(prefix="waxflow-"))) / Path(parsed.path).name
+        try:
+            _s3_client().download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
+        except Exception as exc:
+            raise StorageError(f"cannot read {uri}: {exc}") from None
+        return target
+    raise StorageError(f"unsupported storage URI {uri!r} (file:// or s3://)")
+
+
+def read_records(uri: str) -> Iterator[dict[str, Any]]:
+    """The records of a batch file, in stored order."""
+    with local_path(uri).open("rb") as fp:
+        yield from read_stream(fp)
