@@ -22,7 +22,8 @@ TopicSerializer = Callable[[Any, str], bytes | None]
 def _client(conf_items: tuple[tuple[str, str], ...]) -> Any:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return SchemaRegistryClient(dict(conf_items))
+    # new_client returns the in-process mock for mock:// URLs, the HTTP client otherwise
+    return SchemaRegistryClient.new_client(dict(conf_items))
 
 
 def _registry(serde_properties: Mapping[str, str]) -> Any:

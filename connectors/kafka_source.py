@@ -21,7 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from connectors.kafka_config import require
 
@@ -59,9 +66,42 @@ class SourceStop(Exception):
     """The source cannot go on (fatal consumer error); the message names the partition."""
 
 
+def cluster_metadata(conf: dict[str, Any], timeout: float = 15.0) -> Any:
+    """Topic metadata of the cluster, or SourceStop naming the unreachable bootstrap."""
+    probe = Consumer({k: v for k, v in conf.items() if k != "on_commit"})
+    try:
+        return probe.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise SourceStop(f"cannot reach Kafka at {conf.get('bootstrap.servers')} within "
+                         f"{timeout:g}s: {exc.args[0].str()}") from None
+    finally:
+        probe.close()
+
+
 def _split_part(part: str) -> tuple[str, int]:
     num, topic = part.split("-", 1)
     return topic, int(num)
+
+
+def start_offset(consumer: Consumer, topic: str, partition: int, resume: int | None,
+                 since: datetime | None, reset: str) -> tuple[int, int | None]:
+    """Where to start reading a partition, and the group's committed offset (if any).
+
+    Order: ``resume`` (a Bytewax snapshot), the group's committed offset, the first offset at
+    or after ``since``, else ``reset`` (earliest/latest as librdkafka's logical offsets).
+    """
+    got = consumer.committed([TopicPartition(topic, partition)], timeout=30)[0]
+    committed = got.offset if got.offset >= 0 else None
+    if resume is not None:
+        return resume, committed
+    if committed is not None:
+        return committed, committed
+    if since is not None:
+        ms = int(since.timestamp() * 1000)
+        found = consumer.offsets_for_times([TopicPartition(topic, partition, ms)], timeout=30)[0]
+        return (found.offset if found.offset >= 0 else OFFSET_END), None
+    latest = reset.lower() in ("latest", "largest", "end")
+    return (OFFSET_END if latest else OFFSET_BEGINNING), None
 
 
 class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
@@ -75,20 +115,8 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._confirmed: int | None = None
         conf = {**conf, "on_commit": self._on_commit}
         self._consumer = Consumer(conf)
-        start = resume
-        if start is None:
-            got = self._consumer.committed([TopicPartition(topic, partition)], timeout=30)[0]
-            if got.offset >= 0:
-                start = got.offset
-                self._confirmed = got.offset
-        if start is None and since is not None:
-            ms = int(since.timestamp() * 1000)
-            found = self._consumer.offsets_for_times([TopicPartition(topic, partition, ms)],
-                                                     timeout=30)[0]
-            start = found.offset if found.offset >= 0 else OFFSET_END
-        if start is None:
-            reset = str(conf.get("auto.offset.reset", "earliest")).lower()
-            start = OFFSET_END if reset in ("latest", "largest", "end") else OFFSET_BEGINNING
+        start, self._confirmed = start_offset(self._consumer, topic, partition, resume, since,
+                                              str(conf.get("auto.offset.reset", "earliest")))
         self._next: int | None = start if start >= 0 else None
         self._to_commit: int | None = None
         self._requested: int | None = self._confirmed
@@ -173,11 +201,7 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
         self._idle_stop = idle_stop
 
     def list_parts(self) -> list[str]:
-        probe = Consumer({k: v for k, v in self._conf.items() if k != "on_commit"})
-        try:
-            md = probe.list_topics(timeout=30)
-        finally:
-            probe.close()
+        md = cluster_metadata(self._conf)
         if self._pattern is not None:
             rx = re.compile(self._pattern)
             topics = sorted(t for t in md.topics if rx.fullmatch(t) and not t.startswith("__"))

@@ -77,7 +77,7 @@ def build_runner(flow: FlowBase, standalone: bool = False) -> ExecuteBatch:
     group_conf = ({**conf, "group.id": trig.groupId} if trig.groupType == "CONSUMER" and
                   not standalone else None)
     output = KafkaOutput(f"{flow.namespace}.{flow.id}", group_conf)
-    return ExecuteBatch(flow, engine, log_factory, trig.type, trig.maxConcurrency,
+    return ExecuteBatch(flow, engine, log_factory, flow.trigger.type, trig.maxConcurrency,
                         trig.keyOrdering, trig.onFailure == "STOP", dlq, output)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Hashable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -132,6 +132,31 @@ class RealtimeTrigger(KafkaTrigger):
     type: Literal["kafka.RealtimeTrigger"]
 
 
+class BatchTrigger(KafkaTrigger):
+    """One execution per batch of records, stored as an ION file (``trigger.uri``)."""
+
+    type: Literal["kafka.Trigger"]
+    interval: Duration = Field(default=timedelta(minutes=1),
+                               description="a batch is cut at least this often")
+    maxRecords: int | None = Field(default=None, ge=1, description="cut a batch at this size")
+    maxDuration: Duration | None = Field(
+        default=None, description="cut a batch this long after its first record")
+    pollDuration: Duration | None = Field(
+        default=None, description="accepted for Kestra compatibility; the source polls "
+                                  "continuously, so it has no effect")
+
+    @model_validator(mode="after")
+    def _consumer_group_only(self) -> BatchTrigger:
+        if self.groupType == "SHARE":
+            raise ValueError("kafka.Trigger supports groupType CONSUMER only (use "
+                             "kafka.RealtimeTrigger for share groups)")
+        if self.topicPattern:
+            raise ValueError("kafka.Trigger needs `topic` or `topics` (no topicPattern)")
+        if self.interval.total_seconds() <= 0:
+            raise ValueError("`interval` must be positive")
+        return self
+
+
 class ScheduleTrigger(BaseModel):
     """One execution per tick: every ``interval`` (aligned to the epoch) or per ``cron``."""
 
@@ -160,9 +185,10 @@ class ScheduleTrigger(BaseModel):
         return value
 
 
-AnyTrigger = Annotated[Union[RealtimeTrigger, ScheduleTrigger],  # noqa: UP007
+AnyTrigger = Annotated[Union[RealtimeTrigger, BatchTrigger, ScheduleTrigger],  # noqa: UP007
                        Field(discriminator="type")]
 TRIGGER_TYPES: dict[str, type[BaseModel]] = {"kafka.RealtimeTrigger": RealtimeTrigger,
+                                             "kafka.Trigger": BatchTrigger,
                                              "schedule.Interval": ScheduleTrigger}
 
 
@@ -211,14 +237,14 @@ class FlowBase(BaseModel):
         yield from walk(("errors",), self.errors)
 
     @property
-    def trigger(self) -> RealtimeTrigger | ScheduleTrigger:
+    def trigger(self) -> RealtimeTrigger | BatchTrigger | ScheduleTrigger:
         return self.triggers[0]
 
     @property
-    def kafka_trigger(self) -> RealtimeTrigger:
+    def kafka_trigger(self) -> KafkaTrigger:
         """The trigger of a Kafka-triggered flow (raises for schedules)."""
         trig = self.triggers[0]
-        if not isinstance(trig, RealtimeTrigger):
+        if not isinstance(trig, KafkaTrigger):
             raise TypeError(f"flow {self.id} has no Kafka trigger")
         return trig
 
@@ -283,7 +309,7 @@ def _pydantic_problems(exc: ValidationError, pos: PositionMap) -> list[Problem]:
             problems.append(pos.problem(loc, f"missing required property '{loc[-1]}'"))
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        if "input" in err and kind not in ("model_type", "dict_type"):
+        if "input" in err and kind not in ("model_type", "dict_type") and "got " not in msg:
             shown = repr(err["input"])
             if len(shown) < 60:
                 msg += f" (got {shown})"
@@ -294,17 +320,21 @@ def _pydantic_problems(exc: ValidationError, pos: PositionMap) -> list[Problem]:
 def _template_problems(data: Any, pos: PositionMap, exprs: Expressions) -> list[Problem]:
     problems: list[Problem] = []
 
+    def is_template(value: Any) -> bool:
+        return isinstance(value, str) and ("{{" in value or "{%" in value)
+
     def walk(value: Any, path: tuple[Hashable, ...]) -> None:
         if isinstance(value, dict):
+            is_task = isinstance(value.get("type"), str) and value["type"] in TASK_TYPES
             for k, v in value.items():
+                if is_task and k in ("id", "type") and is_template(v):
+                    problems.append(pos.problem((*path, k), "templates are not allowed here"))
+                    continue
                 walk(v, (*path, k))
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 walk(v, (*path, i))
-        elif isinstance(value, str) and ("{{" in value or "{%" in value):
-            if path and path[-1] in ("id", "type"):
-                problems.append(pos.problem(path, "templates are not allowed here"))
-                return
+        elif is_template(value):
             for msg in exprs.check(value):
                 problems.append(pos.problem(path, msg))
 

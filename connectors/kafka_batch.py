@@ -1,0 +1,212 @@
+"""Micro-batch Kafka source for ``kafka.Trigger``: the batch is cut in the source.
+
+One Bytewax partition holds one consumer assigned to every partition of the trigger's
+topics. It buffers records and emits a whole :class:`Batch` as one item when the batch is
+due: every ``interval`` (wall clock), or earlier when it holds ``maxRecords``, or when
+``maxDuration`` has passed since its first record. Buffered records are *not* part of the
+state: ``snapshot()`` returns the positions right after the last **emitted** batch, and the
+first ``next_batch()`` after a snapshot commits exactly those positions. Bytewax runs the
+next epoch only after the emitted batch passed every step, and the execute step finishes
+the batch's execution inside the step, so a committed offset never covers a record whose
+batch execution is not done, and a kill re-reads everything after it (DESIGN §5: no window
+state whose offsets could be committed early).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from connectors.kafka_config import require
+from connectors.kafka_source import (
+    RawRecord,
+    SourceStop,
+    cluster_metadata,
+    headers_tuple,
+    start_offset,
+)
+
+LOG = logging.getLogger("waxflow.batch")
+
+Positions = dict[str, int]  # "topic/partition" -> next offset to read
+
+
+@dataclass
+class Batch:
+    """Records cut into one batch, with the offset range read per partition."""
+
+    records: list[RawRecord] = field(default_factory=list)
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # first, last
+    ends: Positions = field(default_factory=dict)  # next offset per partition after it
+
+
+class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
+    def __init__(self, conf: dict[str, Any], parts: list[tuple[str, int]],
+                 resume: Positions | None, since: datetime | None, interval: float,
+                 max_records: int | None, max_duration: float | None,
+                 idle_stop: float | None) -> None:
+        self._consumer = Consumer({**conf, "on_commit": self._on_commit})
+        self._interval = interval
+        self._max_records = max_records
+        self._max_duration = max_duration
+        self._idle_stop = idle_stop
+        self._emitted: Positions = {}
+        self._confirmed: Positions = {}
+        self._requested: Positions = {}
+        self._to_commit: Positions | None = None
+        assign = []
+        reset = str(conf.get("auto.offset.reset", "earliest"))
+        for topic, p in parts:
+            key = f"{topic}/{p}"
+            start, committed = start_offset(self._consumer, topic, p,
+                                            (resume or {}).get(key), since, reset)
+            if start >= 0:
+                self._emitted[key] = start
+            if committed is not None:
+                self._confirmed[key] = self._requested[key] = committed
+            assign.append(TopicPartition(topic, p, start))
+        self._consumer.assign(assign)
+        self._buffer = Batch()
+        self._opened: float | None = None  # when the buffer got its first record
+        self._window_end = time.monotonic() + interval
+        self._last_activity = time.monotonic()
+        self._awake: datetime | None = None
+
+    def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
+        if err is not None:
+            LOG.warning("batch offset commit failed (retried next epoch): %s", err)
+            self._requested = dict(self._confirmed)
+            return
+        for tp in parts:
+            if tp.error is None:
+                self._confirmed[f"{tp.topic}/{tp.partition}"] = tp.offset
+
+    def _commit(self) -> None:
+        pending, self._to_commit = self._to_commit, None
+        if not pending:
+            return
+        todo = {k: v for k, v in pending.items() if self._requested.get(k) != v}
+        if not todo:
+            return
+        tps = []
+        for key, off in todo.items():
+            topic, part = key.rsplit("/", 1)
+            tps.append(TopicPartition(topic, int(part), off))
+        self._consumer.commit(offsets=tps, asynchronous=True)
+        self._requested.update(todo)
+
+    def _read(self) -> None:
+        for m in self._consumer.consume(1000, 0):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal() or not err.retriable():
+                    raise SourceStop(f"consumer error: {err.str()}")
+                continue
+            topic, part, off = m.topic() or "", m.partition() or 0, m.offset() or 0
+            ts_type, ts = m.timestamp()
+            self._buffer.records.append(RawRecord(topic, part, off, m.key(), m.value(),
+                                                  ts if ts_type != 0 else None,
+                                                  headers_tuple(m.headers())))
+            key = f"{topic}/{part}"
+            first = self._buffer.offsets.get(key, (off, off))[0]
+            self._buffer.offsets[key] = (first, off)
+            self._buffer.ends[key] = off + 1
+            if self._opened is None:
+                self._opened = time.monotonic()
+            self._last_activity = time.monotonic()
+            if self._max_records and len(self._buffer.records) >= self._max_records:
+                break
+
+    def _due(self, now: float) -> bool:
+        if not self._buffer.records:
+            return False
+        if self._max_records and len(self._buffer.records) >= self._max_records:
+            return True
+        if self._max_duration is not None and self._opened is not None and \
+                now - self._opened >= self._max_duration:
+            return True
+        if now >= self._window_end:
+            return True
+        return self._idle_stop is not None and now - self._last_activity >= self._idle_stop
+
+    def next_batch(self) -> list[Batch]:
+        self._commit()
+        if not self._max_records or len(self._buffer.records) < self._max_records:
+            self._read()
+        now = time.monotonic()
+        out: list[Batch] = []
+        if self._due(now):
+            batch, self._buffer, self._opened = self._buffer, Batch(), None
+            self._emitted.update(batch.ends)
+            out.append(batch)
+        if now >= self._window_end:
+            self._window_end = now + self._interval
+        if not out and not self._buffer.records and self._idle_stop is not None and \
+                now - self._last_activity >= self._idle_stop and \
+                all(self._confirmed.get(k) == v for k, v in self._emitted.items()):
+            raise StopIteration
+        self._awake = None if out else \
+            datetime.now().astimezone() + timedelta(milliseconds=20)
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> Positions:
+        self._to_commit = dict(self._emitted)
+        return dict(self._emitted)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaBatchSource(FixedPartitionedSource[Batch, Positions | None]):
+    """Batches of a trigger's topics (one Bytewax partition; see the module doc)."""
+
+    def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str],
+                 partitions: list[int] | None, since: datetime | None, interval: timedelta,
+                 max_records: int | None, max_duration: timedelta | None,
+                 idle_stop: float | None) -> None:
+        self._conf = dict(conf)
+        self._conf["group.id"] = group_id
+        why = "waxflow commits offsets itself, only after the batch is done (G1)"
+        require(self._conf, "enable.auto.commit", False, why)
+        require(self._conf, "enable.auto.offset.store", False, why)
+        self._conf.setdefault("isolation.level", "read_committed")
+        self._conf.setdefault("auto.offset.reset", "earliest")
+        self._topics = topics
+        self._partitions = partitions
+        self._since = since
+        self._interval = interval.total_seconds()
+        self._max_records = max_records
+        self._max_duration = max_duration.total_seconds() if max_duration else None
+        self._idle_stop = idle_stop
+
+    def list_parts(self) -> list[str]:
+        return ["batch"]
+
+    def _parts(self) -> list[tuple[str, int]]:
+        md = cluster_metadata(self._conf)
+        parts = []
+        for topic in self._topics:
+            tmd = md.topics.get(topic)
+            if tmd is None or tmd.error is not None:
+                raise SourceStop(f"topic {topic} does not exist on "
+                                 f"{self._conf['bootstrap.servers']}")
+            parts += [(topic, p) for p in sorted(tmd.partitions)
+                      if self._partitions is None or p in self._partitions]
+        return parts
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: Positions | None) -> _BatchPartition:
+        return _BatchPartition(self._conf, self._parts(), resume_state, self._since,
+                               self._interval, self._max_records, self._max_duration,
+                               self._idle_stop)
