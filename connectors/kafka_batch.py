@@ -102,7 +102,12 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         self._requested.update(todo)
 
     def _read(self) -> None:
-        for m in self._consumer.consume(1000, 0):
+        room = 1000
+        if self._max_records:
+            room = min(room, self._max_records - len(self._buffer.records))
+        # never consume more than the batch can take: a consumed record that is not
+        # buffered would be skipped while a later offset of its partition is committed
+        for m in self._consumer.consume(room, 0) if room > 0 else []:
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -122,8 +127,6 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
             if self._opened is None:
                 self._opened = time.monotonic()
             self._last_activity = time.monotonic()
-            if self._max_records and len(self._buffer.records) >= self._max_records:
-                break
 
     def _due(self, now: float) -> bool:
         if not self._buffer.records:

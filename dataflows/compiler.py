@@ -23,7 +23,7 @@ from connectors.kafka_output import KafkaOutput
 from connectors.kafka_source import KafkaGroupSource, RawRecord
 from connectors.serdes import Deserializer, deserializer
 from dataflows.expressions import Expressions
-from dataflows.spec import FlowBase, KafkaTrigger, ScheduleTrigger
+from dataflows.spec import BatchTrigger, FlowBase, KafkaTrigger, ScheduleTrigger
 from operators.commit import DoneSink
 from operators.deserialize import deserialize
 from operators.engine import Engine
@@ -104,11 +104,33 @@ def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
     return df
 
 
+def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> Dataflow:
+    from connectors.kafka_batch import KafkaBatchSource
+    from connectors.storage import Storage
+    from operators.microbatch import BatchRunner, execute_batches
+
+    runner0 = build_runner(flow)  # shares engine, log factory and Kafka output set-up
+    conf = client_conf(trig.properties)
+    assert runner0.output is not None
+    runner = BatchRunner(flow, trig, runner0.engine, runner0.log_factory,
+                         trigger_deserializer(trig, "key"), trigger_deserializer(trig, "value"),
+                         runner0.output, Storage())
+    source = KafkaBatchSource(conf, trig.groupId, trig.topic_list(), trig.partitions,
+                              trig.since, trig.interval, trig.maxRecords, trig.maxDuration,
+                              options.stop_when_idle)
+    df = Dataflow(f"{flow.namespace}-{flow.id}".replace(".", "_"))
+    batches = op.input("kafka", df, source)
+    op.output("done", execute_batches("execute", batches, runner), DoneSink())
+    return df
+
+
 def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     """The Bytewax dataflow of ``flow`` (a RealtimeTrigger flow, consumer-group mode)."""
     options = options or RunOptions()
     if isinstance(flow.trigger, ScheduleTrigger):
         return _compile_schedule(flow, flow.trigger, options)
+    if isinstance(flow.trigger, BatchTrigger):
+        return _compile_batch(flow, flow.trigger, options)
     trig = flow.kafka_trigger
     conf = client_conf(trig.properties)
     runner = build_runner(flow)

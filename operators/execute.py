@@ -50,7 +50,7 @@ class ExecuteBatch:
         self.flow = flow
         self.output = output
         self.engine = engine
-        self._log_factory = log_factory
+        self.log_factory = log_factory
         self._log: ExecutionLog | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -66,7 +66,7 @@ class ExecuteBatch:
     def resources(self) -> tuple[ExecutionLog, ThreadPoolExecutor]:
         with self._lock:
             if self._log is None:
-                self._log = self._log_factory()
+                self._log = self.log_factory()
                 self._pool = ThreadPoolExecutor(self.max_concurrency,
                                                 thread_name_prefix="execution")
             assert self._pool is not None

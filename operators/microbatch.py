@@ -1,0 +1,135 @@
+"""Execute step of ``kafka.Trigger``: one execution per batch, done inside the step.
+
+For each batch cut by ``connectors.kafka_batch`` the step decodes the records (applying
+``onSerdeError`` and ``headerFilters``), stores the good ones as one ION file in internal
+storage under a name derived from the execution id (a replayed batch overwrites its file),
+then runs the flow with ``trigger.uri``, ``trigger.messagesCount`` and ``trigger.offsets``.
+Tasks read the stored file, so a retried load never re-consumes Kafka. The step returns only
+when the terminal document is acknowledged (and, with a transactional Produce, after the
+batch's transaction committed together with its offsets). The execution id derives from the
+batch's per-partition offset ranges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from connectors.execution_log import ExecutionLog
+from connectors.kafka_batch import Batch
+from connectors.kafka_output import KafkaOutput
+from connectors.serdes import Deserializer
+from connectors.storage import Storage
+from dataflows.spec import BatchTrigger, FlowBase
+from operators.deserialize import SerdeStop, decode
+from operators.engine import Engine
+from operators.execute import FlowStopped
+from operators.execution import Execution, jsonable
+
+MAX_SKIPPED_LISTED = 100
+
+
+def batch_execution_id(namespace: str, flow_id: str, offsets: dict[str, tuple[int, int]]
+                       ) -> str:
+    """Deterministic id of a batch: its per-partition offset ranges."""
+    ranges = ",".join(f"{k}:{a}-{b}" for k, (a, b) in sorted(offsets.items()))
+    return hashlib.sha256(f"{namespace}\x1f{flow_id}\x1fbatch\x1f{ranges}".encode()
+                          ).hexdigest()[:32]
+
+
+class BatchRunner:
+    """The batch function of a ``kafka.Trigger`` flow's execute step."""
+
+    def __init__(self, flow: FlowBase, trigger: BatchTrigger, engine: Engine,
+                 log_factory: Callable[[], ExecutionLog], key_de: Deserializer,
+                 value_de: Deserializer, output: KafkaOutput, storage: Storage) -> None:
+        self.flow = flow
+        self.trigger = trigger
+        self.engine = engine
+        self._log_factory = log_factory
+        self._log: ExecutionLog | None = None
+        self.key_de, self.value_de = key_de, value_de
+        self.output = output
+        self.storage = storage
+
+    def __call__(self, batches: list[Batch]) -> list[tuple[str, tuple[str, int]]]:
+        if self._log is None:
+            self._log = self._log_factory()
+        done: list[tuple[str, tuple[str, int]]] = []
+        for batch in batches:
+            self._run(batch, self._log)
+            done += [("done", (k, v)) for k, v in batch.ends.items()]
+        return done
+
+    def _run(self, batch: Batch, log: ExecutionLog) -> Execution:
+        trig = self.trigger
+        exec_id = batch_execution_id(self.flow.namespace, self.flow.id, batch.offsets)
+        deliveries = log.batch()
+        dlq = trig.onSerdeError.topic if trig.onSerdeError.type == "DLQ" else None
+        good: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        for raw in batch.records:
+            try:
+                rec = decode(raw, self.key_de, self.value_de, trig.onSerdeError.type == "FAIL",
+                             trig.headerFilters)
+            except SerdeStop:
+                raise
+            if rec.filtered:
+                continue
+            if rec.error is not None:
+                skipped.append({"topic": raw.topic, "partition": raw.partition,
+                                "offset": raw.offset, "error": rec.error})
+                if dlq is not None:
+                    deliveries.produce(dlq, raw.key, raw.value, [
+                        *((k, v) for k, v in raw.headers if v is not None),
+                        ("waxflow.source.topic", raw.topic.encode()),
+                        ("waxflow.source.partition", str(raw.partition).encode()),
+                        ("waxflow.source.offset", str(raw.offset).encode()),
+                        ("waxflow.error", rec.error.encode())])
+                continue
+            good.append({"key": jsonable(rec.key), "value": jsonable(rec.value),
+                         "topic": raw.topic, "partition": raw.partition, "offset": raw.offset,
+                         "timestamp": raw.timestamp,
+                         "headers": {k: (v.decode("utf-8", "replace") if v is not None
+                                         else None) for k, v in raw.headers}})
+        uri, count = self.storage.put_records(
+            f"{self.flow.namespace}/{self.flow.id}/{exec_id}.ion", good)
+        offsets = {k: [a, b] for k, (a, b) in sorted(batch.offsets.items())}
+        execution = Execution(
+            id=exec_id, namespace=self.flow.namespace, flow_id=self.flow.id,
+            trigger={"type": trig.type, "topic": None, "partition": None, "offset": None,
+                     "key": None, "timestamp": None, "offsets": offsets,
+                     "messagesCount": count, "deliveryCount": None, "uri": uri,
+                     "skippedCount": len(skipped),
+                     "skipped": skipped[:MAX_SKIPPED_LISTED]},
+            labels=dict(self.flow.labels), state="RUNNING")
+        deliveries.write(execution.id, execution.to_json())
+        scope = self.output.scope()
+        try:
+            self.engine.run(execution, {"uri": uri, "messagesCount": count, "offsets": offsets,
+                                        "skippedCount": len(skipped)}, scope)
+            deliveries.write(execution.id, execution.to_json())
+            deliveries.wait()
+            if scope.active:
+                scope.commit({(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])): v
+                              for k, v in batch.ends.items()})
+        except BaseException:
+            if scope.active:
+                scope.abort()
+            raise
+        if trig.onFailure == "STOP" and execution.state == "FAILED":
+            msg = (execution.error or {}).get("message", "")
+            raise FlowStopped(f"batch execution {execution.id} ({count} records, offsets "
+                              f"{offsets}) FAILED: {msg}; onFailure STOP: job halted "
+                              "without committing the batch")
+        return execution
+
+
+def execute_batches(step_id: str, up: Stream[Batch], runner: BatchRunner
+                    ) -> Stream[tuple[str, tuple[str, int]]]:
+    """Run one execution per batch; emit ``("done", ("topic/partition", next_offset))``."""
+    return op.flat_map_batch(step_id, up, runner)
