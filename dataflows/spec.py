@@ -197,6 +197,7 @@ def task_union() -> Any:
     """The discriminated union of every registered task type (resolves ``AnyTask``)."""
     # importing these modules registers their task types
     import connectors.http
+    import connectors.kafka_consume
     import connectors.kafka_produce
     import connectors.notify
     import dataflows.core_tasks

@@ -1,0 +1,144 @@
+"""``kafka.Consume``: read records mid-flow into an ION file in internal storage.
+
+Reads the given topics (every partition, or ``partitions``) from the group's committed
+offsets when ``groupId`` is set, else from ``since`` or the beginning, and stops at the
+first of: every partition reached the end offset it had when the task started,
+``maxRecords`` (soft: the last poll's records are kept), ``maxDuration``, or no record for
+``pollDuration``. Records that do not deserialize follow ``onSerdeError`` (SKIPPED: left
+out and counted; DLQ: sent to the DLQ topic, delivery checked; FAIL: the task fails and
+nothing is committed). With ``groupId`` the offsets are committed synchronously **only
+after** the file is stored, so a failure before that re-reads the same records next time.
+Outputs: ``uri``, ``messagesCount``, ``skippedCount``, ``offsets``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from pydantic import Field
+
+from connectors.deliveries import Deliveries
+from connectors.kafka_config import client_conf
+from connectors.kafka_source import cluster_metadata, headers_tuple, start_offset
+from connectors.serdes import SerdeError, deserializer
+from connectors.storage import Storage
+from dataflows.durations import Duration
+from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from operators.execution import jsonable
+
+SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES",
+                    "BYTE_ARRAY", "UUID", "JSON", "ION", "VOID"]
+
+
+@task_type("kafka.Consume")
+class Consume(TaskBase):
+    """Consume topics into internal storage (see module doc)."""
+
+    type: Literal["kafka.Consume"]
+    topic: str | list[str]
+    partitions: list[int] | None = None
+    groupId: str | None = None
+    since: datetime | None = None
+    keyDeserializer: SerdeName = "STRING"
+    valueDeserializer: SerdeName = "STRING"
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    maxRecords: int | None = Field(default=None, ge=1)
+    maxDuration: Duration | None = None
+    pollDuration: Duration = timedelta(seconds=5)
+    onSerdeError: Literal["SKIPPED", "DLQ", "FAIL"] = "SKIPPED"
+    dlqTopic: str | None = None
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        topics = [self.topic] if isinstance(self.topic, str) else list(self.topic)
+        conf = client_conf(self.properties)
+        conf.update({"group.id": self.groupId or f"waxflow-consume-{uuid.uuid4().hex}",
+                     "enable.auto.commit": False, "enable.auto.offset.store": False,
+                     "enable.partition.eof": False})
+        conf.setdefault("isolation.level", "read_committed")
+        md = cluster_metadata(conf)
+        consumer = Consumer(conf)
+        try:
+            return self._consume(ctx, consumer, md, topics, conf)
+        finally:
+            consumer.close()
+
+    def _consume(self, ctx: RunContext, consumer: Consumer, md: Any, topics: list[str],
+                 conf: dict[str, Any]) -> dict[str, Any]:
+        assign, ends, starts = [], {}, {}
+        for topic in topics:
+            tmd = md.topics.get(topic)
+            if tmd is None or tmd.error is not None:
+                raise TaskFailure(f"topic {topic} does not exist")
+            for p in sorted(tmd.partitions):
+                if self.partitions is not None and p not in self.partitions:
+                    continue
+                start, _ = start_offset(consumer, topic, p, None, self.since, "earliest")
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15,
+                                                           cached=False)
+                ends[(topic, p)] = high
+                starts[(topic, p)] = start if start >= 0 else low
+                assign.append(TopicPartition(topic, p, start))
+        consumer.assign(assign)
+        key_de, value_de = deserializer(self.keyDeserializer), deserializer(self.valueDeserializer)
+        records: list[dict[str, Any]] = []
+        skipped = 0
+        positions: dict[tuple[str, int], int] = {}
+        dlq = Deliveries(Producer(client_conf(self.properties))) \
+            if self.onSerdeError == "DLQ" and self.dlqTopic else None
+        started = last = time.monotonic()
+        todo = {tp for tp, end in ends.items() if end > starts[tp]}
+        while todo:
+            now = time.monotonic()
+            if self.maxRecords and len(records) >= self.maxRecords:
+                break
+            if self.maxDuration is not None and now - started >= self.maxDuration.total_seconds():
+                break
+            if now - last >= self.pollDuration.total_seconds():
+                break
+            for m in consumer.consume(500, 0.1):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise TaskFailure(f"consumer error: {err.str()}")
+                last = time.monotonic()
+                tp = (m.topic() or "", m.partition() or 0)
+                off = m.offset() or 0
+                positions[tp] = off + 1
+                if off + 1 >= ends.get(tp, 0):
+                    todo.discard(tp)
+                try:
+                    key, value = key_de(m.key()), value_de(m.value())
+                except SerdeError as exc:
+                    where = f"{tp[0]}/{tp[1]}@{off}"
+                    if self.onSerdeError == "FAIL":
+                        raise TaskFailure(f"cannot deserialize record {where}: {exc}") from None
+                    skipped += 1
+                    if dlq is not None and self.dlqTopic:
+                        dlq.produce(self.dlqTopic, m.key(), m.value(), [
+                            ("waxflow.source.topic", tp[0].encode()),
+                            ("waxflow.source.partition", str(tp[1]).encode()),
+                            ("waxflow.source.offset", str(off).encode()),
+                            ("waxflow.error", str(exc).encode())])
+                    continue
+                ts_type, ts = m.timestamp()
+                records.append({
+                    "key": jsonable(key), "value": jsonable(value), "topic": tp[0],
+                    "partition": tp[1], "offset": off, "timestamp": ts if ts_type else None,
+                    "headers": {k: (v.decode("utf-8", "replace") if v is not None else None)
+                                for k, v in headers_tuple(m.headers())}})
+        if dlq is not None:
+            dlq.wait()
+        exec_id = str(ctx.vars["execution"]["id"])
+        flow = ctx.vars["flow"]
+        uri, count = Storage().put_records(
+            f"{flow['namespace']}/{flow['id']}/{exec_id}/{self.id}.ion", records)
+        if self.groupId and positions:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
+                            asynchronous=False)
+        return {"uri": uri, "messagesCount": count, "skippedCount": skipped,
+                "offsets": {f"{t}/{p}": o for (t, p), o in sorted(positions.items())}}
