@@ -196,10 +196,13 @@ TRIGGER_TYPES: dict[str, type[BaseModel]] = {"kafka.RealtimeTrigger": RealtimeTr
 def task_union() -> Any:
     """The discriminated union of every registered task type (resolves ``AnyTask``)."""
     # importing these modules registers their task types
+    import connectors.dbt
+    import connectors.duckdb
     import connectors.http
     import connectors.kafka_consume
     import connectors.kafka_produce
     import connectors.notify
+    import connectors.s3
     import dataflows.core_tasks
 
     del connectors, dataflows

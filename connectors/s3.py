@@ -1,0 +1,138 @@
+"""S3: the ``s3.Upload`` task (any S3-compatible endpoint; moto in tests).
+
+Clients are created once per process and option set (endpoint, region, credentials) and
+shared by task runs (boto3 clients are thread-safe; sessions are not, so each client comes
+from its own session). Credentials are ``accessKeyId``/``secretKeyId`` (and
+``sessionToken``), rendered so they may come from ``secret()``, else boto3's default chain
+(environment, shared files, instance role). Error messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field
+
+from connectors.storage import StorageError, local_path
+from connectors.tabular import to_ndjson, to_parquet
+from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+
+__all__ = ["Upload", "s3_client"]
+
+_CONTENT_TYPES = {"ION": "application/x-amzn-ion", "PARQUET": "application/vnd.apache.parquet",
+                  "NDJSON": "application/x-ndjson"}
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def s3_client(endpoint: str | None, region: str | None, access_key: str | None,
+              secret_key: str | None, session_token: str | None = None) -> Any:
+    """The process's shared boto3 S3 client for these options."""
+    key = (os.getpid(), endpoint, region, access_key, secret_key, session_token)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            import boto3
+
+            session = boto3.session.Session()
+            client = session.client(
+                "s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key, aws_session_token=session_token)
+            _CLIENTS[key] = client
+        return client
+
+
+def _scrub(text: str, secrets: list[str | None]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return " ".join(text.split())
+
+
+@task_type("s3.Upload")
+class Upload(TaskBase):
+    """Upload a file to ``s3://bucket/key`` (both rendered).
+
+    ``from`` is an internal-storage URI (``file://`` or ``s3://``) or a local path.
+    ``format``: ``ION`` uploads the file as it is stored; ``PARQUET`` and ``NDJSON`` convert a
+    stored batch file (``connectors.tabular``: one row per record with the ``_topic``,
+    ``_partition``, ``_offset``, ``_timestamp``, ``_key`` columns) before uploading.
+
+    Guarantees: the source file is only read, so a retry re-reads it; an upload replaces any
+    object at the same key, so with a deterministic key (``{{ flow.id }}/{{ execution.id
+    }}.parquet``) a replayed batch overwrites its object instead of adding one. The object
+    appears whole or not at all (S3 PUT and multipart completion are atomic). Outputs
+    ``uri`` (``s3://bucket/key``), ``bucket``, ``key`` and ``bytes`` (object size).
+    """
+
+    type: Literal["s3.Upload"]
+    bucket: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    from_: str = Field(alias="from", description="internal-storage URI or local path")
+    format: Literal["ION", "PARQUET", "NDJSON"] = "ION"
+    contentType: str | None = None
+    endpointUrl: str | None = Field(default=None,
+                                    description="default: $WAXFLOW_S3_ENDPOINT, else AWS")
+    region: str | None = None
+    accessKeyId: str | None = None
+    secretKeyId: str | None = None
+    sessionToken: str | None = None
+
+    model_config = {**TaskBase.model_config, "populate_by_name": True}
+
+    def _render(self, ctx: RunContext, value: str | None) -> str | None:
+        return str(ctx.render(value)) if value else None
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        who = f"s3.Upload {self.id}"
+        bucket = str(ctx.render(self.bucket))
+        key = str(ctx.render(self.key)).lstrip("/")
+        source = str(ctx.render(self.from_))
+        if not key:
+            raise TaskFailure(f"{who}: `key` rendered empty")
+        endpoint = self._render(ctx, self.endpointUrl) or os.environ.get("WAXFLOW_S3_ENDPOINT")
+        region = self._render(ctx, self.region)
+        if region is None and endpoint and not os.environ.get("AWS_DEFAULT_REGION"):
+            region = "us-east-1"  # S3-compatible servers need one; AWS's own default
+        access = self._render(ctx, self.accessKeyId)
+        secret = self._render(ctx, self.secretKeyId)
+        token = self._render(ctx, self.sessionToken)
+        if (access is None) != (secret is None):
+            raise TaskFailure(f"{who}: set both `accessKeyId` and `secretKeyId`, or neither")
+        uri = f"s3://{bucket}/{key}"
+        content_type = self._render(ctx, self.contentType) or _CONTENT_TYPES[self.format]
+        with tempfile.TemporaryDirectory(prefix="waxflow-s3-") as tmp:
+            path = self._prepare(who, source, Path(tmp))
+            size = path.stat().st_size
+            try:
+                client = s3_client(endpoint, region, access, secret, token)
+                client.upload_file(str(path), bucket, key,
+                                   ExtraArgs={"ContentType": content_type})
+            except Exception as exc:
+                detail = _scrub(f"{type(exc).__name__}: {exc}", [access, secret, token])
+                raise TaskFailure(f"{who}: cannot upload to {uri}: {detail}") from None
+        ctx.log("INFO", f"uploaded {size} bytes to {uri}")
+        return {"uri": uri, "bucket": bucket, "key": key, "bytes": size}
+
+    def _prepare(self, who: str, source: str, tmp: Path) -> Path:
+        """The local file to upload: the source itself, or its conversion in ``tmp``."""
+        try:
+            path = local_path(source, tmp)
+            if self.format == "ION":
+                return path
+            stored = path.as_uri() if urlparse(source).scheme == "s3" else source
+            convert = to_parquet if self.format == "PARQUET" else to_ndjson
+            return convert(stored, tmp / f".waxflow-upload.{self.format.lower()}")
+        except StorageError as exc:
+            raise TaskFailure(f"{who}: {exc}") from None
+        except Exception as exc:  # a file that is not a batch file, or does not fit a table
+            raise TaskFailure(f"{who}: cannot convert {source} to {self.format}: "
+                              f"{type(exc).__name__}: {exc}") from None
+
+    def idempotent(self) -> bool:
+        return True

@@ -1,0 +1,160 @@
+"""s3.Upload against a real S3 API (moto's server on a loopback port), read back with boto3."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from moto.server import ThreadedMotoServer
+
+import connectors.s3  # noqa: F401  (registers s3.*)
+from connectors.broker import free_port
+from connectors.storage import Storage
+from dataflows.tasks import TaskFailure
+from tests.task_helpers import FakeContext, parse_task
+
+ACCESS, SECRET = "test-access-key", "test-secret-value-123"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real moto S3 server on a free loopback port, stopped after the module."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def client(s3_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                        aws_access_key_id=ACCESS, aws_secret_access_key=SECRET)
+
+
+@pytest.fixture
+def bucket(client: Any) -> str:
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+RECORDS = [{"key": f"k{i}", "value": {"id": i, "amount": i * 1.5}, "topic": "events",
+            "partition": 0, "offset": 100 + i, "timestamp": 1_700_000_000_000 + i,
+            "headers": {"h": "v"}} for i in range(10)]
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> str:
+    uri, _ = Storage(str(tmp_path / "storage")).put_records("exec-1.ion", RECORDS)
+    return uri
+
+
+def upload(endpoint: str, bucket: str, source: str, **props: Any) -> dict[str, Any]:
+    task = parse_task({"id": "up", "type": "s3.Upload", "bucket": bucket,
+                       "key": "{{ flow.id }}/{{ execution.id }}.data", "from": source,
+                       "endpointUrl": endpoint, "accessKeyId": "{{ creds.id }}",
+                       "secretKeyId": "{{ creds.secret }}", **props})
+    ctx = FakeContext({"flow": {"id": "bridge"}, "execution": {"id": "e1"},
+                       "creds": {"id": ACCESS, "secret": SECRET}})
+    out: dict[str, Any] = task.run(ctx)
+    return out
+
+
+def body(client: Any, bucket: str, key: str) -> bytes:
+    data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return data
+
+
+def test_upload_ion_as_stored(s3_endpoint: str, client: Any, bucket: str, stored: str) -> None:
+    out = upload(s3_endpoint, bucket, stored)
+    local = Path(stored.removeprefix("file://")).read_bytes()
+    assert out == {"uri": f"s3://{bucket}/bridge/e1.data", "bucket": bucket,
+                   "key": "bridge/e1.data", "bytes": len(local)}
+    assert body(client, bucket, "bridge/e1.data") == local
+    head = client.head_object(Bucket=bucket, Key="bridge/e1.data")
+    assert head["ContentType"] == "application/x-amzn-ion"
+
+
+def test_upload_parquet(s3_endpoint: str, client: Any, bucket: str, stored: str) -> None:
+    out = upload(s3_endpoint, bucket, stored, format="PARQUET", key="events/e1.parquet")
+    data = body(client, bucket, "events/e1.parquet")
+    assert out["bytes"] == len(data)
+    table = pq.read_table(io.BytesIO(data))
+    assert table.to_pylist() == [
+        {"id": r["value"]["id"], "amount": r["value"]["amount"], "_topic": "events",
+         "_partition": 0, "_offset": r["offset"], "_timestamp": r["timestamp"],
+         "_key": r["key"]} for r in RECORDS]
+
+
+def test_upload_ndjson(s3_endpoint: str, client: Any, bucket: str, stored: str) -> None:
+    upload(s3_endpoint, bucket, stored, format="NDJSON", key="events/e1.ndjson")
+    lines = body(client, bucket, "events/e1.ndjson").decode().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"id": r["value"]["id"], "amount": r["value"]["amount"], "_topic": "events",
+         "_partition": 0, "_offset": r["offset"], "_timestamp": r["timestamp"],
+         "_key": r["key"]} for r in RECORDS]
+
+
+def test_same_key_twice_overwrites(s3_endpoint: str, client: Any, bucket: str,
+                                   tmp_path: Path) -> None:
+    store = Storage(str(tmp_path / "storage"))
+    first, _ = store.put_records("a.ion", RECORDS[:3])
+    second, _ = store.put_records("b.ion", RECORDS[3:])
+    upload(s3_endpoint, bucket, first, format="NDJSON", key="events/same.ndjson")
+    upload(s3_endpoint, bucket, second, format="NDJSON", key="events/same.ndjson")
+    listed = client.list_objects_v2(Bucket=bucket)["Contents"]
+    assert [o["Key"] for o in listed] == ["events/same.ndjson"]
+    lines = body(client, bucket, "events/same.ndjson").decode().splitlines()
+    assert [json.loads(line)["_offset"] for line in lines] == [103 + i for i in range(7)]
+
+
+def test_upload_a_local_path_and_from_s3_storage(s3_endpoint: str, client: Any, bucket: str,
+                                                 tmp_path: Path, stored: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = tmp_path / "report.csv"
+    plain.write_text("a,b\n1,2\n")
+    out = upload(s3_endpoint, bucket, str(plain), key="r.csv", contentType="text/csv")
+    assert body(client, bucket, "r.csv") == b"a,b\n1,2\n" and out["bytes"] == 8
+    assert client.head_object(Bucket=bucket, Key="r.csv")["ContentType"] == "text/csv"
+    # a batch file kept in S3 internal storage is converted after download
+    monkeypatch.setenv("WAXFLOW_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3_uri, _ = Storage(f"s3://{bucket}/internal").put_records("exec-2.ion", RECORDS)
+    task = parse_task({"id": "up", "type": "s3.Upload", "bucket": bucket, "key": "p.parquet",
+                       "from": s3_uri, "format": "PARQUET"})  # endpoint and creds from env
+    task.run(FakeContext())
+    assert pq.read_table(io.BytesIO(body(client, bucket, "p.parquet"))).num_rows == 10
+
+
+def test_missing_bucket_fails_without_leaking_credentials(s3_endpoint: str,
+                                                          stored: str) -> None:
+    with pytest.raises(TaskFailure) as info:
+        upload(s3_endpoint, "no-such-bucket", stored)
+    message = str(info.value)
+    assert message.startswith("s3.Upload up: cannot upload to s3://no-such-bucket/bridge/e1.data")
+    assert "NoSuchBucket" in message
+    assert SECRET not in message
+
+
+def test_missing_source_fails(s3_endpoint: str, bucket: str, tmp_path: Path) -> None:
+    with pytest.raises(TaskFailure, match=r"does not exist"):
+        upload(s3_endpoint, bucket, (tmp_path / "gone.ion").as_uri(), format="PARQUET")
+
+
+def test_only_one_credential_is_rejected(s3_endpoint: str, bucket: str, stored: str) -> None:
+    task = parse_task({"id": "up", "type": "s3.Upload", "bucket": bucket, "key": "k",
+                       "from": stored, "endpointUrl": s3_endpoint, "accessKeyId": ACCESS})
+    with pytest.raises(TaskFailure, match="both"):
+        task.run(FakeContext())
