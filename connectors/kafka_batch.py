@@ -10,10 +10,17 @@ next epoch only after the emitted batch passed every step, and the execute step 
 the batch's execution inside the step, so a committed offset never covers a record whose
 batch execution is not done, and a kill re-reads everything after it (DESIGN §5: no window
 state whose offsets could be committed early).
+
+Replays keep one history per batch: when a batch is emitted right after its predecessors'
+offsets were confirmed, the source re-commits those same offsets with the batch's end
+positions as commit *metadata* (offsets do not move). A restart that finds such a plan cuts
+its first batch at exactly those ends, so the replayed batch has the same offset ranges and
+hence the same execution id (a new run of it, not a second execution).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -71,12 +78,43 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
             if committed is not None:
                 self._confirmed[key] = self._requested[key] = committed
             assign.append(TopicPartition(topic, p, start))
+        self._plan = self._read_plan(parts)
+        self._carry: list[RawRecord] = []
         self._consumer.assign(assign)
         self._buffer = Batch()
         self._opened: float | None = None  # when the buffer got its first record
         self._window_end = time.monotonic() + interval
         self._last_activity = time.monotonic()
         self._awake: datetime | None = None
+
+    def _read_plan(self, parts: list[tuple[str, int]]) -> Positions | None:
+        """The ends of the batch that was in flight when the last run stopped, if known."""
+        got = self._consumer.committed([TopicPartition(t, p) for t, p in parts], timeout=30)
+        for tp in got:
+            if tp.offset < 0 or not tp.metadata:
+                continue
+            try:
+                plan = json.loads(tp.metadata)
+                start, end = plan["start"], plan["end"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if all(self._emitted.get(k) == v for k, v in start.items()):
+                LOG.info("replaying the batch in flight before the restart: %s", end)
+                return {str(k): int(v) for k, v in end.items()}
+            return None
+        return None
+
+    def _write_plan(self, batch: Batch) -> None:
+        """Record the batch's ends as metadata of the already confirmed offsets."""
+        start = {k: self._emitted.get(k, first) for k, (first, _last) in batch.offsets.items()}
+        if any(self._confirmed.get(k) != v for k, v in start.items()):
+            return  # an earlier batch is not confirmed yet: never move offsets here
+        meta = json.dumps({"start": start, "end": batch.ends}, separators=(",", ":"))
+        tps = []
+        for key, off in start.items():
+            topic, part = key.rsplit("/", 1)
+            tps.append(TopicPartition(topic, int(part), off, metadata=meta))
+        self._consumer.commit(offsets=tps, asynchronous=True)
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
         if err is not None:
@@ -117,18 +155,29 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
                 continue
             topic, part, off = m.topic() or "", m.partition() or 0, m.offset() or 0
             ts_type, ts = m.timestamp()
-            self._buffer.records.append(RawRecord(topic, part, off, m.key(), m.value(),
-                                                  ts if ts_type != 0 else None,
-                                                  headers_tuple(m.headers())))
-            key = f"{topic}/{part}"
-            first = self._buffer.offsets.get(key, (off, off))[0]
-            self._buffer.offsets[key] = (first, off)
-            self._buffer.ends[key] = off + 1
-            if self._opened is None:
-                self._opened = time.monotonic()
+            rec = RawRecord(topic, part, off, m.key(), m.value(),
+                            ts if ts_type != 0 else None, headers_tuple(m.headers()))
             self._last_activity = time.monotonic()
+            if self._plan is not None and off >= self._plan.get(f"{topic}/{part}", 0):
+                self._carry.append(rec)  # after the replayed batch: goes to the next one
+                continue
+            self._add(rec)
+
+    def _add(self, rec: RawRecord) -> None:
+        key = f"{rec.topic}/{rec.partition}"
+        self._buffer.records.append(rec)
+        first = self._buffer.offsets.get(key, (rec.offset, rec.offset))[0]
+        self._buffer.offsets[key] = (first, rec.offset)
+        self._buffer.ends[key] = rec.offset + 1
+        if self._opened is None:
+            self._opened = time.monotonic()
 
     def _due(self, now: float) -> bool:
+        if self._plan is not None:
+            complete = all(self._buffer.ends.get(k, self._emitted.get(k, 0)) >= end
+                           for k, end in self._plan.items())
+            # records of the plan deleted by retention: give up on an identical replay
+            return complete or (bool(self._buffer.records) and now - self._last_activity > 30)
         if not self._buffer.records:
             return False
         if self._max_records and len(self._buffer.records) >= self._max_records:
@@ -148,8 +197,13 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         out: list[Batch] = []
         if self._due(now):
             batch, self._buffer, self._opened = self._buffer, Batch(), None
-            self._emitted.update(batch.ends)
-            out.append(batch)
+            self._plan, carry, self._carry = None, self._carry, []
+            for rec in carry:
+                self._add(rec)
+            if batch.records:
+                self._write_plan(batch)
+                self._emitted.update(batch.ends)
+                out.append(batch)
         if now >= self._window_end:
             self._window_end = now + self._interval
         if not out and not self._buffer.records and self._idle_stop is not None and \

@@ -196,6 +196,7 @@ TRIGGER_TYPES: dict[str, type[BaseModel]] = {"kafka.RealtimeTrigger": RealtimeTr
 def task_union() -> Any:
     """The discriminated union of every registered task type (resolves ``AnyTask``)."""
     # importing these modules registers their task types
+    import connectors.bigquery
     import connectors.dbt
     import connectors.duckdb
     import connectors.http
@@ -203,6 +204,7 @@ def task_union() -> Any:
     import connectors.kafka_produce
     import connectors.notify
     import connectors.s3
+    import connectors.snowflake
     import dataflows.core_tasks
 
     del connectors, dataflows

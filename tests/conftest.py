@@ -54,3 +54,16 @@ def new_topic(admin: AdminClient, request: pytest.FixtureRequest) -> Callable[..
         return name
 
     return make
+
+
+# warehouse emulators (BigQuery, Snowflake): one per session, from their own venvs
+from tests.warehouse_fixtures import (  # noqa: E402
+    bigquery_emulator,
+    bigquery_endpoint,
+    bigquery_project,
+    snowflake_conn_params,
+    snowflake_emulator,
+)
+
+__all__ = ["bigquery_emulator", "bigquery_endpoint", "bigquery_project",
+           "snowflake_conn_params", "snowflake_emulator"]

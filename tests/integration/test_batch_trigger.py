@@ -23,6 +23,7 @@ from tests.flow_helpers import (
     new_log_topic,
     produce_json,
     run_flow,
+    runs_by_id,
     start_flow,
     write_flow,
 )
@@ -162,8 +163,14 @@ def test_kill_during_batches_loses_nothing(
     covered = _covered(log_documents(bootstrap, log_topic))
     for p, end in ends.items():
         assert covered.get(p, set()) >= set(range(end))
+    # one history per batch: a batch killed mid-work was replayed under the same id, so no
+    # execution is left RUNNING, and the killed runs show as earlier runs of it
+    all_docs = log_documents(bootstrap, log_topic)
+    latest = latest_by_id(all_docs)
+    assert {d["state"] for d in latest.values()} == {"SUCCESS"}
+    runs = runs_by_id(all_docs)
+    assert any(len(r) > 1 for r in runs.values()), "no batch was replayed"
     # every record is in some stored batch file of a SUCCESS execution
-    docs = [d for d in latest_by_id(log_documents(bootstrap, log_topic)).values()
-            if d["state"] == "SUCCESS"]
+    docs = list(latest.values())
     ids = {r["value"]["id"] for d in docs for r in read_records(d["trigger"]["uri"])}
     assert ids == set(range(n))

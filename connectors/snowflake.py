@@ -1,0 +1,287 @@
+"""Snowflake: ``snowflake.Load`` (stage + PUT + COPY INTO, optionally MERGE) and
+``snowflake.Query``, with the real ``snowflake-connector-python`` (4.x).
+
+Connection properties are the connector's: ``account``, ``user``, ``password``,
+``database``, ``schema``, ``warehouse``, ``role``; ``host``/``port``/``protocol`` reach
+another server such as the local emulator (defaults ``$WAXFLOW_SF_HOST``/``$WAXFLOW_SF_PORT``;
+``http`` for a loopback host, else ``https``). Each task run opens one connection and closes
+it. Error messages are one line with Snowflake's own words; the password never appears in
+them (it is masked even where the connector would echo it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import snowflake.connector
+from pydantic import Field, field_validator
+
+from connectors.warehouse import DEFAULT_MERGE_KEYS, last_per_key, one_line, plain, read_batch
+from dataflows.durations import Duration
+from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+
+__all__ = ["Load", "Query", "column_type", "ident"]
+
+_SIMPLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_PART = re.compile(r'"(?:[^"]|"")*"|[^."]+')
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def ident(name: str) -> str:
+    """A column name as an identifier: plain names unquoted (Snowflake upper-cases them, and
+    COPY matches them case-insensitively), anything else double-quoted as is."""
+    return name if _SIMPLE.match(name) else '"' + name.replace('"', '""') + '"'
+
+
+def column_type(typ: Any) -> str:
+    """The Snowflake column type for an Arrow type (nested values become VARIANT)."""
+    if pa.types.is_integer(typ):
+        return "NUMBER(38,0)"
+    if pa.types.is_decimal(typ):
+        return f"NUMBER({min(typ.precision, 38)},{min(typ.scale, 37)})"
+    if pa.types.is_timestamp(typ):
+        return "TIMESTAMP_TZ" if typ.tz else "TIMESTAMP_NTZ"
+    checks = [(pa.types.is_floating, "FLOAT"), (pa.types.is_boolean, "BOOLEAN"),
+              (pa.types.is_string, "VARCHAR"), (pa.types.is_large_string, "VARCHAR"),
+              (pa.types.is_binary, "BINARY"), (pa.types.is_date, "DATE"),
+              (pa.types.is_time, "TIME"), (pa.types.is_nested, "VARIANT")]
+    for check, name in checks:
+        if check(typ):
+            return name
+    return "VARCHAR"
+
+
+def _schema_prefix(table: str) -> str:
+    """``db.schema.`` of a (possibly quoted) qualified table name, or ``""``."""
+    parts = _PART.findall(table.strip())
+    return "".join(p + "." for p in parts[:-1])
+
+
+class _SnowflakeTask(TaskBase):
+    account: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    password: str | None = Field(default=None, description="secret: use {{ secret('...') }}")
+    database: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    warehouse: str | None = None
+    role: str | None = None
+    host: str | None = Field(default=None, description="default $WAXFLOW_SF_HOST")
+    port: int | str | None = Field(default=None, description="default $WAXFLOW_SF_PORT")
+    protocol: Literal["http", "https"] | None = None
+    loginTimeout: Duration = dt.timedelta(seconds=30)
+
+    model_config = {**TaskBase.model_config, "populate_by_name": True}
+
+    def _params(self, ctx: RunContext) -> dict[str, Any]:
+        def render(value: Any) -> str | None:
+            return str(ctx.render(value)) if value not in (None, "") else None
+
+        params: dict[str, Any] = {
+            "account": render(self.account), "user": render(self.user),
+            "password": render(self.password), "database": render(self.database),
+            "schema": render(self.schema_), "warehouse": render(self.warehouse),
+            "role": render(self.role), "application": "waxflow",
+            "login_timeout": max(1, int(self.loginTimeout.total_seconds())),
+        }
+        host = render(self.host) or os.environ.get("WAXFLOW_SF_HOST") or None
+        port = render(self.port) or os.environ.get("WAXFLOW_SF_PORT") or None
+        if port and not host:
+            host = "127.0.0.1"
+        if host:
+            params["host"] = host
+            params["protocol"] = self.protocol or (
+                "http" if host.startswith(_LOOPBACK) else "https")
+        if port:
+            params["port"] = int(port)
+        return {k: v for k, v in params.items() if v is not None}
+
+    @contextmanager
+    def _cursor(self, ctx: RunContext, who: str) -> Iterator[Any]:
+        """A cursor on a new connection (closed on exit); errors become TaskFailures."""
+        params = self._params(ctx)
+        secrets = [params.get("password")]
+        try:
+            conn = snowflake.connector.connect(**params)
+        except (snowflake.connector.errors.Error, OSError) as exc:
+            where = params.get("host") or f"account {params.get('account')}"
+            raise TaskFailure(f"{who}: cannot connect to Snowflake ({where}): "
+                              f"{one_line(str(exc), secrets)}") from None
+        try:
+            with conn.cursor() as cursor:
+                yield cursor
+        except (snowflake.connector.errors.Error, OSError) as exc:
+            raise TaskFailure(f"{who}: {one_line(str(exc), secrets)}") from None
+        finally:
+            with suppress(Exception):
+                conn.close()
+
+
+@task_type("snowflake.Load")
+class Load(_SnowflakeTask):
+    """Load a stored batch file (``from``, usually ``{{ trigger.uri }}``) into ``table``.
+
+    The batch (one row per record: the value's fields plus ``_topic``, ``_partition``,
+    ``_offset``, ``_timestamp``, ``_key``) is written as Parquet, PUT to a temporary stage
+    and loaded with ``COPY INTO ... MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE FORCE = TRUE``
+    (batch columns the table lacks are ignored; table columns the batch lacks stay NULL).
+    ``createTable`` creates a missing table from the batch's types. ``mode``:
+
+    * ``APPEND`` — COPY into the table; a replayed batch is appended again (``FORCE``: no
+      reliance on Snowflake's load history).
+    * ``MERGE`` — COPY into a transient staging table, then one MERGE on ``mergeKeys``
+      (default the record's Kafka coordinates; NULL matches NULL); within a batch the last
+      record per key wins, so loading the same batch twice leaves one copy. The staging
+      table is dropped afterwards.
+
+    The task fails unless COPY reports every row of the batch loaded. An empty batch loads
+    nothing (``failOnEmpty: true`` fails instead). Outputs ``rows`` (rows loaded),
+    ``table``, and for MERGE ``inserted`` and ``updated``.
+    """
+
+    type: Literal["snowflake.Load"]
+    from_: str = Field(alias="from", description="internal-storage URI of the batch file")
+    table: str = Field(min_length=1)
+    createTable: bool = True
+    mode: Literal["APPEND", "MERGE"] = "APPEND"
+    mergeKeys: list[str] = Field(default_factory=lambda: list(DEFAULT_MERGE_KEYS), min_length=1)
+    failOnEmpty: bool = False
+
+    @field_validator("mergeKeys")
+    @classmethod
+    def _distinct_keys(cls, value: list[str]) -> list[str]:
+        if len({v.upper() for v in value}) != len(value):
+            raise ValueError("merge keys must be distinct")
+        return value
+
+    def idempotent(self) -> bool:
+        return self.mode == "MERGE"
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        who = f"snowflake.Load {self.id}"
+        uri = str(ctx.render(self.from_))
+        table = str(ctx.render(self.table))
+        out: dict[str, Any] = {"rows": 0, "table": table}
+        batch = read_batch(who, uri)
+        if batch.num_rows == 0:
+            if self.failOnEmpty:
+                raise TaskFailure(f"{who}: {uri} holds no records (failOnEmpty is true)")
+            ctx.log("INFO", f"{uri} holds no records: nothing to load")
+            return out
+        if self.mode == "MERGE":
+            batch = last_per_key(who, batch, self.mergeKeys)
+        tag = uuid.uuid4().hex[:12].upper()
+        with tempfile.TemporaryDirectory(prefix="waxflow-sf-") as tmp, \
+                self._cursor(ctx, who) as cur:
+            path = Path(tmp) / f"batch_{tag}.parquet"
+            pq.write_table(batch, path)
+            if self.createTable:
+                cols = ", ".join(f"{ident(f.name)} {column_type(f.type)}" for f in batch.schema)
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+            stage = f"WAXFLOW_STAGE_{tag}"
+            cur.execute(f"CREATE TEMPORARY STAGE {stage}")
+            cur.execute(f"PUT 'file://{path.as_posix()}' @{stage} "
+                        "AUTO_COMPRESS = FALSE OVERWRITE = TRUE")
+            if self.mode == "APPEND":
+                out["rows"] = _copy(who, cur, table, stage, batch.num_rows)
+            else:
+                out.update(self._merge(who, cur, table, stage, tag, batch))
+        ctx.log("INFO", f"{out['rows']} rows of {uri} into {table} ({self.mode})")
+        return out
+
+    def _merge(self, who: str, cur: Any, table: str, stage: str, tag: str,
+               batch: pa.Table) -> dict[str, Any]:
+        """COPY into a transient table shaped like ``table``, MERGE the batch's columns (the
+        table's other columns are left as they are), drop the staging table."""
+        staging = f"{_schema_prefix(table)}WAXFLOW_STAGE_{tag}"
+        cur.execute(f"CREATE OR REPLACE TRANSIENT TABLE {staging} LIKE {table}")
+        try:
+            rows = _copy(who, cur, staging, stage, batch.num_rows)
+            cur.execute(f"SELECT * FROM {staging} LIMIT 0")
+            in_batch = {name.upper() for name in batch.column_names}
+            columns = [d[0] for d in cur.description if d[0].upper() in in_batch]
+            by_upper = {c.upper(): c for c in columns}
+            missing = [k for k in self.mergeKeys if k.upper() not in by_upper]
+            if missing:
+                raise TaskFailure(f"{who}: merge key(s) {', '.join(missing)} not in {table}")
+            keys = [by_upper[k.upper()] for k in self.mergeKeys]
+            result = cur.execute(merge_sql(table, staging, columns, keys)).fetchone() or ()
+        finally:
+            with suppress(snowflake.connector.errors.Error):
+                cur.execute(f"DROP TABLE IF EXISTS {staging}")
+        counts = [int(v) for v in result if isinstance(v, int)] + [0, 0]
+        return {"rows": rows, "inserted": counts[0], "updated": counts[1]}
+
+
+def _copy(who: str, cur: Any, target: str, stage: str, expected: int) -> int:
+    """COPY the staged Parquet file into ``target``; fail unless all ``expected`` rows load."""
+    cur.execute(f"COPY INTO {target} FROM @{stage} FILE_FORMAT = (TYPE = PARQUET) "
+                "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE FORCE = TRUE "
+                "ON_ERROR = ABORT_STATEMENT")
+    loaded = 0
+    for row in cur.fetchall():
+        if len(row) >= 4 and isinstance(row[3], int):
+            loaded += row[3]
+    if loaded != expected:
+        raise TaskFailure(f"{who}: COPY INTO {target} loaded {loaded} of {expected} rows")
+    return loaded
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def merge_sql(table: str, staging: str, columns: list[str], keys: list[str]) -> str:
+    """MERGE ``staging`` into ``table`` on ``keys`` (exact column names; NULL matches NULL)."""
+    on = " AND ".join(
+        f"(T.{_quoted(k)} = S.{_quoted(k)} OR (T.{_quoted(k)} IS NULL AND S.{_quoted(k)} IS NULL))"
+        for k in keys)
+    others = [c for c in columns if c not in keys]
+    update = ("WHEN MATCHED THEN UPDATE SET " + ", ".join(
+        f"T.{_quoted(c)} = S.{_quoted(c)}" for c in others)) if others else ""
+    cols = ", ".join(_quoted(c) for c in columns)
+    values = ", ".join(f"S.{_quoted(c)}" for c in columns)
+    return (f"MERGE INTO {table} T USING {staging} S ON {on} {update} "
+            f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
+
+
+@task_type("snowflake.Query")
+class Query(_SnowflakeTask):
+    """Run one SQL statement (``sql``, rendered) on Snowflake.
+
+    ``fetch``: ``NONE`` (default) outputs no rows; ``ONE`` outputs ``row`` (the first row as
+    a map, or null) and ``size``; ``ALL`` outputs ``rows`` (list of maps) and ``size``.
+    Values are JSON-friendly (ISO-8601 dates and times, numbers for NUMBER, base64 bytes).
+    Always outputs ``queryId`` and ``rowCount`` (the connector's count: rows returned or
+    affected). A Snowflake error fails the task with Snowflake's message.
+    """
+
+    type: Literal["snowflake.Query"]
+    sql: str = Field(min_length=1)
+    fetch: Literal["NONE", "ONE", "ALL"] = "NONE"
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        who = f"snowflake.Query {self.id}"
+        sql = str(ctx.render(self.sql))
+        with self._cursor(ctx, who) as cur:
+            cur.execute(sql)
+            out: dict[str, Any] = {"queryId": cur.sfqid, "rowCount": cur.rowcount}
+            names = [d[0] for d in cur.description] if cur.description else []
+            if self.fetch == "NONE":
+                return out
+            raw = ([cur.fetchone()] if self.fetch == "ONE" else cur.fetchall()) if names else []
+        maps = [dict(zip(names, plain(list(r)), strict=True)) for r in raw if r is not None]
+        if self.fetch == "ONE":
+            out.update(row=maps[0] if maps else None, size=len(maps))
+        else:
+            out.update(rows=maps, size=len(maps))
+        return out
