@@ -19,7 +19,7 @@ TopicSerializer = Callable[[Any, str], bytes | None]
 
 
 @functools.lru_cache(maxsize=16)
-def _client(conf_items: tuple[tuple[str, str], ...]) -> Any:
+def _client(conf_items: tuple[tuple[str, Any], ...]) -> Any:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     # new_client returns the in-process mock for mock:// URLs, the HTTP client otherwise
@@ -30,7 +30,7 @@ def _registry(serde_properties: Mapping[str, str]) -> Any:
     url = serde_properties.get("schema.registry.url")
     if not url:
         raise SerdeError("AVRO needs serdeProperties.schema.registry.url")
-    conf = {"url": url}
+    conf: dict[str, Any] = {"url": url, "timeout": 10}
     if "basic.auth.user.info" in serde_properties:
         conf["basic.auth.user.info"] = serde_properties["basic.auth.user.info"]
     return _client(tuple(sorted(conf.items())))
@@ -44,8 +44,12 @@ def avro_serializer(serde_properties: Mapping[str, str], schema: str | None,
 
     if not schema:
         raise SerdeError(f"AVRO {field} needs {field}AvroSchema")
-    ser = AvroSerializer(_registry(serde_properties), schema,
-                         conf={"auto.register.schemas": True})
+    try:
+        ser = AvroSerializer(_registry(serde_properties), schema,
+                             conf={"auto.register.schemas": True})
+    except Exception as exc:  # malformed schema JSON / not an AVRO schema
+        raise SerdeError(f"{field}AvroSchema is not a valid AVRO schema: "
+                         f"{str(exc).strip().splitlines()[0][:200]}") from None
     which = MessageField.KEY if field == "key" else MessageField.VALUE
 
     def serialize(value: Any, topic: str) -> bytes | None:

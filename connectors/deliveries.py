@@ -67,12 +67,15 @@ class Deliveries:
         """Block until every delivery is acknowledged; raise if one failed or timed out."""
         deadline = time.monotonic() + timeout
         while True:
+            # serve delivery reports without blocking; when another thread's poll serves
+            # ours, its callback wakes us through the condition (no sleeping out a timeout)
+            self.producer.poll(0)
             with self._cond:
                 if self._pending <= 0:
                     break
-            if time.monotonic() > deadline:
-                raise DeliveryError(f"{self._pending} deliveries unacknowledged after "
-                                    f"{timeout:.0f}s")
-            self.producer.poll(0.05)
+                if time.monotonic() > deadline:
+                    raise DeliveryError(f"{self._pending} deliveries unacknowledged after "
+                                        f"{timeout:.0f}s")
+                self._cond.wait(0.005)
         if self._errors:
             raise DeliveryError("delivery failed: " + "; ".join(self._errors[:5]))

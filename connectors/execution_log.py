@@ -63,7 +63,7 @@ class ExecutionLog:
         self.topic = topic or log_topic()
         ensure_topic(conf, self.topic)
         self.producer = Producer({
-            **conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+            **conf, "enable.idempotence": True, "acks": "all", "linger.ms": 1,
             "compression.type": "lz4", "batch.num.messages": 10000,
         })
 

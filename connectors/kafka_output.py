@@ -99,6 +99,14 @@ class BatchScope:
         self._lock = threading.Lock()
         self._producer: Producer | None = None
         self._conf_key: tuple[tuple[str, str], ...] | None = None
+        # executions whose records failed delivery inside this batch's transaction: the
+        # transaction can then only abort, and the batch is re-run without them
+        self.poisoned: set[str] = set()
+
+    def poison(self, execution_id: str) -> None:
+        """Mark an execution whose delivery failed inside the batch's transaction."""
+        with self._lock:
+            self.poisoned.add(execution_id)
 
     def deliveries(self, conf: Mapping[str, Any], transactional: bool) -> Deliveries:
         """A delivery tracker on the right producer for one Produce task run.

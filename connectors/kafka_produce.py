@@ -145,5 +145,7 @@ class Produce(TaskBase):
         try:
             deliveries.wait()
         except DeliveryError as exc:
+            if scope is not None and self.transactional and hasattr(scope, "poison"):
+                scope.poison(exec_id)  # the batch's transaction must abort and re-run
             raise TaskFailure(str(exc)) from None
         return {"messagesCount": len(prepared)}

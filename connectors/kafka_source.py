@@ -161,7 +161,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
             self._last_activity = now
             self._awake = None
         else:
-            self._awake = datetime.now().astimezone() + timedelta(milliseconds=20)
+            self._awake = datetime.now().astimezone() + timedelta(milliseconds=5)
             if (self._idle_stop is not None and now - self._last_activity >= self._idle_stop
                     and (self._next is None or self._confirmed == self._next)):
                 raise StopIteration

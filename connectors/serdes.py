@@ -118,9 +118,11 @@ def _ser_struct(fmt: str, name: str, kind: type) -> Serializer:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise SerdeError(f"{name} expects a number, got {type(value).__name__}")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise SerdeError(f"{name} expects a whole number, got {value!r}")
         try:
             return packer.pack(kind(value))
-        except (ValueError, struct.error) as exc:
+        except (ValueError, OverflowError, struct.error) as exc:
             raise SerdeError(f"{name} cannot hold {value!r}: {exc}") from None
 
     return ser
@@ -131,6 +133,8 @@ def _ser_string(value: Any) -> bytes | None:
         return None
     if isinstance(value, bytes):
         return value
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     return str(value).encode()
@@ -140,7 +144,8 @@ def _ser_json(value: Any) -> bytes | None:
     if value is None:
         return None
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise SerdeError(f"JSON cannot encode the value: {exc}") from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -64,6 +64,7 @@ def _rendered_str(ctx: RunContext, template: str) -> str:
 class Log(TaskBase):
     """Write ``message`` (rendered) to the execution's log at ``level``. No outputs."""
 
+    BLOCKING: ClassVar[bool] = False
     type: Literal["core.Log"]
     message: str
     level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
@@ -86,6 +87,7 @@ class Switch(TaskBase):
     also when no case matched and there are no default tasks.
     """
 
+    BLOCKING: ClassVar[bool] = False
     type: Literal["core.Switch"]
     value: str
     cases: dict[str, list[AnyTask]] = Field(min_length=1)
@@ -131,6 +133,7 @@ class If(TaskBase):
 
     model_config = ConfigDict(populate_by_name=True)
 
+    BLOCKING: ClassVar[bool] = False
     type: Literal["core.If"]
     condition: str
     then: list[AnyTask] = Field(min_length=1)
@@ -155,6 +158,7 @@ class If(TaskBase):
 class Sequential(TaskBase):
     """Run ``tasks`` one after the other; a failing child stops the list. No outputs."""
 
+    BLOCKING: ClassVar[bool] = False
     type: Literal["core.Sequential"]
     tasks: list[AnyTask] = Field(min_length=1)
 
@@ -176,6 +180,7 @@ class Parallel(TaskBase):
     All children run to their end even when one fails; the task then fails. No outputs.
     """
 
+    BLOCKING: ClassVar[bool] = False
     type: Literal["core.Parallel"]
     tasks: list[AnyTask] = Field(min_length=1)
     concurrency: int = Field(default=0, ge=0)
@@ -198,6 +203,7 @@ class Fail(TaskBase):
     With a falsy condition the task succeeds without outputs.
     """
 
+    BLOCKING: ClassVar[bool] = False
     type: Literal["core.Fail"]
     errorMessage: str = "Task failure"
     condition: str | None = None
@@ -219,6 +225,7 @@ class Set(TaskBase):
     ``outputs.x.values`` would find the dict method before the key.
     """
 
+    BLOCKING: ClassVar[bool] = False
     type: Literal["core.Set"]
     values: dict[str, Any] = Field(min_length=1)
 

@@ -11,6 +11,7 @@ is off unless ``--recovery-dir`` is given (then Bytewax snapshots are the resume
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -98,6 +99,10 @@ def run_here(flow_path: str, workers: int, epoch: timedelta, recovery_dir: str |
     if process_id is not None:
         os.environ["WAXFLOW_PROCESS_ID"] = str(process_id)  # stable transactional.ids
     flow = load_flow(flow_path, stop_when_idle=stop_when_idle, max_ticks=max_ticks)
+    # everything built so far lives for the whole run: keep the collector from rescanning
+    # it (measured: full collections cost ~1 s CPU per 50k records and 60-240 ms pauses)
+    gc.collect()
+    gc.freeze()
     recovery = None
     if recovery_dir is not None:
         rdir = Path(recovery_dir)

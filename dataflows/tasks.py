@@ -81,6 +81,9 @@ class TaskBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     TYPE: ClassVar[str] = ""
+    # whether ``run`` may wait on I/O (HTTP, Kafka, a warehouse, user code): a flow whose
+    # tasks never block runs its executions on the worker thread, without a thread pool
+    BLOCKING: ClassVar[bool] = True
 
     id: str = Field(pattern=ID_PATTERN)
     type: str

@@ -118,6 +118,7 @@ class Engine:
         self.exprs = exprs
         self.env = _env_vars()
         self._flow_vars = {"id": flow.id, "namespace": flow.namespace}
+        self._policies: dict[int, RetryPolicy] = {}
 
     def run(self, execution: Execution, trigger_vars: dict[str, Any],
             batch: Any = None) -> Execution:
@@ -161,7 +162,7 @@ class Engine:
             return
         run = TaskRun(task.id, task.type, parent.id if parent is not None else None)
         ctx.execution.add_task_run(run)
-        policy = RetryPolicy(task.retry or self._flow_retry())
+        policy = self._policy(task)
         timeout = task.timeout.total_seconds() if task.timeout is not None else None
         started = time.monotonic()
         attempt_no = 0
@@ -209,3 +210,10 @@ class Engine:
 
     def _flow_retry(self) -> RetrySpec | None:
         return self.flow.retry
+
+    def _policy(self, task: TaskBase) -> RetryPolicy:
+        """The task's retry policy, built once (policies hold no per-run state)."""
+        policy = self._policies.get(id(task))
+        if policy is None:
+            policy = self._policies[id(task)] = RetryPolicy(task.retry or self._flow_retry())
+        return policy

@@ -22,7 +22,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 
 from connectors.execution_log import LOG_HEADER, ExecutionLog, LogBatch
-from connectors.kafka_output import BatchScope, KafkaOutput
+from connectors.kafka_output import BatchScope, KafkaOutput, TransactionError
 from dataflows.spec import FlowBase
 from operators.deserialize import Decoded
 from operators.engine import Engine
@@ -59,6 +59,8 @@ class ExecuteBatch:
         self.key_ordering = key_ordering
         self.stop_on_failure = stop_on_failure
         self.dlq_topic = dlq_topic
+        # no task of the flow blocks: run executions on the worker thread (no pool hand-off)
+        self.inline = not any(task.BLOCKING for _, task in flow.all_tasks())
         # share groups: called (on the worker's thread) with every record of a batch and its
         # execution (None when filtered) once all documents are delivered, to ack by outcome
         self.outcomes: Callable[[list[tuple[Decoded, Execution | None]]], None] | None = None
@@ -126,19 +128,11 @@ class ExecuteBatch:
     def __call__(self, items: list[Decoded]) -> list[Done]:
         log, pool = self.resources()
         batch = log.batch()
-        scope = self.output.scope() if self.output is not None else None
-        try:
-            executions = self._run_batch(items, batch, pool, scope)
-            ends: dict[tuple[str, int], int] = {}
-            for r in items:
-                key = (r.raw.topic, r.raw.partition)
-                ends[key] = max(ends.get(key, -1), r.raw.offset + 1)
-            if scope is not None and scope.active:
-                scope.commit(ends)  # outputs + consumed offsets in one transaction (G3)
-        except BaseException:
-            if scope is not None and scope.active:
-                scope.abort()
-            raise
+        ends: dict[tuple[str, int], int] = {}
+        for r in items:
+            key = (r.raw.topic, r.raw.partition)
+            ends[key] = max(ends.get(key, -1), r.raw.offset + 1)
+        executions = self._run_transactional(items, ends, batch, pool)
         if self.outcomes is not None:
             by_offset = {(e.trigger["topic"], e.trigger["partition"], e.trigger["offset"]): e
                          for e in executions}
@@ -155,9 +149,46 @@ class ExecuteBatch:
                         "committing this record")
         return [("done", (f"{p}-{t}", off)) for (t, p), off in ends.items()]
 
+    def _run_transactional(self, items: list[Decoded], ends: dict[tuple[str, int], int],
+                           batch: LogBatch, pool: ThreadPoolExecutor) -> list[Execution]:
+        """Run the batch; commit its Kafka transaction (outputs + consumed offsets, G3).
+
+        A record whose delivery fails inside the transaction poisons it (it can only abort):
+        its execution is FAILED and recorded, and the rest of the batch runs again in a new
+        transaction without it, so one bad output never blocks the flow (G6).
+        """
+        done: dict[str, Execution] = {}
+        todo = items
+        for _round in range(3):
+            scope = self.output.scope() if self.output is not None else None
+            try:
+                executions = self._run_batch(todo, batch, pool, scope)
+                if scope is not None and scope.active:
+                    scope.commit(ends)
+                return list(done.values()) + executions
+            except TransactionError:
+                if scope is None or not scope.poisoned:
+                    raise
+                failed = {e.id: e for e in executions if e.id in scope.poisoned}
+                done.update(failed)
+                todo = [r for r in todo if self._id_of(r) not in failed]
+            except BaseException:
+                if scope is not None and scope.active:
+                    scope.abort()
+                raise
+        raise TransactionError("the batch's transaction aborted three times; stopping")
+
+    def _id_of(self, rec: Decoded) -> str:
+        return execution_id(self.flow.namespace, self.flow.id, rec.raw.topic,
+                            rec.raw.partition, rec.raw.offset)
+
     def _run_batch(self, items: list[Decoded], batch: LogBatch, pool: ThreadPoolExecutor,
                    scope: BatchScope | None) -> list[Execution]:
         todo = [r for r in items if not r.filtered]
+        if self.inline:
+            executions = self._run_sequence(todo, batch, scope)
+            batch.wait()
+            return executions
         if self.key_ordering:
             groups: dict[Any, list[Decoded]] = defaultdict(list)
             for r in todo:

@@ -36,8 +36,13 @@ def iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts is not None else None
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def jsonable(value: Any) -> Any:
     """Make a deserialized Kafka value JSON-serialisable (bytes → base64 text)."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, bytes | bytearray):
         return {"$base64": base64.b64encode(value).decode()}
     if isinstance(value, dict):

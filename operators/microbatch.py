@@ -21,7 +21,7 @@ from bytewax.dataflow import Stream
 
 from connectors.execution_log import ExecutionLog
 from connectors.kafka_batch import Batch
-from connectors.kafka_output import KafkaOutput
+from connectors.kafka_output import KafkaOutput, TransactionError
 from connectors.serdes import Deserializer
 from connectors.storage import Storage
 from dataflows.spec import BatchTrigger, FlowBase
@@ -115,8 +115,14 @@ class BatchRunner:
             deliveries.write(execution.id, execution.to_json())
             deliveries.wait()
             if scope.active:
-                scope.commit({(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])): v
-                              for k, v in batch.ends.items()})
+                try:
+                    scope.commit({(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])): v
+                                  for k, v in batch.ends.items()})
+                except TransactionError:
+                    if execution.id not in scope.poisoned:
+                        raise
+                    # its Produce failed (execution FAILED, recorded): the outputs are
+                    # aborted and the offsets advance through the source's commit (G6)
         except BaseException:
             if scope.active:
                 scope.abort()

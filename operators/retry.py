@@ -71,6 +71,9 @@ def _seconds(value: timedelta | float) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
+_SHARED_RNG = random.Random()
+
+
 class RetryPolicy:
     """When to try a failed task again, and how long to wait first.
 
@@ -84,7 +87,9 @@ class RetryPolicy:
             if problems:
                 raise ValueError("invalid retry: " + "; ".join(problems))
         self.spec = spec
-        self._rng = rng or random.Random()
+        # a seeded generator costs ~30 µs: only random retries need their own
+        self._rng = rng or (random.Random() if spec is not None and spec.type == "random"
+                            else _SHARED_RNG)
         self.max_attempts: int | None
         if spec is None:
             self.max_attempts = 1

@@ -1,0 +1,417 @@
+"""``kafka.Produce`` benchmark: transactional, non-transactional, raw confluent-kafka (not a test).
+
+Run: ``.venv/bin/python bench/produce.py [--records 100000] [--workers 1] [--concurrency 64]
+[--repeat 1]``
+against the broker at ``$WAXFLOW_BOOTSTRAP`` (default 127.0.0.1:9092).
+
+``--records`` keyed JSON records of ~200 bytes are produced to a 3-partition input topic
+*before* anything is timed. Then, each on its own fresh output topic, consumer group and
+execution-log topic (all deleted at the end):
+
+1. **waxflow, transactional** (the default, G3): ``waxflow run FLOW --stop-when-idle 2`` of a
+   flow whose one task is ``kafka.Produce`` with ``from: {key: "{{ trigger.key }}", value:
+   "{{ trigger.value }}"}`` (STRING serdes: the output bytes equal the input bytes). The
+   records of a batch and its consumed offsets commit in one Kafka transaction.
+2. **waxflow, non-transactional**: the same flow with ``transactional: false`` (shared
+   idempotent producer, at-least-once).
+3. **raw producer loop**: this process produces the same (key, value) pairs, with a header of
+   the same size as ``waxflow.execution.id``, through one idempotent ``Producer`` with the
+   settings of waxflow's own (``acks=all``, ``linger.ms=5``), then ``flush()``; every delivery
+   report checked. No consuming: the ceiling of the producing half alone. Its rate is taken
+   over its own wall time (first ``produce()`` to ``flush()`` returned): librdkafka queues
+   faster than the broker appends, so its append-time span would be a burst of a few ms.
+4. **raw consume→produce, transactional** (reference): a confluent-kafka loop that consumes the
+   input in batches of 500, produces each record, ``send_offsets_to_transaction`` and commits
+   per batch: the same exactly-once work as (1) without the engine, templates and log.
+
+How time is taken. Each output topic is created with ``message.timestamp.type=LogAppendTime``,
+so every output record carries the broker's append time. **records/s = records / (append time
+of the last output record - append time of the first)**: the steady producing rate, which
+excludes process start-up (interpreter, Bytewax, consumer group join) and the idle wait of
+``--stop-when-idle`` (the raw producer loop is the exception, see 3). Also printed: wall time
+of the run, and wall minus the idle wait (which still includes start-up and the final
+commit/close, so it understates the rate). Every output topic is read back
+(``read_committed``) and must hold exactly ``--records`` distinct records: a rate over lost
+or duplicated records is flagged INVALID. For a transactional run the append time is when the
+record reached the log, before its transaction commits; the last commit follows within one
+epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from confluent_kafka import (  # noqa: E402
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
+
+WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
+PARTITIONS = 3
+IDLE = 2.0
+HEADER = ("waxflow.execution.id", b"0" * 32)
+
+
+def record(i: int) -> bytes:
+    """One ~200-byte JSON record."""
+    doc = {"id": i, "type": "order", "customer": f"cust-{i % 10007:05d}",
+           "amount": round(10 + (i % 9973) * 0.37, 2), "qty": 1 + i % 5, "currency": "EUR",
+           "sku": f"sku-{i % 997:06d}", "ts": "2024-05-01T12:00:00.000Z", "note": ""}
+    raw = json.dumps(doc, separators=(",", ":"))
+    doc["note"] = "x" * max(0, 200 - len(raw))
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def flow_yaml(src: str, dst: str, group: str, transactional: bool, concurrency: int) -> str:
+    return f"""\
+id: bench-produce
+namespace: bench
+triggers:
+  - id: records
+    type: kafka.RealtimeTrigger
+    topic: {src}
+    groupId: {group}
+    maxConcurrency: {concurrency}
+tasks:
+  - id: out
+    type: kafka.Produce
+    topic: {dst}
+    transactional: {str(transactional).lower()}
+    from:
+      key: "{{{{ trigger.key }}}}"
+      value: "{{{{ trigger.value }}}}"
+"""
+
+
+@dataclass
+class Resources:
+    """Everything this run created on the broker, deleted at the end."""
+
+    admin: AdminClient
+    topics: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def name(self, kind: str) -> str:
+        return f"bench-produce-{kind}-{self.run_id}-{uuid.uuid4().hex[:4]}"
+
+    def group(self, kind: str) -> str:
+        g = self.name(f"g-{kind}")
+        self.groups.append(g)
+        return g
+
+    def create(self, kind: str, partitions: int, config: dict[str, str] | None = None) -> str:
+        topic = self.name(kind)
+        self.topics.append(topic)
+        self.admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})]
+                                 )[topic].result(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            md = self.admin.list_topics(topic, timeout=5).topics.get(topic)
+            if md and md.error is None and len(md.partitions) == partitions and all(
+                    p.leader >= 0 for p in md.partitions.values()):
+                return topic
+            time.sleep(0.1)
+        raise TimeoutError(f"topic {topic} not ready")
+
+    def output(self, kind: str) -> str:
+        return self.create(f"out-{kind}", PARTITIONS,
+                           {"message.timestamp.type": "LogAppendTime"})
+
+    def cleanup(self) -> None:
+        if self.topics:
+            for t, fut in self.admin.delete_topics(self.topics).items():
+                try:
+                    fut.result(timeout=30)
+                except KafkaException as exc:
+                    print(f"  (could not delete topic {t}: {exc})")
+        if self.groups:
+            for g, fut in self.admin.delete_consumer_groups(self.groups).items():
+                try:
+                    fut.result(timeout=30)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                        print(f"  (could not delete group {g}: {exc})")
+
+
+def produce_input(bootstrap: str, topic: str, n: int) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
+                  "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
+    for i in range(n):
+        while True:
+            try:
+                p.produce(topic, value=record(i), key=f"k{i}".encode(), partition=i % PARTITIONS)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if i % 10000 == 0:
+            p.poll(0)
+    if p.flush(60) != 0:
+        raise RuntimeError("input records not delivered")
+
+
+@dataclass
+class Scan:
+    count: int = 0
+    distinct: int = 0
+    first_ms: int = 0
+    last_ms: int = 0
+
+
+def scan_output(bootstrap: str, topic: str) -> Scan:
+    """Read ``topic`` (read_committed) to its end: count, distinct keys, append-time span."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": "read_committed"})
+    keys: set[bytes] = set()
+    out = Scan()
+    first: int | None = None
+    last: int | None = None
+    try:
+        parts = [TopicPartition(topic, p, 0) for p in range(PARTITIONS)]
+        todo = {tp.partition for tp in parts
+                if c.get_watermark_offsets(tp, timeout=10, cached=False)[1] > 0}
+        c.assign(parts)
+        deadline = time.monotonic() + 300
+        while todo and time.monotonic() < deadline:
+            for m in c.consume(5000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(int(m.partition() or 0))
+                        continue
+                    raise RuntimeError(str(err))
+                ts = m.timestamp()[1]
+                first = ts if first is None else min(first, ts)
+                last = ts if last is None else max(last, ts)
+                out.count += 1
+                keys.add(m.key() or b"")
+        if todo:
+            raise TimeoutError(f"did not reach the end of {topic}")
+    finally:
+        c.close()
+    out.distinct = len(keys)
+    out.first_ms, out.last_ms = first or 0, last or 0
+    return out
+
+
+@dataclass
+class Result:
+    name: str
+    records: int
+    scan: Scan
+    wall: float
+    idle: float = 0.0
+    cpu: float | None = None
+    basis: str = "append"  # "append": first->last output append time; "wall": the loop's time
+
+    @property
+    def span(self) -> float:
+        if self.basis == "wall":
+            return self.wall
+        return max(self.scan.last_ms - self.scan.first_ms, 1) / 1000
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.span
+
+    @property
+    def valid(self) -> bool:
+        return self.scan.count == self.scan.distinct == self.records
+
+    def report(self) -> None:
+        ok = "ok" if self.valid else (f"INVALID: {self.scan.count} records, "
+                                      f"{self.scan.distinct} distinct, want {self.records}")
+        busy = self.wall - self.idle
+        cpu = f", child CPU {self.cpu:.1f}s" if self.cpu is not None else ""
+        basis = ("first->last output append" if self.basis == "append"
+                 else "first produce() -> flush() done")
+        print(f"  {self.name:<36} {self.rate:>8,.0f} records/s over {self.span:6.2f}s "
+              f"({basis}) | wall {self.wall:6.2f}s, wall-idle {busy:6.2f}s "
+              f"= {self.records / busy:,.0f}/s{cpu} | output {ok}")
+
+
+def child_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_waxflow(res: Resources, bootstrap: str, src: str, n: int, tmp: Path,
+                transactional: bool, workers: int, concurrency: int) -> Result:
+    kind = "txn" if transactional else "plain"
+    dst, group, log = res.output(kind), res.group(kind), res.name(f"log-{kind}")
+    res.topics.append(log)  # created by the job (ensure_topic); deleted at the end
+    flow = tmp / f"flow-{kind}.yaml"
+    flow.write_text(flow_yaml(src, dst, group, transactional, concurrency))
+    env = dict(os.environ)
+    env.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log,
+                "WAXFLOW_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)})
+    cpu0 = child_cpu()
+    t0 = time.monotonic()
+    proc = subprocess.run([WAXFLOW, "run", str(flow), "--stop-when-idle", str(IDLE),
+                           "-w", str(workers)], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"waxflow run exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return Result(f"waxflow Produce {'transactional' if transactional else 'non-transactional'}",
+                  n, scan_output(bootstrap, dst), wall, IDLE, child_cpu() - cpu0)
+
+
+def run_raw_producer(res: Resources, bootstrap: str, n: int) -> Result:
+    dst = res.output("raw")
+    pairs = [(f"k{i}".encode(), record(i)) for i in range(n)]
+    errors: list[str] = []
+
+    def report(err: Any, _msg: Message) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                  "linger.ms": 5})
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    for i, (key, value) in enumerate(pairs):
+        while True:
+            try:
+                p.produce(dst, value=value, key=key, headers=[HEADER], on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if i % 1000 == 0:
+            p.poll(0)
+    if p.flush(120) != 0 or errors:
+        raise RuntimeError(f"raw producer: undelivered records ({errors[:3]})")
+    wall = time.monotonic() - t0
+    return Result("raw confluent-kafka producer loop", n, scan_output(bootstrap, dst), wall,
+                  0.0, time.process_time() - cpu0, basis="wall")
+
+
+def run_raw_consume_produce(res: Resources, bootstrap: str, src: str, n: int) -> Result:
+    dst, group = res.output("rawtxn"), res.group("rawtxn")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed"})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                         "transactional.id": f"bench-raw-{res.run_id}"})
+    producer.init_transactions(60)
+    consumer.subscribe([src])
+    errors: list[str] = []
+
+    def report(err: Any, _msg: Message) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    done = 0
+    last_seen = time.monotonic()
+    while done < n and time.monotonic() - last_seen < 30:
+        msgs = [m for m in consumer.consume(500, 0.5) if m.error() is None]
+        if not msgs:
+            continue
+        last_seen = time.monotonic()
+        producer.begin_transaction()
+        ends: dict[int, int] = {}
+        for m in msgs:
+            while True:
+                try:
+                    producer.produce(dst, value=m.value(), key=m.key(), headers=[HEADER],
+                                     on_delivery=report)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            part, off = int(m.partition() or 0), int(m.offset() or 0)
+            ends[part] = max(ends.get(part, 0), off + 1)
+        producer.send_offsets_to_transaction(
+            [TopicPartition(src, p, o) for p, o in ends.items()],
+            consumer.consumer_group_metadata(), 60)
+        producer.commit_transaction(60)
+        done += len(msgs)
+    wall = time.monotonic() - t0
+    consumer.close()
+    if errors:
+        raise RuntimeError(f"raw consume->produce: failed deliveries ({errors[:3]})")
+    return Result("raw consume->produce, transactional", n, scan_output(bootstrap, dst), wall,
+                  0.0, time.process_time() - cpu0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=1, help="waxflow worker threads")
+    ap.add_argument("--concurrency", type=int, default=64,
+                    help="the trigger's maxConcurrency (executions in flight per worker)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of all four contenders")
+    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    args = ap.parse_args()
+    n = args.records
+    res = Resources(AdminClient({"bootstrap.servers": args.bootstrap}))
+    print(f"kafka.Produce bench: {n:,} records x ~{len(record(12345))} B, {PARTITIONS} "
+          f"partitions, broker {args.bootstrap}, {os.cpu_count()} CPUs, waxflow -w "
+          f"{args.workers}, maxConcurrency {args.concurrency}, run {res.run_id}")
+    tmp = Path(tempfile.mkdtemp(prefix="waxflow-bench-produce-"))
+    rounds: list[dict[str, Result]] = []
+    try:
+        src = res.create("in", PARTITIONS)
+        produce_input(args.bootstrap, src, n)
+        for r in range(args.repeat):
+            if args.repeat > 1:
+                print(f"round {r + 1}/{args.repeat} (load {os.getloadavg()[0]:.1f})")
+            results = {
+                "txn": run_waxflow(res, args.bootstrap, src, n, tmp, True, args.workers,
+                                   args.concurrency),
+                "plain": run_waxflow(res, args.bootstrap, src, n, tmp, False, args.workers,
+                                     args.concurrency),
+                "raw": run_raw_producer(res, args.bootstrap, n),
+                "rawtxn": run_raw_consume_produce(res, args.bootstrap, src, n),
+            }
+            for result in results.values():
+                result.report()
+            rounds.append(results)
+    finally:
+        print(f"cleaning up: {len(res.topics)} topics, {len(res.groups)} consumer groups")
+        res.cleanup()
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+    def med(kind: str) -> float:
+        return statistics.median(r[kind].rate for r in rounds)
+
+    txn, plain, raw, rawtxn = med("txn"), med("plain"), med("raw"), med("rawtxn")
+    valid = all(res_.valid for r in rounds for res_ in r.values())
+    note = f" (median of {len(rounds)} rounds)" if len(rounds) > 1 else ""
+    print(f"\nSUMMARY records/s{note}: transactional {txn:,.0f} | non-transactional "
+          f"{plain:,.0f} | raw producer {raw:,.0f} | raw consume->produce txn {rawtxn:,.0f}")
+    print(f"  transactional / non-transactional     = {txn / plain:.2f}")
+    print(f"  transactional / raw producer          = {txn / raw:.3f}")
+    print(f"  non-transactional / raw producer      = {plain / raw:.3f}")
+    print(f"  transactional / raw consume->produce  = {txn / rawtxn:.3f}")
+    print(f"  every output complete, no duplicates: {'yes' if valid else 'NO'}")
+    return 0 if valid else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

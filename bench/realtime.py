@@ -1,0 +1,666 @@
+"""Realtime-trigger benchmark: waxflow vs a hand-written confluent-kafka loop (not a test).
+
+Run: ``.venv/bin/python bench/realtime.py [--records 200000] [--repeat 1] [--rate 1000]
+[--seconds 20] [--skip-throughput] [--skip-latency]`` against the broker at
+``$WAXFLOW_BOOTSTRAP`` (default 127.0.0.1:9092). With ``--repeat N`` the throughput phases
+alternate waxflow / hand-written N times and the summary reports medians and per-round
+ratios (use it on a shared machine: other load skews single runs).
+
+What it measures, in one run, each phase on fresh topics / group ids / log topics (all
+deleted at the end with AdminClient):
+
+1. **Throughput, waxflow.** ``--records`` JSON records of ~200 bytes on a 3-partition topic are
+   produced *before* the job starts; then ``waxflow run FLOW --stop-when-idle 2 -w 1`` (one
+   process) runs the two-task flow below (a ``core.Switch`` on ``{{ trigger.value.type }}``,
+   each case a ``core.Set`` rendering two templates: three templates rendered per record).
+2. **Throughput, hand-written.** The same work in a separate process (this file with
+   ``--handwritten``): confluent-kafka ``consume(500, 1 ms)`` on manually assigned
+   partitions, ``json.loads``, the same three templates
+   with plain ``jinja2.Environment().from_string`` compiled once, one ``json.dumps`` log
+   document per record (sha256 id, dates, trigger, outputs; delivery checked, same producer
+   settings as waxflow's log: idempotent, acks=all, lz4, linger 5 ms), ``flush()`` then a
+   synchronous ``commit()`` per batch. It writes one document per record, waxflow two
+   (RUNNING + terminal): that is part of what the ratio measures.
+3. **Latency.** waxflow started first and warmed up (300 records), then a paced producer
+   sends ``--rate`` records/s for ``--seconds`` s; latency = the terminal document's broker
+   append time minus the wall-clock time at which the bench handed the record to
+   ``produce()`` (the same instant librdkafka stamps as CreateTime). The latency input topic
+   uses LogAppendTime, so the document's ``trigger.timestamp`` is the input record's broker
+   append time and the total splits into ingest (produce -> input appended), work (input
+   appended -> ``endDate``: fetch, poll, execute, RUNNING document) and log write
+   (``endDate`` -> terminal document appended). The same is measured for the hand-written
+   loop, as a floor for this broker and machine.
+
+How time is taken. Every execution-log topic is created by this script before the job starts,
+with the config waxflow's ``ensure_topic`` would use (6 partitions, compacted) **plus
+``message.timestamp.type=LogAppendTime``**, so each log record carries the broker's append
+time (ms). ``ensure_topic`` leaves an existing topic alone. Input records carry CreateTime,
+set by librdkafka when the bench calls ``produce()`` (same host, same clock).
+
+* executions/s (primary) = records / (append time of the last terminal document - append
+  time of the first document). This is the processing rate once the job runs; it excludes the
+  fixed start-up cost (interpreter, imports, Bytewax start, consumer set-up), which is also
+  reported: records / (last terminal document - process launch). Both are printed for both
+  contenders; the ratio uses the primary figure.
+* "time-to-exit minus idle wait" is printed for reference only: ``--stop-when-idle`` waits
+  the idle time *and* for the async commit of the last offset to be confirmed, then closes
+  consumers and flushes, so exit - idle overstates the processing time by a variable amount.
+
+Bench-side CPU: the machine may have few cores shared by the broker, the job and this
+script; the producer runs before the throughput phases, so during them only the broker and
+the job compete. CPU seconds used by each child process are printed (getrusage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from confluent_kafka import (  # noqa: E402
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
+PARTITIONS = 3
+LOG_PARTITIONS = 6
+IDLE = 2.0
+
+# The two-task flow: Switch (1 template) -> Set in each case (2 templates).
+SWITCH_VALUE = "{{ trigger.value.type }}"
+CASES: dict[str, tuple[str, dict[str, str]]] = {
+    "order": ("order", {
+        "label": "order {{ trigger.value.id }} for {{ trigger.value.customer }}",
+        "total": "{{ trigger.value.amount * trigger.value.qty }}",
+    }),
+    "refund": ("refund", {
+        "label": "refund {{ trigger.value.id }} for {{ trigger.value.customer }}",
+        "total": "{{ 0 - trigger.value.amount }}",
+    }),
+}
+
+
+def flow_yaml(topic: str, group: str) -> str:
+    lines = [
+        "id: bench-realtime",
+        "namespace: bench",
+        "triggers:",
+        "  - id: records",
+        "    type: kafka.RealtimeTrigger",
+        f"    topic: {topic}",
+        f"    groupId: {group}",
+        "    valueDeserializer: JSON",
+        "tasks:",
+        "  - id: route",
+        "    type: core.Switch",
+        f"    value: {json.dumps(SWITCH_VALUE)}",
+        "    cases:",
+    ]
+    for case, (task_id, values) in CASES.items():
+        lines += [f"      {case}:",
+                  f"        - id: {task_id}",
+                  "          type: core.Set",
+                  "          values:"]
+        lines += [f"            {k}: {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def record(i: int) -> bytes:
+    """One ~200-byte JSON record; 3 in 4 are orders, 1 in 4 refunds."""
+    doc = {
+        "id": i, "type": "refund" if i % 4 == 3 else "order",
+        "customer": f"cust-{i % 10007:05d}", "amount": round(10 + (i % 9973) * 0.37, 2),
+        "qty": 1 + i % 5, "currency": "EUR", "country": "DE", "sku": f"sku-{i % 997:06d}",
+        "ts": "2024-05-01T12:00:00.000Z", "note": "",
+    }
+    raw = json.dumps(doc, separators=(",", ":"))
+    doc["note"] = "x" * max(0, 200 - len(raw))
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+# --------------------------------------------------------------------------- kafka helpers
+@dataclass
+class Resources:
+    """Everything this run created on the broker, deleted at the end."""
+
+    admin: AdminClient
+    topics: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def name(self, kind: str) -> str:
+        return f"bench-{kind}-{self.run_id}-{uuid.uuid4().hex[:4]}"
+
+    def group(self, kind: str) -> str:
+        g = self.name(f"g-{kind}")
+        self.groups.append(g)
+        return g
+
+    def create(self, topic: str, partitions: int, config: dict[str, str] | None = None) -> str:
+        self.topics.append(topic)
+        self.admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})]
+                                 )[topic].result(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            md = self.admin.list_topics(topic, timeout=5).topics.get(topic)
+            if md and md.error is None and len(md.partitions) == partitions and all(
+                    p.leader >= 0 for p in md.partitions.values()):
+                return topic
+            time.sleep(0.1)
+        raise TimeoutError(f"topic {topic} not ready")
+
+    def log_topic(self, kind: str) -> str:
+        """A log topic as ensure_topic would create it, plus LogAppendTime timestamps."""
+        return self.create(self.name(f"log-{kind}"), LOG_PARTITIONS, {
+            "cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * 24 * 3600 * 1000),
+            "segment.ms": str(3600 * 1000), "message.timestamp.type": "LogAppendTime"})
+
+    def cleanup(self) -> None:
+        if self.topics:
+            for t, fut in self.admin.delete_topics(self.topics).items():
+                try:
+                    fut.result(timeout=30)
+                except KafkaException as exc:
+                    print(f"  (could not delete topic {t}: {exc})")
+        if self.groups:
+            for g, fut in self.admin.delete_consumer_groups(self.groups).items():
+                try:
+                    fut.result(timeout=30)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                        print(f"  (could not delete group {g}: {exc})")
+
+
+def produce_all(bootstrap: str, topic: str, n: int, key_prefix: str = "") -> float:
+    """Produce ``n`` records round-robin over the partitions; returns seconds taken."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
+                  "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
+    start = time.perf_counter()
+    for i in range(n):
+        while True:
+            try:
+                p.produce(topic, value=record(i), key=f"{key_prefix}{i}".encode(),
+                          partition=i % PARTITIONS)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if i % 10000 == 0:
+            p.poll(0)
+    if p.flush(60) != 0:
+        raise RuntimeError("input records not delivered")
+    return time.perf_counter() - start
+
+
+def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float,
+                  start_index: int) -> dict[str, float]:
+    """Produce at ``rate`` records/s for ``seconds`` s (each record on its own schedule).
+
+    Returns the wall-clock time (ms) at which each record (by key) was handed to produce().
+    """
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    total = int(rate * seconds)
+    sent_at: dict[str, float] = {}
+    t0 = time.monotonic()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.monotonic() - t0) * rate) + 1)
+        while sent < due:
+            i = start_index + sent
+            key = str(i)
+            value = record(i)
+            sent_at[key] = time.time() * 1000
+            p.produce(topic, value=value, key=key.encode(), partition=i % PARTITIONS)
+            sent += 1
+        p.poll(0)
+        pause = t0 + sent / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    if p.flush(30) != 0:
+        raise RuntimeError("paced records not delivered")
+    return sent_at
+
+
+@dataclass
+class LogScan:
+    docs: int = 0
+    terminal: int = 0
+    success: int = 0
+    first_ms: int | None = None          # append time of the first document of any kind
+    last_terminal_ms: int | None = None  # append time of the last terminal document
+    terminal_ids: set[bytes] = field(default_factory=set)
+    terminal_docs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+def scan_log(bootstrap: str, topic: str, keep_docs: bool = False) -> LogScan:
+    """Read a log topic to its end, keeping timestamps (and terminal docs if asked)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    out = LogScan()
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                for tp in parts}
+        todo = {p for p, e in ends.items() if e > 0}
+        c.assign(parts)
+        deadline = time.monotonic() + 300
+        while todo and time.monotonic() < deadline:
+            for m in c.consume(5000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(m.partition())
+                        continue
+                    raise RuntimeError(str(err))
+                ts = m.timestamp()[1]
+                v = m.value() or b""
+                out.docs += 1
+                if out.first_ms is None or ts < out.first_ms:
+                    out.first_ms = ts
+                if b'"terminal":true' in v:
+                    out.terminal += 1
+                    out.terminal_ids.add(m.key() or b"")
+                    if b'"state":"SUCCESS"' in v:
+                        out.success += 1
+                    if out.last_terminal_ms is None or ts > out.last_terminal_ms:
+                        out.last_terminal_ms = ts
+                    if keep_docs:
+                        out.terminal_docs.append((ts, json.loads(v)))
+                if m.offset() + 1 >= ends[m.partition()]:
+                    todo.discard(m.partition())
+        if todo:
+            raise TimeoutError(f"did not reach the end of {topic}")
+    finally:
+        c.close()
+    return out
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def child_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+# --------------------------------------------------------------------------- contenders
+def waxflow_cmd(flow_path: Path, idle: float) -> list[str]:
+    return [WAXFLOW, "run", str(flow_path), "--stop-when-idle", str(idle), "-w", "1"]
+
+
+def handwritten_cmd(bootstrap: str, topic: str, group: str, log_topic: str,
+                    idle: float) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--handwritten",
+            "--bootstrap", bootstrap, "--topic", topic, "--group", group,
+            "--log-topic", log_topic, "--idle", str(idle)]
+
+
+def child_env(bootstrap: str, log_topic: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log_topic,
+                "WAXFLOW_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)})
+    return env
+
+
+def handwritten_main(args: argparse.Namespace) -> int:
+    """The hand-written loop: consume, json.loads, render, json.dumps, produce, flush, commit."""
+    import jinja2
+
+    env = jinja2.Environment()
+    switch_t = env.from_string(SWITCH_VALUE)
+    cases = {case: (task_id, [(k, env.from_string(v)) for k, v in values.items()])
+             for case, (task_id, values) in CASES.items()}
+    consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed"})
+    md = consumer.list_topics(args.topic, timeout=10).topics[args.topic]
+    consumer.assign([TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    producer = Producer({"bootstrap.servers": args.bootstrap, "enable.idempotence": True,
+                         "acks": "all", "linger.ms": 5, "compression.type": "lz4",
+                         "batch.num.messages": 10000})
+    errors: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err.str())
+
+    log_topic, dumps, loads = args.log_topic, json.dumps, json.loads
+    sha256 = hashlib.sha256
+    last = time.monotonic()
+    done = 0
+    while True:
+        msgs = consumer.consume(500, 0.001)
+        if not msgs:
+            if time.monotonic() - last >= args.idle:
+                break
+            continue
+        last = time.monotonic()
+        n = 0
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            topic, part, off = m.topic(), m.partition(), m.offset()
+            start = datetime.now(UTC).isoformat()
+            key = m.key()
+            value = loads(m.value())
+            ctx = {"trigger": {"value": value, "key": key.decode() if key else None,
+                               "topic": topic, "partition": part, "offset": off,
+                               "timestamp": m.timestamp()[1]}}
+            case = switch_t.render(ctx)
+            outputs: dict[str, Any] = {"route": {"value": case}}
+            chosen = cases.get(case)
+            if chosen is not None:
+                task_id, templates = chosen
+                outputs[task_id] = {k: t.render(ctx) for k, t in templates}
+            ex_id = sha256(f"bench\x1fhand\x1f{topic}\x1f{part}\x1f{off}".encode()
+                           ).hexdigest()[:32]
+            doc = {"id": ex_id, "state": "SUCCESS", "terminal": True, "startDate": start,
+                   "endDate": datetime.now(UTC).isoformat(),
+                   "trigger": {"topic": topic, "partition": part, "offset": off,
+                               "key": ctx["trigger"]["key"],
+                               "timestamp": ctx["trigger"]["timestamp"]},
+                   "outputs": outputs}
+            while True:
+                try:
+                    producer.produce(log_topic, value=dumps(doc, separators=(",", ":")).encode(),
+                                     key=ex_id.encode(), on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            n += 1
+        if producer.flush(60) != 0 or errors:
+            print(f"delivery failed: {errors[:3]}", file=sys.stderr)
+            return 1
+        consumer.commit(asynchronous=False)
+        done += n
+    consumer.close()
+    print(json.dumps({"records": done}))
+    return 0
+
+
+# --------------------------------------------------------------------------- phases
+@dataclass
+class Throughput:
+    name: str
+    records: int
+    launch_ms: int
+    exit_s: float
+    cpu_s: float
+    scan: LogScan
+
+    @property
+    def steady_rate(self) -> float:
+        assert self.scan.first_ms is not None and self.scan.last_terminal_ms is not None
+        return self.records / max(1e-3, (self.scan.last_terminal_ms - self.scan.first_ms) / 1000)
+
+    @property
+    def launch_rate(self) -> float:
+        assert self.scan.last_terminal_ms is not None
+        return self.records / max(1e-3, (self.scan.last_terminal_ms - self.launch_ms) / 1000)
+
+    def report(self) -> None:
+        s = self.scan
+        assert s.first_ms is not None and s.last_terminal_ms is not None
+        print(f"  {self.name}: {s.docs:,} log documents, {len(s.terminal_ids):,} executions "
+              f"terminal ({s.success:,} SUCCESS docs) of {self.records:,} records")
+        print(f"    first document -> last terminal: {(s.last_terminal_ms - s.first_ms) / 1000:.2f}"
+              f" s = {self.steady_rate:,.0f} records/s")
+        print(f"    process launch -> last terminal: "
+              f"{(s.last_terminal_ms - self.launch_ms) / 1000:.2f} s = {self.launch_rate:,.0f}"
+              f" records/s (includes start-up: first document "
+              f"{(s.first_ms - self.launch_ms) / 1000:.2f} s after launch)")
+        print(f"    exit - idle wait: {self.exit_s - IDLE:.2f} s (reference only); child CPU "
+              f"{self.cpu_s:.1f} s = {self.cpu_s / self.records * 1e6:.0f} us/record")
+
+
+def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[float, float, int]:
+    cpu0 = child_cpu()
+    launch_ms = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return elapsed, child_cpu() - cpu0, launch_ms
+
+
+def throughput_waxflow(res: Resources, bootstrap: str, n: int, tmp: Path) -> Throughput:
+    topic = res.create(res.name("in-wax"), PARTITIONS)
+    log = res.log_topic("wax")
+    group = res.group("wax")
+    secs = produce_all(bootstrap, topic, n)
+    print(f"  produced {n:,} records to {topic} in {secs:.1f} s")
+    flow = tmp / "throughput.yaml"
+    flow.write_text(flow_yaml(topic, group))
+    elapsed, cpu, launch_ms = run_child(waxflow_cmd(flow, IDLE), child_env(bootstrap, log),
+                                        timeout=3600)
+    return Throughput("waxflow", n, launch_ms, elapsed, cpu, scan_log(bootstrap, log))
+
+
+def throughput_handwritten(res: Resources, bootstrap: str, n: int) -> Throughput:
+    topic = res.create(res.name("in-hand"), PARTITIONS)
+    log = res.log_topic("hand")
+    group = res.group("hand")
+    secs = produce_all(bootstrap, topic, n)
+    print(f"  produced {n:,} records to {topic} in {secs:.1f} s")
+    elapsed, cpu, launch_ms = run_child(handwritten_cmd(bootstrap, topic, group, log, IDLE),
+                                        child_env(bootstrap, log), timeout=3600)
+    return Throughput("hand-written", n, launch_ms, elapsed, cpu, scan_log(bootstrap, log))
+
+
+def wait_terminal(bootstrap: str, log_topic: str, count: int, timeout: float = 120) -> None:
+    # assigned, not subscribed: no consumer group is left behind on the broker
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-w-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
+    md = c.list_topics(log_topic, timeout=10).topics[log_topic]
+    c.assign([TopicPartition(log_topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    seen: set[bytes] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(seen) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(seen)} of {count} warm-up executions done")
+            for m in c.consume(1000, 0.2):
+                if m.error() is None and b'"terminal":true' in (m.value() or b""):
+                    seen.add(m.key() or b"")
+    finally:
+        c.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))]
+
+
+def iso_ms(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp() * 1000
+
+
+STAGES = (
+    ("produce() -> terminal doc appended (total)", "total"),
+    ("  produce() -> input record appended", "ingest"),
+    ("  input appended -> endDate (consume + execute)", "work"),
+    ("  endDate -> terminal doc appended (log write)", "write"),
+)
+
+
+@dataclass
+class Latency:
+    name: str
+    sent: int
+    stages: dict[str, list[float]]
+
+    @property
+    def total(self) -> list[float]:
+        return self.stages["total"]
+
+    def report(self) -> None:
+        print(f"  {self.name}: {len(self.total):,}/{self.sent:,} paced records terminal")
+        for label, key in STAGES:
+            vals = self.stages[key]
+            if vals:
+                print(f"    {label:48s} p50 {pct(vals, 50):6.1f} ms  p99 {pct(vals, 99):6.1f}"
+                      f" ms  max {max(vals):6.1f} ms  mean {statistics.fmean(vals):6.1f} ms")
+
+
+def latency_phase(res: Resources, bootstrap: str, kind: str, rate: float, seconds: float,
+                  tmp: Path, cmd_for: Callable[[Path, str], list[str]] | None = None
+                  ) -> Latency:
+    """Paced load; the input topic uses LogAppendTime so each stage can be timed.
+
+    ``cmd_for(flow_path, log_topic)``: run this command instead of ``waxflow run`` (used by
+    bench/whatif_realtime.py); ``kind`` "hand-written" runs the hand-written loop.
+    """
+    topic = res.create(res.name(f"lat-{kind}"), PARTITIONS,
+                       {"message.timestamp.type": "LogAppendTime"})
+    log = res.log_topic(f"lat-{kind}")
+    group = res.group(f"lat-{kind}")
+    idle = 3.0
+    if kind == "hand-written":
+        cmd = handwritten_cmd(bootstrap, topic, group, log, idle)
+    else:
+        flow = tmp / f"latency-{kind}.yaml"
+        flow.write_text(flow_yaml(topic, group))
+        cmd = cmd_for(flow, log) if cmd_for is not None else waxflow_cmd(flow, idle)
+    proc = subprocess.Popen(cmd, env=child_env(bootstrap, log), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        warm = 300
+        produce_all(bootstrap, topic, warm, key_prefix="warm-")
+        wait_terminal(bootstrap, log, warm)
+        sent_at = produce_paced(bootstrap, topic, rate, seconds, start_index=warm)
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{kind} exited {proc.returncode}: {err[-2000:]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    scan = scan_log(bootstrap, log, keep_docs=True)
+    stages: dict[str, list[float]] = {k: [] for _, k in STAGES}
+    for ts, doc in scan.terminal_docs:
+        trig = doc["trigger"]
+        produced = sent_at.get(str(trig.get("key")))
+        if produced is None:  # warm-up record
+            continue
+        appended_in = trig["timestamp"]  # LogAppendTime of the input record
+        end = iso_ms(doc["endDate"])
+        stages["total"].append(ts - produced)
+        stages["ingest"].append(appended_in - produced)
+        stages["work"].append(end - appended_in)
+        stages["write"].append(ts - end)
+    return Latency(kind, len(sent_at), stages)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--rate", type=float, default=1000.0, help="latency phase records/s")
+    ap.add_argument("--seconds", type=float, default=20.0, help="latency phase duration")
+    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="throughput rounds (waxflow then hand-written, alternating)")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    # hand-written worker mode (internal)
+    ap.add_argument("--handwritten", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--topic", help=argparse.SUPPRESS)
+    ap.add_argument("--group", help=argparse.SUPPRESS)
+    ap.add_argument("--log-topic", help=argparse.SUPPRESS)
+    ap.add_argument("--idle", type=float, default=IDLE, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.handwritten:
+        return handwritten_main(args)
+
+    bootstrap = args.bootstrap
+    res = Resources(AdminClient({"bootstrap.servers": bootstrap}))
+    print(f"waxflow realtime bench: {args.records:,} records x ~{len(record(12345))} B, "
+          f"{PARTITIONS} partitions, broker {bootstrap}, {os.cpu_count()} CPUs, run {res.run_id}")
+    tmp = Path(tempfile.mkdtemp(prefix="waxflow-bench-"))
+    waxes: list[Throughput] = []
+    hands: list[Throughput] = []
+    lat_wax = lat_hand = None
+    try:
+        for r in range(0 if args.skip_throughput else args.repeat):
+            tag = f" [round {r + 1}/{args.repeat}]" if args.repeat > 1 else ""
+            print(f"throughput: waxflow run --stop-when-idle 2 -w 1 (load {load()}){tag}")
+            waxes.append(throughput_waxflow(res, bootstrap, args.records, tmp))
+            waxes[-1].report()
+            print(f"throughput: hand-written confluent-kafka + jinja2 loop (load {load()}){tag}")
+            hands.append(throughput_handwritten(res, bootstrap, args.records))
+            hands[-1].report()
+        if not args.skip_latency:
+            print(f"latency: {args.rate:,.0f} records/s for {args.seconds:g} s "
+                  f"(after 300 warm-up records; load {load()})")
+            lat_wax = latency_phase(res, bootstrap, "waxflow", args.rate, args.seconds, tmp)
+            lat_wax.report()
+            lat_hand = latency_phase(res, bootstrap, "hand-written", args.rate, args.seconds,
+                                     tmp)
+            lat_hand.report()
+    finally:
+        print("cleaning up: deleting "
+              f"{len(res.topics)} topics and {len(res.groups)} consumer groups")
+        res.cleanup()
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+    print("\nSUMMARY (targets: >= 10,000 executions/s, >= 50% of hand-written, p99 <= 50 ms)")
+    if waxes and hands:
+        med = statistics.median
+        wax_rate = med([w.steady_rate for w in waxes])
+        hand_rate = med([h.steady_rate for h in hands])
+        ratios = [w.steady_rate / h.steady_rate for w, h in zip(waxes, hands, strict=True)]
+        ratio = med(ratios)
+        runs = (f"median of {len(waxes)} paired runs; " if len(waxes) > 1 else "")
+        print(f"  ({runs}rate = records / (first document -> last terminal document))")
+        print(f"  waxflow executions/s:      {wax_rate:10,.0f}  "
+              f"(from launch: {med([w.launch_rate for w in waxes]):,.0f}; all runs: "
+              f"{', '.join(f'{w.steady_rate:,.0f}' for w in waxes)})  "
+              f"[{'met' if wax_rate >= 10_000 else 'NOT met'}]")
+        print(f"  hand-written records/s:    {hand_rate:10,.0f}  "
+              f"(from launch: {med([h.launch_rate for h in hands]):,.0f}; all runs: "
+              f"{', '.join(f'{h.steady_rate:,.0f}' for h in hands)})")
+        print(f"  ratio waxflow/hand-written: {ratio:9.1%}  (per round: "
+              f"{', '.join(f'{x:.1%}' for x in ratios)})  "
+              f"[{'met' if ratio >= 0.5 else 'NOT met'}]")
+        print(f"  CPU per record: waxflow {med([w.cpu_s / w.records for w in waxes]) * 1e6:.0f}"
+              f" us, hand-written {med([h.cpu_s / h.records for h in hands]) * 1e6:.0f} us")
+    if lat_wax and lat_wax.total:
+        p99 = pct(lat_wax.total, 99)
+        print(f"  waxflow latency @ {args.rate:,.0f}/s: p50 {pct(lat_wax.total, 50):.1f} ms, "
+              f"p99 {p99:.1f} ms  [{'met' if p99 <= 50 else 'NOT met'}]")
+    if lat_hand and lat_hand.total:
+        print(f"  hand-written latency:      p50 {pct(lat_hand.total, 50):.1f} ms, "
+              f"p99 {pct(lat_hand.total, 99):.1f} ms")
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} "
+          "CPUs; other processes on the machine skew every number above")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
