@@ -1,21 +1,22 @@
 """Micro-batch Kafka source for ``kafka.Trigger``: the batch is cut in the source.
 
 One Bytewax partition holds one consumer assigned to every partition of the trigger's
-topics. It buffers records and emits a whole :class:`Batch` as one item when the batch is
-due: every ``interval`` (wall clock), or earlier when it holds ``maxRecords``, or when
-``maxDuration`` has passed since its first record. Buffered records are *not* part of the
-state: ``snapshot()`` returns the positions right after the last **emitted** batch, and the
-first ``next_batch()`` after a snapshot commits exactly those positions. Bytewax runs the
-next epoch only after the emitted batch passed every step, and the execute step finishes
-the batch's execution inside the step, so a committed offset never covers a record whose
-batch execution is not done, and a kill re-reads everything after it (DESIGN §5: no window
-state whose offsets could be committed early).
+topics. It buffers records and emits a whole :class:`Batch` as one item (at most one per
+epoch) when the batch is due: every ``interval`` (wall clock), or earlier when it holds
+``maxRecords``, or when ``maxDuration`` has passed since its first record. Buffered records
+are *not* part of the state: ``snapshot()`` returns the positions right after the last
+**emitted** batch, and the first ``next_batch()`` after a snapshot commits exactly those
+positions. Bytewax runs the next epoch only after the emitted batch passed every step, and
+the execute step finishes the batch's execution inside the step, so a committed offset never
+covers a record whose batch execution is not done, and a kill re-reads everything after it
+(DESIGN §5: no window state whose offsets could be committed early).
 
-Replays keep one history per batch: when a batch is emitted right after its predecessors'
-offsets were confirmed, the source re-commits those same offsets with the batch's end
-positions as commit *metadata* (offsets do not move). A restart that finds such a plan cuts
-its first batch at exactly those ends, so the replayed batch has the same offset ranges and
-hence the same execution id (a new run of it, not a second execution).
+Replays keep one history per batch: when a batch is emitted, its predecessors' offsets are
+already committed or requested (one batch per epoch), and the source re-commits those
+offsets with the batch's end positions as commit *metadata* (offsets do not move). A
+restart that finds such a plan cuts its first batch at exactly those ends, so the replayed
+batch has the same offset ranges and hence the same execution id (a new run of it, not a
+second execution).
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
                 self._confirmed[key] = self._requested[key] = committed
             assign.append(TopicPartition(topic, p, start))
         self._plan = self._read_plan(parts)
+        # at most one batch per epoch: the next one is cut only after the snapshot that
+        # follows the previous one, so its start positions are already requested for commit
+        self._awaiting_snapshot = False
         self._carry: list[RawRecord] = []
         self._consumer.assign(assign)
         self._buffer = Batch()
@@ -107,8 +111,12 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
     def _write_plan(self, batch: Batch) -> None:
         """Record the batch's ends as metadata of the already confirmed offsets."""
         start = {k: self._emitted.get(k, first) for k, (first, _last) in batch.offsets.items()}
-        if any(self._confirmed.get(k) != v for k, v in start.items()):
-            return  # an earlier batch is not confirmed yet: never move offsets here
+        # only offsets already requested (snapshots of completed epochs) or confirmed may be
+        # re-committed with the plan, or a partition's first record when nothing of it was
+        # emitted before: an earlier batch not yet done must never be covered
+        if any(k in self._emitted and v not in (self._confirmed.get(k), self._requested.get(k))
+               for k, v in start.items()):
+            return
         meta = json.dumps({"start": start, "end": batch.ends}, separators=(",", ":"))
         tps = []
         for key, off in start.items():
@@ -195,7 +203,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
             self._read()
         now = time.monotonic()
         out: list[Batch] = []
-        if self._due(now):
+        if not self._awaiting_snapshot and self._due(now):
             batch, self._buffer, self._opened = self._buffer, Batch(), None
             self._plan, carry, self._carry = None, self._carry, []
             for rec in carry:
@@ -203,6 +211,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
             if batch.records:
                 self._write_plan(batch)
                 self._emitted.update(batch.ends)
+                self._awaiting_snapshot = True
                 out.append(batch)
         if now >= self._window_end:
             self._window_end = now + self._interval
@@ -218,6 +227,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         return self._awake
 
     def snapshot(self) -> Positions:
+        self._awaiting_snapshot = False
         self._to_commit = dict(self._emitted)
         return dict(self._emitted)
 

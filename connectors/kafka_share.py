@@ -40,7 +40,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
-from confluent_kafka import AcknowledgeType, KafkaException, Message, ShareConsumer
+from confluent_kafka import (
+    AcknowledgeType,
+    IllegalStateException,
+    KafkaException,
+    Message,
+    ShareConsumer,
+)
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -216,7 +222,7 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
             ack = self._decided[coord]
             try:
                 self._consumer.acknowledge(msg, getattr(AcknowledgeType, ack))
-            except KafkaException as exc:
+            except (KafkaException, IllegalStateException) as exc:  # e.g. no longer in flight
                 self._errors += 1
                 STATS.add(errors=1)
                 LOG.error("share group %s: cannot %s %s/%d@%d: %s", self._group, ack, *coord,

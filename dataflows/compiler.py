@@ -71,7 +71,8 @@ def build_runner(flow: FlowBase, standalone: bool = False) -> ExecuteBatch:
 
     def log_factory() -> ExecutionLog:
         return ExecutionLog({k: v for k, v in conf.items()
-                             if not k.startswith(("isolation.", "auto.offset", "group."))})
+                             if not k.startswith(("isolation.", "auto.offset", "group.", "share.",
+                                                   "max.poll"))})
 
     dlq = trig.onSerdeError.topic if trig.onSerdeError.type == "DLQ" else None
     group_conf = ({**conf, "group.id": trig.groupId} if trig.groupType == "CONSUMER" and
@@ -136,13 +137,11 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     runner = build_runner(flow)
     source: Source[RawRecord]
     if trig.groupType == "SHARE":
-        from connectors.kafka_share import (  # type: ignore[import-not-found]
-            KafkaShareSource,
-            share_outcomes,
-        )
+        from connectors.kafka_share import KafkaShareSource, share_outcomes
 
         source = KafkaShareSource(conf, trig.groupId, trig.topic_list(), options.batch_size,
-                                  options.stop_when_idle, trig.maxDeliveries)
+                                  options.stop_when_idle, trig.maxDeliveries,
+                                  warm_up=runner.resources)
         runner.outcomes = share_outcomes
     else:
         source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(), trig.topicPattern,

@@ -108,6 +108,7 @@ class ExecuteBatch:
                 ])
                 execution.error["message"] += f" (sent to DLQ topic {self.dlq_topic})"
             execution.finish("SKIPPED")
+            self._note_ack(rec, execution)
             batch.write(execution.id, execution.to_json())
             return execution
         execution.state = "RUNNING"
@@ -115,11 +116,20 @@ class ExecuteBatch:
         trigger_vars = {
             "key": rec.key, "value": rec.value, "topic": raw.topic,
             "partition": raw.partition, "offset": raw.offset, "timestamp": raw.timestamp,
-            "headers": _header_dict(raw.headers),
+            "headers": _header_dict(raw.headers), "deliveryCount": raw.delivery_count,
         }
         self.engine.run(execution, trigger_vars, scope)
+        self._note_ack(rec, execution)
         batch.write(execution.id, execution.to_json())
         return execution
+
+    @staticmethod
+    def _note_ack(rec: Decoded, execution: Execution) -> None:
+        """Share groups: record in the terminal document how this delivery will be acked."""
+        if rec.raw.origin is not None:
+            from connectors.kafka_share import planned_ack
+
+            execution.trigger["ack"] = planned_ack(rec, execution.state)
 
     def _run_sequence(self, recs: list[Decoded], batch: LogBatch,
                       scope: BatchScope | None) -> list[Execution]:

@@ -162,7 +162,9 @@ def test_failed_load_retries_from_storage_without_moving_offsets(
     try:
         proc = start_flow(flow, env, idle=3)
         time.sleep(8)  # the batch is cut after 1 s; its load fails at least twice
-        assert all(o < 0 for o in committed(bootstrap, group, topic, 1).values())
+        # nothing of the failing batch is committed (offset 0 may carry the batch's replay
+        # plan as metadata: it moves nothing)
+        assert all(o <= 0 for o in committed(bootstrap, group, topic, 1).values())
     finally:
         snowflake_emulator.start()
     create_database(snowflake_conn_params, sf_db)

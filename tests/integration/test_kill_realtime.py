@@ -69,16 +69,29 @@ class LogWatcher:
                            "topic.metadata.refresh.interval.ms": 500})
         self.c.subscribe([topic])
         self.done: set[str] = set()
+        self.started: set[str] = set()
+
+    def _read(self) -> None:
+        for m in self.c.consume(1000, 0.2):
+            if m.error() is None and m.value():
+                doc = json.loads(m.value())
+                (self.done if doc["terminal"] else self.started).add(doc["id"])
 
     def wait_for(self, count: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while len(self.done) < count:
             assert time.monotonic() < deadline, f"only {len(self.done)} done"
-            for m in self.c.consume(1000, 0.2):
-                if m.error() is None and m.value():
-                    doc = json.loads(m.value())
-                    if doc["terminal"]:
-                        self.done.add(doc["id"])
+            self._read()
+
+    def wait_running(self, timeout: float = 120) -> str:
+        """Wait until some execution has started (RUNNING) and not finished; return its id."""
+        deadline = time.monotonic() + timeout
+        while True:
+            in_flight = self.started - self.done
+            if in_flight:
+                return next(iter(in_flight))
+            assert time.monotonic() < deadline, "no execution in flight"
+            self._read()
 
     def close(self) -> None:
         self.c.close()
