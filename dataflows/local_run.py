@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
 from connectors.kafka_config import client_conf
+from connectors.kafka_output import KafkaOutput
 from connectors.kafka_source import RawRecord, headers_tuple
+from connectors.storage import Storage
 from dataflows.compiler import build_runner, trigger_deserializer
 from dataflows.errors import FlowError, Problem
-from dataflows.spec import FlowBase
+from dataflows.expressions import Expressions
+from dataflows.spec import BatchTrigger, FlowBase, ScheduleTrigger
 from operators.deserialize import Decoded, decode
+from operators.engine import Engine
 from operators.execution import Execution, execution_id
 
 
@@ -60,24 +65,68 @@ def _line_record(flow: FlowBase, line_no: int, item: Any) -> Decoded:
     return Decoded(raw, None, item)
 
 
-def run_jsonl(flow: FlowBase, records_file: Path) -> list[dict[str, Any]]:
-    """Run one execution per JSONL line; return the terminal documents."""
-    runner = build_runner(flow, standalone=True)
-    batch = MemoryBatch()
-    out: list[dict[str, Any]] = []
+def _read_jsonl(records_file: Path) -> list[tuple[int, Any]]:
     try:
         lines = records_file.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise FlowError([Problem(str(records_file), None, None, "", str(exc))]) from None
+    items = []
     for no, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            items.append((no, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise FlowError([Problem(str(records_file), no, exc.colno, "",
                                      f"not a JSON line: {exc.msg}")]) from None
+    return items
+
+
+def run_jsonl(flow: FlowBase, records_file: Path) -> list[dict[str, Any]]:
+    """Run the flow on the file's records; return the terminal documents.
+
+    Realtime flows: one execution per line. Batched flows (``kafka.Trigger``): the lines
+    are one batch, stored as an ION file in internal storage, one execution. Schedules:
+    one tick per line, the line's object merged into ``trigger``.
+    """
+    items = _read_jsonl(records_file)
+    trig = flow.trigger
+    if isinstance(trig, BatchTrigger | ScheduleTrigger):
+        return _run_without_records(flow, trig, items)
+    runner = build_runner(flow, standalone=True)
+    batch = MemoryBatch()
+    out: list[dict[str, Any]] = []
+    for no, item in items:
         execution = runner.run_one(_line_record(flow, no, item), batch)  # type: ignore[arg-type]
+        out.append(execution.document())
+    return out
+
+
+def _run_without_records(flow: FlowBase, trig: BatchTrigger | ScheduleTrigger,
+                         items: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    exprs = Expressions()
+    engine = Engine(flow, exprs)
+    scope = KafkaOutput(f"{flow.namespace}.{flow.id}", None).scope()
+    now = datetime.now(UTC).isoformat()
+    if isinstance(trig, ScheduleTrigger):
+        runs = [(f"test-{no}", {"date": now, **(item if isinstance(item, dict) else {})})
+                for no, item in items]
+    else:
+        records = []
+        for no, item in items:
+            rec = _line_record(flow, no, item)
+            records.append({"key": rec.key, "value": rec.value, "topic": rec.raw.topic,
+                            "partition": rec.raw.partition, "offset": rec.raw.offset,
+                            "timestamp": rec.raw.timestamp,
+                            "headers": {k: (v or b"").decode() for k, v in rec.raw.headers}})
+        uri, count = Storage().put_records(f"{flow.namespace}/{flow.id}/test-batch.ion",
+                                           records)
+        runs = [("test-batch", {"uri": uri, "messagesCount": count, "offsets": {}})]
+    out = []
+    for exec_id, trigger_vars in runs:
+        execution = Execution(id=exec_id, namespace=flow.namespace, flow_id=flow.id,
+                              trigger={"type": trig.type, **trigger_vars})
+        engine.run(execution, trigger_vars, scope)
         out.append(execution.document())
     return out
 
