@@ -2,7 +2,7 @@
 
 One Bytewax partition holds one consumer assigned to every partition of the trigger's
 topics. It buffers records and emits a whole :class:`Batch` as one item (at most one per
-epoch) when the batch is due: every ``interval`` (wall clock), or earlier when it holds
+epoch) when the batch is due: ``interval`` after its first record, or earlier when it holds
 ``maxRecords``, or when ``maxDuration`` has passed since its first record. Buffered records
 are *not* part of the state: ``snapshot()`` returns the positions right after the last
 **emitted** batch, and the first ``next_batch()`` after a snapshot commits exactly those
@@ -36,6 +36,7 @@ from connectors.kafka_source import (
     RawRecord,
     SourceStop,
     cluster_metadata,
+    committed_offsets,
     headers_tuple,
     start_offset,
 )
@@ -87,13 +88,12 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         self._consumer.assign(assign)
         self._buffer = Batch()
         self._opened: float | None = None  # when the buffer got its first record
-        self._window_end = time.monotonic() + interval
         self._last_activity = time.monotonic()
         self._awake: datetime | None = None
 
     def _read_plan(self, parts: list[tuple[str, int]]) -> Positions | None:
         """The ends of the batch that was in flight when the last run stopped, if known."""
-        got = self._consumer.committed([TopicPartition(t, p) for t, p in parts], timeout=30)
+        got = committed_offsets(self._consumer, [TopicPartition(t, p) for t, p in parts])
         for tp in got:
             if tp.offset < 0 or not tp.metadata:
                 continue
@@ -147,13 +147,15 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         self._consumer.commit(offsets=tps, asynchronous=True)
         self._requested.update(todo)
 
-    def _read(self) -> None:
-        room = 1000
+    def _read(self) -> int:
+        """Buffer what the consumer has (up to 10,000); return how many messages came."""
+        room = 10_000
         if self._max_records:
             room = min(room, self._max_records - len(self._buffer.records))
         # never consume more than the batch can take: a consumed record that is not
         # buffered would be skipped while a later offset of its partition is committed
-        for m in self._consumer.consume(room, 0) if room > 0 else []:
+        msgs = self._consumer.consume(room, 0) if room > 0 else []
+        for m in msgs:
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -170,6 +172,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
                 self._carry.append(rec)  # after the replayed batch: goes to the next one
                 continue
             self._add(rec)
+        return len(msgs)
 
     def _add(self, rec: RawRecord) -> None:
         key = f"{rec.topic}/{rec.partition}"
@@ -193,14 +196,15 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         if self._max_duration is not None and self._opened is not None and \
                 now - self._opened >= self._max_duration:
             return True
-        if now >= self._window_end:
+        if self._opened is not None and now - self._opened >= self._interval:
             return True
         return self._idle_stop is not None and now - self._last_activity >= self._idle_stop
 
     def next_batch(self) -> list[Batch]:
         self._commit()
+        got = 0
         if not self._max_records or len(self._buffer.records) < self._max_records:
-            self._read()
+            got = self._read()
         now = time.monotonic()
         out: list[Batch] = []
         if not self._awaiting_snapshot and self._due(now):
@@ -213,14 +217,13 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
                 self._emitted.update(batch.ends)
                 self._awaiting_snapshot = True
                 out.append(batch)
-        if now >= self._window_end:
-            self._window_end = now + self._interval
         if not out and not self._buffer.records and self._idle_stop is not None and \
                 now - self._last_activity >= self._idle_stop and \
                 all(self._confirmed.get(k) == v for k, v in self._emitted.items()):
             raise StopIteration
-        self._awake = None if out else \
-            datetime.now().astimezone() + timedelta(milliseconds=20)
+        # more is probably waiting when a read came back full: no pause then
+        self._awake = None if out or got >= 1000 else \
+            datetime.now().astimezone() + timedelta(milliseconds=5)
         return out
 
     def next_awake(self) -> datetime | None:

@@ -83,6 +83,31 @@ def _split_part(part: str) -> tuple[str, int]:
     return topic, int(num)
 
 
+_COORDINATOR_MOVING = frozenset({
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+})
+
+
+def committed_offsets(consumer: Consumer, tps: list[TopicPartition],
+                      timeout: float = 60.0) -> list[TopicPartition]:
+    """The group's committed offsets, retrying while the group coordinator moves or loads
+    (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, ... are normal on a fresh broker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got: list[TopicPartition] = consumer.committed(tps, timeout=min(30.0, timeout))
+            return got
+        except KafkaException as exc:
+            err = exc.args[0]
+            transient = err.retriable() or err.code() in _COORDINATOR_MOVING
+            if not transient or time.monotonic() > deadline:
+                raise
+            LOG.info("committed offsets not available yet (%s); retrying", err.str())
+            time.sleep(0.5)
+
+
 def start_offset(consumer: Consumer, topic: str, partition: int, resume: int | None,
                  since: datetime | None, reset: str) -> tuple[int, int | None]:
     """Where to start reading a partition, and the group's committed offset (if any).
@@ -90,7 +115,7 @@ def start_offset(consumer: Consumer, topic: str, partition: int, resume: int | N
     Order: ``resume`` (a Bytewax snapshot), the group's committed offset, the first offset at
     or after ``since``, else ``reset`` (earliest/latest as librdkafka's logical offsets).
     """
-    got = consumer.committed([TopicPartition(topic, partition)], timeout=30)[0]
+    got = committed_offsets(consumer, [TopicPartition(topic, partition)])[0]
     committed = got.offset if got.offset >= 0 else None
     if resume is not None:
         return resume, committed

@@ -137,7 +137,8 @@ class BatchTrigger(KafkaTrigger):
 
     type: Literal["kafka.Trigger"]
     interval: Duration = Field(default=timedelta(minutes=1),
-                               description="a batch is cut at least this often")
+                               description="a batch closes at most this long after its "
+                                           "first record")
     maxRecords: int | None = Field(default=None, ge=1, description="cut a batch at this size")
     maxDuration: Duration | None = Field(
         default=None, description="cut a batch this long after its first record")

@@ -55,6 +55,9 @@ class BatchRunner:
         self.key_de, self.value_de = key_de, value_de
         self.output = output
         self.storage = storage
+        # JSON/STRING/number values are JSON-safe already: skip the jsonable walk
+        self._value_plain = trigger.valueDeserializer not in ("BYTES", "BYTE_ARRAY", "ION",
+                                                              "AVRO", "UUID")
 
     def __call__(self, batches: list[Batch]) -> list[tuple[str, tuple[str, int]]]:
         if self._log is None:
@@ -91,7 +94,8 @@ class BatchRunner:
                         ("waxflow.source.offset", str(raw.offset).encode()),
                         ("waxflow.error", rec.error.encode())])
                 continue
-            good.append({"key": jsonable(rec.key), "value": jsonable(rec.value),
+            value = rec.value if self._value_plain else jsonable(rec.value)
+            good.append({"key": jsonable(rec.key), "value": value,
                          "topic": raw.topic, "partition": raw.partition, "offset": raw.offset,
                          "timestamp": raw.timestamp,
                          "headers": {k: (v.decode("utf-8", "replace") if v is not None

@@ -1,0 +1,518 @@
+"""Micro-batch benchmark: ``kafka.Trigger`` into Parquet and DuckDB vs raw consume (not a test).
+
+Run: ``.venv/bin/python bench/microbatch.py [--records 1000000] [--max-records 200000]
+[--interval PT5S] [--targets ion,parquet,duckdb] [--repeat 1] [--raw-batch 10000]`` against
+the broker at ``$WAXFLOW_BOOTSTRAP`` (default 127.0.0.1:9092).
+
+One run, everything on fresh topics / consumer groups / log topics (deleted at the end):
+
+1. ``--records`` JSON records of ~200 bytes (keyed) are produced round-robin to a fresh
+   3-partition topic, *before* anything is timed.
+2. **raw consume** (the floor of any batch pipeline): a plain confluent-kafka ``Consumer``
+   (fresh group, the trigger's settings: ``read_committed``, ``earliest``, no auto commit),
+   ``consume(--raw-batch, 0.5 s)`` in a loop, ``json.loads`` of every value, the decoded values
+   kept in a list that is dropped every ``--max-records`` records (a batch pipeline holds its
+   batch). Rate = records / (first record returned -> last record returned): connection and
+   group set-up are excluded, as they are for the trigger below. It runs in this process.
+3. **waxflow**, per target, ``waxflow run FLOW --stop-when-idle 2 -w 1`` (a child process, the
+   way a user runs it) of a ``kafka.Trigger`` flow (``interval`` and ``maxRecords`` as given,
+   JSON values) over the same topic with its own group:
+
+   * ``ion``: the trigger alone (decode, store the ION file, RUNNING + terminal documents) with
+     one trivial ``core.Set`` task: the cost the two targets below share;
+   * ``parquet``: a ``core.Python`` task, :func:`parquet_task` below, that converts
+     ``trigger.uri`` to Parquet with ``connectors.tabular.to_parquet`` (one file per batch,
+     named by the execution id);
+   * ``duckdb``: ``duckdb.Load`` of ``trigger.uri`` into a fresh table, mode ``APPEND``.
+
+   Every run is checked: the terminal documents' ``messagesCount`` add up to ``--records``,
+   all SUCCESS, and the Parquet files / DuckDB table hold exactly ``--records`` rows.
+
+How waxflow time is taken (and why). The job is a single Bytewax worker: source, execute step
+and sink run one after another on one thread, and librdkafka prefetches in the background. So
+execution *k* ends, the source then consumes batch *k+1*, the step decodes and stores it,
+runs the tasks, and execution *k+1* ends. **steady records/s = (records - records of batch 1)
+/ (endDate of the last execution - endDate of the first)**: the interval covers exactly the
+complete work (consume, decode, ION store, tasks, log writes, commit) of batches 2..K, and
+nothing of process start-up (interpreter, imports, Bytewax, consumer set-up) or of the idle
+wait of ``--stop-when-idle``. The alternative "first RUNNING document -> last endDate" is
+wrong for a micro-batch source: the first RUNNING document is written only after batch 1 was
+consumed, decoded and stored, so that span would count batch 1's records without its
+consume time and overstate the rate. Also printed: records / (launch -> last endDate), which
+includes start-up. ``endDate``/``startDate`` come from the documents (child's wall clock, same
+host as this script). The per-batch breakdown splits each batch into *between executions*
+(previous endDate -> this startDate: terminal-doc ack, commit, consume, decode, ION write)
+and *execution* (startDate -> endDate: the tasks, from their attempt dates).
+
+The machine may be small and shared (the broker runs on it too): the load average is printed;
+``--repeat N`` runs the raw consume and every target N times and reports medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from confluent_kafka import (  # noqa: E402
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
+
+WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
+PARTITIONS = 3
+LOG_PARTITIONS = 6
+IDLE = 2.0
+TARGETS = ("ion", "parquet", "duckdb")
+
+
+def record(i: int) -> bytes:
+    """One ~200-byte JSON record."""
+    doc = {"id": i, "type": "refund" if i % 4 == 3 else "order",
+           "customer": f"cust-{i % 10007:05d}", "amount": round(10 + (i % 9973) * 0.37, 2),
+           "qty": 1 + i % 5, "currency": "EUR", "country": "DE", "sku": f"sku-{i % 997:06d}",
+           "ts": "2024-05-01T12:00:00.000Z", "note": ""}
+    raw = json.dumps(doc, separators=(",", ":"))
+    doc["note"] = "x" * max(0, 200 - len(raw))
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+# --------------------------------------------------------------------------- the Parquet task
+def parquet_task(context: Any, uri: str, dest: str) -> dict[str, Any]:
+    """``core.Python`` task of the parquet target: the stored batch as one Parquet file."""
+    import pyarrow.parquet as pq
+
+    from connectors.tabular import to_parquet
+
+    path = to_parquet(uri, Path(dest))
+    return {"path": str(path), "rows": pq.read_metadata(path).num_rows}
+
+
+# --------------------------------------------------------------------------- flows
+def flow_yaml(target: str, topic: str, group: str, interval: str, max_records: int,
+              out_dir: Path) -> str:
+    head = f"""\
+id: bench-microbatch-{target}
+namespace: bench
+triggers:
+  - id: batches
+    type: kafka.Trigger
+    topic: {topic}
+    groupId: {group}
+    keyDeserializer: STRING
+    valueDeserializer: JSON
+    interval: {interval}
+    maxRecords: {max_records}
+tasks:
+"""
+    if target == "ion":
+        return head + """\
+  - id: stored
+    type: core.Set
+    values:
+      count: "{{ trigger.messagesCount }}"
+"""
+    if target == "parquet":
+        return head + f"""\
+  - id: parquet
+    type: core.Python
+    function: microbatch:parquet_task
+    args:
+      uri: "{{{{ trigger.uri }}}}"
+      dest: "{out_dir}/{{{{ execution.id }}}}.parquet"
+"""
+    if target == "duckdb":
+        return head + f"""\
+  - id: load
+    type: duckdb.Load
+    from: "{{{{ trigger.uri }}}}"
+    database: {out_dir / 'bench.duckdb'}
+    table: events
+    mode: APPEND
+"""
+    raise ValueError(target)
+
+
+# --------------------------------------------------------------------------- kafka helpers
+@dataclass
+class Resources:
+    """Everything this run created on the broker, deleted at the end."""
+
+    admin: AdminClient
+    topics: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def name(self, kind: str) -> str:
+        return f"bench-mb-{kind}-{self.run_id}-{uuid.uuid4().hex[:4]}"
+
+    def group(self, kind: str) -> str:
+        g = self.name(f"g-{kind}")
+        self.groups.append(g)
+        return g
+
+    def create(self, topic: str, partitions: int, config: dict[str, str] | None = None) -> str:
+        self.topics.append(topic)
+        self.admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})]
+                                 )[topic].result(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            md = self.admin.list_topics(topic, timeout=5).topics.get(topic)
+            if md and md.error is None and len(md.partitions) == partitions and all(
+                    p.leader >= 0 for p in md.partitions.values()):
+                return topic
+            time.sleep(0.1)
+        raise TimeoutError(f"topic {topic} not ready")
+
+    def log_topic(self, kind: str) -> str:
+        """An execution-log topic as ``ensure_topic`` would create it (it then leaves it)."""
+        return self.create(self.name(f"log-{kind}"), LOG_PARTITIONS, {
+            "cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * 24 * 3600 * 1000),
+            "segment.ms": str(3600 * 1000), "message.timestamp.type": "LogAppendTime"})
+
+    def cleanup(self) -> None:
+        if self.topics:
+            for t, fut in self.admin.delete_topics(self.topics).items():
+                try:
+                    fut.result(timeout=30)
+                except KafkaException as exc:
+                    print(f"  (could not delete topic {t}: {exc})")
+        if self.groups:
+            for g, fut in self.admin.delete_consumer_groups(self.groups).items():
+                try:
+                    fut.result(timeout=30)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                        print(f"  (could not delete group {g}: {exc})")
+
+
+def produce_all(bootstrap: str, topic: str, n: int) -> float:
+    """Produce ``n`` records round-robin over the partitions; returns seconds taken."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
+                  "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
+    start = time.perf_counter()
+    for i in range(n):
+        while True:
+            try:
+                p.produce(topic, value=record(i), key=str(i).encode(), partition=i % PARTITIONS)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if i % 10000 == 0:
+            p.poll(0)
+    if p.flush(120) != 0:
+        raise RuntimeError("input records not delivered")
+    return time.perf_counter() - start
+
+
+def read_log(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every document of an execution-log topic."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    docs: list[dict[str, Any]] = []
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                for tp in parts}
+        todo = {p for p, e in ends.items() if e > 0}
+        c.assign(parts)
+        deadline = time.monotonic() + 120
+        while todo and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(m.partition())
+                        continue
+                    raise RuntimeError(str(err))
+                docs.append(json.loads(m.value() or b"null"))
+                if (m.offset() or 0) + 1 >= ends[m.partition()]:
+                    todo.discard(m.partition())
+        if todo:
+            raise TimeoutError(f"did not reach the end of {topic}")
+    finally:
+        c.close()
+    return docs
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def child_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+# --------------------------------------------------------------------------- raw consume
+@dataclass
+class RawResult:
+    records: int
+    span: float      # first record returned -> last record returned
+    setup: float     # consumer created -> first record returned
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.span
+
+    def report(self) -> None:
+        print(f"  raw consume + json.loads: {self.rate:>10,.0f} records/s "
+              f"({self.records:,} records in {self.span:.2f} s, first record "
+              f"{self.setup:.2f} s after start; CPU {self.cpu:.1f} s = "
+              f"{self.cpu / self.records * 1e6:.1f} us/record)")
+
+
+def raw_consume(bootstrap: str, topic: str, group: str, n: int, batch: int,
+                hold: int) -> RawResult:
+    loads = json.loads
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False, "enable.auto.offset.store": False,
+                  "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    held: list[Any] = []
+    done = 0
+    first = last = 0.0
+    deadline = time.monotonic() + 600
+    try:
+        while done < n and time.monotonic() < deadline:
+            msgs = c.consume(batch, 0.5)
+            if not msgs:
+                continue
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                held.append(loads(m.value()))
+            done += len(msgs)
+            if not first:
+                first = time.perf_counter()
+            last = time.perf_counter()
+            if len(held) >= hold:
+                held = []
+    finally:
+        c.close()
+    if done < n:
+        raise TimeoutError(f"raw consume read {done} of {n} records")
+    return RawResult(done, last - first, first - t0, time.process_time() - cpu0)
+
+
+# --------------------------------------------------------------------------- waxflow runs
+@dataclass
+class BatchDoc:
+    count: int
+    start: float
+    end: float
+    tasks: dict[str, float]
+
+
+@dataclass
+class WaxResult:
+    target: str
+    records: int
+    launch: float
+    exit_s: float
+    cpu: float
+    batches: list[BatchDoc]
+    check: str
+
+    @property
+    def steady_span(self) -> float:
+        return self.batches[-1].end - self.batches[0].end
+
+    @property
+    def steady_records(self) -> int:
+        return self.records - self.batches[0].count
+
+    @property
+    def rate(self) -> float:
+        if len(self.batches) < 2:
+            return float("nan")
+        return self.steady_records / self.steady_span
+
+    @property
+    def launch_rate(self) -> float:
+        return self.records / (self.batches[-1].end - self.launch)
+
+    def report(self) -> None:
+        b = self.batches
+        print(f"  waxflow {self.target:<8} {self.rate:>10,.0f} records/s steady "
+              f"({self.steady_records:,} records of batches 2..{len(b)} in "
+              f"{self.steady_span:.2f} s) | from launch {self.launch_rate:,.0f}/s (first "
+              f"execution started {b[0].start - self.launch:.2f} s after launch) | exit "
+              f"{self.exit_s:.1f} s, child CPU {self.cpu:.1f} s = "
+              f"{self.cpu / self.records * 1e6:.1f} us/record | {self.check}")
+        prev = None
+        for i, d in enumerate(b, 1):
+            between = f"{d.start - prev:6.2f}" if prev is not None else "   n/a"
+            tasks = ", ".join(f"{k} {v:.2f}" for k, v in d.tasks.items())
+            print(f"    batch {i}: {d.count:>7,} records | between executions {between} s "
+                  f"| execution {d.end - d.start:6.2f} s ({tasks})")
+            prev = d.end
+
+
+def run_waxflow(res: Resources, bootstrap: str, topic: str, n: int, target: str,
+                args: argparse.Namespace, tmp: Path) -> WaxResult:
+    group = res.group(target)
+    log = res.log_topic(target)
+    out_dir = tmp / f"out-{target}-{uuid.uuid4().hex[:6]}"
+    out_dir.mkdir()
+    storage = tmp / f"storage-{target}-{uuid.uuid4().hex[:6]}"
+    flow = tmp / f"flow-{target}.yaml"
+    flow.write_text(flow_yaml(target, topic, group, args.interval, args.max_records, out_dir))
+    env = dict(os.environ)
+    env.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log,
+                "WAXFLOW_STORAGE": str(storage), "WAXFLOW_LOG_LEVEL": "WARNING",
+                "PYTHONPATH": os.pathsep.join([str(REPO), str(BENCH)])})
+    cpu0 = child_cpu()
+    launch = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.run([WAXFLOW, "run", str(flow), "--stop-when-idle", str(IDLE), "-w", "1"],
+                          env=env, capture_output=True, text=True, timeout=3600)
+    exit_s = time.perf_counter() - t0
+    cpu = child_cpu() - cpu0
+    if proc.returncode != 0:
+        raise RuntimeError(f"waxflow run ({target}) exited {proc.returncode}: "
+                           f"{proc.stderr[-3000:]}")
+    latest: dict[str, dict[str, Any]] = {}
+    for d in read_log(bootstrap, log):
+        if d.get("terminal"):
+            latest[d["id"]] = d
+    docs = sorted(latest.values(), key=lambda d: ts(d["startDate"]))
+    batches = []
+    for d in docs:
+        tasks = {}
+        for tr in d["taskRuns"]:
+            att = tr["attempts"][-1] if tr["attempts"] else None
+            if att and att["endDate"]:
+                tasks[tr["taskId"]] = ts(att["endDate"]) - ts(att["startDate"])
+        batches.append(BatchDoc(d["trigger"]["messagesCount"], ts(d["startDate"]),
+                                ts(d["endDate"]), tasks))
+    problems = []
+    bad = [d["state"] for d in docs if d["state"] != "SUCCESS"]
+    if bad:
+        problems.append(f"{len(bad)} executions not SUCCESS "
+                        f"({[d.get('error') for d in docs if d['state'] != 'SUCCESS'][:1]})")
+    total = sum(b.count for b in batches)
+    if total != n:
+        problems.append(f"messagesCount sum {total:,} != {n:,}")
+    rows = count_rows(target, out_dir)
+    if rows is not None and rows != n:
+        problems.append(f"{target} holds {rows:,} rows, want {n:,}")
+    check = ("ok: " + (f"{rows:,} rows landed" if rows is not None else f"{total:,} records")
+             ) if not problems else "INVALID: " + "; ".join(problems)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(storage, ignore_errors=True)
+    return WaxResult(target, n, launch, exit_s, cpu, batches, check)
+
+
+def count_rows(target: str, out_dir: Path) -> int | None:
+    if target == "parquet":
+        import pyarrow.parquet as pq
+
+        return sum(pq.read_metadata(p).num_rows for p in out_dir.glob("*.parquet"))
+    if target == "duckdb":
+        import duckdb
+
+        with duckdb.connect(str(out_dir / "bench.duckdb"), read_only=True) as con:
+            row = con.execute("select count(*), count(distinct id) from events").fetchone()
+        assert row is not None
+        return int(row[0]) if row[0] == row[1] else -1
+    return None
+
+
+# --------------------------------------------------------------------------- main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--max-records", type=int, default=200_000, help="trigger maxRecords")
+    ap.add_argument("--interval", default="PT5S", help="trigger interval (ISO-8601)")
+    ap.add_argument("--targets", default=",".join(TARGETS),
+                    help=f"comma-separated, of {', '.join(TARGETS)}")
+    ap.add_argument("--raw-batch", type=int, default=10_000,
+                    help="max records per consume() call of the raw consumer")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    args = ap.parse_args()
+    targets = [t for t in args.targets.split(",") if t]
+    if unknown := set(targets) - set(TARGETS):
+        ap.error(f"unknown targets {sorted(unknown)}")
+    n, bootstrap = args.records, args.bootstrap
+    res = Resources(AdminClient({"bootstrap.servers": bootstrap}))
+    print(f"micro-batch bench: {n:,} records x {len(record(12345))} B JSON, {PARTITIONS} "
+          f"partitions, kafka.Trigger interval {args.interval} maxRecords {args.max_records:,}, "
+          f"broker {bootstrap}, {os.cpu_count()} CPUs, load {load()}, run {res.run_id}")
+    tmp = Path(tempfile.mkdtemp(prefix="waxflow-bench-mb-"))
+    raws: list[RawResult] = []
+    wax: dict[str, list[WaxResult]] = {t: [] for t in targets}
+    try:
+        topic = res.create(res.name("in"), PARTITIONS)
+        secs = produce_all(bootstrap, topic, n)
+        print(f"produced {n:,} records to {topic} in {secs:.1f} s")
+        for r in range(args.repeat):
+            if args.repeat > 1:
+                print(f"round {r + 1}/{args.repeat}")
+            print(f"raw consume (consume({args.raw_batch}) + json.loads; load {load()})")
+            raws.append(raw_consume(bootstrap, topic, res.group("raw"), n, args.raw_batch,
+                                    args.max_records))
+            raws[-1].report()
+            for target in targets:
+                print(f"waxflow kafka.Trigger -> {target} (load {load()})")
+                wax[target].append(run_waxflow(res, bootstrap, topic, n, target, args, tmp))
+                wax[target][-1].report()
+    finally:
+        print(f"cleaning up: {len(res.topics)} topics, {len(res.groups)} consumer groups")
+        res.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = statistics.median
+    raw = med(r.rate for r in raws)
+    note = f" (medians of {args.repeat} rounds)" if args.repeat > 1 else ""
+    print(f"\nSUMMARY{note}; targets: >= 100,000 records/s and >= 70% of raw consume")
+    print(f"  raw consume + json.loads   {raw:>10,.0f} records/s")
+    valid = True
+    for target, results in wax.items():
+        rate = med(w.rate for w in results)
+        ratio = rate / raw
+        ok = all(w.check.startswith("ok") for w in results)
+        valid &= ok
+        runs = ", ".join(f"{w.rate:,.0f}" for w in results) if len(results) > 1 else ""
+        print(f"  waxflow -> {target:<8}       {rate:>10,.0f} records/s  {ratio:6.1%} of raw "
+              f"[{'met' if rate >= 100_000 else 'NOT met'} / "
+              f"{'met' if ratio >= 0.7 else 'NOT met'}]{'  runs: ' + runs if runs else ''}"
+              f"{'' if ok else '  INVALID'}")
+    print(f"  load average at the end: {load()} on {os.cpu_count()} CPUs (the broker shares "
+          "them; other processes skew every number)")
+    return 0 if valid else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""Where the time of a ``kafka.Trigger`` micro-batch goes (not a test).
+
+Run: ``.venv/bin/python bench/profile_microbatch.py [--records 400000] [--max-records 200000]
+[--target duckdb|parquet|ion] [--no-profile] [--whatif-awake] [--top 25]`` or
+``.venv/bin/python bench/profile_microbatch.py --components [--records 200000]``.
+
+Profile mode: the flow of bench/microbatch.py for ``--target`` runs in this process exactly
+as ``waxflow run FLOW --stop-when-idle 2 -w 1`` does (``dataflows.load_flow`` + Bytewax's
+single-worker ``run_main``, 200 ms epochs) on a fresh topic / group / log topic (deleted at
+the end). cProfile runs on the Bytewax worker thread (which is also where the tasks run: no
+task has a timeout) with a **CPU-time** timer (``time.thread_time``), so percentages are of
+the worker thread's CPU time; time spent *sleeping* is not CPU and is reported separately:
+the batch source's ``next_batch`` is wrapped to count the calls that returned no batch (after
+each, Bytewax waits until ``next_awake()``, 20 ms later) and the records they read.
+``--whatif-awake`` patches, in this process only, ``_BatchPartition.next_awake`` to return
+"now" while the consumer still returns full reads, to measure what the 20 ms pause costs.
+
+Components mode (no Kafka, no Bytewax, no profiler): one batch of ``--records`` synthetic
+RawRecords (the bench's ~200-byte JSON) through each stage of the product code, timed
+(wall and this thread's CPU), plus what-if alternatives for the expensive stages. The
+alternatives are measured here only; nothing in the product is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import microbatch  # noqa: E402
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # noqa: E402
+
+
+# --------------------------------------------------------------------------- profile mode
+def where(key: tuple[str, int, str]) -> str:
+    file, line, func = key
+    if file == "~":
+        return func
+    parts = Path(file).parts
+    for anchor in ("site-packages", "main", "python3.11"):
+        if anchor in parts:
+            idx = len(parts) - 1 - parts[::-1].index(anchor)
+            return f"{'/'.join(parts[idx + 1:])}:{line}({func})"
+    return f"{file}:{line}({func})"
+
+
+def module_of(key: tuple[str, int, str]) -> str:
+    file, _, func = key
+    if file == "~":
+        name = func.strip("<>")
+        for known in ("amazon", "_ion", "ionc", "cimpl.Consumer", "cimpl.Message", "cimpl.Producer",
+                      "json", "pyarrow", "duckdb", "posix"):
+            if known in name:
+                return f"builtin {known}"
+        return f"builtin {name.split(' ')[-1][:60]}"
+    parts = Path(file).parts
+    if "site-packages" in parts:
+        i = parts.index("site-packages")
+        return parts[i + 1].removesuffix(".py")
+    if "main" in parts:
+        i = len(parts) - 1 - parts[::-1].index("main")
+        return "/".join(parts[i + 1:])
+    return "stdlib " + Path(file).stem
+
+
+def table(st: pstats.Stats, total: float, sort: int, top: int, title: str) -> None:
+    rows = sorted(st.stats.items(), key=lambda kv: kv[1][sort], reverse=True)[:top]  # type: ignore[attr-defined]
+    print(f"\n{title}")
+    print(f"  {'self%':>6} {'cum%':>6} {'self s':>7} {'cum s':>7} {'calls':>9}  function")
+    for key, (_cc, nc, tt, ct, _callers) in rows:
+        print(f"  {tt / total:6.1%} {ct / total:6.1%} {tt:7.2f} {ct:7.2f} {nc:9,}  {where(key)}")
+
+
+STAGES = [  # (label, function key suffix) measured by cumulative time
+    ("source: _BatchPartition.next_batch (consume, RawRecord, cut)", "(next_batch)"),
+    ("  of which _read (consume + RawRecord per message)", "(_read)"),
+    ("execute step: BatchRunner._run (everything below)", "operators/microbatch.py"),
+    ("  decode() per record (json.loads + Decoded)", "(decode)"),
+    ("  jsonable() (recursive copy of each value)", "(jsonable)"),
+    ("  Storage.put_records (ION write: simpleion.dumps + fsync)", "(put_records)"),
+    ("  Engine.run (the tasks)", "operators/engine.py"),
+    ("    connectors.storage.read_records (ION read)", "(read_records)"),
+    ("      connectors.ion.to_python (IonPy -> plain values)", "(to_python)"),
+    ("    connectors.tabular.rows", "(rows)"),
+    ("    connectors.tabular.to_table (read + rows + from_pylist)", "(to_table)"),
+    ("    pyarrow.parquet.write_table", "(write_table)"),
+    ("    duckdb.Load.run (to_table + DuckDB)", "connectors/duckdb.py"),
+    ("  LogBatch.write / wait (execution documents)", "(write)"),
+    ("DoneSink / commit", "operators/commit.py"),
+]
+
+
+def stage_table(st: pstats.Stats, total: float) -> None:
+    print("\nSTAGES (cumulative CPU of the function, % of the worker thread's profiled CPU; "
+          "nested rows are included in their parent)")
+    stats = st.stats  # type: ignore[attr-defined]
+    for label, suffix in STAGES:
+        if suffix.endswith(".py"):
+            # cumulative time of the file's outermost entry points: the max cum of its functions
+            cands = [v[3] for k, v in stats.items() if k[0].endswith(suffix)]
+            cum = max(cands) if cands else 0.0
+        else:
+            func = suffix.strip("()")
+            cands = [(v[3], k) for k, v in stats.items()
+                     if k[2] == func and ("main" in Path(k[0]).parts or func == "write_table")]
+            cum = max(cands)[0] if cands else 0.0
+        print(f"  {cum / total:6.1%} {cum:7.2f} s  {label}")
+
+
+class SourceStats:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.empty_with_buffer = 0
+        self.records_read_in_empty = 0
+        self.seconds = 0.0
+        self.paused = 0
+
+
+def instrument_source(whatif_awake: bool) -> SourceStats:
+    """Count next_batch calls that emit nothing (each is followed by a 20 ms pause)."""
+    from connectors import kafka_batch
+
+    stats = SourceStats()
+    cls = kafka_batch._BatchPartition
+    original = cls.next_batch
+
+    def next_batch(self: Any) -> list[Any]:
+        before = len(self._buffer.records)
+        t0 = time.perf_counter()
+        out = original(self)
+        stats.seconds += time.perf_counter() - t0
+        stats.calls += 1
+        if not out and self._buffer.records:
+            stats.empty_with_buffer += 1
+            grew = len(self._buffer.records) - before
+            stats.records_read_in_empty += grew
+            if whatif_awake and grew >= 1000:
+                self._awake = None  # the consumer had more: come back at once
+            else:
+                stats.paused += 1
+        return out
+
+    cls.next_batch = next_batch  # type: ignore[method-assign]
+    return stats
+
+
+def profile(args: argparse.Namespace) -> int:
+    bootstrap = args.bootstrap
+    res = microbatch.Resources(AdminClient({"bootstrap.servers": bootstrap}))
+    tmp = Path(tempfile.mkdtemp(prefix="waxflow-prof-mb-"))
+    try:
+        topic = res.create(res.name("prof-in"), microbatch.PARTITIONS)
+        log = res.log_topic("prof")
+        group = res.group("prof")
+        microbatch.produce_all(bootstrap, topic, args.records)
+        out_dir = tmp / "out"
+        out_dir.mkdir()
+        flow_path = tmp / "flow.yaml"
+        flow_path.write_text(microbatch.flow_yaml(args.target, topic, group, args.interval,
+                                                  args.max_records, out_dir))
+        os.environ.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log,
+                           "WAXFLOW_STORAGE": str(tmp / "storage")})
+
+        from bytewax.testing import run_main
+
+        from dataflows import load_flow
+
+        flow = load_flow(str(flow_path), stop_when_idle=microbatch.IDLE)
+        src = instrument_source(args.whatif_awake)
+        prof = cProfile.Profile(time.thread_time)
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        c0 = time.thread_time()
+        if not args.no_profile:
+            prof.enable()
+        try:
+            run_main(flow, epoch_interval=timedelta(milliseconds=200))
+        finally:
+            if not args.no_profile:
+                prof.disable()
+        wall = time.perf_counter() - t0
+        thread_cpu = time.thread_time() - c0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+
+        latest: dict[str, dict[str, Any]] = {}
+        for d in microbatch.read_log(bootstrap, log):
+            if d.get("terminal"):
+                latest[d["id"]] = d
+        docs = sorted(latest.values(), key=lambda d: d["startDate"])
+        counts = [d["trigger"]["messagesCount"] for d in docs]
+        ends = [datetime.fromisoformat(d["endDate"]).timestamp() for d in docs]
+        states = {d["state"] for d in docs}
+        steady = ((sum(counts) - counts[0]) / (ends[-1] - ends[0])) if len(docs) > 1 else 0.0
+        print(f"{args.records:,} records, target {args.target}, {len(docs)} batches "
+              f"{counts} states {sorted(states)}; "
+              f"{'cProfile (CPU timer)' if not args.no_profile else 'no profiler'}"
+              f"{', what-if: no 20 ms pause while reads are full' if args.whatif_awake else ''}")
+        print(f"  steady rate (batches 2..K, endDate to endDate): {steady:,.0f} records/s; "
+              f"run_main wall {wall:.2f} s (incl. {microbatch.IDLE:g} s idle stop)")
+        print(f"  worker-thread CPU {thread_cpu:.2f} s = {thread_cpu / args.records * 1e6:.1f} "
+              f"us/record; process CPU {cpu:.2f} s (librdkafka, Arrow/DuckDB threads included)")
+        print(f"  source: {src.calls:,} next_batch calls, {src.seconds:.2f} s inside; "
+              f"{src.empty_with_buffer:,} returned no batch while buffering "
+              f"({src.records_read_in_empty:,} records read by those calls); "
+              f"{src.paused:,} of them were followed by a 20 ms pause = "
+              f"{src.paused * 0.02:.2f} s asleep")
+        if args.no_profile:
+            return 0
+        st = pstats.Stats(prof)
+        total = st.total_tt  # type: ignore[attr-defined]
+        print(f"  profiled CPU {total:.2f} s (cProfile inflates call-heavy Python code)")
+        if args.out:
+            st.dump_stats(args.out)
+        stage_table(st, total)
+        by_module: dict[str, float] = defaultdict(float)
+        for key, (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+            by_module[module_of(key)] += tt
+        print("\nSELF TIME BY MODULE / LIBRARY")
+        for mod, tt in sorted(by_module.items(), key=lambda kv: kv[1], reverse=True)[:15]:
+            print(f"  {tt / total:6.1%} {tt:7.2f} s  {mod}")
+        table(st, total, 3, args.top, "TOP BY CUMULATIVE TIME")
+        table(st, total, 2, args.top, "TOP BY SELF TIME")
+    finally:
+        res.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- components mode
+def components(args: argparse.Namespace) -> int:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+    from amazon.ion import simpleion
+
+    from connectors.ion import to_python
+    from connectors.kafka_source import RawRecord
+    from connectors.serdes import deserializer
+    from connectors.storage import Storage, read_records
+    from connectors.tabular import rows
+    from operators.deserialize import decode
+    from operators.execution import jsonable
+
+    n = args.records
+    tmp = Path(tempfile.mkdtemp(prefix="waxflow-comp-mb-"))
+    results: list[tuple[str, float, float]] = []
+
+    def timed(name: str, fn: Any) -> Any:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out = fn()
+        results.append((name, (time.perf_counter() - t0) / n * 1e6,
+                        (time.thread_time() - c0) / n * 1e6))
+        return out
+
+    try:
+        raws = [RawRecord("topic", i % 3, i // 3, str(i).encode(), microbatch.record(i),
+                          1_700_000_000_000 + i, ()) for i in range(n)]
+        kde, vde = deserializer("STRING"), deserializer("JSON")
+        storage = Storage(str(tmp / "storage"))
+
+        timed("[floor] json.loads of each value", lambda: [json.loads(r.value) for r in raws])
+        decoded = timed("decode() per record (as BatchRunner._run)",
+                        lambda: [decode(r, kde, vde, False, {}) for r in raws])
+
+        def good_dicts() -> list[dict[str, Any]]:
+            return [{"key": jsonable(d.key), "value": jsonable(d.value), "topic": d.raw.topic,
+                     "partition": d.raw.partition, "offset": d.raw.offset,
+                     "timestamp": d.raw.timestamp,
+                     "headers": {k: (v.decode("utf-8", "replace") if v is not None else None)
+                                 for k, v in d.raw.headers}} for d in decoded]
+
+        good = timed("record dicts with jsonable() (as BatchRunner._run)", good_dicts)
+        timed("  of which jsonable(value) alone", lambda: [jsonable(d.value) for d in decoded])
+        uri, _ = timed("Storage.put_records (simpleion.dumps binary + fsync)",
+                       lambda: storage.put_records("b/x.ion", good))
+        size = Path(uri.removeprefix("file://")).stat().st_size
+        data = Path(uri.removeprefix("file://")).read_bytes()
+        def load_only() -> int:
+            count = 0
+            for _ in simpleion.load(io.BytesIO(data), single_value=False, parse_eagerly=False):
+                count += 1
+            return count
+
+        timed("  simpleion.load (C ext) alone, IonPy values discarded", load_only)
+
+        recs: list[Any] = timed("read_records (load + to_python, as to_table)",
+                                lambda: list(read_records(uri)))
+        rs: list[Any] = timed("tabular.rows", lambda: list(rows(recs)))
+        tbl = timed("pa.Table.from_pylist", lambda: pa.Table.from_pylist(rs))
+        recs.clear()
+        rs.clear()
+        timed("pq.write_table (Parquet, default snappy)",
+              lambda: pq.write_table(tbl, tmp / "x.parquet"))
+
+        def duck() -> None:
+            with duckdb.connect(str(tmp / "x.duckdb")) as con:
+                con.register("b", tbl)
+                con.execute("CREATE TABLE IF NOT EXISTS e AS SELECT * FROM b LIMIT 0")
+                con.begin()
+                con.execute("INSERT INTO e BY NAME SELECT * FROM b")
+                con.commit()
+
+        timed("DuckDB: register Arrow + INSERT BY NAME + commit", duck)
+
+        # ---- what-ifs -------------------------------------------------------------------
+        # W1: the stored file written as Ion *text* whose lines are JSON (JSON text is Ion
+        # text): each line built from the raw value bytes, no per-field Python work.
+        def text_lines() -> bytes:
+            dumps = json.dumps
+            parts = [b"$ion_1_0\n"]
+            for d in decoded:
+                r = d.raw
+                parts.append(b'{"key":%s,"value":%s,"topic":%s,"partition":%d,"offset":%d,'
+                             b'"timestamp":%s,"headers":{}}\n' % (
+                                 dumps(d.key).encode(), r.value, dumps(r.topic).encode(),
+                                 r.partition, r.offset,
+                                 b"null" if r.timestamp is None else b"%d" % r.timestamp))
+            return b"".join(parts)
+
+        text = timed("W1 write: Ion-text/JSON lines from raw bytes (build only)", text_lines)
+        (tmp / "x.ion").write_bytes(text)
+        check = [to_python(v) for v in simpleion.loads(text[:20000].rsplit(b"\n", 1)[0],
+                                                       single_value=False)]
+        same = all(c["value"] == g["value"] and c["key"] == g["key"]
+                   for c, g in zip(check, good, strict=False))
+
+        def text_table() -> pa.Table:
+            body = text[text.index(b"\n") + 1:]
+            t = pj.read_json(io.BytesIO(body))
+            value = t.column("value").combine_chunks()
+            cols = {f.name: value.field(i) for i, f in enumerate(value.type)}
+            cols.update({"_topic": t["topic"], "_partition": t["partition"],
+                         "_offset": t["offset"], "_timestamp": t["timestamp"],
+                         "_key": t["key"]})
+            return pa.table(cols)
+
+        t2 = timed("W1 read: pyarrow.json.read_json + flatten (replaces read..from_pylist)",
+                   text_table)
+        t2 = t2.select(tbl.column_names) if set(t2.column_names) == set(tbl.column_names) \
+            else t2
+        same_tbl = t2.schema == tbl.schema and t2.equals(tbl)
+        timed("W2: pyarrow.json.read_json of the raw values only (floor of W1 read)",
+              lambda: pj.read_json(io.BytesIO(b"\n".join(r.value for r in raws))))
+        timed("W3: jsonable skipped (JSON-deserialized values are JSON already): dicts",
+              lambda: [{"key": d.key, "value": d.value, "topic": d.raw.topic,
+                        "partition": d.raw.partition, "offset": d.raw.offset,
+                        "timestamp": d.raw.timestamp, "headers": {}} for d in decoded])
+
+        def lines_only() -> bytes:
+            # W4: W1 without the per-record json.loads/Decoded: pyarrow.json parses (and so
+            # validates) the whole batch; a batch it rejects would take the per-record path
+            dumps = json.dumps
+            parts = [b"$ion_1_0\n"]
+            for r in raws:
+                parts.append(b'{"key":%s,"value":%s,"topic":%s,"partition":%d,"offset":%d,'
+                             b'"timestamp":%s,"headers":{}}\n' % (
+                                 dumps(r.key.decode() if r.key is not None else None).encode(),
+                                 r.value, dumps(r.topic).encode(), r.partition, r.offset,
+                                 b"null" if r.timestamp is None else b"%d" % r.timestamp))
+            return b"".join(parts)
+
+        def w4() -> None:
+            nonlocal text
+            text = lines_only()
+            pq.write_table(text_table(), tmp / "w4.parquet")
+
+        timed("W4: RawRecords -> W1 file bytes (no json.loads) -> Arrow -> Parquet, end to end",
+              w4)
+        print(f"per-record cost of each stage, {n:,} records in one batch (us/record; wall "
+              f"on this loaded machine, and this thread's CPU; no profiler); load "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"  ION file {size / n:.0f} B/record; W1 text file {len(text) / n:.0f} B/record, "
+              f"Ion reader sees the same records: {same}; W1 table equals from_pylist's "
+              f"(schema and values): {same_tbl}")
+        print(f"  {'wall':>8} {'cpu':>8}")
+        for name, wall, cpu in results:
+            print(f"  {wall:8.2f} {cpu:8.2f}  {name}")
+        print("  (pyarrow.json and DuckDB use their own threads: their CPU is not in 'cpu')")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--records", type=int, default=None)
+    ap.add_argument("--max-records", type=int, default=200_000)
+    ap.add_argument("--interval", default="PT5S")
+    ap.add_argument("--target", default="duckdb", choices=microbatch.TARGETS)
+    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--whatif-awake", action="store_true")
+    ap.add_argument("--components", action="store_true")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--out", default=None, help="write the pstats here")
+    args = ap.parse_args()
+    if args.components:
+        args.records = args.records or 200_000
+        return components(args)
+    args.records = args.records or 400_000
+    return profile(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
