@@ -47,6 +47,7 @@ class KafkaOutput:
         self._plain: dict[tuple[tuple[str, str], ...], Producer] = {}
         self._txn: dict[tuple[int, tuple[tuple[str, str], ...]], Producer] = {}
         self._slots: dict[int, int] = {}
+        self._init_locks: dict[tuple[int, tuple[tuple[str, str], ...]], threading.Lock] = {}
         self._group_metadata: Any = None
 
     def plain_producer(self, conf: Mapping[str, Any]) -> Producer:
@@ -66,12 +67,25 @@ class KafkaOutput:
         key = (slot, _conf_key(conf))
         with self._lock:
             producer = self._txn.get(key)
-            if producer is None:
+            if producer is not None:
+                return producer
+            slot_lock = self._init_locks.setdefault(key, threading.Lock())
+        # init_transactions can wait for the previous incarnation's transaction to abort:
+        # do not hold the process-wide lock meanwhile (other workers go on)
+        with slot_lock:
+            with self._lock:
+                producer = self._txn.get(key)
+                if producer is not None:
+                    return producer
                 suffix = "" if len({k[1] for k in self._txn} | {key[1]}) == 1 else \
                     f"-{uuid.uuid5(uuid.NAMESPACE_OID, repr(key[1])).hex[:8]}"
-                tid = f"waxflow-{self.flow_key}-p{self.process_id}-w{slot}{suffix}"
-                producer = Producer({**conf, "transactional.id": tid, "linger.ms": 5})
-                producer.init_transactions(60)
+            tid = f"waxflow-{self.flow_key}-p{self.process_id}-w{slot}{suffix}"
+            # a killed incarnation's open transaction blocks the group's offset fetches
+            # (read_committed, require_stable) until fenced or timed out: keep it short
+            producer = Producer({"transaction.timeout.ms": 10000, **conf,
+                                 "transactional.id": tid, "linger.ms": 5})
+            producer.init_transactions(120)
+            with self._lock:
                 self._txn[key] = producer
             return producer
 
@@ -84,6 +98,16 @@ class KafkaOutput:
                 self._group_metadata = probe.consumer_group_metadata()
                 probe.close()
             return self._group_metadata
+
+    def warm_up(self, confs: list[dict[str, Any]]) -> None:
+        """Initialise this worker thread's transactional producers now (fencing the previous
+        incarnation's, which aborts its open transaction) — before the source asks for the
+        group's committed offsets, which wait for such transactions to end."""
+        if self.group_conf is None:
+            return
+        slot = self._slot()
+        for conf in confs:
+            self.txn_producer(conf, slot)
 
     def scope(self) -> BatchScope:
         """A scope for one batch, bound to the calling worker thread's slot."""
@@ -102,6 +126,7 @@ class BatchScope:
         # executions whose records failed delivery inside this batch's transaction: the
         # transaction can then only abort, and the batch is re-run without them
         self.poisoned: set[str] = set()
+        self.broken: str | None = None  # the transaction could not be set up
 
     def poison(self, execution_id: str) -> None:
         """Mark an execution whose delivery failed inside the batch's transaction."""
@@ -122,8 +147,13 @@ class BatchScope:
         key = _conf_key(conf)
         with self._lock:
             if self._producer is None:
-                producer = self.output.txn_producer(conf, self.slot)
-                producer.begin_transaction()
+                try:
+                    producer = self.output.txn_producer(conf, self.slot)
+                    producer.begin_transaction()
+                except KafkaException as exc:
+                    # not a task failure: without its transaction the batch must not commit
+                    self.broken = f"transactional producer not ready: {exc.args[0].str()}"
+                    raise
                 self._producer, self._conf_key = producer, key
             elif key != self._conf_key:
                 raise DeliveryError("one batch's transaction spans one cluster and one set "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -91,7 +92,7 @@ _COORDINATOR_MOVING = frozenset({
 
 
 def committed_offsets(consumer: Consumer, tps: list[TopicPartition],
-                      timeout: float = 60.0) -> list[TopicPartition]:
+                      timeout: float = 120.0) -> list[TopicPartition]:
     """The group's committed offsets, retrying while the group coordinator moves or loads
     (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, ... are normal on a fresh broker)."""
     deadline = time.monotonic() + timeout
@@ -209,7 +210,9 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
     def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str],
                  pattern: str | None = None, partitions: list[int] | None = None,
                  since: datetime | None = None, batch_size: int = 500,
-                 idle_stop: float | None = None) -> None:
+                 idle_stop: float | None = None,
+                 warm_up: Callable[[], None] | None = None) -> None:
+        self._warm_up = warm_up
         self._conf = dict(conf)
         self._conf["group.id"] = group_id
         why = "waxflow commits offsets itself, only after the work is done (G1)"
@@ -245,6 +248,8 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
 
     def build_part(self, step_id: str, for_part: str,
                    resume_state: int | None) -> _GroupPartition:
+        if self._warm_up is not None:
+            self._warm_up()  # on the worker's thread, before committed offsets are read
         topic, partition = _split_part(for_part)
         return _GroupPartition(self._conf, topic, partition, resume_state, self._since,
                                self._batch, self._idle_stop)

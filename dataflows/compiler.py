@@ -10,6 +10,7 @@ compiled here, once per flow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,19 @@ def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> D
     return df
 
 
+def _txn_warm_up(flow: FlowBase, runner: ExecuteBatch) -> Callable[[], None] | None:
+    """Initialise the worker's transactional producers before its source starts reading."""
+    from connectors.kafka_produce import Produce
+
+    confs = [client_conf(t.properties) for _, t in flow.all_tasks()
+             if isinstance(t, Produce) and t.transactional
+             and not any("{{" in str(v) for v in t.properties.values())]
+    output = runner.output
+    if not confs or output is None:
+        return None
+    return lambda: output.warm_up(confs)
+
+
 def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     """The Bytewax dataflow of ``flow`` (a RealtimeTrigger flow, consumer-group mode)."""
     options = options or RunOptions()
@@ -146,7 +160,7 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     else:
         source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(), trig.topicPattern,
                                   trig.partitions, trig.since, options.batch_size,
-                                  options.stop_when_idle)
+                                  options.stop_when_idle, warm_up=_txn_warm_up(flow, runner))
     df = Dataflow(f"{flow.namespace}-{flow.id}".replace(".", "_"))
     raw = op.input("kafka", df, source)
     decoded = deserialize("deserialize", raw, trigger_deserializer(trig, "key"),

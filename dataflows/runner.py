@@ -29,6 +29,7 @@ class RunFailed(Exception):
 
 
 USER_ERRORS = ("FlowStopped", "SerdeStop", "SourceStop", "DeliveryError", "ConfigConflict",
+               "TransactionError",
                "KafkaException", "FlowError")
 
 

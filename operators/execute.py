@@ -173,6 +173,9 @@ class ExecuteBatch:
             scope = self.output.scope() if self.output is not None else None
             try:
                 executions = self._run_batch(todo, batch, pool, scope)
+                if scope is not None and scope.broken:
+                    # its Produce tasks failed for want of a transaction: stop, replay later
+                    raise TransactionError(scope.broken)
                 if scope is not None and scope.active:
                     scope.commit(ends)
                 return list(done.values()) + executions

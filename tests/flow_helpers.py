@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -43,13 +44,43 @@ def run_flow(path: Path, env: dict[str, str], *args: str, idle: float = 3.0,
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
+class FlowProcess(subprocess.Popen[str]):
+    """A background ``waxflow run`` whose stdout/stderr are drained continuously.
+
+    Undrained pipes fill up (64 KiB) and then block the job on its next log line: a killed
+    and restarted job that logs warnings would stall. ``communicate`` returns what was read.
+    """
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        super().__init__(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, start_new_session=True)
+        self._chunks: dict[str, list[str]] = {"out": [], "err": []}
+        self._drains = [threading.Thread(target=self._drain, args=(stream, name), daemon=True)
+                        for stream, name in ((self.stdout, "out"), (self.stderr, "err"))]
+        for t in self._drains:
+            t.start()
+
+    def _drain(self, stream: Any, name: str) -> None:
+        for line in stream:
+            self._chunks[name].append(line)
+
+    def captured(self) -> tuple[str, str]:
+        return "".join(self._chunks["out"]), "".join(self._chunks["err"])
+
+    def communicate(self, input: Any = None, timeout: float | None = None
+                    ) -> tuple[str, str]:
+        self.wait(timeout)
+        for t in self._drains:
+            t.join(timeout=10)
+        return self.captured()
+
+
 def start_flow(path: Path, env: dict[str, str], *args: str,
-               idle: float | None = None) -> subprocess.Popen[str]:
+               idle: float | None = None) -> FlowProcess:
     cmd = [WAXFLOW, "run", str(path), *args]
     if idle is not None:
         cmd += ["--stop-when-idle", str(idle)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    return FlowProcess(cmd, env)
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes | None],

@@ -149,7 +149,7 @@ def test_kill_during_batches_loses_nothing(
         for more, in_flight in ((1, False), (1, True), (1, True)):
             proc = start_flow(flow, env, "-w", "2")
             try:
-                watcher.wait_for(len(watcher.done) + more, timeout=120)
+                watcher.wait_for(len(watcher.done) + more, timeout=120, proc=proc)
                 if in_flight:
                     watcher.wait_running(timeout=60)
                     time.sleep(0.2)

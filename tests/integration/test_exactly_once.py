@@ -85,7 +85,7 @@ def _kill_run(bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
         for threshold in thresholds:
             proc = start_flow(flow, env, "-w", "2")
             try:
-                watcher.wait_for(threshold, timeout=180)
+                watcher.wait_for(threshold, timeout=180, proc=proc)
             finally:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

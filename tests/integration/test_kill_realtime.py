@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -77,9 +78,16 @@ class LogWatcher:
                 doc = json.loads(m.value())
                 (self.done if doc["terminal"] else self.started).add(doc["id"])
 
-    def wait_for(self, count: int, timeout: float = 120) -> None:
+    def wait_for(self, count: int, timeout: float = 120,
+                 proc: subprocess.Popen[str] | None = None) -> None:
+        """Wait until ``count`` executions are done; fail early (with the job's stderr)
+        when ``proc`` exits meanwhile."""
         deadline = time.monotonic() + timeout
         while len(self.done) < count:
+            if proc is not None and proc.poll() is not None:
+                err = proc.communicate()[1] if hasattr(proc, "captured") else ""
+                raise AssertionError(f"the job exited ({proc.returncode}) with only "
+                                     f"{len(self.done)} done: {err[-3000:]}")
             assert time.monotonic() < deadline, f"only {len(self.done)} done"
             self._read()
 
@@ -117,7 +125,7 @@ def test_kill_three_times_nothing_lost_one_history(
         for threshold in (300, 900, 1500):
             proc = start_flow(flow, env, *args)
             try:
-                watcher.wait_for(threshold)
+                watcher.wait_for(threshold, proc=proc)
             finally:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
