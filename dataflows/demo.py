@@ -80,7 +80,7 @@ def main() -> int:
     print(f"produced {len(records)} records to 'orders' (2 of them malformed)")
 
     env = {**os.environ, "WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_DEMO_API": api,
-           "WAXFLOW_LOG_LEVEL": "ERROR"}
+           "WAXFLOW_LOG_LEVEL": "ERROR", "COLUMNS": os.environ.get("COLUMNS", "120")}
     print(f"running: waxflow run {FLOW_FILE.relative_to(Path.cwd())} --stop-when-idle 3")
     run = _waxflow("run", str(FLOW_FILE), "--stop-when-idle", "3", env=env)
     server.shutdown()
