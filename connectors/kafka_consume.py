@@ -23,7 +23,13 @@ from pydantic import Field
 
 from connectors.deliveries import Deliveries
 from connectors.kafka_config import client_conf
-from connectors.kafka_source import cluster_metadata, headers_tuple, start_offset
+from connectors.kafka_source import (
+    cluster_metadata,
+    dlq_headers,
+    headers_text,
+    headers_tuple,
+    start_offset,
+)
 from connectors.serdes import SerdeError, deserializer
 from connectors.storage import Storage
 from dataflows.durations import Duration
@@ -119,18 +125,14 @@ class Consume(TaskBase):
                         raise TaskFailure(f"cannot deserialize record {where}: {exc}") from None
                     skipped += 1
                     if dlq is not None and self.dlqTopic:
-                        dlq.produce(self.dlqTopic, m.key(), m.value(), [
-                            ("waxflow.source.topic", tp[0].encode()),
-                            ("waxflow.source.partition", str(tp[1]).encode()),
-                            ("waxflow.source.offset", str(off).encode()),
-                            ("waxflow.error", str(exc).encode())])
+                        dlq.produce(self.dlqTopic, m.key(), m.value(),
+                                    dlq_headers(tp[0], tp[1], off, str(exc)))
                     continue
                 ts_type, ts = m.timestamp()
                 records.append({
                     "key": jsonable(key), "value": jsonable(value), "topic": tp[0],
                     "partition": tp[1], "offset": off, "timestamp": ts if ts_type else None,
-                    "headers": {k: (v.decode("utf-8", "replace") if v is not None else None)
-                                for k, v in headers_tuple(m.headers())}})
+                    "headers": headers_text(headers_tuple(m.headers()))})
         if dlq is not None:
             dlq.wait()
         exec_id = str(ctx.vars["execution"]["id"])

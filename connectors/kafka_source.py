@@ -63,6 +63,24 @@ def headers_tuple(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
     return tuple((k, v.encode() if isinstance(v, str) else v) for k, v in items)
 
 
+HeaderPairs = tuple[tuple[str, bytes | None], ...]
+
+
+def headers_text(headers: HeaderPairs) -> dict[str, str | None]:
+    """Header pairs as a name → text map (later duplicates win; invalid UTF-8 replaced)."""
+    return {k: (v.decode("utf-8", "replace") if v is not None else None) for k, v in headers}
+
+
+def dlq_headers(topic: str, partition: int, offset: int, error: str,
+                original: HeaderPairs = ()) -> list[tuple[str, str | bytes | None]]:
+    """Headers of a dead-lettered record: its own, plus where it came from and why (G5)."""
+    return [*((k, v) for k, v in original if v is not None),
+            ("waxflow.source.topic", topic.encode()),
+            ("waxflow.source.partition", str(partition).encode()),
+            ("waxflow.source.offset", str(offset).encode()),
+            ("waxflow.error", error.encode())]
+
+
 class SourceStop(Exception):
     """The source cannot go on (fatal consumer error); the message names the partition."""
 

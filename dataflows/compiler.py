@@ -40,6 +40,11 @@ class RunOptions:
     max_ticks: int | None = None  # schedule flows: stop after this many ticks
 
 
+def _dataflow(flow: FlowBase) -> Dataflow:
+    """An empty Bytewax dataflow named after the flow (Bytewax refuses dots in ids)."""
+    return Dataflow(f"{flow.namespace}-{flow.id}".replace(".", "_"))
+
+
 def _precompile(flow: FlowBase, exprs: Expressions) -> None:
     def walk(value: Any) -> None:
         if isinstance(value, str):
@@ -100,7 +105,7 @@ def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
     exprs = Expressions()
     _precompile(flow, exprs)
     runner = TickRunner(flow, Engine(flow, exprs), client_conf(None))
-    df = Dataflow(f"{flow.namespace}-{flow.id}".replace(".", "_"))
+    df = _dataflow(flow)
     ticks = op.input("schedule", df, ScheduleSource(trig, options.max_ticks))
     op.output("done", execute_ticks("execute", ticks, runner), DoneSink())
     return df
@@ -120,7 +125,7 @@ def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> D
     source = KafkaBatchSource(conf, trig.groupId, trig.topic_list(), trig.partitions,
                               trig.since, trig.interval, trig.maxRecords, trig.maxDuration,
                               options.stop_when_idle)
-    df = Dataflow(f"{flow.namespace}-{flow.id}".replace(".", "_"))
+    df = _dataflow(flow)
     batches = op.input("kafka", df, source)
     op.output("done", execute_batches("execute", batches, runner), DoneSink())
     return df
@@ -161,7 +166,7 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
         source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(), trig.topicPattern,
                                   trig.partitions, trig.since, options.batch_size,
                                   options.stop_when_idle, warm_up=_txn_warm_up(flow, runner))
-    df = Dataflow(f"{flow.namespace}-{flow.id}".replace(".", "_"))
+    df = _dataflow(flow)
     raw = op.input("kafka", df, source)
     decoded = deserialize("deserialize", raw, trigger_deserializer(trig, "key"),
                           trigger_deserializer(trig, "value"), trig.onSerdeError.type,

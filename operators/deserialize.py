@@ -17,7 +17,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from connectors.kafka_source import RawRecord
+from connectors.kafka_source import RawRecord, headers_text
 from connectors.serdes import Deserializer, SerdeError
 
 
@@ -35,8 +35,7 @@ class Decoded:
 
 
 def _headers_match(raw: RawRecord, filters: Mapping[str, str]) -> bool:
-    have = {k: (v.decode("utf-8", "replace") if v is not None else None)
-            for k, v in raw.headers}
+    have = headers_text(raw.headers)
     return all(have.get(k) == v for k, v in filters.items())
 
 

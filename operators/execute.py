@@ -23,6 +23,7 @@ from bytewax.dataflow import Stream
 
 from connectors.execution_log import LOG_HEADER, ExecutionLog, LogBatch
 from connectors.kafka_output import BatchScope, KafkaOutput, TransactionError
+from connectors.kafka_source import dlq_headers, headers_text
 from dataflows.spec import FlowBase
 from operators.deserialize import Decoded
 from operators.engine import Engine
@@ -33,11 +34,6 @@ Done = tuple[str, tuple[str, int]]
 
 class FlowStopped(Exception):
     """onFailure STOP: an execution failed; the job halts without committing its record."""
-
-
-def _header_dict(raw_headers: tuple[tuple[str, bytes | None], ...]) -> dict[str, str | None]:
-    return {k: (v.decode("utf-8", "replace") if v is not None else None)
-            for k, v in raw_headers}
 
 
 class ExecuteBatch:
@@ -76,7 +72,7 @@ class ExecuteBatch:
 
     def _new_execution(self, rec: Decoded) -> Execution:
         raw = rec.raw
-        headers = _header_dict(raw.headers)
+        headers = headers_text(raw.headers)
         return Execution(
             id=execution_id(self.flow.namespace, self.flow.id, raw.topic, raw.partition,
                             raw.offset),
@@ -99,13 +95,8 @@ class ExecuteBatch:
             execution.error = {"taskId": "", "message": rec.error}
             if self.dlq_topic is not None:
                 batch.produce(self.dlq_topic, raw.key, raw.value, [
-                    *((k, v) for k, v in raw.headers if v is not None),
-                    ("waxflow.source.topic", raw.topic.encode()),
-                    ("waxflow.source.partition", str(raw.partition).encode()),
-                    ("waxflow.source.offset", str(raw.offset).encode()),
-                    ("waxflow.error", rec.error.encode()),
-                    (LOG_HEADER, execution.id.encode()),
-                ])
+                    *dlq_headers(raw.topic, raw.partition, raw.offset, rec.error, raw.headers),
+                    (LOG_HEADER, execution.id.encode())])
                 execution.error["message"] += f" (sent to DLQ topic {self.dlq_topic})"
             execution.finish("SKIPPED")
             self._note_ack(rec, execution)
@@ -116,7 +107,7 @@ class ExecuteBatch:
         trigger_vars = {
             "key": rec.key, "value": rec.value, "topic": raw.topic,
             "partition": raw.partition, "offset": raw.offset, "timestamp": raw.timestamp,
-            "headers": _header_dict(raw.headers), "deliveryCount": raw.delivery_count,
+            "headers": headers_text(raw.headers), "deliveryCount": raw.delivery_count,
         }
         self.engine.run(execution, trigger_vars, scope)
         self._note_ack(rec, execution)

@@ -22,6 +22,7 @@ from bytewax.dataflow import Stream
 from connectors.execution_log import ExecutionLog
 from connectors.kafka_batch import Batch
 from connectors.kafka_output import KafkaOutput, TransactionError
+from connectors.kafka_source import dlq_headers, headers_text
 from connectors.serdes import Deserializer
 from connectors.storage import Storage
 from dataflows.spec import BatchTrigger, FlowBase
@@ -87,19 +88,14 @@ class BatchRunner:
                 skipped.append({"topic": raw.topic, "partition": raw.partition,
                                 "offset": raw.offset, "error": rec.error})
                 if dlq is not None:
-                    deliveries.produce(dlq, raw.key, raw.value, [
-                        *((k, v) for k, v in raw.headers if v is not None),
-                        ("waxflow.source.topic", raw.topic.encode()),
-                        ("waxflow.source.partition", str(raw.partition).encode()),
-                        ("waxflow.source.offset", str(raw.offset).encode()),
-                        ("waxflow.error", rec.error.encode())])
+                    deliveries.produce(dlq, raw.key, raw.value, dlq_headers(
+                        raw.topic, raw.partition, raw.offset, rec.error, raw.headers))
                 continue
             value = rec.value if self._value_plain else jsonable(rec.value)
             good.append({"key": jsonable(rec.key), "value": value,
                          "topic": raw.topic, "partition": raw.partition, "offset": raw.offset,
                          "timestamp": raw.timestamp,
-                         "headers": {k: (v.decode("utf-8", "replace") if v is not None
-                                         else None) for k, v in raw.headers}})
+                         "headers": headers_text(raw.headers)})
         uri, count = self.storage.put_records(
             f"{self.flow.namespace}/{self.flow.id}/{exec_id}.ion", good)
         offsets = {k: [a, b] for k, (a, b) in sorted(batch.offsets.items())}
