@@ -31,7 +31,14 @@ from pydantic import Field, model_validator
 from requests.exceptions import RequestException
 
 from connectors.bigquery_schema import TIME_TYPES, BqField, infer_schema, shape, write_file
-from connectors.warehouse import DEFAULT_MERGE_KEYS, last_per_key, one_line, plain, read_batch
+from connectors.warehouse import (
+    DEFAULT_MERGE_KEYS,
+    last_per_key,
+    merge_statement,
+    one_line,
+    plain,
+    read_batch,
+)
 from dataflows.durations import Duration
 from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
 
@@ -272,15 +279,7 @@ def _q(name: str) -> str:
 
 def merge_sql(dest: str, stage: str, columns: list[str], keys: list[str]) -> str:
     """MERGE ``stage`` into ``dest`` on ``keys`` (NULL matches NULL): update, else insert."""
-    on = " AND ".join(f"(T.{_q(k)} = S.{_q(k)} OR (T.{_q(k)} IS NULL AND S.{_q(k)} IS NULL))"
-                      for k in keys)
-    others = [c for c in columns if c not in keys]
-    update = ("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"{_q(c)} = S.{_q(c)}"
-                                                          for c in others)) if others else ""
-    cols = ", ".join(_q(c) for c in columns)
-    values = ", ".join(f"S.{_q(c)}" for c in columns)
-    return (f"MERGE {_q(dest)} T USING {_q(stage)} S ON {on} {update} "
-            f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
+    return merge_statement(_q(dest), _q(stage), columns, keys, _q)
 
 
 @task_type("bigquery.Query")

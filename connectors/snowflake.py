@@ -26,7 +26,14 @@ import pyarrow.parquet as pq
 import snowflake.connector
 from pydantic import Field, field_validator
 
-from connectors.warehouse import DEFAULT_MERGE_KEYS, last_per_key, one_line, plain, read_batch
+from connectors.warehouse import (
+    DEFAULT_MERGE_KEYS,
+    last_per_key,
+    merge_statement,
+    one_line,
+    plain,
+    read_batch,
+)
 from dataflows.durations import Duration
 from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
 
@@ -242,16 +249,7 @@ def _quoted(name: str) -> str:
 
 def merge_sql(table: str, staging: str, columns: list[str], keys: list[str]) -> str:
     """MERGE ``staging`` into ``table`` on ``keys`` (exact column names; NULL matches NULL)."""
-    on = " AND ".join(
-        f"(T.{_quoted(k)} = S.{_quoted(k)} OR (T.{_quoted(k)} IS NULL AND S.{_quoted(k)} IS NULL))"
-        for k in keys)
-    others = [c for c in columns if c not in keys]
-    update = ("WHEN MATCHED THEN UPDATE SET " + ", ".join(
-        f"T.{_quoted(c)} = S.{_quoted(c)}" for c in others)) if others else ""
-    cols = ", ".join(_quoted(c) for c in columns)
-    values = ", ".join(f"S.{_quoted(c)}" for c in columns)
-    return (f"MERGE INTO {table} T USING {staging} S ON {on} {update} "
-            f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
+    return merge_statement(table, staging, columns, keys, _quoted, target_in_set=True)
 
 
 @task_type("snowflake.Query")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -87,3 +87,21 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
+
+
+def merge_statement(target: str, source: str, columns: Sequence[str], keys: Sequence[str],
+                    quote: Callable[[str], str], target_in_set: bool = False) -> str:
+    """MERGE ``source`` into ``target`` on ``keys`` (NULL matches NULL): matched rows get
+    every other column updated, the rest are inserted. ``target``/``source`` come quoted;
+    ``target_in_set`` writes ``T.col = ...`` in UPDATE SET (Snowflake) instead of ``col``."""
+    q = quote
+    on = " AND ".join(f"(T.{q(k)} = S.{q(k)} OR (T.{q(k)} IS NULL AND S.{q(k)} IS NULL))"
+                      for k in keys)
+    prefix = "T." if target_in_set else ""
+    others = [c for c in columns if c not in keys]
+    update = ("WHEN MATCHED THEN UPDATE SET "
+              + ", ".join(f"{prefix}{q(c)} = S.{q(c)}" for c in others)) if others else ""
+    cols = ", ".join(q(c) for c in columns)
+    values = ", ".join(f"S.{q(c)}" for c in columns)
+    return (f"MERGE INTO {target} T USING {source} S ON {on} {update} "
+            f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
