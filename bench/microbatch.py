@@ -9,7 +9,8 @@ One run, everything on fresh topics / consumer groups / log topics (deleted at t
 1. ``--records`` JSON records of ~200 bytes (keyed) are produced round-robin to a fresh
    3-partition topic, *before* anything is timed.
 2. **raw consume** (the floor of any batch pipeline): a plain confluent-kafka ``Consumer``
-   (fresh group, the trigger's settings: ``read_committed``, ``earliest``, no auto commit),
+   (fresh group, the trigger's settings: ``read_committed``, ``earliest``, no auto commit,
+   ``connectors.kafka_batch.BULK_FETCH``),
    ``consume(--raw-batch, 0.5 s)`` in a loop, ``json.loads`` of every value, the decoded values
    kept in a list that is dropped every ``--max-records`` records (a batch pipeline holds its
    batch). Rate = records / (first record returned -> last record returned): connection and
@@ -80,6 +81,8 @@ from confluent_kafka import (  # noqa: E402
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
+
+from connectors.kafka_batch import BULK_FETCH  # noqa: E402
 
 WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
 PARTITIONS = 3
@@ -297,7 +300,8 @@ def raw_consume(bootstrap: str, topic: str, group: str, n: int, batch: int,
     t0 = time.perf_counter()
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                   "enable.auto.commit": False, "enable.auto.offset.store": False,
-                  "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+                  "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                  **BULK_FETCH})
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     held: list[Any] = []
     done = 0

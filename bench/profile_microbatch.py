@@ -16,16 +16,15 @@ each, Bytewax waits until ``next_awake()``, 20 ms later) and the records they re
 "now" while the consumer still returns full reads, to measure what the 20 ms pause costs.
 
 Components mode (no Kafka, no Bytewax, no profiler): one batch of ``--records`` synthetic
-RawRecords (the bench's ~200-byte JSON) through each stage of the product code, timed
-(wall and this thread's CPU), plus what-if alternatives for the expensive stages. The
-alternatives are measured here only; nothing in the product is changed.
+records (the bench's ~200-byte JSON) through each stage of the product code, timed (wall
+and this thread's CPU): the bulk path (``connectors.jsonbatch``) and the record-by-record
+path it falls back to, then the Parquet and DuckDB targets.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import os
 import pstats
@@ -86,10 +85,12 @@ def table(st: pstats.Stats, total: float, sort: int, top: int, title: str) -> No
 
 
 STAGES = [  # (label, function key suffix) measured by cumulative time
-    ("source: _BatchPartition.next_batch (consume, RawRecord, cut)", "(next_batch)"),
-    ("  of which _read (consume + RawRecord per message)", "(_read)"),
+    ("source: _BatchPartition.next_batch (consume, record tuples, cut)", "(next_batch)"),
+    ("  of which _read (consume + a tuple per message)", "(_read)"),
     ("execute step: BatchRunner._run (everything below)", "operators/microbatch.py"),
-    ("  decode() per record (json.loads + Decoded)", "(decode)"),
+    ("  jsonbatch.encode (bulk path: one pyarrow parse + lines)", "(encode)"),
+    ("  Storage.put_data (bulk path: write + fsync)", "(put_data)"),
+    ("  decode() per record (json.loads + Decoded; per-record path)", "(decode)"),
     ("  jsonable() (recursive copy of each value)", "(jsonable)"),
     ("  Storage.put_records (ION write: simpleion.dumps + fsync)", "(put_records)"),
     ("  Engine.run (the tasks)", "operators/engine.py"),
@@ -244,18 +245,15 @@ def profile(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- components mode
 def components(args: argparse.Namespace) -> int:
     import duckdb
-    import pyarrow as pa
-    import pyarrow.json as pj
     import pyarrow.parquet as pq
-    from amazon.ion import simpleion
 
-    from connectors.ion import to_python
-    from connectors.kafka_source import RawRecord
+    from connectors import jsonbatch
+    from connectors.kafka_batch import BatchRecord
+    from connectors.kafka_source import RawRecord, headers_text
     from connectors.serdes import deserializer
-    from connectors.storage import Storage, read_records
-    from connectors.tabular import rows
+    from connectors.storage import Storage
+    from connectors.tabular import to_table
     from operators.deserialize import decode
-    from operators.execution import jsonable
 
     n = args.records
     tmp = Path(tempfile.mkdtemp(prefix="waxflow-comp-mb-"))
@@ -269,125 +267,60 @@ def components(args: argparse.Namespace) -> int:
         return out
 
     try:
-        raws = [RawRecord("topic", i % 3, i // 3, str(i).encode(), microbatch.record(i),
-                          1_700_000_000_000 + i, ()) for i in range(n)]
-        kde, vde = deserializer("STRING"), deserializer("JSON")
+        recs: list[BatchRecord] = [("topic", i % 3, i // 3, str(i).encode(),
+                                    microbatch.record(i), 1_700_000_000_000 + i, ())
+                                   for i in range(n)]
         storage = Storage(str(tmp / "storage"))
+        timed("[floor] json.loads of each value", lambda: [json.loads(r[4]) for r in recs])
 
-        timed("[floor] json.loads of each value", lambda: [json.loads(r.value) for r in raws])
-        decoded = timed("decode() per record (as BatchRunner._run)",
-                        lambda: [decode(r, kde, vde, False, {}) for r in raws])
+        # the bulk path (operators.microbatch for JSON values with STRING keys)
+        bulk = timed("bulk: jsonbatch.encode (one pyarrow parse + Ion-text lines)",
+                     lambda: jsonbatch.encode(recs))
+        timed("  of which jsonbatch.parse of the values", lambda: jsonbatch.parse(
+            b"\n".join(r[4] for r in recs) + b"\n"))  # type: ignore[misc]
+        uri = timed("bulk: Storage.put_data (write + fsync)",
+                    lambda: storage.put_data("b/x.ion", bulk.data, bulk.table))
+        table = timed("bulk: to_table, same process (kept table)", lambda: to_table(uri))
+        timed("bulk: jsonbatch.read_table (another process / a retry after restart)",
+              lambda: jsonbatch.read_table(Path(uri.removeprefix("file://")).read_bytes()))
 
-        def good_dicts() -> list[dict[str, Any]]:
-            return [{"key": jsonable(d.key), "value": jsonable(d.value), "topic": d.raw.topic,
-                     "partition": d.raw.partition, "offset": d.raw.offset,
-                     "timestamp": d.raw.timestamp,
-                     "headers": {k: (v.decode("utf-8", "replace") if v is not None else None)
-                                 for k, v in d.raw.headers}} for d in decoded]
+        # the record-by-record path (other deserializers, or a batch bulk cannot prove)
+        kde, vde = deserializer("STRING"), deserializer("JSON")
 
-        good = timed("record dicts with jsonable() (as BatchRunner._run)", good_dicts)
-        timed("  of which jsonable(value) alone", lambda: [jsonable(d.value) for d in decoded])
-        uri, _ = timed("Storage.put_records (simpleion.dumps binary + fsync)",
-                       lambda: storage.put_records("b/x.ion", good))
-        size = Path(uri.removeprefix("file://")).stat().st_size
-        data = Path(uri.removeprefix("file://")).read_bytes()
-        def load_only() -> int:
-            count = 0
-            for _ in simpleion.load(io.BytesIO(data), single_value=False, parse_eagerly=False):
-                count += 1
-            return count
+        def per_record() -> list[dict[str, Any]]:
+            out = []
+            for fields in recs:
+                raw = RawRecord(*fields)
+                d = decode(raw, kde, vde, False, {})
+                out.append({"key": d.key, "value": d.value, "topic": raw.topic,
+                            "partition": raw.partition, "offset": raw.offset,
+                            "timestamp": raw.timestamp, "headers": headers_text(raw.headers)})
+            return out
 
-        timed("  simpleion.load (C ext) alone, IonPy values discarded", load_only)
+        good = timed("per record: decode() into record dicts", per_record)
+        uri2, _ = timed("per record: Storage.put_records (binary ION + fsync)",
+                        lambda: storage.put_records("b/y.ion", good))
+        timed("per record: to_table, same process (kept records -> Arrow)",
+              lambda: to_table(uri2))
 
-        recs: list[Any] = timed("read_records (load + to_python, as to_table)",
-                                lambda: list(read_records(uri)))
-        rs: list[Any] = timed("tabular.rows", lambda: list(rows(recs)))
-        tbl = timed("pa.Table.from_pylist", lambda: pa.Table.from_pylist(rs))
-        recs.clear()
-        rs.clear()
+        # the tasks of bench/microbatch.py
         timed("pq.write_table (Parquet, default snappy)",
-              lambda: pq.write_table(tbl, tmp / "x.parquet"))
+              lambda: pq.write_table(table, tmp / "x.parquet"))
 
         def duck() -> None:
             with duckdb.connect(str(tmp / "x.duckdb")) as con:
-                con.register("b", tbl)
+                con.register("b", table)
                 con.execute("CREATE TABLE IF NOT EXISTS e AS SELECT * FROM b LIMIT 0")
                 con.begin()
                 con.execute("INSERT INTO e BY NAME SELECT * FROM b")
                 con.commit()
 
         timed("DuckDB: register Arrow + INSERT BY NAME + commit", duck)
-
-        # ---- what-ifs -------------------------------------------------------------------
-        # W1: the stored file written as Ion *text* whose lines are JSON (JSON text is Ion
-        # text): each line built from the raw value bytes, no per-field Python work.
-        def text_lines() -> bytes:
-            dumps = json.dumps
-            parts = [b"$ion_1_0\n"]
-            for d in decoded:
-                r = d.raw
-                parts.append(b'{"key":%s,"value":%s,"topic":%s,"partition":%d,"offset":%d,'
-                             b'"timestamp":%s,"headers":{}}\n' % (
-                                 dumps(d.key).encode(), r.value, dumps(r.topic).encode(),
-                                 r.partition, r.offset,
-                                 b"null" if r.timestamp is None else b"%d" % r.timestamp))
-            return b"".join(parts)
-
-        text = timed("W1 write: Ion-text/JSON lines from raw bytes (build only)", text_lines)
-        (tmp / "x.ion").write_bytes(text)
-        check = [to_python(v) for v in simpleion.loads(text[:20000].rsplit(b"\n", 1)[0],
-                                                       single_value=False)]
-        same = all(c["value"] == g["value"] and c["key"] == g["key"]
-                   for c, g in zip(check, good, strict=False))
-
-        def text_table() -> pa.Table:
-            body = text[text.index(b"\n") + 1:]
-            t = pj.read_json(io.BytesIO(body))
-            value = t.column("value").combine_chunks()
-            cols = {f.name: value.field(i) for i, f in enumerate(value.type)}
-            cols.update({"_topic": t["topic"], "_partition": t["partition"],
-                         "_offset": t["offset"], "_timestamp": t["timestamp"],
-                         "_key": t["key"]})
-            return pa.table(cols)
-
-        t2 = timed("W1 read: pyarrow.json.read_json + flatten (replaces read..from_pylist)",
-                   text_table)
-        t2 = t2.select(tbl.column_names) if set(t2.column_names) == set(tbl.column_names) \
-            else t2
-        same_tbl = t2.schema == tbl.schema and t2.equals(tbl)
-        timed("W2: pyarrow.json.read_json of the raw values only (floor of W1 read)",
-              lambda: pj.read_json(io.BytesIO(b"\n".join(r.value for r in raws))))
-        timed("W3: jsonable skipped (JSON-deserialized values are JSON already): dicts",
-              lambda: [{"key": d.key, "value": d.value, "topic": d.raw.topic,
-                        "partition": d.raw.partition, "offset": d.raw.offset,
-                        "timestamp": d.raw.timestamp, "headers": {}} for d in decoded])
-
-        def lines_only() -> bytes:
-            # W4: W1 without the per-record json.loads/Decoded: pyarrow.json parses (and so
-            # validates) the whole batch; a batch it rejects would take the per-record path
-            dumps = json.dumps
-            parts = [b"$ion_1_0\n"]
-            for r in raws:
-                parts.append(b'{"key":%s,"value":%s,"topic":%s,"partition":%d,"offset":%d,'
-                             b'"timestamp":%s,"headers":{}}\n' % (
-                                 dumps(r.key.decode() if r.key is not None else None).encode(),
-                                 r.value, dumps(r.topic).encode(), r.partition, r.offset,
-                                 b"null" if r.timestamp is None else b"%d" % r.timestamp))
-            return b"".join(parts)
-
-        def w4() -> None:
-            nonlocal text
-            text = lines_only()
-            pq.write_table(text_table(), tmp / "w4.parquet")
-
-        timed("W4: RawRecords -> W1 file bytes (no json.loads) -> Arrow -> Parquet, end to end",
-              w4)
         print(f"per-record cost of each stage, {n:,} records in one batch (us/record; wall "
               f"on this loaded machine, and this thread's CPU; no profiler); load "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"  ION file {size / n:.0f} B/record; W1 text file {len(text) / n:.0f} B/record, "
-              f"Ion reader sees the same records: {same}; W1 table equals from_pylist's "
-              f"(schema and values): {same_tbl}")
+        print(f"  Ion-text file {len(bulk.data) / n:.0f} B/record; binary ION file "
+              f"{Path(uri2.removeprefix('file://')).stat().st_size / n:.0f} B/record")
         print(f"  {'wall':>8} {'cpu':>8}")
         for name, wall, cpu in results:
             print(f"  {wall:8.2f} {cpu:8.2f}  {name}")

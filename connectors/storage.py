@@ -1,7 +1,9 @@
 """Internal storage: batch files of Kafka records as ION, on a local directory or S3.
 
 A batch file is an ION stream with one entry per record: ``{key, value, topic, partition,
-offset, timestamp, headers}``. Names are deterministic (derived from the execution id by the
+offset, timestamp, headers}``, either binary ION (:meth:`Storage.put_records`) or Ion text
+that is JSON, one record per line (:meth:`Storage.put_data`, from ``connectors.jsonbatch``);
+:func:`read_records` reads both. Names are deterministic (derived from the execution id by the
 caller), so a replayed batch overwrites its file instead of adding a second one. Writes are
 atomic on the local store (write to a temp file, then rename): a reader never sees half a
 file. Location: ``$WAXFLOW_STORAGE`` — a directory path or ``file://`` URI (default
@@ -11,16 +13,22 @@ S3 such as moto).
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
+
 from connectors.ion import read_stream, write_stream
+
+ION_BVM = b"\xe0\x01\x00\xea"  # binary ION version marker: the first bytes of a binary file
 
 
 class StorageError(RuntimeError):
@@ -51,29 +59,43 @@ class Storage:
         return (root / name).as_uri()
 
     def put_records(self, name: str, records: Iterable[dict[str, Any]]) -> tuple[str, int]:
-        """Store records as one ION file named ``name``; return (URI, count)."""
+        """Store records as one binary ION file named ``name``; return (URI, count)."""
+        items = list(records)
+        uri = self._put(name, lambda fp: write_stream(fp, items))
+        if not self._is_s3():
+            _remember(Path(urlparse(uri).path), items, None)
+        return uri, len(items)
+
+    def put_data(self, name: str, data: bytes, table: pa.Table | None = None) -> str:
+        """Store an already encoded batch file named ``name``; return its URI. ``table``
+        (its rows, ``connectors.tabular``'s shape) is kept for this process's readers."""
+        uri = self._put(name, lambda fp: fp.write(data))
+        if not self._is_s3():
+            _remember(Path(urlparse(uri).path), None, table)
+        return uri
+
+    def _put(self, name: str, write: Callable[[IO[bytes]], object]) -> str:
+        """Write a file atomically (temp file, fsync, rename; S3: upload); return its URI."""
         uri = self.uri_for(name)
         if self._is_s3():
             with tempfile.NamedTemporaryFile(suffix=".ion") as tmp:
-                count = write_stream(tmp, records)
+                write(tmp)
                 tmp.flush()
                 self.put_file(uri, Path(tmp.name))
-            return uri, count
+            return uri
         path = Path(urlparse(uri).path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        items = list(records)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".ion")
         try:
             with os.fdopen(fd, "wb") as fp:
-                count = write_stream(fp, items)
+                write(fp)
                 fp.flush()
                 os.fsync(fp.fileno())
             os.replace(tmp_name, path)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        _remember(path, items)
-        return uri, count
+        return uri
 
     def put_file(self, uri: str, source: Path) -> None:
         parsed = urlparse(uri)
@@ -107,24 +129,25 @@ def local_path(uri: str, workdir: Path | None = None) -> Path:
 
 
 # The last batches this process wrote, so the tasks of the same execution read them without
-# parsing ION again (measured: ION decoding was half the CPU of a batch load). An entry is
+# parsing the file again (measured: decoding was half the CPU of a batch load). An entry is
 # used only while the file still has the size and mtime it had when written; a restart, or
 # a file written elsewhere, reads the file.
-_RECENT: OrderedDict[Path, tuple[int, int, list[dict[str, Any]]]] = OrderedDict()
+_Entry = tuple[int, int, "list[dict[str, Any]] | None", "pa.Table | None"]
+_RECENT: OrderedDict[Path, _Entry] = OrderedDict()
 _RECENT_LOCK = threading.Lock()
 _RECENT_MAX = 2
 
 
-def _remember(path: Path, items: list[dict[str, Any]]) -> None:
+def _remember(path: Path, items: list[dict[str, Any]] | None, table: pa.Table | None) -> None:
     st = path.stat()
     with _RECENT_LOCK:
-        _RECENT[path] = (st.st_size, st.st_mtime_ns, items)
+        _RECENT[path] = (st.st_size, st.st_mtime_ns, items, table)
         _RECENT.move_to_end(path)
         while len(_RECENT) > _RECENT_MAX:
             _RECENT.popitem(last=False)
 
 
-def _recalled(path: Path) -> list[dict[str, Any]] | None:
+def _recalled(path: Path) -> _Entry | None:
     with _RECENT_LOCK:
         hit = _RECENT.get(path)
     if hit is None:
@@ -133,15 +156,48 @@ def _recalled(path: Path) -> list[dict[str, Any]] | None:
         st = path.stat()
     except OSError:
         return None
-    return hit[2] if (st.st_size, st.st_mtime_ns) == hit[:2] else None
+    return hit if (st.st_size, st.st_mtime_ns) == hit[:2] else None
+
+
+def recalled_table(path: Path) -> pa.Table | None:
+    """The rows table this process stored with the file at ``path``, if still current."""
+    hit = _recalled(path)
+    return hit[3] if hit is not None else None
+
+
+def _json_values(data: bytes) -> list[Any] | None:
+    """The JSON values of an Ion-text file written as JSON, or None if it is other Ion."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    decode = json.JSONDecoder().raw_decode
+    out: list[Any] = []
+    pos, end = 0, len(text)
+    try:
+        while True:
+            while pos < end and text[pos] in " \t\r\n":
+                pos += 1
+            if pos >= end:
+                return out
+            value, pos = decode(text, pos)
+            out.append(value)
+    except json.JSONDecodeError:
+        return None
 
 
 def read_records(uri: str) -> Iterator[dict[str, Any]]:
     """The records of a batch file, in stored order (callers must not mutate them)."""
     path = local_path(uri)
-    cached = _recalled(path)
-    if cached is not None:
-        yield from cached
+    hit = _recalled(path)
+    if hit is not None and hit[2] is not None:
+        yield from hit[2]
         return
     with path.open("rb") as fp:
-        yield from read_stream(fp)
+        data = fp.read()
+    if not data.startswith(ION_BVM):
+        values = _json_values(data)
+        if values is not None:
+            yield from values
+            return
+    yield from read_stream(io.BytesIO(data))

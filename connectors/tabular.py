@@ -3,7 +3,10 @@
 ``rows(records)`` shapes each Kafka record into one row: the fields of its value when the
 value is a map (else a ``value`` column), plus ``_topic``, ``_partition``, ``_offset``,
 ``_timestamp`` and ``_key`` so loads can deduplicate or MERGE on the record's coordinates.
-Column types are inferred by pyarrow from the values (``schema`` overrides).
+Column types are inferred by pyarrow from the values of all rows (``schema`` overrides); a
+field missing from a record is null in its row; the ``_`` columns come after the value's.
+Batches stored by ``connectors.jsonbatch`` become tables without decoding records in Python
+(the table kept by the process that stored the batch, else one pyarrow parse of the file).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.storage import read_records
+from connectors import jsonbatch
+from connectors.jsonbatch import META_COLUMNS
+from connectors.storage import ION_BVM, local_path, read_records, recalled_table
 
-META_COLUMNS = ("_topic", "_partition", "_offset", "_timestamp", "_key")
+__all__ = ["META_COLUMNS", "rows", "to_ndjson", "to_parquet", "to_table"]
 
 
 def rows(records: Iterable[dict[str, Any]], metadata: bool = True) -> Iterator[dict[str, Any]]:
@@ -36,10 +41,28 @@ def rows(records: Iterable[dict[str, Any]], metadata: bool = True) -> Iterator[d
 
 def to_table(uri: str, metadata: bool = True, schema: pa.Schema | None = None) -> pa.Table:
     """The batch file at ``uri`` as an Arrow table."""
-    data = list(rows(read_records(uri), metadata))
-    if not data:
+    if schema is None:
+        path = local_path(uri)
+        table = recalled_table(path)
+        if table is not None:
+            return table if metadata else table.drop_columns(list(META_COLUMNS))
+        with path.open("rb") as fp:
+            data = fp.read()
+        if data and not data.startswith(ION_BVM):
+            table = jsonbatch.read_table(data, metadata)
+            if table is not None:
+                return table
+    items = list(rows(read_records(uri), metadata))
+    if not items:
         return pa.Table.from_pylist([], schema=schema) if schema is not None else pa.table({})
-    return pa.Table.from_pylist(data, schema=schema)
+    if schema is not None:
+        return pa.Table.from_pylist(items, schema=schema)
+    table = pa.Table.from_struct_array(pa.array(items))
+    if not metadata:
+        return table
+    # the ``_`` columns last, also when a later record brings new value fields
+    return table.select([n for n in table.column_names if n not in META_COLUMNS]
+                        + list(META_COLUMNS))
 
 
 def to_parquet(uri: str, dest: Path, metadata: bool = True) -> Path:

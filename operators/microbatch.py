@@ -4,10 +4,13 @@ For each batch cut by ``connectors.kafka_batch`` the step decodes the records (a
 ``onSerdeError`` and ``headerFilters``), stores the good ones as one ION file in internal
 storage under a name derived from the execution id (a replayed batch overwrites its file),
 then runs the flow with ``trigger.uri``, ``trigger.messagesCount`` and ``trigger.offsets``.
-Tasks read the stored file, so a retried load never re-consumes Kafka. The step returns only
-when the terminal document is acknowledged (and, with a transactional Produce, after the
-batch's transaction committed together with its offsets). The execution id derives from the
-batch's per-partition offset ranges.
+Tasks read the stored file, so a retried load never re-consumes Kafka. JSON object values
+with STRING keys (and no ``headerFilters``) are encoded in bulk by ``connectors.jsonbatch``
+(one pyarrow parse, Ion-text file, the rows table kept for the tasks); a batch it cannot
+encode exactly is decoded record by record into binary ION, with ``onSerdeError`` applied.
+The step returns only when the terminal document is acknowledged (and, with a transactional
+Produce, after the batch's transaction committed together with its offsets). The execution
+id derives from the batch's per-partition offset ranges.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from connectors.execution_log import ExecutionLog
+from connectors import jsonbatch
+from connectors.execution_log import ExecutionLog, LogBatch
 from connectors.kafka_batch import Batch
 from connectors.kafka_output import KafkaOutput, TransactionError
-from connectors.kafka_source import dlq_headers, headers_text
+from connectors.kafka_source import RawRecord, dlq_headers, headers_text
 from connectors.serdes import Deserializer
 from connectors.storage import Storage
 from dataflows.spec import BatchTrigger, FlowBase
-from operators.deserialize import SerdeStop, decode
+from operators.deserialize import decode
 from operators.engine import Engine
 from operators.execute import FlowStopped
 from operators.execution import Execution, jsonable
@@ -59,6 +63,8 @@ class BatchRunner:
         # JSON/STRING/number values are JSON-safe already: skip the jsonable walk
         self._value_plain = trigger.valueDeserializer not in ("BYTES", "BYTE_ARRAY", "ION",
                                                               "AVRO", "UUID")
+        self._bulk = (trigger.valueDeserializer == "JSON" and trigger.keyDeserializer == "STRING"
+                      and not trigger.headerFilters)
 
     def __call__(self, batches: list[Batch]) -> list[tuple[str, tuple[str, int]]]:
         if self._log is None:
@@ -69,19 +75,16 @@ class BatchRunner:
             done += [("done", (k, v)) for k, v in batch.ends.items()]
         return done
 
-    def _run(self, batch: Batch, log: ExecutionLog) -> Execution:
+    def _decode(self, batch: Batch, deliveries: LogBatch, skipped: list[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+        """The batch's records decoded one by one; bad ones go to ``skipped`` (and the DLQ)."""
         trig = self.trigger
-        exec_id = batch_execution_id(self.flow.namespace, self.flow.id, batch.offsets)
-        deliveries = log.batch()
         dlq = trig.onSerdeError.topic if trig.onSerdeError.type == "DLQ" else None
         good: list[dict[str, Any]] = []
-        skipped: list[dict[str, Any]] = []
-        for raw in batch.records:
-            try:
-                rec = decode(raw, self.key_de, self.value_de, trig.onSerdeError.type == "FAIL",
-                             trig.headerFilters)
-            except SerdeStop:
-                raise
+        for fields in batch.records:
+            raw = RawRecord(*fields)
+            rec = decode(raw, self.key_de, self.value_de, trig.onSerdeError.type == "FAIL",
+                         trig.headerFilters)
             if rec.filtered:
                 continue
             if rec.error is not None:
@@ -96,8 +99,19 @@ class BatchRunner:
                          "topic": raw.topic, "partition": raw.partition, "offset": raw.offset,
                          "timestamp": raw.timestamp,
                          "headers": headers_text(raw.headers)})
-        uri, count = self.storage.put_records(
-            f"{self.flow.namespace}/{self.flow.id}/{exec_id}.ion", good)
+        return good
+
+    def _run(self, batch: Batch, log: ExecutionLog) -> Execution:
+        trig = self.trigger
+        exec_id = batch_execution_id(self.flow.namespace, self.flow.id, batch.offsets)
+        deliveries = log.batch()
+        name = f"{self.flow.namespace}/{self.flow.id}/{exec_id}.ion"
+        bulk = jsonbatch.encode(batch.records) if self._bulk else None
+        skipped: list[dict[str, Any]] = []
+        if bulk is not None:
+            uri, count = self.storage.put_data(name, bulk.data, bulk.table), bulk.count
+        else:
+            uri, count = self.storage.put_records(name, self._decode(batch, deliveries, skipped))
         offsets = {k: [a, b] for k, (a, b) in sorted(batch.offsets.items())}
         execution = Execution(
             id=exec_id, namespace=self.flow.namespace, flow_id=self.flow.id,

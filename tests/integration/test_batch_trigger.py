@@ -4,6 +4,7 @@ offsets are ever committed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -21,6 +22,7 @@ from tests.flow_helpers import (
     latest_by_id,
     log_documents,
     new_log_topic,
+    produce,
     produce_json,
     run_flow,
     runs_by_id,
@@ -185,3 +187,65 @@ def test_kill_during_batches_loses_nothing(
     docs = list(latest.values())
     ids = {r["value"]["id"] for d in docs for r in read_records(d["trigger"]["uri"])}
     assert ids == set(range(n))
+
+
+LOAD_FLOW = """
+id: bulk
+namespace: tests
+triggers:
+  - id: t
+    type: kafka.Trigger
+    topic: {topic}
+    groupId: {group}
+    valueDeserializer: JSON
+    interval: PT1S
+    maxRecords: 100000
+tasks:
+  - id: load
+    type: duckdb.Load
+    from: "{{{{ trigger.uri }}}}"
+    database: {db}
+    table: events
+"""
+
+
+def test_clean_json_batches_bulk_encoded_bad_ones_decoded_per_record(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """A batch of clean JSON objects is stored as Ion text (JSON lines) from the raw bytes;
+    a batch holding a malformed record falls back to the per-record decode (binary ION,
+    the record SKIPPED); both load the same rows and column types."""
+    import duckdb
+
+    from connectors.storage import ION_BVM
+
+    topic, group, log_topic = new_topic(3), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    db = tmp_path / "bulk.duckdb"
+    flow = write_flow(tmp_path, LOAD_FLOW.format(topic=topic, group=group, db=db))
+    env = flow_env(bootstrap, log_topic, WAXFLOW_STORAGE=str(tmp_path / "storage"))
+    doc = {"day": "2024-05-01", "seen_at": "2024-05-01 10:00:00", "amount": 1.5, "tags": ["a"]}
+    produce_json(bootstrap, topic, [{"id": i, **doc} for i in range(300)], partitions=3)
+    res = run_flow(flow, env, idle=2)
+    assert res.returncode == 0, res.stderr[-2000:]
+    values: list[bytes | None] = [json.dumps({"id": i, **doc}).encode() for i in range(300, 600)]
+    values[150] = b'{"id": 450, "broken'
+    produce(bootstrap, topic, values, partitions=3)
+    res = run_flow(flow, env, idle=2)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    docs = sorted(latest_by_id(log_documents(bootstrap, log_topic)).values(),
+                  key=lambda d: d["startDate"])
+    assert [d["state"] for d in docs] == ["SUCCESS", "SUCCESS"]
+    assert [d["trigger"]["skippedCount"] for d in docs] == [0, 1]
+    heads = [Path(d["trigger"]["uri"].removeprefix("file://")).read_bytes()[:4] for d in docs]
+    assert heads[0].startswith(b"{") and heads[1] == ION_BVM
+    stored = [r for d in docs for r in read_records(d["trigger"]["uri"])]
+    assert sorted(r["value"]["id"] for r in stored) == sorted(set(range(600)) - {450})
+    with duckdb.connect(str(db), read_only=True) as con:
+        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns"
+                                 " WHERE table_name = 'events'").fetchall())
+        rows = con.execute("SELECT count(*), count(DISTINCT id), min(day), max(seen_at) "
+                           "FROM events").fetchone()
+    assert types["day"] == "VARCHAR" and types["seen_at"] == "VARCHAR", types
+    assert types["id"] == "BIGINT" and types["amount"] == "DOUBLE", types
+    assert rows == (599, 599, "2024-05-01", "2024-05-01 10:00:00")
