@@ -27,6 +27,7 @@ from connectors.deliveries import Deliveries, DeliveryError
 from connectors.execution_log import LOG_HEADER
 from connectors.kafka_config import client_conf
 from connectors.serdes import SerdeError, Serializer, serializer
+from connectors.storage import StorageError, read_records
 from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES",
@@ -55,15 +56,14 @@ def load_records(source: Any) -> list[dict[str, Any]]:
     if isinstance(source, str):
         path = Path(source.removeprefix("file://"))
         try:
-            if path.suffix == ".ion":
-                from connectors.ion import read_stream
-
-                with path.open("rb") as fp:
-                    return list(read_stream(fp))
+            if path.suffix == ".ion":  # binary or text ION, e.g. a stored batch
+                return list(read_records(source))
             with path.open(encoding="utf-8") as fp:
                 return [json.loads(line) for line in fp if line.strip()]
         except FileNotFoundError:
             raise TaskFailure(f"`from` file {source} does not exist") from None
+        except StorageError as exc:
+            raise TaskFailure(f"`from` file: {exc}") from None
         except (OSError, ValueError) as exc:
             raise TaskFailure(f"`from` file {source} cannot be read: {exc}") from None
     raise TaskFailure(f"`from` must be a map, a list of maps or a file URI, got "

@@ -142,3 +142,12 @@ def test_binary_ion_files_still_read(tmp_path: Path) -> None:
     storage._RECENT.clear()
     assert count == 3 and list(read_records(uri)) == recs
     assert to_table(uri).equals(reference(RECORDS))
+
+
+def test_produce_reads_a_bulk_stored_batch(tmp_path: Path) -> None:
+    from connectors.kafka_produce import load_records
+
+    batch = jsonbatch.encode(RECORDS)
+    assert batch is not None
+    uri = Storage(str(tmp_path)).put_data("b.ion", batch.data)
+    assert load_records(uri) == [decoded(r) for r in RECORDS]
