@@ -158,3 +158,23 @@ def test_only_one_credential_is_rejected(s3_endpoint: str, bucket: str, stored: 
                        "from": stored, "endpointUrl": s3_endpoint, "accessKeyId": ACCESS})
     with pytest.raises(TaskFailure, match="both"):
         task.run(FakeContext())
+
+
+def test_bulk_batch_in_s3_internal_storage_reads_back(
+        s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors import jsonbatch
+    from connectors.storage import read_records
+    from connectors.tabular import to_table
+
+    monkeypatch.setenv("WAXFLOW_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    raws = [("events", 0, 100 + i, f"k{i}".encode(), json.dumps(r["value"]).encode(),
+             1_700_000_000_000 + i, ()) for i, r in enumerate(RECORDS)]
+    batch = jsonbatch.encode(raws)
+    assert batch is not None
+    uri = Storage(f"s3://{bucket}/internal").put_data("exec-3.ion", batch.data, batch.table)
+    assert uri == f"s3://{bucket}/internal/exec-3.ion"
+    assert [r["value"] for r in read_records(uri)] == [r["value"] for r in RECORDS]
+    assert to_table(uri).equals(batch.table)
