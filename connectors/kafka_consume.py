@@ -9,6 +9,18 @@ out and counted; DLQ: sent to the DLQ topic, delivery checked; FAIL: the task fa
 nothing is committed). With ``groupId`` the offsets are committed synchronously **only
 after** the file is stored, so a failure before that re-reads the same records next time.
 Outputs: ``uri``, ``messagesCount``, ``skippedCount``, ``offsets``.
+
+``groupType: SHARE`` (KIP-932, ``groupId`` required; ``partitions`` and ``since`` refused)
+takes **one delivery** of up to ``maxRecords`` (default 500) records from the share group:
+in explicit acknowledgement mode a share consumer may not poll again before it acked what
+it holds, and acking part of a batch before the task ends would lose it if the task then
+failed. It waits for records up to ``pollDuration`` or ``maxDuration`` (at least two group
+heartbeats: a new member is assigned after one). After the file is stored, stored records
+are ACCEPTed and records that do not deserialize REJECTed (SKIPPED/DLQ), then acks are
+committed; if storing fails, or onSerdeError FAIL, every record is RELEASEd for redelivery.
+Outputs: ``uri``, ``messagesCount``, ``skippedCount``, ``acks`` (counts per ack type) and
+``ackErrors`` (acks the broker refused, e.g. after a record lock ran out: those records
+will be delivered again).
 """
 
 from __future__ import annotations
@@ -18,11 +30,21 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from pydantic import Field
+from confluent_kafka import (
+    AcknowledgeType,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    ShareConsumer,
+    TopicPartition,
+)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from connectors.deliveries import Deliveries
-from connectors.kafka_config import client_conf
+from connectors.kafka_config import client_conf, refuse_for_share
+from connectors.kafka_share import configure_group, split_conf
 from connectors.kafka_source import (
     cluster_metadata,
     dlq_headers,
@@ -46,6 +68,7 @@ class Consume(TaskBase):
 
     type: Literal["kafka.Consume"]
     topic: str | list[str]
+    groupType: Literal["CONSUMER", "SHARE"] = "CONSUMER"  # before the fields it checks
     partitions: list[int] | None = None
     groupId: str | None = None
     since: datetime | None = None
@@ -58,8 +81,21 @@ class Consume(TaskBase):
     onSerdeError: Literal["SKIPPED", "DLQ", "FAIL"] = "SKIPPED"
     dlqTopic: str | None = None
 
+    @field_validator("partitions", "since")
+    @classmethod
+    def _not_for_share(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_for_share(info.data.get("groupType"), info.field_name, value)
+
+    @model_validator(mode="after")
+    def _share_needs_group(self) -> Consume:
+        if self.groupType == "SHARE" and not self.groupId:
+            raise ValueError("groupType SHARE needs a `groupId` (the share group)")
+        return self
+
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         topics = [self.topic] if isinstance(self.topic, str) else list(self.topic)
+        if self.groupType == "SHARE":
+            return self._consume_share(ctx, topics)
         conf = client_conf(self.properties)
         conf.update({"group.id": self.groupId or f"waxflow-consume-{uuid.uuid4().hex}",
                      "enable.auto.commit": False, "enable.auto.offset.store": False,
@@ -135,12 +171,95 @@ class Consume(TaskBase):
                     "headers": headers_text(headers_tuple(m.headers()))})
         if dlq is not None:
             dlq.wait()
-        exec_id = str(ctx.vars["execution"]["id"])
-        flow = ctx.vars["flow"]
-        uri, count = Storage().put_records(
-            f"{flow['namespace']}/{flow['id']}/{exec_id}/{self.id}.ion", records)
+        uri, count = self._store(ctx, records)
         if self.groupId and positions:
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
                             asynchronous=False)
         return {"uri": uri, "messagesCount": count, "skippedCount": skipped,
                 "offsets": {f"{t}/{p}": o for (t, p), o in sorted(positions.items())}}
+
+    def _store(self, ctx: RunContext, records: list[dict[str, Any]]) -> tuple[str, int]:
+        exec_id = str(ctx.vars["execution"]["id"])
+        flow = ctx.vars["flow"]
+        return Storage().put_records(
+            f"{flow['namespace']}/{flow['id']}/{exec_id}/{self.id}.ion", records)
+
+    def _consume_share(self, ctx: RunContext, topics: list[str]) -> dict[str, Any]:
+        """One delivery from the share group, acked by outcome after storing (module doc)."""
+        group_id = str(self.groupId)
+        client, group = split_conf(client_conf(self.properties), group_id,
+                                   self.maxRecords or 500)
+        try:
+            settings = configure_group(client, group_id, group)
+        except KafkaException as exc:
+            raise TaskFailure(f"share group {group_id}: cannot set its configs: {exc}"
+                              ) from None
+        wait = max(self.pollDuration.total_seconds(), 2 * settings.heartbeat_s)
+        if self.maxDuration is not None:
+            wait = min(wait, max(self.maxDuration.total_seconds(), 2 * settings.heartbeat_s))
+        consumer = ShareConsumer(client)
+        try:
+            consumer.subscribe(topics)
+            held: list[Message] = []
+            deadline = time.monotonic() + wait
+            while not held and time.monotonic() < deadline:
+                for m in consumer.poll(0.2):
+                    err = m.error()
+                    if err is None:
+                        held.append(m)
+                    elif err.fatal():
+                        raise TaskFailure(f"share consumer error: {err.str()}")
+            return self._settle(ctx, consumer, held)
+        finally:
+            consumer.close()
+
+    def _settle(self, ctx: RunContext, consumer: ShareConsumer, held: list[Message]
+                ) -> dict[str, Any]:
+        """Decode, store, then ACCEPT/REJECT (or RELEASE everything on failure) and commit."""
+        key_de, value_de = deserializer(self.keyDeserializer), deserializer(self.valueDeserializer)
+        records: list[dict[str, Any]] = []
+        acks: list[tuple[Message, str]] = []
+        dlq = Deliveries(Producer(client_conf(self.properties))) \
+            if self.onSerdeError == "DLQ" and self.dlqTopic else None
+
+        def release(why: str) -> TaskFailure:
+            for m in held:
+                consumer.acknowledge(m, AcknowledgeType.RELEASE)
+            consumer.commit_sync()
+            return TaskFailure(f"{why} ({len(held)} records released for redelivery)")
+
+        for m in held:
+            topic, part, off = m.topic() or "", m.partition() or 0, m.offset() or 0
+            try:
+                key, value = key_de(m.key()), value_de(m.value())
+            except SerdeError as exc:
+                if self.onSerdeError == "FAIL":
+                    raise release(f"cannot deserialize record {topic}/{part}@{off}: {exc}"
+                                  ) from None
+                if dlq is not None and self.dlqTopic:
+                    dlq.produce(self.dlqTopic, m.key(), m.value(),
+                                dlq_headers(topic, part, off, str(exc)))
+                acks.append((m, "REJECT"))
+                continue
+            ts_type, ts = m.timestamp()
+            records.append({
+                "key": jsonable(key), "value": jsonable(value), "topic": topic,
+                "partition": part, "offset": off, "timestamp": ts if ts_type else None,
+                "headers": headers_text(headers_tuple(m.headers()))})
+            acks.append((m, "ACCEPT"))
+        try:
+            if dlq is not None:
+                dlq.wait()
+            uri, count = self._store(ctx, records)
+        except Exception as exc:
+            raise release(f"kafka.Consume {self.id}: {exc}") from None
+        sent: dict[str, int] = {}
+        for m, ack in acks:
+            consumer.acknowledge(m, getattr(AcknowledgeType, ack))
+            sent[ack] = sent.get(ack, 0) + 1
+        errors = sum(1 for err in (consumer.commit_sync() or {}).values() if err is not None)
+        if errors:
+            ctx.log("WARNING", f"share group {self.groupId}: {errors} partitions refused "
+                    "the acks (record locks ran out?): those records will be delivered again")
+        return {"uri": uri, "messagesCount": count, "skippedCount": sent.get("REJECT", 0),
+                "acks": sent, "ackErrors": errors}

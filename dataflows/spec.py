@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.kafka_config import refuse_for_share
 from dataflows.durations import Duration
 from dataflows.errors import FlowError, Problem, format_path
 from dataflows.expressions import Expressions
@@ -104,10 +105,7 @@ class KafkaTrigger(BaseModel):
     @field_validator("topicPattern", "partitions", "since")
     @classmethod
     def _not_for_share(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is not None and info.data.get("groupType") == "SHARE":
-            raise ValueError(f"groupType SHARE does not support `{info.field_name}`: share "
-                             "groups hand out records, not partitions or offsets")
-        return value
+        return refuse_for_share(info.data.get("groupType"), info.field_name, value)
 
     @field_validator("topicPattern")
     @classmethod

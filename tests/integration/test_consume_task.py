@@ -3,6 +3,7 @@ offsets are committed only after the file exists."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -80,3 +81,64 @@ def test_consume_stores_what_was_produced_then_commits(
     res = _run(flow, flow_env(bootstrap, log_topic, WAXFLOW_STORAGE=str(tmp_path / "ok")))
     doc = next(iter(latest_by_id(log_documents(bootstrap, log_topic)).values()))
     assert doc["taskRuns"][0]["outputs"]["messagesCount"] == 0
+
+
+SHARE_FLOW = """
+id: pull-share
+namespace: tests
+triggers:
+  - {{id: tick, type: schedule.Interval, interval: PT1S}}
+tasks:
+  - id: consume
+    type: kafka.Consume
+    topic: {topic}
+    groupType: SHARE
+    groupId: {group}
+    maxRecords: 1000
+    pollDuration: PT2S
+    valueDeserializer: JSON
+"""
+
+
+def test_consume_share_group_acks_after_storing(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """groupType SHARE: a failed store RELEASEs the delivery (it comes again), a stored one
+    ACCEPTs good records and REJECTs a malformed one; nothing is delivered twice after."""
+    topic, group = new_topic(1), f"sg-{uuid.uuid4().hex[:8]}"
+    produce_json(bootstrap, topic, [{"id": i} for i in range(40)])
+    produce(bootstrap, topic, [b"{not json"])
+    flow = tmp_path / "share.yaml"
+    flow.write_text(SHARE_FLOW.format(topic=topic, group=group))
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    log_topic = new_log_topic()
+    res = _run(flow, flow_env(bootstrap, log_topic, WAXFLOW_STORAGE=str(blocker / "s")))
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = next(iter(latest_by_id(log_documents(bootstrap, log_topic)).values()))
+    assert doc["state"] == "FAILED"
+    assert "released for redelivery" in json.dumps(doc["taskRuns"][0]["attempts"][-1])
+
+    outs = []
+    for _ in range(4):  # a share fetch may hand out fewer records than are waiting
+        log_topic = new_log_topic()
+        res = _run(flow, flow_env(bootstrap, log_topic, WAXFLOW_STORAGE=str(tmp_path / "ok")))
+        assert res.returncode == 0, res.stderr[-2000:]
+        doc = next(iter(latest_by_id(log_documents(bootstrap, log_topic)).values()))
+        assert doc["state"] == "SUCCESS", doc["error"]
+        outs.append(doc["taskRuns"][0]["outputs"])
+        if sum(o["messagesCount"] + o["skippedCount"] for o in outs) >= 41:
+            break
+    ids = [r["value"]["id"] for o in outs if o["messagesCount"]
+           for r in read_records(o["uri"])]
+    assert sorted(ids) == list(range(40))  # each once: accepted records are not redelivered
+    assert sum(o["skippedCount"] for o in outs) == 1
+    assert sum(o["acks"].get("ACCEPT", 0) for o in outs) == 40
+    assert all(o["ackErrors"] == 0 for o in outs)
+
+    log_topic = new_log_topic()
+    res = _run(flow, flow_env(bootstrap, log_topic, WAXFLOW_STORAGE=str(tmp_path / "ok")))
+    doc = next(iter(latest_by_id(log_documents(bootstrap, log_topic)).values()))
+    assert doc["taskRuns"][0]["outputs"]["messagesCount"] == 0
+    assert doc["taskRuns"][0]["outputs"]["skippedCount"] == 0  # the REJECT was final
