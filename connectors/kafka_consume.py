@@ -8,7 +8,8 @@ first of: every partition reached the end offset it had when the task started,
 out and counted; DLQ: sent to the DLQ topic, delivery checked; FAIL: the task fails and
 nothing is committed). With ``groupId`` the offsets are committed synchronously **only
 after** the file is stored, so a failure before that re-reads the same records next time.
-Outputs: ``uri``, ``messagesCount``, ``skippedCount``, ``offsets``.
+Outputs: ``uri``, ``messagesCount``, ``skippedCount``, ``offsets``. The file is written as
+the trigger's batches are (``connectors.jsonbatch`` for JSON values with STRING keys).
 
 ``groupType: SHARE`` (KIP-932, ``groupId`` required; ``partitions`` and ``since`` refused)
 takes **one delivery** of up to ``maxRecords`` (default 500) records from the share group:
@@ -42,7 +43,9 @@ from confluent_kafka import (
 )
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from connectors import jsonbatch
 from connectors.deliveries import Deliveries
+from connectors.kafka_batch import BatchRecord
 from connectors.kafka_config import client_conf, refuse_for_share
 from connectors.kafka_share import configure_group, split_conf
 from connectors.kafka_source import (
@@ -125,17 +128,13 @@ class Consume(TaskBase):
                 starts[(topic, p)] = start if start >= 0 else low
                 assign.append(TopicPartition(topic, p, start))
         consumer.assign(assign)
-        key_de, value_de = deserializer(self.keyDeserializer), deserializer(self.valueDeserializer)
-        records: list[dict[str, Any]] = []
-        skipped = 0
+        raws: list[BatchRecord] = []
         positions: dict[tuple[str, int], int] = {}
-        dlq = Deliveries(Producer(client_conf(self.properties))) \
-            if self.onSerdeError == "DLQ" and self.dlqTopic else None
         started = last = time.monotonic()
         todo = {tp for tp, end in ends.items() if end > starts[tp]}
         while todo:
             now = time.monotonic()
-            if self.maxRecords and len(records) >= self.maxRecords:
+            if self.maxRecords and len(raws) >= self.maxRecords:
                 break
             if self.maxDuration is not None and now - started >= self.maxDuration.total_seconds():
                 break
@@ -148,41 +147,55 @@ class Consume(TaskBase):
                         continue
                     raise TaskFailure(f"consumer error: {err.str()}")
                 last = time.monotonic()
-                tp = (m.topic() or "", m.partition() or 0)
-                off = m.offset() or 0
+                rec = _raw(m)
+                raws.append(rec)
+                tp, off = (rec[0], rec[1]), rec[2]
                 positions[tp] = off + 1
                 if off + 1 >= ends.get(tp, 0):
                     todo.discard(tp)
-                try:
-                    key, value = key_de(m.key()), value_de(m.value())
-                except SerdeError as exc:
-                    where = f"{tp[0]}/{tp[1]}@{off}"
-                    if self.onSerdeError == "FAIL":
-                        raise TaskFailure(f"cannot deserialize record {where}: {exc}") from None
-                    skipped += 1
-                    if dlq is not None and self.dlqTopic:
-                        dlq.produce(self.dlqTopic, m.key(), m.value(),
-                                    dlq_headers(tp[0], tp[1], off, str(exc)))
-                    continue
-                ts_type, ts = m.timestamp()
-                records.append({
-                    "key": jsonable(key), "value": jsonable(value), "topic": tp[0],
-                    "partition": tp[1], "offset": off, "timestamp": ts if ts_type else None,
-                    "headers": headers_text(headers_tuple(m.headers()))})
-        if dlq is not None:
-            dlq.wait()
-        uri, count = self._store(ctx, records)
+        uri, count, skipped = self._decode_store(ctx, raws)
         if self.groupId and positions:
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
                             asynchronous=False)
-        return {"uri": uri, "messagesCount": count, "skippedCount": skipped,
+        return {"uri": uri, "messagesCount": count, "skippedCount": len(skipped),
                 "offsets": {f"{t}/{p}": o for (t, p), o in sorted(positions.items())}}
 
-    def _store(self, ctx: RunContext, records: list[dict[str, Any]]) -> tuple[str, int]:
+    def _decode_store(self, ctx: RunContext, raws: list[BatchRecord]
+                      ) -> tuple[str, int, set[int]]:
+        """Store the records as one batch file; return (URI, records stored, indexes of the
+        records left out by onSerdeError). JSON values with STRING keys go through
+        ``connectors.jsonbatch`` when it can encode them exactly, else record by record."""
         exec_id = str(ctx.vars["execution"]["id"])
         flow = ctx.vars["flow"]
-        return Storage().put_records(
-            f"{flow['namespace']}/{flow['id']}/{exec_id}/{self.id}.ion", records)
+        name = f"{flow['namespace']}/{flow['id']}/{exec_id}/{self.id}.ion"
+        if self.keyDeserializer == "STRING" and self.valueDeserializer == "JSON":
+            bulk = jsonbatch.encode(raws)
+            if bulk is not None:
+                return Storage().put_data(name, bulk.data, bulk.table), bulk.count, set()
+        key_de, value_de = deserializer(self.keyDeserializer), deserializer(self.valueDeserializer)
+        dlq = Deliveries(Producer(client_conf(self.properties))) \
+            if self.onSerdeError == "DLQ" and self.dlqTopic else None
+        records: list[dict[str, Any]] = []
+        skipped: set[int] = set()
+        for i, (topic, part, off, key_bytes, value_bytes, ts, headers) in enumerate(raws):
+            try:
+                key, value = key_de(key_bytes), value_de(value_bytes)
+            except SerdeError as exc:
+                if self.onSerdeError == "FAIL":
+                    raise TaskFailure(f"cannot deserialize record {topic}/{part}@{off}: {exc}"
+                                      ) from None
+                skipped.add(i)
+                if dlq is not None and self.dlqTopic:
+                    dlq.produce(self.dlqTopic, key_bytes, value_bytes,
+                                dlq_headers(topic, part, off, str(exc), headers))
+                continue
+            records.append({"key": jsonable(key), "value": jsonable(value), "topic": topic,
+                            "partition": part, "offset": off, "timestamp": ts,
+                            "headers": headers_text(headers)})
+        if dlq is not None:
+            dlq.wait()
+        uri, count = Storage().put_records(name, records)
+        return uri, count, skipped
 
     def _consume_share(self, ctx: RunContext, topics: list[str]) -> dict[str, Any]:
         """One delivery from the share group, acked by outcome after storing (module doc)."""
@@ -215,51 +228,38 @@ class Consume(TaskBase):
 
     def _settle(self, ctx: RunContext, consumer: ShareConsumer, held: list[Message]
                 ) -> dict[str, Any]:
-        """Decode, store, then ACCEPT/REJECT (or RELEASE everything on failure) and commit."""
-        key_de, value_de = deserializer(self.keyDeserializer), deserializer(self.valueDeserializer)
-        records: list[dict[str, Any]] = []
-        acks: list[tuple[Message, str]] = []
-        dlq = Deliveries(Producer(client_conf(self.properties))) \
-            if self.onSerdeError == "DLQ" and self.dlqTopic else None
-
-        def release(why: str) -> TaskFailure:
+        """Store, then ACCEPT stored and REJECT skipped records (or RELEASE everything if the
+        task fails) and commit the acks."""
+        def release() -> None:
             for m in held:
                 consumer.acknowledge(m, AcknowledgeType.RELEASE)
             consumer.commit_sync()
-            return TaskFailure(f"{why} ({len(held)} records released for redelivery)")
 
-        for m in held:
-            topic, part, off = m.topic() or "", m.partition() or 0, m.offset() or 0
-            try:
-                key, value = key_de(m.key()), value_de(m.value())
-            except SerdeError as exc:
-                if self.onSerdeError == "FAIL":
-                    raise release(f"cannot deserialize record {topic}/{part}@{off}: {exc}"
-                                  ) from None
-                if dlq is not None and self.dlqTopic:
-                    dlq.produce(self.dlqTopic, m.key(), m.value(),
-                                dlq_headers(topic, part, off, str(exc)))
-                acks.append((m, "REJECT"))
-                continue
-            ts_type, ts = m.timestamp()
-            records.append({
-                "key": jsonable(key), "value": jsonable(value), "topic": topic,
-                "partition": part, "offset": off, "timestamp": ts if ts_type else None,
-                "headers": headers_text(headers_tuple(m.headers()))})
-            acks.append((m, "ACCEPT"))
         try:
-            if dlq is not None:
-                dlq.wait()
-            uri, count = self._store(ctx, records)
+            uri, count, skipped = self._decode_store(ctx, [_raw(m) for m in held])
+        except TaskFailure as exc:
+            release()
+            raise TaskFailure(f"{exc} ({len(held)} records released for redelivery)"
+                              ) from None
         except Exception as exc:
-            raise release(f"kafka.Consume {self.id}: {exc}") from None
+            release()
+            raise TaskFailure(f"kafka.Consume {self.id}: {exc} ({len(held)} records released "
+                              "for redelivery)") from None
         sent: dict[str, int] = {}
-        for m, ack in acks:
+        for i, m in enumerate(held):
+            ack = "REJECT" if i in skipped else "ACCEPT"
             consumer.acknowledge(m, getattr(AcknowledgeType, ack))
             sent[ack] = sent.get(ack, 0) + 1
         errors = sum(1 for err in (consumer.commit_sync() or {}).values() if err is not None)
         if errors:
             ctx.log("WARNING", f"share group {self.groupId}: {errors} partitions refused "
                     "the acks (record locks ran out?): those records will be delivered again")
-        return {"uri": uri, "messagesCount": count, "skippedCount": sent.get("REJECT", 0),
+        return {"uri": uri, "messagesCount": count, "skippedCount": len(skipped),
                 "acks": sent, "ackErrors": errors}
+
+
+def _raw(m: Message) -> BatchRecord:
+    """A consumed message as a batch record tuple."""
+    ts_type, ts = m.timestamp()
+    return (m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value(),
+            ts if ts_type != 0 else None, headers_tuple(m.headers()))

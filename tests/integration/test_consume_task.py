@@ -142,3 +142,27 @@ def test_consume_share_group_acks_after_storing(
     doc = next(iter(latest_by_id(log_documents(bootstrap, log_topic)).values()))
     assert doc["taskRuns"][0]["outputs"]["messagesCount"] == 0
     assert doc["taskRuns"][0]["outputs"]["skippedCount"] == 0  # the REJECT was final
+
+
+def test_consume_dead_letters_a_malformed_record_with_its_headers(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    from tests.kafka_helpers import read_all
+
+    topic, dlq = new_topic(1), new_topic(1)
+    produce_json(bootstrap, topic, [{"id": i} for i in range(3)])
+    produce(bootstrap, topic, [b"{not json"], headers=[("trace", b"t-1")])
+    flow = tmp_path / "dlq.yaml"
+    flow.write_text(FLOW.format(topic=topic, group=f"g-{uuid.uuid4().hex[:8]}").replace(
+        "onSerdeError: SKIPPED", f"onSerdeError: DLQ\n    dlqTopic: {dlq}"))
+    log_topic = new_log_topic()
+    res = _run(flow, flow_env(bootstrap, log_topic, WAXFLOW_STORAGE=str(tmp_path / "ok")))
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = next(iter(latest_by_id(log_documents(bootstrap, log_topic)).values()))
+    out = doc["taskRuns"][0]["outputs"]
+    assert doc["state"] == "SUCCESS" and out["messagesCount"] == 3 and out["skippedCount"] == 1
+    [dead] = read_all(bootstrap, dlq)
+    headers = dict(dead.headers() or [])
+    assert dead.value() == b"{not json" and headers["trace"] == b"t-1"
+    assert headers["waxflow.source.topic"] == topic.encode()
+    assert headers["waxflow.source.offset"] == b"3"
