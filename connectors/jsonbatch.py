@@ -67,8 +67,8 @@ def _doubles(arr: pa.Array) -> list[pa.Array]:
     ty = arr.type
     if pa.types.is_floating(ty):
         return [arr]
-    if pa.types.is_struct(ty):
-        return [d for i in range(ty.num_fields) for d in _doubles(arr.field(i))]
+    if pa.types.is_struct(ty):  # flatten(): children with the struct's nulls applied
+        return [d for child in arr.flatten() for d in _doubles(child)]
     if pa.types.is_list(ty):
         return _doubles(arr.flatten())
     return []

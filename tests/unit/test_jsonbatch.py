@@ -151,3 +151,11 @@ def test_produce_reads_a_bulk_stored_batch(tmp_path: Path) -> None:
     assert batch is not None
     uri = Storage(str(tmp_path)).put_data("b.ion", batch.data)
     assert load_records(uri) == [decoded(r) for r in RECORDS]
+
+
+@pytest.mark.parametrize("bad", [b'{"n":{"x":NaN}}', b'{"l":[1.5,Infinity]}',
+                                 b'{"n":{"l":[{"x":18446744073709551616}]}}'])
+def test_nested_values_are_checked_too(bad: bytes) -> None:
+    records = [raw(0, b'{"n":{"x":1.5},"l":[2.5]}'), raw(1, bad), raw(2, b'{"n":null}')]
+    assert jsonbatch.encode(records) is None
+    assert jsonbatch.encode([records[0], records[2]]) is not None
