@@ -33,11 +33,11 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.kafka_config import require
 from connectors.kafka_source import (
-    HeaderPairs,
+    RecordFields,
     SourceStop,
     cluster_metadata,
     committed_offsets,
-    headers_tuple,
+    record_fields,
     start_offset,
 )
 
@@ -51,10 +51,8 @@ Positions = dict[str, int]  # "topic/partition" -> next offset to read
 #: 94k -> 155k records/s in the source alone)
 BULK_FETCH = {"max.partition.fetch.bytes": 8 << 20}
 
-#: ``(topic, partition, offset, key, value, timestamp, headers)``: a ``RawRecord``'s fields
-#: (``RawRecord(*rec)``) as a plain tuple, cheaper to build, and left alone by the garbage
-#: collector once it has seen it (a batch holds hundreds of thousands)
-BatchRecord = tuple[str, int, int, bytes | None, bytes | None, int | None, HeaderPairs]
+#: a buffered record: see ``connectors.kafka_source.RecordFields``
+BatchRecord = RecordFields
 
 
 @dataclass
@@ -177,10 +175,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
                 if err.fatal() or not err.retriable():
                     raise SourceStop(f"consumer error: {err.str()}")
                 continue
-            ts_type, ts = m.timestamp()
-            headers = m.headers()
-            rec = (m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value(),
-                   ts if ts_type != 0 else None, headers_tuple(headers) if headers else ())
+            rec = record_fields(m)
             if plan is not None and rec[2] >= plan.get(f"{rec[0]}/{rec[1]}", 0):
                 self._carry.append(rec)  # after the replayed batch: goes to the next one
                 continue

@@ -52,7 +52,7 @@ from connectors.kafka_source import (
     cluster_metadata,
     dlq_headers,
     headers_text,
-    headers_tuple,
+    record_fields,
     start_offset,
 )
 from connectors.serdes import SerdeError, deserializer
@@ -147,7 +147,7 @@ class Consume(TaskBase):
                         continue
                     raise TaskFailure(f"consumer error: {err.str()}")
                 last = time.monotonic()
-                rec = _raw(m)
+                rec = record_fields(m)
                 raws.append(rec)
                 tp, off = (rec[0], rec[1]), rec[2]
                 positions[tp] = off + 1
@@ -236,7 +236,7 @@ class Consume(TaskBase):
             consumer.commit_sync()
 
         try:
-            uri, count, skipped = self._decode_store(ctx, [_raw(m) for m in held])
+            uri, count, skipped = self._decode_store(ctx, [record_fields(m) for m in held])
         except TaskFailure as exc:
             release()
             raise TaskFailure(f"{exc} ({len(held)} records released for redelivery)"
@@ -256,10 +256,3 @@ class Consume(TaskBase):
                     "the acks (record locks ran out?): those records will be delivered again")
         return {"uri": uri, "messagesCount": count, "skippedCount": len(skipped),
                 "acks": sent, "ackErrors": errors}
-
-
-def _raw(m: Message) -> BatchRecord:
-    """A consumed message as a batch record tuple."""
-    ts_type, ts = m.timestamp()
-    return (m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value(),
-            ts if ts_type != 0 else None, headers_tuple(m.headers()))

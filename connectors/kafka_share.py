@@ -56,7 +56,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from connectors.kafka_config import ConfigConflict, require
-from connectors.kafka_source import RawRecord, SourceStop, headers_tuple
+from connectors.kafka_source import RawRecord, SourceStop, record_fields
 from operators.acks import AckType, decide
 from operators.deserialize import Decoded
 from operators.execution import Execution
@@ -272,10 +272,7 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
                                      f"{err.str()}")
                 LOG.warning("share consumer error in group %s: %s", self._group, err.str())
                 continue
-            ts_type, ts = m.timestamp()
-            rec = RawRecord(m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(),
-                            m.value(), ts if ts_type != 0 else None,
-                            headers_tuple(m.headers()), m.delivery_count(), self.id)
+            rec = RawRecord(*record_fields(m), m.delivery_count(), self.id)
             self._outstanding[(rec.topic, rec.partition, rec.offset)] = m
             out.append(rec)
         now = time.monotonic()

@@ -159,10 +159,11 @@ def _recalled(path: Path) -> _Entry | None:
     return hit if (st.st_size, st.st_mtime_ns) == hit[:2] else None
 
 
-def recalled_table(path: Path) -> pa.Table | None:
-    """The rows table this process stored with the file at ``path``, if still current."""
+def recalled(path: Path) -> tuple[list[dict[str, Any]] | None, pa.Table | None]:
+    """(records, rows table) this process stored with the file at ``path``, while the file
+    is unchanged (either may be None: nothing kept)."""
     hit = _recalled(path)
-    return hit[3] if hit is not None else None
+    return (hit[2], hit[3]) if hit is not None else (None, None)
 
 
 def _json_values(data: bytes) -> list[Any] | None:
@@ -186,18 +187,18 @@ def _json_values(data: bytes) -> list[Any] | None:
         return None
 
 
-def read_records(uri: str) -> Iterator[dict[str, Any]]:
-    """The records of a batch file, in stored order (callers must not mutate them)."""
-    path = local_path(uri)
-    hit = _recalled(path)
-    if hit is not None and hit[2] is not None:
-        yield from hit[2]
-        return
-    with path.open("rb") as fp:
-        data = fp.read()
+def parse_records(data: bytes) -> list[dict[str, Any]]:
+    """The records of a batch file's content (binary ION, or Ion text: JSON when written
+    by ``connectors.jsonbatch``)."""
     if not data.startswith(ION_BVM):
         values = _json_values(data)
         if values is not None:
-            yield from values
-            return
-    yield from read_stream(io.BytesIO(data))
+            return values
+    return list(read_stream(io.BytesIO(data)))
+
+
+def read_records(uri: str) -> Iterator[dict[str, Any]]:
+    """The records of a batch file, in stored order (callers must not mutate them)."""
+    path = local_path(uri)
+    records = recalled(path)[0]
+    yield from records if records is not None else parse_records(path.read_bytes())

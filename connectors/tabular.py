@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from connectors import jsonbatch
 from connectors.jsonbatch import META_COLUMNS
-from connectors.storage import ION_BVM, local_path, read_records, recalled_table
+from connectors.storage import ION_BVM, local_path, parse_records, read_records, recalled
 
 __all__ = ["META_COLUMNS", "rows", "to_ndjson", "to_parquet", "to_table"]
 
@@ -40,19 +40,19 @@ def rows(records: Iterable[dict[str, Any]], metadata: bool = True) -> Iterator[d
 
 
 def to_table(uri: str, metadata: bool = True, schema: pa.Schema | None = None) -> pa.Table:
-    """The batch file at ``uri`` as an Arrow table."""
-    if schema is None:
-        path = local_path(uri)
-        table = recalled_table(path)
-        if table is not None:
-            return table if metadata else table.drop_columns(list(META_COLUMNS))
-        with path.open("rb") as fp:
-            data = fp.read()
-        if data and not data.startswith(ION_BVM):
+    """The batch file at ``uri`` as an Arrow table (the file is read, or downloaded, once)."""
+    path = local_path(uri)
+    records, table = recalled(path)
+    if table is not None and schema is None:
+        return table if metadata else table.drop_columns(list(META_COLUMNS))
+    if records is None:
+        data = path.read_bytes()
+        if schema is None and data and not data.startswith(ION_BVM):
             table = jsonbatch.read_table(data, metadata)
             if table is not None:
                 return table
-    items = list(rows(read_records(uri), metadata))
+        records = parse_records(data)
+    items = list(rows(records, metadata))
     if not items:
         return pa.Table.from_pylist([], schema=schema) if schema is not None else pa.table({})
     if schema is not None:

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from connectors.kafka_config import client_conf
 from connectors.kafka_output import KafkaOutput
-from connectors.kafka_source import RawRecord, headers_tuple
+from connectors.kafka_source import RawRecord, record_fields
 from connectors.storage import Storage
 from dataflows.compiler import build_runner, trigger_deserializer
 from dataflows.errors import FlowError, Problem
@@ -146,9 +146,7 @@ def fetch_record(flow: FlowBase, topic: str, partition: int, offset: int,
             why = err.str() if err is not None else "not found"
             raise LookupError(f"record {topic}/{partition}@{offset} cannot be read ({why}); "
                               "it may have been deleted by retention")
-        ts_type, ts = msg.timestamp()
-        return RawRecord(topic, partition, offset, msg.key(), msg.value(),
-                         ts if ts_type != 0 else None, headers_tuple(msg.headers()))
+        return RawRecord(*record_fields(msg))
     finally:
         consumer.close()
 
