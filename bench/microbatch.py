@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -62,7 +61,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,34 +71,27 @@ BENCH = Path(__file__).resolve().parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchkit import (  # noqa: E402
+    PARTITIONS,
+    Resources,
+    child_cpu,
+    load,
+    produce_all,
+    record,
+)
 from confluent_kafka import (  # noqa: E402
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
-    Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # noqa: E402
 
 from connectors.kafka_batch import BULK_FETCH  # noqa: E402
 
 WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
-PARTITIONS = 3
-LOG_PARTITIONS = 6
 IDLE = 2.0
 TARGETS = ("ion", "parquet", "duckdb")
-
-
-def record(i: int) -> bytes:
-    """One ~200-byte JSON record."""
-    doc = {"id": i, "type": "refund" if i % 4 == 3 else "order",
-           "customer": f"cust-{i % 10007:05d}", "amount": round(10 + (i % 9973) * 0.37, 2),
-           "qty": 1 + i % 5, "currency": "EUR", "country": "DE", "sku": f"sku-{i % 997:06d}",
-           "ts": "2024-05-01T12:00:00.000Z", "note": ""}
-    raw = json.dumps(doc, separators=(",", ":"))
-    doc["note"] = "x" * max(0, 200 - len(raw))
-    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 # --------------------------------------------------------------------------- the Parquet task
@@ -159,77 +151,6 @@ tasks:
 
 
 # --------------------------------------------------------------------------- kafka helpers
-@dataclass
-class Resources:
-    """Everything this run created on the broker, deleted at the end."""
-
-    admin: AdminClient
-    topics: list[str] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
-    def name(self, kind: str) -> str:
-        return f"bench-mb-{kind}-{self.run_id}-{uuid.uuid4().hex[:4]}"
-
-    def group(self, kind: str) -> str:
-        g = self.name(f"g-{kind}")
-        self.groups.append(g)
-        return g
-
-    def create(self, topic: str, partitions: int, config: dict[str, str] | None = None) -> str:
-        self.topics.append(topic)
-        self.admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})]
-                                 )[topic].result(timeout=30)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            md = self.admin.list_topics(topic, timeout=5).topics.get(topic)
-            if md and md.error is None and len(md.partitions) == partitions and all(
-                    p.leader >= 0 for p in md.partitions.values()):
-                return topic
-            time.sleep(0.1)
-        raise TimeoutError(f"topic {topic} not ready")
-
-    def log_topic(self, kind: str) -> str:
-        """An execution-log topic as ``ensure_topic`` would create it (it then leaves it)."""
-        return self.create(self.name(f"log-{kind}"), LOG_PARTITIONS, {
-            "cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * 24 * 3600 * 1000),
-            "segment.ms": str(3600 * 1000), "message.timestamp.type": "LogAppendTime"})
-
-    def cleanup(self) -> None:
-        if self.topics:
-            for t, fut in self.admin.delete_topics(self.topics).items():
-                try:
-                    fut.result(timeout=30)
-                except KafkaException as exc:
-                    print(f"  (could not delete topic {t}: {exc})")
-        if self.groups:
-            for g, fut in self.admin.delete_consumer_groups(self.groups).items():
-                try:
-                    fut.result(timeout=30)
-                except KafkaException as exc:
-                    if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-                        print(f"  (could not delete group {g}: {exc})")
-
-
-def produce_all(bootstrap: str, topic: str, n: int) -> float:
-    """Produce ``n`` records round-robin over the partitions; returns seconds taken."""
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                  "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
-    start = time.perf_counter()
-    for i in range(n):
-        while True:
-            try:
-                p.produce(topic, value=record(i), key=str(i).encode(), partition=i % PARTITIONS)
-                break
-            except BufferError:
-                p.poll(0.01)
-        if i % 10000 == 0:
-            p.poll(0)
-    if p.flush(120) != 0:
-        raise RuntimeError("input records not delivered")
-    return time.perf_counter() - start
-
-
 def read_log(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every document of an execution-log topic."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex}",
@@ -259,15 +180,6 @@ def read_log(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     finally:
         c.close()
     return docs
-
-
-def load() -> str:
-    return f"{os.getloadavg()[0]:.1f}"
-
-
-def child_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def ts(text: str) -> float:
@@ -470,7 +382,7 @@ def main() -> int:
     if unknown := set(targets) - set(TARGETS):
         ap.error(f"unknown targets {sorted(unknown)}")
     n, bootstrap = args.records, args.bootstrap
-    res = Resources(AdminClient({"bootstrap.servers": bootstrap}))
+    res = Resources(AdminClient({"bootstrap.servers": bootstrap}), "bench-mb")
     print(f"micro-batch bench: {n:,} records x {len(record(12345))} B JSON, {PARTITIONS} "
           f"partitions, kafka.Trigger interval {args.interval} maxRecords {args.max_records:,}, "
           f"broker {bootstrap}, {os.cpu_count()} CPUs, load {load()}, run {res.run_id}")

@@ -42,14 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +56,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import benchkit  # noqa: E402
+from benchkit import PARTITIONS, Resources, child_cpu  # noqa: E402
 from confluent_kafka import (  # noqa: E402
     Consumer,
     KafkaError,
-    KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # noqa: E402
 
 WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
-PARTITIONS = 3
 IDLE = 2.0
 HEADER = ("waxflow.execution.id", b"0" * 32)
 
@@ -104,71 +103,14 @@ tasks:
 """
 
 
-@dataclass
-class Resources:
-    """Everything this run created on the broker, deleted at the end."""
-
-    admin: AdminClient
-    topics: list[str] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
-    def name(self, kind: str) -> str:
-        return f"bench-produce-{kind}-{self.run_id}-{uuid.uuid4().hex[:4]}"
-
-    def group(self, kind: str) -> str:
-        g = self.name(f"g-{kind}")
-        self.groups.append(g)
-        return g
-
-    def create(self, kind: str, partitions: int, config: dict[str, str] | None = None) -> str:
-        topic = self.name(kind)
-        self.topics.append(topic)
-        self.admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})]
-                                 )[topic].result(timeout=30)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            md = self.admin.list_topics(topic, timeout=5).topics.get(topic)
-            if md and md.error is None and len(md.partitions) == partitions and all(
-                    p.leader >= 0 for p in md.partitions.values()):
-                return topic
-            time.sleep(0.1)
-        raise TimeoutError(f"topic {topic} not ready")
-
-    def output(self, kind: str) -> str:
-        return self.create(f"out-{kind}", PARTITIONS,
-                           {"message.timestamp.type": "LogAppendTime"})
-
-    def cleanup(self) -> None:
-        if self.topics:
-            for t, fut in self.admin.delete_topics(self.topics).items():
-                try:
-                    fut.result(timeout=30)
-                except KafkaException as exc:
-                    print(f"  (could not delete topic {t}: {exc})")
-        if self.groups:
-            for g, fut in self.admin.delete_consumer_groups(self.groups).items():
-                try:
-                    fut.result(timeout=30)
-                except KafkaException as exc:
-                    if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-                        print(f"  (could not delete group {g}: {exc})")
+def output_topic(res: Resources, kind: str) -> str:
+    """A fresh output topic whose records carry the broker's append time."""
+    return res.create(res.name(f"out-{kind}"), PARTITIONS,
+                      {"message.timestamp.type": "LogAppendTime"})
 
 
 def produce_input(bootstrap: str, topic: str, n: int) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                  "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
-    for i in range(n):
-        while True:
-            try:
-                p.produce(topic, value=record(i), key=f"k{i}".encode(), partition=i % PARTITIONS)
-                break
-            except BufferError:
-                p.poll(0.01)
-        if i % 10000 == 0:
-            p.poll(0)
-    if p.flush(60) != 0:
-        raise RuntimeError("input records not delivered")
+    benchkit.produce_all(bootstrap, topic, n, value=record, key=lambda i: f"k{i}".encode())
 
 
 @dataclass
@@ -252,15 +194,10 @@ class Result:
               f"= {self.records / busy:,.0f}/s{cpu} | output {ok}")
 
 
-def child_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def run_waxflow(res: Resources, bootstrap: str, src: str, n: int, tmp: Path,
                 transactional: bool, workers: int, concurrency: int) -> Result:
     kind = "txn" if transactional else "plain"
-    dst, group, log = res.output(kind), res.group(kind), res.name(f"log-{kind}")
+    dst, group, log = output_topic(res, kind), res.group(kind), res.name(f"log-{kind}")
     res.topics.append(log)  # created by the job (ensure_topic); deleted at the end
     flow = tmp / f"flow-{kind}.yaml"
     flow.write_text(flow_yaml(src, dst, group, transactional, concurrency))
@@ -280,7 +217,7 @@ def run_waxflow(res: Resources, bootstrap: str, src: str, n: int, tmp: Path,
 
 
 def run_raw_producer(res: Resources, bootstrap: str, n: int) -> Result:
-    dst = res.output("raw")
+    dst = output_topic(res, "raw")
     pairs = [(f"k{i}".encode(), record(i)) for i in range(n)]
     errors: list[str] = []
 
@@ -309,7 +246,7 @@ def run_raw_producer(res: Resources, bootstrap: str, n: int) -> Result:
 
 
 def run_raw_consume_produce(res: Resources, bootstrap: str, src: str, n: int) -> Result:
-    dst, group = res.output("rawtxn"), res.group("rawtxn")
+    dst, group = output_topic(res, "rawtxn"), res.group("rawtxn")
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
                          "isolation.level": "read_committed"})
@@ -367,14 +304,14 @@ def main() -> int:
     ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
     args = ap.parse_args()
     n = args.records
-    res = Resources(AdminClient({"bootstrap.servers": args.bootstrap}))
+    res = Resources(AdminClient({"bootstrap.servers": args.bootstrap}), "bench-produce")
     print(f"kafka.Produce bench: {n:,} records x ~{len(record(12345))} B, {PARTITIONS} "
           f"partitions, broker {args.bootstrap}, {os.cpu_count()} CPUs, waxflow -w "
           f"{args.workers}, maxConcurrency {args.concurrency}, run {res.run_id}")
     tmp = Path(tempfile.mkdtemp(prefix="waxflow-bench-produce-"))
     rounds: list[dict[str, Result]] = []
     try:
-        src = res.create("in", PARTITIONS)
+        src = res.create(res.name("in"), PARTITIONS)
         produce_input(args.bootstrap, src, n)
         for r in range(args.repeat):
             if args.repeat > 1:

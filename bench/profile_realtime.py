@@ -34,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realtime
+from benchkit import table
 from confluent_kafka.admin import AdminClient
 
 
@@ -101,18 +102,6 @@ def report_gc(pauses: dict[int, list[tuple[float, float, int]]]) -> None:
               f"{sum(r[2] for r in runs):,} objects collected")
 
 
-def where(key: tuple[str, int, str]) -> str:
-    file, line, func = key
-    if file == "~":
-        return func
-    parts = Path(file).parts
-    for anchor in ("site-packages", "main", "python3.11"):
-        if anchor in parts:
-            idx = len(parts) - 1 - parts[::-1].index(anchor)
-            return f"{'/'.join(parts[idx + 1:])}:{line}({func})"
-    return f"{file}:{line}({func})"
-
-
 def module_of(key: tuple[str, int, str]) -> str:
     file, _, func = key
     if file == "~":
@@ -130,14 +119,6 @@ def module_of(key: tuple[str, int, str]) -> str:
         i = len(parts) - 1 - parts[::-1].index("main")
         return "/".join(parts[i + 1:])
     return "stdlib " + Path(file).stem
-
-
-def table(st: pstats.Stats, total: float, sort: int, top: int, title: str) -> None:
-    rows = sorted(st.stats.items(), key=lambda kv: kv[1][sort], reverse=True)[:top]  # type: ignore[attr-defined]
-    print(f"\n{title}")
-    print(f"  {'self%':>6} {'cum%':>6} {'self s':>7} {'cum s':>7} {'calls':>9}  function")
-    for key, (_cc, nc, tt, ct, _callers) in rows:
-        print(f"  {tt / total:6.1%} {ct / total:6.1%} {tt:7.2f} {ct:7.2f} {nc:9,}  {where(key)}")
 
 
 def components(args: argparse.Namespace) -> int:

@@ -57,7 +57,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -74,19 +73,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import benchkit  # noqa: E402
+from benchkit import PARTITIONS, Resources, child_cpu, load, record  # noqa: E402
 from confluent_kafka import (  # noqa: E402
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
 
 WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
-PARTITIONS = 3
-LOG_PARTITIONS = 6
 IDLE = 2.0
 
 # The two-task flow: Switch (1 template) -> Set in each case (2 templates).
@@ -128,90 +126,9 @@ def flow_yaml(topic: str, group: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(i: int) -> bytes:
-    """One ~200-byte JSON record; 3 in 4 are orders, 1 in 4 refunds."""
-    doc = {
-        "id": i, "type": "refund" if i % 4 == 3 else "order",
-        "customer": f"cust-{i % 10007:05d}", "amount": round(10 + (i % 9973) * 0.37, 2),
-        "qty": 1 + i % 5, "currency": "EUR", "country": "DE", "sku": f"sku-{i % 997:06d}",
-        "ts": "2024-05-01T12:00:00.000Z", "note": "",
-    }
-    raw = json.dumps(doc, separators=(",", ":"))
-    doc["note"] = "x" * max(0, 200 - len(raw))
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
-# --------------------------------------------------------------------------- kafka helpers
-@dataclass
-class Resources:
-    """Everything this run created on the broker, deleted at the end."""
-
-    admin: AdminClient
-    topics: list[str] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
-    def name(self, kind: str) -> str:
-        return f"bench-{kind}-{self.run_id}-{uuid.uuid4().hex[:4]}"
-
-    def group(self, kind: str) -> str:
-        g = self.name(f"g-{kind}")
-        self.groups.append(g)
-        return g
-
-    def create(self, topic: str, partitions: int, config: dict[str, str] | None = None) -> str:
-        self.topics.append(topic)
-        self.admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})]
-                                 )[topic].result(timeout=30)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            md = self.admin.list_topics(topic, timeout=5).topics.get(topic)
-            if md and md.error is None and len(md.partitions) == partitions and all(
-                    p.leader >= 0 for p in md.partitions.values()):
-                return topic
-            time.sleep(0.1)
-        raise TimeoutError(f"topic {topic} not ready")
-
-    def log_topic(self, kind: str) -> str:
-        """A log topic as ensure_topic would create it, plus LogAppendTime timestamps."""
-        return self.create(self.name(f"log-{kind}"), LOG_PARTITIONS, {
-            "cleanup.policy": "compact", "min.compaction.lag.ms": str(7 * 24 * 3600 * 1000),
-            "segment.ms": str(3600 * 1000), "message.timestamp.type": "LogAppendTime"})
-
-    def cleanup(self) -> None:
-        if self.topics:
-            for t, fut in self.admin.delete_topics(self.topics).items():
-                try:
-                    fut.result(timeout=30)
-                except KafkaException as exc:
-                    print(f"  (could not delete topic {t}: {exc})")
-        if self.groups:
-            for g, fut in self.admin.delete_consumer_groups(self.groups).items():
-                try:
-                    fut.result(timeout=30)
-                except KafkaException as exc:
-                    if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-                        print(f"  (could not delete group {g}: {exc})")
-
-
 def produce_all(bootstrap: str, topic: str, n: int, key_prefix: str = "") -> float:
-    """Produce ``n`` records round-robin over the partitions; returns seconds taken."""
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                  "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
-    start = time.perf_counter()
-    for i in range(n):
-        while True:
-            try:
-                p.produce(topic, value=record(i), key=f"{key_prefix}{i}".encode(),
-                          partition=i % PARTITIONS)
-                break
-            except BufferError:
-                p.poll(0.01)
-        if i % 10000 == 0:
-            p.poll(0)
-    if p.flush(60) != 0:
-        raise RuntimeError("input records not delivered")
-    return time.perf_counter() - start
+    """``benchkit.produce_all`` with keys ``<key_prefix><i>``."""
+    return benchkit.produce_all(bootstrap, topic, n, key=lambda i: f"{key_prefix}{i}".encode())
 
 
 def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float,
@@ -298,16 +215,6 @@ def scan_log(bootstrap: str, topic: str, keep_docs: bool = False) -> LogScan:
     return out
 
 
-def load() -> str:
-    return f"{os.getloadavg()[0]:.1f}"
-
-
-def child_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-# --------------------------------------------------------------------------- contenders
 def waxflow_cmd(flow_path: Path, idle: float) -> list[str]:
     return [WAXFLOW, "run", str(flow_path), "--stop-when-idle", str(idle), "-w", "1"]
 
