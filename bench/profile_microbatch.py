@@ -229,8 +229,7 @@ def components(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from connectors import jsonbatch
-    from connectors.kafka_batch import BatchRecord
-    from connectors.kafka_source import RawRecord, headers_text
+    from connectors.kafka_source import RawRecord, RecordFields, headers_text
     from connectors.serdes import deserializer
     from connectors.storage import Storage
     from connectors.tabular import to_table
@@ -248,7 +247,7 @@ def components(args: argparse.Namespace) -> int:
         return out
 
     try:
-        recs: list[BatchRecord] = [("topic", i % 3, i // 3, str(i).encode(),
+        recs: list[RecordFields] = [("topic", i % 3, i // 3, str(i).encode(),
                                     microbatch.record(i), 1_700_000_000_000 + i, ())
                                    for i in range(n)]
         storage = Storage(str(tmp / "storage"))

@@ -32,8 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from connectors.kafka_batch import BatchRecord
-from connectors.kafka_source import headers_text
+from connectors.kafka_source import RecordFields, headers_text
 
 META_COLUMNS = ("_topic", "_partition", "_offset", "_timestamp", "_key")
 _FIELDS = ("topic", "partition", "offset", "timestamp", "key")
@@ -144,7 +143,7 @@ def _keys(raw: list[bytes | None]) -> tuple[bytes, list[bytes], pa.Array] | None
     return b"%s", pieces, pa.array(texts)
 
 
-def encode(records: Sequence[BatchRecord]) -> JsonBatch | None:
+def encode(records: Sequence[RecordFields]) -> JsonBatch | None:
     """The batch as an Ion-text file and rows table, or None (see the module doc).
 
     Each value is proven to be exactly one JSON object, so it can be copied into its line

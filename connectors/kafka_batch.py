@@ -51,15 +51,12 @@ Positions = dict[str, int]  # "topic/partition" -> next offset to read
 #: 94k -> 155k records/s in the source alone)
 BULK_FETCH = {"max.partition.fetch.bytes": 8 << 20}
 
-#: a buffered record: see ``connectors.kafka_source.RecordFields``
-BatchRecord = RecordFields
-
 
 @dataclass
 class Batch:
     """Records cut into one batch, with the offset range read per partition."""
 
-    records: list[BatchRecord] = field(default_factory=list)
+    records: list[RecordFields] = field(default_factory=list)
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # first, last
     ends: Positions = field(default_factory=dict)  # next offset per partition after it
 
@@ -93,7 +90,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         # at most one batch per epoch: the next one is cut only after the snapshot that
         # follows the previous one, so its start positions are already requested for commit
         self._awaiting_snapshot = False
-        self._carry: list[BatchRecord] = []
+        self._carry: list[RecordFields] = []
         self._consumer.assign(assign)
         self._buffer = Batch()
         self._opened: float | None = None  # when the buffer got its first record
@@ -165,7 +162,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         # buffered would be skipped while a later offset of its partition is committed
         msgs = self._consumer.consume(room, 0) if room > 0 else []
         plan = self._plan
-        new: list[BatchRecord] = []
+        new: list[RecordFields] = []
         carried = len(self._carry)
         for m in msgs:
             err = m.error()
@@ -186,7 +183,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
             self._add(new)
         return len(msgs)
 
-    def _add(self, recs: list[BatchRecord]) -> None:
+    def _add(self, recs: list[RecordFields]) -> None:
         """Append records (in consumed order) to the buffer and extend its offset ranges."""
         buf = self._buffer
         buf.records.extend(recs)

@@ -45,10 +45,10 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from connectors import jsonbatch
 from connectors.deliveries import Deliveries
-from connectors.kafka_batch import BatchRecord
 from connectors.kafka_config import client_conf, refuse_for_share
 from connectors.kafka_share import configure_group, split_conf
 from connectors.kafka_source import (
+    RecordFields,
     cluster_metadata,
     dlq_headers,
     headers_text,
@@ -128,7 +128,7 @@ class Consume(TaskBase):
                 starts[(topic, p)] = start if start >= 0 else low
                 assign.append(TopicPartition(topic, p, start))
         consumer.assign(assign)
-        raws: list[BatchRecord] = []
+        raws: list[RecordFields] = []
         positions: dict[tuple[str, int], int] = {}
         started = last = time.monotonic()
         todo = {tp for tp, end in ends.items() if end > starts[tp]}
@@ -160,7 +160,7 @@ class Consume(TaskBase):
         return {"uri": uri, "messagesCount": count, "skippedCount": len(skipped),
                 "offsets": {f"{t}/{p}": o for (t, p), o in sorted(positions.items())}}
 
-    def _decode_store(self, ctx: RunContext, raws: list[BatchRecord]
+    def _decode_store(self, ctx: RunContext, raws: list[RecordFields]
                       ) -> tuple[str, int, set[int]]:
         """Store the records as one batch file; return (URI, records stored, indexes of the
         records left out by onSerdeError). JSON values with STRING keys go through

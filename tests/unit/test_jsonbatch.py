@@ -13,19 +13,18 @@ from amazon.ion import simpleion
 
 from connectors import jsonbatch, storage
 from connectors.ion import to_python
-from connectors.kafka_batch import BatchRecord
-from connectors.kafka_source import RawRecord, headers_text
+from connectors.kafka_source import RawRecord, RecordFields, headers_text
 from connectors.storage import Storage, read_records
 from connectors.tabular import rows, to_table
 
 
 def raw(i: int, value: bytes | None, key: bytes | None = None,
-        headers: tuple[tuple[str, bytes | None], ...] = ()) -> BatchRecord:
+        headers: tuple[tuple[str, bytes | None], ...] = ()) -> RecordFields:
     return ("orders", i % 3, 100 + i, key if key is not None else str(i).encode(),
             value, 1_700_000_000_000 + i, headers)
 
 
-def decoded(fields: BatchRecord) -> dict[str, Any]:
+def decoded(fields: RecordFields) -> dict[str, Any]:
     """What the record-by-record path stores for a JSON value with a STRING key."""
     r = RawRecord(*fields)
     return {"key": None if r.key is None else r.key.decode(),
@@ -34,7 +33,7 @@ def decoded(fields: BatchRecord) -> dict[str, Any]:
             "timestamp": r.timestamp, "headers": headers_text(r.headers)}
 
 
-def reference(records: list[BatchRecord]) -> pa.Table:
+def reference(records: list[RecordFields]) -> pa.Table:
     """The table of the decoded records, value fields first (as connectors.tabular)."""
     table = pa.Table.from_struct_array(pa.array(list(rows(decoded(r) for r in records))))
     meta = [n for n in table.column_names if n.startswith("_")]
@@ -111,7 +110,7 @@ def test_invalid_utf8_key_falls_back() -> None:
 
 
 def test_records_of_several_topics_and_without_timestamps() -> None:
-    records: list[BatchRecord] = [("a%b", 0, 1, b"k", b'{"x":1}', None, ()),
+    records: list[RecordFields] = [("a%b", 0, 1, b"k", b'{"x":1}', None, ()),
                                   ("other", 1, 2, None, b'{"x":2}', 5, (("h", b"v"),))]
     batch = jsonbatch.encode(records)
     assert batch is not None
@@ -121,7 +120,7 @@ def test_records_of_several_topics_and_without_timestamps() -> None:
 
 
 def test_null_keys_and_timestamps_type_like_the_decode() -> None:
-    records: list[BatchRecord] = [("t", 0, i, None, b'{"a":%d}' % i, None, ()) for i in range(3)]
+    records: list[RecordFields] = [("t", 0, i, None, b'{"a":%d}' % i, None, ()) for i in range(3)]
     batch = jsonbatch.encode(records)
     assert batch is not None
     assert batch.table.equals(reference(records))
