@@ -5,6 +5,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY waxflow waxflow
 COPY dataflows dataflows
 COPY operators operators
 COPY connectors connectors

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dataflows.expressions import Expressions, Secrets
+from waxflow.expressions import Expressions, Secrets
 
 
 def _rate(fn: Callable[[dict[str, Any]], Any], ctxs: list[dict[str, Any]]) -> float:

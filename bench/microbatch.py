@@ -10,7 +10,7 @@ One run, everything on fresh topics / consumer groups / log topics (deleted at t
    3-partition topic, *before* anything is timed.
 2. **raw consume** (the floor of any batch pipeline): a plain confluent-kafka ``Consumer``
    (fresh group, the trigger's settings: ``read_committed``, ``earliest``, no auto commit,
-   ``connectors.kafka_batch.BULK_FETCH``),
+   ``waxflow.connectors.kafka_batch.BULK_FETCH``),
    ``consume(--raw-batch, 0.5 s)`` in a loop, ``json.loads`` of every value, the decoded values
    kept in a list that is dropped every ``--max-records`` records (a batch pipeline holds its
    batch). Rate = records / (first record returned -> last record returned): connection and
@@ -22,7 +22,7 @@ One run, everything on fresh topics / consumer groups / log topics (deleted at t
    * ``ion``: the trigger alone (decode, store the ION file, RUNNING + terminal documents) with
      one trivial ``core.Set`` task: the cost the two targets below share;
    * ``parquet``: a ``core.Python`` task, :func:`parquet_task` below, that converts
-     ``trigger.uri`` to Parquet with ``connectors.tabular.to_parquet`` (one file per batch,
+     ``trigger.uri`` to Parquet with ``waxflow.connectors.tabular.to_parquet`` (one file per batch,
      named by the execution id);
    * ``duckdb``: ``duckdb.Load`` of ``trigger.uri`` into a fresh table, mode ``APPEND``.
 
@@ -87,7 +87,7 @@ from confluent_kafka import (  # noqa: E402
 )
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # noqa: E402
 
-from connectors.kafka_batch import BULK_FETCH  # noqa: E402
+from waxflow.connectors.kafka_batch import BULK_FETCH  # noqa: E402
 
 WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
 IDLE = 2.0
@@ -99,7 +99,7 @@ def parquet_task(context: Any, uri: str, dest: str) -> dict[str, Any]:
     """``core.Python`` task of the parquet target: the stored batch as one Parquet file."""
     import pyarrow.parquet as pq
 
-    from connectors.tabular import to_parquet
+    from waxflow.connectors.tabular import to_parquet
 
     path = to_parquet(uri, Path(dest))
     return {"path": str(path), "rows": pq.read_metadata(path).num_rows}

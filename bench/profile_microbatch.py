@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/profile_microbatch.py [--records 400000] [--max-re
 ``.venv/bin/python bench/profile_microbatch.py --components [--records 200000]``.
 
 Profile mode: the flow of bench/microbatch.py for ``--target`` runs in this process exactly
-as ``waxflow run FLOW --stop-when-idle 2 -w 1`` does (``dataflows.load_flow`` + Bytewax's
+as ``waxflow run FLOW --stop-when-idle 2 -w 1`` does (``waxflow.dataflows.load_flow`` + Bytewax's
 single-worker ``run_main``, 200 ms epochs) on a fresh topic / group / log topic (deleted at
 the end). cProfile runs on the Bytewax worker thread (which is also where the tasks run: no
 task has a timeout) with a **CPU-time** timer (``time.thread_time``), so percentages are of
@@ -17,7 +17,7 @@ each, Bytewax waits until ``next_awake()``, 20 ms later) and the records they re
 
 Components mode (no Kafka, no Bytewax, no profiler): one batch of ``--records`` synthetic
 records (the bench's ~200-byte JSON) through each stage of the product code, timed (wall
-and this thread's CPU): the bulk path (``connectors.jsonbatch``) and the record-by-record
+and this thread's CPU): the bulk path (``waxflow.connectors.jsonbatch``) and the record-by-record
 path it falls back to, then the Parquet and DuckDB targets.
 """
 
@@ -75,10 +75,10 @@ STAGES = [  # (label, function key suffix) measured by cumulative time
     ("  jsonable() (recursive copy of each value)", "(jsonable)"),
     ("  Storage.put_records (ION write: simpleion.dumps + fsync)", "(put_records)"),
     ("  Engine.run (the tasks)", "operators/engine.py"),
-    ("    connectors.storage.read_records (ION read)", "(read_records)"),
-    ("      connectors.ion.to_python (IonPy -> plain values)", "(to_python)"),
-    ("    connectors.tabular.rows", "(rows)"),
-    ("    connectors.tabular.to_table (read + rows + from_pylist)", "(to_table)"),
+    ("    waxflow.connectors.storage.read_records (ION read)", "(read_records)"),
+    ("      waxflow.connectors.ion.to_python (IonPy -> plain values)", "(to_python)"),
+    ("    waxflow.connectors.tabular.rows", "(rows)"),
+    ("    waxflow.connectors.tabular.to_table (read + rows + from_pylist)", "(to_table)"),
     ("    pyarrow.parquet.write_table", "(write_table)"),
     ("    duckdb.Load.run (to_table + DuckDB)", "connectors/duckdb.py"),
     ("  LogBatch.write / wait (execution documents)", "(write)"),
@@ -114,7 +114,7 @@ class SourceStats:
 
 def instrument_source(whatif_awake: bool) -> SourceStats:
     """Count next_batch calls that emit nothing (each is followed by a 20 ms pause)."""
-    from connectors import kafka_batch
+    from waxflow.connectors import kafka_batch
 
     stats = SourceStats()
     cls = kafka_batch._BatchPartition
@@ -159,7 +159,7 @@ def profile(args: argparse.Namespace) -> int:
 
         from bytewax.testing import run_main
 
-        from dataflows import load_flow
+        from waxflow.dataflows import load_flow
 
         flow = load_flow(str(flow_path), stop_when_idle=microbatch.IDLE)
         src = instrument_source(args.whatif_awake)
@@ -228,12 +228,12 @@ def components(args: argparse.Namespace) -> int:
     import duckdb
     import pyarrow.parquet as pq
 
-    from connectors import jsonbatch
-    from connectors.kafka_source import RawRecord, RecordFields, headers_text
-    from connectors.serdes import deserializer
-    from connectors.storage import Storage
-    from connectors.tabular import to_table
-    from operators.deserialize import decode
+    from waxflow.connectors import jsonbatch
+    from waxflow.connectors.serdes import deserializer
+    from waxflow.connectors.storage import Storage
+    from waxflow.connectors.tabular import to_table
+    from waxflow.operators.deserialize import decode
+    from waxflow.records import RawRecord, RecordFields, headers_text
 
     n = args.records
     tmp = Path(tempfile.mkdtemp(prefix="waxflow-comp-mb-"))
@@ -253,7 +253,7 @@ def components(args: argparse.Namespace) -> int:
         storage = Storage(str(tmp / "storage"))
         timed("[floor] json.loads of each value", lambda: [json.loads(r[4]) for r in recs])
 
-        # the bulk path (operators.microbatch for JSON values with STRING keys)
+        # the bulk path (waxflow.operators.microbatch for JSON values with STRING keys)
         bulk = timed("bulk: jsonbatch.encode (one pyarrow parse + Ion-text lines)",
                      lambda: jsonbatch.encode(recs))
         timed("  of which jsonbatch.parse of the values", lambda: jsonbatch.parse(

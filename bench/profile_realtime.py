@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/profile_realtime.py [--records 50000] [--no-profile]``.
 
-The job is the same as ``waxflow run FLOW --stop-when-idle 2 -w 1`` (``dataflows.load_flow``
+The job is the same as ``waxflow run FLOW --stop-when-idle 2 -w 1`` (``waxflow.dataflows.load_flow``
 plus Bytewax's single-worker ``run_main`` in this thread, 200 ms epochs), on fresh topics and
 group (deleted at the end). cProfile runs with a **per-thread CPU-time timer**
 (``time.thread_time``), on the main thread (Bytewax worker: source, deserialize, execute
@@ -129,12 +129,12 @@ def components(args: argparse.Namespace) -> int:
     timed separately (ExecuteBatch on 500-record batches with the flow's pool of 64 threads
     vs a pool of 1).
     """
-    from connectors.kafka_source import RawRecord
-    from connectors.serdes import deserializer
-    from dataflows.compiler import build_runner
-    from dataflows.spec import parse_flow
-    from operators.deserialize import decode
-    from operators.retry import RetryPolicy
+    from waxflow.connectors.serdes import deserializer
+    from waxflow.dataflows.compiler import build_runner
+    from waxflow.dataflows.spec import parse_flow
+    from waxflow.operators.deserialize import decode
+    from waxflow.records import RawRecord
+    from waxflow.retry import RetryPolicy
 
     n = args.records
     bootstrap = args.bootstrap
@@ -259,7 +259,7 @@ def main() -> int:
 
         from bytewax.testing import run_main
 
-        from dataflows import load_flow
+        from waxflow.dataflows import load_flow
 
         flow = load_flow(str(flow_path), stop_when_idle=realtime.IDLE)
         pool_profiles = [] if args.no_profile else install_pool_profiling()

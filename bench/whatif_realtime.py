@@ -70,8 +70,8 @@ DEFAULT_LATENCY = "base,gconly,gcfreeze"
 
 # --------------------------------------------------------------------------- prototypes
 def patch_retry() -> None:
-    import operators.engine as engine_mod
-    from operators.retry import RetryPolicy
+    import waxflow.operators.engine as engine_mod
+    from waxflow.retry import RetryPolicy
 
     cache: dict[int, RetryPolicy] = {}
 
@@ -85,10 +85,10 @@ def patch_retry() -> None:
 
 
 def patch_inline(write_running: bool = True) -> None:
-    from operators.execute import ExecuteBatch
+    from waxflow.operators.execute import ExecuteBatch
 
     if not hasattr(ExecuteBatch, "_run_batch") or not hasattr(ExecuteBatch, "run_one"):
-        raise RuntimeError("operators.execute changed: update bench/whatif_realtime.py")
+        raise RuntimeError("waxflow.operators.execute changed: update bench/whatif_realtime.py")
 
     class _SkipRunning:
         """Passes a record's documents on, except its first (RUNNING) one."""
@@ -117,11 +117,11 @@ def patch_inline(write_running: bool = True) -> None:
 
 
 def patch_logbatch() -> None:
-    import connectors.deliveries as dv
+    import waxflow.connectors.deliveries as dv
 
     D = dv.Deliveries
     if not hasattr(D, "_on_delivery"):
-        raise RuntimeError("connectors.deliveries changed: update bench/whatif_realtime.py")
+        raise RuntimeError("waxflow.connectors.deliveries changed: update bench/whatif_realtime.py")
 
     def __init__(self: Any, producer: Any) -> None:
         self.producer = producer
@@ -171,7 +171,7 @@ def patch_logbatch() -> None:
 def patch_jsonable() -> None:
     import base64
 
-    import operators.execution as ex
+    import waxflow.execution as ex
 
     scalars = (str, int, float, bool, type(None))
 
@@ -205,7 +205,7 @@ def patch_jsonable() -> None:
 
     ex.jsonable = jsonable
     ex.TaskRun.as_dict = as_dict  # type: ignore[method-assign]
-    import operators.execute as exe
+    import waxflow.operators.execute as exe
 
     exe.jsonable = jsonable
 
@@ -229,7 +229,7 @@ def child(args: argparse.Namespace) -> int:
     apply(args.variant)
     from bytewax.testing import run_main
 
-    from dataflows import load_flow
+    from waxflow.dataflows import load_flow
 
     flow = load_flow(args.flow, stop_when_idle=realtime.IDLE)
     if "gcfreeze" in VARIANTS[args.variant]:

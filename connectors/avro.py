@@ -4,7 +4,7 @@
 in-process registry) and optional ``basic.auth.user.info``. The serializer registers the
 given schema under ``<topic>-key``/``<topic>-value`` and writes Confluent's wire format; the
 deserializer reads the schema id from the payload. A value that does not fit its schema
-raises :class:`~connectors.serdes.SerdeError` with fastavro's reason.
+raises :class:`~waxflow.connectors.serdes.SerdeError` with fastavro's reason.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from connectors.serdes import SerdeError
+from waxflow.connectors.serdes import SerdeError
 
 TopicSerializer = Callable[[Any, str], bytes | None]
 

@@ -30,8 +30,8 @@ from google.cloud.bigquery.retry import DEFAULT_RETRY
 from pydantic import Field, model_validator
 from requests.exceptions import RequestException
 
-from connectors.bigquery_schema import TIME_TYPES, BqField, infer_schema, shape, write_file
-from connectors.warehouse import (
+from waxflow.connectors.bigquery_schema import TIME_TYPES, BqField, infer_schema, shape, write_file
+from waxflow.connectors.warehouse import (
     DEFAULT_MERGE_KEYS,
     last_per_key,
     merge_statement,
@@ -39,8 +39,8 @@ from connectors.warehouse import (
     plain,
     read_batch,
 )
-from dataflows.durations import Duration
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.durations import Duration
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["Load", "Query", "make_client", "parse_table"]
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from google.cloud.bigquery import SchemaField
 from pydantic import BaseModel, ConfigDict, Field
 
-from dataflows.tasks import TaskFailure
+from waxflow.tasks import TaskFailure
 
 __all__ = ["BqField", "arrow_type", "infer_schema", "shape", "write_file"]
 

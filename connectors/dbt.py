@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["Build", "Run", "invoke"]
 

@@ -30,9 +30,9 @@ import duckdb
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from connectors.storage import StorageError
-from connectors.tabular import to_table
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.connectors.storage import StorageError
+from waxflow.connectors.tabular import to_table
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["DEFAULT_MERGE_KEYS", "Load", "Query", "connect", "database_path", "quote_ident"]
 
@@ -169,7 +169,7 @@ def _shape_table(con: duckdb.DuckDBPyConnection, load: Load, schema: str | None,
 class Load(TaskBase):
     """Load a stored batch file into a DuckDB table.
 
-    Each record becomes one row (``connectors.tabular.rows``: the value's fields plus
+    Each record becomes one row (``waxflow.connectors.tabular.rows``: the value's fields plus
     ``_topic``, ``_partition``, ``_offset``, ``_timestamp``, ``_key``); columns are matched by
     name, so a batch may omit columns of the table (NULL). ``createTable`` creates a missing
     table (and schema) from the batch's Arrow schema; ``addColumns`` adds the batch's new

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from connectors.deliveries import Deliveries, DeliveryError
+from waxflow.connectors.deliveries import Deliveries, DeliveryError
 
 __all__ = ["LOG_HEADER", "DeliveryError", "ExecutionLog", "LogBatch", "log_topic"]
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from dataflows.durations import Duration, format_duration
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.durations import Duration, format_duration
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = [
     "HttpOptions",

@@ -8,8 +8,8 @@ decoding each value in Python then encoding binary ION cost more than consuming 
    validates every value as exactly one JSON object and infers the column types;
 2. the batch file is **Ion text**: one line per record, ``{"topic":…,"partition":…,
    "offset":…,"timestamp":…,"key":…,"headers":{…},"value":<the value's own bytes>}`` — JSON
-   is Ion text, so any Ion reader reads it (``connectors.storage.read_records`` does);
-3. the rows table (``connectors.tabular.rows``' shape) comes with it, for the batch's tasks.
+   is Ion text, so any Ion reader reads it (``waxflow.connectors.storage.read_records`` does);
+3. the rows table (``waxflow.connectors.tabular.rows``' shape) comes with it, for the batch's tasks.
 
 Guarantee: :func:`encode` returns ``None`` — the caller then decodes record by record and
 writes binary ION — whenever the bulk result could differ from ``json.loads`` per record: a
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from connectors.kafka_source import RecordFields, headers_text
+from waxflow.records import RecordFields, headers_text
 
 META_COLUMNS = ("_topic", "_partition", "_offset", "_timestamp", "_key")
 _FIELDS = ("topic", "partition", "offset", "timestamp", "key")
@@ -103,7 +103,7 @@ def parse(data: bytes) -> pa.Table | None:
 
 def _rows_table(values: pa.Table, meta: Sequence[pa.Array]) -> pa.Table:
     """The value's fields then the ``_`` columns; a value field named like one is replaced
-    (as ``dict.update`` does in ``connectors.tabular.rows``)."""
+    (as ``dict.update`` does in ``waxflow.connectors.tabular.rows``)."""
     keep = [n for n in values.column_names if n not in META_COLUMNS]
     table = values.select(keep) if len(keep) != values.num_columns else values
     for name, column in zip(META_COLUMNS, meta, strict=True):

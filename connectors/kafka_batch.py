@@ -31,15 +31,15 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from connectors.kafka_config import require
-from connectors.kafka_source import (
-    RecordFields,
+from waxflow.connectors.kafka_config import require
+from waxflow.connectors.kafka_source import (
     SourceStop,
     cluster_metadata,
     committed_offsets,
     record_fields,
     start_offset,
 )
+from waxflow.records import RecordFields
 
 LOG = logging.getLogger("waxflow.batch")
 

@@ -36,12 +36,3 @@ def require(conf: dict[str, Any], key: str, value: Any, why: str) -> None:
     if key in conf and str(conf[key]).lower() != str(value).lower():
         raise ConfigConflict(f"properties.{key}={conf[key]} is not allowed: {why}")
     conf[key] = value
-
-
-def refuse_for_share(group_type: str | None, name: str | None, value: Any) -> Any:
-    """``value`` of option ``name``, refused (ValueError) when set for ``groupType: SHARE``
-    (for pydantic field validators of triggers and tasks)."""
-    if value is not None and group_type == "SHARE":
-        raise ValueError(f"groupType SHARE does not support `{name}`: share groups hand out "
-                         "records, not partitions or offsets")
-    return value

@@ -9,7 +9,7 @@ out and counted; DLQ: sent to the DLQ topic, delivery checked; FAIL: the task fa
 nothing is committed). With ``groupId`` the offsets are committed synchronously **only
 after** the file is stored, so a failure before that re-reads the same records next time.
 Outputs: ``uri``, ``messagesCount``, ``skippedCount``, ``offsets``. The file is written as
-the trigger's batches are (``connectors.jsonbatch`` for JSON values with STRING keys).
+the trigger's batches are (``waxflow.connectors.jsonbatch`` for JSON values with STRING keys).
 
 ``groupType: SHARE`` (KIP-932, ``groupId`` required; ``partitions`` and ``since`` refused)
 takes **one delivery** of up to ``maxRecords`` (default 500) records from the share group:
@@ -43,23 +43,22 @@ from confluent_kafka import (
 )
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from connectors import jsonbatch
-from connectors.deliveries import Deliveries
-from connectors.kafka_config import client_conf, refuse_for_share
-from connectors.kafka_share import configure_group, split_conf
-from connectors.kafka_source import (
-    RecordFields,
+from waxflow.connectors import jsonbatch
+from waxflow.connectors.deliveries import Deliveries
+from waxflow.connectors.kafka_config import client_conf
+from waxflow.connectors.kafka_share import configure_group, split_conf
+from waxflow.connectors.kafka_source import (
     cluster_metadata,
-    dlq_headers,
-    headers_text,
     record_fields,
     start_offset,
 )
-from connectors.serdes import SerdeError, deserializer
-from connectors.storage import Storage
-from dataflows.durations import Duration
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
-from operators.execution import jsonable
+from waxflow.connectors.serdes import SerdeError, deserializer
+from waxflow.connectors.storage import Storage
+from waxflow.durations import Duration
+from waxflow.execution import jsonable
+from waxflow.flow import refuse_for_share
+from waxflow.records import RecordFields, dlq_headers, headers_text
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES",
                     "BYTE_ARRAY", "UUID", "JSON", "ION", "VOID"]
@@ -164,7 +163,7 @@ class Consume(TaskBase):
                       ) -> tuple[str, int, set[int]]:
         """Store the records as one batch file; return (URI, records stored, indexes of the
         records left out by onSerdeError). JSON values with STRING keys go through
-        ``connectors.jsonbatch`` when it can encode them exactly, else record by record."""
+        ``waxflow.connectors.jsonbatch`` when it can encode them exactly, else record by record."""
         exec_id = str(ctx.vars["execution"]["id"])
         flow = ctx.vars["flow"]
         name = f"{flow['namespace']}/{flow['id']}/{exec_id}/{self.id}.ion"

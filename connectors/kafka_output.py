@@ -25,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from connectors.deliveries import Deliveries, DeliveryError
+from waxflow.connectors.deliveries import Deliveries, DeliveryError
 
 
 class TransactionError(RuntimeError):

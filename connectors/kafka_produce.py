@@ -23,12 +23,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from connectors.deliveries import Deliveries, DeliveryError
-from connectors.execution_log import LOG_HEADER
-from connectors.kafka_config import client_conf
-from connectors.serdes import SerdeError, Serializer, serializer
-from connectors.storage import StorageError, read_records
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.connectors.deliveries import Deliveries, DeliveryError
+from waxflow.connectors.execution_log import LOG_HEADER
+from waxflow.connectors.kafka_config import client_conf
+from waxflow.connectors.serdes import SerdeError, Serializer, serializer
+from waxflow.connectors.storage import StorageError, read_records
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES",
                     "BYTE_ARRAY", "UUID", "JSON", "ION", "VOID", "AVRO"]
@@ -92,7 +92,7 @@ class Produce(TaskBase):
     def _serializer(self, name: str, schema: str | None, field: str
                     ) -> Callable[[Any, str], bytes | None]:
         if name == "AVRO":
-            from connectors.avro import avro_serializer
+            from waxflow.connectors.avro import avro_serializer
 
             try:
                 return avro_serializer(self.serdeProperties, schema, field)
@@ -137,7 +137,7 @@ class Produce(TaskBase):
         if scope is not None:
             deliveries = scope.deliveries(conf, self.transactional)
         else:
-            from connectors.kafka_output import KafkaOutput
+            from waxflow.connectors.kafka_output import KafkaOutput
 
             deliveries = KafkaOutput("task", None).scope().deliveries(conf, self.transactional)
         for topic, key, value, headers, part, ts in prepared:

@@ -11,7 +11,7 @@ records travel through stateless steps only, so the execute step runs on the sam
 once every execution of its batch is done (terminal document delivered), hands the outcomes
 back through :func:`share_outcomes`. ``next_batch()`` returns nothing until every
 outstanding record has its outcome; then it acknowledges each one as
-:func:`operators.acks.decide` says, calls ``commit_sync()``, and only then polls again.
+:func:`waxflow.acks.decide` says, calls ``commit_sync()``, and only then polls again.
 Per-partition ack errors (e.g. a record lock that ran out) are logged and counted in
 :data:`STATS`, never swallowed.
 
@@ -55,11 +55,11 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from connectors.kafka_config import ConfigConflict, require
-from connectors.kafka_source import RawRecord, SourceStop, record_fields
-from operators.acks import AckType, decide
-from operators.deserialize import Decoded
-from operators.execution import Execution
+from waxflow.acks import AckType, decide
+from waxflow.connectors.kafka_config import ConfigConflict, require
+from waxflow.connectors.kafka_source import SourceStop, record_fields
+from waxflow.execution import Execution
+from waxflow.records import Decoded, RawRecord
 
 LOG = logging.getLogger("waxflow.share")
 

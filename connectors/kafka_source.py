@@ -17,7 +17,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,29 +31,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from connectors.kafka_config import require
+from waxflow.connectors.kafka_config import require
+from waxflow.records import RawRecord, RecordFields
 
 LOG = logging.getLogger("waxflow.source")
-
-
-@dataclass(slots=True)
-class RawRecord:
-    """A record as read from Kafka, before deserialization (treat as immutable: not frozen
-    because a frozen dataclass costs 5x as much to build, per record)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int | None
-    headers: tuple[tuple[str, bytes | None], ...]
-    delivery_count: int | None = None  # share groups: how often the broker delivered it
-    origin: int | None = None  # share groups: id of the source partition that holds its ack
-
-    @property
-    def part_key(self) -> str:
-        return f"{self.partition}-{self.topic}"
 
 
 def headers_tuple(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
@@ -65,34 +45,11 @@ def headers_tuple(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
     return tuple((k, v.encode() if isinstance(v, str) else v) for k, v in items)
 
 
-HeaderPairs = tuple[tuple[str, bytes | None], ...]
-
-#: ``(topic, partition, offset, key, value, timestamp, headers)``: a ``RawRecord``'s fields
-#: (``RawRecord(*fields)``) as a plain tuple, cheaper to build, and left alone by the garbage
-#: collector once it has seen it (a batch holds hundreds of thousands)
-RecordFields = tuple[str, int, int, bytes | None, bytes | None, int | None, HeaderPairs]
-
-
 def record_fields(m: Message) -> RecordFields:
     """A consumed message's fields (timestamp None when the broker has none)."""
     ts_type, ts = m.timestamp()
     return (m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value(),
             ts if ts_type != 0 else None, headers_tuple(m.headers()))
-
-
-def headers_text(headers: HeaderPairs) -> dict[str, str | None]:
-    """Header pairs as a name → text map (later duplicates win; invalid UTF-8 replaced)."""
-    return {k: (v.decode("utf-8", "replace") if v is not None else None) for k, v in headers}
-
-
-def dlq_headers(topic: str, partition: int, offset: int, error: str,
-                original: HeaderPairs = ()) -> list[tuple[str, str | bytes | None]]:
-    """Headers of a dead-lettered record: its own, plus where it came from and why (G5)."""
-    return [*((k, v) for k, v in original if v is not None),
-            ("waxflow.source.topic", topic.encode()),
-            ("waxflow.source.partition", str(partition).encode()),
-            ("waxflow.source.offset", str(offset).encode()),
-            ("waxflow.error", error.encode())]
 
 
 class SourceStop(Exception):

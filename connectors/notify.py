@@ -1,6 +1,6 @@
 """Notifications: ``notify.Webhook`` (any JSON or text payload) and ``notify.Slack``.
 
-Both POST through the shared client of :mod:`connectors.http`. Their URLs often hold a
+Both POST through the shared client of :mod:`waxflow.connectors.http`. Their URLs often hold a
 secret (a Slack incoming-webhook URL is one), so messages show only the URL's scheme and
 host, never its path, query or the request headers.
 """
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from connectors.http import (
+from waxflow.connectors.http import (
     HttpOptions,
     check_status,
     encode_body,
@@ -19,7 +19,7 @@ from connectors.http import (
     public_url,
     send,
 )
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["Slack", "Webhook"]
 

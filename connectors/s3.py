@@ -18,9 +18,9 @@ from urllib.parse import urlparse
 
 from pydantic import Field
 
-from connectors.storage import StorageError, local_path
-from connectors.tabular import to_ndjson, to_parquet
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.connectors.storage import StorageError, local_path
+from waxflow.connectors.tabular import to_ndjson, to_parquet
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["Upload", "s3_client"]
 
@@ -60,7 +60,7 @@ class Upload(TaskBase):
 
     ``from`` is an internal-storage URI (``file://`` or ``s3://``) or a local path.
     ``format``: ``ION`` uploads the file as it is stored; ``PARQUET`` and ``NDJSON`` convert a
-    stored batch file (``connectors.tabular``: one row per record with the ``_topic``,
+    stored batch file (``waxflow.connectors.tabular``: one row per record with the ``_topic``,
     ``_partition``, ``_offset``, ``_timestamp``, ``_key`` columns) before uploading.
 
     Guarantees: the source file is only read, so a retry re-reads it; an upload replaces any

@@ -77,7 +77,7 @@ def _void(data: bytes | None) -> None:
 def _ion(data: bytes | None) -> Any:
     if data is None:
         return None
-    from connectors.ion import ion_loads
+    from waxflow.connectors.ion import ion_loads
 
     try:
         return ion_loads(data)
@@ -174,7 +174,7 @@ def _ser_uuid(value: Any) -> bytes | None:
 def _ser_ion(value: Any) -> bytes | None:
     if value is None:
         return None
-    from connectors.ion import ion_dumps
+    from waxflow.connectors.ion import ion_dumps
 
     return ion_dumps(value)
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import snowflake.connector
 from pydantic import Field, field_validator
 
-from connectors.warehouse import (
+from waxflow.connectors.warehouse import (
     DEFAULT_MERGE_KEYS,
     last_per_key,
     merge_statement,
@@ -34,8 +34,8 @@ from connectors.warehouse import (
     plain,
     read_batch,
 )
-from dataflows.durations import Duration
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.durations import Duration
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["Load", "Query", "column_type", "ident"]
 

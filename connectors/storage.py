@@ -2,7 +2,7 @@
 
 A batch file is an ION stream with one entry per record: ``{key, value, topic, partition,
 offset, timestamp, headers}``, either binary ION (:meth:`Storage.put_records`) or Ion text
-that is JSON, one record per line (:meth:`Storage.put_data`, from ``connectors.jsonbatch``);
+that is JSON, one record per line (:meth:`Storage.put_data`, from ``waxflow.connectors.jsonbatch``);
 :func:`read_records` reads both. Names are deterministic (derived from the execution id by the
 caller), so a replayed batch overwrites its file instead of adding a second one. Writes are
 atomic on the local store (write to a temp file, then rename): a reader never sees half a
@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from connectors.ion import read_stream, write_stream
+from waxflow.connectors.ion import read_stream, write_stream
 
 ION_BVM = b"\xe0\x01\x00\xea"  # binary ION version marker: the first bytes of a binary file
 
@@ -68,7 +68,7 @@ class Storage:
 
     def put_data(self, name: str, data: bytes, table: pa.Table | None = None) -> str:
         """Store an already encoded batch file named ``name``; return its URI. ``table``
-        (its rows, ``connectors.tabular``'s shape) is kept for this process's readers."""
+        (its rows, ``waxflow.connectors.tabular``'s shape) is kept for this process's readers."""
         uri = self._put(name, lambda fp: fp.write(data))
         if not self._is_s3():
             _remember(Path(urlparse(uri).path), None, table)
@@ -189,7 +189,7 @@ def _json_values(data: bytes) -> list[Any] | None:
 
 def parse_records(data: bytes) -> list[dict[str, Any]]:
     """The records of a batch file's content (binary ION, or Ion text: JSON when written
-    by ``connectors.jsonbatch``)."""
+    by ``waxflow.connectors.jsonbatch``)."""
     if not data.startswith(ION_BVM):
         values = _json_values(data)
         if values is not None:

@@ -5,7 +5,7 @@ value is a map (else a ``value`` column), plus ``_topic``, ``_partition``, ``_of
 ``_timestamp`` and ``_key`` so loads can deduplicate or MERGE on the record's coordinates.
 Column types are inferred by pyarrow from the values of all rows (``schema`` overrides); a
 field missing from a record is null in its row; the ``_`` columns come after the value's.
-Batches stored by ``connectors.jsonbatch`` become tables without decoding records in Python
+Batches stored by ``waxflow.connectors.jsonbatch`` become tables without decoding records in Python
 (the table kept by the process that stored the batch, else one pyarrow parse of the file).
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors import jsonbatch
-from connectors.jsonbatch import META_COLUMNS
-from connectors.storage import ION_BVM, local_path, parse_records, read_records, recalled
+from waxflow.connectors import jsonbatch
+from waxflow.connectors.jsonbatch import META_COLUMNS
+from waxflow.connectors.storage import ION_BVM, local_path, parse_records, read_records, recalled
 
 __all__ = ["META_COLUMNS", "rows", "to_ndjson", "to_parquet", "to_table"]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors.storage import StorageError
-from connectors.tabular import to_table
-from dataflows.tasks import TaskFailure
+from waxflow.connectors.storage import StorageError
+from waxflow.connectors.tabular import to_table
+from waxflow.tasks import TaskFailure
 
 __all__ = ["DEFAULT_MERGE_KEYS", "last_per_key", "one_line", "plain", "read_batch"]
 
@@ -29,7 +29,7 @@ _LIMIT = 600
 
 
 def read_batch(who: str, uri: str) -> pa.Table:
-    """The batch file at ``uri`` as an Arrow table (``connectors.tabular`` rows, with the
+    """The batch file at ``uri`` as an Arrow table (``waxflow.connectors.tabular`` rows, with the
     ``_topic``/``_partition``/``_offset``/``_timestamp``/``_key`` columns). Columns whose
     values are all null are typed string (a loadable type). Raises :class:`TaskFailure`."""
     try:

@@ -1,6 +1,6 @@
 """waxflow flows: load a flow file and get a Bytewax dataflow.
 
-``python -m bytewax.run "dataflows:load_flow('flows/x.yaml')"`` runs any flow.
+``python -m bytewax.run "waxflow.dataflows:load_flow('flows/x.yaml')"`` runs any flow.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ def load_flow(path: str | Path, stop_when_idle: float | None = None,
               max_ticks: int | None = None) -> Dataflow:
     """Parse and validate the flow file at ``path`` and compile it into a Dataflow.
 
-    Raises :class:`dataflows.errors.FlowError` (file:line:col, field, expectation) when the
+    Raises :class:`waxflow.errors.FlowError` (file:line:col, field, expectation) when the
     flow does not validate. ``stop_when_idle`` (seconds; default ``$WAXFLOW_STOP_WHEN_IDLE``)
     ends the dataflow once no record arrived for that long and all work is committed;
     ``max_ticks`` ends a schedule flow after that many ticks.
     """
     import os
 
-    from dataflows.compiler import RunOptions, compile_flow
-    from dataflows.spec import parse_flow
+    from waxflow.dataflows.compiler import RunOptions, compile_flow
+    from waxflow.dataflows.spec import parse_flow
 
     if stop_when_idle is None and os.environ.get("WAXFLOW_STOP_WHEN_IDLE"):
         stop_when_idle = float(os.environ["WAXFLOW_STOP_WHEN_IDLE"])

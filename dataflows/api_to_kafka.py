@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataflows import load_flow
+from waxflow.dataflows import load_flow
 
 FLOW_FILE = Path(__file__).parent / "flows" / "api_to_kafka.yaml"
 

@@ -2,7 +2,7 @@
 
 kafka.RealtimeTrigger (consumer group):
 ``input (KafkaGroupSource) → deserialize → execute → output (DoneSink)``; the commit order
-is documented in ``operators.commit``. With ``groupType: SHARE`` the input is a
+is documented in ``waxflow.operators.checkpoint``. With ``groupType: SHARE`` the input is a
 ``KafkaShareSource`` (one ShareConsumer per worker) and the execute step hands each
 record's outcome back to it for the ack (no step between them moves items). Templates are
 compiled here, once per flow.
@@ -18,17 +18,18 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
-from connectors.execution_log import ExecutionLog
-from connectors.kafka_config import client_conf
-from connectors.kafka_output import KafkaOutput
-from connectors.kafka_source import KafkaGroupSource, RawRecord
-from connectors.serdes import Deserializer, deserializer
-from dataflows.expressions import Expressions
-from dataflows.spec import BatchTrigger, FlowBase, KafkaTrigger, ScheduleTrigger
-from operators.commit import DoneSink
-from operators.deserialize import deserialize
-from operators.engine import Engine
-from operators.execute import ExecuteBatch, execute
+from waxflow.connectors.execution_log import ExecutionLog
+from waxflow.connectors.kafka_config import client_conf
+from waxflow.connectors.kafka_output import KafkaOutput
+from waxflow.connectors.kafka_source import KafkaGroupSource
+from waxflow.connectors.serdes import Deserializer, deserializer
+from waxflow.expressions import Expressions
+from waxflow.flow import BatchTrigger, FlowBase, KafkaTrigger, ScheduleTrigger
+from waxflow.operators.checkpoint import DoneSink
+from waxflow.operators.deserialize import deserialize
+from waxflow.operators.engine import Engine
+from waxflow.operators.execute import ExecuteBatch, execute
+from waxflow.records import RawRecord
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def trigger_deserializer(trig: KafkaTrigger, field: str) -> Deserializer:
     """The trigger's key or value deserializer (AVRO through its schema registry)."""
     name = trig.keyDeserializer if field == "key" else trig.valueDeserializer
     if name == "AVRO":
-        from connectors.avro import avro_deserializer
+        from waxflow.connectors.avro import avro_deserializer
 
         return avro_deserializer(trig.serdeProperties)
     return deserializer(name)
@@ -100,7 +101,7 @@ def trigger_deserializer(trig: KafkaTrigger, field: str) -> Deserializer:
 
 def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
                       ) -> Dataflow:
-    from operators.schedule import ScheduleSource, TickRunner, execute_ticks
+    from waxflow.operators.schedule import ScheduleSource, TickRunner, execute_ticks
 
     exprs = Expressions()
     _precompile(flow, exprs)
@@ -112,9 +113,9 @@ def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
 
 
 def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> Dataflow:
-    from connectors.kafka_batch import KafkaBatchSource
-    from connectors.storage import Storage
-    from operators.microbatch import BatchRunner, execute_batches
+    from waxflow.connectors.kafka_batch import KafkaBatchSource
+    from waxflow.connectors.storage import Storage
+    from waxflow.operators.microbatch import BatchRunner, execute_batches
 
     runner0 = build_runner(flow)  # shares engine, log factory and Kafka output set-up
     conf = client_conf(trig.properties)
@@ -133,7 +134,7 @@ def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> D
 
 def _txn_warm_up(flow: FlowBase, runner: ExecuteBatch) -> Callable[[], None] | None:
     """Initialise the worker's transactional producers before its source starts reading."""
-    from connectors.kafka_produce import Produce
+    from waxflow.connectors.kafka_produce import Produce
 
     confs = [client_conf(t.properties) for _, t in flow.all_tasks()
              if isinstance(t, Produce) and t.transactional
@@ -156,7 +157,7 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     runner = build_runner(flow)
     source: Source[RawRecord]
     if trig.groupType == "SHARE":
-        from connectors.kafka_share import KafkaShareSource, share_outcomes
+        from waxflow.connectors.kafka_share import KafkaShareSource, share_outcomes
 
         source = KafkaShareSource(conf, trig.groupId, trig.topic_list(), options.batch_size,
                                   options.stop_when_idle, trig.maxDeliveries,

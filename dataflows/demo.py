@@ -21,7 +21,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from dataflows.orders_realtime import FLOW_FILE
+from waxflow.dataflows.orders_realtime import FLOW_FILE
 
 RECEIVED: Counter[str] = Counter()
 

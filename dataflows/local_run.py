@@ -20,17 +20,18 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.kafka_config import client_conf
-from connectors.kafka_output import KafkaOutput
-from connectors.kafka_source import RawRecord, record_fields
-from connectors.storage import Storage
-from dataflows.compiler import build_runner, trigger_deserializer
-from dataflows.errors import FlowError, Problem
-from dataflows.expressions import Expressions
-from dataflows.spec import BatchTrigger, FlowBase, ScheduleTrigger
-from operators.deserialize import Decoded, decode
-from operators.engine import Engine
-from operators.execution import Execution, execution_id
+from waxflow.connectors.kafka_config import client_conf
+from waxflow.connectors.kafka_output import KafkaOutput
+from waxflow.connectors.kafka_source import record_fields
+from waxflow.connectors.storage import Storage
+from waxflow.dataflows.compiler import build_runner, trigger_deserializer
+from waxflow.errors import FlowError, Problem
+from waxflow.execution import Execution, execution_id
+from waxflow.expressions import Expressions
+from waxflow.flow import BatchTrigger, FlowBase, ScheduleTrigger
+from waxflow.operators.deserialize import decode
+from waxflow.operators.engine import Engine
+from waxflow.records import Decoded, RawRecord
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Blueprint "Start a flow for every Kafka record" as a Bytewax module.
 
-``python -m bytewax.run dataflows.orders_realtime`` runs it (flow file:
+``python -m bytewax.run waxflow.dataflows.orders_realtime`` runs it (flow file:
 ``dataflows/flows/orders_realtime.yaml``).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataflows import load_flow
+from waxflow.dataflows import load_flow
 
 FLOW_FILE = Path(__file__).parent / "flows" / "orders_realtime.yaml"
 

@@ -1,6 +1,6 @@
 """Blueprint "Work a topic as a queue with share groups" as a Bytewax module.
 
-``python -m bytewax.run dataflows.queue_share`` runs it (flow file:
+``python -m bytewax.run waxflow.dataflows.queue_share`` runs it (flow file:
 ``dataflows/flows/queue_share.yaml``); start it several times to add competing consumers.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataflows import load_flow
+from waxflow.dataflows import load_flow
 
 FLOW_FILE = Path(__file__).parent / "flows" / "queue_share.yaml"
 

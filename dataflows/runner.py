@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-from connectors.broker import free_port
+from waxflow.connectors.broker import free_port
 
 #: young-generation threshold of the garbage collector while a flow runs (default 700)
 YOUNG_GC_THRESHOLD = 10_000
@@ -98,7 +98,7 @@ def run_here(flow_path: str, workers: int, epoch: timedelta, recovery_dir: str |
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
-    from dataflows import load_flow
+    from waxflow.dataflows import load_flow
 
     if process_id is not None:
         os.environ["WAXFLOW_PROCESS_ID"] = str(process_id)  # stable transactional.ids
@@ -129,7 +129,7 @@ def run_here(flow_path: str, workers: int, epoch: timedelta, recovery_dir: str |
 def run_cluster(argv_base: list[str], processes: int) -> int:
     """Start ``processes`` members of one cluster; return the worst exit code."""
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-    children = [subprocess.Popen([sys.executable, "-m", "dataflows.cli", *argv_base,
+    children = [subprocess.Popen([sys.executable, "-m", "waxflow.cli", *argv_base,
                                   "--process-id", str(i), "--addresses", addresses])
                 for i in range(processes)]
 

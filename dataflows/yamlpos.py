@@ -8,7 +8,7 @@ Scalars are typed with the YAML 1.2 core schema (as Kestra's YAML parser does), 
 YAML 1.1 defaults: ``yes``/``no``/``on``/``off`` stay strings, ``12:30`` is not a base-60
 integer and dates stay strings. Only the standard tags ``!!str !!int !!float !!bool !!null
 !!map !!seq`` are accepted; merge keys (``<<``), other tags, duplicate keys and non-scalar
-keys are refused with a :class:`~dataflows.errors.FlowError` naming the position.
+keys are refused with a :class:`~waxflow.errors.FlowError` naming the position.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from dataflows.errors import FlowError, Problem, format_path
+from waxflow.errors import FlowError, Problem, format_path
 
 __all__ = ["PositionMap", "load_yaml"]
 

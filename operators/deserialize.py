@@ -11,27 +11,16 @@ so that record) is committed. Records not matching ``headerFilters`` are marked
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from connectors.kafka_source import RawRecord, headers_text
-from connectors.serdes import Deserializer, SerdeError
+from waxflow.connectors.serdes import Deserializer, SerdeError
+from waxflow.records import Decoded, RawRecord, headers_text
 
 
 class SerdeStop(Exception):
     """onSerdeError FAIL: the job stops at this record without committing it."""
-
-
-@dataclass(slots=True)
-class Decoded:
-    raw: RawRecord
-    key: Any = None
-    value: Any = None
-    error: str | None = None
-    filtered: bool = False
 
 
 def _headers_match(raw: RawRecord, filters: Mapping[str, str]) -> bool:

@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dataflows.expressions import Expressions, redact
-from dataflows.spec import FlowBase
-from dataflows.tasks import RetrySpec, TaskBase, TaskFailure
-from operators.execution import Attempt, Execution, TaskRun, now
-from operators.retry import RetryPolicy
+from waxflow.execution import Attempt, Execution, TaskRun, now
+from waxflow.expressions import Expressions, redact
+from waxflow.flow import FlowBase
+from waxflow.retry import RetryPolicy
+from waxflow.tasks import RetrySpec, TaskBase, TaskFailure
 
 LOG = logging.getLogger("waxflow.task")
 
@@ -68,12 +68,12 @@ def _call_with_timeout(task: TaskBase, ctx: _Context, timeout: float | None) -> 
 
 
 class _Context:
-    """The RunContext of one execution (see dataflows.tasks.RunContext)."""
+    """The RunContext of one execution (see waxflow.tasks.RunContext)."""
 
     def __init__(self, engine: Engine, execution: Execution, variables: dict[str, Any],
                  batch: Any = None) -> None:
         self.engine = engine
-        self.batch = batch  # per-batch resources (connectors.kafka_output.BatchScope)
+        self.batch = batch  # per-batch resources (waxflow.connectors.kafka_output.BatchScope)
         self.execution = execution
         self._vars = variables
         self.current: TaskBase | None = None

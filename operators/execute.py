@@ -21,13 +21,12 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from connectors.execution_log import LOG_HEADER, ExecutionLog, LogBatch
-from connectors.kafka_output import BatchScope, KafkaOutput, TransactionError
-from connectors.kafka_source import dlq_headers, headers_text
-from dataflows.spec import FlowBase
-from operators.deserialize import Decoded
-from operators.engine import Engine
-from operators.execution import Execution, execution_id, jsonable
+from waxflow.connectors.execution_log import LOG_HEADER, ExecutionLog, LogBatch
+from waxflow.connectors.kafka_output import BatchScope, KafkaOutput, TransactionError
+from waxflow.execution import Execution, execution_id, jsonable
+from waxflow.flow import FlowBase
+from waxflow.operators.engine import Engine
+from waxflow.records import Decoded, dlq_headers, headers_text
 
 Done = tuple[str, tuple[str, int]]
 
@@ -118,7 +117,7 @@ class ExecuteBatch:
     def _note_ack(rec: Decoded, execution: Execution) -> None:
         """Share groups: record in the terminal document how this delivery will be acked."""
         if rec.raw.origin is not None:
-            from connectors.kafka_share import planned_ack
+            from waxflow.connectors.kafka_share import planned_ack
 
             execution.trigger["ack"] = planned_ack(rec, execution.state)
 

@@ -1,11 +1,11 @@
 """Execute step of ``kafka.Trigger``: one execution per batch, done inside the step.
 
-For each batch cut by ``connectors.kafka_batch`` the step decodes the records (applying
+For each batch cut by ``waxflow.connectors.kafka_batch`` the step decodes the records (applying
 ``onSerdeError`` and ``headerFilters``), stores the good ones as one ION file in internal
 storage under a name derived from the execution id (a replayed batch overwrites its file),
 then runs the flow with ``trigger.uri``, ``trigger.messagesCount`` and ``trigger.offsets``.
 Tasks read the stored file, so a retried load never re-consumes Kafka. JSON object values
-with STRING keys (and no ``headerFilters``) are encoded in bulk by ``connectors.jsonbatch``
+with STRING keys (and no ``headerFilters``) are encoded in bulk by ``waxflow.connectors.jsonbatch``
 (one pyarrow parse, Ion-text file, the rows table kept for the tasks); a batch it cannot
 encode exactly is decoded record by record into binary ION, with ``onSerdeError`` applied.
 The step returns only when the terminal document is acknowledged (and, with a transactional
@@ -22,18 +22,18 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from connectors import jsonbatch
-from connectors.execution_log import ExecutionLog, LogBatch
-from connectors.kafka_batch import Batch
-from connectors.kafka_output import KafkaOutput, TransactionError
-from connectors.kafka_source import RawRecord, dlq_headers, headers_text
-from connectors.serdes import Deserializer
-from connectors.storage import Storage
-from dataflows.spec import BatchTrigger, FlowBase
-from operators.deserialize import decode
-from operators.engine import Engine
-from operators.execute import FlowStopped
-from operators.execution import Execution, jsonable
+from waxflow.connectors import jsonbatch
+from waxflow.connectors.execution_log import ExecutionLog, LogBatch
+from waxflow.connectors.kafka_batch import Batch
+from waxflow.connectors.kafka_output import KafkaOutput, TransactionError
+from waxflow.connectors.serdes import Deserializer
+from waxflow.connectors.storage import Storage
+from waxflow.execution import Execution, jsonable
+from waxflow.flow import BatchTrigger, FlowBase
+from waxflow.operators.deserialize import decode
+from waxflow.operators.engine import Engine
+from waxflow.operators.execute import FlowStopped
+from waxflow.records import RawRecord, dlq_headers, headers_text
 
 MAX_SKIPPED_LISTED = 100
 

@@ -18,11 +18,11 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.execution_log import ExecutionLog
-from connectors.kafka_output import KafkaOutput
-from dataflows.spec import FlowBase, ScheduleTrigger
-from operators.engine import Engine
-from operators.execution import Execution
+from waxflow.connectors.execution_log import ExecutionLog
+from waxflow.connectors.kafka_output import KafkaOutput
+from waxflow.execution import Execution
+from waxflow.flow import FlowBase, ScheduleTrigger
+from waxflow.operators.engine import Engine
 
 
 def next_tick(trigger: ScheduleTrigger, after: datetime) -> datetime:

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from recovery.index import AmbiguousIdError, ExecutionIndex, IndexSyncError, normalize_date
+from waxflow.recovery.index import AmbiguousIdError, ExecutionIndex, IndexSyncError, normalize_date
 
 Command = Callable[[argparse.Namespace], int]
 

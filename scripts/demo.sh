@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/waxflow broker start
-.venv/bin/python -m dataflows.demo
+.venv/bin/python -m waxflow.dataflows.demo

@@ -16,4 +16,4 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
   rm -f .venv/.installed-*; touch "$stamp"
 fi
-.venv/bin/python -c "from connectors.broker import resolve_jars; resolve_jars()"
+.venv/bin/python -c "from waxflow.connectors.broker import resolve_jars; resolve_jars()"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from connectors.broker import LocalBroker, free_port
 from tests.kafka_helpers import create_topic
+from waxflow.connectors.broker import LocalBroker, free_port
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.broker import cache_dir, free_port
+from waxflow.connectors.broker import cache_dir, free_port
 
 APICURIO_VERSION = "3.3.3"
 MIN_JAVA = 21

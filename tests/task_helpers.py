@@ -10,10 +10,10 @@ from typing import Annotated, Any, Union
 from jinja2.nativetypes import NativeEnvironment
 from pydantic import Field, TypeAdapter
 
-import connectors.http
-import connectors.notify  # noqa: F401  (registers notify.*)
-import dataflows.core_tasks  # noqa: F401  (registers core.*)
-from dataflows.tasks import TASK_TYPES, TaskBase
+import waxflow.connectors.http
+import waxflow.connectors.notify
+import waxflow.core_tasks  # noqa: F401  (registers core.*)
+from waxflow.tasks import TASK_TYPES, TaskBase
 
 
 def resolve_task_union() -> Any:

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from connectors.storage import read_records
 from tests.flow_helpers import (
     flow_env,
     latest_by_id,
@@ -31,6 +30,7 @@ from tests.flow_helpers import (
 )
 from tests.integration.test_kill_realtime import LogWatcher
 from tests.kafka_helpers import committed, end_offsets
+from waxflow.connectors.storage import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -217,7 +217,7 @@ def test_clean_json_batches_bulk_encoded_bad_ones_decoded_per_record(
     the record SKIPPED); both load the same rows and column types."""
     import duckdb
 
-    from connectors.storage import ION_BVM
+    from waxflow.connectors.storage import ION_BVM
 
     topic, group, log_topic = new_topic(3), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
     db = tmp_path / "bulk.duckdb"

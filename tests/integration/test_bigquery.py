@@ -21,14 +21,14 @@ import yaml
 from google.cloud import bigquery
 from pydantic import ValidationError
 
-import connectors.bigquery  # noqa: F401  (registers bigquery.*)
-from connectors.bigquery import make_client
-from connectors.storage import Storage
-from dataflows.tasks import TaskFailure
+import waxflow.connectors.bigquery  # noqa: F401  (registers bigquery.*)
 from tests import warehouse_fixtures
 from tests.emulators import Emulator
 from tests.task_helpers import FakeContext, parse_task
 from tests.warehouse_fixtures import EXPECTED_KEYS, N, make_records
+from waxflow.connectors.bigquery import make_client
+from waxflow.connectors.storage import Storage
+from waxflow.tasks import TaskFailure
 
 pytestmark = pytest.mark.integration
 BLUEPRINT = Path(__file__).parents[2] / "dataflows" / "flows" / "kafka_to_bigquery.yaml"

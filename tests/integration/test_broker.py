@@ -27,8 +27,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from connectors.broker import LocalBroker, free_port
 from tests.kafka_helpers import committed, create_topic, read_all
+from waxflow.connectors.broker import LocalBroker, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from connectors.storage import read_records
 from tests.flow_helpers import (
     WAXFLOW,
     flow_env,
@@ -22,6 +21,7 @@ from tests.flow_helpers import (
     produce_json,
 )
 from tests.kafka_helpers import committed
+from waxflow.connectors.storage import read_records
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,6 @@ import pytest
 from moto.server import ThreadedMotoServer
 from pytest_httpserver import HTTPServer
 
-from connectors.broker import free_port
 from tests.flow_helpers import (
     flow_env,
     latest_by_id,
@@ -31,6 +30,7 @@ from tests.flow_helpers import (
 )
 from tests.integration.test_kill_realtime import LogWatcher
 from tests.kafka_helpers import committed, end_offsets
+from waxflow.connectors.broker import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from recovery.executions_cli import add_parser
-from recovery.index import ExecutionIndex
+from waxflow.recovery.executions_cli import add_parser
+from waxflow.recovery.index import ExecutionIndex
 
 pytestmark = pytest.mark.integration
 

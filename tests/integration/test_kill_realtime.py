@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from operators.execution import execution_id
 from tests.flow_helpers import (
     flow_env,
     latest_by_id,
@@ -31,6 +30,7 @@ from tests.flow_helpers import (
     write_flow,
 )
 from tests.kafka_helpers import committed, end_offsets
+from waxflow.execution import execution_id
 
 pytestmark = pytest.mark.integration
 

@@ -27,10 +27,6 @@ import pytest
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 
-from connectors.avro import avro_deserializer
-from connectors.execution_log import LOG_HEADER
-from connectors.ion import write_stream
-from connectors.serdes import DESERIALIZERS
 from tests.flow_helpers import (
     flow_env,
     latest_by_id,
@@ -41,6 +37,10 @@ from tests.flow_helpers import (
     write_flow,
 )
 from tests.kafka_helpers import create_topic, end_offsets, read_all
+from waxflow.connectors.avro import avro_deserializer
+from waxflow.connectors.execution_log import LOG_HEADER
+from waxflow.connectors.ion import write_stream
+from waxflow.connectors.serdes import DESERIALIZERS
 
 pytestmark = pytest.mark.integration
 

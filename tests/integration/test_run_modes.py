@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from operators.execution import execution_id
 from tests.flow_helpers import (
     flow_env,
     latest_by_id,
@@ -21,6 +20,7 @@ from tests.flow_helpers import (
     write_flow,
 )
 from tests.kafka_helpers import committed, end_offsets
+from waxflow.execution import execution_id
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,8 @@ def test_python_m_bytewax_run_load_flow(
     produce_json(bootstrap, topic, [{"id": i, "n": i} for i in range(100)], partitions=2)
     flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group))
     env = flow_env(bootstrap, log_topic, WAXFLOW_STOP_WHEN_IDLE="2")
-    res = subprocess.run([sys.executable, "-m", "bytewax.run", f"dataflows:load_flow('{flow}')",
-                          "-s", "1"], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "bytewax.run",
+                          f"waxflow.dataflows:load_flow('{flow}')", "-s", "1"],
+                         capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     _check_all_done(bootstrap, topic, group, log_topic, 2)

@@ -18,13 +18,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-import connectors.snowflake  # noqa: F401  (registers snowflake.*)
-from connectors.storage import Storage
-from dataflows.tasks import TaskFailure
+import waxflow.connectors.snowflake  # noqa: F401  (registers snowflake.*)
 from tests import warehouse_fixtures
 from tests.emulators import Emulator
 from tests.task_helpers import FakeContext, parse_task
 from tests.warehouse_fixtures import EXPECTED_KEYS, N, make_records
+from waxflow.connectors.storage import Storage
+from waxflow.tasks import TaskFailure
 
 pytestmark = pytest.mark.integration
 

@@ -1,12 +1,12 @@
-"""Share-group ack rules (``operators.acks.decide``) and the share consumer's config split."""
+"""Share-group ack rules (``waxflow.acks.decide``) and the share consumer's config split."""
 
 from __future__ import annotations
 
 import pytest
 
-from connectors.kafka_config import ConfigConflict
-from connectors.kafka_share import split_conf
-from operators.acks import decide
+from waxflow.acks import decide
+from waxflow.connectors.kafka_config import ConfigConflict
+from waxflow.connectors.kafka_share import split_conf
 
 
 @pytest.mark.parametrize("state", ["SUCCESS", "WARNING"])

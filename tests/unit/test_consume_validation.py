@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-import connectors.kafka_consume  # noqa: F401  (registers kafka.Consume)
+import waxflow.connectors.kafka_consume  # noqa: F401  (registers kafka.Consume)
 from tests.task_helpers import parse_task
 
 BASE: dict[str, Any] = {"id": "c", "type": "kafka.Consume", "topic": "t", "groupType": "SHARE"}

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-import dataflows.core_tasks as core
-from dataflows.tasks import TaskFailure
+import waxflow.core_tasks as core
 from tests.task_helpers import FakeContext, parse_task
+from waxflow.tasks import TaskFailure
 
 CALLS: list[tuple[Mapping[str, Any], dict[str, Any]]] = []
 

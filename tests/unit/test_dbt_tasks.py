@@ -9,11 +9,11 @@ import duckdb
 import pytest
 import yaml
 
-import connectors.dbt
-import connectors.duckdb  # noqa: F401  (registers dbt.* and duckdb.*)
-from connectors.storage import Storage
-from dataflows.tasks import TaskFailure
+import waxflow.connectors.dbt
+import waxflow.connectors.duckdb  # noqa: F401  (registers dbt.* and duckdb.*)
 from tests.task_helpers import FakeContext, parse_task
+from waxflow.connectors.storage import Storage
+from waxflow.tasks import TaskFailure
 
 PROJECT = """\
 name: tiny

@@ -9,10 +9,10 @@ from typing import Any
 import duckdb
 import pytest
 
-import connectors.duckdb  # noqa: F401  (registers duckdb.*)
-from connectors.storage import Storage
-from dataflows.tasks import TaskFailure
+import waxflow.connectors.duckdb  # noqa: F401  (registers duckdb.*)
 from tests.task_helpers import FakeContext, parse_task
+from waxflow.connectors.storage import Storage
+from waxflow.tasks import TaskFailure
 
 
 def record(i: int, **value: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests for dataflows.durations."""
+"""Tests for waxflow.durations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from dataflows.durations import DURATION_PATTERN, Duration, format_duration, parse_duration
+from waxflow.durations import DURATION_PATTERN, Duration, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

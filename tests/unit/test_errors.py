@@ -1,10 +1,10 @@
-"""Tests for dataflows.errors."""
+"""Tests for waxflow.errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from dataflows.errors import FlowError, Problem, format_path
+from waxflow.errors import FlowError, Problem, format_path
 
 
 def test_problem_full_position() -> None:

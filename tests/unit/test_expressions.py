@@ -1,4 +1,4 @@
-"""Tests for dataflows.expressions."""
+"""Tests for waxflow.expressions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dataflows.expressions import (
+from waxflow.expressions import (
     ExpressionError,
     Expressions,
     Redactor,

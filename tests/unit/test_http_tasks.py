@@ -15,9 +15,9 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request as WRequest
 from werkzeug import Response as WResponse
 
-from connectors.http import HttpOptions, encode_body, get_client, public_url
-from dataflows.tasks import TaskFailure
 from tests.task_helpers import FakeContext, parse_task
+from waxflow.connectors.http import HttpOptions, encode_body, get_client, public_url
+from waxflow.tasks import TaskFailure
 
 SECRET = "s3cr3t-token-value"
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from recovery.executions_cli import add_parser, parse_when
-from recovery.index import AmbiguousIdError, ExecutionIndex
+from waxflow.recovery.executions_cli import add_parser, parse_when
+from waxflow.recovery.index import AmbiguousIdError, ExecutionIndex
 
 LOG = "waxflow.executions"
 

@@ -1,4 +1,4 @@
-"""connectors.jsonbatch: bulk-encoded JSON batches equal the record-by-record decode."""
+"""waxflow.connectors.jsonbatch: bulk-encoded JSON batches equal the record-by-record decode."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 from amazon.ion import simpleion
 
-from connectors import jsonbatch, storage
-from connectors.ion import to_python
-from connectors.kafka_source import RawRecord, RecordFields, headers_text
-from connectors.storage import Storage, read_records
-from connectors.tabular import rows, to_table
+from waxflow.connectors import jsonbatch, storage
+from waxflow.connectors.ion import to_python
+from waxflow.connectors.storage import Storage, read_records
+from waxflow.connectors.tabular import rows, to_table
+from waxflow.records import RawRecord, RecordFields, headers_text
 
 
 def raw(i: int, value: bytes | None, key: bytes | None = None,
@@ -34,7 +34,7 @@ def decoded(fields: RecordFields) -> dict[str, Any]:
 
 
 def reference(records: list[RecordFields]) -> pa.Table:
-    """The table of the decoded records, value fields first (as connectors.tabular)."""
+    """The table of the decoded records, value fields first (as waxflow.connectors.tabular)."""
     table = pa.Table.from_struct_array(pa.array(list(rows(decoded(r) for r in records))))
     meta = [n for n in table.column_names if n.startswith("_")]
     return table.select([n for n in table.column_names if n not in meta] + meta)
@@ -144,7 +144,7 @@ def test_binary_ion_files_still_read(tmp_path: Path) -> None:
 
 
 def test_produce_reads_a_bulk_stored_batch(tmp_path: Path) -> None:
-    from connectors.kafka_produce import load_records
+    from waxflow.connectors.kafka_produce import load_records
 
     batch = jsonbatch.encode(RECORDS)
     assert batch is not None

@@ -1,4 +1,4 @@
-"""Unit tests for operators.retry: attempt counts, delays, maxDuration and validation."""
+"""Unit tests for waxflow.retry: attempt counts, delays, maxDuration and validation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from dataflows.tasks import RetrySpec
-from operators.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy, check_retry
+from waxflow.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy, check_retry
+from waxflow.tasks import RetrySpec
 
 S = timedelta(seconds=1)
 

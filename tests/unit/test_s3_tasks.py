@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from moto.server import ThreadedMotoServer
 
-import connectors.s3  # noqa: F401  (registers s3.*)
-from connectors.broker import free_port
-from connectors.storage import Storage
-from dataflows.tasks import TaskFailure
+import waxflow.connectors.s3  # noqa: F401  (registers s3.*)
 from tests.task_helpers import FakeContext, parse_task
+from waxflow.connectors.broker import free_port
+from waxflow.connectors.storage import Storage
+from waxflow.tasks import TaskFailure
 
 ACCESS, SECRET = "test-access-key", "test-secret-value-123"
 
@@ -162,9 +162,9 @@ def test_only_one_credential_is_rejected(s3_endpoint: str, bucket: str, stored: 
 
 def test_bulk_batch_in_s3_internal_storage_reads_back(
         s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from connectors import jsonbatch
-    from connectors.storage import read_records
-    from connectors.tabular import to_table
+    from waxflow.connectors import jsonbatch
+    from waxflow.connectors.storage import read_records
+    from waxflow.connectors.tabular import to_table
 
     monkeypatch.setenv("WAXFLOW_S3_ENDPOINT", s3_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-import connectors.avro as avro_mod
-from connectors.avro import avro_deserializer, avro_serializer
-from connectors.serdes import (
+import waxflow.connectors.avro as avro_mod
+from waxflow.connectors.avro import avro_deserializer, avro_serializer
+from waxflow.connectors.serdes import (
     DESERIALIZERS,
     SERIALIZERS,
     SerdeError,

@@ -1,4 +1,4 @@
-"""Tests for dataflows.yamlpos."""
+"""Tests for waxflow.dataflows.yamlpos."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from dataflows.errors import FlowError
-from dataflows.yamlpos import load_yaml
+from waxflow.dataflows.yamlpos import load_yaml
+from waxflow.errors import FlowError
 
 FLOW = """\
 id: orders

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dataflows.expressions import redact_obj
+from waxflow.expressions import redact_obj
 
 TERMINAL = frozenset({"SUCCESS", "WARNING", "FAILED", "SKIPPED"})
 

@@ -2,12 +2,12 @@
 
 For every epoch, in this order:
 
-1. ``operators.execute``: every execution of the epoch's records reaches a terminal state
+1. ``waxflow.operators.execute``: every execution of the epoch's records reaches a terminal state
    and its terminal document is acknowledged by the broker (the step returns only then).
 2. :class:`DoneSink` (this module) receives, per source partition, the next offset whose
    records are all done. It is a stateful ``FixedPartitionedSink``, so with recovery on the
    epoch's snapshot (and hence the next epoch) waits for it as well as for the source.
-3. ``connectors.kafka_source``: at the epoch end ``snapshot()`` records the next offset to
+3. ``waxflow.connectors.kafka_source``: at the epoch end ``snapshot()`` records the next offset to
    read; Bytewax starts the next epoch only after this one passed every step.
 4. The first ``next_batch()`` of the next epoch commits that offset to the consumer group.
 

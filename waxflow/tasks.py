@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dataflows.durations import Duration
+from waxflow.durations import Duration
 
 TASK_TYPES: dict[str, type[TaskBase]] = {}
 # ``AnyTask`` (the discriminated union of every registered type) is resolved by
-# ``dataflows.spec.task_union()`` once all task modules are imported; fields that hold child
+# ``waxflow.dataflows.spec.task_union()`` once all task modules are imported; fields that hold child
 # task lists are annotated ``list[AnyTask]``.
 
 T = TypeVar("T", bound="type[TaskBase]")

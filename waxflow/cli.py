@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from connectors.broker import (
+from waxflow.connectors.broker import (
     DEFAULT_CONTROLLER_PORT,
     DEFAULT_PORT,
     BrokerError,
     LocalBroker,
     default_data_dir,
 )
-from dataflows.errors import FlowError
+from waxflow.errors import FlowError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -98,7 +98,7 @@ def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from dataflows.spec import parse_flow
+    from waxflow.dataflows.spec import parse_flow
 
     flow = parse_flow(args.flow)
     ntasks = sum(1 for _ in flow.all_tasks())
@@ -108,15 +108,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from dataflows.spec import json_schema
+    from waxflow.dataflows.spec import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dataflows.runner import run_cluster, run_here, user_error
-    from dataflows.spec import parse_flow
+    from waxflow.dataflows.runner import run_cluster, run_here, user_error
+    from waxflow.dataflows.spec import parse_flow
 
     parse_flow(args.flow)  # refuse to start an invalid flow, before any process is spawned
     if args.processes > 1 and args.process_id is None:
@@ -146,9 +146,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from dataflows.local_run import run_jsonl
-    from dataflows.spec import parse_flow
-    from recovery.executions_cli import print_executions
+    from waxflow.dataflows.local_run import run_jsonl
+    from waxflow.dataflows.spec import parse_flow
+    from waxflow.recovery.executions_cli import print_executions
 
     docs = run_jsonl(parse_flow(args.flow), Path(args.records))
     print_executions(docs, args.format)
@@ -156,10 +156,10 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from dataflows.local_run import replay
-    from dataflows.spec import parse_flow
-    from recovery.executions_cli import print_executions
-    from recovery.index import ExecutionIndex
+    from waxflow.dataflows.local_run import replay
+    from waxflow.dataflows.spec import parse_flow
+    from waxflow.recovery.executions_cli import print_executions
+    from waxflow.recovery.index import ExecutionIndex
 
     flow = parse_flow(args.flow)
     with ExecutionIndex(args.index) as index:
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_broker(sub)
     _add_flow_commands(sub)
     try:
-        from recovery.executions_cli import add_parser as add_executions
+        from waxflow.recovery.executions_cli import add_parser as add_executions
     except ImportError:  # pragma: no cover - during development only
         pass
     else:

@@ -40,7 +40,7 @@ from jinja2.nativetypes import NativeCodeGenerator, NativeEnvironment
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from dataflows.durations import format_duration
+from waxflow.durations import format_duration
 
 __all__ = [
     "ALLOWED_ROOTS",

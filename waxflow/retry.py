@@ -18,8 +18,8 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-from dataflows.durations import format_duration
-from dataflows.tasks import RetrySpec
+from waxflow.durations import format_duration
+from waxflow.tasks import RetrySpec
 
 __all__ = ["DEFAULT_DELAY_FACTOR", "DEFAULT_MAX_ATTEMPTS", "RetryPolicy", "check_retry"]
 

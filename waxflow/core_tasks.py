@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from dataflows.errors import format_path
-from dataflows.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.errors import format_path
+from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
-if TYPE_CHECKING:  # at run time AnyTask is resolved by model_rebuild (dataflows.spec)
-    from dataflows.tasks import AnyTask
+if TYPE_CHECKING:  # at run time AnyTask is resolved by model_rebuild (waxflow.dataflows.spec)
+    from waxflow.tasks import AnyTask
 
 __all__ = ["FUNCTION_PATTERN", "is_truthy", "switch_key"]
 

@@ -1,0 +1,1 @@
+"""waxflow: turn Kafka records into workflows (Kestra-style YAML flows on Bytewax)."""
