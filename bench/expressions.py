@@ -6,7 +6,7 @@ renders/s and the slowdown ratio against the f-string doing the same lookups.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,4 +50,7 @@ def main(n: int = 200_000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("n", type=int, nargs="?", default=200_000,
+                    help="renders per template (default 200000)")
+    main(ap.parse_args().n)

@@ -56,40 +56,21 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from benchkit import (  # noqa: E402
-    PARTITIONS,
-    Resources,
-    child_cpu,
-    load,
-    produce_all,
-    record,
-)
-from confluent_kafka import (  # noqa: E402
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    TopicPartition,
-)
+import benchkit  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # noqa: E402
 
 from waxflow.connectors.kafka_batch import BULK_FETCH  # noqa: E402
 
-WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
 IDLE = 2.0
 TARGETS = ("ion", "parquet", "duckdb")
 
@@ -150,40 +131,14 @@ tasks:
     raise ValueError(target)
 
 
-# --------------------------------------------------------------------------- kafka helpers
-def read_log(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every document of an execution-log topic."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
-    docs: list[dict[str, Any]] = []
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions]
-        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-                for tp in parts}
-        todo = {p for p, e in ends.items() if e > 0}
-        c.assign(parts)
-        deadline = time.monotonic() + 120
-        while todo and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())
-                        continue
-                    raise RuntimeError(str(err))
-                docs.append(json.loads(m.value() or b"null"))
-                if (m.offset() or 0) + 1 >= ends[m.partition()]:
-                    todo.discard(m.partition())
-        if todo:
-            raise TimeoutError(f"did not reach the end of {topic}")
-    finally:
-        c.close()
-    return docs
-
-
-def ts(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
+# --------------------------------------------------------------------------- the log
+def terminal_docs(bootstrap: str, log_topic: str) -> list[dict[str, Any]]:
+    """The last terminal document of every execution, by ``startDate``."""
+    latest: dict[str, dict[str, Any]] = {}
+    for d in benchkit.read_docs(bootstrap, log_topic, timeout=120):
+        if d.get("terminal"):
+            latest[d["id"]] = d
+    return sorted(latest.values(), key=lambda d: benchkit.iso_seconds(d["startDate"]))
 
 
 # --------------------------------------------------------------------------- raw consume
@@ -214,7 +169,7 @@ def raw_consume(bootstrap: str, topic: str, group: str, n: int, batch: int,
                   "enable.auto.commit": False, "enable.auto.offset.store": False,
                   "auto.offset.reset": "earliest", "isolation.level": "read_committed",
                   **BULK_FETCH})
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(benchkit.PARTITIONS)])
     held: list[Any] = []
     done = 0
     first = last = 0.0
@@ -295,7 +250,7 @@ class WaxResult:
             prev = d.end
 
 
-def run_waxflow(res: Resources, bootstrap: str, topic: str, n: int, target: str,
+def run_waxflow(res: benchkit.Resources, bootstrap: str, topic: str, n: int, target: str,
                 args: argparse.Namespace, tmp: Path) -> WaxResult:
     group = res.group(target)
     log = res.log_topic(target)
@@ -304,25 +259,11 @@ def run_waxflow(res: Resources, bootstrap: str, topic: str, n: int, target: str,
     storage = tmp / f"storage-{target}-{uuid.uuid4().hex[:6]}"
     flow = tmp / f"flow-{target}.yaml"
     flow.write_text(flow_yaml(target, topic, group, args.interval, args.max_records, out_dir))
-    env = dict(os.environ)
-    env.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log,
-                "WAXFLOW_STORAGE": str(storage), "WAXFLOW_LOG_LEVEL": "WARNING",
-                "PYTHONPATH": os.pathsep.join([str(REPO), str(BENCH)])})
-    cpu0 = child_cpu()
-    launch = time.time()
-    t0 = time.perf_counter()
-    proc = subprocess.run([WAXFLOW, "run", str(flow), "--stop-when-idle", str(IDLE), "-w", "1"],
-                          env=env, capture_output=True, text=True, timeout=3600)
-    exit_s = time.perf_counter() - t0
-    cpu = child_cpu() - cpu0
-    if proc.returncode != 0:
-        raise RuntimeError(f"waxflow run ({target}) exited {proc.returncode}: "
-                           f"{proc.stderr[-3000:]}")
-    latest: dict[str, dict[str, Any]] = {}
-    for d in read_log(bootstrap, log):
-        if d.get("terminal"):
-            latest[d["id"]] = d
-    docs = sorted(latest.values(), key=lambda d: ts(d["startDate"]))
+    env = benchkit.child_env(bootstrap, log, {"WAXFLOW_STORAGE": str(storage)}, paths=[BENCH])
+    run = benchkit.run_child(benchkit.waxflow_cmd(flow, IDLE, "-w", "1"), env, timeout=3600,
+                             name=f"waxflow run ({target})")
+    docs = terminal_docs(bootstrap, log)
+    ts = benchkit.iso_seconds
     batches = []
     for d in docs:
         tasks = {}
@@ -347,7 +288,7 @@ def run_waxflow(res: Resources, bootstrap: str, topic: str, n: int, target: str,
              ) if not problems else "INVALID: " + "; ".join(problems)
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.rmtree(storage, ignore_errors=True)
-    return WaxResult(target, n, launch, exit_s, cpu, batches, check)
+    return WaxResult(target, n, run.launch, run.wall, run.cpu, batches, check)
 
 
 def count_rows(target: str, out_dir: Path) -> int | None:
@@ -376,38 +317,34 @@ def main() -> int:
     ap.add_argument("--raw-batch", type=int, default=10_000,
                     help="max records per consume() call of the raw consumer")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    benchkit.add_bootstrap(ap)
     args = ap.parse_args()
     targets = [t for t in args.targets.split(",") if t]
     if unknown := set(targets) - set(TARGETS):
         ap.error(f"unknown targets {sorted(unknown)}")
     n, bootstrap = args.records, args.bootstrap
-    res = Resources(AdminClient({"bootstrap.servers": bootstrap}), "bench-mb")
-    print(f"micro-batch bench: {n:,} records x {len(record(12345))} B JSON, {PARTITIONS} "
-          f"partitions, kafka.Trigger interval {args.interval} maxRecords {args.max_records:,}, "
-          f"broker {bootstrap}, {os.cpu_count()} CPUs, load {load()}, run {res.run_id}")
-    tmp = Path(tempfile.mkdtemp(prefix="waxflow-bench-mb-"))
+    res = benchkit.Resources(AdminClient({"bootstrap.servers": bootstrap}), "bench-mb")
+    print(f"micro-batch bench: {n:,} records x {len(benchkit.record(12345))} B JSON, "
+          f"{benchkit.PARTITIONS} partitions, kafka.Trigger interval {args.interval} maxRecords "
+          f"{args.max_records:,}, broker {bootstrap}, {os.cpu_count()} CPUs, "
+          f"load {benchkit.load()}, run {res.run_id}")
     raws: list[RawResult] = []
     wax: dict[str, list[WaxResult]] = {t: [] for t in targets}
-    try:
-        topic = res.create(res.name("in"), PARTITIONS)
-        secs = produce_all(bootstrap, topic, n)
+    with benchkit.scratch(res, "waxflow-bench-mb-", announce=True) as tmp:
+        topic = res.create(res.name("in"), benchkit.PARTITIONS)
+        secs = benchkit.produce_all(bootstrap, topic, n)
         print(f"produced {n:,} records to {topic} in {secs:.1f} s")
         for r in range(args.repeat):
             if args.repeat > 1:
                 print(f"round {r + 1}/{args.repeat}")
-            print(f"raw consume (consume({args.raw_batch}) + json.loads; load {load()})")
+            print(f"raw consume (consume({args.raw_batch}) + json.loads; load {benchkit.load()})")
             raws.append(raw_consume(bootstrap, topic, res.group("raw"), n, args.raw_batch,
                                     args.max_records))
             raws[-1].report()
             for target in targets:
-                print(f"waxflow kafka.Trigger -> {target} (load {load()})")
+                print(f"waxflow kafka.Trigger -> {target} (load {benchkit.load()})")
                 wax[target].append(run_waxflow(res, bootstrap, topic, n, target, args, tmp))
                 wax[target][-1].report()
-    finally:
-        print(f"cleaning up: {len(res.topics)} topics, {len(res.groups)} consumer groups")
-        res.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median
     raw = med(r.rate for r in raws)
@@ -422,11 +359,10 @@ def main() -> int:
         valid &= ok
         runs = ", ".join(f"{w.rate:,.0f}" for w in results) if len(results) > 1 else ""
         print(f"  waxflow -> {target:<8}       {rate:>10,.0f} records/s  {ratio:6.1%} of raw "
-              f"[{'met' if rate >= 100_000 else 'NOT met'} / "
-              f"{'met' if ratio >= 0.7 else 'NOT met'}]{'  runs: ' + runs if runs else ''}"
-              f"{'' if ok else '  INVALID'}")
-    print(f"  load average at the end: {load()} on {os.cpu_count()} CPUs (the broker shares "
-          "them; other processes skew every number)")
+              f"[{benchkit.verdict(rate >= 100_000)} / {benchkit.verdict(ratio >= 0.7)}]"
+              f"{'  runs: ' + runs if runs else ''}{'' if ok else '  INVALID'}")
+    print(f"  load average at the end: {benchkit.load()} on {os.cpu_count()} CPUs (the broker "
+          "shares them; other processes skew every number)")
     return 0 if valid else 1
 
 

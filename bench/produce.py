@@ -40,46 +40,28 @@ epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import benchkit
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
-import benchkit  # noqa: E402
-from benchkit import PARTITIONS, Resources, child_cpu  # noqa: E402
-from confluent_kafka import (  # noqa: E402
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # noqa: E402
-
-WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
 IDLE = 2.0
 HEADER = ("waxflow.execution.id", b"0" * 32)
 
 
 def record(i: int) -> bytes:
-    """One ~200-byte JSON record."""
-    doc = {"id": i, "type": "order", "customer": f"cust-{i % 10007:05d}",
-           "amount": round(10 + (i % 9973) * 0.37, 2), "qty": 1 + i % 5, "currency": "EUR",
-           "sku": f"sku-{i % 997:06d}", "ts": "2024-05-01T12:00:00.000Z", "note": ""}
-    raw = json.dumps(doc, separators=(",", ":"))
-    doc["note"] = "x" * max(0, 200 - len(raw))
-    return json.dumps(doc, separators=(",", ":")).encode()
+    """One ~200-byte JSON record (all orders, no country: not ``benchkit.record``)."""
+    return benchkit.padded({"id": i, "type": "order", "customer": f"cust-{i % 10007:05d}",
+                            "amount": round(10 + (i % 9973) * 0.37, 2), "qty": 1 + i % 5,
+                            "currency": "EUR", "sku": f"sku-{i % 997:06d}",
+                            "ts": "2024-05-01T12:00:00.000Z", "note": ""})
 
 
 def flow_yaml(src: str, dst: str, group: str, transactional: bool, concurrency: int) -> str:
@@ -103,9 +85,9 @@ tasks:
 """
 
 
-def output_topic(res: Resources, kind: str) -> str:
+def output_topic(res: benchkit.Resources, kind: str) -> str:
     """A fresh output topic whose records carry the broker's append time."""
-    return res.create(res.name(f"out-{kind}"), PARTITIONS,
+    return res.create(res.name(f"out-{kind}"), benchkit.PARTITIONS,
                       {"message.timestamp.type": "LogAppendTime"})
 
 
@@ -123,36 +105,16 @@ class Scan:
 
 def scan_output(bootstrap: str, topic: str) -> Scan:
     """Read ``topic`` (read_committed) to its end: count, distinct keys, append-time span."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "enable.partition.eof": True,
-                  "isolation.level": "read_committed"})
     keys: set[bytes] = set()
     out = Scan()
     first: int | None = None
     last: int | None = None
-    try:
-        parts = [TopicPartition(topic, p, 0) for p in range(PARTITIONS)]
-        todo = {tp.partition for tp in parts
-                if c.get_watermark_offsets(tp, timeout=10, cached=False)[1] > 0}
-        c.assign(parts)
-        deadline = time.monotonic() + 300
-        while todo and time.monotonic() < deadline:
-            for m in c.consume(5000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(int(m.partition() or 0))
-                        continue
-                    raise RuntimeError(str(err))
-                ts = m.timestamp()[1]
-                first = ts if first is None else min(first, ts)
-                last = ts if last is None else max(last, ts)
-                out.count += 1
-                keys.add(m.key() or b"")
-        if todo:
-            raise TimeoutError(f"did not reach the end of {topic}")
-    finally:
-        c.close()
+    for m in benchkit.read_to_end(bootstrap, topic, isolation="read_committed"):
+        ts = m.timestamp()[1]
+        first = ts if first is None else min(first, ts)
+        last = ts if last is None else max(last, ts)
+        out.count += 1
+        keys.add(m.key() or b"")
     out.distinct = len(keys)
     out.first_ms, out.last_ms = first or 0, last or 0
     return out
@@ -194,29 +156,20 @@ class Result:
               f"= {self.records / busy:,.0f}/s{cpu} | output {ok}")
 
 
-def run_waxflow(res: Resources, bootstrap: str, src: str, n: int, tmp: Path,
+def run_waxflow(res: benchkit.Resources, bootstrap: str, src: str, n: int, tmp: Path,
                 transactional: bool, workers: int, concurrency: int) -> Result:
     kind = "txn" if transactional else "plain"
     dst, group, log = output_topic(res, kind), res.group(kind), res.name(f"log-{kind}")
     res.topics.append(log)  # created by the job (ensure_topic); deleted at the end
     flow = tmp / f"flow-{kind}.yaml"
     flow.write_text(flow_yaml(src, dst, group, transactional, concurrency))
-    env = dict(os.environ)
-    env.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log,
-                "WAXFLOW_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)})
-    cpu0 = child_cpu()
-    t0 = time.monotonic()
-    proc = subprocess.run([WAXFLOW, "run", str(flow), "--stop-when-idle", str(IDLE),
-                           "-w", str(workers)], env=env, capture_output=True, text=True,
-                          timeout=1800)
-    wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"waxflow run exited {proc.returncode}: {proc.stderr[-2000:]}")
+    run = benchkit.run_child(benchkit.waxflow_cmd(flow, IDLE, "-w", str(workers)),
+                             benchkit.child_env(bootstrap, log), timeout=1800, name="waxflow run")
     return Result(f"waxflow Produce {'transactional' if transactional else 'non-transactional'}",
-                  n, scan_output(bootstrap, dst), wall, IDLE, child_cpu() - cpu0)
+                  n, scan_output(bootstrap, dst), run.wall, IDLE, run.cpu)
 
 
-def run_raw_producer(res: Resources, bootstrap: str, n: int) -> Result:
+def run_raw_producer(res: benchkit.Resources, bootstrap: str, n: int) -> Result:
     dst = output_topic(res, "raw")
     pairs = [(f"k{i}".encode(), record(i)) for i in range(n)]
     errors: list[str] = []
@@ -245,7 +198,7 @@ def run_raw_producer(res: Resources, bootstrap: str, n: int) -> Result:
                   0.0, time.process_time() - cpu0, basis="wall")
 
 
-def run_raw_consume_produce(res: Resources, bootstrap: str, src: str, n: int) -> Result:
+def run_raw_consume_produce(res: benchkit.Resources, bootstrap: str, src: str, n: int) -> Result:
     dst, group = output_topic(res, "rawtxn"), res.group("rawtxn")
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -301,21 +254,20 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64,
                     help="the trigger's maxConcurrency (executions in flight per worker)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of all four contenders")
-    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    benchkit.add_bootstrap(ap)
     args = ap.parse_args()
     n = args.records
-    res = Resources(AdminClient({"bootstrap.servers": args.bootstrap}), "bench-produce")
-    print(f"kafka.Produce bench: {n:,} records x ~{len(record(12345))} B, {PARTITIONS} "
+    res = benchkit.Resources(AdminClient({"bootstrap.servers": args.bootstrap}), "bench-produce")
+    print(f"kafka.Produce bench: {n:,} records x ~{len(record(12345))} B, {benchkit.PARTITIONS} "
           f"partitions, broker {args.bootstrap}, {os.cpu_count()} CPUs, waxflow -w "
           f"{args.workers}, maxConcurrency {args.concurrency}, run {res.run_id}")
-    tmp = Path(tempfile.mkdtemp(prefix="waxflow-bench-produce-"))
     rounds: list[dict[str, Result]] = []
-    try:
-        src = res.create(res.name("in"), PARTITIONS)
+    with benchkit.scratch(res, "waxflow-bench-produce-", announce=True) as tmp:
+        src = res.create(res.name("in"), benchkit.PARTITIONS)
         produce_input(args.bootstrap, src, n)
         for r in range(args.repeat):
             if args.repeat > 1:
-                print(f"round {r + 1}/{args.repeat} (load {os.getloadavg()[0]:.1f})")
+                print(f"round {r + 1}/{args.repeat} (load {benchkit.load()})")
             results = {
                 "txn": run_waxflow(res, args.bootstrap, src, n, tmp, True, args.workers,
                                    args.concurrency),
@@ -327,12 +279,6 @@ def main() -> int:
             for result in results.values():
                 result.report()
             rounds.append(results)
-    finally:
-        print(f"cleaning up: {len(res.topics)} topics, {len(res.groups)} consumer groups")
-        res.cleanup()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
 
     def med(kind: str) -> float:
         return statistics.median(r[kind].rate for r in rounds)

@@ -28,47 +28,29 @@ import cProfile
 import json
 import os
 import pstats
-import resource
 import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+import benchkit  # noqa: E402
 import microbatch  # noqa: E402
-from benchkit import table  # noqa: E402
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # noqa: E402
 
-
 # --------------------------------------------------------------------------- profile mode
-def module_of(key: tuple[str, int, str]) -> str:
-    file, _, func = key
-    if file == "~":
-        name = func.strip("<>")
-        for known in ("amazon", "_ion", "ionc", "cimpl.Consumer", "cimpl.Message", "cimpl.Producer",
-                      "json", "pyarrow", "duckdb", "posix"):
-            if known in name:
-                return f"builtin {known}"
-        return f"builtin {name.split(' ')[-1][:60]}"
-    parts = Path(file).parts
-    if "site-packages" in parts:
-        i = parts.index("site-packages")
-        return parts[i + 1].removesuffix(".py")
-    if "main" in parts:
-        i = len(parts) - 1 - parts[::-1].index("main")
-        return "/".join(parts[i + 1:])
-    return "stdlib " + Path(file).stem
+# C functions whose self time the module table shows by these names (the rest by their own)
+BUILTINS = ("amazon", "_ion", "ionc", "cimpl.Consumer", "cimpl.Message", "cimpl.Producer",
+            "json", "pyarrow", "duckdb", "posix")
 
 
 STAGES = [  # (label, function key suffix) measured by cumulative time
     ("source: _BatchPartition.next_batch (consume, record tuples, cut)", "(next_batch)"),
     ("  of which _read (consume + a tuple per message)", "(_read)"),
-    ("execute step: BatchRunner._run (everything below)", "operators/microbatch.py"),
+    ("execute step: BatchExecutions (everything below)", "operators/microbatch.py"),
     ("  jsonbatch.encode (bulk path: one pyarrow parse + lines)", "(encode)"),
     ("  Storage.put_data (bulk path: write + fsync)", "(put_data)"),
     ("  decode() per record (json.loads + Decoded; per-record path)", "(decode)"),
@@ -82,7 +64,7 @@ STAGES = [  # (label, function key suffix) measured by cumulative time
     ("    pyarrow.parquet.write_table", "(write_table)"),
     ("    duckdb.Load.run (to_table + DuckDB)", "connectors/duckdb.py"),
     ("  LogBatch.write / wait (execution documents)", "(write)"),
-    ("DoneSink / commit", "operators/commit.py"),
+    ("DoneSink / commit", "operators/checkpoint.py"),
 ]
 
 
@@ -142,50 +124,24 @@ def instrument_source(whatif_awake: bool) -> SourceStats:
 
 def profile(args: argparse.Namespace) -> int:
     bootstrap = args.bootstrap
-    res = microbatch.Resources(AdminClient({"bootstrap.servers": bootstrap}))
-    tmp = Path(tempfile.mkdtemp(prefix="waxflow-prof-mb-"))
-    try:
-        topic = res.create(res.name("prof-in"), microbatch.PARTITIONS)
-        log = res.log_topic("prof")
-        group = res.group("prof")
-        microbatch.produce_all(bootstrap, topic, args.records)
+    res = benchkit.Resources(AdminClient({"bootstrap.servers": bootstrap}))
+    with benchkit.scratch(res, "waxflow-prof-mb-") as tmp:
+        inp = benchkit.fresh_inputs(res, bootstrap, "prof", args.records)
         out_dir = tmp / "out"
         out_dir.mkdir()
         flow_path = tmp / "flow.yaml"
-        flow_path.write_text(microbatch.flow_yaml(args.target, topic, group, args.interval,
-                                                  args.max_records, out_dir))
-        os.environ.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log,
-                           "WAXFLOW_STORAGE": str(tmp / "storage")})
-
-        from bytewax.testing import run_main
-
-        from waxflow.dataflows import load_flow
-
-        flow = load_flow(str(flow_path), stop_when_idle=microbatch.IDLE)
+        flow_path.write_text(microbatch.flow_yaml(args.target, inp.topic, inp.group,
+                                                  args.interval, args.max_records, out_dir))
+        flow = benchkit.compile_flow(flow_path, bootstrap, inp.log, idle=microbatch.IDLE,
+                                     extra_env={"WAXFLOW_STORAGE": str(tmp / "storage")})
         src = instrument_source(args.whatif_awake)
         prof = cProfile.Profile(time.thread_time)
-        ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        c0 = time.thread_time()
-        if not args.no_profile:
-            prof.enable()
-        try:
-            run_main(flow, epoch_interval=timedelta(milliseconds=200))
-        finally:
-            if not args.no_profile:
-                prof.disable()
-        wall = time.perf_counter() - t0
-        thread_cpu = time.thread_time() - c0
-        ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        run = benchkit.run_in_process(flow, None if args.no_profile else prof)
+        wall, thread_cpu, cpu = run.wall, run.thread_cpu, run.cpu
 
-        latest: dict[str, dict[str, Any]] = {}
-        for d in microbatch.read_log(bootstrap, log):
-            if d.get("terminal"):
-                latest[d["id"]] = d
-        docs = sorted(latest.values(), key=lambda d: d["startDate"])
+        docs = microbatch.terminal_docs(bootstrap, inp.log)
         counts = [d["trigger"]["messagesCount"] for d in docs]
-        ends = [datetime.fromisoformat(d["endDate"]).timestamp() for d in docs]
+        ends = [benchkit.iso_seconds(d["endDate"]) for d in docs]
         states = {d["state"] for d in docs}
         steady = ((sum(counts) - counts[0]) / (ends[-1] - ends[0])) if len(docs) > 1 else 0.0
         print(f"{args.records:,} records, target {args.target}, {len(docs)} batches "
@@ -209,17 +165,9 @@ def profile(args: argparse.Namespace) -> int:
         if args.out:
             st.dump_stats(args.out)
         stage_table(st, total)
-        by_module: dict[str, float] = defaultdict(float)
-        for key, (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-            by_module[module_of(key)] += tt
-        print("\nSELF TIME BY MODULE / LIBRARY")
-        for mod, tt in sorted(by_module.items(), key=lambda kv: kv[1], reverse=True)[:15]:
-            print(f"  {tt / total:6.1%} {tt:7.2f} s  {mod}")
-        table(st, total, 3, args.top, "TOP BY CUMULATIVE TIME")
-        table(st, total, 2, args.top, "TOP BY SELF TIME")
-    finally:
-        res.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+        benchkit.module_table(st, total, BUILTINS, top=15, title="SELF TIME BY MODULE / LIBRARY")
+        benchkit.table(st, total, 3, args.top, "TOP BY CUMULATIVE TIME")
+        benchkit.table(st, total, 2, args.top, "TOP BY SELF TIME")
     return 0
 
 
@@ -248,7 +196,7 @@ def components(args: argparse.Namespace) -> int:
 
     try:
         recs: list[RecordFields] = [("topic", i % 3, i // 3, str(i).encode(),
-                                    microbatch.record(i), 1_700_000_000_000 + i, ())
+                                    benchkit.record(i), 1_700_000_000_000 + i, ())
                                    for i in range(n)]
         storage = Storage(str(tmp / "storage"))
         timed("[floor] json.loads of each value", lambda: [json.loads(r[4]) for r in recs])
@@ -271,7 +219,7 @@ def components(args: argparse.Namespace) -> int:
             out = []
             for fields in recs:
                 raw = RawRecord(*fields)
-                d = decode(raw, kde, vde, False, {})
+                d = decode(raw, kde, vde, fail=False, filters={})
                 out.append({"key": d.key, "value": d.value, "topic": raw.topic,
                             "partition": raw.partition, "offset": raw.offset,
                             "timestamp": raw.timestamp, "headers": headers_text(raw.headers)})
@@ -298,7 +246,7 @@ def components(args: argparse.Namespace) -> int:
         timed("DuckDB: register Arrow + INSERT BY NAME + commit", duck)
         print(f"per-record cost of each stage, {n:,} records in one batch (us/record; wall "
               f"on this loaded machine, and this thread's CPU; no profiler); load "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+              f"{benchkit.load()} on {os.cpu_count()} CPUs")
         print(f"  Ion-text file {len(bulk.data) / n:.0f} B/record; binary ION file "
               f"{Path(uri2.removeprefix('file://')).stat().st_size / n:.0f} B/record")
         print(f"  {'wall':>8} {'cpu':>8}")
@@ -316,7 +264,7 @@ def main() -> int:
     ap.add_argument("--max-records", type=int, default=200_000)
     ap.add_argument("--interval", default="PT5S")
     ap.add_argument("--target", default="duckdb", choices=microbatch.TARGETS)
-    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    benchkit.add_bootstrap(ap)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--whatif-awake", action="store_true")
     ap.add_argument("--components", action="store_true")

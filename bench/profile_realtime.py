@@ -22,20 +22,21 @@ import concurrent.futures.thread as cft
 import cProfile
 import os
 import pstats
-import resource
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchkit
 import realtime
-from benchkit import table
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+
+# C functions whose self time the module table shows by name (the rest: "builtin (other)")
+BUILTINS = ("cimpl.Producer", "cimpl.Consumer", "cimpl.Message", "json", "_json", "_thread",
+            "datetime", "_hashlib", "uuid", "posix")
 
 
 def install_pool_profiling() -> list[cProfile.Profile]:
@@ -102,54 +103,35 @@ def report_gc(pauses: dict[int, list[tuple[float, float, int]]]) -> None:
               f"{sum(r[2] for r in runs):,} objects collected")
 
 
-def module_of(key: tuple[str, int, str]) -> str:
-    file, _, func = key
-    if file == "~":
-        name = func.strip("<>")
-        for known in ("cimpl.Producer", "cimpl.Consumer", "cimpl.Message", "json", "_json",
-                      "_thread", "datetime", "_hashlib", "uuid", "posix"):
-            if known in name:
-                return f"builtin {known}"
-        return "builtin (other)"
-    parts = Path(file).parts
-    if "site-packages" in parts:
-        i = parts.index("site-packages")
-        return parts[i + 1].removesuffix(".py")
-    if "main" in parts:
-        i = len(parts) - 1 - parts[::-1].index("main")
-        return "/".join(parts[i + 1:])
-    return "stdlib " + Path(file).stem
-
-
 def components(args: argparse.Namespace) -> int:
     """Time each stage of one execution single-threaded, with the product's own objects.
 
     No profiler: plain perf_counter around N repetitions of each stage. The stages add up to
     the per-record work of the execute step minus thread-pool and Bytewax overhead, which are
-    timed separately (ExecuteBatch on 500-record batches with the flow's pool of 64 threads
+    timed separately (RecordExecutions on 500-record batches with the flow's pool of 64 threads
     vs a pool of 1).
     """
     from waxflow.connectors.serdes import deserializer
     from waxflow.dataflows.compiler import build_runner
     from waxflow.dataflows.spec import parse_flow
+    from waxflow.execution import State
     from waxflow.operators.deserialize import decode
     from waxflow.records import RawRecord
     from waxflow.retry import RetryPolicy
 
     n = args.records
     bootstrap = args.bootstrap
-    res = realtime.Resources(AdminClient({"bootstrap.servers": bootstrap}))
-    tmp = Path(tempfile.mkdtemp(prefix="waxflow-comp-"))
-    try:
+    res = benchkit.Resources(AdminClient({"bootstrap.servers": bootstrap}))
+    with benchkit.scratch(res, "waxflow-comp-") as tmp:
         log_topic = res.log_topic("comp")
         flow_path = tmp / "flow.yaml"
         flow_path.write_text(realtime.flow_yaml("unused", "unused"))
         os.environ.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log_topic})
         flow = parse_flow(flow_path)
         runner = build_runner(flow)
-        engine, exprs = runner.engine, runner.engine.exprs
-        log = (getattr(runner, "resources", None) or runner._resources)()[0]
-        raws = [RawRecord("in", i % 3, i, str(i).encode(), realtime.record(i),
+        engine, exprs = runner.executor.engine, runner.executor.engine.exprs
+        log = runner.executor.resources()[0]
+        raws = [RawRecord("in", i % 3, i, str(i).encode(), benchkit.record(i),
                           1_700_000_000_000 + i, ()) for i in range(n)]
         jde, sde = deserializer("JSON"), deserializer("STRING")
         results: list[tuple[str, float]] = []
@@ -161,14 +143,16 @@ def components(args: argparse.Namespace) -> int:
             return out
 
         decoded = timed("deserialize: decode() (json.loads + Decoded)",
-                        lambda: [decode(r, sde, jde, False, {}) for r in raws])
-        execs = timed("ExecuteBatch._new_execution (sha256 id, uuid4 runId, dicts)",
-                      lambda: [runner._new_execution(d) for d in decoded])
+                        lambda: [decode(r, sde, jde, fail=False, filters={}) for r in raws])
+        scratch_batch = log.batch()
+        jobs = timed("RecordExecutions.job (sha256 id, uuid4 runId, TriggerInfo)",
+                     lambda: [runner.job(d, scratch_batch) for d in decoded])
+        execs = [j.execution for j in jobs if j is not None]
 
         def running_json() -> list[bytes]:
             out = []
             for e in execs:
-                e.state = "RUNNING"
+                e.state = State.RUNNING
                 out.append(e.to_json())
             return out
 
@@ -200,12 +184,12 @@ def components(args: argparse.Namespace) -> int:
         timed("LogBatch.write x2 + wait (produce 2 docs, delivery callbacks)", produce_docs)
         # the whole execute step, as Bytewax calls it, with its pool vs without
         batches = [decoded[i:i + 500] for i in range(0, n, 500)]
-        timed("ExecuteBatch.__call__ on 500-record batches, pool of 64 threads",
+        timed("RecordExecutions on 500-record batches, inline (no task of the flow blocks)",
               lambda: [runner(b) for b in batches])
-        single = build_runner(flow)
-        single.max_concurrency = 1  # its pool is created on first use
-        timed("ExecuteBatch.__call__ on 500-record batches, pool of 1 thread",
-              lambda: [single(b) for b in batches])
+        pooled = build_runner(flow)
+        pooled.executor.inline = False  # its pool is created on first use
+        timed("RecordExecutions on 500-record batches, pool of 64 threads",
+              lambda: [pooled(b) for b in batches])
         from concurrent.futures import ThreadPoolExecutor, wait
 
         pool = ThreadPoolExecutor(64)
@@ -220,18 +204,13 @@ def components(args: argparse.Namespace) -> int:
               "(us/record; no profiler)")
         for name, us in results:
             print(f"  {us:8.1f} us  {name}")
-    finally:
-        res.cleanup()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
     return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=50_000)
-    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    benchkit.add_bootstrap(ap)
     ap.add_argument("--no-profile", action="store_true", help="same run, no profiler")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", default=None, help="write the merged pstats here")
@@ -246,22 +225,13 @@ def main() -> int:
         return components(args)
 
     bootstrap = args.bootstrap
-    res = realtime.Resources(AdminClient({"bootstrap.servers": bootstrap}))
-    tmp = Path(tempfile.mkdtemp(prefix="waxflow-prof-"))
-    try:
-        topic = res.create(res.name("prof-in"), realtime.PARTITIONS)
-        log = res.log_topic("prof")
-        group = res.group("prof")
-        realtime.produce_all(bootstrap, topic, args.records)
+    res = benchkit.Resources(AdminClient({"bootstrap.servers": bootstrap}))
+    with benchkit.scratch(res, "waxflow-prof-") as tmp:
+        inp = benchkit.fresh_inputs(res, bootstrap, "prof", args.records)
+        log = inp.log
         flow_path = tmp / "flow.yaml"
-        flow_path.write_text(realtime.flow_yaml(topic, group))
-        os.environ.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log})
-
-        from bytewax.testing import run_main
-
-        from waxflow.dataflows import load_flow
-
-        flow = load_flow(str(flow_path), stop_when_idle=realtime.IDLE)
+        flow_path.write_text(realtime.flow_yaml(inp.topic, inp.group))
+        flow = benchkit.compile_flow(flow_path, bootstrap, log, idle=realtime.IDLE)
         pool_profiles = [] if args.no_profile else install_pool_profiling()
         if args.gc_freeze:
             import gc
@@ -270,18 +240,8 @@ def main() -> int:
             gc.freeze()
         gc_pauses = install_gc_timing() if args.gc else None
         main_prof = cProfile.Profile(time.thread_time)
-        ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        if not args.no_profile:
-            main_prof.enable()
-        try:
-            run_main(flow, epoch_interval=timedelta(milliseconds=200))
-        finally:
-            if not args.no_profile:
-                main_prof.disable()
-        wall = time.perf_counter() - t0
-        ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        run = benchkit.run_in_process(flow, None if args.no_profile else main_prof)
+        wall, cpu = run.wall, run.cpu
         scan = realtime.scan_log(bootstrap, log)
         assert scan.first_ms is not None and scan.last_terminal_ms is not None
         busy = (scan.last_terminal_ms - scan.first_ms) / 1000
@@ -289,9 +249,8 @@ def main() -> int:
               f"({scan.success:,} SUCCESS); {'no profiler' if args.no_profile else 'cProfile'}")
         print(f"  first document -> last terminal {busy:.2f} s = {args.records / busy:,.0f} "
               f"executions/s; run_main wall {wall:.2f} s (incl. {realtime.IDLE:g} s idle stop)")
-        user, system = ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime
         print(f"  process CPU {cpu:.2f} s = {cpu / args.records * 1e6:.0f} us/record "
-              f"(user {user:.2f} s, sys {system:.2f} s)")
+              f"(user {run.user:.2f} s, sys {run.system:.2f} s)")
         if gc_pauses is not None:
             report_gc(gc_pauses)
         if args.no_profile:
@@ -311,20 +270,11 @@ def main() -> int:
             st.dump_stats(args.out)
             print(f"  merged stats written to {args.out}")
 
-        by_module: dict[str, float] = defaultdict(float)
-        for key, (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-            by_module[module_of(key)] += tt
-        print("\nSELF TIME BY MODULE / LIBRARY (of profiled CPU)")
-        for mod, tt in sorted(by_module.items(), key=lambda kv: kv[1], reverse=True)[:20]:
-            print(f"  {tt / total:6.1%} {tt:7.2f} s  {mod}")
-        table(st, total, 3, args.top, "TOP BY CUMULATIVE TIME (per thread profile; % of all "
-              "profiled CPU)")
-        table(st, total, 2, args.top, "TOP BY SELF TIME")
-    finally:
-        res.cleanup()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+        benchkit.module_table(st, total, BUILTINS, top=20, other="builtin (other)",
+                              title="SELF TIME BY MODULE / LIBRARY (of profiled CPU)")
+        benchkit.table(st, total, 3, args.top,
+                       "TOP BY CUMULATIVE TIME (per thread profile; % of all profiled CPU)")
+        benchkit.table(st, total, 2, args.top, "TOP BY SELF TIME")
     return 0
 
 

@@ -60,7 +60,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -69,22 +68,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import benchkit
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-import benchkit  # noqa: E402
-from benchkit import PARTITIONS, Resources, child_cpu, load, record  # noqa: E402
-from confluent_kafka import (  # noqa: E402
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient  # noqa: E402
-
-WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
 IDLE = 2.0
 
 # The two-task flow: Switch (1 template) -> Set in each case (2 templates).
@@ -126,11 +113,6 @@ def flow_yaml(topic: str, group: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def produce_all(bootstrap: str, topic: str, n: int, key_prefix: str = "") -> float:
-    """``benchkit.produce_all`` with keys ``<key_prefix><i>``."""
-    return benchkit.produce_all(bootstrap, topic, n, key=lambda i: f"{key_prefix}{i}".encode())
-
-
 def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float,
                   start_index: int) -> dict[str, float]:
     """Produce at ``rate`` records/s for ``seconds`` s (each record on its own schedule).
@@ -147,9 +129,9 @@ def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float,
         while sent < due:
             i = start_index + sent
             key = str(i)
-            value = record(i)
+            value = benchkit.record(i)
             sent_at[key] = time.time() * 1000
-            p.produce(topic, value=value, key=key.encode(), partition=i % PARTITIONS)
+            p.produce(topic, value=value, key=key.encode(), partition=i % benchkit.PARTITIONS)
             sent += 1
         p.poll(0)
         pause = t0 + sent / rate - time.monotonic()
@@ -173,50 +155,27 @@ class LogScan:
 
 def scan_log(bootstrap: str, topic: str, keep_docs: bool = False) -> LogScan:
     """Read a log topic to its end, keeping timestamps (and terminal docs if asked)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
     out = LogScan()
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions]
-        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-                for tp in parts}
-        todo = {p for p, e in ends.items() if e > 0}
-        c.assign(parts)
-        deadline = time.monotonic() + 300
-        while todo and time.monotonic() < deadline:
-            for m in c.consume(5000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())
-                        continue
-                    raise RuntimeError(str(err))
-                ts = m.timestamp()[1]
-                v = m.value() or b""
-                out.docs += 1
-                if out.first_ms is None or ts < out.first_ms:
-                    out.first_ms = ts
-                if b'"terminal":true' in v:
-                    out.terminal += 1
-                    out.terminal_ids.add(m.key() or b"")
-                    if b'"state":"SUCCESS"' in v:
-                        out.success += 1
-                    if out.last_terminal_ms is None or ts > out.last_terminal_ms:
-                        out.last_terminal_ms = ts
-                    if keep_docs:
-                        out.terminal_docs.append((ts, json.loads(v)))
-                if m.offset() + 1 >= ends[m.partition()]:
-                    todo.discard(m.partition())
-        if todo:
-            raise TimeoutError(f"did not reach the end of {topic}")
-    finally:
-        c.close()
+    for m in benchkit.read_to_end(bootstrap, topic):
+        ts = m.timestamp()[1]
+        v = m.value() or b""
+        out.docs += 1
+        if out.first_ms is None or ts < out.first_ms:
+            out.first_ms = ts
+        if b'"terminal":true' in v:
+            out.terminal += 1
+            out.terminal_ids.add(m.key() or b"")
+            if b'"state":"SUCCESS"' in v:
+                out.success += 1
+            if out.last_terminal_ms is None or ts > out.last_terminal_ms:
+                out.last_terminal_ms = ts
+            if keep_docs:
+                out.terminal_docs.append((ts, json.loads(v)))
     return out
 
 
 def waxflow_cmd(flow_path: Path, idle: float) -> list[str]:
-    return [WAXFLOW, "run", str(flow_path), "--stop-when-idle", str(idle), "-w", "1"]
+    return benchkit.waxflow_cmd(flow_path, idle, "-w", "1")
 
 
 def handwritten_cmd(bootstrap: str, topic: str, group: str, log_topic: str,
@@ -224,13 +183,6 @@ def handwritten_cmd(bootstrap: str, topic: str, group: str, log_topic: str,
     return [sys.executable, str(Path(__file__).resolve()), "--handwritten",
             "--bootstrap", bootstrap, "--topic", topic, "--group", group,
             "--log-topic", log_topic, "--idle", str(idle)]
-
-
-def child_env(bootstrap: str, log_topic: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_EXECUTION_LOG": log_topic,
-                "WAXFLOW_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)})
-    return env
 
 
 def handwritten_main(args: argparse.Namespace) -> int:
@@ -344,39 +296,22 @@ class Throughput:
               f"{self.cpu_s:.1f} s = {self.cpu_s / self.records * 1e6:.0f} us/record")
 
 
-def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[float, float, int]:
-    cpu0 = child_cpu()
-    launch_ms = int(time.time() * 1000)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return elapsed, child_cpu() - cpu0, launch_ms
-
-
-def throughput_waxflow(res: Resources, bootstrap: str, n: int, tmp: Path) -> Throughput:
-    topic = res.create(res.name("in-wax"), PARTITIONS)
-    log = res.log_topic("wax")
-    group = res.group("wax")
-    secs = produce_all(bootstrap, topic, n)
-    print(f"  produced {n:,} records to {topic} in {secs:.1f} s")
-    flow = tmp / "throughput.yaml"
-    flow.write_text(flow_yaml(topic, group))
-    elapsed, cpu, launch_ms = run_child(waxflow_cmd(flow, IDLE), child_env(bootstrap, log),
-                                        timeout=3600)
-    return Throughput("waxflow", n, launch_ms, elapsed, cpu, scan_log(bootstrap, log))
-
-
-def throughput_handwritten(res: Resources, bootstrap: str, n: int) -> Throughput:
-    topic = res.create(res.name("in-hand"), PARTITIONS)
-    log = res.log_topic("hand")
-    group = res.group("hand")
-    secs = produce_all(bootstrap, topic, n)
-    print(f"  produced {n:,} records to {topic} in {secs:.1f} s")
-    elapsed, cpu, launch_ms = run_child(handwritten_cmd(bootstrap, topic, group, log, IDLE),
-                                        child_env(bootstrap, log), timeout=3600)
-    return Throughput("hand-written", n, launch_ms, elapsed, cpu, scan_log(bootstrap, log))
+def throughput(res: benchkit.Resources, bootstrap: str, n: int, tmp: Path, *,
+               handwritten: bool) -> Throughput:
+    """One throughput phase: ``waxflow run`` of the flow, or the hand-written loop."""
+    kind = "hand" if handwritten else "wax"
+    inp = benchkit.fresh_inputs(res, bootstrap, kind, n)
+    print(f"  produced {n:,} records to {inp.topic} in {inp.produce_s:.1f} s")
+    if handwritten:
+        name, cmd = "hand-written", handwritten_cmd(bootstrap, inp.topic, inp.group, inp.log,
+                                                    IDLE)
+    else:
+        flow = tmp / "throughput.yaml"
+        flow.write_text(flow_yaml(inp.topic, inp.group))
+        name, cmd = "waxflow", waxflow_cmd(flow, IDLE)
+    run = benchkit.run_child(cmd, benchkit.child_env(bootstrap, inp.log), timeout=3600, name=name)
+    return Throughput(name, n, int(run.launch * 1000), run.wall, run.cpu,
+                      scan_log(bootstrap, inp.log))
 
 
 def wait_terminal(bootstrap: str, log_topic: str, count: int, timeout: float = 120) -> None:
@@ -401,10 +336,6 @@ def wait_terminal(bootstrap: str, log_topic: str, count: int, timeout: float = 1
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))]
-
-
-def iso_ms(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp() * 1000
 
 
 STAGES = (
@@ -434,7 +365,7 @@ class Latency:
                       f" ms  max {max(vals):6.1f} ms  mean {statistics.fmean(vals):6.1f} ms")
 
 
-def latency_phase(res: Resources, bootstrap: str, kind: str, rate: float, seconds: float,
+def latency_phase(res: benchkit.Resources, bootstrap: str, kind: str, rate: float, seconds: float,
                   tmp: Path, cmd_for: Callable[[Path, str], list[str]] | None = None
                   ) -> Latency:
     """Paced load; the input topic uses LogAppendTime so each stage can be timed.
@@ -442,7 +373,7 @@ def latency_phase(res: Resources, bootstrap: str, kind: str, rate: float, second
     ``cmd_for(flow_path, log_topic)``: run this command instead of ``waxflow run`` (used by
     bench/whatif_realtime.py); ``kind`` "hand-written" runs the hand-written loop.
     """
-    topic = res.create(res.name(f"lat-{kind}"), PARTITIONS,
+    topic = res.create(res.name(f"lat-{kind}"), benchkit.PARTITIONS,
                        {"message.timestamp.type": "LogAppendTime"})
     log = res.log_topic(f"lat-{kind}")
     group = res.group(f"lat-{kind}")
@@ -453,11 +384,11 @@ def latency_phase(res: Resources, bootstrap: str, kind: str, rate: float, second
         flow = tmp / f"latency-{kind}.yaml"
         flow.write_text(flow_yaml(topic, group))
         cmd = cmd_for(flow, log) if cmd_for is not None else waxflow_cmd(flow, idle)
-    proc = subprocess.Popen(cmd, env=child_env(bootstrap, log), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=benchkit.child_env(bootstrap, log), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         warm = 300
-        produce_all(bootstrap, topic, warm, key_prefix="warm-")
+        benchkit.produce_all(bootstrap, topic, warm, key=lambda i: f"warm-{i}".encode())
         wait_terminal(bootstrap, log, warm)
         sent_at = produce_paced(bootstrap, topic, rate, seconds, start_index=warm)
         _, err = proc.communicate(timeout=600)
@@ -475,7 +406,7 @@ def latency_phase(res: Resources, bootstrap: str, kind: str, rate: float, second
         if produced is None:  # warm-up record
             continue
         appended_in = trig["timestamp"]  # LogAppendTime of the input record
-        end = iso_ms(doc["endDate"])
+        end = benchkit.iso_seconds(doc["endDate"]) * 1000
         stages["total"].append(ts - produced)
         stages["ingest"].append(appended_in - produced)
         stages["work"].append(end - appended_in)
@@ -488,7 +419,7 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--rate", type=float, default=1000.0, help="latency phase records/s")
     ap.add_argument("--seconds", type=float, default=20.0, help="latency phase duration")
-    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    benchkit.add_bootstrap(ap)
     ap.add_argument("--repeat", type=int, default=1,
                     help="throughput rounds (waxflow then hand-written, alternating)")
     ap.add_argument("--skip-latency", action="store_true")
@@ -504,37 +435,32 @@ def main() -> int:
         return handwritten_main(args)
 
     bootstrap = args.bootstrap
-    res = Resources(AdminClient({"bootstrap.servers": bootstrap}))
-    print(f"waxflow realtime bench: {args.records:,} records x ~{len(record(12345))} B, "
-          f"{PARTITIONS} partitions, broker {bootstrap}, {os.cpu_count()} CPUs, run {res.run_id}")
-    tmp = Path(tempfile.mkdtemp(prefix="waxflow-bench-"))
+    res = benchkit.Resources(AdminClient({"bootstrap.servers": bootstrap}))
+    print(f"waxflow realtime bench: {args.records:,} records x ~{len(benchkit.record(12345))} B, "
+          f"{benchkit.PARTITIONS} partitions, broker {bootstrap}, {os.cpu_count()} CPUs, "
+          f"run {res.run_id}")
     waxes: list[Throughput] = []
     hands: list[Throughput] = []
     lat_wax = lat_hand = None
-    try:
+    with benchkit.scratch(res, "waxflow-bench-", announce=True) as tmp:
         for r in range(0 if args.skip_throughput else args.repeat):
             tag = f" [round {r + 1}/{args.repeat}]" if args.repeat > 1 else ""
-            print(f"throughput: waxflow run --stop-when-idle 2 -w 1 (load {load()}){tag}")
-            waxes.append(throughput_waxflow(res, bootstrap, args.records, tmp))
+            load = benchkit.load()
+            print(f"throughput: waxflow run --stop-when-idle 2 -w 1 (load {load}){tag}")
+            waxes.append(throughput(res, bootstrap, args.records, tmp, handwritten=False))
             waxes[-1].report()
-            print(f"throughput: hand-written confluent-kafka + jinja2 loop (load {load()}){tag}")
-            hands.append(throughput_handwritten(res, bootstrap, args.records))
+            load = benchkit.load()
+            print(f"throughput: hand-written confluent-kafka + jinja2 loop (load {load}){tag}")
+            hands.append(throughput(res, bootstrap, args.records, tmp, handwritten=True))
             hands[-1].report()
         if not args.skip_latency:
             print(f"latency: {args.rate:,.0f} records/s for {args.seconds:g} s "
-                  f"(after 300 warm-up records; load {load()})")
+                  f"(after 300 warm-up records; load {benchkit.load()})")
             lat_wax = latency_phase(res, bootstrap, "waxflow", args.rate, args.seconds, tmp)
             lat_wax.report()
             lat_hand = latency_phase(res, bootstrap, "hand-written", args.rate, args.seconds,
                                      tmp)
             lat_hand.report()
-    finally:
-        print("cleaning up: deleting "
-              f"{len(res.topics)} topics and {len(res.groups)} consumer groups")
-        res.cleanup()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
 
     print("\nSUMMARY (targets: >= 10,000 executions/s, >= 50% of hand-written, p99 <= 50 ms)")
     if waxes and hands:
@@ -548,19 +474,19 @@ def main() -> int:
         print(f"  waxflow executions/s:      {wax_rate:10,.0f}  "
               f"(from launch: {med([w.launch_rate for w in waxes]):,.0f}; all runs: "
               f"{', '.join(f'{w.steady_rate:,.0f}' for w in waxes)})  "
-              f"[{'met' if wax_rate >= 10_000 else 'NOT met'}]")
+              f"[{benchkit.verdict(wax_rate >= 10_000)}]")
         print(f"  hand-written records/s:    {hand_rate:10,.0f}  "
               f"(from launch: {med([h.launch_rate for h in hands]):,.0f}; all runs: "
               f"{', '.join(f'{h.steady_rate:,.0f}' for h in hands)})")
         print(f"  ratio waxflow/hand-written: {ratio:9.1%}  (per round: "
               f"{', '.join(f'{x:.1%}' for x in ratios)})  "
-              f"[{'met' if ratio >= 0.5 else 'NOT met'}]")
+              f"[{benchkit.verdict(ratio >= 0.5)}]")
         print(f"  CPU per record: waxflow {med([w.cpu_s / w.records for w in waxes]) * 1e6:.0f}"
               f" us, hand-written {med([h.cpu_s / h.records for h in hands]) * 1e6:.0f} us")
     if lat_wax and lat_wax.total:
         p99 = pct(lat_wax.total, 99)
         print(f"  waxflow latency @ {args.rate:,.0f}/s: p50 {pct(lat_wax.total, 50):.1f} ms, "
-              f"p99 {p99:.1f} ms  [{'met' if p99 <= 50 else 'NOT met'}]")
+              f"p99 {p99:.1f} ms  [{benchkit.verdict(p99 <= 50)}]")
     if lat_hand and lat_hand.total:
         print(f"  hand-written latency:      p50 {pct(lat_hand.total, 50):.1f} ms, "
               f"p99 {pct(lat_hand.total, 99):.1f} ms")

@@ -32,43 +32,25 @@ out whole producer batches (``max.poll.records``, set to ``--batch``, is a soft 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import resource
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from confluent_kafka import (  # noqa: E402
-    AcknowledgeType,
-    KafkaException,
-    Producer,
-    ShareConsumer,
-)
-from confluent_kafka.admin import (  # noqa: E402
+import benchkit
+from confluent_kafka import AcknowledgeType, Producer, ShareConsumer
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
-    NewTopic,
     ResourceType,
 )
 
-from tests.kafka_helpers import read_all  # noqa: E402
-
-WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
 IDLE = 3.0
 
 FLOW = """\
@@ -103,36 +85,6 @@ class Phase:
     first_after_launch: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class Broker:
-    bootstrap: str
-    admin: AdminClient
-    topics: list[str] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)
-
-    def topic(self, kind: str) -> str:
-        name = f"bench-share-{kind}-{uuid.uuid4().hex[:8]}"
-        self.admin.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=30)
-        self.topics.append(name)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            md = self.admin.list_topics(name, timeout=5).topics.get(name)
-            if md and md.error is None and all(p.leader >= 0 for p in md.partitions.values()):
-                return name
-            time.sleep(0.1)
-        raise TimeoutError(f"topic {name} not ready")
-
-    def cleanup(self) -> None:
-        for t, fut in self.admin.delete_topics(self.topics).items():
-            try:
-                fut.result(timeout=30)
-            except KafkaException as exc:
-                print(f"  (could not delete topic {t}: {exc})")
-        for fut in self.admin.delete_consumer_groups(self.groups).values():
-            with contextlib.suppress(KafkaException):  # share groups may refuse; no data
-                fut.result(timeout=30)
-
-
 def produce_backlog(bootstrap: str, topic: str, n: int, batch: int) -> None:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": batch})
     for i in range(n):
@@ -141,18 +93,18 @@ def produce_backlog(bootstrap: str, topic: str, n: int, batch: int) -> None:
         raise RuntimeError("backlog not delivered")
 
 
-def prejoin(broker: Broker, topic: str, group: str) -> None:
+def prejoin(res: benchkit.Resources, bootstrap: str, topic: str, group: str) -> None:
     """Create the share group the way a running queue has it: start position earliest, one
     consumer joined (assignment) and left. Uses a sentinel record, accepted and archived."""
-    res = ConfigResource(ResourceType.GROUP, group, incremental_configs=[ConfigEntry(
+    config = ConfigResource(ResourceType.GROUP, group, incremental_configs=[ConfigEntry(
         "share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET)])
-    for fut in broker.admin.incremental_alter_configs([res]).values():
+    for fut in res.admin.incremental_alter_configs([config]).values():
         fut.result(timeout=30)
-    sentinel = Producer({"bootstrap.servers": broker.bootstrap})
+    sentinel = Producer({"bootstrap.servers": bootstrap})
     sentinel.produce(topic, value=b'{"sentinel": true}')
     if sentinel.flush(30) != 0:
         raise RuntimeError("sentinel not delivered")
-    c = ShareConsumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+    c = ShareConsumer({"bootstrap.servers": bootstrap, "group.id": group,
                        "share.acknowledgement.mode": "explicit"})
     try:
         c.subscribe([topic])
@@ -169,28 +121,22 @@ def prejoin(broker: Broker, topic: str, group: str) -> None:
         c.close()
 
 
-def ts(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
-
-
-def run_phase(broker: Broker, phase: Phase, share: bool, args: argparse.Namespace,
-              tmp: Path) -> Phase:
-    topic = broker.topic("in")
-    log = broker.topic("log")
-    group = f"bench-share-g-{uuid.uuid4().hex[:8]}"
-    broker.groups.append(group)
+def run_phase(res: benchkit.Resources, bootstrap: str, phase: Phase, share: bool,
+              args: argparse.Namespace, tmp: Path) -> Phase:
+    topic = res.create(res.name("in"), 1)
+    log = res.create(res.name("log"), 1)
+    group = res.group("share" if share else "consumer")
     if share and not args.new_group:
-        prejoin(broker, topic, group)
-    produce_backlog(broker.bootstrap, topic, args.records, args.batch)
+        prejoin(res, bootstrap, topic, group)
+    produce_backlog(bootstrap, topic, args.records, args.batch)
     props = f"    properties: {{max.poll.records: {args.batch}}}\n" if share else ""
     flow = tmp / f"{phase.name.replace(' ', '_')}.yaml"
     flow.write_text(FLOW.format(topic=topic, group=group, work_ms=args.work_ms,
                                 group_type="SHARE" if share else "CONSUMER",
                                 properties=props))
-    env = {**os.environ, "WAXFLOW_BOOTSTRAP": broker.bootstrap, "WAXFLOW_EXECUTION_LOG": log,
-           "WAXFLOW_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
-    cmd = [WAXFLOW, "run", str(flow), "--stop-when-idle", str(IDLE)]
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = benchkit.child_env(bootstrap, log)
+    cmd = benchkit.waxflow_cmd(flow, IDLE)
+    cpu0 = benchkit.child_cpu()
     launched = time.time()
     if share:
         procs = [subprocess.Popen(cmd, env={**env, "WAXFLOW_WORKER_NAME": f"c{i}"},
@@ -203,15 +149,14 @@ def run_phase(broker: Broker, phase: Phase, share: bool, args: argparse.Namespac
         _, err = p.communicate(timeout=600)
         if p.returncode != 0:
             raise RuntimeError(f"{phase.name}: waxflow run failed: {err[-2000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    phase.cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
-    docs = [json.loads(m.value() or b"null") for m in read_all(broker.bootstrap, log)]
+    phase.cpu = benchkit.child_cpu() - cpu0
+    docs = benchkit.read_docs(bootstrap, log, isolation="read_uncommitted", timeout=30)
     done = [d for d in docs if d["terminal"]]
     ids = {d["taskRuns"][0]["outputs"]["id"] for d in done if d["state"] == "SUCCESS"}
     if len(ids) != args.records:
         raise RuntimeError(f"{phase.name}: {len(ids)} of {args.records} records done")
-    first = min(ts(d["startDate"]) for d in done)
-    last = max(ts(d["endDate"]) for d in done)
+    first = min(benchkit.iso_seconds(d["startDate"]) for d in done)
+    last = max(benchkit.iso_seconds(d["endDate"]) for d in done)
     phase.drain = last - first
     phase.launch_to_done = last - launched
     phase.executions = len(done)
@@ -219,11 +164,11 @@ def run_phase(broker: Broker, phase: Phase, share: bool, args: argparse.Namespac
     runs = Counter(d["id"] for d in done)
     for d in done:
         if runs[d["id"]] > 1 and d["trigger"]["deliveryCount"] == 1:
-            phase.redelivered.append(
-                f"{d['taskRuns'][0]['outputs']['worker']}@{ts(d['startDate']) - launched:.1f}s")
+            started = benchkit.iso_seconds(d["startDate"]) - launched
+            phase.redelivered.append(f"{d['taskRuns'][0]['outputs']['worker']}@{started:.1f}s")
     for d in done:
         worker = d["taskRuns"][0]["outputs"]["worker"]
-        start = ts(d["startDate"]) - launched
+        start = benchkit.iso_seconds(d["startDate"]) - launched
         phase.first_after_launch[worker] = min(phase.first_after_launch.get(worker, 1e9), start)
     return phase
 
@@ -240,31 +185,29 @@ def main() -> None:
                          "waits one heartbeat, 5 s, for its assignment)")
     args = ap.parse_args()
     bootstrap = os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092")
-    broker = Broker(bootstrap, AdminClient({"bootstrap.servers": bootstrap}))
+    res = benchkit.Resources(AdminClient({"bootstrap.servers": bootstrap}), "bench-share",
+                             report_group_errors=False)
     n = args.consumers
     print(f"{args.records} records, {args.work_ms:g} ms of work each, one partition, "
           f"maxConcurrency 1, {os.cpu_count()} cores, broker {bootstrap}")
     phases: list[Phase] = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for phase, share in ((Phase("share group", 1), True),
-                                 (Phase("share group", n), True),
-                                 (Phase("consumer group", n), False)):
-                run_phase(broker, phase, share, args, Path(tmp))
-                phases.append(phase)
-                print(f"  {phase.name:15} x{phase.consumers}: drain {phase.drain:6.2f}s  "
-                      f"launch->done {phase.launch_to_done:6.2f}s  "
-                      f"executions {phase.executions}  CPU {phase.cpu:5.1f}s "
-                      f"({phase.cpu / phase.launch_to_done:.2f} cores)", flush=True)
-                if phase.redelivered:
-                    print(f"      {len(phase.redelivered)} records ran twice (record lock ran "
-                          f"out; first run by worker@start): "
-                          f"{sorted(Counter(phase.redelivered).items())}")
-                for worker, count in sorted(phase.per_process.items()):
-                    print(f"      {worker}: {count} executions, first one "
-                          f"{phase.first_after_launch[worker]:.1f}s after launch")
-    finally:
-        broker.cleanup()
+    with benchkit.scratch(res, "waxflow-bench-share-") as tmp:
+        for phase, share in ((Phase("share group", 1), True),
+                             (Phase("share group", n), True),
+                             (Phase("consumer group", n), False)):
+            run_phase(res, bootstrap, phase, share, args, tmp)
+            phases.append(phase)
+            print(f"  {phase.name:15} x{phase.consumers}: drain {phase.drain:6.2f}s  "
+                  f"launch->done {phase.launch_to_done:6.2f}s  "
+                  f"executions {phase.executions}  CPU {phase.cpu:5.1f}s "
+                  f"({phase.cpu / phase.launch_to_done:.2f} cores)", flush=True)
+            if phase.redelivered:
+                print(f"      {len(phase.redelivered)} records ran twice (record lock ran "
+                      f"out; first run by worker@start): "
+                      f"{sorted(Counter(phase.redelivered).items())}")
+            for worker, count in sorted(phase.per_process.items()):
+                print(f"      {worker}: {count} executions, first one "
+                      f"{phase.first_after_launch[worker]:.1f}s after launch")
     base = phases[0]
     print("\nspeed-up against 1 share consumer (drain / launch->done):")
     for p in phases[1:]:

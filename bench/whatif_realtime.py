@@ -17,8 +17,9 @@ Variants (the first six are cumulative):
 * ``base``    - product code as is.
 * ``retry``   - ``RetryPolicy`` built once per retry spec instead of per task run
                 (each ``RetryPolicy()`` seeds a ``random.Random()`` from ``os.urandom``).
-* ``inline``  - + ``ExecuteBatch.__call__`` runs the executions of a batch in the Bytewax
-                worker thread instead of one thread-pool future per record.
+* ``inline``  - + the executions of a batch run in the Bytewax worker thread instead of one
+                thread-pool future per record (now the product's behaviour for flows whose
+                tasks never block: ``Executor.inline``; kept so the variants stay cumulative).
 * ``logbatch``- + ``Deliveries`` (``LogBatch``) counts deliveries with plain counters (no
                 Condition / ``notify_all`` per delivery; the waiter is the thread that
                 polls, so delivery callbacks run on it anyway).
@@ -40,18 +41,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchkit
 import realtime
 
 _STACK = ["retry", "inline", "logbatch", "jsonable"]
@@ -85,35 +84,26 @@ def patch_retry() -> None:
 
 
 def patch_inline(write_running: bool = True) -> None:
-    from waxflow.operators.execute import ExecuteBatch
+    """``inline`` is the product's behaviour now (``Executor.inline``: a flow whose tasks
+    never block runs its executions on the worker thread); ``norunning`` still drops the
+    RUNNING document, for sizing only."""
+    from waxflow.operators.executor import Executor, Job
 
-    if not hasattr(ExecuteBatch, "_run_batch") or not hasattr(ExecuteBatch, "run_one"):
-        raise RuntimeError("waxflow.operators.execute changed: update bench/whatif_realtime.py")
+    if not hasattr(Executor, "run_job") or not hasattr(Executor, "inline"):
+        raise RuntimeError("waxflow.operators.executor changed: update bench/whatif_realtime.py")
+    if write_running:
+        return
 
-    class _SkipRunning:
-        """Passes a record's documents on, except its first (RUNNING) one."""
+    def run_job(self: Any, job: Job, batch: Any, scope: Any = None) -> Any:
+        execution = job.execution
+        if job.variables is not None:
+            self.engine.run(execution, job.variables, scope)
+        if job.finish is not None:
+            job.finish(execution)
+        batch.write(execution.id, execution.to_json())
+        return execution
 
-        def __init__(self, batch: Any) -> None:
-            self.batch = batch
-            self.first = True
-
-        def write(self, eid: str, doc: bytes) -> None:
-            if self.first:
-                self.first = False
-                if b'"state":"RUNNING"' in doc:
-                    return
-            self.batch.write(eid, doc)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.batch, name)
-
-    def run_batch(self: Any, items: list[Any], batch: Any, pool: Any, scope: Any) -> list[Any]:
-        out = [self.run_one(r, batch if write_running else _SkipRunning(batch), scope)
-               for r in items if not r.filtered]
-        batch.wait()
-        return out
-
-    ExecuteBatch._run_batch = run_batch  # type: ignore[method-assign]
+    Executor.run_job = run_job  # type: ignore[method-assign]
 
 
 def patch_logbatch() -> None:
@@ -225,38 +215,32 @@ def apply(variant: str) -> None:
 # --------------------------------------------------------------------------- runs
 def child(args: argparse.Namespace) -> int:
     """One variant, in this process: print a JSON line with the result."""
-    os.environ.update({"WAXFLOW_BOOTSTRAP": args.bootstrap, "WAXFLOW_EXECUTION_LOG": args.log})
     apply(args.variant)
-    from bytewax.testing import run_main
-
-    from waxflow.dataflows import load_flow
-
-    flow = load_flow(args.flow, stop_when_idle=realtime.IDLE)
+    flow = benchkit.compile_flow(Path(args.flow), args.bootstrap, args.log, idle=realtime.IDLE)
     if "gcfreeze" in VARIANTS[args.variant]:
         import gc
 
         gc.collect()
         gc.freeze()  # start-up objects (modules, pydantic models, ...) leave the GC's scans
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    run_main(flow, epoch_interval=timedelta(milliseconds=200))
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    print(json.dumps({"cpu": cpu}))
+    print(json.dumps({"cpu": benchkit.run_in_process(flow).cpu}))
     return 0
 
 
-def one(variant: str, n: int, bootstrap: str, res: realtime.Resources, tmp: Path
+def child_cmd(variant: str, flow: Path, log: str, bootstrap: str) -> list[str]:
+    """This script in ``--child`` mode: the flow as ``variant``."""
+    return [sys.executable, __file__, "--child", "--variant", variant,
+            "--flow", str(flow), "--log", log, "--bootstrap", bootstrap]
+
+
+def one(variant: str, n: int, bootstrap: str, res: benchkit.Resources, tmp: Path
         ) -> tuple[float, float]:
-    topic = res.create(res.name(f"wi-{variant}"), realtime.PARTITIONS)
-    log = res.log_topic(f"wi-{variant}")
-    group = res.group(f"wi-{variant}")
-    realtime.produce_all(bootstrap, topic, n)
+    inp = benchkit.fresh_inputs(res, bootstrap, f"wi-{variant}", n)
+    log = inp.log
     flow = tmp / f"{variant}.yaml"
-    flow.write_text(realtime.flow_yaml(topic, group))
-    proc = subprocess.run([sys.executable, __file__, "--child", "--variant", variant,
-                           "--flow", str(flow), "--log", log, "--bootstrap", bootstrap],
+    flow.write_text(realtime.flow_yaml(inp.topic, inp.group))
+    proc = subprocess.run(child_cmd(variant, flow, log, bootstrap),
                           capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "PYTHONPATH": str(realtime.REPO)})
+                          env={**os.environ, "PYTHONPATH": str(benchkit.REPO)})
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} failed: {proc.stderr[-3000:]}")
     cpu = json.loads(proc.stdout.strip().splitlines()[-1])["cpu"]
@@ -272,30 +256,23 @@ def one(variant: str, n: int, bootstrap: str, res: realtime.Resources, tmp: Path
     return rate, cpu / n * 1e6
 
 
-def latency(args: argparse.Namespace, res: realtime.Resources, tmp: Path,
-            variants: list[str]) -> int:
+def latency(args: argparse.Namespace, res: benchkit.Resources, variants: list[str]) -> int:
     """bench/realtime.py's latency phase with each variant as the job (interleaved rounds)."""
 
     def cmd_for(variant: str) -> Any:
         def cmd(flow: Path, log: str) -> list[str]:
-            return [sys.executable, __file__, "--child", "--variant", variant,
-                    "--flow", str(flow), "--log", log, "--bootstrap", args.bootstrap]
+            return child_cmd(variant, flow, log, args.bootstrap)
         return cmd
 
     results: dict[str, list[realtime.Latency]] = {v: [] for v in variants}
-    try:
+    with benchkit.scratch(res, "waxflow-whatif-") as tmp:
         for r in range(args.repeat):
             for v in variants:
-                print(f"round {r + 1} {v} (load {realtime.load()})", flush=True)
+                print(f"round {r + 1} {v} (load {benchkit.load()})", flush=True)
                 lat = realtime.latency_phase(res, args.bootstrap, v, args.rate, args.seconds,
                                              tmp, cmd_for(v))
                 lat.report()
                 results[v].append(lat)
-    finally:
-        res.cleanup()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
     print(f"\nproduce() -> terminal document appended, {args.rate:,.0f} records/s for "
           f"{args.seconds:g} s (per round p50 / p99)")
     for v in variants:
@@ -316,7 +293,7 @@ def main() -> int:
                     help="latency phase of bench/realtime.py per variant instead")
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--bootstrap", default=os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"))
+    benchkit.add_bootstrap(ap)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--flow", help=argparse.SUPPRESS)
@@ -327,24 +304,18 @@ def main() -> int:
 
     from confluent_kafka.admin import AdminClient
 
-    res = realtime.Resources(AdminClient({"bootstrap.servers": args.bootstrap}))
-    tmp = Path(tempfile.mkdtemp(prefix="waxflow-whatif-"))
+    res = benchkit.Resources(AdminClient({"bootstrap.servers": args.bootstrap}))
     if args.latency:
-        return latency(args, res, tmp, (args.variants or DEFAULT_LATENCY).split(","))
+        return latency(args, res, (args.variants or DEFAULT_LATENCY).split(","))
     variants = (args.variants or ",".join(VARIANTS)).split(",")
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
-    try:
+    with benchkit.scratch(res, "waxflow-whatif-") as tmp:
         for r in range(args.repeat):  # interleaved, so background load hits all variants
             for v in variants:
                 rate, us = one(v, args.records, args.bootstrap, res, tmp)
                 results[v].append((rate, us))
                 print(f"  round {r + 1} {v:10s} {rate:8,.0f} executions/s  {us:5.0f} us CPU/record"
-                      f"  (load {os.getloadavg()[0]:.1f})", flush=True)
-    finally:
-        res.cleanup()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+                      f"  (load {benchkit.load()})", flush=True)
     print(f"\n{args.records:,} records per run, {args.repeat} runs per variant "
           "(best / median executions/s; median CPU us/record)")
     for v in variants:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import struct
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 Deserializer = Callable[[bytes | None], Any]
 Serializer = Callable[[Any], bytes | None]
+_Serde = TypeVar("_Serde")
 
 
 class SerdeError(ValueError):
@@ -101,13 +102,17 @@ DESERIALIZERS: dict[str, Deserializer] = {
 }
 
 
+def _by_name(table: Mapping[str, _Serde], name: str) -> _Serde:
+    """``table[name]``; an unknown name raises :class:`SerdeError` listing the known ones."""
+    try:
+        return table[name]
+    except KeyError:
+        raise SerdeError(f"unknown serde {name}; expected one of {sorted(table)}") from None
+
+
 def deserializer(name: str) -> Deserializer:
     """The deserializer for a serde name (validated by the flow model beforehand)."""
-    try:
-        return DESERIALIZERS[name]
-    except KeyError:
-        raise SerdeError(f"unknown serde {name}; expected one of {sorted(DESERIALIZERS)}"
-                         ) from None
+    return _by_name(DESERIALIZERS, name)
 
 
 def _ser_struct(fmt: str, name: str, kind: type) -> Serializer:
@@ -203,8 +208,4 @@ SERIALIZERS: dict[str, Serializer] = {
 
 def serializer(name: str) -> Serializer:
     """The serializer for a serde name (AVRO is built per task: it needs a schema)."""
-    try:
-        return SERIALIZERS[name]
-    except KeyError:
-        raise SerdeError(f"unknown serde {name}; expected one of {sorted(SERIALIZERS)}"
-                         ) from None
+    return _by_name(SERIALIZERS, name)

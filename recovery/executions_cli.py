@@ -16,10 +16,10 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -27,14 +27,13 @@ from rich.tree import Tree
 
 from waxflow.recovery.index import AmbiguousIdError, ExecutionIndex, IndexSyncError, normalize_date
 
-Command = Callable[[argparse.Namespace], int]
-
 STATE_STYLES = {
     "SUCCESS": "green", "WARNING": "yellow", "FAILED": "bold red", "RUNNING": "cyan",
     "CREATED": "blue", "RETRYING": "magenta", "SKIPPED": "dim",
 }
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_T = TypeVar("_T")
 
 
 def parse_when(text: str) -> datetime:
@@ -117,9 +116,7 @@ def _with_index(args: argparse.Namespace, answer: Callable[[ExecutionIndex], int
                     print(f"waxflow: warning: reading {topic} took over {args.sync_timeout:g}s;"
                           " answering from what was read", file=sys.stderr)
             return answer(index)
-    except IndexSyncError as exc:
-        return _err(str(exc))
-    except AmbiguousIdError as exc:
+    except (IndexSyncError, AmbiguousIdError) as exc:
         return _err(str(exc))
     except (OSError, sqlite3.Error) as exc:
         return _err(f"execution index {args.index or 'default'}: {exc}")
@@ -129,15 +126,20 @@ def _emit_json(value: object) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def _print_answer(fmt: str, value: _T, view: Callable[[_T], RenderableType]) -> int:
+    """``value`` as JSON (``--format json``) or as its rich ``view``; exit code 0."""
+    if fmt == "json":
+        _emit_json(value)
+    else:
+        Console().print(view(value))
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     def answer(index: ExecutionIndex) -> int:
         rows = index.list(flow=args.flow, state=args.state, topic=args.topic,
                           since=args.since, until=args.until, limit=args.limit)
-        if args.format == "json":
-            _emit_json(rows)
-        else:
-            Console().print(_list_table(rows))
-        return 0
+        return _print_answer(args.format, rows, _list_table)
     return _with_index(args, answer)
 
 
@@ -147,11 +149,7 @@ def _show(args: argparse.Namespace) -> int:
         if doc is None:
             hint = " (prefixes need at least 6 characters)" if len(args.id) < 6 else ""
             return _err(f"no execution matches {args.id!r}{hint}")
-        if args.format == "json":
-            _emit_json(doc)
-        else:
-            Console().print(_show_view(doc))
-        return 0
+        return _print_answer(args.format, doc, _show_view)
     return _with_index(args, answer)
 
 
