@@ -20,13 +20,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from waxflow.errors import WaxflowError
+
 KAFKA_VERSION = "4.2.0"
 SLF4J_VERSION = "2.0.17"
 DEFAULT_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
 
 
-class BrokerError(RuntimeError):
+class BrokerError(WaxflowError, RuntimeError):
     """A broker could not be set up, started or stopped; the message is one line for users."""
 
 

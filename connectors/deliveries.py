@@ -15,9 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-
-class DeliveryError(RuntimeError):
-    """The broker did not acknowledge a record; the work that sent it is not done."""
+from waxflow.errors import DeliveryError
 
 
 class Deliveries:
@@ -39,7 +37,7 @@ class Deliveries:
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None,
                 headers: list[tuple[str, str | bytes | None]] | None = None,
-                partition: int | None = None,
+                *, partition: int | None = None,
                 timestamp: int | None = None) -> None:
         """Send one record; its delivery report is awaited by :meth:`wait`."""
         kwargs: dict[str, Any] = {}

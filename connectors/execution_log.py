@@ -15,9 +15,9 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from waxflow.connectors.deliveries import Deliveries, DeliveryError
+from waxflow.connectors.deliveries import Deliveries
 
-__all__ = ["LOG_HEADER", "DeliveryError", "ExecutionLog", "LogBatch", "log_topic"]
+__all__ = ["LOG_HEADER", "ExecutionLog", "LogBatch", "log_topic"]
 
 DEFAULT_TOPIC = "waxflow.executions"
 LOG_HEADER = "waxflow.execution.id"

@@ -31,14 +31,14 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from waxflow.connectors.kafka_config import require
 from waxflow.connectors.kafka_source import (
-    SourceStop,
-    cluster_metadata,
     committed_offsets,
+    group_conf,
     record_fields,
     start_offset,
+    topic_partitions,
 )
+from waxflow.errors import SourceStop
 from waxflow.records import RecordFields
 
 LOG = logging.getLogger("waxflow.batch")
@@ -63,7 +63,7 @@ class Batch:
 
 class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
     def __init__(self, conf: dict[str, Any], parts: list[tuple[str, int]],
-                 resume: Positions | None, since: datetime | None, interval: float,
+                 *, resume: Positions | None, since: datetime | None, interval: float,
                  max_records: int | None, max_duration: float | None,
                  idle_stop: float | None) -> None:
         self._consumer = Consumer({**conf, "on_commit": self._on_commit})
@@ -80,7 +80,8 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         for topic, p in parts:
             key = f"{topic}/{p}"
             start, committed = start_offset(self._consumer, topic, p,
-                                            (resume or {}).get(key), since, reset)
+                                            resume=(resume or {}).get(key), since=since,
+                                            reset=reset)
             if start >= 0:
                 self._emitted[key] = start
             if committed is not None:
@@ -261,16 +262,11 @@ class KafkaBatchSource(FixedPartitionedSource[Batch, Positions | None]):
     """Batches of a trigger's topics (one Bytewax partition; see the module doc)."""
 
     def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str],
-                 partitions: list[int] | None, since: datetime | None, interval: timedelta,
+                 *, partitions: list[int] | None, since: datetime | None, interval: timedelta,
                  max_records: int | None, max_duration: timedelta | None,
                  idle_stop: float | None) -> None:
-        self._conf = dict(conf)
-        self._conf["group.id"] = group_id
-        why = "waxflow commits offsets itself, only after the batch is done (G1)"
-        require(self._conf, "enable.auto.commit", False, why)
-        require(self._conf, "enable.auto.offset.store", False, why)
-        self._conf.setdefault("isolation.level", "read_committed")
-        self._conf.setdefault("auto.offset.reset", "earliest")
+        self._conf = group_conf(conf, group_id, "waxflow commits offsets itself, only after "
+                                                "the batch is done (G1)")
         for name, value in BULK_FETCH.items():
             self._conf.setdefault(name, value)
         self._topics = topics
@@ -285,19 +281,11 @@ class KafkaBatchSource(FixedPartitionedSource[Batch, Positions | None]):
         return ["batch"]
 
     def _parts(self) -> list[tuple[str, int]]:
-        md = cluster_metadata(self._conf)
-        parts = []
-        for topic in self._topics:
-            tmd = md.topics.get(topic)
-            if tmd is None or tmd.error is not None:
-                raise SourceStop(f"topic {topic} does not exist on "
-                                 f"{self._conf['bootstrap.servers']}")
-            parts += [(topic, p) for p in sorted(tmd.partitions)
-                      if self._partitions is None or p in self._partitions]
-        return parts
+        return topic_partitions(self._conf, self._topics, partitions=self._partitions)
 
     def build_part(self, step_id: str, for_part: str,
                    resume_state: Positions | None) -> _BatchPartition:
-        return _BatchPartition(self._conf, self._parts(), resume_state, self._since,
-                               self._interval, self._max_records, self._max_duration,
-                               self._idle_stop)
+        return _BatchPartition(self._conf, self._parts(), resume=resume_state,
+                               since=self._since, interval=self._interval,
+                               max_records=self._max_records, max_duration=self._max_duration,
+                               idle_stop=self._idle_stop)

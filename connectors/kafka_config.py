@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from waxflow.errors import ConfigConflict
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
@@ -25,10 +27,6 @@ def client_conf(properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
     conf = {k: v for k, v in (properties or {}).items()}
     conf["bootstrap.servers"] = bootstrap_servers(properties)
     return conf
-
-
-class ConfigConflict(ValueError):
-    """A user property contradicts what a guarantee needs."""
 
 
 def require(conf: dict[str, Any], key: str, value: Any, why: str) -> None:

@@ -48,13 +48,15 @@ from waxflow.connectors.deliveries import Deliveries
 from waxflow.connectors.kafka_config import client_conf
 from waxflow.connectors.kafka_share import configure_group, split_conf
 from waxflow.connectors.kafka_source import (
-    cluster_metadata,
+    group_conf,
     record_fields,
     start_offset,
+    topic_partitions,
 )
 from waxflow.connectors.serdes import SerdeError, deserializer
 from waxflow.connectors.storage import Storage
 from waxflow.durations import Duration
+from waxflow.errors import SourceStop
 from waxflow.execution import jsonable
 from waxflow.flow import refuse_for_share
 from waxflow.records import RecordFields, dlq_headers, headers_text
@@ -68,20 +70,36 @@ SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BY
 class Consume(TaskBase):
     """Consume topics into internal storage (see module doc)."""
 
-    type: Literal["kafka.Consume"]
-    topic: str | list[str]
-    groupType: Literal["CONSUMER", "SHARE"] = "CONSUMER"  # before the fields it checks
-    partitions: list[int] | None = None
-    groupId: str | None = None
-    since: datetime | None = None
-    keyDeserializer: SerdeName = "STRING"
-    valueDeserializer: SerdeName = "STRING"
-    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    maxRecords: int | None = Field(default=None, ge=1)
-    maxDuration: Duration | None = None
-    pollDuration: Duration = timedelta(seconds=5)
-    onSerdeError: Literal["SKIPPED", "DLQ", "FAIL"] = "SKIPPED"
-    dlqTopic: str | None = None
+    type: Literal["kafka.Consume"] = Field(description="the task type")
+    topic: str | list[str] = Field(description="the topic (or topics) to read")
+    groupType: Literal["CONSUMER", "SHARE"] = Field(  # before the fields it checks
+        default="CONSUMER",
+        description="CONSUMER: read partitions (committing `groupId` once stored); SHARE: "
+                    "take one delivery from the share group `groupId`, acked once stored")
+    partitions: list[int] | None = Field(default=None,
+                                         description="read only these partitions")
+    groupId: str | None = Field(
+        default=None, description="commit the read offsets to this group once the file is "
+                                  "stored (CONSUMER; without it nothing is committed)")
+    since: datetime | None = Field(
+        default=None, description="ISO-8601 timestamp to start from when there is no "
+                                  "committed offset")
+    keyDeserializer: SerdeName = Field(default="STRING", description="how keys are read")
+    valueDeserializer: SerdeName = Field(default="STRING", description="how values are read")
+    properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="librdkafka consumer properties")
+    maxRecords: int | None = Field(
+        default=None, ge=1, description="stop after about this many records (soft limit)")
+    maxDuration: Duration | None = Field(default=None,
+                                         description="stop reading after this long")
+    pollDuration: Duration = Field(
+        default=timedelta(seconds=5),
+        description="stop when a poll brings nothing for this long")
+    onSerdeError: Literal["SKIPPED", "DLQ", "FAIL"] = Field(
+        default="SKIPPED",
+        description="a record that cannot be deserialized: leave it out (SKIPPED), send it "
+                    "to `dlqTopic` (DLQ), or fail the task (FAIL)")
+    dlqTopic: str | None = Field(default=None, description="the dead-letter topic (DLQ)")
 
     @field_validator("partitions", "since")
     @classmethod
@@ -98,34 +116,31 @@ class Consume(TaskBase):
         topics = [self.topic] if isinstance(self.topic, str) else list(self.topic)
         if self.groupType == "SHARE":
             return self._consume_share(ctx, topics)
-        conf = client_conf(self.properties)
-        conf.update({"group.id": self.groupId or f"waxflow-consume-{uuid.uuid4().hex}",
-                     "enable.auto.commit": False, "enable.auto.offset.store": False,
-                     "enable.partition.eof": False})
-        conf.setdefault("isolation.level", "read_committed")
-        md = cluster_metadata(conf)
+        conf = group_conf(client_conf(self.properties),
+                          self.groupId or f"waxflow-consume-{uuid.uuid4().hex}",
+                          "kafka.Consume commits its group only after the file is stored")
+        conf["enable.partition.eof"] = False
+        try:
+            parts = topic_partitions(conf, topics, partitions=self.partitions)
+        except SourceStop as exc:
+            raise TaskFailure(str(exc)) from None
         consumer = Consumer(conf)
         try:
-            return self._consume(ctx, consumer, md, topics, conf)
+            return self._consume(ctx, consumer, parts=parts, conf=conf)
         finally:
             consumer.close()
 
-    def _consume(self, ctx: RunContext, consumer: Consumer, md: Any, topics: list[str],
+    def _consume(self, ctx: RunContext, consumer: Consumer, *, parts: list[tuple[str, int]],
                  conf: dict[str, Any]) -> dict[str, Any]:
         assign, ends, starts = [], {}, {}
-        for topic in topics:
-            tmd = md.topics.get(topic)
-            if tmd is None or tmd.error is not None:
-                raise TaskFailure(f"topic {topic} does not exist")
-            for p in sorted(tmd.partitions):
-                if self.partitions is not None and p not in self.partitions:
-                    continue
-                start, _ = start_offset(consumer, topic, p, None, self.since, "earliest")
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15,
-                                                           cached=False)
-                ends[(topic, p)] = high
-                starts[(topic, p)] = start if start >= 0 else low
-                assign.append(TopicPartition(topic, p, start))
+        for topic, p in parts:
+            start, _ = start_offset(consumer, topic, p, resume=None, since=self.since,
+                                    reset="earliest")
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15,
+                                                       cached=False)
+            ends[(topic, p)] = high
+            starts[(topic, p)] = start if start >= 0 else low
+            assign.append(TopicPartition(topic, p, start))
         consumer.assign(assign)
         raws: list[RecordFields] = []
         positions: dict[tuple[str, int], int] = {}
@@ -186,7 +201,7 @@ class Consume(TaskBase):
                 skipped.add(i)
                 if dlq is not None and self.dlqTopic:
                     dlq.produce(self.dlqTopic, key_bytes, value_bytes,
-                                dlq_headers(topic, part, off, str(exc), headers))
+                                dlq_headers(topic, part, off, str(exc), original=headers))
                 continue
             records.append({"key": jsonable(key), "value": jsonable(value), "topic": topic,
                             "partition": part, "offset": off, "timestamp": ts,

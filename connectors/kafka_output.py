@@ -25,11 +25,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from waxflow.connectors.deliveries import Deliveries, DeliveryError
-
-
-class TransactionError(RuntimeError):
-    """A batch's transaction could not commit; it was aborted and the batch will replay."""
+from waxflow.connectors.deliveries import Deliveries
+from waxflow.errors import DeliveryError, TransactionError
 
 
 def _conf_key(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -23,11 +23,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from waxflow.connectors.deliveries import Deliveries, DeliveryError
+from waxflow.connectors.deliveries import Deliveries
 from waxflow.connectors.execution_log import LOG_HEADER
 from waxflow.connectors.kafka_config import client_conf
 from waxflow.connectors.serdes import SerdeError, Serializer, serializer
 from waxflow.connectors.storage import StorageError, read_records
+from waxflow.errors import DeliveryError
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES",
@@ -74,18 +75,34 @@ def load_records(source: Any) -> list[dict[str, Any]]:
 class Produce(TaskBase):
     """Produce records to Kafka; outputs ``messagesCount``."""
 
-    type: Literal["kafka.Produce"]
-    from_: Any = Field(alias="from")
-    topic: str | None = None
-    keySerializer: SerdeName = "STRING"
-    valueSerializer: SerdeName = "STRING"
-    keyAvroSchema: str | None = None
-    valueAvroSchema: str | None = None
-    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    serdeProperties: dict[str, str] = Field(default_factory=dict)
-    headers: dict[str, str] = Field(default_factory=dict)
-    partition: int | None = None
-    transactional: bool = True
+    type: Literal["kafka.Produce"] = Field(description="the task type")
+    from_: Any = Field(
+        alias="from",
+        description="what to produce: an internal-storage URI (ION file), a map, or a list "
+                    "of maps; a map may hold key, value, topic, partition, timestamp (epoch ms "
+                    "or ISO) and headers")
+    topic: str | None = Field(default=None,
+                              description="the topic (when a record does not name one)")
+    keySerializer: SerdeName = Field(default="STRING", description="how keys are written")
+    valueSerializer: SerdeName = Field(default="STRING",
+                                       description="how values are written")
+    keyAvroSchema: str | None = Field(default=None,
+                                      description="Avro schema of the keys (AVRO)")
+    valueAvroSchema: str | None = Field(default=None,
+                                        description="Avro schema of the values (AVRO)")
+    properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="librdkafka producer properties (bootstrap.servers, "
+                                          "SASL, SSL, ...)")
+    serdeProperties: dict[str, str] = Field(
+        default_factory=dict, description="serializer settings, e.g. schema.registry.url")
+    headers: dict[str, str] = Field(default_factory=dict,
+                                    description="headers added to every record")
+    partition: int | None = Field(default=None,
+                                  description="the partition (default: by key)")
+    transactional: bool = Field(
+        default=True,
+        description="in a consumer-group flow, the records commit with the consumed offsets "
+                    "in one Kafka transaction (exactly once); false: at-least-once")
 
     model_config = {**TaskBase.model_config, "populate_by_name": True}
 
@@ -141,7 +158,7 @@ class Produce(TaskBase):
 
             deliveries = KafkaOutput("task", None).scope().deliveries(conf, self.transactional)
         for topic, key, value, headers, part, ts in prepared:
-            deliveries.produce(topic, key, value, headers, part, ts)
+            deliveries.produce(topic, key, value, headers, partition=part, timestamp=ts)
         try:
             deliveries.wait()
         except DeliveryError as exc:

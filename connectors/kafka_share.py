@@ -56,8 +56,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from waxflow.acks import AckType, decide
-from waxflow.connectors.kafka_config import ConfigConflict, require
-from waxflow.connectors.kafka_source import SourceStop, record_fields
+from waxflow.connectors.kafka_config import require
+from waxflow.connectors.kafka_source import record_fields
+from waxflow.errors import ConfigConflict, SourceStop
 from waxflow.execution import Execution
 from waxflow.records import Decoded, RawRecord
 
@@ -179,7 +180,7 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
     """One ShareConsumer; polls only when every outstanding record is acknowledged."""
 
     def __init__(self, conf: dict[str, Any], group_id: str, topics: Sequence[str],
-                 settings: GroupSettings, max_deliveries: int, idle_stop: float | None) -> None:
+                 *, settings: GroupSettings, max_deliveries: int, idle_stop: float | None) -> None:
         self._group = group_id
         self._settings = settings
         self._max = max_deliveries
@@ -334,7 +335,7 @@ class KafkaShareSource(DynamicSource[RawRecord]):
     """Reads a trigger's topics in a share group; one ShareConsumer per worker (G4)."""
 
     def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str],
-                 batch_size: int = 500, idle_stop: float | None = None,
+                 *, batch_size: int = 500, idle_stop: float | None = None,
                  max_deliveries: int | None = None,
                  warm_up: Callable[[], object] | None = None) -> None:
         """``warm_up`` (e.g. the execute step's ``resources``) runs before a worker's consumer
@@ -367,5 +368,5 @@ class KafkaShareSource(DynamicSource[RawRecord]):
             LOG.warning("share group %s: maxDeliveries %d is above the broker's delivery "
                         "limit %d; the broker archives a record at its %dth delivery, so "
                         "waxflow rejects at %d", self._group, wanted, limit, limit, limit)
-        return _SharePartition(self._conf, self._group, self._topics, settings,
-                               min(wanted, limit), self._idle_stop)
+        return _SharePartition(self._conf, self._group, self._topics, settings=settings,
+                               max_deliveries=min(wanted, limit), idle_stop=self._idle_stop)

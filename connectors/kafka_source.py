@@ -32,6 +32,7 @@ from confluent_kafka import (
 )
 
 from waxflow.connectors.kafka_config import require
+from waxflow.errors import SourceStop
 from waxflow.records import RawRecord, RecordFields
 
 LOG = logging.getLogger("waxflow.source")
@@ -52,10 +53,6 @@ def record_fields(m: Message) -> RecordFields:
             ts if ts_type != 0 else None, headers_tuple(m.headers()))
 
 
-class SourceStop(Exception):
-    """The source cannot go on (fatal consumer error); the message names the partition."""
-
-
 def cluster_metadata(conf: dict[str, Any], timeout: float = 15.0) -> Any:
     """Topic metadata of the cluster, or SourceStop naming the unreachable bootstrap."""
     probe = Consumer({k: v for k, v in conf.items() if k != "on_commit"})
@@ -66,6 +63,37 @@ def cluster_metadata(conf: dict[str, Any], timeout: float = 15.0) -> Any:
                          f"{timeout:g}s: {exc.args[0].str()}") from None
     finally:
         probe.close()
+
+
+def group_conf(conf: dict[str, Any], group_id: str, why: str) -> dict[str, Any]:
+    """Consumer config of a group whose offsets waxflow commits itself (``why`` says when):
+    auto-commit off (a user value contradicting it is refused), ``read_committed`` and
+    ``earliest`` by default."""
+    out = {**conf, "group.id": group_id}
+    require(out, "enable.auto.commit", False, why)
+    require(out, "enable.auto.offset.store", False, why)
+    out.setdefault("isolation.level", "read_committed")
+    out.setdefault("auto.offset.reset", "earliest")
+    return out
+
+
+def topic_partitions(conf: dict[str, Any], topics: list[str], *, pattern: str | None = None,
+                     partitions: list[int] | None = None) -> list[tuple[str, int]]:
+    """The (topic, partition) pairs to read: the named ``topics`` (or those matching
+    ``pattern``, internal ones excepted), limited to ``partitions`` when given. A topic that
+    does not exist raises SourceStop naming it and the bootstrap servers."""
+    md = cluster_metadata(conf)
+    if pattern is not None:
+        rx = re.compile(pattern)
+        topics = sorted(t for t in md.topics if rx.fullmatch(t) and not t.startswith("__"))
+    out: list[tuple[str, int]] = []
+    for topic in topics:
+        tmd = md.topics.get(topic)
+        if tmd is None or tmd.error is not None:
+            raise SourceStop(f"topic {topic} does not exist on {conf['bootstrap.servers']}")
+        out += [(topic, p) for p in sorted(tmd.partitions)
+                if partitions is None or p in partitions]
+    return out
 
 
 def _split_part(part: str) -> tuple[str, int]:
@@ -98,7 +126,7 @@ def committed_offsets(consumer: Consumer, tps: list[TopicPartition],
             time.sleep(0.5)
 
 
-def start_offset(consumer: Consumer, topic: str, partition: int, resume: int | None,
+def start_offset(consumer: Consumer, topic: str, partition: int, *, resume: int | None,
                  since: datetime | None, reset: str) -> tuple[int, int | None]:
     """Where to start reading a partition, and the group's committed offset (if any).
 
@@ -121,7 +149,7 @@ def start_offset(consumer: Consumer, topic: str, partition: int, resume: int | N
 
 class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
     def __init__(self, conf: dict[str, Any], topic: str, partition: int,
-                 resume: int | None, since: datetime | None, batch_size: int,
+                 *, resume: int | None, since: datetime | None, batch_size: int,
                  idle_stop: float | None) -> None:
         self._tp = f"{topic}/{partition}"
         self._topic, self._partition = topic, partition
@@ -130,8 +158,9 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._confirmed: int | None = None
         conf = {**conf, "on_commit": self._on_commit}
         self._consumer = Consumer(conf)
-        start, self._confirmed = start_offset(self._consumer, topic, partition, resume, since,
-                                              str(conf.get("auto.offset.reset", "earliest")))
+        start, self._confirmed = start_offset(
+            self._consumer, topic, partition, resume=resume, since=since,
+            reset=str(conf.get("auto.offset.reset", "earliest")))
         self._next: int | None = start if start >= 0 else None
         self._to_commit: int | None = None
         self._requested: int | None = self._confirmed
@@ -194,18 +223,13 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
     """Reads a trigger's topics in its consumer group; commits per the rule above."""
 
     def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str],
-                 pattern: str | None = None, partitions: list[int] | None = None,
+                 *, pattern: str | None = None, partitions: list[int] | None = None,
                  since: datetime | None = None, batch_size: int = 500,
                  idle_stop: float | None = None,
                  warm_up: Callable[[], None] | None = None) -> None:
         self._warm_up = warm_up
-        self._conf = dict(conf)
-        self._conf["group.id"] = group_id
-        why = "waxflow commits offsets itself, only after the work is done (G1)"
-        require(self._conf, "enable.auto.commit", False, why)
-        require(self._conf, "enable.auto.offset.store", False, why)
-        self._conf.setdefault("isolation.level", "read_committed")
-        self._conf.setdefault("auto.offset.reset", "earliest")
+        self._conf = group_conf(conf, group_id, "waxflow commits offsets itself, only after "
+                                                "the work is done (G1)")
         self._conf.setdefault("enable.partition.eof", False)
         self._topics = topics
         self._pattern = pattern
@@ -215,27 +239,14 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
         self._idle_stop = idle_stop
 
     def list_parts(self) -> list[str]:
-        md = cluster_metadata(self._conf)
-        if self._pattern is not None:
-            rx = re.compile(self._pattern)
-            topics = sorted(t for t in md.topics if rx.fullmatch(t) and not t.startswith("__"))
-        else:
-            topics = self._topics
-        parts = []
-        for topic in topics:
-            tmd = md.topics.get(topic)
-            if tmd is None or tmd.error is not None:
-                raise SourceStop(f"topic {topic} does not exist on "
-                                 f"{self._conf['bootstrap.servers']}")
-            for p in sorted(tmd.partitions):
-                if self._partitions is None or p in self._partitions:
-                    parts.append(f"{p}-{topic}")
-        return parts
+        return [f"{p}-{topic}" for topic, p in topic_partitions(
+            self._conf, self._topics, pattern=self._pattern, partitions=self._partitions)]
 
     def build_part(self, step_id: str, for_part: str,
                    resume_state: int | None) -> _GroupPartition:
         if self._warm_up is not None:
             self._warm_up()  # on the worker's thread, before committed offsets are read
         topic, partition = _split_part(for_part)
-        return _GroupPartition(self._conf, topic, partition, resume_state, self._since,
-                               self._batch, self._idle_stop)
+        return _GroupPartition(self._conf, topic, partition, resume=resume_state,
+                               since=self._since, batch_size=self._batch,
+                               idle_stop=self._idle_stop)

@@ -27,11 +27,12 @@ from urllib.parse import urlparse
 import pyarrow as pa
 
 from waxflow.connectors.ion import read_stream, write_stream
+from waxflow.errors import WaxflowError
 
 ION_BVM = b"\xe0\x01\x00\xea"  # binary ION version marker: the first bytes of a binary file
 
 
-class StorageError(RuntimeError):
+class StorageError(WaxflowError, RuntimeError):
     """A batch file could not be written or read; the message names the URI."""
 
 

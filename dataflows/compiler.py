@@ -24,11 +24,12 @@ from waxflow.connectors.kafka_output import KafkaOutput
 from waxflow.connectors.kafka_source import KafkaGroupSource
 from waxflow.connectors.serdes import Deserializer, deserializer
 from waxflow.expressions import Expressions
-from waxflow.flow import BatchTrigger, FlowBase, KafkaTrigger, ScheduleTrigger
+from waxflow.flow import BatchTrigger, FlowBase, KafkaTrigger, RealtimeTrigger, ScheduleTrigger
 from waxflow.operators.checkpoint import DoneSink
 from waxflow.operators.deserialize import deserialize
 from waxflow.operators.engine import Engine
-from waxflow.operators.execute import ExecuteBatch, execute
+from waxflow.operators.execute import RecordExecutions, execute
+from waxflow.operators.executor import Executor
 from waxflow.records import RawRecord
 
 
@@ -64,29 +65,40 @@ def _precompile(flow: FlowBase, exprs: Expressions) -> None:
                 walk(value)
 
 
-def build_runner(flow: FlowBase, standalone: bool = False) -> ExecuteBatch:
-    """The execute step's batch function for ``flow`` (templates compiled once, here).
+def build_executor(flow: FlowBase, *, standalone: bool = False) -> Executor:
+    """The execution runner of ``flow`` (templates compiled once, here).
 
     ``standalone``: executions run outside the consumer-group dataflow (replay, test), so a
     transactional Produce commits its own transaction instead of the batch's.
     """
-    trig = flow.kafka_trigger
+    trig = flow.trigger
     exprs = Expressions()
     _precompile(flow, exprs)
-    engine = Engine(flow, exprs)
-    conf = client_conf(trig.properties)
+    conf = client_conf(trig.properties if isinstance(trig, KafkaTrigger) else None)
 
     def log_factory() -> ExecutionLog:
         return ExecutionLog({k: v for k, v in conf.items()
                              if not k.startswith(("isolation.", "auto.offset", "group.", "share.",
                                                    "max.poll"))})
 
+    group_conf = ({**conf, "group.id": trig.groupId}
+                  if isinstance(trig, KafkaTrigger) and trig.groupType == "CONSUMER"
+                  and not standalone else None)
+    realtime = trig if isinstance(trig, RealtimeTrigger) else None
+    return Executor(
+        engine=Engine(flow, exprs), log_factory=log_factory,
+        output=KafkaOutput(f"{flow.namespace}.{flow.id}", group_conf),
+        stop_on_failure=isinstance(trig, KafkaTrigger) and trig.onFailure == "STOP",
+        max_concurrency=realtime.maxConcurrency if realtime is not None else 1,
+        key_ordering=realtime is not None and realtime.keyOrdering)
+
+
+def build_runner(flow: FlowBase, *, standalone: bool = False) -> RecordExecutions:
+    """The execute step's batch function of a realtime flow (see :func:`build_executor`)."""
+    trig = flow.kafka_trigger
     dlq = trig.onSerdeError.topic if trig.onSerdeError.type == "DLQ" else None
-    group_conf = ({**conf, "group.id": trig.groupId} if trig.groupType == "CONSUMER" and
-                  not standalone else None)
-    output = KafkaOutput(f"{flow.namespace}.{flow.id}", group_conf)
-    return ExecuteBatch(flow, engine, log_factory, flow.trigger.type, trig.maxConcurrency,
-                        trig.keyOrdering, trig.onFailure == "STOP", dlq, output)
+    return RecordExecutions(flow=flow, executor=build_executor(flow, standalone=standalone),
+                            trigger_type=flow.trigger.type, dlq_topic=dlq)
 
 
 def trigger_deserializer(trig: KafkaTrigger, field: str) -> Deserializer:
@@ -101,11 +113,9 @@ def trigger_deserializer(trig: KafkaTrigger, field: str) -> Deserializer:
 
 def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
                       ) -> Dataflow:
-    from waxflow.operators.schedule import ScheduleSource, TickRunner, execute_ticks
+    from waxflow.operators.schedule import ScheduleSource, TickExecutions, execute_ticks
 
-    exprs = Expressions()
-    _precompile(flow, exprs)
-    runner = TickRunner(flow, Engine(flow, exprs), client_conf(None))
+    runner = TickExecutions(flow=flow, trigger=trig, executor=build_executor(flow))
     df = _dataflow(flow)
     ticks = op.input("schedule", df, ScheduleSource(trig, options.max_ticks))
     op.output("done", execute_ticks("execute", ticks, runner), DoneSink())
@@ -115,31 +125,29 @@ def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
 def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> Dataflow:
     from waxflow.connectors.kafka_batch import KafkaBatchSource
     from waxflow.connectors.storage import Storage
-    from waxflow.operators.microbatch import BatchRunner, execute_batches
+    from waxflow.operators.microbatch import BatchExecutions, execute_batches
 
-    runner0 = build_runner(flow)  # shares engine, log factory and Kafka output set-up
-    conf = client_conf(trig.properties)
-    assert runner0.output is not None
-    runner = BatchRunner(flow, trig, runner0.engine, runner0.log_factory,
-                         trigger_deserializer(trig, "key"), trigger_deserializer(trig, "value"),
-                         runner0.output, Storage())
-    source = KafkaBatchSource(conf, trig.groupId, trig.topic_list(), trig.partitions,
-                              trig.since, trig.interval, trig.maxRecords, trig.maxDuration,
-                              options.stop_when_idle)
+    runner = BatchExecutions(flow=flow, trigger=trig, executor=build_executor(flow),
+                             key_de=trigger_deserializer(trig, "key"),
+                             value_de=trigger_deserializer(trig, "value"), storage=Storage())
+    source = KafkaBatchSource(client_conf(trig.properties), trig.groupId, trig.topic_list(),
+                              partitions=trig.partitions, since=trig.since,
+                              interval=trig.interval, max_records=trig.maxRecords,
+                              max_duration=trig.maxDuration, idle_stop=options.stop_when_idle)
     df = _dataflow(flow)
     batches = op.input("kafka", df, source)
     op.output("done", execute_batches("execute", batches, runner), DoneSink())
     return df
 
 
-def _txn_warm_up(flow: FlowBase, runner: ExecuteBatch) -> Callable[[], None] | None:
+def _txn_warm_up(flow: FlowBase, runner: RecordExecutions) -> Callable[[], None] | None:
     """Initialise the worker's transactional producers before its source starts reading."""
     from waxflow.connectors.kafka_produce import Produce
 
     confs = [client_conf(t.properties) for _, t in flow.all_tasks()
              if isinstance(t, Produce) and t.transactional
              and not any("{{" in str(v) for v in t.properties.values())]
-    output = runner.output
+    output = runner.executor.output
     if not confs or output is None:
         return None
     return lambda: output.warm_up(confs)
@@ -159,19 +167,23 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     if trig.groupType == "SHARE":
         from waxflow.connectors.kafka_share import KafkaShareSource, share_outcomes
 
-        source = KafkaShareSource(conf, trig.groupId, trig.topic_list(), options.batch_size,
-                                  options.stop_when_idle, trig.maxDeliveries,
-                                  warm_up=runner.resources)
+        source = KafkaShareSource(conf, trig.groupId, trig.topic_list(),
+                                  batch_size=options.batch_size,
+                                  idle_stop=options.stop_when_idle,
+                                  max_deliveries=trig.maxDeliveries,
+                                  warm_up=runner.executor.resources)
         runner.outcomes = share_outcomes
     else:
-        source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(), trig.topicPattern,
-                                  trig.partitions, trig.since, options.batch_size,
-                                  options.stop_when_idle, warm_up=_txn_warm_up(flow, runner))
+        source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(),
+                                  pattern=trig.topicPattern, partitions=trig.partitions,
+                                  since=trig.since, batch_size=options.batch_size,
+                                  idle_stop=options.stop_when_idle,
+                                  warm_up=_txn_warm_up(flow, runner))
     df = _dataflow(flow)
     raw = op.input("kafka", df, source)
-    decoded = deserialize("deserialize", raw, trigger_deserializer(trig, "key"),
-                          trigger_deserializer(trig, "value"), trig.onSerdeError.type,
-                          trig.headerFilters)
+    decoded = deserialize("deserialize", raw, key_de=trigger_deserializer(trig, "key"),
+                          value_de=trigger_deserializer(trig, "value"),
+                          on_error=trig.onSerdeError.type, header_filters=trig.headerFilters)
     done = execute("execute", decoded, runner)
     op.output("done", done, DoneSink())
     return df

@@ -26,7 +26,7 @@ from waxflow.connectors.kafka_source import record_fields
 from waxflow.connectors.storage import Storage
 from waxflow.dataflows.compiler import build_runner, trigger_deserializer
 from waxflow.errors import FlowError, Problem
-from waxflow.execution import Execution, execution_id
+from waxflow.execution import Execution, TriggerInfo, execution_id
 from waxflow.expressions import Expressions
 from waxflow.flow import BatchTrigger, FlowBase, ScheduleTrigger
 from waxflow.operators.deserialize import decode
@@ -98,8 +98,9 @@ def run_jsonl(flow: FlowBase, records_file: Path) -> list[dict[str, Any]]:
     batch = MemoryBatch()
     out: list[dict[str, Any]] = []
     for no, item in items:
-        execution = runner.run_one(_line_record(flow, no, item), batch)  # type: ignore[arg-type]
-        out.append(execution.document())
+        job = runner.job(_line_record(flow, no, item), batch)  # type: ignore[arg-type]
+        if job is not None:
+            out.append(runner.executor.run_job(job, batch).document())  # type: ignore[arg-type]
     return out
 
 
@@ -109,9 +110,13 @@ def _run_without_records(flow: FlowBase, trig: BatchTrigger | ScheduleTrigger,
     engine = Engine(flow, exprs)
     scope = KafkaOutput(f"{flow.namespace}.{flow.id}", None).scope()
     now = datetime.now(UTC).isoformat()
+    runs: list[tuple[str, dict[str, Any], TriggerInfo]]
     if isinstance(trig, ScheduleTrigger):
-        runs = [(f"test-{no}", {"date": now, **(item if isinstance(item, dict) else {})})
-                for no, item in items]
+        runs = []
+        for no, item in items:
+            variables = {"date": now, **(item if isinstance(item, dict) else {})}
+            runs.append((f"test-{no}", variables,
+                         TriggerInfo(type=trig.type, date=str(variables["date"]))))
     else:
         records = []
         for no, item in items:
@@ -122,18 +127,19 @@ def _run_without_records(flow: FlowBase, trig: BatchTrigger | ScheduleTrigger,
                             "headers": {k: (v or b"").decode() for k, v in rec.raw.headers}})
         uri, count = Storage().put_records(f"{flow.namespace}/{flow.id}/test-batch.ion",
                                            records)
-        runs = [("test-batch", {"uri": uri, "messagesCount": count, "offsets": {}})]
+        runs = [("test-batch", {"uri": uri, "messagesCount": count, "offsets": {}},
+                 TriggerInfo(type=trig.type, uri=uri, messages_count=count, offsets={}))]
     out = []
-    for exec_id, trigger_vars in runs:
+    for exec_id, trigger_vars, info in runs:
         execution = Execution(id=exec_id, namespace=flow.namespace, flow_id=flow.id,
-                              trigger={"type": trig.type, **trigger_vars})
+                              trigger=info)
         engine.run(execution, trigger_vars, scope)
         out.append(execution.document())
     return out
 
 
 def fetch_record(flow: FlowBase, topic: str, partition: int, offset: int,
-                 timeout: float = 15.0) -> RawRecord:
+                 *, timeout: float = 15.0) -> RawRecord:
     """Read one record from Kafka by its coordinates (no group, nothing committed)."""
     conf = client_conf(flow.kafka_trigger.properties)
     conf.update({"group.id": "waxflow-replay", "enable.auto.commit": False,
@@ -152,7 +158,7 @@ def fetch_record(flow: FlowBase, topic: str, partition: int, offset: int,
         consumer.close()
 
 
-def replay(flow: FlowBase, exec_id: str, topic: str, partition: int,
+def replay(flow: FlowBase, exec_id: str, *, topic: str, partition: int,
            offset: int) -> Execution:
     """Run the record behind ``exec_id`` again under the same id; wait for the log."""
     if execution_id(flow.namespace, flow.id, topic, partition, offset) != exec_id:
@@ -162,10 +168,12 @@ def replay(flow: FlowBase, exec_id: str, topic: str, partition: int,
     trig = flow.kafka_trigger
     raw = fetch_record(flow, topic, partition, offset)
     rec = decode(raw, trigger_deserializer(trig, "key"), trigger_deserializer(trig, "value"),
-                 False, {})
-    log, _pool = runner.resources()
+                 fail=False, filters={})
+    log, _pool = runner.executor.resources()
     batch = log.batch()
-    execution = runner.run_one(rec, batch)
+    job = runner.job(rec, batch)
+    assert job is not None  # replay decodes without header filters
+    execution = runner.executor.run_job(job, batch)
     batch.wait()
     log.close()
     return execution

@@ -22,35 +22,30 @@ from datetime import timedelta
 from pathlib import Path
 
 from waxflow.connectors.broker import free_port
+from waxflow.errors import user_message
 
 #: young-generation threshold of the garbage collector while a flow runs (default 700)
 YOUNG_GC_THRESHOLD = 10_000
 
 
-class RunFailed(Exception):
-    """The job stopped on an error meant for the user (message is one line)."""
-
-
-USER_ERRORS = ("FlowStopped", "SerdeStop", "SourceStop", "DeliveryError", "ConfigConflict",
-               "TransactionError",
-               "KafkaException", "FlowError")
-
-
 def user_error(exc: BaseException) -> str | None:
-    """The message of the first user-facing error in ``exc``'s chain, if any."""
+    """The one-line message for the user of an error that stopped the job, if it is one of
+    ours (:func:`waxflow.errors.user_message`) or a Kafka client error; None for a bug."""
+    from confluent_kafka import KafkaException
+
+    message = user_message(exc)
+    if message is not None:
+        return message
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if type(cur).__name__ in USER_ERRORS:
+        if isinstance(cur, KafkaException):
             return str(cur)
         cur = cur.__cause__ or cur.__context__
     text = str(exc)
-    for name in USER_ERRORS:  # Bytewax may flatten the chain into the message
-        marker = f"{name}: "
-        if marker in text:
-            return text.split(marker, 1)[1].splitlines()[0]
-    return None
+    return text.split("KafkaException: ", 1)[1].splitlines()[0] if "KafkaException: " in text \
+        else None
 
 
 @contextlib.contextmanager
@@ -91,7 +86,7 @@ def quiet_panics() -> Iterator[None]:
         os.close(saved)
 
 
-def run_here(flow_path: str, workers: int, epoch: timedelta, recovery_dir: str | None,
+def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: str | None,
              stop_when_idle: float | None, process_id: int | None = None,
              addresses: list[str] | None = None, max_ticks: int | None = None) -> None:
     """Run the flow in this process (one member of a cluster when ``addresses`` is set)."""

@@ -16,11 +16,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 
 from waxflow.connectors.serdes import Deserializer, SerdeError
+from waxflow.errors import SerdeStop
 from waxflow.records import Decoded, RawRecord, headers_text
-
-
-class SerdeStop(Exception):
-    """onSerdeError FAIL: the job stops at this record without committing it."""
 
 
 def _headers_match(raw: RawRecord, filters: Mapping[str, str]) -> bool:
@@ -28,7 +25,7 @@ def _headers_match(raw: RawRecord, filters: Mapping[str, str]) -> bool:
     return all(have.get(k) == v for k, v in filters.items())
 
 
-def decode(raw: RawRecord, key_de: Deserializer, value_de: Deserializer, fail: bool,
+def decode(raw: RawRecord, key_de: Deserializer, value_de: Deserializer, *, fail: bool,
            filters: Mapping[str, str]) -> Decoded:
     """Decode one record; raises SerdeStop only when ``fail`` (onSerdeError FAIL)."""
     if filters and not _headers_match(raw, filters):
@@ -48,7 +45,7 @@ def decode(raw: RawRecord, key_de: Deserializer, value_de: Deserializer, fail: b
     return Decoded(raw, key, value)
 
 
-def deserialize(step_id: str, up: Stream[RawRecord], key_de: Deserializer,
+def deserialize(step_id: str, up: Stream[RawRecord], *, key_de: Deserializer,
                 value_de: Deserializer, on_error: str,
                 header_filters: Mapping[str, str]) -> Stream[Decoded]:
     """Decode each record of ``up`` (stateless: items stay on their worker)."""
@@ -56,6 +53,6 @@ def deserialize(step_id: str, up: Stream[RawRecord], key_de: Deserializer,
     filters = dict(header_filters)
 
     def batch(raws: list[RawRecord]) -> list[Decoded]:
-        return [decode(r, key_de, value_de, fail, filters) for r in raws]
+        return [decode(r, key_de, value_de, fail=fail, filters=filters) for r in raws]
 
     return op.flat_map_batch(step_id, up, batch)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from waxflow.execution import Attempt, Execution, TaskRun, now
+from waxflow.execution import Attempt, Execution, State, TaskRun, now
 from waxflow.expressions import Expressions, redact
 from waxflow.flow import FlowBase
 from waxflow.retry import RetryPolicy
@@ -126,7 +126,7 @@ class Engine:
 
         ``batch`` is the execute step's per-batch scope (the Kafka transaction of the batch).
         """
-        execution.state = "RUNNING"
+        execution.state = State.RUNNING
         variables: dict[str, Any] = {
             "trigger": trigger_vars,
             "outputs": {},
@@ -142,13 +142,13 @@ class Engine:
         except _TaskFailed as failed:
             execution.error = {"taskId": failed.task_id, "message": failed.message}
             self._run_handlers(ctx, self.flow.errors)
-            execution.finish("FAILED")
+            execution.finish(State.FAILED)
             return execution
         except Exception as exc:  # engine bug or unexpected error: still a FAILED execution
             execution.error = {"taskId": "", "message": error_text(exc)}
-            execution.finish("FAILED")
+            execution.finish(State.FAILED)
             return execution
-        execution.finish("WARNING" if ctx.warned else "SUCCESS")
+        execution.finish(State.WARNING if ctx.warned else State.SUCCESS)
         return execution
 
     def _run_handlers(self, ctx: _Context, tasks: Sequence[TaskBase]) -> None:
@@ -168,42 +168,42 @@ class Engine:
         attempt_no = 0
         while True:
             attempt_no += 1
-            attempt = Attempt("RUNNING", now())
+            attempt = Attempt(State.RUNNING, now())
             run.attempts.append(attempt)
             previous, ctx.current = ctx.current, task
             try:
                 out = _call_with_timeout(task, ctx, timeout)
             except _TaskFailed as child:
-                attempt.state, attempt.end = "FAILED", now()
+                attempt.state, attempt.end = State.FAILED, now()
                 attempt.error = f"child task {child.task_id} failed"
-                run.state = "FAILED"
+                run.state = State.FAILED
                 raise
             except Exception as exc:
-                attempt.state, attempt.end, attempt.error = "FAILED", now(), error_text(exc)
+                attempt.state, attempt.end, attempt.error = State.FAILED, now(), error_text(exc)
                 delay = policy.next_delay(attempt_no, time.monotonic() - started)
                 if delay is not None:
-                    run.state = "RETRYING"
+                    run.state = State.RETRYING
                     time.sleep(delay.total_seconds())
                     continue
                 self._fail(ctx, task, run, attempt.error)
                 return
             finally:
                 ctx.current = previous
-            attempt.state, attempt.end = "SUCCESS", now()
+            attempt.state, attempt.end = State.SUCCESS, now()
             run.outputs = out if isinstance(out, dict) else None
             if run.outputs is not None:
                 ctx.vars["outputs"][task.id] = run.outputs
             if attempt_no > 1 and policy.warning_on_retry:
-                run.state, ctx.warned = "WARNING", True
+                run.state, ctx.warned = State.WARNING, True
             else:
-                run.state = "SUCCESS"
+                run.state = State.SUCCESS
             return
 
     def _fail(self, ctx: _Context, task: TaskBase, run: TaskRun, message: str) -> None:
         if task.allowFailure:
-            run.state, ctx.warned = "WARNING", True
+            run.state, ctx.warned = State.WARNING, True
             return
-        run.state = "FAILED"
+        run.state = State.FAILED
         if task.errors:
             self._run_handlers(ctx, task.errors)
         raise _TaskFailed(task.id, message)

@@ -8,31 +8,28 @@ Tasks read the stored file, so a retried load never re-consumes Kafka. JSON obje
 with STRING keys (and no ``headerFilters``) are encoded in bulk by ``waxflow.connectors.jsonbatch``
 (one pyarrow parse, Ion-text file, the rows table kept for the tasks); a batch it cannot
 encode exactly is decoded record by record into binary ION, with ``onSerdeError`` applied.
-The step returns only when the terminal document is acknowledged (and, with a transactional
-Produce, after the batch's transaction committed together with its offsets). The execution
-id derives from the batch's per-partition offset ranges.
+The flow's :class:`~waxflow.operators.executor.Executor` runs the execution: the step returns
+only when the terminal document is acknowledged (and, with a transactional Produce, after the
+batch's transaction committed together with its offsets). The execution id derives from the
+batch's per-partition offset ranges.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
 from waxflow.connectors import jsonbatch
-from waxflow.connectors.execution_log import ExecutionLog, LogBatch
+from waxflow.connectors.execution_log import LogBatch
 from waxflow.connectors.kafka_batch import Batch
-from waxflow.connectors.kafka_output import KafkaOutput, TransactionError
 from waxflow.connectors.serdes import Deserializer
 from waxflow.connectors.storage import Storage
-from waxflow.execution import Execution, jsonable
+from waxflow.execution import Execution, TriggerInfo, execution_id, jsonable
 from waxflow.flow import BatchTrigger, FlowBase
 from waxflow.operators.deserialize import decode
-from waxflow.operators.engine import Engine
-from waxflow.operators.execute import FlowStopped
+from waxflow.operators.executor import Executor, Job
 from waxflow.records import RawRecord, dlq_headers, headers_text
 
 MAX_SKIPPED_LISTED = 100
@@ -42,23 +39,18 @@ def batch_execution_id(namespace: str, flow_id: str, offsets: dict[str, tuple[in
                        ) -> str:
     """Deterministic id of a batch: its per-partition offset ranges."""
     ranges = ",".join(f"{k}:{a}-{b}" for k, (a, b) in sorted(offsets.items()))
-    return hashlib.sha256(f"{namespace}\x1f{flow_id}\x1fbatch\x1f{ranges}".encode()
-                          ).hexdigest()[:32]
+    return execution_id(namespace, flow_id, "batch", ranges)
 
 
-class BatchRunner:
+class BatchExecutions:
     """The batch function of a ``kafka.Trigger`` flow's execute step."""
 
-    def __init__(self, flow: FlowBase, trigger: BatchTrigger, engine: Engine,
-                 log_factory: Callable[[], ExecutionLog], key_de: Deserializer,
-                 value_de: Deserializer, output: KafkaOutput, storage: Storage) -> None:
+    def __init__(self, *, flow: FlowBase, trigger: BatchTrigger, executor: Executor,
+                 key_de: Deserializer, value_de: Deserializer, storage: Storage) -> None:
         self.flow = flow
         self.trigger = trigger
-        self.engine = engine
-        self._log_factory = log_factory
-        self._log: ExecutionLog | None = None
+        self.executor = executor
         self.key_de, self.value_de = key_de, value_de
-        self.output = output
         self.storage = storage
         # JSON/STRING/number values are JSON-safe already: skip the jsonable walk
         self._value_plain = trigger.valueDeserializer not in ("BYTES", "BYTE_ARRAY", "ION",
@@ -67,11 +59,13 @@ class BatchRunner:
                       and not trigger.headerFilters)
 
     def __call__(self, batches: list[Batch]) -> list[tuple[str, tuple[str, int]]]:
-        if self._log is None:
-            self._log = self._log_factory()
         done: list[tuple[str, tuple[str, int]]] = []
         for batch in batches:
-            self._run(batch, self._log)
+            ends = {(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])): v
+                    for k, v in batch.ends.items()}
+            # a batch whose Produce failed is FAILED and recorded: its outputs are aborted
+            # and the offsets advance through the source's commit (G6)
+            self.executor.check_stop(self.executor.run([batch], self.job, ends))
             done += [("done", (k, v)) for k, v in batch.ends.items()]
         return done
 
@@ -83,8 +77,8 @@ class BatchRunner:
         good: list[dict[str, Any]] = []
         for fields in batch.records:
             raw = RawRecord(*fields)
-            rec = decode(raw, self.key_de, self.value_de, trig.onSerdeError.type == "FAIL",
-                         trig.headerFilters)
+            rec = decode(raw, self.key_de, self.value_de,
+                         fail=trig.onSerdeError.type == "FAIL", filters=trig.headerFilters)
             if rec.filtered:
                 continue
             if rec.error is not None:
@@ -92,7 +86,7 @@ class BatchRunner:
                                 "offset": raw.offset, "error": rec.error})
                 if dlq is not None:
                     deliveries.produce(dlq, raw.key, raw.value, dlq_headers(
-                        raw.topic, raw.partition, raw.offset, rec.error, raw.headers))
+                        raw.topic, raw.partition, raw.offset, rec.error, original=raw.headers))
                 continue
             value = rec.value if self._value_plain else jsonable(rec.value)
             good.append({"key": jsonable(rec.key), "value": value,
@@ -101,10 +95,10 @@ class BatchRunner:
                          "headers": headers_text(raw.headers)})
         return good
 
-    def _run(self, batch: Batch, log: ExecutionLog) -> Execution:
-        trig = self.trigger
+    def job(self, batch: Batch, deliveries: LogBatch) -> Job:
+        """Store the batch's records as one file in internal storage; its execution reads
+        them through ``trigger.uri``."""
         exec_id = batch_execution_id(self.flow.namespace, self.flow.id, batch.offsets)
-        deliveries = log.batch()
         name = f"{self.flow.namespace}/{self.flow.id}/{exec_id}.ion"
         bulk = jsonbatch.encode(batch.records) if self._bulk else None
         skipped: list[dict[str, Any]] = []
@@ -115,41 +109,15 @@ class BatchRunner:
         offsets = {k: [a, b] for k, (a, b) in sorted(batch.offsets.items())}
         execution = Execution(
             id=exec_id, namespace=self.flow.namespace, flow_id=self.flow.id,
-            trigger={"type": trig.type, "topic": None, "partition": None, "offset": None,
-                     "key": None, "timestamp": None, "offsets": offsets,
-                     "messagesCount": count, "deliveryCount": None, "uri": uri,
-                     "skippedCount": len(skipped),
-                     "skipped": skipped[:MAX_SKIPPED_LISTED]},
-            labels=dict(self.flow.labels), state="RUNNING")
-        deliveries.write(execution.id, execution.to_json())
-        scope = self.output.scope()
-        try:
-            self.engine.run(execution, {"uri": uri, "messagesCount": count, "offsets": offsets,
-                                        "skippedCount": len(skipped)}, scope)
-            deliveries.write(execution.id, execution.to_json())
-            deliveries.wait()
-            if scope.active:
-                try:
-                    scope.commit({(k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])): v
-                                  for k, v in batch.ends.items()})
-                except TransactionError:
-                    if execution.id not in scope.poisoned:
-                        raise
-                    # its Produce failed (execution FAILED, recorded): the outputs are
-                    # aborted and the offsets advance through the source's commit (G6)
-        except BaseException:
-            if scope.active:
-                scope.abort()
-            raise
-        if trig.onFailure == "STOP" and execution.state == "FAILED":
-            msg = (execution.error or {}).get("message", "")
-            raise FlowStopped(f"batch execution {execution.id} ({count} records, offsets "
-                              f"{offsets}) FAILED: {msg}; onFailure STOP: job halted "
-                              "without committing the batch")
-        return execution
+            trigger=TriggerInfo(type=self.trigger.type, offsets=offsets, messages_count=count,
+                                uri=uri, skipped_count=len(skipped),
+                                skipped=skipped[:MAX_SKIPPED_LISTED]),
+            labels=dict(self.flow.labels))
+        return Job(execution, {"uri": uri, "messagesCount": count, "offsets": offsets,
+                               "skippedCount": len(skipped)})
 
 
-def execute_batches(step_id: str, up: Stream[Batch], runner: BatchRunner
+def execute_batches(step_id: str, up: Stream[Batch], runner: BatchExecutions
                     ) -> Stream[tuple[str, tuple[str, int]]]:
     """Run one execution per batch; emit ``("done", ("topic/partition", next_offset))``."""
     return op.flat_map_batch(step_id, up, runner)

@@ -4,25 +4,22 @@ The source has one partition; its snapshot is the last tick emitted, so with rec
 restart continues after it (without recovery the schedule restarts from now). Ticks of an
 ``interval`` are aligned to multiples of it since the Unix epoch; ``cron`` is read in UTC.
 The execution id derives from (namespace, flow id, tick time), so a tick replayed after a
-crash keeps its id. Like the record executions, a tick's execution is done (terminal
-document acknowledged) before the step returns.
+crash keeps its id. The flow's :class:`~waxflow.operators.executor.Executor` runs it: a tick's
+execution is done (terminal document acknowledged) before the step returns.
 """
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from waxflow.connectors.execution_log import ExecutionLog
-from waxflow.connectors.kafka_output import KafkaOutput
-from waxflow.execution import Execution
+from waxflow.connectors.execution_log import LogBatch
+from waxflow.execution import Execution, TriggerInfo, execution_id
 from waxflow.flow import FlowBase, ScheduleTrigger
-from waxflow.operators.engine import Engine
+from waxflow.operators.executor import Executor, Job
 
 
 def next_tick(trigger: ScheduleTrigger, after: datetime) -> datetime:
@@ -38,8 +35,8 @@ def next_tick(trigger: ScheduleTrigger, after: datetime) -> datetime:
 
 
 def tick_execution_id(namespace: str, flow_id: str, tick: datetime) -> str:
-    raw = f"{namespace}\x1f{flow_id}\x1fschedule\x1f{tick.isoformat()}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+    """Deterministic id of a tick's execution."""
+    return execution_id(namespace, flow_id, "schedule", tick.isoformat())
 
 
 class _SchedulePartition(StatefulSourcePartition[datetime, str | None]):
@@ -83,44 +80,33 @@ class ScheduleSource(FixedPartitionedSource[datetime, str | None]):
         return _SchedulePartition(self._trigger, resume_state, self._max)
 
 
-class TickRunner:
-    """Runs the execution of each tick and waits for its documents."""
+class TickExecutions:
+    """The batch function of a schedule flow's execute step: one execution per tick."""
 
-    def __init__(self, flow: FlowBase, engine: Engine, log_conf: dict[str, Any]) -> None:
+    def __init__(self, *, flow: FlowBase, trigger: ScheduleTrigger, executor: Executor) -> None:
         self.flow = flow
-        self.engine = engine
-        self._log_conf = log_conf
-        self._log: ExecutionLog | None = None
-        self._output = KafkaOutput(f"{flow.namespace}.{flow.id}", None)
+        self.trigger = trigger
+        self.executor = executor
+
+    def job(self, tick: datetime, _deliveries: LogBatch) -> Job:
+        """The execution of one tick (its id derives from the tick time)."""
+        date, following = tick.isoformat(), next_tick(self.trigger, tick).isoformat()
+        execution = Execution(
+            id=tick_execution_id(self.flow.namespace, self.flow.id, tick),
+            namespace=self.flow.namespace, flow_id=self.flow.id,
+            trigger=TriggerInfo(type=self.trigger.type, date=date, next=following),
+            labels=dict(self.flow.labels))
+        return Job(execution, {"date": date, "next": following})
 
     def __call__(self, ticks: list[datetime]) -> list[tuple[str, tuple[str, int]]]:
-        if self._log is None:
-            self._log = ExecutionLog(self._log_conf)
-        batch = self._log.batch()
-        trig = self.flow.trigger
-        assert isinstance(trig, ScheduleTrigger)
-        for tick in ticks:
-            execution = Execution(
-                id=tick_execution_id(self.flow.namespace, self.flow.id, tick),
-                namespace=self.flow.namespace, flow_id=self.flow.id,
-                trigger={"type": trig.type, "date": tick.isoformat(),
-                         "next": next_tick(trig, tick).isoformat(), "topic": None,
-                         "partition": None, "offset": None, "offsets": None,
-                         "messagesCount": None, "deliveryCount": None},
-                labels=dict(self.flow.labels), state="RUNNING")
-            batch.write(execution.id, execution.to_json())
-            self.engine.run(execution, {"date": tick.isoformat(),
-                                        "next": next_tick(trig, tick).isoformat()},
-                            self._output.scope())
-            batch.write(execution.id, execution.to_json())
-        batch.wait()
+        self.executor.run(ticks, self.job)
         return [("done", ("schedule", int(t.timestamp()))) for t in ticks]
 
 
-def execute_ticks(step_id: str, up: Stream[datetime], runner: TickRunner
+def execute_ticks(step_id: str, up: Stream[datetime], runner: TickExecutions
                   ) -> Stream[tuple[str, tuple[str, int]]]:
     """Run one execution per tick; emit ``("done", ("schedule", tick_epoch_seconds))``."""
     return op.flat_map_batch(step_id, up, runner)
 
 
-__all__ = ["ScheduleSource", "TickRunner", "execute_ticks", "next_tick", "timedelta"]
+__all__ = ["ScheduleSource", "TickExecutions", "execute_ticks", "next_tick"]

@@ -32,6 +32,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from waxflow.errors import WaxflowError
+
 SCHEMA_VERSION = 1
 MIN_PREFIX = 6
 MAX_TRACE_DEPTH = 10
@@ -69,11 +71,11 @@ CREATE INDEX batch_ranges_lookup ON batch_ranges (topic, partition, first_offset
 _TABLES = ("positions", "executions", "runs", "batch_ranges")
 
 
-class IndexSyncError(RuntimeError):
+class IndexSyncError(WaxflowError, RuntimeError):
     """The log could not be read (broker unreachable, timeout, ...); one line for users."""
 
 
-class AmbiguousIdError(LookupError):
+class AmbiguousIdError(WaxflowError, LookupError):
     """An id prefix matches more than one execution; ``candidates`` lists (some of) them."""
 
     def __init__(self, prefix: str, candidates: list[str], more: bool = False) -> None:
@@ -172,9 +174,10 @@ class ExecutionIndex:
         last state when the document has no ``endDate``.
         """
         with self._db:
-            return self._ingest(log_topic, partition, offset, key, value, timestamp_ms)
+            return self._ingest(log_topic, partition, offset, key=key, value=value,
+                                timestamp_ms=timestamp_ms)
 
-    def _ingest(self, log_topic: str, partition: int, offset: int, key: bytes | None,
+    def _ingest(self, log_topic: str, partition: int, offset: int, *, key: bytes | None,
                 value: bytes | None, timestamp_ms: int | None) -> bool:
         if value is None:
             return False
@@ -193,13 +196,14 @@ class ExecutionIndex:
             (exec_id,)).fetchone()
         older = row is not None and (row[0], row[1]) == (log_topic, partition) and row[2] > offset
         if not older:
-            self._upsert_execution(exec_id, doc, log_topic, partition, offset)
+            self._upsert_execution(exec_id, doc, log_topic=log_topic, partition=partition,
+                                   offset=offset)
         self._db.execute(
             "UPDATE executions SET runs = (SELECT count(*) FROM runs WHERE execution_id = ?)"
             " WHERE id = ?", (exec_id, exec_id))
         return True
 
-    def _upsert_execution(self, exec_id: str, doc: dict[str, Any], log_topic: str,
+    def _upsert_execution(self, exec_id: str, doc: dict[str, Any], *, log_topic: str,
                           partition: int, offset: int) -> None:
         trig = doc.get("trigger") if isinstance(doc.get("trigger"), dict) else {}
         assert isinstance(trig, dict)
@@ -294,7 +298,7 @@ class ExecutionIndex:
             ends = self._plan(consumer, topic, deadline)
             if not ends:
                 return 0
-            return self._read(consumer, topic, ends, deadline, errors)
+            return self._read(consumer, topic, ends=ends, deadline=deadline, errors=errors)
         except KafkaException as exc:
             raise IndexSyncError(_kafka_message(exc, bootstrap, errors)) from None
         finally:
@@ -325,7 +329,7 @@ class ExecutionIndex:
             consumer.assign(assign)
         return ends
 
-    def _read(self, consumer: Consumer, topic: str, ends: dict[int, int], deadline: float,
+    def _read(self, consumer: Consumer, topic: str, *, ends: dict[int, int], deadline: float,
               errors: list[str]) -> int:
         pending = set(ends)
         count = 0
@@ -334,7 +338,8 @@ class ExecutionIndex:
             nexts: dict[int, int] = {}
             with self._db:
                 for msg in msgs:
-                    count += self._handle(topic, msg, ends, pending, nexts, errors)
+                    count += self._handle(topic, msg, ends=ends, pending=pending, nexts=nexts,
+                                          errors=errors)
                 self._db.executemany(
                     "INSERT INTO positions VALUES (?,?,?) ON CONFLICT (topic, partition)"
                     " DO UPDATE SET next_offset = excluded.next_offset",
@@ -347,7 +352,7 @@ class ExecutionIndex:
                     f"{errors[-1]}")
         return count
 
-    def _handle(self, topic: str, msg: Message, ends: dict[int, int], pending: set[int],
+    def _handle(self, topic: str, msg: Message, *, ends: dict[int, int], pending: set[int],
                 nexts: dict[int, int], errors: list[str]) -> int:
         part, off, err = msg.partition(), msg.offset(), msg.error()
         if err is not None:
@@ -367,12 +372,13 @@ class ExecutionIndex:
         if off + 1 >= ends[part]:
             pending.discard(part)
         ts_type, ts = msg.timestamp()
-        ok = self._ingest(topic, part, off, msg.key(), msg.value(), ts if ts_type else None)
+        ok = self._ingest(topic, part, off, key=msg.key(), value=msg.value(),
+                          timestamp_ms=ts if ts_type else None)
         return int(ok)
 
     # -- queries -------------------------------------------------------------------------
 
-    def list(self, flow: str | None = None, state: str | None = None, topic: str | None = None,
+    def list(self, *, flow: str | None = None, state: str | None = None, topic: str | None = None,
              since: datetime | None = None, until: datetime | None = None,
              limit: int = 50) -> list[dict[str, Any]]:
         """Execution summaries, newest start first, filtered by every given criterion.

@@ -131,9 +131,11 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        run_here(args.flow, args.workers, timedelta(milliseconds=args.epoch_ms),
-                 args.recovery_dir, args.stop_when_idle, args.process_id,
-                 args.addresses.split(";") if args.addresses else None, args.ticks)
+        run_here(args.flow, workers=args.workers,
+                 epoch=timedelta(milliseconds=args.epoch_ms), recovery_dir=args.recovery_dir,
+                 stop_when_idle=args.stop_when_idle, process_id=args.process_id,
+                 addresses=args.addresses.split(";") if args.addresses else None,
+                 max_ticks=args.ticks)
     except Exception as exc:
         msg = user_error(exc)
         if msg is None:
@@ -172,7 +174,8 @@ def _replay(args: argparse.Namespace) -> int:
     if trig.get("offset") is None:
         return _err(f"execution {doc['id']} is not the execution of one record")
     try:
-        execution = replay(flow, doc["id"], trig["topic"], trig["partition"], trig["offset"])
+        execution = replay(flow, doc["id"], topic=trig["topic"], partition=trig["partition"],
+                           offset=trig["offset"])
     except LookupError as exc:
         return _err(str(exc))
     print_executions([execution.document()], args.format)
@@ -222,15 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
     parser = argparse.ArgumentParser(prog="waxflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
+    from waxflow.recovery.executions_cli import add_parser as add_executions
+
     _add_broker(sub)
     _add_flow_commands(sub)
-    try:
-        from waxflow.recovery.executions_cli import add_parser as add_executions
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        add_executions(sub)
-        add_replay(sub.choices["executions"])
+    add_executions(sub)
+    add_replay(sub.choices["executions"])
     return parser
 
 

@@ -1,4 +1,9 @@
-"""User-facing errors about flow files.
+"""The errors a user reads: one base, :class:`WaxflowError`, and its job-stopping kinds.
+
+A ``WaxflowError`` carries a message meant for the user (what is wrong, and where: the
+file:line, the record's topic/partition@offset or the setting); the CLI prints it on one line
+without a traceback and exits 1. Anything else that stops a job is a bug or a failure of the
+world and is reported as such.
 
 Every mistake a user can make in a flow file is reported as a :class:`FlowError` holding one
 or more :class:`Problem` objects. Each problem names the file, the position (when known), the
@@ -12,7 +17,78 @@ import re
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["FlowError", "Problem", "format_path"]
+__all__ = [
+    "ConfigConflict",
+    "DeliveryError",
+    "FlowError",
+    "FlowStopped",
+    "Problem",
+    "SerdeStop",
+    "SourceStop",
+    "TransactionError",
+    "WaxflowError",
+    "format_path",
+    "user_message",
+]
+
+
+
+class WaxflowError(Exception):
+    """Base of every error meant for the user; ``str()`` is the whole message."""
+
+
+class FlowStopped(WaxflowError):
+    """onFailure STOP: an execution failed; the job halts without committing its record."""
+
+
+class SerdeStop(WaxflowError):
+    """onSerdeError FAIL: the job stops at this record without committing it."""
+
+
+class SourceStop(WaxflowError):
+    """The source cannot go on (fatal consumer error); the message names the partition."""
+
+
+class DeliveryError(WaxflowError, RuntimeError):
+    """The broker did not acknowledge a record; the work that sent it is not done."""
+
+
+class ConfigConflict(WaxflowError, ValueError):
+    """A user property contradicts what a guarantee needs."""
+
+
+class TransactionError(WaxflowError, RuntimeError):
+    """A batch's transaction could not commit; it was aborted and the batch will replay."""
+
+
+def _kinds(cls: type[WaxflowError] = WaxflowError) -> list[str]:
+    names = [cls.__name__]
+    for sub in cls.__subclasses__():
+        names += _kinds(sub)
+    return names
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The message of the first :class:`WaxflowError` in ``exc``'s cause/context chain.
+
+    Bytewax re-raises an exception from a step as its own error, sometimes with the original
+    only in the text (``"... FlowStopped: message"``): then the text after the first known
+    kind's name is the message. None when no user-facing error is found.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, WaxflowError):
+            return str(cur)
+        cur = cur.__cause__ or cur.__context__
+    text = str(exc)
+    for name in _kinds():
+        marker = f"{name}: "
+        if marker in text:
+            return text.split(marker, 1)[1].splitlines()[0]
+    return None
+
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 
@@ -62,7 +138,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class FlowError(Exception):
+class FlowError(WaxflowError):
     """A flow file is wrong. Holds every :class:`Problem` found (at least one).
 
     ``str(error)`` is the problems, one per line, in the order given.

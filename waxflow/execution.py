@@ -1,9 +1,9 @@
-"""The execution record: deterministic ids, task runs with attempts, the log document.
+"""The execution model: states, deterministic ids, what triggered it, task runs, the document.
 
-An execution id is derived only from (namespace, flow id, topic, partition, offset), so a
-replayed record gets the same id (G2); each run of it gets a fresh ``runId`` so the history
-can show the replay. ``document()`` is what goes to the execution-log topic
-(docs/execution-log.md); secrets are redacted from it.
+An execution id is derived only from the flow and the trigger's coordinates
+(:func:`execution_id`), so a replayed record, batch or tick gets the same id (G2); each run of
+it gets a fresh ``runId`` so the history can show the replay. ``document()`` is what goes to
+the execution-log topic (docs/execution-log.md); secrets are redacted from it.
 """
 
 from __future__ import annotations
@@ -15,17 +15,86 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from waxflow.expressions import redact_obj
 
-TERMINAL = frozenset({"SUCCESS", "WARNING", "FAILED", "SKIPPED"})
+
+class State(StrEnum):
+    """The state of an execution, a task run or an attempt (a ``str``: JSON as its name)."""
+
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    RETRYING = "RETRYING"
+    SUCCESS = "SUCCESS"
+    WARNING = "WARNING"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"  # a record that did not deserialize (onSerdeError SKIPPED or DLQ)
 
 
-def execution_id(namespace: str, flow_id: str, topic: str, partition: int, offset: int) -> str:
-    """The deterministic id of the execution of one record (32 hex chars)."""
-    raw = f"{namespace}\x1f{flow_id}\x1f{topic}\x1f{partition}\x1f{offset}".encode()
+TERMINAL = frozenset({State.SUCCESS, State.WARNING, State.FAILED, State.SKIPPED})
+
+
+def execution_id(namespace: str, flow_id: str, *coordinates: object) -> str:
+    """The deterministic id of an execution (32 hex chars).
+
+    ``coordinates`` say what triggered it: ``(topic, partition, offset)`` for a record,
+    ``("batch", "t/p:first-last,...")`` for a batch, ``("schedule", tick_iso)`` for a tick.
+    The same flow and coordinates always give the same id (a replay keeps its id, G2).
+    """
+    raw = "\x1f".join(str(part) for part in (namespace, flow_id, *coordinates)).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class TriggerInfo:
+    """What started an execution, as its document shows it (``trigger`` in the history).
+
+    A record sets topic/partition/offset/key/timestamp (and, from a share group,
+    ``delivery_count`` and the planned ``ack``); a batch sets ``offsets``
+    (``{"topic/partition": [first, last]}``), ``messages_count``, ``uri`` and its skipped
+    records; a tick sets ``date`` and ``next``.
+    """
+
+    type: str
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    key: Any = None
+    timestamp: int | None = None
+    offsets: dict[str, list[int]] | None = None
+    messages_count: int | None = None
+    delivery_count: int | None = None
+    ack: str | None = None
+    uri: str | None = None
+    skipped_count: int | None = None
+    skipped: list[dict[str, Any]] | None = None
+    date: str | None = None
+    next: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The ``trigger`` object of the execution document (docs/execution-log.md)."""
+        doc: dict[str, Any] = {
+            "type": self.type, "topic": self.topic, "partition": self.partition,
+            "offset": self.offset, "key": self.key, "timestamp": self.timestamp,
+            "offsets": self.offsets, "messagesCount": self.messages_count,
+            "deliveryCount": self.delivery_count,
+        }
+        for name, value in (("ack", self.ack), ("uri", self.uri),
+                            ("skippedCount", self.skipped_count), ("skipped", self.skipped),
+                            ("date", self.date), ("next", self.next)):
+            if value is not None:
+                doc[name] = value
+        return doc
+
+    def describe(self) -> str:
+        """What triggered the execution, for messages: a record, a batch or a tick."""
+        if self.offset is not None:
+            return f"record {self.topic}/{self.partition}@{self.offset}"
+        if self.date is not None:
+            return f"tick {self.date}"
+        return f"batch of {self.messages_count} records (offsets {self.offsets})"
 
 
 def now() -> datetime:
@@ -56,7 +125,9 @@ def jsonable(value: Any) -> Any:
 
 @dataclass
 class Attempt:
-    state: str
+    """One try of a task run."""
+
+    state: State
     start: datetime
     end: datetime | None = None
     error: str | None = None
@@ -64,10 +135,12 @@ class Attempt:
 
 @dataclass
 class TaskRun:
+    """One task of an execution, with its attempts and outputs."""
+
     task_id: str
     type: str
     parent: str | None
-    state: str = "RUNNING"
+    state: State = State.RUNNING
     attempts: list[Attempt] = field(default_factory=list)
     outputs: dict[str, Any] | None = None
 
@@ -88,8 +161,8 @@ class Execution:
     id: str
     namespace: str
     flow_id: str
-    trigger: dict[str, Any]
-    state: str = "CREATED"
+    trigger: TriggerInfo
+    state: State = State.CREATED
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     start: datetime = field(default_factory=now)
     end: datetime | None = None
@@ -107,7 +180,7 @@ class Execution:
         with self._lock:
             self.task_runs.append(run)
 
-    def finish(self, state: str) -> None:
+    def finish(self, state: State) -> None:
         self.state = state
         self.end = now()
 
@@ -121,7 +194,7 @@ class Execution:
             "startDate": iso(self.start), "endDate": iso(self.end),
             "durationMs": ((self.end - self.start).total_seconds() * 1000
                            if self.end is not None else None),
-            "trigger": self.trigger, "taskRuns": runs, "error": self.error,
+            "trigger": self.trigger.document(), "taskRuns": runs, "error": self.error,
             "upstreamExecutionId": self.upstream_id, "labels": self.labels,
         }
         return redact_obj(doc)  # type: ignore[no-any-return]

@@ -36,8 +36,12 @@ class OnSerdeError(BaseModel):
     """What to do with a record that cannot be deserialized (G5)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["SKIPPED", "DLQ", "FAIL"] = "SKIPPED"
-    topic: str | None = None
+    type: Literal["SKIPPED", "DLQ", "FAIL"] = Field(
+        default="SKIPPED",
+        description="SKIPPED: record a SKIPPED execution and go on; DLQ: also send the record "
+                    "to `topic` with headers naming its source and the error; FAIL: stop the "
+                    "job without committing the record")
+    topic: str | None = Field(default=None, description="the dead-letter topic (type DLQ)")
 
     @model_validator(mode="after")
     def _dlq_needs_topic(self) -> OnSerdeError:
@@ -50,21 +54,45 @@ class KafkaTrigger(BaseModel):
     """Connection, topic selection and deserialization shared by the Kafka triggers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    id: str = Field(pattern=ID_PATTERN)
-    groupType: Literal["CONSUMER", "SHARE"] = "CONSUMER"  # first: later fields check it
-    topic: str | list[str] | None = None
-    topics: list[str] | None = None
-    topicPattern: str | None = None
-    partitions: list[int] | None = None
-    groupId: str = Field(min_length=1)
-    since: datetime | None = None
-    keyDeserializer: Serde = "STRING"
-    valueDeserializer: Serde = "STRING"
-    headerFilters: dict[str, str] = Field(default_factory=dict)
-    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    serdeProperties: dict[str, str] = Field(default_factory=dict)
-    onSerdeError: OnSerdeError = Field(default_factory=OnSerdeError)
-    onFailure: Literal["CONTINUE", "STOP"] = "CONTINUE"
+    id: str = Field(pattern=ID_PATTERN, description="the trigger's id (letters, digits, _ -)")
+    groupType: Literal["CONSUMER", "SHARE"] = Field(  # first: later fields check it
+        default="CONSUMER",
+        description="CONSUMER: a consumer group, offsets committed once the work is done; "
+                    "SHARE: a share group (KIP-932), each record acknowledged by outcome")
+    topic: str | list[str] | None = Field(
+        default=None, description="the topic to read (or a list of topics)")
+    topics: list[str] | None = Field(default=None, description="the topics to read")
+    topicPattern: str | None = Field(
+        default=None, description="a regular expression; the matching topics are read "
+                                  "(resolved when the job starts)")
+    partitions: list[int] | None = Field(
+        default=None, description="read only these partitions of each topic (manual "
+                                  "assignment)")
+    groupId: str = Field(min_length=1, description="the consumer (or share) group id")
+    since: datetime | None = Field(
+        default=None, description="ISO-8601 timestamp to start from when the group has no "
+                                  "committed offset")
+    keyDeserializer: Serde = Field(default="STRING", description="how record keys are read")
+    valueDeserializer: Serde = Field(default="STRING",
+                                     description="how record values are read")
+    headerFilters: dict[str, str] = Field(
+        default_factory=dict,
+        description="header name -> value; only records whose headers all match start an "
+                    "execution (the others advance without one)")
+    properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="librdkafka client properties (bootstrap.servers, SASL, SSL, ...); "
+                    "default bootstrap: $WAXFLOW_BOOTSTRAP or 127.0.0.1:9092")
+    serdeProperties: dict[str, str] = Field(
+        default_factory=dict,
+        description="deserializer settings, e.g. schema.registry.url for AVRO")
+    onSerdeError: OnSerdeError = Field(
+        default_factory=OnSerdeError,
+        description="what happens to a record that cannot be deserialized")
+    onFailure: Literal["CONTINUE", "STOP"] = Field(
+        default="CONTINUE",
+        description="CONTINUE: a FAILED execution is recorded and its offset advances; STOP: "
+                    "the job halts without committing the record, which replays after a fix")
     maxDeliveries: int | None = Field(
         default=None, ge=1,
         description="SHARE: REJECT a failing record at this delivery count (default: the "
@@ -123,13 +151,13 @@ class KafkaTrigger(BaseModel):
 class RealtimeTrigger(KafkaTrigger):
     """One execution per Kafka record; offsets commit after the execution is done (G1)."""
 
-    type: Literal["kafka.RealtimeTrigger"]
+    type: Literal["kafka.RealtimeTrigger"] = Field(description="the trigger type")
 
 
 class BatchTrigger(KafkaTrigger):
     """One execution per batch of records, stored as an ION file (``trigger.uri``)."""
 
-    type: Literal["kafka.Trigger"]
+    type: Literal["kafka.Trigger"] = Field(description="the trigger type")
     interval: Duration = Field(default=timedelta(minutes=1),
                                description="a batch closes at most this long after its "
                                            "first record")
@@ -156,9 +184,11 @@ class ScheduleTrigger(BaseModel):
     """One execution per tick: every ``interval`` (aligned to the epoch) or per ``cron``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    id: str = Field(pattern=ID_PATTERN)
-    type: Literal["schedule.Interval"]
-    interval: Duration | None = None
+    id: str = Field(pattern=ID_PATTERN, description="the trigger's id (letters, digits, _ -)")
+    type: Literal["schedule.Interval"] = Field(description="the trigger type")
+    interval: Duration | None = Field(
+        default=None, description="ISO-8601 duration between ticks (aligned to multiples of "
+                                  "it since the Unix epoch)")
     cron: str | None = Field(default=None, description="5-field cron expression, in UTC")
 
     @model_validator(mode="after")
@@ -192,15 +222,21 @@ class FlowBase(BaseModel):
     """Flow-level properties; ``flow_model()`` adds the typed task lists."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    id: str = Field(pattern=ID_PATTERN)
-    namespace: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    id: str = Field(pattern=ID_PATTERN,
+                    description="the flow's id; with the namespace it names the flow in the "
+                                "history and derives its execution ids")
+    namespace: str = Field(pattern=r"^[A-Za-z0-9_.-]+$",
+                           description="the flow's namespace (letters, digits, _ . -)")
+    description: str | None = Field(default=None, description="free text for people")
+    labels: dict[str, str] = Field(default_factory=dict,
+                                   description="name -> value, copied into every execution")
     retry: RetrySpec | None = Field(
         default=None, description="default retry for every task that has none of its own")
-    triggers: list[AnyTrigger] = Field(min_length=1, max_length=1)
-    tasks: list[Any] = Field(min_length=1)
-    errors: list[Any] = Field(default_factory=list)
+    triggers: list[AnyTrigger] = Field(min_length=1, max_length=1,
+                                       description="what starts executions (exactly one)")
+    tasks: list[Any] = Field(min_length=1, description="the tasks of an execution, in order")
+    errors: list[Any] = Field(default_factory=list,
+                              description="tasks run when an execution fails")
 
     def all_tasks(self) -> Iterator[tuple[tuple[Hashable, ...], TaskBase]]:
         """Every task, nested ones included, with its path in the flow file."""

@@ -44,7 +44,7 @@ def headers_text(headers: HeaderPairs) -> dict[str, str | None]:
 
 
 def dlq_headers(topic: str, partition: int, offset: int, error: str,
-                original: HeaderPairs = ()) -> list[tuple[str, str | bytes | None]]:
+                *, original: HeaderPairs = ()) -> list[tuple[str, str | bytes | None]]:
     """Headers of a dead-lettered record: its own, plus where it came from and why (G5)."""
     return [*((k, v) for k, v in original if v is not None),
             ("waxflow.source.topic", topic.encode()),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from waxflow.durations import Duration
+from waxflow.errors import WaxflowError
 
 TASK_TYPES: dict[str, type[TaskBase]] = {}
 # ``AnyTask`` (the discriminated union of every registered type) is resolved by
@@ -27,7 +28,7 @@ T = TypeVar("T", bound="type[TaskBase]")
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 
 
-class TaskFailure(Exception):
+class TaskFailure(WaxflowError):
     """A task failed for a reason the user should read (no traceback is shown)."""
 
 
@@ -36,14 +37,26 @@ class RetrySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field(pattern="^(constant|exponential|random)$")
-    interval: Duration | None = None
-    maxInterval: Duration | None = None
-    minInterval: Duration | None = None
-    delayFactor: float | None = Field(default=None, gt=1.0)
-    maxAttempts: int | None = Field(default=None, ge=1)
-    maxDuration: Duration | None = None
-    warningOnRetry: bool = False
+    type: str = Field(pattern="^(constant|exponential|random)$",
+                      description="constant: wait `interval`; exponential: `interval` times "
+                                  "`delayFactor` per attempt, up to `maxInterval`; random: "
+                                  "between `minInterval` and `maxInterval`")
+    interval: Duration | None = Field(
+        default=None, description="the delay before a retry (constant, exponential)")
+    maxInterval: Duration | None = Field(
+        default=None, description="the longest delay (exponential, random)")
+    minInterval: Duration | None = Field(default=None,
+                                         description="the shortest delay (random)")
+    delayFactor: float | None = Field(
+        default=None, gt=1.0, description="growth of the delay per attempt (exponential; "
+                                          "default 2)")
+    maxAttempts: int | None = Field(
+        default=None, ge=1, description="attempts in all, the first run included "
+                                        "(1 = no retry)")
+    maxDuration: Duration | None = Field(
+        default=None, description="no retry starts later than this after the first attempt")
+    warningOnRetry: bool = Field(
+        default=False, description="a task that succeeded only after a retry ends WARNING")
 
 
 class RunContext(Protocol):
@@ -85,13 +98,20 @@ class TaskBase(BaseModel):
     # tasks never block runs its executions on the worker thread, without a thread pool
     BLOCKING: ClassVar[bool] = True
 
-    id: str = Field(pattern=ID_PATTERN)
-    type: str
-    description: str | None = None
-    retry: RetrySpec | None = None
-    timeout: Duration | None = None
-    allowFailure: bool = False
-    disabled: bool = False
+    id: str = Field(pattern=ID_PATTERN,
+                    description="the task's id, unique in the flow; its outputs are "
+                                "`outputs.<id>.*`")
+    type: str = Field(description="the task type")
+    description: str | None = Field(default=None, description="free text for people")
+    retry: RetrySpec | None = Field(
+        default=None, description="how a failing attempt is retried (default: the flow's "
+                                  "`retry`, else no retry)")
+    timeout: Duration | None = Field(
+        default=None, description="an attempt running longer than this fails")
+    allowFailure: bool = Field(
+        default=False, description="a failure of this task ends the execution WARNING "
+                                   "instead of FAILED, and the next tasks run")
+    disabled: bool = Field(default=False, description="skip this task")
     errors: list[AnyTask] = Field(default_factory=list,
                                   description="tasks run when this one fails")
 
@@ -105,10 +125,6 @@ class TaskBase(BaseModel):
         if self.errors:
             out.append(("errors", self.errors))
         return out
-
-    def idempotent(self) -> bool:
-        """Whether a replay of this task is harmless (documentation aid)."""
-        return False
 
 
 def task_type(name: str) -> Callable[[T], T]:

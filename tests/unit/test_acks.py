@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from waxflow.acks import decide
-from waxflow.connectors.kafka_config import ConfigConflict
 from waxflow.connectors.kafka_share import split_conf
+from waxflow.errors import ConfigConflict
 
 
 @pytest.mark.parametrize("state", ["SUCCESS", "WARNING"])
