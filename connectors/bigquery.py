@@ -31,15 +31,9 @@ from pydantic import Field, model_validator
 from requests.exceptions import RequestException
 
 from waxflow.connectors.bigquery_schema import TIME_TYPES, BqField, infer_schema, shape, write_file
-from waxflow.connectors.warehouse import (
-    DEFAULT_MERGE_KEYS,
-    last_per_key,
-    merge_statement,
-    one_line,
-    plain,
-    read_batch,
-)
+from waxflow.connectors.warehouse import WarehouseLoad, WarehouseQuery, merge_statement
 from waxflow.durations import Duration
+from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["Load", "Query", "make_client", "parse_table"]
@@ -78,17 +72,29 @@ def _api(who: str, action: str) -> Iterator[None]:
     except TaskFailure:
         raise
     except (GoogleAPIError, GoogleAuthError, RequestException, OSError) as exc:
-        raise TaskFailure(f"{who}: {action} failed: {one_line(str(exc))}") from None
+        raise TaskFailure(f"{who}: {action} failed: {mask(str(exc))}") from None
 
 
 class _BigQueryTask(TaskBase):
-    projectId: str | None = Field(default=None, description="billing project (and default "
-                                  "project of table names); default: the credentials' one")
-    location: str | None = None
-    endpoint: str | None = Field(default=None, description="API root, e.g. an emulator's "
-                                 "http://127.0.0.1:19050 (default $WAXFLOW_BQ_ENDPOINT)")
-    apiTimeout: Duration = Field(default=dt.timedelta(seconds=60), description="how long the "
-                                 "client retries one API call before the attempt fails")
+    """Connection properties shared by the BigQuery tasks."""
+
+    projectId: str | None = Field(
+        default=None,
+        description="billing project (rendered), also the project of table names that do not "
+                    "name one; default the credentials' project")
+    location: str | None = Field(
+        default=None,
+        description="location of the jobs and datasets, such as `EU` or `us-central1` "
+                    "(rendered); default BigQuery's choice")
+    endpoint: str | None = Field(
+        default=None,
+        description="API root to use instead of Google's, such as an emulator's "
+                    "`http://127.0.0.1:19050` (rendered; anonymous credentials); default "
+                    "`$WAXFLOW_BQ_ENDPOINT`, else Google with Application Default Credentials")
+    apiTimeout: Duration = Field(
+        default=dt.timedelta(seconds=60),
+        description="how long the client retries one API call before the attempt fails "
+                    "(ISO-8601 duration)")
 
     model_config = {**TaskBase.model_config, "populate_by_name": True}
 
@@ -107,7 +113,7 @@ class _BigQueryTask(TaskBase):
 
 
 @task_type("bigquery.Load")
-class Load(_BigQueryTask):
+class Load(_BigQueryTask, WarehouseLoad):
     """Load a stored batch file (``from``, usually ``{{ trigger.uri }}``) into a table.
 
     Each record is one row (the value's fields plus ``_topic``, ``_partition``, ``_offset``,
@@ -127,36 +133,59 @@ class Load(_BigQueryTask):
     load job, or the MERGE query job) and, for MERGE, ``affectedRows``.
     """
 
-    type: Literal["bigquery.Load"]
-    from_: str = Field(alias="from", description="internal-storage URI of the batch file")
-    destinationTable: str = Field(min_length=3)
-    format: Literal["NEWLINE_DELIMITED_JSON", "PARQUET"] = "PARQUET"
-    writeDisposition: Literal["WRITE_APPEND", "WRITE_TRUNCATE", "WRITE_EMPTY"] = "WRITE_APPEND"
-    createDisposition: Literal["CREATE_IF_NEEDED", "CREATE_NEVER"] = "CREATE_IF_NEEDED"
-    schema_: list[BqField] | None = Field(default=None, alias="schema", min_length=1)
-    autodetect: bool = True
-    ignoreUnknownValues: bool = False
-    timePartitioningField: str | None = None
-    timePartitioningType: Literal["DAY", "HOUR", "MONTH", "YEAR"] = "DAY"
-    clusteringFields: list[str] = Field(default_factory=list, max_length=4)
-    failOnEmpty: bool = True
-    mode: Literal["LOAD", "MERGE"] = "LOAD"
-    mergeKeys: list[str] = Field(default_factory=lambda: list(DEFAULT_MERGE_KEYS), min_length=1)
+    type: Literal["bigquery.Load"] = Field(description="the task type")
+    destinationTable: str = Field(
+        min_length=3,
+        description="target table as `project.dataset.table` or `dataset.table` (rendered; "
+                    "backticks allowed)")
+    format: Literal["NEWLINE_DELIMITED_JSON", "PARQUET"] = Field(
+        default="PARQUET", description="file format the batch is sent to BigQuery in")
+    writeDisposition: Literal["WRITE_APPEND", "WRITE_TRUNCATE", "WRITE_EMPTY"] = Field(
+        default="WRITE_APPEND",
+        description="`mode: LOAD`: append rows, replace the table's rows, or fail unless the "
+                    "table is empty; `mode: MERGE` needs `WRITE_APPEND`")
+    createDisposition: Literal["CREATE_IF_NEEDED", "CREATE_NEVER"] = Field(
+        default="CREATE_IF_NEEDED",
+        description="create a missing table (from `schema`, else the batch's types), or "
+                    "fail when it is missing")
+    schema_: list[BqField] | None = Field(
+        default=None, alias="schema", min_length=1,
+        description="columns of the table, the batch cast to them; default inferred from the "
+                    "batch when `autodetect` is true")
+    autodetect: bool = Field(
+        default=True,
+        description="without `schema`, infer the columns from the batch's Arrow types")
+    ignoreUnknownValues: bool = Field(
+        default=False,
+        description="with `schema`, drop batch columns it lacks instead of failing the task")
+    timePartitioningField: str | None = Field(
+        default=None,
+        description="TIMESTAMP, DATE or DATETIME column a created table is partitioned on; "
+                    "default no partitioning")
+    timePartitioningType: Literal["DAY", "HOUR", "MONTH", "YEAR"] = Field(
+        default="DAY", description="partition granularity for `timePartitioningField`")
+    clusteringFields: list[str] = Field(
+        default_factory=list, max_length=4,
+        description="up to 4 columns a created table is clustered by")
+    failOnEmpty: bool = Field(
+        default=True,
+        description="fail the task when the batch holds no records (as Kestra does); "
+                    "false loads nothing and succeeds")
+    mode: Literal["LOAD", "MERGE"] = Field(
+        default="LOAD",
+        description="`LOAD` runs one load job with `writeDisposition` (a replayed batch is "
+                    "loaded again); `MERGE` loads a staging table, then merges it on "
+                    "`mergeKeys`")
 
     @model_validator(mode="after")
     def _consistent(self) -> Load:
         if self.mode == "MERGE" and self.writeDisposition != "WRITE_APPEND":
             raise ValueError("mode MERGE updates rows by key: writeDisposition must stay "
                              "WRITE_APPEND")
-        if len(set(self.mergeKeys)) != len(self.mergeKeys):
-            raise ValueError("merge keys must be distinct")
         return self
 
-    def idempotent(self) -> bool:
-        return self.mode == "MERGE"
-
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
-        who = f"bigquery.Load {self.id}"
+        who = self._who()
         uri = str(ctx.render(self.from_))
         name = str(ctx.render(self.destinationTable))
         try:
@@ -170,23 +199,20 @@ class Load(_BigQueryTask):
                                   "project.dataset.table")
             dest = f"{project}.{dataset}.{table_id}"
             out: dict[str, Any] = {"rows": 0, "destinationTable": dest, "jobId": None}
-            batch = read_batch(who, uri)
-            if batch.num_rows == 0:
-                if self.failOnEmpty:
-                    raise TaskFailure(f"{who}: {uri} holds no records (failOnEmpty is true)")
-                ctx.log("INFO", f"{uri} holds no records: nothing to load")
+            batch = self._read(ctx, uri, fail_on_empty=self.failOnEmpty)
+            if batch is None:
                 return out
-            if self.mode == "MERGE":
-                batch = last_per_key(who, batch, self.mergeKeys)
             batch, schema = self._shaped(who, batch)
             with tempfile.TemporaryDirectory(prefix="waxflow-bq-") as tmp:
                 path = write_file(batch, Path(tmp), self.format)
-                self._ensure_table(who, client, dest, schema)
+                self._ensure_table(who, client, dest=dest, schema=schema)
                 if self.mode == "LOAD":
-                    job = self._load(who, client, path, dest, self.writeDisposition)
+                    job = self._load(who, client, path=path, dest=dest,
+                                     disposition=self.writeDisposition)
                     out.update(rows=batch.num_rows, jobId=job.job_id)
                 else:
-                    out.update(self._merge(who, client, path, dest, schema, batch))
+                    out.update(self._merge(who, client, path=path, dest=dest, schema=schema,
+                                           batch=batch))
         ctx.log("INFO", f"{out['rows']} rows of {uri} into {dest} ({self.mode})")
         return out
 
@@ -194,7 +220,7 @@ class Load(_BigQueryTask):
         try:
             if self.schema_:
                 schema = [f.to_api() for f in self.schema_]
-                batch = shape(batch, schema, self.ignoreUnknownValues)
+                batch = shape(batch, schema, drop_unknown=self.ignoreUnknownValues)
             elif self.autodetect:
                 schema = infer_schema(batch)
             else:
@@ -211,7 +237,7 @@ class Load(_BigQueryTask):
                                   "it must be TIMESTAMP, DATE or DATETIME (give a schema)")
         return batch, schema
 
-    def _ensure_table(self, who: str, client: bigquery.Client, dest: str,
+    def _ensure_table(self, who: str, client: bigquery.Client, *, dest: str,
                       schema: list[Any]) -> None:
         """Create ``dest`` when missing (emulator-safe: load jobs never create tables)."""
         with _api(who, f"looking up {dest}"):
@@ -235,7 +261,7 @@ class Load(_BigQueryTask):
         with _api(who, f"creating {dest}"):
             client.create_table(table, exists_ok=True, retry=self._retry())
 
-    def _load(self, who: str, client: bigquery.Client, path: Path, dest: str,
+    def _load(self, who: str, client: bigquery.Client, *, path: Path, dest: str,
               disposition: str) -> Any:
         """One load job from ``path`` (a file object, no ``size``: a resumable upload)."""
         config = bigquery.LoadJobConfig(source_format=self.format,
@@ -252,7 +278,7 @@ class Load(_BigQueryTask):
             job.result(retry=self._retry())
         return job
 
-    def _merge(self, who: str, client: bigquery.Client, path: Path, dest: str,
+    def _merge(self, who: str, client: bigquery.Client, *, path: Path, dest: str,
                schema: list[Any], batch: pa.Table) -> dict[str, Any]:
         """Load into a fresh staging table, MERGE it into ``dest``, drop it."""
         stage = f"{dest}__waxflow_stage_{uuid.uuid4().hex[:12]}"
@@ -261,7 +287,7 @@ class Load(_BigQueryTask):
         try:
             with _api(who, f"creating staging table {stage}"):
                 client.create_table(staging, retry=self._retry())
-            self._load(who, client, path, stage, "WRITE_TRUNCATE")
+            self._load(who, client, path=path, dest=stage, disposition="WRITE_TRUNCATE")
             with _api(who, f"merging into {dest}"):
                 job = client.query(merge_sql(dest, stage, batch.column_names, self.mergeKeys),
                                    retry=self._retry())
@@ -279,11 +305,11 @@ def _q(name: str) -> str:
 
 def merge_sql(dest: str, stage: str, columns: list[str], keys: list[str]) -> str:
     """MERGE ``stage`` into ``dest`` on ``keys`` (NULL matches NULL): update, else insert."""
-    return merge_statement(_q(dest), _q(stage), columns, keys, _q)
+    return merge_statement(_q(dest), _q(stage), columns=columns, keys=keys, quote=_q)
 
 
 @task_type("bigquery.Query")
-class Query(_BigQueryTask):
+class Query(_BigQueryTask, WarehouseQuery):
     """Run one GoogleSQL statement (``sql``, rendered) as a query job and wait for it.
 
     ``fetch``: ``NONE`` (default) outputs no rows; ``ONE`` outputs ``row`` (the first row as
@@ -293,9 +319,8 @@ class Query(_BigQueryTask):
     BigQuery's message.
     """
 
-    type: Literal["bigquery.Query"]
-    sql: str = Field(min_length=1)
-    fetch: Literal["NONE", "ONE", "ALL"] = "NONE"
+    type: Literal["bigquery.Query"] = Field(description="the task type")
+    sql: str = Field(min_length=1, description="one GoogleSQL statement (rendered)")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         who = f"bigquery.Query {self.id}"
@@ -306,15 +331,5 @@ class Query(_BigQueryTask):
             out: dict[str, Any] = {"jobId": job.job_id}
             if job.num_dml_affected_rows is not None:
                 out["affectedRows"] = job.num_dml_affected_rows
-            if self.fetch == "NONE":
-                return out
-            maps = []
-            for row in result:
-                maps.append({k: plain(v) for k, v in row.items()})
-                if self.fetch == "ONE":
-                    break
-        if self.fetch == "ONE":
-            out.update(row=maps[0] if maps else None, size=len(maps))
-        else:
-            out.update(rows=maps, size=len(maps))
+            out.update(self._fetched(dict(row.items()) for row in result))
         return out

@@ -41,13 +41,21 @@ class BqField(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,299}$",
+                      description="column name: letters, digits and `_`, not starting with a "
+                                  "digit")
     type: str = Field(pattern=r"(?i)^(STRING|BYTES|INTEGER|INT64|FLOAT|FLOAT64|NUMERIC|"
                               r"BIGNUMERIC|BOOLEAN|BOOL|TIMESTAMP|DATE|TIME|DATETIME|JSON|"
-                              r"GEOGRAPHY|RECORD|STRUCT)$")
-    mode: Literal["NULLABLE", "REQUIRED", "REPEATED"] = "NULLABLE"
-    fields: list[BqField] = Field(default_factory=list)
-    description: str | None = None
+                              r"GEOGRAPHY|RECORD|STRUCT)$",
+                      description="BigQuery type name (any case; `INT64`, `FLOAT64`, `BOOL` "
+                                  "and `STRUCT` are aliases)")
+    mode: Literal["NULLABLE", "REQUIRED", "REPEATED"] = Field(
+        default="NULLABLE", description="whether the column may be null, must be set, or "
+                                        "holds a list")
+    fields: list[BqField] = Field(default_factory=list,
+                                  description="sub-columns of a `RECORD` column")
+    description: str | None = Field(default=None,
+                                    description="column description stored with the table")
 
     def canonical_type(self) -> str:
         upper = self.type.upper()
@@ -128,7 +136,7 @@ def _cast(column: Any, field: SchemaField) -> Any:
     return column.cast(target)
 
 
-def shape(table: pa.Table, schema: list[SchemaField], drop_unknown: bool) -> pa.Table:
+def shape(table: pa.Table, schema: list[SchemaField], *, drop_unknown: bool) -> pa.Table:
     """``table`` with exactly ``schema``'s columns, in its order and types: missing columns
     are nulls, unknown ones dropped when ``drop_unknown`` else a :class:`TaskFailure`.
     Integers cast to TIMESTAMP/DATETIME are read as epoch milliseconds (Kafka's unit),

@@ -108,16 +108,30 @@ class _DbtTask(TaskBase):
 
     COMMAND: ClassVar[str] = ""
 
-    projectDir: str = Field(min_length=1)
-    profilesDir: str | None = None
+    projectDir: str = Field(min_length=1,
+                            description="directory of the dbt project, holding "
+                                        "`dbt_project.yml` (rendered)")
+    profilesDir: str | None = Field(
+        default=None,
+        description="directory holding `profiles.yml` (rendered); default `projectDir` when "
+                    "it holds one, else dbt's (`~/.dbt`); not with `profiles`")
     profiles: str | dict[str, Any] | None = Field(
-        default=None, description="profiles.yml content (YAML text or a map)")
-    target: str | None = None
-    select: list[str] | str | None = None
-    exclude: list[str] | str | None = None
-    vars: dict[str, Any] = Field(default_factory=dict)
-    fullRefresh: bool = False
-    threads: int | None = Field(default=None, ge=1)
+        default=None,
+        description="the `profiles.yml` content, as YAML text or a map (rendered, so it may "
+                    "use `secret()`), written to a private temporary directory for the run")
+    target: str | None = Field(default=None, description="profile target to use (rendered); "
+                                                         "default the profile's own")
+    select: list[str] | str | None = Field(
+        default=None, description="node selection (`--select`, rendered); default all nodes")
+    exclude: list[str] | str | None = Field(
+        default=None, description="nodes to leave out (`--exclude`, rendered)")
+    vars: dict[str, Any] = Field(default_factory=dict,
+                                 description="project variables (`--vars`, rendered)")
+    fullRefresh: bool = Field(default=False, description="rebuild incremental models from "
+                                                         "scratch (`--full-refresh`)")
+    threads: int | None = Field(default=None, ge=1,
+                                description="threads dbt runs nodes on; default the "
+                                            "profile's")
 
     @model_validator(mode="after")
     def _one_profiles_source(self) -> _DbtTask:
@@ -175,7 +189,7 @@ class Build(_DbtTask):
     """
 
     COMMAND: ClassVar[str] = "build"
-    type: Literal["dbt.Build"]
+    type: Literal["dbt.Build"] = Field(description="the task type")
 
 
 @task_type("dbt.Run")
@@ -184,4 +198,4 @@ class Run(_DbtTask):
     ``dbt.Build``."""
 
     COMMAND: ClassVar[str] = "run"
-    type: Literal["dbt.Run"]
+    type: Literal["dbt.Run"] = Field(description="the task type")

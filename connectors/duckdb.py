@@ -16,28 +16,24 @@ Database: ``database`` (rendered), else ``$WAXFLOW_DUCKDB``, else
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import duckdb
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from waxflow.connectors.storage import StorageError
-from waxflow.connectors.tabular import to_table
-from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
+from waxflow.connectors.warehouse import WarehouseLoad, WarehouseQuery
+from waxflow.expressions import mask
+from waxflow.tasks import RunContext, TaskFailure, task_type
 
-__all__ = ["DEFAULT_MERGE_KEYS", "Load", "Query", "connect", "database_path", "quote_ident"]
+__all__ = ["Load", "Query", "connect", "database_path", "quote_ident"]
 
 DEFAULT_DATABASE = ".waxflow/warehouse.duckdb"
-DEFAULT_MERGE_KEYS = ("_topic", "_partition", "_offset")
 _BATCH = "__waxflow_batch"
 _KEYED = "__waxflow_keyed_batch"
 _ORDINAL = "__waxflow_ordinal"
@@ -111,23 +107,6 @@ def _count(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def _plain(value: Any) -> Any:
-    """A DuckDB result value as a JSON-friendly value (like the rest of the outputs)."""
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str] | None:
     """The table's column names (lower case), or None when it does not exist."""
     try:
@@ -137,7 +116,7 @@ def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str] | Non
     return {str(d[0]).lower() for d in cursor.description or []}
 
 
-def _shape_table(con: duckdb.DuckDBPyConnection, load: Load, schema: str | None, table: str,
+def _shape_table(con: duckdb.DuckDBPyConnection, load: Load, *, schema: str | None, table: str,
                  batch: pa.Table) -> list[str]:
     """Create the table or add columns as ``load`` allows; return the batch columns to insert.
 
@@ -166,7 +145,7 @@ def _shape_table(con: duckdb.DuckDBPyConnection, load: Load, schema: str | None,
 
 
 @task_type("duckdb.Load")
-class Load(TaskBase):
+class Load(WarehouseLoad):
     """Load a stored batch file into a DuckDB table.
 
     Each record becomes one row (``waxflow.connectors.tabular.rows``: the value's fields plus
@@ -188,47 +167,49 @@ class Load(TaskBase):
     replaced), plus ``table`` and ``database``.
     """
 
-    type: Literal["duckdb.Load"]
-    from_: str = Field(alias="from", description="internal-storage URI of the batch file")
-    database: str | None = None
-    table: str = Field(min_length=1)
-    createTable: bool = True
-    addColumns: bool = True
-    mode: Literal["APPEND", "MERGE"] = "APPEND"
-    mergeKeys: list[str] = Field(default_factory=lambda: list(DEFAULT_MERGE_KEYS), min_length=1)
+    # all-null columns stay untyped (they never create a column); MERGE dedupes in SQL
+    TYPE_NULL_COLUMNS: ClassVar[bool] = False
+    KEEP_LAST_PER_KEY: ClassVar[bool] = False
 
-    model_config = {**TaskBase.model_config, "populate_by_name": True}
+    type: Literal["duckdb.Load"] = Field(description="the task type")
+    database: str | None = Field(
+        default=None,
+        description="DuckDB database file (rendered); default `$WAXFLOW_DUCKDB`, else "
+                    "`.waxflow/warehouse.duckdb`; `:memory:` for an in-memory database")
+    table: str = Field(
+        min_length=1,
+        description="target table as `[database.][schema.]table` (rendered; parts may be "
+                    "double-quoted)")
+    createTable: bool = Field(
+        default=True,
+        description="create a missing table (and schema) from the batch's Arrow types")
+    addColumns: bool = Field(
+        default=True,
+        description="add the batch's new (typed) columns to an existing table")
+    mode: Literal["APPEND", "MERGE"] = Field(
+        default="APPEND",
+        description="`APPEND` inserts every row (a replayed batch is inserted again); "
+                    "`MERGE` replaces the rows matching `mergeKeys`, then inserts")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
-        who = f"duckdb.Load {self.id}"
+        who = self._who()
         uri = str(ctx.render(self.from_))
         table_name = str(ctx.render(self.table))
         database = str(ctx.render(self.database)) if self.database else None
         schema, table = _quote_table(table_name)
-        try:
-            batch = to_table(uri)
-        except StorageError as exc:
-            raise TaskFailure(f"{who}: {exc}") from None
-        except pa.ArrowException as exc:
-            raise TaskFailure(f"{who}: {uri} does not fit one table: {exc}") from None
         out: dict[str, Any] = {"rows": 0, "table": table_name,
                                "database": database_path(database)}
         if self.mode == "MERGE":
             out["replaced"] = 0
-        if batch.num_rows == 0:
-            ctx.log("INFO", f"{uri} holds no records: nothing to load")
+        batch = self._read(ctx, uri)
+        if batch is None:
             return out
-        if self.mode == "MERGE":
-            missing = [k for k in self.mergeKeys if k not in batch.column_names]
-            if missing:
-                raise TaskFailure(f"{who}: merge key(s) {', '.join(missing)} not in the batch "
-                                  f"(columns: {', '.join(batch.column_names)})")
         try:
             with connect(database) as con:
                 con.register(_BATCH, batch)
                 con.begin()
                 try:
-                    columns = _shape_table(con, self, schema, table, batch)
+                    columns = _shape_table(con, self, schema=schema, table=table, batch=batch)
                     if self.mode == "MERGE":
                         out["replaced"], out["rows"] = self._merge(con, table, batch, columns)
                     else:
@@ -241,7 +222,7 @@ class Load(TaskBase):
                         con.rollback()
                     raise
         except duckdb.Error as exc:
-            raise TaskFailure(f"{who}: {exc}") from None
+            raise TaskFailure(f"{who}: {mask(str(exc))}") from None
         return out
 
     def _merge(self, con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table,
@@ -261,49 +242,33 @@ class Load(TaskBase):
             f"ORDER BY {_ORDINAL} DESC) = 1"))
         return deleted, inserted
 
-    def idempotent(self) -> bool:
-        return self.mode == "MERGE"
-
-    @field_validator("mergeKeys")
-    @classmethod
-    def _distinct_keys(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("merge keys must be distinct")
-        return value
-
 
 @task_type("duckdb.Query")
-class Query(TaskBase):
+class Query(WarehouseQuery):
     """Run SQL (rendered; several statements allowed) on a DuckDB database.
 
     ``fetch``: ``NONE`` (default) fetches nothing and outputs nothing; ``ONE`` outputs ``row``
     (the first row of the last statement as a map, or null) and ``size`` (0 or 1); ``ALL``
-    outputs ``rows`` (list of maps) and ``size``. Values are JSON-friendly:
-    dates and times as ISO-8601 strings, decimals as floats, UUIDs as strings. The SQL runs in
-    DuckDB's autocommit mode, each statement its own transaction unless the SQL opens one. A
-    DuckDB error fails the task with DuckDB's message.
+    outputs ``rows`` (list of maps) and ``size``. Values are JSON-friendly, as for the other
+    warehouses: dates and times as ISO-8601 strings, decimals as numbers (integers when
+    integral), bytes as base64, UUIDs as strings. The SQL runs in DuckDB's autocommit mode,
+    each statement its own transaction unless the SQL opens one. A DuckDB error fails the
+    task with DuckDB's message (on one line).
     """
 
-    type: Literal["duckdb.Query"]
-    sql: str = Field(min_length=1)
-    database: str | None = None
-    fetch: Literal["NONE", "ONE", "ALL"] = "NONE"
+    type: Literal["duckdb.Query"] = Field(description="the task type")
+    sql: str = Field(min_length=1, description="SQL to run (rendered); several statements "
+                                               "separated by `;` are allowed")
+    database: str | None = Field(
+        default=None,
+        description="DuckDB database file (rendered); default `$WAXFLOW_DUCKDB`, else "
+                    "`.waxflow/warehouse.duckdb`")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         sql = str(ctx.render(self.sql))
         database = str(ctx.render(self.database)) if self.database else None
         try:
             with connect(database) as con:
-                cursor = con.execute(sql)
-                names = [d[0] for d in cursor.description] if cursor.description else []
-                if self.fetch == "ONE":
-                    first = cursor.fetchone() if names else None
-                    row = dict(zip(names, _plain(list(first)), strict=True)) if first else None
-                    return {"row": row, "size": 1 if row else 0}
-                if self.fetch == "ALL":
-                    rows = cursor.fetchall() if names else []
-                    maps = [dict(zip(names, _plain(list(r)), strict=True)) for r in rows]
-                    return {"rows": maps, "size": len(maps)}
-                return {}
+                return self._fetched_from(con.execute(sql))
         except duckdb.Error as exc:
-            raise TaskFailure(f"duckdb.Query {self.id}: {exc}") from None
+            raise TaskFailure(f"duckdb.Query {self.id}: {mask(str(exc))}") from None

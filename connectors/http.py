@@ -12,22 +12,23 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from waxflow.durations import Duration, format_duration
+from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = [
+    "Headers",
     "HttpOptions",
     "Request",
     "check_status",
-    "close_clients",
     "encode_body",
     "get_client",
     "public_url",
@@ -36,6 +37,11 @@ __all__ = [
 
 _SNIPPET = 200
 
+#: The type of a ``headers`` property: values rendered, never shown in messages.
+Headers = Annotated[dict[str, str], Field(
+    default_factory=dict,
+    description="request headers, by name (values rendered); never shown in messages")]
+
 
 class HttpOptions(BaseModel):
     """Client options. ``timeout`` bounds each network operation (connect, write, each read,
@@ -43,8 +49,12 @@ class HttpOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timeout: Duration = dt.timedelta(seconds=30)
-    followRedirects: bool = True
+    timeout: Duration = Field(
+        default=dt.timedelta(seconds=30),
+        description="longest wait for each network operation: connecting, sending, each read "
+                    "of the response, a free pooled connection (ISO-8601 duration)")
+    followRedirects: bool = Field(
+        default=True, description="follow 3xx redirects; false outputs the 3xx response")
 
 
 _CLIENTS: dict[tuple[int, float, bool], httpx.Client] = {}
@@ -65,15 +75,6 @@ def get_client(options: HttpOptions) -> httpx.Client:
                 )
                 _CLIENTS[key] = client
     return client
-
-
-def close_clients() -> None:
-    """Close this process's shared clients (the next request creates new ones)."""
-    with _CLIENTS_LOCK:
-        for (pid, _, _), client in list(_CLIENTS.items()):
-            if pid == os.getpid():
-                client.close()
-        _CLIENTS.clear()
 
 
 def public_url(url: str, *, path: bool = True) -> str:
@@ -124,21 +125,6 @@ def encode_body(value: Any) -> tuple[bytes | None, str | None]:
     return text.encode(), "application/json"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    """Mask each secret of 3+ characters, also in its ``repr`` forms (str and UTF-8 bytes)."""
-    forms: set[str] = set()
-    for secret in secrets:
-        if len(secret) >= 3:
-            forms |= {secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]}
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, "***")
-    return text
-
-
 def send(
     *,
     who: str,
@@ -163,7 +149,7 @@ def send(
         ) from None
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         secrets = _url_secrets(url, shown_url) + list(headers.values())
-        detail = _one_line(_scrub(f"{type(exc).__name__}: {exc}", secrets))
+        detail = mask(f"{type(exc).__name__}: {exc}", secrets)
         raise TaskFailure(f"{who}: {method} {shown_url} failed: {detail}") from None
 
 
@@ -181,10 +167,11 @@ def _url_secrets(url: str, shown_url: str) -> list[str]:
 
 
 def check_status(who: str, method: str, shown_url: str, response: httpx.Response) -> None:
-    """Raise :class:`TaskFailure` for a non-2xx response, quoting 200 characters of its body."""
+    """Raise :class:`TaskFailure` for a non-2xx response, quoting 200 characters of its body
+    (on one line, registered secrets masked)."""
     if 200 <= response.status_code < 300:
         return
-    snippet = _one_line(response.text[:_SNIPPET])
+    snippet = mask(response.text[:_SNIPPET])
     raise TaskFailure(f"{who}: {method} {shown_url} answered {response.status_code}: {snippet}")
 
 
@@ -221,7 +208,7 @@ class Request(TaskBase):
     """Send an HTTP request and output the response.
 
     ``uri``, ``body``, ``contentType`` and ``headers`` are rendered. ``body``: a string is sent
-    as is, a dict or list as JSON (:func:`encode_body`); ``contentType`` (else a
+    as is, a dict or list as JSON (dates as ISO-8601 text); ``contentType`` (else a
     ``Content-Type`` header, else the type derived from the body) sets the content type.
     A non-2xx answer fails the task unless ``allowFailed``; timeouts and connection errors
     always fail it. Outputs ``{"code": int, "headers": {lower-case name: value}, "body": ...}``
@@ -229,14 +216,25 @@ class Request(TaskBase):
     without query string or credentials, and never the request headers.
     """
 
-    type: Literal["http.Request"]
-    uri: str
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = "GET"
-    body: str | dict[str, Any] | list[Any] | None = None
-    contentType: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    options: HttpOptions = Field(default_factory=HttpOptions)
-    allowFailed: bool = False
+    type: Literal["http.Request"] = Field(description="the task type")
+    uri: str = Field(description="URL to request (rendered); messages show it without query "
+                                 "string or credentials")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = Field(
+        default="GET", description="HTTP method")
+    body: str | dict[str, Any] | list[Any] | None = Field(
+        default=None,
+        description="request body (rendered): a string is sent as is, a map or list as JSON; "
+                    "default no body")
+    contentType: str | None = Field(
+        default=None,
+        description="`Content-Type` of the body (rendered); default a `Content-Type` header, "
+                    "else `application/json` or `text/plain` from the body")
+    headers: Headers
+    options: HttpOptions = Field(default_factory=HttpOptions,
+                                 description="client options: timeouts and redirects")
+    allowFailed: bool = Field(
+        default=False,
+        description="output a non-2xx response instead of failing the task")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         uri = str(ctx.render(self.uri))
@@ -267,6 +265,3 @@ class Request(TaskBase):
             "headers": dict(response.headers.items()),
             "body": _response_body(response),
         }
-
-    def idempotent(self) -> bool:
-        return self.method in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from waxflow.connectors.http import (
+    Headers,
     HttpOptions,
     check_status,
     encode_body,
@@ -29,6 +30,7 @@ _OPTIONS = HttpOptions()
 def _post(
     ctx: RunContext,
     who: str,
+    *,
     url_template: str,
     body: Any,
     headers: dict[str, Any],
@@ -66,15 +68,20 @@ class Webhook(TaskBase):
     the task. Outputs ``{"code": <status>}``.
     """
 
-    type: Literal["notify.Webhook"]
-    url: str
-    payload: str | dict[str, Any] | list[Any] | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    type: Literal["notify.Webhook"] = Field(description="the task type")
+    url: str = Field(description="URL to POST to (rendered); messages show only its scheme "
+                                 "and host")
+    payload: str | dict[str, Any] | list[Any] | None = Field(
+        default=None,
+        description="body (rendered): a map or list is sent as JSON, a string as is; default "
+                    "an empty body")
+    headers: Headers
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         headers = ctx.render(self.headers) if self.headers else {}
         body = ctx.render(self.payload)
-        return _post(ctx, f"notify.Webhook {self.id}", self.url, body, headers)
+        return _post(ctx, f"notify.Webhook {self.id}", url_template=self.url, body=body,
+                     headers=headers)
 
 
 @task_type("notify.Slack")
@@ -86,10 +93,15 @@ class Slack(TaskBase):
     (Slack's reason, such as ``invalid_payload``, is quoted). Outputs ``{"code": <status>}``.
     """
 
-    type: Literal["notify.Slack"]
-    url: str
-    text: str | None = None
-    payload: str | dict[str, Any] | None = None
+    type: Literal["notify.Slack"] = Field(description="the task type")
+    url: str = Field(description="Slack incoming-webhook URL (rendered); a secret: write "
+                                 "`{{ secret('NAME') }}`")
+    text: str | None = Field(default=None,
+                             description="message text (rendered), sent as `{\"text\": ...}`")
+    payload: str | dict[str, Any] | None = Field(
+        default=None,
+        description="whole message (rendered): a JSON string or a map, such as one with "
+                    "`blocks`; give it or `text`")
 
     @model_validator(mode="after")
     def _one_of_text_payload(self) -> Slack:
@@ -103,4 +115,5 @@ class Slack(TaskBase):
             body: Any = {"text": "" if rendered is None else str(rendered)}
         else:
             body = ctx.render(self.payload)
-        return _post(ctx, f"notify.Slack {self.id}", self.url, body, {}, "application/json")
+        return _post(ctx, f"notify.Slack {self.id}", url_template=self.url, body=body,
+                     headers={}, content_type="application/json")

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from waxflow.connectors.storage import StorageError, local_path
 from waxflow.connectors.tabular import to_ndjson, to_parquet
+from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["Upload", "s3_client"]
@@ -30,7 +31,7 @@ _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def s3_client(endpoint: str | None, region: str | None, access_key: str | None,
+def s3_client(*, endpoint: str | None, region: str | None, access_key: str | None,
               secret_key: str | None, session_token: str | None = None) -> Any:
     """The process's shared boto3 S3 client for these options."""
     key = (os.getpid(), endpoint, region, access_key, secret_key, session_token)
@@ -45,13 +46,6 @@ def s3_client(endpoint: str | None, region: str | None, access_key: str | None,
                 aws_secret_access_key=secret_key, aws_session_token=session_token)
             _CLIENTS[key] = client
         return client
-
-
-def _scrub(text: str, secrets: list[str | None]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return " ".join(text.split())
 
 
 @task_type("s3.Upload")
@@ -70,18 +64,44 @@ class Upload(TaskBase):
     ``uri`` (``s3://bucket/key``), ``bucket``, ``key`` and ``bytes`` (object size).
     """
 
-    type: Literal["s3.Upload"]
-    bucket: str = Field(min_length=1)
-    key: str = Field(min_length=1)
-    from_: str = Field(alias="from", description="internal-storage URI or local path")
-    format: Literal["ION", "PARQUET", "NDJSON"] = "ION"
-    contentType: str | None = None
-    endpointUrl: str | None = Field(default=None,
-                                    description="default: $WAXFLOW_S3_ENDPOINT, else AWS")
-    region: str | None = None
-    accessKeyId: str | None = None
-    secretKeyId: str | None = None
-    sessionToken: str | None = None
+    type: Literal["s3.Upload"] = Field(description="the task type")
+    bucket: str = Field(min_length=1, description="bucket to upload to (rendered)")
+    key: str = Field(
+        min_length=1,
+        description="object key (rendered; a leading `/` is dropped); an existing object at "
+                    "the key is replaced")
+    from_: str = Field(
+        alias="from",
+        description="file to upload (rendered): an internal-storage URI (`file://`, `s3://`) "
+                    "or a local path, usually `{{ trigger.uri }}`")
+    format: Literal["ION", "PARQUET", "NDJSON"] = Field(
+        default="ION",
+        description="`ION` uploads the file as stored; `PARQUET` and `NDJSON` convert a "
+                    "stored batch file to one row per record first")
+    contentType: str | None = Field(
+        default=None,
+        description="`Content-Type` of the object (rendered); default the format's type, such "
+                    "as `application/vnd.apache.parquet`")
+    endpointUrl: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint (rendered); default `$WAXFLOW_S3_ENDPOINT`, else "
+                    "AWS")
+    region: str | None = Field(
+        default=None,
+        description="region (rendered); default boto3's (`us-east-1` with a custom endpoint "
+                    "and no `$AWS_DEFAULT_REGION`)")
+    accessKeyId: str | None = Field(
+        default=None,
+        description="access key id (rendered; set with `secretKeyId`); default boto3's "
+                    "credential chain")
+    secretKeyId: str | None = Field(
+        default=None,
+        description="secret access key (rendered), masked in error messages; a secret: write "
+                    "`{{ secret('NAME') }}`")
+    sessionToken: str | None = Field(
+        default=None,
+        description="session token of temporary credentials (rendered); masked in error "
+                    "messages")
 
     model_config = {**TaskBase.model_config, "populate_by_name": True}
 
@@ -110,11 +130,12 @@ class Upload(TaskBase):
             path = self._prepare(who, source, Path(tmp))
             size = path.stat().st_size
             try:
-                client = s3_client(endpoint, region, access, secret, token)
+                client = s3_client(endpoint=endpoint, region=region, access_key=access,
+                                   secret_key=secret, session_token=token)
                 client.upload_file(str(path), bucket, key,
                                    ExtraArgs={"ContentType": content_type})
             except Exception as exc:
-                detail = _scrub(f"{type(exc).__name__}: {exc}", [access, secret, token])
+                detail = mask(f"{type(exc).__name__}: {exc}", (access, secret, token))
                 raise TaskFailure(f"{who}: cannot upload to {uri}: {detail}") from None
         ctx.log("INFO", f"uploaded {size} bytes to {uri}")
         return {"uri": uri, "bucket": bucket, "key": key, "bytes": size}
@@ -133,6 +154,3 @@ class Upload(TaskBase):
         except Exception as exc:  # a file that is not a batch file, or does not fit a table
             raise TaskFailure(f"{who}: cannot convert {source} to {self.format}: "
                               f"{type(exc).__name__}: {exc}") from None
-
-    def idempotent(self) -> bool:
-        return True

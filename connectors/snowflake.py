@@ -19,22 +19,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import snowflake.connector
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from waxflow.connectors.warehouse import (
-    DEFAULT_MERGE_KEYS,
-    last_per_key,
-    merge_statement,
-    one_line,
-    plain,
-    read_batch,
-)
+from waxflow.connectors.warehouse import WarehouseLoad, WarehouseQuery, merge_statement
 from waxflow.durations import Duration
+from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 __all__ = ["Load", "Query", "column_type", "ident"]
@@ -75,17 +69,40 @@ def _schema_prefix(table: str) -> str:
 
 
 class _SnowflakeTask(TaskBase):
-    account: str = Field(min_length=1)
-    user: str = Field(min_length=1)
-    password: str | None = Field(default=None, description="secret: use {{ secret('...') }}")
-    database: str | None = None
-    schema_: str | None = Field(default=None, alias="schema")
-    warehouse: str | None = None
-    role: str | None = None
-    host: str | None = Field(default=None, description="default $WAXFLOW_SF_HOST")
-    port: int | str | None = Field(default=None, description="default $WAXFLOW_SF_PORT")
-    protocol: Literal["http", "https"] | None = None
-    loginTimeout: Duration = dt.timedelta(seconds=30)
+    """Connection properties shared by the Snowflake tasks."""
+
+    account: str = Field(min_length=1, description="Snowflake account identifier, such as "
+                                                   "`myorg-myaccount` (rendered)")
+    user: str = Field(min_length=1, description="user to log in as (rendered)")
+    password: str | None = Field(
+        default=None,
+        description="password of `user` (rendered), masked in every error message; a secret: "
+                    "write `{{ secret('NAME') }}`")
+    database: str | None = Field(default=None, description="database of the session "
+                                                           "(rendered); default the user's")
+    schema_: str | None = Field(default=None, alias="schema",
+                                description="schema of the session (rendered); default the "
+                                            "user's")
+    warehouse: str | None = Field(default=None, description="virtual warehouse that runs the "
+                                                            "statements (rendered); default "
+                                                            "the user's")
+    role: str | None = Field(default=None, description="role of the session (rendered); "
+                                                       "default the user's default role")
+    host: str | None = Field(
+        default=None,
+        description="host to connect to instead of the account's, such as a local emulator "
+                    "(rendered); default `$WAXFLOW_SF_HOST` (`127.0.0.1` when only a port is "
+                    "set)")
+    port: int | str | None = Field(default=None, description="port to connect to (rendered); "
+                                                             "default `$WAXFLOW_SF_PORT`, "
+                                                             "else the protocol's")
+    protocol: Literal["http", "https"] | None = Field(
+        default=None,
+        description="protocol with `host`; default `http` for a loopback host, else `https`")
+    loginTimeout: Duration = Field(
+        default=dt.timedelta(seconds=30),
+        description="how long connecting and logging in may take (ISO-8601 duration, whole "
+                    "seconds, at least 1)")
 
     model_config = {**TaskBase.model_config, "populate_by_name": True}
 
@@ -122,19 +139,19 @@ class _SnowflakeTask(TaskBase):
         except (snowflake.connector.errors.Error, OSError) as exc:
             where = params.get("host") or f"account {params.get('account')}"
             raise TaskFailure(f"{who}: cannot connect to Snowflake ({where}): "
-                              f"{one_line(str(exc), secrets)}") from None
+                              f"{mask(str(exc), secrets)}") from None
         try:
             with conn.cursor() as cursor:
                 yield cursor
         except (snowflake.connector.errors.Error, OSError) as exc:
-            raise TaskFailure(f"{who}: {one_line(str(exc), secrets)}") from None
+            raise TaskFailure(f"{who}: {mask(str(exc), secrets)}") from None
         finally:
             with suppress(Exception):
                 conn.close()
 
 
 @task_type("snowflake.Load")
-class Load(_SnowflakeTask):
+class Load(_SnowflakeTask, WarehouseLoad):
     """Load a stored batch file (``from``, usually ``{{ trigger.uri }}``) into ``table``.
 
     The batch (one row per record: the value's fields plus ``_topic``, ``_partition``,
@@ -155,37 +172,33 @@ class Load(_SnowflakeTask):
     ``table``, and for MERGE ``inserted`` and ``updated``.
     """
 
-    type: Literal["snowflake.Load"]
-    from_: str = Field(alias="from", description="internal-storage URI of the batch file")
-    table: str = Field(min_length=1)
-    createTable: bool = True
-    mode: Literal["APPEND", "MERGE"] = "APPEND"
-    mergeKeys: list[str] = Field(default_factory=lambda: list(DEFAULT_MERGE_KEYS), min_length=1)
-    failOnEmpty: bool = False
+    KEYS_IGNORE_CASE: ClassVar[bool] = True  # plain names are upper-cased
 
-    @field_validator("mergeKeys")
-    @classmethod
-    def _distinct_keys(cls, value: list[str]) -> list[str]:
-        if len({v.upper() for v in value}) != len(value):
-            raise ValueError("merge keys must be distinct")
-        return value
-
-    def idempotent(self) -> bool:
-        return self.mode == "MERGE"
+    type: Literal["snowflake.Load"] = Field(description="the task type")
+    table: str = Field(
+        min_length=1,
+        description="target table, `[database.][schema.]table` (rendered); plain names are "
+                    "upper-cased by Snowflake, double-quoted ones kept")
+    createTable: bool = Field(
+        default=True, description="create a missing table from the batch's types")
+    mode: Literal["APPEND", "MERGE"] = Field(
+        default="APPEND",
+        description="`APPEND` copies every row into the table (a replayed batch is appended "
+                    "again); `MERGE` copies into a staging table, then merges it on "
+                    "`mergeKeys`")
+    failOnEmpty: bool = Field(
+        default=False,
+        description="fail the task when the batch holds no records; false loads nothing and "
+                    "succeeds")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
-        who = f"snowflake.Load {self.id}"
+        who = self._who()
         uri = str(ctx.render(self.from_))
         table = str(ctx.render(self.table))
         out: dict[str, Any] = {"rows": 0, "table": table}
-        batch = read_batch(who, uri)
-        if batch.num_rows == 0:
-            if self.failOnEmpty:
-                raise TaskFailure(f"{who}: {uri} holds no records (failOnEmpty is true)")
-            ctx.log("INFO", f"{uri} holds no records: nothing to load")
+        batch = self._read(ctx, uri, fail_on_empty=self.failOnEmpty)
+        if batch is None:
             return out
-        if self.mode == "MERGE":
-            batch = last_per_key(who, batch, self.mergeKeys)
         tag = uuid.uuid4().hex[:12].upper()
         with tempfile.TemporaryDirectory(prefix="waxflow-sf-") as tmp, \
                 self._cursor(ctx, who) as cur:
@@ -199,20 +212,20 @@ class Load(_SnowflakeTask):
             cur.execute(f"PUT 'file://{path.as_posix()}' @{stage} "
                         "AUTO_COMPRESS = FALSE OVERWRITE = TRUE")
             if self.mode == "APPEND":
-                out["rows"] = _copy(who, cur, table, stage, batch.num_rows)
+                out["rows"] = _copy(who, cur, target=table, stage=stage, expected=batch.num_rows)
             else:
-                out.update(self._merge(who, cur, table, stage, tag, batch))
+                out.update(self._merge(who, cur, table=table, stage=stage, tag=tag, batch=batch))
         ctx.log("INFO", f"{out['rows']} rows of {uri} into {table} ({self.mode})")
         return out
 
-    def _merge(self, who: str, cur: Any, table: str, stage: str, tag: str,
+    def _merge(self, who: str, cur: Any, *, table: str, stage: str, tag: str,
                batch: pa.Table) -> dict[str, Any]:
         """COPY into a transient table shaped like ``table``, MERGE the batch's columns (the
         table's other columns are left as they are), drop the staging table."""
         staging = f"{_schema_prefix(table)}WAXFLOW_STAGE_{tag}"
         cur.execute(f"CREATE OR REPLACE TRANSIENT TABLE {staging} LIKE {table}")
         try:
-            rows = _copy(who, cur, staging, stage, batch.num_rows)
+            rows = _copy(who, cur, target=staging, stage=stage, expected=batch.num_rows)
             cur.execute(f"SELECT * FROM {staging} LIMIT 0")
             in_batch = {name.upper() for name in batch.column_names}
             columns = [d[0] for d in cur.description if d[0].upper() in in_batch]
@@ -229,7 +242,7 @@ class Load(_SnowflakeTask):
         return {"rows": rows, "inserted": counts[0], "updated": counts[1]}
 
 
-def _copy(who: str, cur: Any, target: str, stage: str, expected: int) -> int:
+def _copy(who: str, cur: Any, *, target: str, stage: str, expected: int) -> int:
     """COPY the staged Parquet file into ``target``; fail unless all ``expected`` rows load."""
     cur.execute(f"COPY INTO {target} FROM @{stage} FILE_FORMAT = (TYPE = PARQUET) "
                 "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE FORCE = TRUE "
@@ -249,11 +262,12 @@ def _quoted(name: str) -> str:
 
 def merge_sql(table: str, staging: str, columns: list[str], keys: list[str]) -> str:
     """MERGE ``staging`` into ``table`` on ``keys`` (exact column names; NULL matches NULL)."""
-    return merge_statement(table, staging, columns, keys, _quoted, target_in_set=True)
+    return merge_statement(table, staging, columns=columns, keys=keys, quote=_quoted,
+                           target_in_set=True)
 
 
 @task_type("snowflake.Query")
-class Query(_SnowflakeTask):
+class Query(_SnowflakeTask, WarehouseQuery):
     """Run one SQL statement (``sql``, rendered) on Snowflake.
 
     ``fetch``: ``NONE`` (default) outputs no rows; ``ONE`` outputs ``row`` (the first row as
@@ -263,9 +277,8 @@ class Query(_SnowflakeTask):
     affected). A Snowflake error fails the task with Snowflake's message.
     """
 
-    type: Literal["snowflake.Query"]
-    sql: str = Field(min_length=1)
-    fetch: Literal["NONE", "ONE", "ALL"] = "NONE"
+    type: Literal["snowflake.Query"] = Field(description="the task type")
+    sql: str = Field(min_length=1, description="one SQL statement (rendered)")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         who = f"snowflake.Query {self.id}"
@@ -273,13 +286,5 @@ class Query(_SnowflakeTask):
         with self._cursor(ctx, who) as cur:
             cur.execute(sql)
             out: dict[str, Any] = {"queryId": cur.sfqid, "rowCount": cur.rowcount}
-            names = [d[0] for d in cur.description] if cur.description else []
-            if self.fetch == "NONE":
-                return out
-            raw = ([cur.fetchone()] if self.fetch == "ONE" else cur.fetchall()) if names else []
-        maps = [dict(zip(names, plain(list(r)), strict=True)) for r in raw if r is not None]
-        if self.fetch == "ONE":
-            out.update(row=maps[0] if maps else None, size=len(maps))
-        else:
-            out.update(rows=maps, size=len(maps))
+            out.update(self._fetched_from(cur))
         return out

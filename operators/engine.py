@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from waxflow.execution import Attempt, Execution, State, TaskRun, now
-from waxflow.expressions import Expressions, redact
+from waxflow.expressions import Expressions, mask, redact
 from waxflow.flow import FlowBase
 from waxflow.retry import RetryPolicy
 from waxflow.tasks import RetrySpec, TaskBase, TaskFailure
@@ -43,7 +43,7 @@ def _env_vars() -> dict[str, str]:
 def error_text(exc: BaseException) -> str:
     """One-line, redacted error text for the history (TaskFailure text as is)."""
     text = str(exc) if isinstance(exc, TaskFailure) else f"{type(exc).__name__}: {exc}"
-    return redact(text.strip().replace("\n", " ")[:2000])
+    return mask(text, limit=2000)
 
 
 def _call_with_timeout(task: TaskBase, ctx: _Context, timeout: float | None) -> Any:

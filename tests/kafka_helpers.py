@@ -62,10 +62,14 @@ def read_all(bootstrap: str, topic: str, *, isolation: str = "read_uncommitted",
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offsets per partition (-1001 when none)."""
+    """The group's committed offsets per partition (-1001 when none); retries while the group
+    coordinator loads (NOT_COORDINATOR right after a broker restart is normal)."""
+    from waxflow.connectors.kafka_source import committed_offsets
+
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        tps = committed_offsets(c, [TopicPartition(topic, p) for p in range(partitions)],
+                                timeout=60)
         return {tp.partition: tp.offset for tp in tps}
     finally:
         c.close()

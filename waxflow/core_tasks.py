@@ -65,33 +65,34 @@ class Log(TaskBase):
     """Write ``message`` (rendered) to the execution's log at ``level``. No outputs."""
 
     BLOCKING: ClassVar[bool] = False
-    type: Literal["core.Log"]
-    message: str
-    level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
+    type: Literal["core.Log"] = Field(description="the task type")
+    message: str = Field(description="text to log (rendered)")
+    level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = Field(
+        default="INFO", description="log level of the message")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         ctx.log(self.level, _rendered_str(ctx, self.message))
         return None
-
-    def idempotent(self) -> bool:
-        return True
 
 
 @task_type("core.Switch")
 class Switch(TaskBase):
     """Run the task list of the case matching the rendered ``value``, else ``defaults``.
 
-    The value is compared as a string (:func:`switch_key`); YAML case keys such as ``true``
-    or ``1`` are converted the same way, so ``true:`` matches a boolean value. Outputs
-    ``{"value": <compared string>, "defaults": <whether defaults ran>}``; ``defaults`` is true
-    also when no case matched and there are no default tasks.
+    The value is compared as a string (booleans as ``true``/``false``, null as ``""``); YAML
+    case keys such as ``true`` or ``1`` are converted the same way, so ``true:`` matches a
+    boolean value. Outputs ``{"value": <compared string>, "defaults": <whether defaults
+    ran>}``; ``defaults`` is true also when no case matched and there are no default tasks.
     """
 
     BLOCKING: ClassVar[bool] = False
-    type: Literal["core.Switch"]
-    value: str
-    cases: dict[str, list[AnyTask]] = Field(min_length=1)
-    defaults: list[AnyTask] = Field(default_factory=list)
+    type: Literal["core.Switch"] = Field(description="the task type")
+    value: str = Field(description="value to switch on (rendered), compared as a string")
+    cases: dict[str, list[AnyTask]] = Field(
+        min_length=1, description="task list per case value; YAML keys such as `true` or `1` "
+                                  "are compared as strings")
+    defaults: list[AnyTask] = Field(
+        default_factory=list, description="tasks run when no case matches; default none")
 
     @field_validator("cases", mode="before")
     @classmethod
@@ -120,13 +121,13 @@ class Switch(TaskBase):
             out.append(("defaults", self.defaults))
         return out + super().child_lists()
 
-    def idempotent(self) -> bool:
-        return True
-
 
 @task_type("core.If")
 class If(TaskBase):
-    """Run ``then`` when the rendered ``condition`` is truthy (:func:`is_truthy`), else ``else``.
+    """Run ``then`` when the rendered ``condition`` is truthy, else ``else``.
+
+    Truthy as in Kestra: ``true`` and non-zero numbers; strings other than ``false``, ``0``,
+    ``-0`` and the empty one (case and surrounding blanks ignored); non-empty lists and maps.
 
     Outputs ``{"condition": <bool>}``.
     """
@@ -134,10 +135,13 @@ class If(TaskBase):
     model_config = ConfigDict(populate_by_name=True)
 
     BLOCKING: ClassVar[bool] = False
-    type: Literal["core.If"]
-    condition: str
-    then: list[AnyTask] = Field(min_length=1)
-    else_: list[AnyTask] = Field(default_factory=list, alias="else")
+    type: Literal["core.If"] = Field(description="the task type")
+    condition: str = Field(description="condition (rendered); false, `0`, `-0`, an empty "
+                                       "string and null are false")
+    then: list[AnyTask] = Field(min_length=1,
+                                description="tasks run when the condition is truthy")
+    else_: list[AnyTask] = Field(default_factory=list, alias="else",
+                                 description="tasks run when it is not; default none")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         result = is_truthy(ctx.render(self.condition))
@@ -150,50 +154,42 @@ class If(TaskBase):
             out.append(("else", self.else_))
         return out + super().child_lists()
 
-    def idempotent(self) -> bool:
-        return True
+
+class _Group(TaskBase):
+    """A task that runs a list of child tasks, ``tasks``."""
+
+    BLOCKING: ClassVar[bool] = False
+    tasks: list[AnyTask] = Field(min_length=1, description="the child tasks")
+
+    def child_lists(self) -> list[tuple[str, Sequence[TaskBase]]]:
+        return [("tasks", self.tasks), *super().child_lists()]
 
 
 @task_type("core.Sequential")
-class Sequential(TaskBase):
+class Sequential(_Group):
     """Run ``tasks`` one after the other; a failing child stops the list. No outputs."""
 
-    BLOCKING: ClassVar[bool] = False
-    type: Literal["core.Sequential"]
-    tasks: list[AnyTask] = Field(min_length=1)
+    type: Literal["core.Sequential"] = Field(description="the task type")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         ctx.run_tasks(self.tasks, self)
         return None
 
-    def child_lists(self) -> list[tuple[str, Sequence[TaskBase]]]:
-        return [("tasks", self.tasks), *super().child_lists()]
-
-    def idempotent(self) -> bool:
-        return True
-
 
 @task_type("core.Parallel")
-class Parallel(TaskBase):
+class Parallel(_Group):
     """Run ``tasks`` concurrently, at most ``concurrency`` at a time (0 = all at once).
 
     All children run to their end even when one fails; the task then fails. No outputs.
     """
 
-    BLOCKING: ClassVar[bool] = False
-    type: Literal["core.Parallel"]
-    tasks: list[AnyTask] = Field(min_length=1)
-    concurrency: int = Field(default=0, ge=0)
+    type: Literal["core.Parallel"] = Field(description="the task type")
+    concurrency: int = Field(default=0, ge=0, description="most children running at once; "
+                                                          "0 runs them all at once")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         ctx.run_parallel(self.tasks, self, self.concurrency)
         return None
-
-    def child_lists(self) -> list[tuple[str, Sequence[TaskBase]]]:
-        return [("tasks", self.tasks), *super().child_lists()]
-
-    def idempotent(self) -> bool:
-        return True
 
 
 @task_type("core.Fail")
@@ -204,17 +200,17 @@ class Fail(TaskBase):
     """
 
     BLOCKING: ClassVar[bool] = False
-    type: Literal["core.Fail"]
-    errorMessage: str = "Task failure"
-    condition: str | None = None
+    type: Literal["core.Fail"] = Field(description="the task type")
+    errorMessage: str = Field(default="Task failure",
+                              description="message the task fails with (rendered)")
+    condition: str | None = Field(
+        default=None,
+        description="fail only when this (rendered) is truthy; default always fail")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         if self.condition is None or is_truthy(ctx.render(self.condition)):
             raise TaskFailure(_rendered_str(ctx, self.errorMessage))
         return None
-
-    def idempotent(self) -> bool:
-        return True
 
 
 @task_type("core.Set")
@@ -226,14 +222,13 @@ class Set(TaskBase):
     """
 
     BLOCKING: ClassVar[bool] = False
-    type: Literal["core.Set"]
-    values: dict[str, Any] = Field(min_length=1)
+    type: Literal["core.Set"] = Field(description="the task type")
+    values: dict[str, Any] = Field(
+        min_length=1, description="outputs to set, by name (values rendered; native types "
+                                  "kept)")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         return {key: ctx.render(value) for key, value in self.values.items()}
-
-    def idempotent(self) -> bool:
-        return True
 
 
 _FUNCTIONS: dict[str, Callable[..., Any]] = {}
@@ -271,9 +266,13 @@ class Python(TaskBase):
     exceptions raised by the function itself fail the attempt as they are.
     """
 
-    type: Literal["core.Python"]
-    function: str = Field(pattern=FUNCTION_PATTERN, description="module:function")
-    args: dict[str, Any] = Field(default_factory=dict)
+    type: Literal["core.Python"] = Field(description="the task type")
+    function: str = Field(pattern=FUNCTION_PATTERN,
+                          description="function to call as `package.module:function` "
+                                      "(importable on the worker)")
+    args: dict[str, Any] = Field(default_factory=dict,
+                                 description="keyword arguments (rendered) passed after the "
+                                             "context")
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         fn = _load_function(self.id, self.function)

@@ -14,7 +14,9 @@ Guarantees:
   of that name, so record fields called ``items`` or ``values`` work.
 * Every failure while rendering raises :class:`ExpressionError`, whose text is redacted.
 * Every secret value handed out by :class:`Secrets` is registered with a process-wide
-  redactor: :func:`redact` / :func:`redact_obj` replace it with ``******``.
+  redactor: :func:`redact` / :func:`redact_obj` replace it with ``******``. Error text meant
+  for users goes through :func:`mask`: registered secrets plus the caller's own (a password,
+  a URL's query, header values) masked, on one line, length-capped.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "SecretError",
     "Secrets",
     "Template",
+    "mask",
     "redact",
     "redact_obj",
     "register_secret",
@@ -61,17 +64,31 @@ ALLOWED_ROOTS = frozenset(
      "labels", "parents", "loop"}
 )  # fmt: skip
 MASK = "******"
+#: the longest error text :func:`mask` returns (longer text is cut, ending in ``...``)
+ERROR_TEXT_LIMIT = 600
 _MIN_SECRET_LEN = 3
 _MARKERS = ("{{", "{%", "{#")
 
 
 # --------------------------------------------------------------------------- redaction
+def _forms(value: str) -> set[str]:
+    """The ways ``value`` may be spelled in text: as is, JSON-escaped (ASCII or not) and
+    Python-``repr``-escaped (as text and as UTF-8 bytes)."""
+    return {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+            repr(value)[1:-1], repr(value.encode())[2:-1]}
+
+
+def _pattern(values: Iterable[str]) -> re.Pattern[str]:
+    ordered = sorted(values, key=len, reverse=True)  # longest first: overlaps mask fully
+    return re.compile("|".join(map(re.escape, ordered)))
+
+
 class Redactor:
     """Set of secret values, and a single compiled regex that masks them. Thread-safe.
 
     The regex is rebuilt only when a new value is added; :meth:`redact` takes no lock.
     Values shorter than 3 characters are not masked (they would mask ordinary text).
-    A value's JSON-escaped forms are masked too.
+    A value's escaped forms (JSON, Python ``repr``) are masked too.
     """
 
     def __init__(self) -> None:
@@ -83,16 +100,16 @@ class Redactor:
         """Register ``value``; afterwards :meth:`redact` masks it everywhere."""
         if len(value) < _MIN_SECRET_LEN or value in self._values:
             return
-        forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
         with self._lock:
-            values = self._values | forms
-            ordered = sorted(values, key=len, reverse=True)  # longest first: overlaps mask fully
-            self._pattern = re.compile("|".join(map(re.escape, ordered)))
+            values = self._values | _forms(value)
+            self._pattern = _pattern(values)
             self._values = values  # published after the pattern: a known value is masked
 
-    def redact(self, text: str) -> str:
-        """``text`` with every registered value replaced by ``******``."""
-        pattern = self._pattern
+    def redact(self, text: str, extra: Iterable[str | None] = ()) -> str:
+        """``text`` with every registered value, and every value of ``extra`` (3+ characters,
+        in any of its forms), replaced by ``******``."""
+        forms = {f for v in extra if v and len(v) >= _MIN_SECRET_LEN for f in _forms(v)}
+        pattern = _pattern(self._values | forms) if forms else self._pattern
         return text if pattern is None else pattern.sub(MASK, text)
 
     def redact_obj(self, obj: Any) -> Any:
@@ -112,6 +129,16 @@ _REDACTOR = Redactor()
 register_secret = _REDACTOR.add
 redact = _REDACTOR.redact
 redact_obj = _REDACTOR.redact_obj
+
+
+def mask(text: str, extra_secrets: Iterable[str | None] = (), *,
+         limit: int = ERROR_TEXT_LIMIT) -> str:
+    """``text`` fit for an error message: registered secrets and each of ``extra_secrets``
+    (3+ characters; also escaped) replaced by ``******``, white space folded to one line, at
+    most ``limit`` characters (cut ones end in ``...``). Masking comes before the cut, so a
+    secret is never shown in part."""
+    text = " ".join(_REDACTOR.redact(text, extra_secrets).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- secrets

@@ -8,8 +8,11 @@ from typing import Any
 
 import duckdb
 import pytest
+from pydantic import ValidationError
 
-import waxflow.connectors.duckdb  # noqa: F401  (registers duckdb.*)
+import waxflow.connectors.bigquery
+import waxflow.connectors.duckdb
+import waxflow.connectors.snowflake  # noqa: F401  (registers the warehouse tasks)
 from tests.task_helpers import FakeContext, parse_task
 from waxflow.connectors.storage import Storage
 from waxflow.tasks import TaskFailure
@@ -164,6 +167,8 @@ def test_query_outputs(batch: str, db: str) -> None:
     assert many == {"rows": [{"id": 0}, {"id": 1}, {"id": 2}], "size": 3}
     assert query(db, "create table t2 as select 1 as a; insert into t2 values (2)", "NONE") == {}
     assert query(db, "select sum(a) as s from t2", "ONE")["row"] == {"s": 3}
+    same = query(db, "select 2.00::decimal(4,2) as n, '\\x01\\x02'::blob as b", "ONE")
+    assert same["row"] == {"n": 2, "b": "AQI="}  # as bigquery.Query and snowflake.Query give
 
 
 def test_query_renders_sql(batch: str, db: str) -> None:
@@ -203,3 +208,22 @@ def test_new_fields_add_columns_and_all_null_fields_wait_for_a_type(tmp_path: Pa
     with pytest.raises(TaskFailure, match=r"does not have a column.*extra"):
         load(third, db, addColumns=False)
     assert count(db) == 5
+
+
+@pytest.mark.parametrize(("kind", "keys", "ok"), [
+    ("duckdb.Load", ["id", "ID"], True),
+    ("duckdb.Load", ["id", "id"], False),
+    ("bigquery.Load", ["id", "id"], False),
+    ("snowflake.Load", ["id", "ID"], False),  # Snowflake folds plain names to upper case
+])
+def test_merge_keys_must_be_distinct(kind: str, keys: list[str], ok: bool) -> None:
+    props = {"id": "load", "type": kind, "from": "file:///b.ion", "mergeKeys": keys,
+             "table": "t", "destinationTable": "d.t", "account": "a", "user": "u"}
+    if kind != "snowflake.Load":
+        del props["account"], props["user"]
+    del props["destinationTable" if kind != "bigquery.Load" else "table"]
+    if ok:
+        assert parse_task(props).mergeKeys == keys
+    else:
+        with pytest.raises(ValidationError, match="merge keys must be distinct"):
+            parse_task(props)

@@ -18,6 +18,7 @@ from waxflow.expressions import (
     Redactor,
     SecretError,
     Secrets,
+    mask,
     redact,
     redact_obj,
     register_secret,
@@ -346,6 +347,26 @@ def test_redactor_thread_safe() -> None:
         t.join()
     assert errors == []
     assert r.redact(" ".join(values)) == " ".join(["******"] * 200)
+
+
+def test_redactor_masks_extra_values_in_every_form() -> None:
+    r = Redactor()
+    r.add("registered-value")
+    text = "registered-value pé-one p\\u00e9-one b'p\\xc3\\xa9-one' x ab"
+    assert r.redact(text, ["pé-one", None, "ab"]) == "****** ****** ****** b'******' x ab"
+    assert r.redact("a registered-value-with-extra", ["registered-value-with"]) == "a ******-extra"
+
+
+def test_mask_one_line_capped_registered_and_extra_secrets() -> None:
+    register_secret("mask-registered-secret")
+    text = "failed:\n  mask-registered-secret\tpassword=pw-123 'pw-123'"
+    assert mask(text, ["pw-123"]) == "failed: ****** password=****** '******'"
+    assert mask("short") == "short"
+    long = "x" * 590 + " pw-123 " + "y" * 50
+    masked = mask(long, ("pw-123",))
+    assert len(masked) == 600 and masked.endswith("...") and "pw-1" not in masked
+    cut = mask("a" * 20 + "pw-123", ["pw-123"], limit=24)
+    assert cut == "a" * 20 + "*..." and "pw" not in cut
 
 
 # ---------------------------------------------------------------- performance

@@ -174,12 +174,6 @@ def test_unknown_method_and_option_rejected() -> None:
         request("http://x", options={"retries": 3})
 
 
-def test_idempotent_methods() -> None:
-    assert request("http://x").idempotent()
-    assert request("http://x", method="PUT").idempotent()
-    assert not request("http://x", method="POST").idempotent()
-
-
 # --- helpers ---------------------------------------------------------------------------
 
 
