@@ -34,11 +34,11 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from waxflow.connectors.kafka_source import (
     committed_offsets,
     group_conf,
+    message_ok,
     record_fields,
     start_offset,
     topic_partitions,
 )
-from waxflow.errors import SourceStop
 from waxflow.records import RecordFields
 
 LOG = logging.getLogger("waxflow.batch")
@@ -166,12 +166,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         new: list[RecordFields] = []
         carried = len(self._carry)
         for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal() or not err.retriable():
-                    raise SourceStop(f"consumer error: {err.str()}")
+            if not message_ok(m, f"{m.topic()}/{m.partition()}"):
                 continue
             rec = record_fields(m)
             if plan is not None and rec[2] >= plan.get(f"{rec[0]}/{rec[1]}", 0):

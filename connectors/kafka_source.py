@@ -65,6 +65,19 @@ def cluster_metadata(conf: dict[str, Any], timeout: float = 15.0) -> Any:
         probe.close()
 
 
+def message_ok(m: Message, where: str) -> bool:
+    """Whether a consumed message is a record: end-of-partition events and retriable errors
+    are not (the latter logged); a fatal consumer error raises SourceStop naming ``where``."""
+    err = m.error()
+    if err is None:
+        return True
+    if err.code() != KafkaError._PARTITION_EOF:
+        if err.fatal() or not err.retriable():
+            raise SourceStop(f"consumer error on {where}: {err.str()}")
+        LOG.warning("consumer error on %s (retrying): %s", where, err.str())
+    return False
+
+
 def group_conf(conf: dict[str, Any], group_id: str, why: str) -> dict[str, Any]:
     """Consumer config of a group whose offsets waxflow commits itself (``why`` says when):
     auto-commit off (a user value contradicting it is refused), ``read_committed`` and
@@ -187,15 +200,8 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         msgs = self._consumer.consume(self._batch, 0)
         out: list[RawRecord] = []
         for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal() or not err.retriable():
-                    raise SourceStop(f"consumer error on {self._tp}: {err.str()}")
-                LOG.warning("consumer error on %s (retrying): %s", self._tp, err.str())
-                continue
-            out.append(RawRecord(*record_fields(m)))
+            if message_ok(m, self._tp):
+                out.append(RawRecord(*record_fields(m)))
         now = time.monotonic()
         if out:
             self._next = out[-1].offset + 1

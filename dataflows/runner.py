@@ -33,19 +33,7 @@ def user_error(exc: BaseException) -> str | None:
     ours (:func:`waxflow.errors.user_message`) or a Kafka client error; None for a bug."""
     from confluent_kafka import KafkaException
 
-    message = user_message(exc)
-    if message is not None:
-        return message
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, KafkaException):
-            return str(cur)
-        cur = cur.__cause__ or cur.__context__
-    text = str(exc)
-    return text.split("KafkaException: ", 1)[1].splitlines()[0] if "KafkaException: " in text \
-        else None
+    return user_message(exc, also=(KafkaException,))
 
 
 @contextlib.contextmanager

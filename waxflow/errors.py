@@ -68,22 +68,25 @@ def _kinds(cls: type[WaxflowError] = WaxflowError) -> list[str]:
     return names
 
 
-def user_message(exc: BaseException) -> str | None:
-    """The message of the first :class:`WaxflowError` in ``exc``'s cause/context chain.
+def user_message(exc: BaseException, also: tuple[type[BaseException], ...] = ()
+                 ) -> str | None:
+    """The message of the first :class:`WaxflowError` (or instance of one of ``also``, e.g.
+    a Kafka client error) in ``exc``'s cause/context chain.
 
     Bytewax re-raises an exception from a step as its own error, sometimes with the original
     only in the text (``"... FlowStopped: message"``): then the text after the first known
     kind's name is the message. None when no user-facing error is found.
     """
+    kinds: tuple[type[BaseException], ...] = (WaxflowError, *also)
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, WaxflowError):
+        if isinstance(cur, kinds):
             return str(cur)
         cur = cur.__cause__ or cur.__context__
     text = str(exc)
-    for name in _kinds():
+    for name in [*_kinds(), *(k.__name__ for k in also)]:
         marker = f"{name}: "
         if marker in text:
             return text.split(marker, 1)[1].splitlines()[0]

@@ -54,3 +54,21 @@ def test_format_path() -> None:
     assert format_path(()) == ""
     assert format_path(("properties", "bootstrap.servers")) == 'properties["bootstrap.servers"]'
     assert format_path(("a", 'q"x')) == 'a["q\\"x"]'
+
+
+def test_user_message_finds_our_error_in_the_chain_or_the_text() -> None:
+    from waxflow.errors import FlowStopped, SerdeStop, WaxflowError, user_message
+
+    try:
+        try:
+            raise SerdeStop("cannot deserialize the value of record t/0@3")
+        except SerdeStop as inner:
+            raise RuntimeError("step failed") from inner
+    except RuntimeError as outer:
+        assert user_message(outer) == "cannot deserialize the value of record t/0@3"
+    # Bytewax may keep only the text of the original error
+    flat = RuntimeError("error calling mapper\nFlowStopped: execution x FAILED\nmore")
+    assert user_message(flat) == "execution x FAILED"
+    assert user_message(RuntimeError("a bug")) is None
+    assert user_message(KeyError("k"), also=(KeyError,)) == "'k'"
+    assert issubclass(FlowStopped, WaxflowError)
