@@ -1,6 +1,7 @@
 """The execution-log producer: documents keyed by execution id, every delivery checked.
 
-An execution is *done* when its terminal document is acknowledged by the broker (DESIGN §3).
+An execution is *done* when its terminal document is acknowledged by the broker (format:
+docs/execution-log.md).
 :class:`LogBatch` collects the deliveries of one batch of executions; ``wait()`` returns only
 when all were acknowledged and raises :class:`DeliveryError` if any failed: a document is
 never silently dropped. The topic is created compacted on first use, with a compaction lag

@@ -9,7 +9,7 @@ are *not* part of the state: ``snapshot()`` returns the positions right after th
 positions. Bytewax runs the next epoch only after the emitted batch passed every step, and
 the execute step finishes the batch's execution inside the step, so a committed offset never
 covers a record whose batch execution is not done, and a kill re-reads everything after it
-(DESIGN §5: no window state whose offsets could be committed early).
+(no window state whose offsets could be committed early: see waxflow.operators.checkpoint).
 
 Replays keep one history per batch: when a batch is emitted, its predecessors' offsets are
 already committed or requested (one batch per epoch), and the source re-commits those

@@ -1,7 +1,7 @@
 """librdkafka client configuration from a flow's ``properties``.
 
 Bootstrap servers: ``properties.bootstrap.servers``, else ``$WAXFLOW_BOOTSTRAP``, else
-``127.0.0.1:9092`` (DESIGN §6). User-set keys are never silently overwritten: where waxflow
+``127.0.0.1:9092``. User-set keys are never silently overwritten: where waxflow
 needs a value (``enable.auto.commit=false`` for G1), a conflicting user value is an error.
 """
 

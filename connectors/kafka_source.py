@@ -1,8 +1,8 @@
 """Consumer-group Kafka source for Bytewax that commits offsets only after the work is done.
 
 One Bytewax partition per Kafka partition (``FixedPartitionedSource``), each with its own
-manually assigned consumer in the flow's group. Commit rule (G1, DESIGN §5): ``snapshot()``
-runs at every epoch end and records the next offset to read; the *first* ``next_batch()``
+manually assigned consumer in the flow's group. Commit rule (G1,
+:mod:`waxflow.operators.checkpoint`): ``snapshot()`` runs at every epoch end and records the next offset to read; the *first* ``next_batch()``
 after it commits that offset. Bytewax calls ``next_batch()`` for epoch e+1 only after epoch e
 has passed every step, and the execute step finishes its executions inside the step, so
 every record below a committed offset has a done execution. Nothing is committed in

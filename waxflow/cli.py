@@ -1,6 +1,6 @@
 """The ``waxflow`` command line.
 
-Exit codes (DESIGN §6): 0 success, 1 flow or runtime error (one message on stderr, no
+Exit codes: 0 success, 1 flow or runtime error (one message on stderr, no
 traceback), 2 usage error (argparse's own).
 """
 
