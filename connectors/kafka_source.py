@@ -2,13 +2,13 @@
 
 One Bytewax partition per Kafka partition (``FixedPartitionedSource``), each with its own
 manually assigned consumer in the flow's group. Commit rule (G1,
-:mod:`waxflow.operators.checkpoint`): ``snapshot()`` runs at every epoch end and records the next offset to read; the *first* ``next_batch()``
-after it commits that offset. Bytewax calls ``next_batch()`` for epoch e+1 only after epoch e
-has passed every step, and the execute step finishes its executions inside the step, so
-every record below a committed offset has a done execution. Nothing is committed in
-``close()`` or at EOF. Resume point: the Bytewax snapshot when recovery is on, else the
-group's committed offset, else ``since`` (a timestamp), else ``auto.offset.reset``
-(default ``earliest``).
+:mod:`waxflow.operators.checkpoint`): ``snapshot()`` runs at every epoch end and records the
+next offset to read; the *first* ``next_batch()`` after it commits that offset. Bytewax
+calls ``next_batch()`` for epoch e+1 only after epoch e has passed every step, and the
+execute step finishes its executions inside the step, so every record below a committed
+offset has a done execution. Nothing is committed in ``close()`` or at EOF. Resume point:
+the Bytewax snapshot when recovery is on, else the group's committed offset, else ``since``
+(a timestamp), else ``auto.offset.reset`` (default ``earliest``).
 """
 
 from __future__ import annotations
