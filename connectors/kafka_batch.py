@@ -31,6 +31,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from waxflow.connectors import instance_lock
 from waxflow.connectors.kafka_source import (
     committed_offsets,
     group_conf,
@@ -216,6 +217,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         return self._idle_stop is not None and now - self._last_activity >= self._idle_stop
 
     def next_batch(self) -> list[Batch]:
+        instance_lock.check("the batch source")
         self._commit()
         got = 0
         if not self._max_records or len(self._buffer.records) < self._max_records:

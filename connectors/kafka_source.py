@@ -31,6 +31,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from waxflow.connectors import instance_lock
 from waxflow.connectors.kafka_config import require
 from waxflow.errors import SourceStop
 from waxflow.records import RawRecord, RecordFields
@@ -191,6 +192,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
                 self._confirmed = tp.offset
 
     def next_batch(self) -> list[RawRecord]:
+        instance_lock.check(self._tp)
         if self._to_commit is not None and self._to_commit != self._requested:
             self._consumer.commit(offsets=[TopicPartition(self._topic, self._partition,
                                                           self._to_commit)],

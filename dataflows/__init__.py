@@ -17,14 +17,17 @@ def load_flow(path: str | Path, stop_when_idle: float | None = None,
     Raises :class:`waxflow.errors.FlowError` (file:line:col, field, expectation) when the
     flow does not validate. ``stop_when_idle`` (seconds; default ``$WAXFLOW_STOP_WHEN_IDLE``)
     ends the dataflow once no record arrived for that long and all work is committed;
-    ``max_ticks`` ends a schedule flow after that many ticks.
+    ``max_ticks`` ends a schedule flow after that many ticks. Takes the flow's instance
+    lock first (one running instance per flow and consumer group: a second one raises
+    :class:`~waxflow.connectors.instance_lock.InstanceConflict`).
     """
     import os
 
-    from waxflow.dataflows.compiler import RunOptions, compile_flow
+    from waxflow.dataflows.compiler import RunOptions, compile_flow, hold_instance
     from waxflow.dataflows.spec import parse_flow
 
     if stop_when_idle is None and os.environ.get("WAXFLOW_STOP_WHEN_IDLE"):
         stop_when_idle = float(os.environ["WAXFLOW_STOP_WHEN_IDLE"])
-    return compile_flow(parse_flow(path), RunOptions(stop_when_idle=stop_when_idle,
-                                                     max_ticks=max_ticks))
+    flow = parse_flow(path)
+    hold_instance(flow)
+    return compile_flow(flow, RunOptions(stop_when_idle=stop_when_idle, max_ticks=max_ticks))

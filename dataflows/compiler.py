@@ -10,6 +10,7 @@ compiled here, once per flow.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,25 @@ def _txn_warm_up(flow: FlowBase, runner: RecordExecutions) -> Callable[[], None]
     if not confs or output is None:
         return None
     return lambda: output.warm_up(confs)
+
+
+def hold_instance(flow: FlowBase) -> None:
+    """Take the flow's instance lock (:mod:`waxflow.connectors.instance_lock`): a second
+    running instance of the flow and group refuses to start. Share groups need none (they
+    hand each record to one member); members of a cluster other than process 0 neither
+    (process 0, or the parent of ``waxflow run --processes N``, holds it for them)."""
+    from waxflow.connectors import instance_lock
+
+    trig = flow.trigger
+    if os.environ.get("WAXFLOW_PROCESS_ID", "0") != "0":
+        return
+    if isinstance(trig, KafkaTrigger):
+        if trig.groupType == "SHARE":
+            return
+        conf, group = client_conf(trig.properties), trig.groupId
+    else:
+        conf, group = client_conf(None), f"{flow.namespace}.{flow.id}.schedule"
+    instance_lock.hold(conf, group, f"flow {flow.namespace}.{flow.id} (group {group})")
 
 
 def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:

@@ -109,11 +109,19 @@ def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: st
             epoch_interval=epoch, recovery_config=recovery)
 
 
-def run_cluster(argv_base: list[str], processes: int) -> int:
-    """Start ``processes`` members of one cluster; return the worst exit code."""
+def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = None) -> int:
+    """Start ``processes`` members of one cluster; return the worst exit code. The parent
+    holds the flow's instance lock for the whole cluster (``flow_path``)."""
+    from waxflow.connectors.instance_lock import HELD_ENV
+    from waxflow.dataflows.compiler import hold_instance
+    from waxflow.dataflows.spec import parse_flow
+
+    if flow_path is not None:
+        hold_instance(parse_flow(flow_path))
+    env = {**os.environ, HELD_ENV: "1"} if flow_path is not None else None
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     children = [subprocess.Popen([sys.executable, "-m", "waxflow.cli", *argv_base,
-                                  "--process-id", str(i), "--addresses", addresses])
+                                  "--process-id", str(i), "--addresses", addresses], env=env)
                 for i in range(processes)]
 
     def forward(sig: int, _frame: object) -> None:

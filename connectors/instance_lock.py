@@ -1,0 +1,176 @@
+"""One running instance per flow and consumer group, held as a Kafka group membership.
+
+waxflow assigns Kafka partitions to Bytewax workers by hand, so the consumer group itself
+never notices a second ``waxflow run`` of the same flow: both would process every record.
+This lock makes that impossible. The instance (process 0 of a cluster, or the parent of
+``waxflow run --processes N``, which holds it for its children) joins the group
+``<groupId>.waxflow-instance`` on the one-partition topic ``waxflow.instances`` with the
+cooperative-sticky assignor: exactly one member of that group owns the partition.
+
+- The first instance gets the partition and keeps it (a background thread polls, so the
+  membership lives as long as the process; a clean exit leaves the group at once).
+- A second instance joins, the group rebalances, the partition stays with its owner
+  (sticky), the newcomer's assignment is empty: it refuses to start with one line naming
+  the holder (client id and host, from the group description).
+- A holder that died (SIGKILL, lost host) is evicted when its session times out
+  (``SESSION_MS``, 6 s): the newcomer's first assignment then holds the partition, so a
+  restart after a crash waits at most that long.
+- An instance that loses the partition while running (its session expired: a network
+  partition longer than the session timeout) stops at its next read, before committing
+  anything more (:func:`check`), since another instance may be running by then.
+
+Share groups need no lock: a share group hands each record to one member by design.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from waxflow.errors import WaxflowError
+
+LOG = logging.getLogger("waxflow.instance")
+
+LOCK_TOPIC = "waxflow.instances"
+SESSION_MS = 6000
+#: set in the environment of processes whose parent holds the lock for them
+HELD_ENV = "WAXFLOW_INSTANCE_LOCK_HELD"
+
+_CLIENT_KEYS = ("bootstrap.servers", "security.protocol", "sasl.", "ssl.", "client.dns",
+                "socket.", "broker.address.family")
+
+
+class InstanceConflict(WaxflowError):
+    """Another instance of the flow holds the lock."""
+
+
+class InstanceLock:
+    """Membership of the lock group; :meth:`acquire` returns once this instance owns it."""
+
+    def __init__(self, conf: dict[str, Any], group_id: str, what: str) -> None:
+        self.what = what
+        self.group = f"{group_id}.waxflow-instance"
+        self._client = {k: v for k, v in conf.items() if k.startswith(_CLIENT_KEYS)}
+        self._assigned: list[TopicPartition] | None = None
+        self._owned = False
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: Consumer | None = None
+
+    def _on_assign(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._assigned = list(parts)
+        if parts:
+            self._owned = True
+
+    def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        if parts and self._owned:
+            self._owned = False
+            self.lost = True
+            LOG.error("%s: lost the instance lock (group %s); stopping", self.what, self.group)
+
+    def _ensure_topic(self) -> None:
+        admin = AdminClient(self._client)
+        futures = admin.create_topics([NewTopic(LOCK_TOPIC, 1, -1)], request_timeout=15)
+        try:
+            futures[LOCK_TOPIC].result(timeout=20)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in exc.args[0].name():
+                raise InstanceConflict(f"{self.what}: cannot create the instance-lock topic "
+                                       f"{LOCK_TOPIC}: {exc.args[0].str()}") from None
+
+    def acquire(self, timeout: float = 60.0) -> None:
+        """Join the lock group; return when this instance owns the partition, raise
+        InstanceConflict when another live instance does."""
+        self._ensure_topic()
+        consumer = Consumer({
+            **self._client, "group.id": self.group,
+            "client.id": f"waxflow-{socket.gethostname()}-{os.getpid()}",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 1000,
+            "enable.auto.commit": False, "auto.offset.reset": "latest",
+            "logger": LOG,
+        })
+        consumer.subscribe([LOCK_TOPIC], on_assign=self._on_assign,
+                           on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._consumer = consumer
+        deadline = time.monotonic() + timeout + SESSION_MS / 1000
+        while not self._owned:
+            consumer.poll(0.2)
+            if self._assigned is not None and not self._owned:
+                holder = self._holder()
+                consumer.close()
+                raise InstanceConflict(
+                    f"{self.what} is already running{holder} (instance lock: consumer group "
+                    f"{self.group}); refusing to start a second instance, which would "
+                    "process every record again")
+            if time.monotonic() > deadline:
+                consumer.close()
+                raise InstanceConflict(f"{self.what}: could not take the instance lock "
+                                       f"(group {self.group}) within {timeout:g}s")
+        self._thread = threading.Thread(target=self._keep, name="instance-lock", daemon=True)
+        self._thread.start()
+        atexit.register(self.release)
+        LOG.info("%s: instance lock taken (group %s)", self.what, self.group)
+
+    def _holder(self) -> str:
+        try:
+            admin = AdminClient(self._client)
+            desc = admin.describe_consumer_groups([self.group])[self.group].result(timeout=10)
+            me = f"waxflow-{socket.gethostname()}-{os.getpid()}"
+            others = [f"{m.client_id} on {m.host.lstrip('/')}" for m in desc.members
+                      if m.client_id != me and m.assignment.topic_partitions]
+            return f" ({', '.join(others)})" if others else ""
+        except Exception:  # the description is a courtesy; the refusal stands without it
+            return ""
+
+    def _keep(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stop.is_set():
+            try:
+                consumer.poll(0.5)
+            except RuntimeError:  # closed meanwhile
+                return
+
+    def release(self) -> None:
+        """Leave the lock group (the next instance gets the lock at once)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            with contextlib.suppress(RuntimeError):
+                consumer.close()
+
+
+_HELD: InstanceLock | None = None
+
+
+def hold(conf: dict[str, Any], group_id: str, what: str) -> None:
+    """Take the instance lock for this process (once; a no-op when the parent holds it)."""
+    global _HELD
+    if _HELD is not None or os.environ.get(HELD_ENV) == "1":
+        return
+    lock = InstanceLock(conf, group_id, what)
+    lock.acquire()
+    _HELD = lock
+
+
+def check(where: str) -> None:
+    """Raise InstanceConflict when this process held the lock and lost it (sources call it
+    before they read or commit)."""
+    if _HELD is not None and _HELD.lost:
+        raise InstanceConflict(f"{_HELD.what}: lost the instance lock while running ({where}); "
+                               "another instance may have started: stopping without "
+                               "committing more")
