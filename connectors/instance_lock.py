@@ -73,6 +73,8 @@ class InstanceLock:
             self._owned = True
 
     def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        if self._stop.is_set():  # leaving on purpose (release)
+            return
         if parts and self._owned:
             self._owned = False
             self.lost = True

@@ -31,7 +31,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from waxflow.connectors import instance_lock
+from waxflow.connectors import instance_lock, shutdown
 from waxflow.connectors.kafka_source import (
     committed_offsets,
     group_conf,
@@ -98,6 +98,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         self._opened: float | None = None  # when the buffer got its first record
         self._last_activity = time.monotonic()
         self._awake: datetime | None = None
+        self._paused = False
 
     def _read_plan(self, parts: list[tuple[str, int]]) -> Positions | None:
         """The ends of the batch that was in flight when the last run stopped, if known."""
@@ -219,6 +220,16 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
     def next_batch(self) -> list[Batch]:
         instance_lock.check("the batch source")
         self._commit()
+        if shutdown.requested():  # cut no more batches; stop once emitted ones are committed
+            if not self._awaiting_snapshot and all(
+                    self._confirmed.get(k) == v for k, v in self._emitted.items()):
+                raise StopIteration
+            if not self._paused:  # serve commit callbacks without reading records
+                self._consumer.pause(self._consumer.assignment())
+                self._paused = True
+            self._consumer.poll(0)
+            self._awake = datetime.now().astimezone() + timedelta(milliseconds=20)
+            return []
         got = 0
         if not self._max_records or len(self._buffer.records) < self._max_records:
             got = self._read()

@@ -56,6 +56,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from waxflow.acks import AckType, decide
+from waxflow.connectors import shutdown
 from waxflow.connectors.kafka_config import require
 from waxflow.connectors.kafka_source import record_fields
 from waxflow.errors import ConfigConflict, SourceStop
@@ -263,6 +264,8 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
                 self._awake = datetime.now().astimezone() + timedelta(milliseconds=2)
                 return []  # the execute step (same thread) has not run this batch yet
             self._ack_all()
+        if shutdown.requested():  # every delivery is acked: poll no more
+            raise StopIteration
         self._awake = None
         out: list[RawRecord] = []
         for m in self._consumer.poll(POLL_TIMEOUT):

@@ -31,7 +31,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from waxflow.connectors import instance_lock
+from waxflow.connectors import instance_lock, shutdown
 from waxflow.connectors.kafka_config import require
 from waxflow.errors import SourceStop
 from waxflow.records import RawRecord, RecordFields
@@ -180,6 +180,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._requested: int | None = self._confirmed
         self._last_activity = time.monotonic()
         self._awake: datetime | None = None
+        self._paused = False
         self._consumer.assign([TopicPartition(topic, partition, start)])
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
@@ -199,6 +200,11 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
                                   asynchronous=True)
             self._requested = self._to_commit
         self._to_commit = None
+        if shutdown.requested():  # read no more; stop once what was read is committed
+            if self._next is None or self._confirmed == self._next:
+                raise StopIteration
+            self._idle_poll()
+            return []
         msgs = self._consumer.consume(self._batch, 0)
         out: list[RawRecord] = []
         for m in msgs:
@@ -215,6 +221,14 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
                     and (self._next is None or self._confirmed == self._next)):
                 raise StopIteration
         return out
+
+    def _idle_poll(self) -> None:
+        """Serve the commit callbacks without reading records (the partition is paused)."""
+        if not self._paused:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+        self._consumer.poll(0)
+        self._awake = datetime.now().astimezone() + timedelta(milliseconds=20)
 
     def next_awake(self) -> datetime | None:
         return self._awake

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+from waxflow.connectors import shutdown
 from waxflow.connectors.broker import free_port
 from waxflow.errors import user_message
 
@@ -103,10 +104,14 @@ def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: st
             init_db_dir(rdir, max(1, workers * len(addresses or [""])))  # type: ignore[no-untyped-call]
         recovery = RecoveryConfig(str(rdir))  # type: ignore[no-untyped-call]
     os.environ.setdefault("RUST_BACKTRACE", "0")
+    shutdown.install()
     with quiet_panics():
         cli_main(  # type: ignore[no-untyped-call]
             flow, workers_per_process=workers, process_id=process_id, addresses=addresses,
             epoch_interval=epoch, recovery_config=recovery)
+    if shutdown.requested():
+        print(f"waxflow: stopped by {shutdown.requested()}; {shutdown.done_count()} "
+              "executions finished, offsets committed", file=sys.stderr)
 
 
 def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = None) -> int:

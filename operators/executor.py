@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from waxflow.connectors import shutdown
 from waxflow.connectors.execution_log import ExecutionLog, LogBatch
 from waxflow.connectors.kafka_output import BatchScope, KafkaOutput
 from waxflow.errors import FlowStopped, TransactionError
@@ -122,6 +123,7 @@ class Executor:
                 raise
         else:
             raise TransactionError("the batch's transaction aborted three times; stopping")
+        shutdown.add_done(len(done))
         return done
 
     def check_stop(self, executions: Sequence[Execution]) -> None:

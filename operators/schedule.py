@@ -16,6 +16,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from waxflow.connectors import shutdown
 from waxflow.connectors.execution_log import LogBatch
 from waxflow.execution import Execution, TriggerInfo, execution_id
 from waxflow.flow import FlowBase, ScheduleTrigger
@@ -48,7 +49,7 @@ class _SchedulePartition(StatefulSourcePartition[datetime, str | None]):
         self._left = max_ticks
 
     def next_batch(self) -> list[datetime]:
-        if self._left is not None and self._left <= 0:
+        if (self._left is not None and self._left <= 0) or shutdown.requested():
             raise StopIteration
         if datetime.now(UTC) < self._due:
             return []

@@ -18,6 +18,7 @@ from confluent_kafka import KafkaException
 
 from tests.flow_helpers import (
     flow_env,
+    latest_by_id,
     log_documents,
     new_log_topic,
     produce_json,
@@ -28,6 +29,8 @@ from tests.flow_helpers import (
 from tests.kafka_helpers import committed, end_offsets
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 N = 1000
 
@@ -78,7 +81,7 @@ def test_second_instance_refuses_and_each_record_runs_once(
     group, log_topic = f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
     produce_json(bootstrap, topic, [{"id": i} for i in range(N)], partitions=2)
     flow = write_flow(tmp_path, flow_text.format(topic=topic, group=group, out=out))
-    env = flow_env(bootstrap, log_topic)
+    env = flow_env(bootstrap, log_topic, PYTHONPATH=str(REPO))
     first = start_flow(flow, env, idle=4)
     time.sleep(delay)
     second = start_flow(flow, env, idle=4)
@@ -89,8 +92,10 @@ def test_second_instance_refuses_and_each_record_runs_once(
     assert _refused(loser), loser[-1500:]
     assert "Traceback" not in loser
     assert len([line for line in loser.splitlines() if line.startswith("waxflow:")]) == 1
-    runs = runs_by_id(log_documents(bootstrap, log_topic))
+    docs = log_documents(bootstrap, log_topic)
+    runs = runs_by_id(docs)
     assert len(runs) == N
+    assert {d["state"] for d in latest_by_id(docs).values()} == {"SUCCESS"}
     assert all(len(r) == 1 for r in runs.values()), "a record was executed twice"
     assert committed(bootstrap, group, topic, 2) == end_offsets(bootstrap, topic, 2)
 
@@ -103,7 +108,7 @@ def test_restart_after_a_kill_takes_the_lock(
     topic, group, log_topic = new_topic(1), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
     produce_json(bootstrap, topic, [{"id": i} for i in range(200)])
     flow = write_flow(tmp_path, REALTIME.format(topic=topic, group=group))
-    env = flow_env(bootstrap, log_topic)
+    env = flow_env(bootstrap, log_topic, PYTHONPATH=str(REPO))
     first = start_flow(flow, env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until the first executions are in the log
