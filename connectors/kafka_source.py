@@ -79,6 +79,14 @@ def message_ok(m: Message, where: str) -> bool:
     return False
 
 
+#: the per-partition consumer's pre-fetch, bounded so memory does not grow with the backlog
+#: (librdkafka's defaults queue up to 100,000 records / 64 MiB per partition): about 1,000
+#: records or 2 MiB per partition waiting, refilled as the source reads. ``properties``
+#: override each key.
+PREFETCH = {"queued.min.messages": 1000, "queued.max.messages.kbytes": 2048,
+            "fetch.max.bytes": 2 << 20}
+
+
 def group_conf(conf: dict[str, Any], group_id: str, why: str) -> dict[str, Any]:
     """Consumer config of a group whose offsets waxflow commits itself (``why`` says when):
     auto-commit off (a user value contradicting it is refused), ``read_committed`` and
@@ -253,6 +261,8 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
         self._conf = group_conf(conf, group_id, "waxflow commits offsets itself, only after "
                                                 "the work is done (G1)")
         self._conf.setdefault("enable.partition.eof", False)
+        for name, value in PREFETCH.items():
+            self._conf.setdefault(name, value)
         self._topics = topics
         self._pattern = pattern
         self._partitions = partitions
