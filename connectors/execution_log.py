@@ -4,24 +4,28 @@ An execution is *done* when its terminal document is acknowledged by the broker 
 docs/execution-log.md).
 :class:`LogBatch` collects the deliveries of one batch of executions; ``wait()`` returns only
 when all were acknowledged and raises :class:`DeliveryError` if any failed: a document is
-never silently dropped. The topic is created compacted on first use, with a compaction lag
-of 7 days so the history of replays (several runs of one id) stays readable for a week.
+never silently dropped, and the error names the execution and what triggered it. Documents
+always fit in a record (``Execution.to_json`` caps them at ``$WAXFLOW_DOC_MAX_BYTES``, default
+900,000 bytes, below the producer's 1,000,000-byte ``message.max.bytes``). The topic is
+created compacted on first use, with a compaction lag of 7 days so the history of replays
+(several runs of one id) stays readable for a week.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from waxflow.connectors.deliveries import Deliveries
+from waxflow.connectors.deliveries import EXECUTION_HEADER, Deliveries, Headers
 
 __all__ = ["LOG_HEADER", "ExecutionLog", "LogBatch", "log_topic"]
 
 DEFAULT_TOPIC = "waxflow.executions"
-LOG_HEADER = "waxflow.execution.id"
+LOG_HEADER = EXECUTION_HEADER
 
 
 def log_topic() -> str:
@@ -55,6 +59,27 @@ class LogBatch(Deliveries):
     def write(self, execution_id: str, document: bytes) -> None:
         """Send one execution document to the log topic."""
         self.produce(self._topic, execution_id.encode(), document)
+
+    def describe(self, topic: str, key: bytes | None, value: bytes | None,
+                 headers: Headers | None) -> str:
+        """A failed record: an execution document (its id, state and trigger) or, for any
+        other record sent through this batch (a DLQ record), what its headers say."""
+        if topic != self._topic:
+            return super().describe(topic, key, value, headers)
+        what = (f"execution document of {(key or b'').decode('utf-8', 'replace')} "
+                f"({len(value or b'')} bytes, topic {topic})")
+        try:
+            doc = json.loads(value or b"")
+            trigger = doc.get("trigger") or {}
+            if trigger.get("offset") is not None:
+                what += (f" for record {trigger.get('topic')}/{trigger.get('partition')}"
+                         f"@{trigger.get('offset')}")
+            elif trigger.get("offsets"):
+                what += f" for batch {trigger.get('offsets')}"
+            what += f" in state {doc.get('state')}"
+        except (ValueError, AttributeError):
+            pass
+        return what
 
 
 class ExecutionLog:

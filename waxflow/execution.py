@@ -4,6 +4,12 @@ An execution id is derived only from the flow and the trigger's coordinates
 (:func:`execution_id`), so a replayed record, batch or tick gets the same id (G2); each run of
 it gets a fresh ``runId`` so the history can show the replay. ``document()`` is what goes to
 the execution-log topic (docs/execution-log.md); secrets are redacted from it.
+
+``to_json()`` encodes it as strict JSON that always fits in one Kafka record
+(:func:`encode_document`): NaN and infinities become the strings ``"NaN"``, ``"Infinity"``,
+``"-Infinity"``; a document over ``VALUE_MAX_BYTES`` has each larger value replaced by a
+``{"$truncated": true, ...}`` marker, and one still over ``DOC_MAX_BYTES`` is trimmed further
+until it fits. The common case costs one ``len()`` of the encoded bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import math
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -200,4 +209,242 @@ class Execution:
         return redact_obj(doc)  # type: ignore[no-any-return]
 
     def to_json(self) -> bytes:
-        return json.dumps(self.document(), separators=(",", ":"), ensure_ascii=False).encode()
+        """The document as the execution log stores it: strict UTF-8 JSON of at most
+        ``DOC_MAX_BYTES`` (:func:`encode_document`); the execution keeps its full outputs."""
+        return encode_document(self.document())
+
+
+# ------------------------------------------------------------------ the encoded document
+LOG = logging.getLogger(__name__)
+
+
+def _env_bytes(name: str, default: int, floor: int) -> int:
+    """A byte count from the environment (``default`` when unset or not an integer; at least
+    ``floor``)."""
+    raw = os.environ.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        LOG.warning("$%s=%r is not a number of bytes; using %d", name, raw, default)
+        return default
+    return max(value, floor)
+
+
+#: hard cap of one encoded document (UTF-8 bytes), below the producer's 1,000,000-byte
+#: ``message.max.bytes`` and the broker's 1,048,588; ``$WAXFLOW_DOC_MAX_BYTES``
+DOC_MAX_BYTES = _env_bytes("WAXFLOW_DOC_MAX_BYTES", 900_000, 16_384)
+#: a value of a document (an output value, the trigger key, the skipped list) whose JSON is
+#: larger is replaced by a marker; ``$WAXFLOW_DOC_VALUE_MAX_BYTES``
+VALUE_MAX_BYTES = _env_bytes("WAXFLOW_DOC_VALUE_MAX_BYTES", 65_536, 1_024)
+#: characters of a replaced value shown in its marker's ``preview``
+PREVIEW_CHARS = 256
+#: characters kept of a cut text (an error message)
+TEXT_KEEP_CHARS = 1_024
+#: the smallest value limit tried before falling back to the minimal document
+_MIN_LIMIT = 1_024
+
+#: strict, compact, UTF-8: one encoder built once (``json.dumps`` with keywords builds one per
+#: call); raises ValueError on NaN/Infinity
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+_NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def _nonfinite(value: float) -> str:
+    return "NaN" if value != value else _NONFINITE[value]
+
+
+def finite(obj: Any) -> Any:
+    """A copy of a JSON-like structure with NaN, Infinity and -Infinity (values and keys) as
+    the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (as Jackson, Kestra's JSON library,
+    writes them); everything else unchanged."""
+    if type(obj) is float:
+        return obj if math.isfinite(obj) else _nonfinite(obj)
+    if isinstance(obj, dict):
+        return {(_nonfinite(k) if type(k) is float and not math.isfinite(k) else k): finite(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):  # a float subclass
+        return _nonfinite(obj)
+    return obj
+
+
+def encode_document(doc: dict[str, Any], *, max_bytes: int | None = None,
+                    value_max: int | None = None) -> bytes:
+    """``doc`` as strict compact UTF-8 JSON of at most ``max_bytes`` (``DOC_MAX_BYTES``).
+
+    Fast path: one strict encoding and one ``len()``. NaN/Infinity (only on the ValueError
+    they raise) become strings (:func:`finite`). When the bytes exceed ``value_max``
+    (``VALUE_MAX_BYTES``) or ``max_bytes``, :func:`_fit` trims a copy: ``doc`` itself is
+    never changed. The result then carries ``"truncated": true`` (docs/execution-log.md).
+    """
+    max_bytes = DOC_MAX_BYTES if max_bytes is None else max_bytes
+    value_max = VALUE_MAX_BYTES if value_max is None else value_max
+    try:
+        data = _ENCODE(doc).encode()
+    except ValueError:
+        doc = finite(doc)
+        data = _ENCODE(doc).encode()
+    size = len(data)
+    if size <= value_max and size <= max_bytes:  # no value can be larger than the whole
+        return data
+    return _fit(doc, data, max_bytes, value_max)
+
+
+def _fit(doc: dict[str, Any], data: bytes, max_bytes: int, value_max: int) -> bytes:
+    """Trim ``doc`` until it encodes in ``max_bytes``: first every value over ``value_max``
+    becomes a marker; while still too large, the limit shrinks (÷4, down to 1 KiB) and long
+    lists (attempts, task runs) keep their head and last item; last, the minimal document."""
+    limit = value_max
+    lists = False
+    while True:
+        trim = _Trim(limit, lists)
+        trimmed = trim.document(doc)
+        if not trim.changed:
+            if len(data) <= max_bytes:
+                return data
+        else:
+            trimmed["truncated"] = True
+            data = _ENCODE(trimmed).encode()
+            if len(data) <= max_bytes:
+                return data
+        if limit <= _MIN_LIMIT and lists:
+            break
+        limit = max(_MIN_LIMIT, min(limit, max_bytes) // 4)
+        lists = True
+    data = _ENCODE(_minimal(doc, max_bytes)).encode()
+    if len(data) > max_bytes:
+        LOG.warning("execution %s: even its minimal document has %d bytes (limit %d)",
+                    doc.get("id"), len(data), max_bytes)
+    return data
+
+
+def _size(value: Any) -> tuple[int, str]:
+    text = _ENCODE(value)
+    return len(text.encode()), text
+
+
+def _marker(value: Any, size: int, text: str) -> dict[str, Any]:
+    preview = value if isinstance(value, str) else text
+    return {"$truncated": True, "bytes": size, "preview": preview[:PREVIEW_CHARS]}
+
+
+class _Trim:
+    """One pass of trimming at one value ``limit``; ``changed`` tells whether it cut."""
+
+    def __init__(self, limit: int, lists: bool) -> None:
+        self.limit = limit
+        self.lists = lists
+        self.changed = False
+
+    def value(self, value: Any) -> Any:
+        """``value``, or its marker when its JSON is larger than the limit."""
+        if value is None or type(value) in (bool, int, float):
+            return value
+        size, text = _size(value)
+        if size <= self.limit:
+            return value
+        self.changed = True
+        return _marker(value, size, text)
+
+    def text(self, value: Any) -> Any:
+        """A string field (an error message) stays a string: cut, saying how long it was."""
+        if not isinstance(value, str):
+            return self.value(value)
+        size = len(value.encode())
+        if size <= self.limit:
+            return value
+        self.changed = True
+        return f"{value[:TEXT_KEEP_CHARS]}... [truncated: {size} bytes]"
+
+    def items(self, items: Any, budget: int) -> Any:
+        """A list over ``budget`` bytes keeps its first items within it and its last item;
+        one marker ``{"$truncated": true, "count": k, "bytes": n}`` stands for the others."""
+        if not isinstance(items, list) or len(items) < 2:
+            return items
+        sizes = [_size(item)[0] for item in items]
+        if sum(sizes) + len(items) <= budget:
+            return items
+        head, used = 0, sizes[-1]
+        while head < len(items) - 1 and used + sizes[head] + 1 <= budget:
+            used += sizes[head] + 1
+            head += 1
+        omitted = len(items) - 1 - head
+        if omitted <= 0:
+            return items
+        self.changed = True
+        return [*items[:head],
+                {"$truncated": True, "count": omitted, "bytes": sum(sizes[head:-1])},
+                items[-1]]
+
+    def error(self, error: Any) -> Any:
+        if isinstance(error, dict):
+            return {k: self.text(v) for k, v in error.items()}
+        return self.text(error)
+
+    def task_run(self, run: Any) -> Any:
+        if not isinstance(run, dict):
+            return self.value(run)
+        out = dict(run)
+        outputs = run.get("outputs")
+        if isinstance(outputs, dict):
+            out["outputs"] = {k: self.value(v) for k, v in outputs.items()}
+        elif outputs is not None:
+            out["outputs"] = self.value(outputs)
+        attempts = run.get("attempts")
+        if isinstance(attempts, list):
+            attempts = [dict(a, error=self.text(a.get("error"))) if isinstance(a, dict) else a
+                        for a in attempts]
+            out["attempts"] = self.items(attempts, 4 * self.limit) if self.lists else attempts
+        return out
+
+    def document(self, doc: dict[str, Any]) -> dict[str, Any]:
+        out = dict(doc)
+        trigger = doc.get("trigger")
+        if isinstance(trigger, dict):
+            trig = dict(trigger)
+            trig["key"] = self.value(trigger.get("key"))
+            if trigger.get("skipped") is not None:
+                trig["skipped"] = self.items(trigger["skipped"], self.limit)
+            out["trigger"] = trig
+        out["error"] = self.error(doc.get("error"))
+        out["upstreamExecutionId"] = self.text(doc.get("upstreamExecutionId"))
+        runs = doc.get("taskRuns")
+        if isinstance(runs, list):
+            runs = [self.task_run(r) for r in runs]
+            out["taskRuns"] = self.items(runs, 4 * self.limit) if self.lists else runs
+        return out
+
+
+_MINIMAL_TRIGGER = ("type", "topic", "partition", "offset", "timestamp", "messagesCount",
+                    "deliveryCount", "ack", "skippedCount", "date", "next")
+
+
+def _minimal(doc: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """The last resort: the execution's identity, state, dates, trigger coordinates (a
+    batch's offsets if they take at most half of ``max_bytes``) and error (cut); task runs
+    replaced by one marker."""
+    trim = _Trim(_MIN_LIMIT, True)
+    found = doc.get("trigger")
+    trigger: dict[str, Any] = found if isinstance(found, dict) else {}
+    trig = {k: trim.text(trigger[k]) for k in _MINIMAL_TRIGGER if k in trigger}
+    trig["key"] = trim.value(trigger.get("key"))
+    offsets = trigger.get("offsets")
+    trig["offsets"] = offsets if _size(offsets)[0] <= max_bytes // 2 else trim.value(offsets)
+    runs = doc.get("taskRuns") or []
+    out = {k: trim.text(doc.get(k)) for k in (
+        "id", "namespace", "flowId", "state", "terminal", "runId", "startDate", "endDate",
+        "durationMs")}
+    out.update({
+        "trigger": trig,
+        "taskRuns": [{"$truncated": True, "count": len(runs), "bytes": _size(runs)[0]}]
+        if runs else [],
+        "error": trim.error(doc.get("error")),
+        "upstreamExecutionId": trim.text(doc.get("upstreamExecutionId")),
+        "labels": trim.value(doc.get("labels")),
+        "truncated": True,
+    })
+    return out

@@ -1,0 +1,332 @@
+"""The execution document as the log stores it: strict JSON, always under the size cap.
+
+Every document here is parsed with a strict parser (``NaN``/``Infinity`` tokens raise), and
+every cap is checked on the encoded bytes: a document never exceeds ``max_bytes``, a value
+over ``value_max`` becomes a ``{"$truncated": true, ...}`` marker, and the execution itself
+keeps its full outputs. Also: a record the producer refuses names its topic and execution.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, Producer
+
+from waxflow.connectors.deliveries import Deliveries
+from waxflow.connectors.execution_log import LogBatch
+from waxflow.errors import DeliveryError
+from waxflow.execution import (
+    DOC_MAX_BYTES,
+    PREVIEW_CHARS,
+    VALUE_MAX_BYTES,
+    Attempt,
+    Execution,
+    State,
+    TaskRun,
+    TriggerInfo,
+    _env_bytes,
+    encode_document,
+    finite,
+    now,
+)
+
+
+def strict(data: bytes) -> dict[str, Any]:
+    """Parse as a strict JSON parser would (NaN, Infinity and -Infinity are not JSON)."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"not JSON: {token}")
+
+    doc: dict[str, Any] = json.loads(data.decode("utf-8"), parse_constant=refuse)
+    return doc
+
+
+def execution(*outputs: dict[str, Any] | None, key: Any = "k1", state: State = State.SUCCESS,
+              attempts: int = 1, error: str | None = None) -> Execution:
+    e = Execution(id="e" * 32, namespace="tests", flow_id="doc",
+                  trigger=TriggerInfo(type="kafka.RealtimeTrigger", topic="in", partition=2,
+                                      offset=41, key=key, timestamp=1764086400000))
+    for i, out in enumerate(outputs):
+        run = TaskRun(f"t{i}", "core.Set", None, state)
+        for _ in range(attempts):
+            run.attempts.append(Attempt(state, now(), now(), error))
+        run.outputs = out
+        e.add_task_run(run)
+    e.finish(state)
+    return e
+
+
+def old_encoding(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ------------------------------------------------------------------------------- fast path
+def test_an_ordinary_document_is_encoded_as_before_and_not_marked() -> None:
+    e = execution({"a": "order-1", "amount": 12.5, "nested": {"x": [1, 2, "é"]}})
+    data = e.to_json()
+    assert data == old_encoding(e.document())
+    doc = strict(data)
+    assert "truncated" not in doc
+    assert doc["taskRuns"][0]["outputs"]["nested"] == {"x": [1, 2, "é"]}
+
+
+def test_a_document_between_the_value_cap_and_the_document_cap_with_small_values_is_whole(
+) -> None:
+    # 40 values of 4 KB: the document is over the value cap, no value is: nothing is cut
+    e = execution({f"v{i}": "x" * 4000 for i in range(40)})
+    data = e.to_json()
+    assert VALUE_MAX_BYTES < len(data) <= DOC_MAX_BYTES
+    assert data == old_encoding(e.document())
+    assert "truncated" not in strict(data)
+
+
+# ------------------------------------------------------------------------------------ NaN
+def test_nan_and_infinities_become_strings_everywhere() -> None:
+    nan, inf = float("nan"), float("inf")
+    e = execution({"n": nan, "p": inf, "m": -inf, "list": [1.5, nan, {"deep": -inf}],
+                   "ok": 2.0}, key=nan)
+    doc = strict(e.to_json())
+    out = doc["taskRuns"][0]["outputs"]
+    assert out == {"n": "NaN", "p": "Infinity", "m": "-Infinity",
+                   "list": [1.5, "NaN", {"deep": "-Infinity"}], "ok": 2.0}
+    assert doc["trigger"]["key"] == "NaN"
+    # the execution keeps its values (only the document is rewritten)
+    assert e.task_runs[0].outputs is not None
+    assert math.isnan(e.task_runs[0].outputs["n"])
+
+
+def test_finite_rewrites_keys_and_tuples_and_leaves_the_input_alone() -> None:
+    data = {"a": (float("nan"), 1), float("inf"): True, "b": None}
+    before = copy.deepcopy(data)
+    assert finite(data) == {"a": ["NaN", 1], "Infinity": True, "b": None}
+    assert repr(data) == repr(before)
+
+
+def test_nan_in_a_document_that_is_also_too_large() -> None:
+    e = execution({"n": float("nan"), "big": [float("nan")] * 200_000})
+    data = e.to_json()
+    doc = strict(data)
+    out = doc["taskRuns"][0]["outputs"]
+    assert out["n"] == "NaN"
+    assert out["big"]["$truncated"] is True
+    assert out["big"]["preview"].startswith('["NaN","NaN"')
+
+
+# ---------------------------------------------------------------------------- value caps
+@pytest.mark.parametrize("size", [1_500_000, 900_000, VALUE_MAX_BYTES + 1])
+def test_an_output_value_over_the_value_cap_becomes_a_marker(size: int) -> None:
+    body = "b" * size
+    e = execution({"code": 200, "body": body, "headers": {"content-type": "text/plain"}})
+    data = e.to_json()
+    assert len(data) <= DOC_MAX_BYTES
+    doc = strict(data)
+    assert doc["truncated"] is True
+    assert doc["state"] == "SUCCESS" and doc["terminal"] is True
+    out = doc["taskRuns"][0]["outputs"]
+    assert out["code"] == 200 and out["headers"] == {"content-type": "text/plain"}
+    assert out["body"] == {"$truncated": True, "bytes": size + 2,  # its JSON: two quotes
+                           "preview": "b" * PREVIEW_CHARS}
+    # the execution itself still has the whole value
+    assert e.task_runs[0].outputs is not None and e.task_runs[0].outputs["body"] is body
+
+
+def test_a_value_at_the_cap_is_kept() -> None:
+    value = "v" * (VALUE_MAX_BYTES - 2)  # its JSON has exactly VALUE_MAX_BYTES bytes
+    doc = strict(execution({"v": value, "w": "small"}).to_json())
+    assert doc["taskRuns"][0]["outputs"]["v"] == value
+    assert "truncated" not in doc
+
+
+def test_the_preview_of_a_structure_is_its_json_text_and_utf8_is_measured_in_bytes() -> None:
+    rows = [{"name": "é" * 10, "i": i} for i in range(5000)]
+    doc = strict(execution({"rows": rows}).to_json())
+    marker = doc["taskRuns"][0]["outputs"]["rows"]
+    assert marker["bytes"] == len(json.dumps(rows, separators=(",", ":"),
+                                             ensure_ascii=False).encode())
+    assert marker["preview"] == json.dumps(rows, separators=(",", ":"),
+                                           ensure_ascii=False)[:PREVIEW_CHARS]
+
+
+def test_the_trigger_key_error_text_and_upstream_id_are_capped() -> None:
+    e = execution({"a": 1}, key={"$base64": "A" * 200_000}, state=State.FAILED,
+                  error="boom " * 50_000)
+    e.error = {"taskId": "t0", "message": "failed: " + "y" * 300_000}
+    e.upstream_id = "u" * 100_000
+    data = e.to_json()
+    doc = strict(data)
+    assert doc["truncated"] is True
+    assert doc["trigger"]["key"]["$truncated"] is True
+    assert doc["trigger"]["key"]["bytes"] == 200_000 + len('{"$base64":""}')
+    message = doc["error"]["message"]
+    assert isinstance(message, str) and message.startswith("failed: yyy")
+    assert message.endswith(f"... [truncated: {300_008} bytes]")
+    assert doc["error"]["taskId"] == "t0"
+    assert doc["taskRuns"][0]["attempts"][0]["error"].endswith("bytes]")
+    assert doc["upstreamExecutionId"].startswith("uuu") and len(doc["upstreamExecutionId"]) < 2000
+    assert len(e.error["message"]) == 300_008  # the execution keeps its error
+
+
+def test_a_long_skipped_list_keeps_its_head_and_last_entry() -> None:
+    skipped = [{"topic": "in", "partition": 0, "offset": i, "error": "malformed JSON " * 10}
+               for i in range(5000)]
+    e = Execution(id="b" * 32, namespace="tests", flow_id="batch",
+                  trigger=TriggerInfo(type="kafka.Trigger", offsets={"in/0": [0, 9999]},
+                                      messages_count=5000, skipped_count=5000,
+                                      skipped=skipped))
+    e.finish(State.SUCCESS)
+    data = e.to_json()
+    doc = strict(data)
+    got = doc["trigger"]["skipped"]
+    assert doc["truncated"] is True and doc["trigger"]["skippedCount"] == 5000
+    assert got[0] == skipped[0] and got[-1] == skipped[-1]
+    marker = got[-2]
+    assert marker["$truncated"] is True
+    assert len(got) - 2 + 1 + marker["count"] == 5000  # head, marker, last
+    assert len(json.dumps([*got[:-2], got[-1]], separators=(",", ":"))) <= VALUE_MAX_BYTES
+    assert doc["trigger"]["offsets"] == {"in/0": [0, 9999]}
+    assert len(e.trigger.skipped or []) == 5000
+
+
+# ----------------------------------------------------------------------- the document cap
+def test_many_medium_outputs_over_the_document_cap_fit() -> None:
+    # 30 values of 40 KB: none is over the value cap, together they are over the document cap
+    e = execution(*({"part": "p" * 40_000, "n": i} for i in range(30)))
+    assert len(old_encoding(e.document())) > DOC_MAX_BYTES
+    data = e.to_json()
+    assert len(data) <= DOC_MAX_BYTES
+    doc = strict(data)
+    assert doc["truncated"] is True
+    assert [r["taskId"] for r in doc["taskRuns"]] == [f"t{i}" for i in range(30)]
+    assert all(r["outputs"]["n"] == i for i, r in enumerate(doc["taskRuns"]))
+    assert all(r["outputs"]["part"]["$truncated"] for r in doc["taskRuns"])
+
+
+def test_thousands_of_attempts_keep_the_first_ones_and_the_last() -> None:
+    e = execution({"a": 1}, state=State.FAILED, attempts=20_000,
+                  error="HTTP 503 from http://api/x: " + "busy " * 20)
+    e.task_runs[0].attempts[-1].error = "the last one"
+    data = e.to_json()
+    doc = strict(data)
+    assert len(data) <= DOC_MAX_BYTES and doc["truncated"] is True
+    attempts = doc["taskRuns"][0]["attempts"]
+    assert attempts[-1]["error"] == "the last one"
+    assert attempts[-2]["$truncated"] is True
+    assert len(attempts) - 1 + attempts[-2]["count"] == 20_000  # head + last kept
+
+
+@pytest.mark.parametrize("max_bytes", [16_384, 50_000, 200_000, 900_000])
+def test_any_document_fits_any_cap(max_bytes: int) -> None:
+    e = execution(*({"big": "z" * 70_000, "mid": "m" * 20_000, "list": list(range(3000))}
+                    for _ in range(40)),
+                  key="k" * 500_000, attempts=50, error="e" * 5000)
+    e.error = {"taskId": "t3", "message": "x" * 10_000}
+    e.task_runs += [TaskRun(f"extra{i}", "core.Log", None, State.SUCCESS)
+                    for i in range(3000)]
+    for value_max in (1_024, 65_536, 10**9):
+        data = encode_document(e.document(), max_bytes=max_bytes, value_max=value_max)
+        assert len(data) <= max_bytes, (max_bytes, value_max)
+        doc = strict(data)
+        assert doc["truncated"] is True
+        assert (doc["id"], doc["state"], doc["terminal"], doc["runId"]) == (
+            e.id, "SUCCESS", True, e.run_id)
+        assert (doc["trigger"]["topic"], doc["trigger"]["partition"],
+                doc["trigger"]["offset"]) == ("in", 2, 41)
+        assert doc["error"]["taskId"] == "t3"
+
+
+def test_the_minimal_document_is_the_last_resort() -> None:
+    # labels and batch offsets are not trimmed before the last resort
+    e = execution({"a": 1})
+    e.labels = {f"label{i}": "l" * 100 for i in range(300)}
+    e.trigger.offsets = {f"topic{i}/0": [0, i] for i in range(300)}
+    data = encode_document(e.document(), max_bytes=16_384, value_max=1_024)
+    assert len(data) <= 16_384
+    doc = strict(data)
+    assert doc["truncated"] is True and doc["labels"]["$truncated"] is True
+    assert doc["trigger"]["offsets"] == e.trigger.offsets  # kept up to half the cap
+    assert doc["taskRuns"] == [{"$truncated": True, "count": 1,
+                                "bytes": len(json.dumps(e.document()["taskRuns"],
+                                                        separators=(",", ":")))}]
+    assert (doc["id"], doc["state"], doc["trigger"]["offset"]) == (e.id, "SUCCESS", 41)
+
+
+def test_a_long_task_run_list_keeps_its_head_and_last_run() -> None:
+    e = execution(*({"a": i} for i in range(2000)))
+    data = encode_document(e.document(), max_bytes=16_384, value_max=1_024)
+    doc = strict(data)
+    assert len(data) <= 16_384
+    assert doc["truncated"] is True
+    runs = doc["taskRuns"]
+    assert runs[0]["taskId"] == "t0" and runs[-1]["taskId"] == "t1999"
+    assert runs[-2]["$truncated"] is True
+
+
+def test_trimming_never_changes_the_document_it_was_given() -> None:
+    e = execution({"big": "q" * 2_000_000, "n": float("nan")}, key="k" * 100_000,
+                  attempts=3, error="r" * 100_000)
+    e.error = {"taskId": "t0", "message": "m" * 100_000}
+    doc = e.document()
+    before = repr(doc)
+    encode_document(doc, max_bytes=16_384, value_max=1_024)
+    assert repr(doc) == before
+    assert e.error["message"] == "m" * 100_000
+
+
+def test_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAXFLOW_DOC_MAX_BYTES", "500_000")
+    assert _env_bytes("WAXFLOW_DOC_MAX_BYTES", 900_000, 16_384) == 500_000
+    monkeypatch.setenv("WAXFLOW_DOC_MAX_BYTES", "12")
+    assert _env_bytes("WAXFLOW_DOC_MAX_BYTES", 900_000, 16_384) == 16_384
+    monkeypatch.setenv("WAXFLOW_DOC_MAX_BYTES", "lots")
+    assert _env_bytes("WAXFLOW_DOC_MAX_BYTES", 900_000, 16_384) == 900_000
+    monkeypatch.delenv("WAXFLOW_DOC_MAX_BYTES")
+    assert _env_bytes("WAXFLOW_DOC_MAX_BYTES", 900_000, 16_384) == 900_000
+    assert DOC_MAX_BYTES < 1_000_000  # below the producer's message.max.bytes
+
+
+# -------------------------------------------------------------------- failed deliveries
+def offline_producer() -> Producer:
+    """A producer that refuses records over 1,000 bytes at ``produce()`` (no broker)."""
+    return Producer({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": 1000,
+                     "log_level": 0})
+
+
+def test_a_refused_dlq_record_names_its_topic_record_and_execution() -> None:
+    producer = offline_producer()
+    deliveries = Deliveries(producer)
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("waxflow.source.topic", b"orders"), ("waxflow.source.partition", b"1"),
+        ("waxflow.source.offset", b"77"), ("waxflow.execution.id", b"c" * 32)]
+    with pytest.raises(DeliveryError) as info:
+        deliveries.produce("orders.dlq", b"k", b"v" * 5000, headers)
+    text = str(info.value)
+    assert "orders.dlq" in text and "orders/1@77" in text and "c" * 32 in text
+    assert "5000 bytes" in text and "too large" in text.lower()
+    assert deliveries.sent == 0
+    deliveries.wait(1)  # nothing pending
+
+
+def test_a_refused_execution_document_names_the_execution_and_its_record() -> None:
+    batch = LogBatch(SimpleNamespace(producer=offline_producer(), topic="log"))  # type: ignore[arg-type]
+    e = execution({"a": "x" * 3000})
+    with pytest.raises(DeliveryError) as info:
+        batch.write(e.id, e.to_json())
+    text = str(info.value)
+    assert f"execution document of {e.id}" in text
+    assert "for record in/2@41" in text and "topic log" in text and "SUCCESS" in text
+
+
+def test_a_failed_delivery_report_names_the_record() -> None:
+    deliveries = Deliveries(offline_producer())
+    deliveries._pending = 1
+    msg = SimpleNamespace(topic=lambda: "orders.dlq", key=lambda: b"key-9",
+                          value=lambda: b"v" * 10, headers=lambda: None)
+    deliveries._on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), msg)  # type: ignore[arg-type]
+    with pytest.raises(DeliveryError) as info:
+        deliveries.wait(1)
+    text = str(info.value)
+    assert "record to topic orders.dlq (10 bytes) with key 'key-9'" in text
