@@ -15,8 +15,13 @@ Guarantee: :func:`encode` returns ``None`` — the caller then decodes record by
 writes binary ION — whenever the bulk result could differ from ``json.loads`` per record: a
 null (tombstone) value, a value that is not one JSON object, an invalid UTF-8 key, NaN or
 Infinity, an integer beyond int64 (pyarrow would silently make it a double), a duplicate
-field, or types that do not fit one table. Strings that look like dates stay strings (as
-with ``json.loads``): pyarrow's timestamp inference is undone by a typed re-parse.
+field, types that do not fit one table, or a value nested deeper than
+``waxflow.connectors.serdes.MAX_DEPTH`` (the record-by-record decode rejects exactly those
+as serde errors). Depth is checked twice: values longer than :data:`PRECHECK_BYTES` are
+measured before the parse (``pyarrow.json`` recurses on the C stack and crashes the process on
+very deep input), and the parse's inferred schema, as deep as the deepest value, covers the
+rest at no cost per record. Strings that look like dates stay strings (as with
+``json.loads``): pyarrow's timestamp inference is undone by a typed re-parse.
 :func:`read_table` turns such a file back into the same rows table without Python decoding.
 """
 
@@ -32,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from waxflow.connectors.serdes import MAX_DEPTH, json_too_deep
 from waxflow.records import RecordFields, headers_text
 
 META_COLUMNS = ("_topic", "_partition", "_offset", "_timestamp", "_key")
@@ -39,6 +45,10 @@ _FIELDS = ("topic", "partition", "offset", "timestamp", "key")
 _PLAIN_KEY = re.compile(rb'[ !#-\[\]-~]*')  # printable ASCII but " and \: no JSON escaping
 _INT64_LIMIT = 2.0 ** 63
 _READ = pj.ReadOptions(block_size=16 << 20)
+PRECHECK_BYTES = 1000
+"""Values longer than this are depth-checked before the parse: a shorter one cannot nest
+more than 1,000 levels, which ``pyarrow.json`` parses without trouble on a 2 MiB thread
+stack (measured: 5,000 levels on 2 MiB; it crashed at ~1,000 on 256 KiB, ~20,000 on 8 MiB)."""
 
 
 @dataclass
@@ -88,10 +98,30 @@ def _exact(table: pa.Table) -> bool:
     return True
 
 
-def parse(data: bytes) -> pa.Table | None:
-    """JSON objects, one per line, as a table (None when pyarrow cannot do it exactly)."""
+def _depth(ty: pa.DataType) -> int:
+    """How deep structs and lists nest in ``ty`` (a scalar 0, ``struct<>`` 1; iterative:
+    it may be deeper than Python's recursion limit)."""
+    deepest = 0
+    todo = [(ty, 1)]
+    while todo:
+        cur, level = todo.pop()
+        if pa.types.is_struct(cur):
+            todo += [(f.type, level + 1) for f in cur]
+        elif pa.types.is_list(cur) or pa.types.is_large_list(cur):
+            todo.append((cur.value_type, level + 1))
+        else:
+            continue
+        deepest = max(deepest, level)
+    return deepest
+
+
+def parse(data: bytes, max_depth: int = MAX_DEPTH) -> pa.Table | None:
+    """JSON objects, one per line, as a table (None when pyarrow cannot do it exactly, or a
+    line nests objects/arrays deeper than ``max_depth``, the line's object being level 1)."""
     try:
         table = pj.read_json(io.BytesIO(data), read_options=_READ)
+        if _depth(pa.struct(list(table.schema))) > max_depth:
+            return None  # the record-by-record decode reports it
         schema = pa.schema([f.with_type(_string_times(f.type)) for f in table.schema])
         if not schema.equals(table.schema):
             table = pj.read_json(io.BytesIO(data), read_options=_READ,
@@ -158,6 +188,9 @@ def encode(records: Sequence[RecordFields]) -> JsonBatch | None:
         return None
     if [v for v in values if v[0] != 0x7B or v[-1] != 0x7D]:  # type: ignore[index]
         return None  # not provably one object: see above
+    if max(map(len, values)) > PRECHECK_BYTES and any(  # type: ignore[arg-type]
+            json_too_deep(v) for v in values if len(v) > PRECHECK_BYTES):  # type: ignore[arg-type]
+        return None  # too deep for a serde (and maybe for pyarrow): see the module doc
     table = parse(b"\n".join(values) + b"\n")  # type: ignore[arg-type]  # no None left
     if table is None or table.num_rows != len(records):
         return None  # e.g. two objects in one value
@@ -205,7 +238,7 @@ def encode(records: Sequence[RecordFields]) -> JsonBatch | None:
 
 def read_table(data: bytes, metadata: bool = True) -> pa.Table | None:
     """Rows table of a file written by :func:`encode` (None: decode it record by record)."""
-    table = parse(data)
+    table = parse(data, MAX_DEPTH + 1)  # each value is a field of its line's object
     if table is None or table.num_rows == 0 or "value" not in table.column_names:
         return None
     value = table.column("value").combine_chunks()

@@ -2,15 +2,28 @@
 
 Numbers are big-endian like ``IntegerSerializer``/``LongSerializer``/...; STRING and UUID are
 UTF-8 text; JSON is UTF-8 JSON. A null payload (tombstone) deserializes to ``None`` for every
-type. A payload that does not fit its type raises :class:`SerdeError` with the reason.
+type. A payload that does not fit its type raises :class:`SerdeError` with the reason, and so
+does every other failure of a deserializer (a decoder's own exception, ``RecursionError``,
+``MemoryError``): a bad record is a serde error of that record, never a crash of the job.
+
+JSON and ION values nested deeper than :data:`MAX_DEPTH` levels of arrays/objects are serde
+errors too. Later steps walk values recursively on Python's stack (recursion limit 1,000),
+so a value that decodes can still break them: measured on Python 3.11, an execution whose
+outputs hold a value ~500 levels deep fails to build its document (the job stopped), a batch
+file holding one ~330 levels deep fails to read back, and ``pyarrow.json`` (the bulk path of
+``waxflow.connectors.jsonbatch``) kills the process with SIGSEGV at ~20,000 levels on the main
+thread and at under 1,000 on a 256 KiB thread stack. 200 levels leaves room for all of them.
 """
 
 from __future__ import annotations
 
 import json
+import operator
+import re
 import struct
 import uuid
 from collections.abc import Callable, Mapping
+from itertools import accumulate, repeat
 from typing import Any, TypeVar
 
 Deserializer = Callable[[bytes | None], Any]
@@ -18,8 +31,77 @@ Serializer = Callable[[Any], bytes | None]
 _Serde = TypeVar("_Serde")
 
 
+MAX_DEPTH = 200
+"""Deepest nesting of arrays/objects a JSON or ION value may have (module doc: why)."""
+
+
 class SerdeError(ValueError):
     """A payload could not be (de)serialized; the message says what was expected."""
+
+
+def failure(exc: BaseException, name: str | None = None) -> SerdeError:
+    """A deserializer's unexpected exception as a one-line :class:`SerdeError` naming it
+    (``name``: the serde, e.g. JSON)."""
+    if isinstance(exc, SerdeError):
+        return exc
+    prefix = f"{name} " if name else ""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    if isinstance(exc, RecursionError):
+        return SerdeError(f"{prefix}value nested too deep to decode ({text})")
+    kind = type(exc).__name__
+    return SerdeError(f"{prefix}deserializer failed: {kind}: {text}" if text
+                      else f"{prefix}deserializer failed: {kind}")
+
+
+def guarded(name: str, de: Deserializer) -> Deserializer:
+    """``de`` raising nothing but :class:`SerdeError` (see :func:`failure`)."""
+
+    def safe(data: bytes | None) -> Any:
+        try:
+            return de(data)
+        except SerdeError:
+            raise
+        except Exception as exc:  # any decoder failure is this record's serde error
+            raise failure(exc, name) from None
+
+    safe.__name__ = safe.__qualname__ = f"guarded_{getattr(de, '__name__', name)}"
+    return safe
+
+
+# a JSON string, escapes included; an unterminated one runs to the end (linear: no backtracking)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.?)*(?:"|\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # opening 2, closing 0
+
+
+def json_depth(data: bytes) -> int:
+    """How deep arrays and objects nest in the JSON text ``data`` (brackets inside strings
+    do not count; ``{}`` is 1, ``[[1]]`` 2). Exact for valid JSON; for malformed text, the
+    deepest nesting its brackets open."""
+    steps = _JSON_STRING.sub(b"", data).translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    return max(0, max(accumulate(map(operator.sub, steps, repeat(1))), default=0))
+
+
+def json_too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text ``data`` nests deeper than ``limit`` levels. Cheap for the
+    common case: text with at most ``limit`` opening brackets cannot."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    return json_depth(data) > limit
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether a decoded value nests lists/dicts deeper than ``limit`` (iterative walk)."""
+    if not isinstance(value, dict | list):
+        return False
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        todo += [(c, depth + 1) for c in children if isinstance(c, dict | list)]
+    return False
 
 
 def _struct(fmt: str, name: str) -> Deserializer:
@@ -46,13 +128,17 @@ def _string(data: bytes | None) -> str | None:
 
 def _json(data: bytes | None) -> Any:
     text = _string(data)
-    if text is None:
+    if text is None or data is None:
         return None
+    if json_too_deep(data):
+        raise SerdeError(f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise SerdeError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
                          ) from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits (sys.int_info)
+        raise SerdeError(f"JSON cannot be decoded: {exc}") from None
 
 
 def _uuid(data: bytes | None) -> str | None:
@@ -81,12 +167,18 @@ def _ion(data: bytes | None) -> Any:
     from waxflow.connectors.ion import ion_loads
 
     try:
-        return ion_loads(data)
+        value = ion_loads(data)
+    except RecursionError:
+        raise SerdeError(f"ION nested deeper than {MAX_DEPTH} levels") from None
     except Exception as exc:
         raise SerdeError(f"malformed ION: {exc}") from None
+    # each container takes at least one byte, so only a longer payload can be too deep
+    if len(data) > MAX_DEPTH and _too_deep(value, MAX_DEPTH):
+        raise SerdeError(f"ION nested deeper than {MAX_DEPTH} levels")
+    return value
 
 
-DESERIALIZERS: dict[str, Deserializer] = {
+_DESERIALIZERS: dict[str, Deserializer] = {
     "ION": _ion,
     "STRING": _string,
     "JSON": _json,
@@ -100,6 +192,9 @@ DESERIALIZERS: dict[str, Deserializer] = {
     "FLOAT": _struct(">f", "FLOAT"),
     "DOUBLE": _struct(">d", "DOUBLE"),
 }
+DESERIALIZERS: dict[str, Deserializer] = {name: guarded(name, de)
+                                          for name, de in _DESERIALIZERS.items()}
+"""Every deserializer by name; each raises only :class:`SerdeError` (:func:`guarded`)."""
 
 
 def _by_name(table: Mapping[str, _Serde], name: str) -> _Serde:

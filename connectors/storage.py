@@ -8,7 +8,10 @@ caller), so a replayed batch overwrites its file instead of adding a second one.
 atomic on the local store (write to a temp file, then rename): a reader never sees half a
 file. Location: ``$WAXFLOW_STORAGE`` — a directory path or ``file://`` URI (default
 ``.waxflow/storage``), or ``s3://bucket/prefix`` (boto3; ``$WAXFLOW_S3_ENDPOINT`` for a local
-S3 such as moto).
+S3 such as moto). Every failure to write or read a batch file, creating its directory included,
+raises :class:`StorageError` naming the file, the OS error and where the storage location came
+from (e.g. ``cannot write internal storage file /x/y.ion: [Errno 13] Permission denied (internal
+storage $WAXFLOW_STORAGE=/x)``): a job that cannot store its batches stops with that one line.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ class StorageError(WaxflowError, RuntimeError):
     """A batch file could not be written or read; the message names the URI."""
 
 
+def _reason(exc: OSError) -> str:
+    """``[Errno 20] Not a directory: '/x'`` (the OS error, with the path it is about)."""
+    if exc.errno is None:
+        return str(exc) or type(exc).__name__
+    text = f"[Errno {exc.errno}] {exc.strerror}"
+    return f"{text}: {str(exc.filename)!r}" if exc.filename else text
+
+
 def _s3_client() -> Any:
     import boto3
 
@@ -47,8 +58,19 @@ class Storage:
     """Where batch files live; ``put_records`` returns the file's URI."""
 
     def __init__(self, base: str | None = None) -> None:
-        base = base or os.environ.get("WAXFLOW_STORAGE") or ".waxflow/storage"
-        self.base = base.rstrip("/")
+        env = os.environ.get("WAXFLOW_STORAGE")
+        if base:
+            self.origin = base
+        elif env:
+            base, self.origin = env, f"$WAXFLOW_STORAGE={env}"
+        else:
+            base = ".waxflow/storage"
+            self.origin = f"{base}, the default; set $WAXFLOW_STORAGE to move it"
+        self.base = base.rstrip("/") or "/"
+
+    def _fail(self, what: str, target: object, exc: OSError) -> StorageError:
+        return StorageError(f"cannot {what} {target}: {_reason(exc)} "
+                            f"(internal storage {self.origin})")
 
     def _is_s3(self) -> bool:
         return self.base.startswith("s3://")
@@ -79,24 +101,40 @@ class Storage:
         """Write a file atomically (temp file, fsync, rename; S3: upload); return its URI."""
         uri = self.uri_for(name)
         if self._is_s3():
-            with tempfile.NamedTemporaryFile(suffix=".ion") as tmp:
-                write(tmp)
-                tmp.flush()
-                self.put_file(uri, Path(tmp.name))
+            try:
+                with tempfile.NamedTemporaryFile(suffix=".ion") as tmp:
+                    write(tmp)
+                    tmp.flush()
+                    self.put_file(uri, Path(tmp.name))
+            except OSError as exc:
+                raise self._fail("stage internal storage file", f"{uri} in the temp dir",
+                                 exc) from None
             return uri
         path = Path(urlparse(uri).path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".ion")
+        self._mkdir(path)
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".ion")
+        except OSError as exc:
+            raise self._fail("write internal storage file", path, exc) from None
         try:
             with os.fdopen(fd, "wb") as fp:
                 write(fp)
                 fp.flush()
                 os.fsync(fp.fileno())
             os.replace(tmp_name, path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp_name).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._fail("write internal storage file", path, exc) from None
             raise
         return uri
+
+    def _mkdir(self, path: Path) -> None:
+        """Create the directory of the file ``path`` (StorageError naming both)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._fail("write internal storage file", path, exc) from None
 
     def put_file(self, uri: str, source: Path) -> None:
         parsed = urlparse(uri)
@@ -107,8 +145,11 @@ class Storage:
                 raise StorageError(f"cannot write {uri}: {exc}") from None
             return
         dest = Path(parsed.path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, dest)
+        self._mkdir(dest)
+        try:
+            os.replace(source, dest)
+        except OSError as exc:
+            raise self._fail("write internal storage file", dest, exc) from None
 
 
 def local_path(uri: str, workdir: Path | None = None) -> Path:
@@ -116,12 +157,18 @@ def local_path(uri: str, workdir: Path | None = None) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri)
-        if not path.exists():
+        try:
+            found = path.exists()
+        except OSError as exc:
+            raise StorageError(f"cannot read internal storage file {path}: {_reason(exc)}"
+                               ) from None
+        if not found:
             raise StorageError(f"{uri} does not exist in internal storage")
         return path
     if parsed.scheme == "s3":
-        target = (workdir or Path(tempfile.mkdtemp(prefix="waxflow-"))) / Path(parsed.path).name
         try:
+            target = (workdir or Path(tempfile.mkdtemp(prefix="waxflow-"))) / Path(
+                parsed.path).name
             _s3_client().download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
         except Exception as exc:
             raise StorageError(f"cannot read {uri}: {exc}") from None
@@ -202,4 +249,11 @@ def read_records(uri: str) -> Iterator[dict[str, Any]]:
     """The records of a batch file, in stored order (callers must not mutate them)."""
     path = local_path(uri)
     records = recalled(path)[0]
-    yield from records if records is not None else parse_records(path.read_bytes())
+    if records is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read internal storage file {path}: {_reason(exc)}"
+                               ) from None
+        records = parse_records(data)
+    yield from records

@@ -4,8 +4,10 @@ A record whose key or value does not deserialize is never dropped silently: with
 DLQ it goes on as a :class:`Decoded` with ``error`` set (the execute step records a SKIPPED
 execution and, for DLQ, sends it to the DLQ topic); with FAIL the step raises
 :class:`SerdeStop` naming topic/partition/offset, which stops the job before that epoch (and
-so that record) is committed. Records not matching ``headerFilters`` are marked
-``filtered``: no execution, but their offsets advance.
+so that record) is committed. Any exception a deserializer raises counts (``RecursionError``,
+``MemoryError``, an AVRO or ION decoder's own errors...): it is that record's serde error,
+never a crash of the step. Records not matching ``headerFilters`` are marked ``filtered``: no
+execution, but their offsets advance.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from waxflow.connectors.serdes import Deserializer, SerdeError
+from waxflow.connectors.serdes import Deserializer, failure
 from waxflow.errors import SerdeStop
 from waxflow.records import Decoded, RawRecord, headers_text
 
@@ -35,9 +37,9 @@ def decode(raw: RawRecord, key_de: Deserializer, value_de: Deserializer, *, fail
         key = key_de(raw.key)
         part = "value"
         value = value_de(raw.value)
-    except SerdeError as exc:
+    except Exception as exc:  # SerdeError, or anything a decoder raised (module doc)
         where = f"{raw.topic}/{raw.partition}@{raw.offset}"
-        message = f"cannot deserialize the {part} of record {where}: {exc}"
+        message = f"cannot deserialize the {part} of record {where}: {failure(exc)}"
         if fail:
             raise SerdeStop(f"{message} (onSerdeError FAIL: stopped without committing it)"
                             ) from None

@@ -1,7 +1,10 @@
 """The ``waxflow`` command line.
 
 Exit codes: 0 success, 1 flow or runtime error (one message on stderr, no
-traceback), 2 usage error (argparse's own).
+traceback), 2 usage error (argparse's own). Every numeric option is checked here, by its
+``type`` function, so a value out of range (``-w 0``, ``--stop-when-idle -1``) is a usage
+error naming the option and what it expects, never a job that does nothing or a runtime
+error from deeper down.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +29,52 @@ from waxflow.connectors.broker import (
 from waxflow.errors import FlowError
 
 Command = Callable[[argparse.Namespace], int]
+
+# `broker start` sets the share-group record lock and its minimum to --share-lock-ms, and
+# Kafka 4.2 accepts 1000-30000 for the minimum (group.share.min.record.lock.duration.ms)
+SHARE_LOCK_MS = (1000, 30000)
+
+
+def whole(low: int, high: int | None = None, *, what: str = "a whole number"
+          ) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]``, else a usage error saying so."""
+    expected = f"{what} >= {low}" if high is None else f"{what} from {low} to {high}"
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return check
+
+
+def seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+PORT = whole(1, 65535, what="a TCP port")
+POSITIVE = whole(1)
+
+
+def share_lock_ms(text: str) -> int:
+    """``--share-lock-ms`` (its default comes from ``$WAXFLOW_SHARE_LOCK_MS``, then 30000)."""
+    try:
+        return whole(*SHARE_LOCK_MS, what="milliseconds")(text)
+    except argparse.ArgumentTypeError as exc:
+        if text == os.environ.get("WAXFLOW_SHARE_LOCK_MS"):
+            raise argparse.ArgumentTypeError(f"{exc} (from $WAXFLOW_SHARE_LOCK_MS)") from None
+        raise
 
 
 def _flow_err(exc: FlowError) -> int:
@@ -87,11 +137,14 @@ def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         sp.add_argument("--data-dir", default=None,
                         help="storage, pid and log (default $WAXFLOW_BROKER_DIR or "
                              "~/.local/state/waxflow/broker)")
-        sp.add_argument("--port", type=int, default=DEFAULT_PORT)
-        sp.add_argument("--controller-port", type=int, default=DEFAULT_CONTROLLER_PORT)
-        sp.add_argument("--share-lock-ms", type=int,
-                        default=int(os.environ.get("WAXFLOW_SHARE_LOCK_MS", "30000")),
-                        help="share-group record lock duration (tests use 1000)")
+        sp.add_argument("--port", type=PORT, default=DEFAULT_PORT)
+        sp.add_argument("--controller-port", type=PORT, default=DEFAULT_CONTROLLER_PORT)
+        # a string default goes through `type` too: a bad $WAXFLOW_SHARE_LOCK_MS is a usage
+        # error naming the option and the variable
+        sp.add_argument("--share-lock-ms", type=share_lock_ms,
+                        default=os.environ.get("WAXFLOW_SHARE_LOCK_MS") or "30000",
+                        help="share-group record lock duration, 1000-30000 (default "
+                             "$WAXFLOW_SHARE_LOCK_MS or 30000; tests use 1000)")
         if name == "stop":
             sp.add_argument("--wipe", action="store_true", help="also delete the data dir")
         sp.set_defaults(func=func)
@@ -190,15 +243,19 @@ def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     s.set_defaults(func=_schema)
     r = sub.add_parser("run", help="run a flow on Kafka")
     r.add_argument("flow")
-    r.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process")
-    r.add_argument("--processes", type=int, default=1, help="processes in the cluster")
+    r.add_argument("-w", "--workers", type=POSITIVE, default=1,
+                   help="worker threads per process (>= 1)")
+    r.add_argument("--processes", type=POSITIVE, default=1,
+                   help="processes in the cluster (>= 1)")
     r.add_argument("--recovery-dir", default=None, help="Bytewax recovery directory")
-    r.add_argument("--stop-when-idle", type=float, default=None, metavar="SECONDS",
-                   help="stop once no record arrived for SECONDS and all work is committed")
-    r.add_argument("--epoch-ms", type=int, default=200, help="epoch length (commit cadence)")
-    r.add_argument("--ticks", type=int, default=None, metavar="N",
-                   help="schedule flows: stop after N ticks")
-    r.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
+    r.add_argument("--stop-when-idle", type=seconds, default=None, metavar="SECONDS",
+                   help="stop once no record arrived for SECONDS (> 0) and all work is "
+                        "committed")
+    r.add_argument("--epoch-ms", type=POSITIVE, default=200,
+                   help="epoch length in milliseconds, >= 1 (commit cadence)")
+    r.add_argument("--ticks", type=POSITIVE, default=None, metavar="N",
+                   help="schedule flows: stop after N (>= 1) ticks")
+    r.add_argument("--process-id", type=whole(0), default=None, help=argparse.SUPPRESS)
     r.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)
     t = sub.add_parser("test", help="run a flow on records from a JSONL file (no broker)")
@@ -221,6 +278,34 @@ def add_replay(executions: argparse.ArgumentParser) -> None:
     rp.set_defaults(func=_replay)
 
 
+# numeric options registered by other modules with a bare int/float type, by dest: the
+# range each accepts (tests/unit/test_cli_args.py fails on a bare int/float left anywhere)
+RANGES_BY_DEST: dict[str, Callable[[str], object]] = {
+    "limit": whole(1),                 # executions list --limit
+    "sync_timeout": seconds,           # executions * --sync-timeout
+    "partition": whole(0, what="a partition number"),   # executions trace PARTITION
+    "offset": whole(0, what="an offset"),               # executions trace OFFSET
+}
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every subcommand parser under it."""
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases: once
+                out += subparsers(child)
+    return out
+
+
+def _check_numbers(parser: argparse.ArgumentParser) -> None:
+    """Give the bare ``int``/``float`` options of other modules their range check."""
+    for p in subparsers(parser):
+        for action in p._actions:
+            if action.type in (int, float) and action.dest in RANGES_BY_DEST:
+                action.type = RANGES_BY_DEST[action.dest]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
     parser = argparse.ArgumentParser(prog="waxflow", description=__doc__.splitlines()[0])
@@ -231,12 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flow_commands(sub)
     add_executions(sub)
     add_replay(sub.choices["executions"])
+    _check_numbers(parser)
     return parser
+
+
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors a single option's ``type`` cannot see."""
+    port, controller = getattr(args, "port", None), getattr(args, "controller_port", None)
+    if port is not None and port == controller:
+        parser.error(f"argument --controller-port: expected a port other than --port "
+                     f"{port}, got {controller}")
+    process_id, addresses = getattr(args, "process_id", None), getattr(args, "addresses", None)
+    if process_id is not None and addresses and process_id >= len(addresses.split(";")):
+        parser.error(f"argument --process-id: expected a number below the "
+                     f"{len(addresses.split(';'))} --addresses, got {process_id}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``waxflow`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_combinations(parser, args)
     func: Command = args.func
     try:
         return func(args)

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.json as pj
 import pytest
 from amazon.ion import simpleion
 
-from waxflow.connectors import jsonbatch, storage
+from waxflow.connectors import jsonbatch, serdes, storage
 from waxflow.connectors.ion import to_python
+from waxflow.connectors.serdes import SerdeError
 from waxflow.connectors.storage import Storage, read_records
 from waxflow.connectors.tabular import rows, to_table
+from waxflow.errors import WaxflowError
 from waxflow.records import RawRecord, RecordFields, headers_text
 
 
@@ -158,3 +161,78 @@ def test_nested_values_are_checked_too(bad: bytes) -> None:
     records = [raw(0, b'{"n":{"x":1.5},"l":[2.5]}'), raw(1, bad), raw(2, b'{"n":null}')]
     assert jsonbatch.encode(records) is None
     assert jsonbatch.encode([records[0], records[2]]) is not None
+
+
+# -- depth: the bulk path rejects exactly what the record-by-record decode rejects ---------
+
+def deep_object(depth: int) -> bytes:
+    """A JSON object nested ``depth`` levels deep (the object itself is level 1)."""
+    return b'{"a":' + b"[" * (depth - 1) + b"1" + b"]" * (depth - 1) + b"}"
+
+
+def test_values_up_to_the_depth_limit_stay_in_bulk(tmp_path: Path) -> None:
+    limit = serdes.MAX_DEPTH
+    records = [raw(0, deep_object(limit)), raw(1, deep_object(limit))]
+    batch = jsonbatch.encode(records)
+    assert batch is not None, "within the limit: the bulk path keeps it"
+    assert [json.loads(line) for line in batch.data.splitlines()] == [
+        decoded(r) for r in records]
+    uri = Storage(str(tmp_path)).put_data("deep.ion", batch.data)
+    path = Path(uri.removeprefix("file://"))
+    assert jsonbatch.read_table(path.read_bytes()) is not None, "its file reads back in bulk"
+
+
+@pytest.mark.parametrize("depth", [serdes.MAX_DEPTH + 1, 600, 5_000, 100_000])
+def test_a_value_too_deep_sends_the_batch_record_by_record(
+        depth: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback decode then rejects exactly that record (a serde error); a long deep value
+    never reaches pyarrow, whose parser crashes the process (SIGSEGV) on very deep input."""
+    parsed: list[int] = []
+    read_json = pj.read_json
+
+    def spy(source: Any, **kwargs: Any) -> pa.Table:
+        parsed.append(len(source.getvalue()))
+        return read_json(source, **kwargs)
+
+    monkeypatch.setattr(pj, "read_json", spy)  # the module jsonbatch calls
+    bad = deep_object(depth)
+    records = [raw(0, b'{"a":[1]}'), raw(1, bad), raw(2, b'{"a":[3]}')]
+    assert jsonbatch.encode(records) is None
+    if len(bad) > jsonbatch.PRECHECK_BYTES:
+        assert parsed == [], "a long deep value must be refused before the parse"
+    with pytest.raises(SerdeError, match=f"nested deeper than {serdes.MAX_DEPTH} levels"):
+        serdes.DESERIALIZERS["JSON"](bad)
+    for good in (records[0], records[2]):
+        assert good[4] is not None
+        serdes.DESERIALIZERS["JSON"](good[4])
+    assert jsonbatch.encode([records[0], records[2]]) is not None
+
+
+def test_brackets_inside_long_strings_are_not_depth() -> None:
+    value = b'{"s":"' + b"[" * 5_000 + b'","n":[[1]]}'
+    batch = jsonbatch.encode([raw(0, value)])
+    assert batch is not None
+    assert batch.table.column("s").to_pylist() == ["[" * 5_000]
+
+
+@pytest.mark.parametrize("how", ["put_records", "put_data"])
+def test_unwritable_storage_is_one_storage_error_naming_the_path(
+        how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storage path under a regular file (root ignores permissions, so this is what fails
+    for every user): mkdir fails, and the error names the file, the OS error and the
+    setting (it was a bare NotADirectoryError)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("WAXFLOW_STORAGE", str(blocker / "storage"))
+    store = Storage()
+    with pytest.raises(storage.StorageError) as caught:
+        if how == "put_records":
+            store.put_records("ns/flow/x.ion", [decoded(RECORDS[0])])
+        else:
+            store.put_data("ns/flow/x.ion", b"{}\n")
+    message = str(caught.value)
+    assert message.startswith(f"cannot write internal storage file {blocker}/storage/ns/flow/"
+                              "x.ion: [Errno 20] Not a directory")
+    assert f"$WAXFLOW_STORAGE={blocker}/storage" in message
+    assert "\n" not in message
+    assert isinstance(caught.value, WaxflowError)

@@ -8,6 +8,7 @@ AVRO runs against ``confluent_kafka``'s in-process mock registry (``mock://``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import waxflow.connectors.avro as avro_mod
+from waxflow.connectors import serdes
 from waxflow.connectors.avro import avro_deserializer, avro_serializer
 from waxflow.connectors.serdes import (
     DESERIALIZERS,
@@ -25,6 +27,9 @@ from waxflow.connectors.serdes import (
     deserializer,
     serializer,
 )
+from waxflow.errors import SerdeStop
+from waxflow.operators.deserialize import decode
+from waxflow.records import RawRecord
 
 NAMES = ["STRING", "INTEGER", "LONG", "SHORT", "FLOAT", "DOUBLE", "BYTES", "UUID", "JSON",
          "ION", "VOID"]
@@ -370,3 +375,111 @@ def test_mock_registry_is_shared_by_url(mock_url: str) -> None:
     other = avro_deserializer({"schema.registry.url": f"{mock_url}-other"})
     with pytest.raises(SerdeError, match="not AVRO of a registered schema"):
         other(data)
+
+
+# -- bad input never crashes the deserializer: depth limit, and any decoder error is a
+#    SerdeError (onSerdeError then applies) ------------------------------------------------
+
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    """JSON (and text ION) arrays nested ``depth`` levels deep around ``inner``."""
+    return b"[" * depth + inner + b"]" * depth
+
+
+@pytest.mark.parametrize(("text", "depth"), [
+    (b"1", 0), (b"{}", 1), (b"[]", 1), (b'{"a":[1,{"b":[]}]}', 4), (nested(7), 7),
+    (b'["[[[[", "{{{"]', 1),                        # brackets inside strings do not count
+    (b'["a\\"[[[[", "\\\\", [[2]]]', 3),             # escaped quote, escaped backslash
+    (b'{"k[": {"\\u005b": ["]]]]"]}}', 3),
+    (b"[1, [2, [3]], [4]]", 3),
+])
+def test_json_depth(text: bytes, depth: int) -> None:
+    assert serdes.json_depth(text) == depth
+    assert serdes.json_too_deep(text, limit=depth) is False
+    if depth > 0:
+        assert serdes.json_too_deep(text, limit=depth - 1) is True
+    json.loads(text)  # the cases are valid JSON
+
+
+def test_json_nested_up_to_the_limit_decodes_and_deeper_is_a_serde_error() -> None:
+    limit = serdes.MAX_DEPTH
+    assert DESERIALIZERS["JSON"](nested(limit)) == json.loads(nested(limit))
+    for depth in (limit + 1, 900, 5_000, 100_000):  # 5,000 deep raised RecursionError before
+        with pytest.raises(SerdeError, match=f"JSON nested deeper than {limit} levels"):
+            DESERIALIZERS["JSON"](nested(depth))
+    with pytest.raises(SerdeError, match="deeper than"):
+        DESERIALIZERS["JSON"](b'{"a":' * 5_000)  # malformed too: still no RecursionError
+
+
+def test_many_brackets_in_strings_are_not_depth() -> None:
+    value = b'{"s": "' + b"[{" * 5_000 + b'", "t": ["' + b"\\\"[" * 1_000 + b'"]}'
+    assert DESERIALIZERS["JSON"](value) == json.loads(value)
+
+
+def test_huge_integer_is_a_serde_error() -> None:
+    """``int()`` refuses more than 4,300 digits with ValueError: that crashed the step."""
+    with pytest.raises(SerdeError, match="JSON cannot be decoded: Exceeds the limit"):
+        DESERIALIZERS["JSON"](b"1" * 5_000)
+
+
+def test_ion_too_deep_is_a_serde_error() -> None:
+    limit = serdes.MAX_DEPTH
+    assert DESERIALIZERS["ION"](nested(limit)) == json.loads(nested(limit))
+    for depth in (limit + 1, 400, 5_000):  # 400: to_python's own recursion gave up
+        with pytest.raises(SerdeError, match=r"ION nested deeper than|ION: Container nesting"):
+            DESERIALIZERS["ION"](nested(depth))
+
+
+@pytest.mark.parametrize("name", sorted(DESERIALIZERS))
+@pytest.mark.parametrize("payload", [b"\x00" * 9, b"\xe0\x01\x00\xea" + b"\xde" * 40,
+                                     nested(5_000), b"\xff" * 3, bytes(range(256)), b"{"])
+def test_deserializers_raise_nothing_but_serde_errors(name: str, payload: bytes) -> None:
+    with contextlib.suppress(SerdeError):
+        DESERIALIZERS[name](payload)
+
+
+@pytest.mark.parametrize(("exc", "message"), [
+    (RecursionError("maximum recursion depth exceeded"),
+     "X value nested too deep to decode (maximum recursion depth exceeded)"),
+    (MemoryError(), "X deserializer failed: MemoryError"),
+    (KeyError("schema 7"), "X deserializer failed: KeyError: 'schema 7'"),
+    (RuntimeError("line one\nline two"), "X deserializer failed: RuntimeError: line one"),
+])
+def test_guarded_turns_any_decoder_error_into_one_line(exc: Exception, message: str) -> None:
+    def broken(data: bytes | None) -> Any:
+        raise exc
+
+    with pytest.raises(SerdeError) as caught:
+        serdes.guarded("X", broken)(b"payload")
+    assert str(caught.value) == message
+
+
+class _Broken:
+    """A decoder failing as third-party ones do (AVRO, a registry client, ...)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __call__(self, data: bytes | None) -> Any:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [RecursionError("maximum recursion depth exceeded"),
+                                 MemoryError(), ValueError("bad"), IndexError("x")])
+def test_decode_makes_any_decoder_error_the_records_serde_error(exc: Exception) -> None:
+    """The deserialize step: SKIPPED/DLQ get an error naming topic/partition@offset, FAIL a
+    SerdeStop; before, anything but SerdeError crashed the step (and the job)."""
+    raw = RawRecord("orders", 2, 41, b"k", b"v", None, ())
+    string = DESERIALIZERS["STRING"]
+    rec = decode(raw, string, _Broken(exc), fail=False, filters={})
+    assert rec.error is not None
+    assert rec.error.startswith("cannot deserialize the value of record orders/2@41: ")
+    assert type(exc).__name__ in rec.error or "nested too deep" in rec.error
+    with pytest.raises(SerdeStop, match=r"key of record orders/2@41: .*onSerdeError FAIL"):
+        decode(raw, _Broken(exc), string, fail=True, filters={})
+
+
+def test_keyboard_interrupt_is_not_a_serde_error() -> None:
+    raw = RawRecord("orders", 0, 1, None, b"v", None, ())
+    with pytest.raises(KeyboardInterrupt):
+        decode(raw, DESERIALIZERS["STRING"], _Broken(KeyboardInterrupt()), fail=False,
+               filters={})
