@@ -22,11 +22,10 @@ from pathlib import Path
 from waxflow.connectors.broker import (
     DEFAULT_CONTROLLER_PORT,
     DEFAULT_PORT,
-    BrokerError,
     LocalBroker,
     default_data_dir,
 )
-from waxflow.errors import FlowError
+from waxflow.errors import FlowError, WaxflowError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -180,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
             base += ["--stop-when-idle", str(args.stop_when_idle)]
         if args.ticks is not None:
             base += ["--ticks", str(args.ticks)]
-        return run_cluster(base, args.processes)
+        return run_cluster(base, args.processes, flow_path=args.flow)
     logging.basicConfig(level=os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -340,8 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
-    except (BrokerError, FlowError) as exc:
-        return _err(str(exc)) if isinstance(exc, BrokerError) else _flow_err(exc)
+    except FlowError as exc:
+        return _flow_err(exc)
+    except WaxflowError as exc:  # BrokerError, InstanceConflict, ...: one line, no traceback
+        return _err(str(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `waxflow executions list | head`
