@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
@@ -167,10 +166,18 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from waxflow.dataflows.preflight import preflight
     from waxflow.dataflows.runner import run_cluster, run_here, user_error
-    from waxflow.dataflows.spec import parse_flow
+    from waxflow.logs import setup_logging
 
-    parse_flow(args.flow)  # refuse to start an invalid flow, before any process is spawned
+    try:
+        setup_logging(os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"), args.log_format)
+    except ValueError as exc:
+        return _err(f"$WAXFLOW_LOG_LEVEL: {exc}")
+    if args.process_id is None:
+        # refuse to start a flow that cannot work (validation, secrets, env, outputs,
+        # core.Python imports), with every problem at once, before any process is spawned
+        preflight(args.flow)
     if args.processes > 1 and args.process_id is None:
         base = ["run", args.flow, "-w", str(args.workers), "--epoch-ms", str(args.epoch_ms)]
         if args.recovery_dir:
@@ -179,9 +186,8 @@ def _run(args: argparse.Namespace) -> int:
             base += ["--stop-when-idle", str(args.stop_when_idle)]
         if args.ticks is not None:
             base += ["--ticks", str(args.ticks)]
+        base += ["--log-format", args.log_format]
         return run_cluster(base, args.processes, flow_path=args.flow)
-    logging.basicConfig(level=os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         run_here(args.flow, workers=args.workers,
                  epoch=timedelta(milliseconds=args.epoch_ms), recovery_dir=args.recovery_dir,
@@ -254,6 +260,10 @@ def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="epoch length in milliseconds, >= 1 (commit cadence)")
     r.add_argument("--ticks", type=POSITIVE, default=None, metavar="N",
                    help="schedule flows: stop after N (>= 1) ticks")
+    r.add_argument("--log-format", choices=("text", "json"),
+                   default=os.environ.get("WAXFLOW_LOG_FORMAT", "text"),
+                   help="log lines as text or one JSON object per line (for log shippers); "
+                        "secrets are masked in both")
     r.add_argument("--process-id", type=whole(0), default=None, help=argparse.SUPPRESS)
     r.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)

@@ -17,6 +17,10 @@ Guarantees:
   redactor: :func:`redact` / :func:`redact_obj` replace it with ``******``. Error text meant
   for users goes through :func:`mask`: registered secrets plus the caller's own (a password,
   a URL's query, header values) masked, on one line, length-capped.
+* A value computed from a secret inside a template (``secret('X') | upper``, ``| reverse``,
+  ``"Bearer " ~ secret('X')``, ``secret('X').split(',')``) is registered too, when it is
+  computed (see :func:`_mark_derived`). Record data on its own is never registered, so it is
+  never masked.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from __future__ import annotations
 import base64
 import difflib
 import json
+import math
 import os
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -49,6 +55,7 @@ __all__ = [
     "ExpressionError",
     "Expressions",
     "Redactor",
+    "References",
     "SecretError",
     "Secrets",
     "Template",
@@ -56,6 +63,7 @@ __all__ = [
     "redact",
     "redact_obj",
     "register_secret",
+    "tojson",
 ]
 
 #: Root variables a flow's templates may use (besides names the template binds itself).
@@ -171,18 +179,28 @@ class Secrets:
 
     def get(self, name: str) -> str:
         """The value of secret ``name``; raises :class:`SecretError` naming it if undefined."""
-        key = self.env_name(name)
-        value = self._environ.get(key)
+        value = self._lookup(name)
         if value is None:
-            stored = self._file_values()
-            value = stored.get(name, stored.get(key[len("WAXFLOW_SECRET_") :]))
-        if value is None:
+            key = self.env_name(name)
             where = f" or add it to {self.file}" if self.file else ""
             raise SecretError(f"secret {name!r} is not defined (set ${key}{where})")
         register_secret(value)
         return value
 
     __call__ = get
+
+    def defined(self, name: str) -> bool:
+        """Whether :meth:`get` finds ``name`` (without handing the value out). Raises
+        :class:`SecretError` when the secrets file is unusable."""
+        return self._lookup(name) is not None
+
+    def _lookup(self, name: str) -> str | None:
+        key = self.env_name(name)
+        value = self._environ.get(key)
+        if value is None:
+            stored = self._file_values()
+            value = stored.get(name, stored.get(key[len("WAXFLOW_SECRET_") :]))
+        return value
 
     def register_all(self) -> None:
         """Register every secret this object could return, before any is used."""
@@ -296,8 +314,33 @@ def _json_default(obj: Any) -> Any:
 
 
 def tojson(value: Any) -> str:
-    """Compact JSON, non-ASCII kept; dates as ISO text, Decimal/UUID as text, bytes base64."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    """Compact, strictly valid JSON (RFC 8259): non-ASCII kept; dates as ISO text,
+    Decimal/UUID as text, bytes base64, sets as lists.
+
+    NaN, Infinity and -Infinity (floats a record may carry: JSON has no token for them, and
+    strict parsers reject Python's bare ``NaN``) are written as ``null``, also as dict keys.
+    Fast path: one ``json.dumps`` with ``allow_nan=False``; only when it refuses a float is
+    a finite copy made and encoded.
+    """
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                          default=_json_default, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+    return json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"),
+                      default=_json_default, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """Copy of ``value`` with every non-finite float (values and keys) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_finite(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_finite(v) for v in value]
+    return value
 
 
 def fromjson(text: str | bytes) -> Any:
@@ -308,6 +351,219 @@ def fromjson(text: str | bytes) -> Any:
 def now() -> str:
     """Current UTC time, ISO-8601 with microseconds and ``Z``."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- analysis
+#: the internal filter :func:`_mark_derived` wraps secret-derived expressions in
+_DERIVED = "_waxflow_secret_derived"
+_SECRET = "secret"
+_MAX_DEPTH = 32
+
+
+def _loads(node: nodes.Node) -> set[str]:
+    """Names ``node`` (itself included) reads."""
+    names = {n.name for n in node.find_all(nodes.Name) if n.ctx == "load"}
+    if isinstance(node, nodes.Name) and node.ctx == "load":
+        names.add(node.name)
+    return names
+
+
+def _stores(node: nodes.Node) -> set[str]:
+    """Names ``node`` (itself included) binds."""
+    names = {n.name for n in node.find_all(nodes.Name) if n.ctx == "store"}
+    if isinstance(node, nodes.Name) and node.ctx == "store":
+        names.add(node.name)
+    return names
+
+
+def _bindings(tree: nodes.Template) -> Iterator[tuple[set[str], set[str]]]:
+    """(names bound, names read to compute them) of every ``set``, ``for`` and ``with``."""
+    for node in tree.find_all((nodes.Assign, nodes.AssignBlock, nodes.For, nodes.With)):
+        if isinstance(node, nodes.Assign):
+            yield _stores(node.target), _loads(node.node)
+        elif isinstance(node, nodes.AssignBlock):
+            parts: list[nodes.Node] = [*node.body, *([node.filter] if node.filter else [])]
+            yield _stores(node.target), set().union(*map(_loads, parts))
+        elif isinstance(node, nodes.For):
+            yield _stores(node.target), _loads(node.iter)
+        elif isinstance(node, nodes.With):
+            yield (set().union(*map(_stores, node.targets)),
+                   set().union(*map(_loads, node.values)))
+
+
+def _taint(tree: nodes.Template) -> tuple[set[str], set[str]]:
+    """(names that may hold a secret-derived value, names that may hold context data).
+
+    Context data is every name read but not bound by the template (``trigger``, ``loop``,
+    ``now``, ...) except ``secret``; a name bound from an expression reading a name of
+    either kind is of that kind too (both, possibly). Scopes are ignored: over-approximate.
+    """
+    bindings = list(_bindings(tree))
+    bound: set[str] = set().union(*(b for b, _ in bindings))
+    secret = {_SECRET}
+    data = _loads(tree) - secret - bound
+    changed = True
+    while changed:
+        changed = False
+        for names, reads in bindings:
+            for kind in (secret, data):
+                if reads & kind and not names <= kind:
+                    kind |= names
+                    changed = True
+    return secret, data
+
+
+def _constants(tree: nodes.Template) -> tuple[str, ...]:
+    """The strings written in the template itself (literals and text between tags)."""
+    found = {n.value for n in tree.find_all(nodes.Const) if isinstance(n.value, str)}
+    found |= {n.data for n in tree.find_all(nodes.TemplateData)}
+    return tuple(sorted(found))
+
+
+def _mark_derived(tree: nodes.Template, secret: set[str], data: set[str]) -> None:
+    """Wrap, in place, every expression of ``tree`` that computes a value from a secret in
+    the ``_waxflow_secret_derived`` filter, which registers the value when it is computed.
+
+    Wrapped: filters, calls, attribute and item reads whose input (``x`` of ``x | f``,
+    ``x.m()``, ``x[i]``) reads a secret-derived name, and ``~ + - * / // % **`` reading one.
+    ``and``/``or``/``if-else`` return an operand as is (operands are wrapped on their own).
+    An expression reading no context data (*pure*: its value is the same for every record)
+    registers every string in its value, one mixing secrets with record data only its value
+    when that is a string; in both cases a string in which a registered secret shows
+    already is left out (``"id=" ~ trigger.value.id ~ secret('X')`` is masked by ``X``
+    itself), and so is a string written in the template (``{'auth': secret('X')}`` does
+    not register ``auth``). So record data on its own never becomes a registered value (it
+    is never masked) and the redactor does not grow per record, except for a secret
+    *transformed together with* record data (``(secret('X') ~ trigger.value.id) | upper``):
+    one value per record.
+    """
+    constants = _constants(tree)
+
+    def wrap(parent: nodes.Node, field: str, child: nodes.Node) -> nodes.Node:
+        visit(child)
+        if (isinstance(parent, nodes.Call) and field == "node") or (
+                isinstance(parent, nodes.CallBlock) and field == "call"):
+            return child  # a callee (a function, not a value) / the call a block needs as is
+        if isinstance(child, nodes.Filter | nodes.Getattr | nodes.Getitem | nodes.Call):
+            source: nodes.Node | None = child.node
+        elif isinstance(child, nodes.Concat) or (
+                isinstance(child, nodes.BinExpr) and not isinstance(child, nodes.And | nodes.Or)):
+            source = child
+        else:
+            return child
+        if source is None or not _loads(source) & secret:
+            return child
+        pure = not _loads(child) & data
+        return nodes.Filter(child, _DERIVED, [nodes.Const(pure), nodes.Const(constants)], [],
+                            None, None, lineno=child.lineno)
+
+    def visit(node: nodes.Node) -> None:
+        for field, value in node.iter_fields():
+            if isinstance(value, nodes.Node):
+                setattr(node, field, wrap(node, field, value))
+            elif isinstance(value, list):
+                setattr(node, field, [wrap(node, field, v) if isinstance(v, nodes.Node) else v
+                                      for v in value])
+
+    visit(tree)
+
+
+def _register_derived(text: str, constants: tuple[str, ...]) -> None:
+    """Register ``text``, a secret-derived string, unless it is one of the template's own
+    ``constants`` or a registered secret already shows in it (``"rejected token " ~
+    secret('X')`` is masked as ``rejected token ******`` by ``X`` itself: the words around
+    it stay readable)."""
+    if len(text) >= _MIN_SECRET_LEN and text not in constants and redact(text) == text:
+        register_secret(text)
+
+
+def _register_strings(value: Any, constants: tuple[str, ...], depth: int = 0) -> None:
+    """:func:`_register_derived` for every string in ``value`` (dict keys too)."""
+    if isinstance(value, str):
+        _register_derived(value, constants)
+    elif depth < _MAX_DEPTH:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                _register_strings(k, constants, depth + 1)
+                _register_strings(v, constants, depth + 1)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for v in value:
+                _register_strings(v, constants, depth + 1)
+
+
+def _secret_derived(value: Any, pure: bool, constants: tuple[str, ...]) -> Any:
+    """The ``_waxflow_secret_derived`` filter: register ``value``, return it unchanged."""
+    if pure:
+        _register_strings(value, constants)
+    elif isinstance(value, str):
+        _register_derived(value, constants)
+    return value
+
+
+@dataclass(frozen=True)
+class References:
+    """What a template reads by a constant name (for checks before a flow starts).
+
+    ``secrets``: names given to ``secret('NAME')``; ``outputs``: task ids read as
+    ``outputs.ID`` / ``outputs['ID']``; ``env``: variables read as ``env.NAME`` /
+    ``env['NAME']``. A read guarded in the template (``| default(...)``, ``is defined``,
+    ``is undefined``, ``'NAME' in env``) and dict methods (``env.get``) are left out.
+    """
+
+    secrets: frozenset[str] = frozenset()
+    outputs: frozenset[str] = frozenset()
+    env: frozenset[str] = frozenset()
+
+
+def _const_str(node: nodes.Node | None) -> str | None:
+    if isinstance(node, nodes.Const) and isinstance(node.value, str):
+        return node.value
+    return None
+
+
+def _key_of(node: nodes.Node | None, root: str) -> str | None:
+    """``KEY`` when ``node`` is ``root.KEY`` or ``root['KEY']``."""
+    if isinstance(node, nodes.Getattr | nodes.Getitem) and isinstance(node.node, nodes.Name) \
+            and node.node.name == root:
+        if isinstance(node, nodes.Getattr):
+            return None if hasattr(dict, node.attr) else node.attr
+        return _const_str(node.arg)
+    return None
+
+
+def _references(tree: nodes.Template) -> References:
+    bound = _stores(tree)
+    calls = list(tree.find_all(nodes.Call))
+    secrets: set[str] = set()
+    if _SECRET not in bound:
+        for call in calls:
+            if isinstance(call.node, nodes.Name) and call.node.name == _SECRET:
+                arg = call.args[0] if call.args else next(
+                    (kw.value for kw in call.kwargs if kw.key == "name"), None)
+                name = _const_str(arg)
+                if name is not None:
+                    secrets.add(name)
+    callees = {id(call.node) for call in calls}
+
+    def keys(root: str) -> frozenset[str]:
+        if root in bound:
+            return frozenset()
+        found: set[str] = set()
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+            key = None if id(node) in callees else _key_of(node, root)
+            if key is not None:
+                found.add(key)
+        guarded: set[str | None] = set()
+        for check in tree.find_all((nodes.Filter, nodes.Test)):
+            if check.name in ("default", "d", "defined", "undefined"):
+                guarded.add(_key_of(check.node, root))
+        for compare in tree.find_all(nodes.Compare):
+            if any(op.op in ("in", "notin") and isinstance(op.expr, nodes.Name)
+                   and op.expr.name == root for op in compare.ops):
+                guarded.add(_const_str(compare.expr))
+        return frozenset(found - guarded)
+
+    return References(frozenset(secrets), keys("outputs"), keys("env"))
 
 
 # --------------------------------------------------------------------------- templates
@@ -333,20 +589,27 @@ class _Constant(Template):
 
 
 class _Jinja(Template):
-    __slots__ = ("_env", "_globals", "_root", "source")
+    __slots__ = ("_constants", "_env", "_globals", "_pure_secret", "_root", "source")
 
-    def __init__(self, source: str, compiled: jinja2.Template, globals_: dict[str, Any]) -> None:
+    def __init__(self, source: str, compiled: jinja2.Template, globals_: dict[str, Any],
+                 pure_secret: bool = False, constants: tuple[str, ...] = ()) -> None:
         self.source = source
         self._env = compiled.environment
         self._root = compiled.root_render_func
         self._globals = globals_
+        # reads secrets and no context data: every string of its result is secret-derived
+        self._pure_secret = pure_secret
+        self._constants = constants
 
     def render(self, ctx: Mapping[str, Any]) -> Any:
         context = Context(self._env, {**self._globals, **ctx}, None, {})
         try:
-            return _concat(self._root(context))
+            out = _concat(self._root(context))
         except Exception as exc:
             raise ExpressionError(self.source, _reason(exc)) from None
+        if self._pure_secret:
+            _register_strings(out, self._constants)
+        return out
 
 
 class _Structure(Template):
@@ -377,6 +640,7 @@ class Expressions:
         env = _Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         env.filters["tojson"] = tojson
         env.filters["fromjson"] = fromjson
+        env.filters[_DERIVED] = _secret_derived
         env.globals["secret"] = self.secrets.get
         env.globals["now"] = now
         env.globals.update(extra_globals or {})
@@ -406,10 +670,18 @@ class Expressions:
         if not any(m in source for m in _MARKERS):
             return _Constant(source)
         try:
-            compiled = self._env.from_string(source)
+            tree = self._env.parse(source)
+            pure_secret = False
+            constants: tuple[str, ...] = ()
+            if _SECRET in _loads(tree):
+                secret, data = _taint(tree)
+                pure_secret, constants = not _loads(tree) & data, _constants(tree)
+                _mark_derived(tree, secret, data)
+                tree.set_environment(self._env)
+            compiled = self._env.from_string(tree)
         except jinja2.TemplateSyntaxError as exc:
             raise ExpressionError(source, _syntax_message(source, exc)) from None
-        return _Jinja(source, compiled, self._globals)
+        return _Jinja(source, compiled, self._globals, pure_secret, constants)
 
     def compile_value(self, value: Any) -> Template:
         """Compile every string (dict keys too) inside a JSON-like value, once.
@@ -447,6 +719,18 @@ class Expressions:
         if isinstance(value, list | tuple):
             return [self.render_value(v, ctx) for v in value]
         return value
+
+    def references(self, source: str) -> References:
+        """The secrets, task outputs and environment variables ``source`` reads by constant
+        name (see :class:`References`); empty for constants and templates that do not parse
+        (:meth:`check` reports those)."""
+        if not any(m in source for m in _MARKERS):
+            return References()
+        try:
+            tree = self._env.parse(source)
+        except jinja2.TemplateSyntaxError:
+            return References()
+        return _references(tree)
 
     def check(self, source: str) -> list[str]:
         """Static problems of ``source`` for ``waxflow validate``; [] when it is fine.

@@ -1,10 +1,14 @@
-"""Tests for waxflow.expressions."""
+"""Tests for waxflow.expressions (and waxflow.logs, which masks with its redactor)."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +27,7 @@ from waxflow.expressions import (
     redact_obj,
     register_secret,
 )
+from waxflow.logs import setup_logging
 
 CTX: dict[str, Any] = {
     "trigger": {
@@ -378,3 +383,216 @@ def test_render_rate_well_above_10k_per_second(exprs: Expressions) -> None:
     for ctx in ctxs:
         t.render(ctx)
     assert time.perf_counter() - start < 2.0  # >= 10k renders/s even on a slow machine
+
+
+# ---------------------------------------------------------------- secret-derived values
+def _fresh_exprs() -> tuple[Expressions, str]:
+    """Expressions whose secret TOKEN has a value no other test registered."""
+    value = f"tk-{uuid.uuid4().hex[:12]}"
+    return Expressions(Secrets(environ={"WAXFLOW_SECRET_TOKEN": value})), value
+
+
+@pytest.mark.parametrize(("source", "derive"), [
+    ("{{ secret('TOKEN') | upper }}", str.upper),
+    ("{{ secret('TOKEN') | reverse }}", lambda v: v[::-1]),
+    ("{{ secret('TOKEN') | capitalize }}", str.capitalize),
+    ("{{ secret('TOKEN')[1:] }}", lambda v: v[1:]),
+    ("{{ secret('TOKEN') | replace('-', '_') }}", lambda v: v.replace("-", "_")),
+    ("{% set t = secret('TOKEN') | upper %}<{{ t }}>", lambda v: v.upper()),
+    ("{% for c in secret('TOKEN') %}{{ c | upper }}{% endfor %}", str.upper),
+    ("{% filter upper %}{{ secret('TOKEN') }}{% endfilter %}", str.upper),
+])
+def test_values_derived_from_a_secret_are_masked(source: str, derive: Any) -> None:
+    exprs, value = _fresh_exprs()
+    derived = derive(value)
+    assert derived != value and redact(f"x {derived} y") == f"x {derived} y"  # not yet
+    out = exprs.compile(source).render(CTX)
+    assert derived in str(out)  # the template really computed it
+    assert redact(f"x {derived} y") == "x ****** y"
+    assert derived not in mask(f"failed: {out}")
+    assert derived not in json.dumps(redact_obj({"outputs": {"v": out}}))
+
+
+def test_secret_with_text_around_it_keeps_the_text_readable() -> None:
+    exprs, value = _fresh_exprs()
+    assert render(exprs, "{{ 'Bearer ' ~ secret('TOKEN') }}") == f"Bearer {value}"
+    assert redact(f"Bearer {value}") == "Bearer ******"
+    out = render(exprs, "rejected token {{ secret('TOKEN') | reverse }}!")
+    assert redact(out) == "rejected token ******!"
+
+
+def test_secret_derived_strings_inside_structures_are_masked() -> None:
+    exprs, value = _fresh_exprs()
+    parts = value.split("-")
+    assert render(exprs, "{{ secret('TOKEN').split('-') }}") == parts
+    assert redact(parts[1]) == "******"
+    key = f"key-{uuid.uuid4().hex[:6]}"  # written in the template: not secret-derived
+    out = render(exprs, f"{{{{ {{'{key}': secret('TOKEN') | upper, 'n': ['{key}x'] }} }}}}")
+    assert out == {key: value.upper(), "n": [f"{key}x"]}
+    assert redact_obj(out) == {key: "******", "n": [f"{key}x"]}
+
+
+def test_record_data_next_to_a_secret_is_not_masked() -> None:
+    exprs, _ = _fresh_exprs()
+    ctx = {"trigger": {"value": {"id": f"id-{uuid.uuid4().hex[:8]}", "name": "Zoë-Record"}}}
+    rid = ctx["trigger"]["value"]["id"]
+    assert render(exprs, "{{ trigger.value.name if secret('TOKEN') else '' }}", ctx) \
+        == "Zoë-Record"
+    out = render(exprs, "{{ trigger.value.id ~ '/' ~ secret('TOKEN') }}", ctx)
+    assert redact(out) == f"{rid}/******"
+    out = render(exprs, "?t={{ secret('TOKEN') | urlencode }}&id={{ trigger.value.id }}", ctx)
+    assert redact(out) == f"?t=******&id={rid}"
+    out = render(exprs, "{{ trigger.value.id ~ (secret('TOKEN') | reverse) }}", ctx)
+    assert redact(out) == f"{rid}******"
+    assert redact(f"{rid} Zoë-Record") == f"{rid} Zoë-Record"
+
+
+def test_secret_derived_values_keep_their_native_type() -> None:
+    exprs, value = _fresh_exprs()
+    assert render(exprs, "{{ secret('TOKEN') | length }}") == len(value)
+    assert render(exprs, "{{ secret('TOKEN') == 'x' }}") is False
+    assert render(exprs, "{{ secret('TOKEN')[:2] }}") == value[:2]
+    assert redact("say tk") == "say tk"  # shorter than 3 characters: never registered
+
+
+def test_templates_without_secrets_register_nothing() -> None:
+    exprs, _ = _fresh_exprs()
+    word = f"plain-{uuid.uuid4().hex[:8]}"
+    assert render(exprs, "{{ w | upper }} {{ w | reverse }}", {"w": word}) == (
+        f"{word.upper()} {word[::-1]}")
+    assert redact(f"{word.upper()} {word[::-1]}") == f"{word.upper()} {word[::-1]}"
+
+
+# ---------------------------------------------------------------- tojson and non-finite numbers
+def _strict_loads(text: str) -> Any:
+    def refuse(token: str) -> Any:
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_tojson_writes_nan_and_infinity_as_null(exprs: Expressions) -> None:
+    nan, inf = float("nan"), float("inf")
+    ctx = {"v": {"a": nan, "b": [inf, -inf, 1.5], "c": {"d": (nan, 2)}, "e": {nan}, "ok": 1e308}}
+    out = render(exprs, "{{ v | tojson }}", ctx)
+    assert "NaN" not in out and "Infinity" not in out
+    assert _strict_loads(out) == {"a": None, "b": [None, None, 1.5], "c": {"d": [None, 2]},
+                                  "e": [None], "ok": 1e308}
+    assert render(exprs, "{{ x | tojson }}", {"x": nan}) == "null"
+    assert _strict_loads(render(exprs, "{{ v | tojson }}", {"v": {nan: 1}})) == {"null": 1}
+    assert render(exprs, "{{ v | tojson }}", {"v": Decimal("NaN")}) == '"NaN"'
+    assert ctx["v"]["a"] is nan  # the record itself is not changed
+
+
+def test_tojson_other_errors_still_raise(exprs: Expressions) -> None:
+    with pytest.raises(ExpressionError, match="not JSON serializable"):
+        render(exprs, "{{ v | tojson }}", {"v": [float("nan"), object()]})
+
+
+# ---------------------------------------------------------------- references, defined
+def test_references(exprs: Expressions) -> None:
+    refs = exprs.references(
+        "{{ secret('A') }} {{ secret(name='b-c') }} {{ secret(trigger.value.k) }}"
+        "{{ outputs.t1.x }} {{ outputs['t2'] }} {{ outputs[trigger.value.t] }}"
+        "{{ env.E1 }} {{ env['E2'] }} {{ env.get('E3') }} {{ env.items() | list }}"
+        "{{ env.G1 | default('x') }} {{ env.G2 is defined }} {{ 'G3' in env }}"
+        "{{ outputs.g4 | d({}) }} {% if outputs.g5 is undefined %}{% endif %}")
+    assert refs.secrets == {"A", "b-c"}
+    assert refs.outputs == {"t1", "t2"}
+    assert refs.env == {"E1", "E2"}
+    assert exprs.references("plain text") == exprs.references("{{ syntax error }") \
+        == exprs.references("{% set env = {} %}{{ env.X }}")
+
+
+def test_secrets_defined_does_not_register(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    file.write_text("IN_FILE: defined-in-file-77\n")
+    secrets = Secrets(environ={"WAXFLOW_SECRET_IN_ENV": "defined-in-env-77",
+                               "WAXFLOW_SECRETS_FILE": str(file)})
+    assert secrets.defined("IN_ENV") and secrets.defined("in-file") and secrets.defined("IN_FILE")
+    assert not secrets.defined("NOPE")
+    assert redact("defined-in-env-77 defined-in-file-77") == "defined-in-env-77 defined-in-file-77"
+    with pytest.raises(SecretError, match="cannot read"):
+        Secrets(environ={}, file=tmp_path / "absent.yaml").defined("X")
+
+
+# ---------------------------------------------------------------- logging (waxflow.logs)
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    filters = {id(h): list(h.filters) for h in handlers}
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        handler.filters = filters[id(handler)]
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_log_lines_of_any_logger_are_masked(root_logging: None) -> None:
+    secret = f"log-secret-{uuid.uuid4().hex[:8]}"
+    register_secret(secret)
+    stream = io.StringIO()
+    setup_logging("info", stream=stream)
+    logging.getLogger("httpx").info('HTTP Request: GET http://h/x?token=%s "HTTP/1.1 500"',
+                                    secret)
+    logging.getLogger("some.library").warning(f"plain {secret} in the message")
+    logging.getLogger("waxflow.task").debug("below the level %s", secret)
+    try:
+        raise RuntimeError(f"failed with {secret}")
+    except RuntimeError:
+        logging.getLogger("urllib3").exception("boom %s", secret[::-1])
+    logging.getLogger("x").info("stack", stack_info=True, extra={"k": secret})
+    text = stream.getvalue()
+    assert secret not in text
+    assert 'INFO httpx HTTP Request: GET http://h/x?token=****** "HTTP/1.1 500"' in text
+    assert "WARNING some.library plain ****** in the message" in text
+    assert "below the level" not in text
+    assert "RuntimeError: failed with ******" in text and "Traceback" in text
+
+
+def test_json_log_lines(root_logging: None) -> None:
+    secret = f"json-secret-{uuid.uuid4().hex[:8]}"
+    register_secret(secret)
+    stream = io.StringIO()
+    setup_logging("DEBUG", "json", stream=stream)
+    logging.getLogger("some.client").debug("connect\ntoken=%s", secret)
+    try:
+        raise ValueError(secret)
+    except ValueError:
+        logging.getLogger("dbt").error("bad", exc_info=True)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert set(first) == {"time", "level", "logger", "message"}
+    assert first["level"] == "DEBUG" and first["logger"] == "some.client"
+    assert first["message"] == "connect\ntoken=******"
+    assert datetime.fromisoformat(first["time"]).tzinfo is not None
+    assert second["level"] == "ERROR" and second["exception"].endswith("ValueError: ******")
+    assert secret not in stream.getvalue()
+
+
+def test_setup_logging_replaces_its_handler_and_guards_the_others(root_logging: None) -> None:
+    secret = f"other-secret-{uuid.uuid4().hex[:8]}"
+    register_secret(secret)
+    foreign_stream = io.StringIO()
+    foreign = logging.StreamHandler(foreign_stream)
+    logging.getLogger().addHandler(foreign)
+    first, second = io.StringIO(), io.StringIO()
+    setup_logging("WARN", stream=first)
+    setup_logging("warning", stream=second)
+    ours = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
+            and h.stream in (first, second)]
+    assert len(ours) == 1
+    logging.getLogger("a").warning("token %s", secret)
+    logging.getLogger("a").info("not shown")
+    assert first.getvalue() == ""
+    assert second.getvalue().endswith("WARNING a token ******\n")
+    assert foreign_stream.getvalue() == "token ******\n"
+    with pytest.raises(ValueError, match="unknown log level 'LOUD'"):
+        setup_logging("LOUD")
+    with pytest.raises(ValueError, match="unknown log format 'xml'"):
+        setup_logging("INFO", "xml")

@@ -1,0 +1,283 @@
+"""Pre-flight: refuse to start a flow that cannot work in this environment.
+
+``waxflow validate`` checks the flow file on its own. :func:`preflight` also checks it
+against where it is about to run, so a flow that would FAIL every execution (and, with the
+default ``onFailure: CONTINUE``, commit the whole backlog as failed) never starts:
+
+* ``secret('NAME')``: defined in ``$WAXFLOW_SECRET_NAME`` or in ``$WAXFLOW_SECRETS_FILE``;
+* ``env.NAME`` / ``env['NAME']``: set in the environment (``WAXFLOW_SECRET_*`` variables are
+  not visible as ``env``);
+* ``outputs.ID`` / ``outputs['ID']``: ``ID`` is a task of the flow that can have run
+  before the template is rendered: an earlier task of the same list, of an enclosing list,
+  or inside one of those; a task's ``errors`` handlers also see the task's children, the
+  flow's ``errors`` every task of ``tasks``. A later task, one in another branch of a
+  ``core.Switch``/``core.If``, a sibling in the same ``core.Parallel``, an enclosing task
+  (its outputs exist once it ended) and a disabled task are refused;
+* ``core.Python``: the ``module:function`` imports and is callable (the check imports the
+  module, as a worker would).
+
+Reads guarded in the template (``env.X | default('y')``, ``outputs.x is defined``,
+``'X' in env``) and names that are not constants (``secret(trigger.value.k)``) are not
+checked, nor are disabled tasks (they never run). Every problem is reported at once, each
+at the ``file:line:column`` of the string holding the template, with what to do; no secret
+value is ever part of a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import os
+from collections.abc import Hashable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from waxflow.dataflows.spec import parse_flow
+from waxflow.dataflows.yamlpos import PositionMap, load_yaml
+from waxflow.errors import FlowError, Problem
+from waxflow.expressions import Expressions, SecretError, Secrets, mask
+from waxflow.tasks import TASK_TYPES
+
+__all__ = ["preflight"]
+
+Where = tuple[Hashable, ...]
+_MARKERS = ("{{", "{%", "{#")
+_NOT_TEMPLATES = frozenset({"id", "type", "description"})  # never rendered
+
+
+def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None) -> None:
+    """Validate the flow file at ``path`` (as ``waxflow validate``), then check it against
+    ``environ`` (default: this process's environment) and this interpreter's import path.
+
+    Raises :class:`~waxflow.errors.FlowError` holding every problem found (validation
+    problems alone when the file is invalid); returns None when the flow can start.
+    """
+    parse_flow(path)  # raises FlowError for a missing or invalid file
+    text = Path(path).read_text(encoding="utf-8")
+    data, pos = load_yaml(text, str(path))
+    checker = _Checker(pos, os.environ if environ is None else environ)
+    checker.check_flow(data)
+    if checker.problems:
+        problems = sorted(set(checker.problems), key=lambda p: (p.line or 0, p.column or 0,
+                                                                 p.field, p.message))
+        raise FlowError(problems)
+
+
+def _is_task(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("type"), str) \
+        and value["type"] in TASK_TYPES and isinstance(value.get("id"), str)
+
+
+def _is_task_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_task(v) for v in value)
+
+
+def _ids(tasks: Iterable[Any]) -> set[str]:
+    """Ids of ``tasks`` and of every task nested in them."""
+    out: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if _is_task(value):
+            out.add(value["id"])
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    for task in tasks:
+        walk(task)
+    return out
+
+
+class _Checker:
+    def __init__(self, pos: PositionMap, environ: Mapping[str, str]) -> None:
+        self.pos = pos
+        self.secrets = Secrets(environ=environ)
+        with contextlib.suppress(SecretError):  # a bad file is reported where it is used
+            self.secrets.register_all()  # so text quoted from imports masks every value
+        self.exprs = Expressions(self.secrets)
+        self.env = {k for k in environ if not k.startswith("WAXFLOW_SECRET_")}
+        self.problems: list[Problem] = []
+        self.tasks: dict[str, dict[str, Any]] = {}  # id -> the task (ids are unique)
+        self.order: dict[str, int] = {}  # id -> place in the file (depth first)
+        self._secrets_file_error: str | None = None
+        self._reported_file = False
+
+    def problem(self, path: Where, message: str, *, at_key: bool = False) -> None:
+        self.problems.append(self.pos.problem(path, message, at_key=at_key))
+
+    # ----------------------------------------------------------------- structure
+    def check_flow(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+        main: list[Any] = data["tasks"] if isinstance(data.get("tasks"), list) else []
+        handlers: list[Any] = data["errors"] if isinstance(data.get("errors"), list) else []
+
+        def index(value: Any) -> None:
+            if _is_task(value):
+                self.tasks.setdefault(value["id"], value)
+                self.order.setdefault(value["id"], len(self.order))
+            if isinstance(value, dict):
+                for v in value.values():
+                    index(v)
+            elif isinstance(value, list):
+                for v in value:
+                    index(v)
+
+        index(main)
+        index(handlers)
+        self.visit_list(main, ("tasks",), frozenset(), (), parallel=False)
+        self.visit_list(handlers, ("errors",), frozenset(_ids(main)), (), parallel=False)
+
+    def visit_list(self, tasks: list[Any], path: Where, before: frozenset[str],
+                   enclosing: tuple[str, ...], *, parallel: bool) -> None:
+        """Check a task list; ``before``: ids whose outputs may exist when it starts."""
+        seen = set(before)
+        for i, task in enumerate(tasks):
+            if not _is_task(task):
+                continue
+            if task.get("disabled") is True:  # never runs, nor do its children
+                if not parallel:
+                    seen |= _ids([task])  # read later: reported as disabled
+                continue
+            here = (*path, i)
+            visible = before if parallel else frozenset(seen)
+            templates, children = self.split(task, here)
+            for where, source, at_key in templates:
+                self.check_template(where, source, at_key=at_key, visible=visible,
+                                    task_id=task["id"], enclosing=enclosing)
+            if task["type"] == "core.Python" and isinstance(task.get("function"), str):
+                self.check_function((*here, "function"), task["function"])
+            inner = (*enclosing, task["id"])
+            handlers = [c for c in children if c[0] == (*here, "errors")]
+            body = [c for c in children if c[0] != (*here, "errors")]
+            for child_path, child_tasks in body:
+                is_parallel = task["type"] == "core.Parallel" and child_path == (*here, "tasks")
+                self.visit_list(child_tasks, child_path, visible, inner, parallel=is_parallel)
+            ran = visible | _ids(t for _, ts in body for t in ts)  # the task itself failed
+            for child_path, child_tasks in handlers:
+                self.visit_list(child_tasks, child_path, ran, inner, parallel=False)
+            if not parallel:
+                seen |= _ids([task])
+
+    @staticmethod
+    def split(task: dict[str, Any], path: Where
+              ) -> tuple[list[tuple[Where, str, bool]], list[tuple[Where, list[Any]]]]:
+        """The task's own template strings (path, source, is a key) and its child lists."""
+        templates: list[tuple[Where, str, bool]] = []
+        children: list[tuple[Where, list[Any]]] = []
+
+        def walk(value: Any, where: Where) -> None:
+            if _is_task_list(value):
+                children.append((where, value))
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    if isinstance(k, str) and any(m in k for m in _MARKERS):
+                        templates.append(((*where, k), k, True))
+                    walk(v, (*where, k))
+            elif isinstance(value, list):
+                for i, v in enumerate(value):
+                    walk(v, (*where, i))
+            elif isinstance(value, str) and any(m in value for m in _MARKERS):
+                templates.append((where, value, False))
+
+        for key, value in task.items():
+            if key not in _NOT_TEMPLATES:
+                walk(value, (*path, key))
+        return templates, children
+
+    # ----------------------------------------------------------------- checks
+    def check_template(self, path: Where, source: str, *, at_key: bool,
+                       visible: frozenset[str], task_id: str,
+                       enclosing: tuple[str, ...]) -> None:
+        refs = self.exprs.references(source)
+        for name in sorted(refs.secrets):
+            message = self.secret_problem(name)
+            if message:
+                self.problem(path, message, at_key=at_key)
+        for name in sorted(refs.env):
+            if name.startswith("WAXFLOW_SECRET_"):
+                self.problem(path, f"env.{name} is not visible to expressions (it holds a "
+                                   "secret): read it with secret('...') instead",
+                             at_key=at_key)
+            elif name not in self.env:
+                self.problem(path, f"environment variable '{name}' is not set: set it before "
+                                   f"`waxflow run`, or write `env.{name} | default(...)`",
+                             at_key=at_key)
+        for ref in sorted(refs.outputs):
+            message = self.outputs_problem(ref, visible, task_id, enclosing)
+            if message:
+                self.problem(path, message, at_key=at_key)
+
+    def secret_problem(self, name: str) -> str | None:
+        if self._secrets_file_error is not None:
+            return self._file_problem()
+        try:
+            if self.secrets.defined(name):
+                return None
+        except SecretError as exc:  # its text names the file, never a value
+            self._secrets_file_error = str(exc)
+            return self._file_problem()
+        env = Secrets.env_name(name)
+        if self.secrets.file is not None:
+            where = f"or add '{name}' to the secrets file {self.secrets.file}"
+        else:
+            where = "or add it to a YAML/JSON file named by $WAXFLOW_SECRETS_FILE"
+        return f"secret '{name}' is not defined: set {env} {where}"
+
+    def _file_problem(self) -> str | None:
+        if self._reported_file:
+            return None
+        self._reported_file = True
+        return f"{self._secrets_file_error}: fix the file or $WAXFLOW_SECRETS_FILE"
+
+    def outputs_problem(self, ref: str, visible: frozenset[str], task_id: str,
+                        enclosing: tuple[str, ...]) -> str | None:
+        if ref in visible:
+            task = self.tasks.get(ref)
+            if task is not None and task.get("disabled") is True:
+                return (f"outputs.{ref}: task '{ref}' is disabled, so it never has outputs: "
+                        f"enable it or stop reading its outputs")
+            return None
+        if ref not in self.tasks:
+            close = difflib.get_close_matches(ref, sorted(self.tasks), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            return (f"outputs.{ref}: there is no task '{ref}' in this flow{hint}; "
+                    "outputs are read by task id")
+        if ref == task_id:
+            return f"outputs.{ref}: a task cannot read its own outputs"
+        if ref in enclosing:
+            return (f"outputs.{ref}: this task runs inside task '{ref}' (or as its errors "
+                    f"handler), before '{ref}' has outputs: read them in a task after it")
+        if self.order[ref] > self.order.get(task_id, -1):
+            why = "it comes later in the flow"
+        else:
+            why = "it is in another branch, or runs in parallel with this task"
+        return (f"outputs.{ref}: task '{ref}' cannot have run before this task ({why}): "
+                f"move it before this task, or read its outputs in a task that runs after it")
+
+    def check_function(self, path: Where, spec: str) -> None:
+        module_name, _, attr_path = spec.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            self.problem(path, f"cannot import module '{module_name}' of function '{spec}' "
+                               f"({type(exc).__name__}: {mask(str(exc))}): install it or add "
+                               "its directory to PYTHONPATH")
+            return
+        except Exception as exc:  # the module's own code failed
+            self.problem(path, f"importing module '{module_name}' of function '{spec}' "
+                               f"failed: {type(exc).__name__}: {mask(str(exc))}")
+            return
+        for part in attr_path.split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                self.problem(path, f"module '{module_name}' has no '{attr_path}' (no "
+                                   f"attribute '{part}'): check the name after the colon")
+                return
+        if not callable(target):
+            self.problem(path, f"'{spec}' is not callable: name a function")
