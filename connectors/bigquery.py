@@ -31,12 +31,13 @@ from pydantic import Field, model_validator
 from requests.exceptions import RequestException
 
 from waxflow.connectors.bigquery_schema import TIME_TYPES, BqField, infer_schema, shape, write_file
+from waxflow.connectors.tabular import OnReject, Split, on_reject_doc
 from waxflow.connectors.warehouse import WarehouseLoad, WarehouseQuery, merge_statement
 from waxflow.durations import Duration
 from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
-__all__ = ["Load", "Query", "make_client", "parse_table"]
+__all__ = ["Load", "Query", "make_client", "parse_table", "shape_rows"]
 
 _UPLOAD_RETRIES = 2
 
@@ -62,6 +63,38 @@ def parse_table(name: str, default_project: str | None) -> tuple[str | None, str
     if len(parts) != 3 or not all(parts[1:]):
         raise TaskFailure(f"table {name!r} is not project.dataset.table or dataset.table")
     return parts[0] or None, parts[1], parts[2]
+
+
+def shape_rows(table: pa.Table, schema: list[Any], *, drop_unknown: bool
+               ) -> tuple[pa.Table, dict[int, str]]:
+    """(``shape`` of ``table`` without the rows one of whose values a column of ``schema``
+    cannot take, those rows → why). Rows are cast one by one only in a column whose cast
+    failed as a whole; a failure that is not about values (unknown columns) is raised."""
+    try:
+        return shape(table, schema, drop_unknown=drop_unknown), {}
+    except TaskFailure as exc:
+        failure = exc
+    bad: dict[int, str] = {}
+    for field in schema:
+        if field.name not in table.column_names:
+            continue
+        column = table.select([field.name])
+        try:
+            shape(column, [field], drop_unknown=True)
+            continue
+        except TaskFailure:
+            pass
+        for i in range(table.num_rows):
+            if i in bad:
+                continue
+            try:
+                shape(column.slice(i, 1), [field], drop_unknown=True)
+            except TaskFailure:
+                bad[i] = f"field {field.name!r}: its value cannot be read as {field.field_type}"
+    if not bad:
+        raise failure
+    keep = pa.array([i for i in range(table.num_rows) if i not in bad], type=pa.int64())
+    return shape(table.take(keep), schema, drop_unknown=drop_unknown), bad
 
 
 @contextmanager
@@ -128,9 +161,17 @@ class Load(_BigQueryTask, WarehouseLoad):
       inserts the others; within a batch the last record per key wins. Loading the same batch
       twice leaves one copy. The staging table is dropped afterwards.
 
+    Records that do not fit are set aside before anything is sent (``onReject``): a value
+    that is not a JSON object among objects, a field whose type differs from most records',
+    and with ``schema`` a value its column cannot be cast to (``"abc"`` for INTEGER, a bad
+    TIMESTAMP). ``REJECTS_FILE`` (default) stores them next to the batch file and loads the
+    others; ``FAIL`` fails the task. Without ``schema``, a value that fits the batch but not
+    an existing table's column fails the load job with BigQuery's message.
+
     An empty batch fails the task (``failOnEmpty``, as Kestra does) or loads nothing.
     Outputs ``rows`` (rows sent), ``destinationTable`` (project.dataset.table), ``jobId`` (the
-    load job, or the MERGE query job) and, for MERGE, ``affectedRows``.
+    load job, or the MERGE query job), ``rejected`` (records set aside), ``rejectsUri`` (their
+    file, or null) and, for MERGE, ``affectedRows``.
     """
 
     type: Literal["bigquery.Load"] = Field(description="the task type")
@@ -176,6 +217,10 @@ class Load(_BigQueryTask, WarehouseLoad):
         description="`LOAD` runs one load job with `writeDisposition` (a replayed batch is "
                     "loaded again); `MERGE` loads a staging table, then merges it on "
                     "`mergeKeys`")
+    onReject: OnReject = Field(
+        default="REJECTS_FILE",
+        description=on_reject_doc(more=", or, with `schema`, a value its column cannot "
+                                          "be cast to (`\"abc\"` for INTEGER)"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Load:
@@ -198,11 +243,16 @@ class Load(_BigQueryTask, WarehouseLoad):
                 raise TaskFailure(f"{who}: no project: set projectId or name the table "
                                   "project.dataset.table")
             dest = f"{project}.{dataset}.{table_id}"
-            out: dict[str, Any] = {"rows": 0, "destinationTable": dest, "jobId": None}
-            batch = self._read(ctx, uri, fail_on_empty=self.failOnEmpty)
-            if batch is None:
+            out: dict[str, Any] = {"rows": 0, "destinationTable": dest, "jobId": None,
+                                   "rejected": 0, "rejectsUri": None}
+            split = self._split(ctx, uri, fail_on_empty=self.failOnEmpty)
+            if split is None:
                 return out
-            batch, schema = self._shaped(who, batch)
+            batch, schema, split = self._shaped(who, split)
+            out.update(self._settle(ctx, uri, split))
+            batch = self._keyed(batch)
+            if batch.num_rows == 0:
+                return out
             with tempfile.TemporaryDirectory(prefix="waxflow-bq-") as tmp:
                 path = write_file(batch, Path(tmp), self.format)
                 self._ensure_table(who, client, dest=dest, schema=schema)
@@ -216,11 +266,15 @@ class Load(_BigQueryTask, WarehouseLoad):
         ctx.log("INFO", f"{out['rows']} rows of {uri} into {dest} ({self.mode})")
         return out
 
-    def _shaped(self, who: str, batch: pa.Table) -> tuple[pa.Table, list[Any]]:
+    def _shaped(self, who: str, split: Split) -> tuple[pa.Table, list[Any], Split]:
+        """(the batch as the table to send, its schema, ``split`` with the rows ``schema``
+        cannot take moved to its rejects)."""
+        batch = split.table
         try:
             if self.schema_:
                 schema = [f.to_api() for f in self.schema_]
-                batch = shape(batch, schema, drop_unknown=self.ignoreUnknownValues)
+                batch, misfits = shape_rows(batch, schema, drop_unknown=self.ignoreUnknownValues)
+                split = split.drop(misfits)
             elif self.autodetect:
                 schema = infer_schema(batch)
             else:
@@ -235,7 +289,7 @@ class Load(_BigQueryTask, WarehouseLoad):
             if schema and kinds[field] not in TIME_TYPES:
                 raise TaskFailure(f"{who}: timePartitioningField {field} is {kinds[field]}; "
                                   "it must be TIMESTAMP, DATE or DATETIME (give a schema)")
-        return batch, schema
+        return batch, schema, split
 
     def _ensure_table(self, who: str, client: bigquery.Client, *, dest: str,
                       schema: list[Any]) -> None:

@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import Field
 
+from waxflow.connectors.tabular import OnReject, on_reject_doc
 from waxflow.connectors.warehouse import WarehouseLoad, WarehouseQuery
 from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskFailure, task_type
@@ -107,41 +108,79 @@ def _count(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str] | None:
-    """The table's column names (lower case), or None when it does not exist."""
+def _types(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str] | None:
+    """The column types of a table or registered batch by column name, or None when there
+    is no such table."""
     try:
-        cursor = con.execute(f"SELECT * FROM {table} LIMIT 0")
+        described = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     except duckdb.CatalogException:
         return None
-    return {str(d[0]).lower() for d in cursor.description or []}
+    return {str(r[0]): str(r[1]) for r in described}
 
 
 def _shape_table(con: duckdb.DuckDBPyConnection, load: Load, *, schema: str | None, table: str,
-                 batch: pa.Table) -> list[str]:
-    """Create the table or add columns as ``load`` allows; return the batch columns to insert.
+                 batch: pa.Table) -> tuple[list[str], dict[str, str]]:
+    """Create the table or add columns as ``load`` allows; return the batch columns to insert
+    and, for each of them the table already had, (lower-case name →) its type.
 
     Columns that are NULL in every row (Arrow type ``null``) carry no type: they never create
     a column (it would be typed INTEGER and reject later strings) and are left out of the
     insert when the table lacks them.
     """
     typed = [f.name for f in batch.schema if not pa.types.is_null(f.type)]
-    existing = _table_columns(con, table)
-    if existing is None:
+    found = _types(con, table)
+    before = {} if found is None else {name.lower(): kind for name, kind in found.items()}
+    existing = set(before)
+    if found is None:
         if not load.createTable:
-            return list(batch.column_names)  # the INSERT fails with DuckDB's message
+            return list(batch.column_names), {}  # the INSERT fails with DuckDB's message
         if schema is not None:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         cols = ", ".join(quote_ident(c) for c in typed)
         con.execute(f"CREATE TABLE {table} AS SELECT {cols} FROM {_BATCH} LIMIT 0")
         existing = {c.lower() for c in typed}
     elif load.addColumns:
-        types = {str(r[0]): str(r[1])
-                 for r in con.execute(f"DESCRIBE SELECT * FROM {_BATCH}").fetchall()}
+        types = _types(con, _BATCH) or {}
         for name in typed:
             if name.lower() not in existing:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(name)} {types[name]}")
                 existing.add(name.lower())
-    return [c for c in batch.column_names if c.lower() in existing or c in typed]
+    return [c for c in batch.column_names if c.lower() in existing or c in typed], before
+
+
+def _nested(kind: str) -> bool:
+    return kind.endswith("]") or kind.startswith(("STRUCT", "MAP", "UNION"))
+
+
+def _misfits(con: duckdb.DuckDBPyConnection, columns: list[str], before: dict[str, str],
+             batch: pa.Table) -> dict[int, str]:
+    """Rows of ``batch`` with a value that the existing table's column (of type ``before``)
+    cannot take, → why: a non-null value whose ``TRY_CAST`` to the column's type is NULL
+    (``"abc"`` for an INTEGER column, an out-of-range number, a bad timestamp). Only columns
+    whose batch type differs from a scalar table type are queried, in SQL (no per-row
+    Python); a nested column type is left to the INSERT (DuckDB's message fails the load)."""
+    if not before:
+        return {}
+    types = _types(con, _BATCH) or {}
+    checks = [(c, types[c], before[c.lower()]) for c in columns
+              if c in types and c.lower() in before and types[c] != before[c.lower()]
+              and not _nested(before[c.lower()])]
+    if not checks:
+        return {}
+    con.register(_KEYED, batch.append_column(
+        _ORDINAL, pa.array(range(batch.num_rows), type=pa.int64())))
+    bad: dict[int, str] = {}
+    for column, source, target in checks:
+        q = quote_ident(column)
+        try:
+            rows = con.execute(f"SELECT {_ORDINAL} FROM {_KEYED} WHERE {q} IS NOT NULL AND "
+                               f"TRY_CAST({q} AS {target}) IS NULL").fetchall()
+        except duckdb.Error:
+            continue  # no cast at all between the types: the INSERT reports it
+        for (row,) in rows:
+            bad.setdefault(int(row), f"field {column!r}: a {source} value that the table's "
+                                     f"{target} column cannot take")
+    return bad
 
 
 @task_type("duckdb.Load")
@@ -152,18 +191,25 @@ class Load(WarehouseLoad):
     ``_topic``, ``_partition``, ``_offset``, ``_timestamp``, ``_key``); columns are matched by
     name, so a batch may omit columns of the table (NULL). ``createTable`` creates a missing
     table (and schema) from the batch's Arrow schema; ``addColumns`` adds the batch's new
-    fields to an existing table (a value that does not fit a column's type fails the load).
-    ``mode``:
+    fields to an existing table. ``mode``:
 
     * ``APPEND`` — insert every row; a replayed batch is inserted again.
     * ``MERGE`` — replace rows whose ``mergeKeys`` (default the record's Kafka coordinates)
       match a row of the batch (NULL matches NULL), then insert; within a batch the last
       record per key wins. Loading the same batch twice leaves one copy.
 
+    Records that do not fit are set aside (``onReject``): a value that is not a JSON object
+    among objects, a field whose type differs from most records', and a value an existing
+    table's column cannot take (``TRY_CAST`` to a scalar column type is NULL: ``"abc"`` for
+    INTEGER). ``REJECTS_FILE`` (default) stores them next to the batch file (before the
+    commit) and loads the others; ``FAIL`` fails the task and loads nothing. Other errors
+    (a constraint, a value a nested column cannot take) fail the load with DuckDB's message.
+
     The load (DDL included) is one transaction: the batch lands whole or not at all.
     Guarantees: the stored file is only read (a retry re-reads it, never re-consumes); an
     empty batch loads nothing and succeeds. A DuckDB error fails the task with DuckDB's
-    message. Outputs ``rows`` (rows written) and, for MERGE, ``replaced`` (existing rows
+    message. Outputs ``rows`` (rows written), ``rejected`` (records set aside),
+    ``rejectsUri`` (their file, or null) and, for MERGE, ``replaced`` (existing rows
     replaced), plus ``table`` and ``database``.
     """
 
@@ -190,6 +236,10 @@ class Load(WarehouseLoad):
         default="APPEND",
         description="`APPEND` inserts every row (a replayed batch is inserted again); "
                     "`MERGE` replaces the rows matching `mergeKeys`, then inserts")
+    onReject: OnReject = Field(
+        default="REJECTS_FILE",
+        description=on_reject_doc(more=", or a value an existing table's column cannot "
+                                          "take (`TRY_CAST` to its scalar type is NULL)"))
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         who = self._who()
@@ -198,21 +248,33 @@ class Load(WarehouseLoad):
         database = str(ctx.render(self.database)) if self.database else None
         schema, table = _quote_table(table_name)
         out: dict[str, Any] = {"rows": 0, "table": table_name,
-                               "database": database_path(database)}
+                               "database": database_path(database), "rejected": 0,
+                               "rejectsUri": None}
         if self.mode == "MERGE":
             out["replaced"] = 0
-        batch = self._read(ctx, uri)
-        if batch is None:
+        split = self._split(ctx, uri)
+        if split is None:
             return out
+        if split.table.num_rows == 0 or (split.rejects and self.onReject == "FAIL"):
+            out.update(self._settle(ctx, uri, split))  # FAIL raises: nothing is loaded
+            return out  # every record set aside: nothing to load
+        batch = split.table
         try:
             with connect(database) as con:
                 con.register(_BATCH, batch)
                 con.begin()
                 try:
-                    columns = _shape_table(con, self, schema=schema, table=table, batch=batch)
-                    if self.mode == "MERGE":
+                    columns, before = _shape_table(con, self, schema=schema, table=table,
+                                                   batch=batch)
+                    misfits = _misfits(con, columns, before, batch)
+                    if misfits:
+                        split = split.drop(misfits)
+                        batch = split.table
+                        con.register(_BATCH, batch)
+                    out.update(self._settle(ctx, uri, split))  # FAIL: rolled back
+                    if self.mode == "MERGE" and batch.num_rows:
                         out["replaced"], out["rows"] = self._merge(con, table, batch, columns)
-                    else:
+                    elif batch.num_rows:
                         cols = ", ".join(quote_ident(c) for c in columns)
                         out["rows"] = _count(con.execute(
                             f"INSERT INTO {table} BY NAME SELECT {cols} FROM {_BATCH}"))

@@ -16,10 +16,19 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from waxflow.connectors.storage import StorageError, local_path
-from waxflow.connectors.tabular import to_ndjson, to_parquet
+from waxflow.connectors.tabular import (
+    OnReject,
+    Split,
+    on_reject_doc,
+    settle_rejects,
+    split_table,
+    to_ndjson,
+)
 from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
@@ -56,12 +65,18 @@ class Upload(TaskBase):
     ``format``: ``ION`` uploads the file as it is stored; ``PARQUET`` and ``NDJSON`` convert a
     stored batch file (``waxflow.connectors.tabular``: one row per record with the ``_topic``,
     ``_partition``, ``_offset``, ``_timestamp``, ``_key`` columns) before uploading.
+    ``PARQUET`` is one table: records that do not fit it (a value that is not a JSON object
+    among objects, a field whose type differs from most records') are set aside as
+    ``onReject`` says — by default stored next to the source file while the others are
+    uploaded; ``NDJSON`` rows need no common type, so every record is uploaded.
 
     Guarantees: the source file is only read, so a retry re-reads it; an upload replaces any
     object at the same key, so with a deterministic key (``{{ flow.id }}/{{ execution.id
     }}.parquet``) a replayed batch overwrites its object instead of adding one. The object
     appears whole or not at all (S3 PUT and multipart completion are atomic). Outputs
-    ``uri`` (``s3://bucket/key``), ``bucket``, ``key`` and ``bytes`` (object size).
+    ``uri`` (``s3://bucket/key``), ``bucket``, ``key``, ``bytes`` (object size),
+    ``rejected`` (records set aside; 0 but for ``PARQUET``) and ``rejectsUri`` (their file,
+    or null).
     """
 
     type: Literal["s3.Upload"] = Field(description="the task type")
@@ -78,6 +93,10 @@ class Upload(TaskBase):
         default="ION",
         description="`ION` uploads the file as stored; `PARQUET` and `NDJSON` convert a "
                     "stored batch file to one row per record first")
+    onReject: OnReject = Field(
+        default="REJECTS_FILE",
+        description="`format: PARQUET` only: " + on_reject_doc(
+            table="the Parquet file's table", load="upload", source="the source file"))
     contentType: str | None = Field(
         default=None,
         description="`Content-Type` of the object (rendered); default the format's type, such "
@@ -127,7 +146,11 @@ class Upload(TaskBase):
         uri = f"s3://{bucket}/{key}"
         content_type = self._render(ctx, self.contentType) or _CONTENT_TYPES[self.format]
         with tempfile.TemporaryDirectory(prefix="waxflow-s3-") as tmp:
-            path = self._prepare(who, source, Path(tmp))
+            path, split, stored = self._prepare(who, source, Path(tmp))
+            rejects = settle_rejects(ctx, split, who=who, uri=source, task_id=self.id,
+                                     on_reject=self.onReject, source=stored)
+            if self.format == "PARQUET":
+                path = self._write_parquet(who, source, split, path)
             size = path.stat().st_size
             try:
                 client = s3_client(endpoint=endpoint, region=region, access_key=access,
@@ -138,19 +161,31 @@ class Upload(TaskBase):
                 detail = mask(f"{type(exc).__name__}: {exc}", (access, secret, token))
                 raise TaskFailure(f"{who}: cannot upload to {uri}: {detail}") from None
         ctx.log("INFO", f"uploaded {size} bytes to {uri}")
-        return {"uri": uri, "bucket": bucket, "key": key, "bytes": size}
+        return {"uri": uri, "bucket": bucket, "key": key, "bytes": size, **rejects}
 
-    def _prepare(self, who: str, source: str, tmp: Path) -> Path:
-        """The local file to upload: the source itself, or its conversion in ``tmp``."""
+    def _prepare(self, who: str, source: str, tmp: Path) -> tuple[Path, Split, str]:
+        """(the local file to upload — the source itself, its NDJSON conversion in ``tmp``,
+        or for PARQUET where to write it —, the batch as a table when PARQUET (else an empty
+        split), the URI of the local copy of the source)."""
         try:
             path = local_path(source, tmp)
-            if self.format == "ION":
-                return path
             stored = path.as_uri() if urlparse(source).scheme == "s3" else source
-            convert = to_parquet if self.format == "PARQUET" else to_ndjson
-            return convert(stored, tmp / f".waxflow-upload.{self.format.lower()}")
+            dest = tmp / f".waxflow-upload.{self.format.lower()}"
+            if self.format == "PARQUET":
+                return dest, split_table(stored), stored
+            if self.format == "NDJSON":
+                path = to_ndjson(stored, dest)
+            return path, Split(pa.table({})), stored
         except StorageError as exc:
             raise TaskFailure(f"{who}: {exc}") from None
         except Exception as exc:  # a file that is not a batch file, or does not fit a table
             raise TaskFailure(f"{who}: cannot convert {source} to {self.format}: "
                               f"{type(exc).__name__}: {exc}") from None
+
+    def _write_parquet(self, who: str, source: str, split: Split, dest: Path) -> Path:
+        try:
+            pq.write_table(split.table, dest)
+        except Exception as exc:
+            raise TaskFailure(f"{who}: cannot convert {source} to {self.format}: "
+                              f"{type(exc).__name__}: {exc}") from None
+        return dest

@@ -167,9 +167,16 @@ class Load(_SnowflakeTask, WarehouseLoad):
       record per key wins, so loading the same batch twice leaves one copy. The staging
       table is dropped afterwards.
 
-    The task fails unless COPY reports every row of the batch loaded. An empty batch loads
+    Records that do not fit one table (a value that is not a JSON object among objects, a
+    field whose type differs from most records') are set aside before anything is sent:
+    ``onReject: REJECTS_FILE`` (default) stores them next to the batch file and loads the
+    others, ``FAIL`` fails the task. A value that fits the batch but not an existing table's
+    column is not checked here: COPY fails the task with Snowflake's message.
+
+    The task fails unless COPY reports every row it was given loaded. An empty batch loads
     nothing (``failOnEmpty: true`` fails instead). Outputs ``rows`` (rows loaded),
-    ``table``, and for MERGE ``inserted`` and ``updated``.
+    ``table``, ``rejected`` (records set aside), ``rejectsUri`` (their file, or null), and
+    for MERGE ``inserted`` and ``updated``.
     """
 
     KEYS_IGNORE_CASE: ClassVar[bool] = True  # plain names are upper-cased
@@ -196,7 +203,8 @@ class Load(_SnowflakeTask, WarehouseLoad):
         uri = str(ctx.render(self.from_))
         table = str(ctx.render(self.table))
         out: dict[str, Any] = {"rows": 0, "table": table}
-        batch = self._read(ctx, uri, fail_on_empty=self.failOnEmpty)
+        batch, rejects = self._read(ctx, uri, fail_on_empty=self.failOnEmpty)
+        out.update(rejects)
         if batch is None:
             return out
         tag = uuid.uuid4().hex[:12].upper()

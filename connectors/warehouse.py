@@ -1,10 +1,11 @@
 """What the warehouse loaders (``duckdb.*``, ``bigquery.*``, ``snowflake.*``) share.
 
-:class:`WarehouseLoad`, the base of the three ``Load`` tasks: the ``from``, ``mode`` and
-``mergeKeys`` properties, reading a stored batch as an Arrow table, an empty batch, and the
-last record per merge key. Also the MERGE statement and JSON-friendly query results. Loaders
-only *read* the batch file, so a retried load re-reads the same stored batch and never
-re-consumes Kafka. Error text goes through :func:`waxflow.expressions.mask` (one line,
+:class:`WarehouseLoad`, the base of the three ``Load`` tasks: the ``from``, ``mode``,
+``mergeKeys`` and ``onReject`` properties, reading a stored batch as an Arrow table with the
+records that do not fit it set aside (``waxflow.connectors.tabular.split_table``), an empty
+batch, and the last record per merge key. Also the MERGE statement and JSON-friendly query
+results. Loaders only *read* the batch file, so a retried load re-reads the same stored batch
+and never re-consumes Kafka. Error text goes through :func:`waxflow.expressions.mask` (one line,
 secrets masked).
 """
 
@@ -22,32 +23,34 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from waxflow.connectors.storage import StorageError
-from waxflow.connectors.tabular import to_table
+from waxflow.connectors.tabular import OnReject, Split, on_reject_doc, settle_rejects, split_table
 from waxflow.tasks import RunContext, TaskBase, TaskFailure
 
 __all__ = ["DEFAULT_MERGE_KEYS", "WarehouseLoad", "WarehouseQuery", "last_per_key",
-           "merge_statement", "plain", "read_batch"]
+           "merge_statement", "plain", "read_split"]
 
 #: A record's Kafka coordinates: unique per record, so MERGE on them makes a replay harmless.
 DEFAULT_MERGE_KEYS = ("_topic", "_partition", "_offset")
 
 
-def read_batch(who: str, uri: str, *, type_nulls: bool = True) -> pa.Table:
+def read_split(who: str, uri: str, *, type_nulls: bool = True) -> Split:
     """The batch file at ``uri`` as an Arrow table (``waxflow.connectors.tabular`` rows, with the
-    ``_topic``/``_partition``/``_offset``/``_timestamp``/``_key`` columns). With
-    ``type_nulls``, columns whose values are all null are typed string (a loadable type).
-    Raises :class:`TaskFailure`."""
+    ``_topic``/``_partition``/``_offset``/``_timestamp``/``_key`` columns) and the records
+    that do not fit it. With ``type_nulls``, columns whose values are all null are typed
+    string (a loadable type). Raises :class:`TaskFailure`."""
     try:
-        table = to_table(uri)
+        split = split_table(uri)
     except StorageError as exc:
         raise TaskFailure(f"{who}: {exc}") from None
-    except pa.ArrowException as exc:
+    except (pa.ArrowException, OverflowError) as exc:
         raise TaskFailure(f"{who}: {uri} does not fit one table: {exc}") from None
     if type_nulls:
+        table = split.table
         for i, field in enumerate(table.schema):
             if pa.types.is_null(field.type):
                 table = table.set_column(i, field.name, pa.nulls(table.num_rows, pa.string()))
-    return table
+        split.table = table
+    return split
 
 
 def _check_keys(who: str, table: pa.Table, keys: Sequence[str]) -> None:
@@ -72,7 +75,11 @@ def last_per_key(who: str, table: pa.Table, keys: Sequence[str]) -> pa.Table:
 
 class WarehouseLoad(TaskBase):
     """Properties and steps every warehouse ``Load`` task shares: ``from`` (the stored batch),
-    ``mode`` (``MERGE`` or the loader's plain mode) and ``mergeKeys``."""
+    ``mode`` (``MERGE`` or the loader's plain mode), ``mergeKeys`` and ``onReject``.
+
+    A loader reads the batch with :meth:`_split`, may set aside more records its table
+    cannot take, then settles the rejects (:meth:`_settle`, before anything is loaded) and
+    keeps the last record per key (:meth:`_keyed`)."""
 
     model_config = {**TaskBase.model_config, "populate_by_name": True}
     #: type batch columns that are null in every row as strings (else they stay untyped)
@@ -93,6 +100,9 @@ class WarehouseLoad(TaskBase):
                     "last record per key in a batch wins); default the record's Kafka "
                     "coordinates `_topic`, `_partition`, `_offset`")
 
+    onReject: OnReject = Field(default="REJECTS_FILE",
+                               description=on_reject_doc())
+
     @field_validator("mergeKeys")
     @classmethod
     def _distinct_keys(cls, value: list[str]) -> list[str]:
@@ -105,23 +115,45 @@ class WarehouseLoad(TaskBase):
         """How messages name this task: ``<type> <id>``."""
         return f"{self.TYPE} {self.id}"
 
-    def _read(self, ctx: RunContext, uri: str, *, fail_on_empty: bool = False
-              ) -> pa.Table | None:
-        """The batch at ``uri`` ready to load, or None when it holds no records (logged;
-        a :class:`TaskFailure` with ``fail_on_empty``). MERGE checks the merge keys are
-        columns and, with :attr:`KEEP_LAST_PER_KEY`, keeps the last record per key."""
+    def _split(self, ctx: RunContext, uri: str, *, fail_on_empty: bool = False
+               ) -> Split | None:
+        """The batch at ``uri`` (the table of the records that fit it, and the others), or
+        None when it holds no records (logged; a :class:`TaskFailure` with
+        ``fail_on_empty``). MERGE checks the merge keys are columns."""
         who = self._who()
-        batch = read_batch(who, uri, type_nulls=self.TYPE_NULL_COLUMNS)
-        if batch.num_rows == 0:
+        split = read_split(who, uri, type_nulls=self.TYPE_NULL_COLUMNS)
+        if split.total == 0:
             if fail_on_empty:
                 raise TaskFailure(f"{who}: {uri} holds no records (failOnEmpty is true)")
             ctx.log("INFO", f"{uri} holds no records: nothing to load")
             return None
-        if self.mode == "MERGE":
-            if self.KEEP_LAST_PER_KEY:
-                return last_per_key(who, batch, self.mergeKeys)
-            _check_keys(who, batch, self.mergeKeys)
-        return batch
+        if self.mode == "MERGE" and split.table.num_rows:
+            _check_keys(who, split.table, self.mergeKeys)
+        return split
+
+    def _settle(self, ctx: RunContext, uri: str, split: Split) -> dict[str, Any]:
+        """The ``rejected``/``rejectsUri`` outputs: the rejects stored next to the batch file,
+        or (``onReject: FAIL``) a :class:`TaskFailure`. Call it before loading anything."""
+        return settle_rejects(ctx, split, who=self._who(), uri=uri, task_id=self.id,
+                              on_reject=self.onReject)
+
+    def _keyed(self, table: pa.Table) -> pa.Table:
+        """MERGE with :attr:`KEEP_LAST_PER_KEY`: the last record per key; else ``table``."""
+        if self.mode == "MERGE" and self.KEEP_LAST_PER_KEY and table.num_rows:
+            return last_per_key(self._who(), table, self.mergeKeys)
+        return table
+
+    def _read(self, ctx: RunContext, uri: str, *, fail_on_empty: bool = False
+              ) -> tuple[pa.Table | None, dict[str, Any]]:
+        """(the batch at ``uri`` ready to load, or None when nothing is to be loaded; the
+        ``rejected``/``rejectsUri`` outputs), for loaders without checks of their own:
+        :meth:`_split`, :meth:`_settle`, :meth:`_keyed`."""
+        split = self._split(ctx, uri, fail_on_empty=fail_on_empty)
+        if split is None:
+            return None, {"rejected": 0, "rejectsUri": None}
+        out = self._settle(ctx, uri, split)
+        table = self._keyed(split.table)
+        return (table if table.num_rows else None), out
 
 
 def plain(value: Any) -> Any:

@@ -78,7 +78,8 @@ def keys_of(conn: dict[str, Any], table: str) -> tuple[int, set[tuple[str, int, 
 
 
 def test_append_twice_appends(conn: dict[str, Any], batch_uri: str) -> None:
-    assert load(conn, batch_uri, "ORDERS") == {"rows": N, "table": "ORDERS"}
+    assert load(conn, batch_uri, "ORDERS") == {"rows": N, "table": "ORDERS", "rejected": 0,
+                                               "rejectsUri": None}
     assert keys_of(conn, "ORDERS") == (N, EXPECTED_KEYS)
     load(conn, batch_uri, "ORDERS")
     count, keys = keys_of(conn, "ORDERS")
@@ -117,7 +118,7 @@ def test_existing_table_matches_columns_by_name(conn: dict[str, Any], batch_uri:
 
 def test_empty_batch_and_bad_options(conn: dict[str, Any], tmp_path: Path) -> None:
     uri, _ = Storage(str(tmp_path)).put_records("empty.ion", [])
-    assert load(conn, uri, "E") == {"rows": 0, "table": "E"}
+    assert load(conn, uri, "E") == {"rows": 0, "table": "E", "rejected": 0, "rejectsUri": None}
     with pytest.raises(TaskFailure, match="holds no records"):
         load(conn, uri, "E", failOnEmpty=True)
     with pytest.raises(ValidationError, match="merge keys must be distinct"):

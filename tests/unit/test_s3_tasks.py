@@ -17,7 +17,7 @@ from moto.server import ThreadedMotoServer
 import waxflow.connectors.s3  # noqa: F401  (registers s3.*)
 from tests.task_helpers import FakeContext, parse_task
 from waxflow.connectors.broker import free_port
-from waxflow.connectors.storage import Storage
+from waxflow.connectors.storage import Storage, read_records
 from waxflow.tasks import TaskFailure
 
 ACCESS, SECRET = "test-access-key", "test-secret-value-123"
@@ -79,7 +79,8 @@ def test_upload_ion_as_stored(s3_endpoint: str, client: Any, bucket: str, stored
     out = upload(s3_endpoint, bucket, stored)
     local = Path(stored.removeprefix("file://")).read_bytes()
     assert out == {"uri": f"s3://{bucket}/bridge/e1.data", "bucket": bucket,
-                   "key": "bridge/e1.data", "bytes": len(local)}
+                   "key": "bridge/e1.data", "bytes": len(local), "rejected": 0,
+                   "rejectsUri": None}
     assert body(client, bucket, "bridge/e1.data") == local
     head = client.head_object(Bucket=bucket, Key="bridge/e1.data")
     assert head["ContentType"] == "application/x-amzn-ion"
@@ -94,6 +95,43 @@ def test_upload_parquet(s3_endpoint: str, client: Any, bucket: str, stored: str)
         {"id": r["value"]["id"], "amount": r["value"]["amount"], "_topic": "events",
          "_partition": 0, "_offset": r["offset"], "_timestamp": r["timestamp"],
          "_key": r["key"]} for r in RECORDS]
+
+
+MIXED = [{**r, "value": [1, 2] if i in (2, 5) else ("text" if i == 7 else r["value"])}
+         for i, r in enumerate(RECORDS)]
+
+
+def test_parquet_sets_aside_values_that_are_not_objects(
+        s3_endpoint: str, client: Any, bucket: str, tmp_path: Path) -> None:
+    uri, _ = Storage(str(tmp_path / "storage")).put_records("exec-9.ion", MIXED)
+    out = upload(s3_endpoint, bucket, uri, format="PARQUET", key="m.parquet")
+    table = pq.read_table(io.BytesIO(body(client, bucket, "m.parquet")))
+    assert table.column("_offset").to_pylist() == [100, 101, 103, 104, 106, 108, 109]
+    assert out["rejected"] == 3
+    assert out["rejectsUri"] == uri.removesuffix(".ion") + ".up.rejects.ion"
+    rejects = list(read_records(out["rejectsUri"]))
+    assert [(r["offset"], r["value"]) for r in rejects] == [
+        (102, [1, 2]), (105, [1, 2]), (107, "text")]
+    with pytest.raises(TaskFailure, match=r"3 of 10 records do not fit .*onReject is FAIL"):
+        upload(s3_endpoint, bucket, uri, format="PARQUET", key="f.parquet", onReject="FAIL")
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="f.parquet")
+    # NDJSON rows need no common type: every record is uploaded
+    out = upload(s3_endpoint, bucket, uri, format="NDJSON", key="m.ndjson")
+    assert out["rejected"] == 0
+    assert len(body(client, bucket, "m.ndjson").decode().splitlines()) == 10
+
+
+def test_rejects_of_a_batch_in_s3_storage_are_stored_next_to_it(
+        s3_endpoint: str, client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAXFLOW_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    uri, _ = Storage(f"s3://{bucket}/internal").put_records("exec-4.ion", MIXED)
+    out = upload(s3_endpoint, bucket, uri, format="PARQUET", key="m.parquet")
+    assert out["rejectsUri"] == f"s3://{bucket}/internal/exec-4.up.rejects.ion"
+    assert [r["offset"] for r in read_records(out["rejectsUri"])] == [102, 105, 107]
+    assert pq.read_table(io.BytesIO(body(client, bucket, "m.parquet"))).num_rows == 7
 
 
 def test_upload_ndjson(s3_endpoint: str, client: Any, bucket: str, stored: str) -> None:
