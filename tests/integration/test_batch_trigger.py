@@ -140,7 +140,9 @@ def test_kill_during_batches_loses_nothing(
         for start in range(0, n, 250):
             produce_json(bootstrap, topic, [{"id": i} for i in range(start, start + 250)],
                          partitions=3)
-            time.sleep(0.3)
+            # ~32 s of arrivals: each restart after a SIGKILL first waits up to 6 s for the
+            # dead instance's lock session to end, and must still see records come in
+            time.sleep(0.8)
 
     feeder = threading.Thread(target=feed)
     feeder.start()
