@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from waxflow.errors import ConfigConflict
+from waxflow.expressions import render_static
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -65,9 +66,12 @@ KAFKA_LOG.addFilter(RepeatSummary())
 
 
 def client_conf(properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Common client config: user properties plus the resolved bootstrap servers; the
-    client logs through :data:`KAFKA_LOG` (not straight to stderr)."""
-    conf = {k: v for k, v in (properties or {}).items()}
+    """Common client config: user properties (templates rendered once, with ``env.*`` and
+    ``secret()`` only: ``sasl.password: "{{ secret('KAFKA_PASSWORD') }}"``) plus the
+    resolved bootstrap servers; the client logs through :data:`KAFKA_LOG` (not straight to
+    stderr)."""
+    properties = render_static(dict(properties or {}))
+    conf = dict(properties)
     conf["bootstrap.servers"] = bootstrap_servers(properties)
     conf.setdefault("logger", KAFKA_LOG)
     return conf

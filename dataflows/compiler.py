@@ -146,8 +146,7 @@ def _txn_warm_up(flow: FlowBase, runner: RecordExecutions) -> Callable[[], None]
     from waxflow.connectors.kafka_produce import Produce
 
     confs = [client_conf(t.properties) for _, t in flow.all_tasks()
-             if isinstance(t, Produce) and t.transactional
-             and not any("{{" in str(v) for v in t.properties.values())]
+             if isinstance(t, Produce) and t.transactional]
     output = runner.executor.output
     if not confs or output is None:
         return None

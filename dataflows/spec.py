@@ -20,9 +20,12 @@ from pydantic import Field, ValidationError
 
 from waxflow.dataflows.yamlpos import PositionMap, load_yaml
 from waxflow.errors import FlowError, Problem, format_path
-from waxflow.expressions import Expressions
+from waxflow.expressions import Expressions, check_static
 from waxflow.flow import TRIGGER_TYPES, FlowBase
 from waxflow.tasks import TASK_TYPES, TaskBase
+
+#: fields rendered once when the job starts (Kafka client settings), never per record
+STATIC_FIELDS = frozenset({"properties"})
 
 #: the modules that define task types (each registers its types when imported)
 TASK_MODULES = (
@@ -136,10 +139,13 @@ def _template_problems(data: Any, pos: PositionMap, exprs: Expressions) -> list[
             for i, v in enumerate(value):
                 walk(v, (*path, i))
         elif is_template(value):
-            for msg in exprs.check(value):
+            static = any(part in STATIC_FIELDS for part in path)
+            if path[0] == "triggers" and not static:
+                return  # only a trigger's client properties are rendered
+            for msg in (check_static(exprs, value) if static else exprs.check(value)):
                 problems.append(pos.problem(path, msg))
 
-    for root in ("tasks", "errors"):
+    for root in ("triggers", "tasks", "errors"):
         if isinstance(data, dict) and root in data:
             walk(data[root], (root,))
     return problems

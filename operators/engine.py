@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from waxflow.execution import Attempt, Execution, State, TaskRun, now
-from waxflow.expressions import Expressions, mask, redact
+from waxflow.expressions import Expressions, env_vars, mask, redact
 from waxflow.flow import FlowBase
 from waxflow.retry import RetryPolicy
 from waxflow.tasks import RetrySpec, TaskBase, TaskFailure
@@ -33,11 +32,6 @@ class _TaskFailed(Exception):
         super().__init__(message)
         self.task_id = task_id
         self.message = message
-
-
-def _env_vars() -> dict[str, str]:
-    """``env.*``: the process environment minus anything that carries secrets."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("WAXFLOW_SECRET_")}
 
 
 def error_text(exc: BaseException) -> str:
@@ -116,7 +110,7 @@ class Engine:
     def __init__(self, flow: FlowBase, exprs: Expressions) -> None:
         self.flow = flow
         self.exprs = exprs
-        self.env = _env_vars()
+        self.env = env_vars()
         self._flow_vars = {"id": flow.id, "namespace": flow.namespace}
         self._policies: dict[int, RetryPolicy] = {}
 

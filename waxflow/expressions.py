@@ -52,6 +52,7 @@ from waxflow.durations import format_duration
 
 __all__ = [
     "ALLOWED_ROOTS",
+    "STATIC_ROOTS",
     "ExpressionError",
     "Expressions",
     "Redactor",
@@ -63,6 +64,7 @@ __all__ = [
     "redact",
     "redact_obj",
     "register_secret",
+    "render_static",
     "tojson",
 ]
 
@@ -771,3 +773,56 @@ def _syntax_message(source: str, exc: jinja2.TemplateSyntaxError) -> str:
     where = f" on line {exc.lineno} of the expression" if "\n" in source.strip() else ""
     kind = "error" if isinstance(exc, jinja2.TemplateAssertionError) else "syntax error"
     return f"{kind}{where}: {exc.message}"
+
+
+# --------------------------------------------------------------------------- start-time values
+#: what a template rendered once when the job starts (client ``properties``, Consume's
+#: ``topic``/``groupId``) may read: never record data
+STATIC_ROOTS = frozenset({"env", "secret", "now"})
+
+_static: Expressions | None = None
+_static_lock = threading.Lock()
+
+
+def env_vars() -> dict[str, str]:
+    """``env.*``: the process environment minus the variables that carry secrets."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WAXFLOW_SECRET_")}
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return any(m in value for m in _MARKERS)
+    if isinstance(value, dict):
+        return any(_has_template(k) or _has_template(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_template(v) for v in value)
+    return False
+
+
+def render_static(value: Any) -> Any:
+    """``value`` with its templates rendered for the whole run: only ``env.*``, ``secret()``
+    and ``now()`` are available (``waxflow validate`` refuses anything else, see
+    :func:`check_static`). Values without templates come back as they are; secrets read
+    here are registered with the redactor, so they are masked in every log and error."""
+    if not _has_template(value):
+        return value
+    global _static
+    with _static_lock:
+        if _static is None:
+            _static = Expressions()
+        exprs = _static
+    return exprs.render_value(value, {"env": env_vars()})
+
+
+def check_static(exprs: Expressions, source: str) -> list[str]:
+    """Problems of a start-time template (see :func:`render_static`): those of
+    :meth:`Expressions.check`, plus any variable other than ``env``/``secret``/``now``."""
+    problems = exprs.check(source)
+    if problems or not any(m in source for m in _MARKERS):
+        return problems
+    used = meta.find_undeclared_variables(exprs._env.parse(source))
+    for name in sorted(used - STATIC_ROOTS):
+        problems.append(f"{name!r} is not available here: this value is rendered once when "
+                        "the job starts, with env.* and secret() only (never record data)")
+    return problems
+
