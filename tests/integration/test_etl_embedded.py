@@ -92,7 +92,9 @@ def test_duckdb_exactly_once_across_kills_then_dbt(
         for start in range(0, n, 500):
             produce_json(bootstrap, topic, [{"id": i, "amount": i % 100}
                                             for i in range(start, start + 500)], partitions=3)
-            time.sleep(0.4)
+            # ~20 s of arrivals, so each start (a restart after SIGKILL first waits up to 6 s
+            # for the dead instance's lock) still has records to cut batches from
+            time.sleep(1.0)
 
     feeder = threading.Thread(target=feed)
     feeder.start()
@@ -101,7 +103,7 @@ def test_duckdb_exactly_once_across_kills_then_dbt(
         for more in (2, 1):
             proc = start_flow(flow, env)
             try:
-                watcher.wait_for(len(watcher.done) + more, timeout=180)
+                watcher.wait_for(len(watcher.done) + more, timeout=180, proc=proc)
                 time.sleep(0.7)
             finally:
                 os.killpg(proc.pid, signal.SIGKILL)
