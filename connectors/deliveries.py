@@ -8,11 +8,22 @@ record's ``waxflow.source.*`` headers), else its key (:meth:`Deliveries.describe
 subclasses refine; it runs only on failure). Thread-safe: several threads may produce into one
 tracker, and several trackers may share one producer (``poll`` serves every tracker's
 callbacks, each of which only touches its own counters).
+
+Broker outages: :func:`is_outage` tells an error of the connection to the broker (a timeout,
+a fatal or fenced producer, a coordinator that moved) from one of the record itself (too
+large, unknown partition, ...). Owners that can redo their work after an outage (the batch's
+transaction, the execution log) override :meth:`Deliveries._refused` and
+:meth:`Deliveries._abandoned`; :data:`OUTAGE` logs one line when the broker goes away and one
+when it is back, and :func:`give_up_seconds` (``$WAXFLOW_BROKER_GIVE_UP``, default 300 s)
+bounds how long a job waits for it.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import re
 import threading
 import time
 from typing import Any
@@ -25,6 +36,110 @@ from waxflow.errors import DeliveryError
 EXECUTION_HEADER = "waxflow.execution.id"
 _SOURCE_HEADERS = ("waxflow.source.topic", "waxflow.source.partition", "waxflow.source.offset")
 Headers = list[tuple[str, str | bytes | None]]
+#: one record as sent: (topic, key, value, headers, partition, timestamp)
+Record = tuple[str, bytes | None, bytes | None, Headers | None, int | None, int | None]
+
+LOG = logging.getLogger("waxflow.broker")
+GIVE_UP_ENV = "WAXFLOW_BROKER_GIVE_UP"
+DEFAULT_GIVE_UP = 300.0
+
+#: errors of the connection to the broker, not of a record: work failing with them is redone
+#: once the broker is back (a new producer when the old one is fatal or fenced)
+_OUTAGE_NAMES = (
+    "_MSG_TIMED_OUT", "_TIMED_OUT", "_TIMED_OUT_QUEUE", "_TRANSPORT", "_ALL_BROKERS_DOWN",
+    "_FATAL", "_FENCED", "_STATE", "_PURGE_QUEUE", "_PURGE_INFLIGHT", "_WAIT_COORD",
+    "_RESOLVE", "_INCONSISTENT", "_OUTDATED", "NETWORK_EXCEPTION", "REQUEST_TIMED_OUT",
+    "NOT_COORDINATOR", "COORDINATOR_NOT_AVAILABLE", "COORDINATOR_LOAD_IN_PROGRESS",
+    "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "NOT_ENOUGH_REPLICAS",
+    "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "INVALID_PRODUCER_EPOCH", "PRODUCER_FENCED",
+    "UNKNOWN_PRODUCER_ID", "OUT_OF_ORDER_SEQUENCE_NUMBER", "CONCURRENT_TRANSACTIONS",
+    "INVALID_TXN_STATE", "TRANSACTION_ABORTABLE", "KAFKA_STORAGE_ERROR",
+)
+OUTAGE_CODES = frozenset(getattr(KafkaError, n) for n in _OUTAGE_NAMES if hasattr(KafkaError, n))
+FENCED_CODES = frozenset(getattr(KafkaError, n) for n in
+                         ("_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH")
+                         if hasattr(KafkaError, n))
+
+
+def give_up_seconds() -> float:
+    """How long a job waits for an unreachable broker: ``$WAXFLOW_BROKER_GIVE_UP`` (seconds,
+    default 300)."""
+    raw = os.environ.get(GIVE_UP_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_GIVE_UP
+    except ValueError:
+        value = DEFAULT_GIVE_UP
+    return value if value > 0 else DEFAULT_GIVE_UP
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The KafkaError a KafkaException carries (None for anything else)."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+def is_outage(err: KafkaError | None) -> bool:
+    """Whether ``err`` comes from the broker being unreachable (or the client state an
+    outage leaves behind: a fatal or fenced producer), rather than from the record."""
+    if err is None:
+        return False
+    if err.code() in OUTAGE_CODES or err.fatal():
+        return True
+    return bool(err.retriable())
+
+
+def is_fenced(err: KafkaError | None) -> bool:
+    return err is not None and err.code() in FENCED_CODES
+
+
+class BrokerOutage:
+    """Process-wide: one log line when the broker goes away, one when it is back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None
+        self.count = 0
+
+    def down(self, what: str, reason: str) -> float:
+        """Note an outage seen by ``what``; return when it started (monotonic)."""
+        with self._lock:
+            if self.since is None:
+                self.since = time.monotonic()
+                self.count += 1
+                LOG.warning("waxflow: broker unreachable (%s: %s); waiting up to %.0fs for it "
+                            "($%s) before giving up", what, reason, give_up_seconds(),
+                            GIVE_UP_ENV)
+            return self.since
+
+    def up(self) -> None:
+        """The broker answered again (a no-op when no outage was noted)."""
+        with self._lock:
+            if self.since is not None:
+                LOG.warning("waxflow: broker reachable again after %.1fs; resuming",
+                            time.monotonic() - self.since)
+                self.since = None
+
+    def deadline(self) -> float:
+        """When waiting for the broker ends (from the outage's start, or now)."""
+        with self._lock:
+            start = self.since if self.since is not None else time.monotonic()
+        return start + give_up_seconds()
+
+
+OUTAGE = BrokerOutage()
+
+
+_DOWN = re.compile(r"(\d+)/(\d+) brokers are down")
+
+
+def client_error(err: KafkaError) -> None:
+    """``error_cb`` of waxflow's clients: notes the broker going away (one line). A client
+    being destroyed reports "0/N brokers are down": not an outage."""
+    if err.code() == KafkaError._ALL_BROKERS_DOWN:
+        m = _DOWN.search(err.str())
+        if m is None or m.group(1) == m.group(2):
+            OUTAGE.down("client", err.str())
 
 
 def _text(value: str | bytes | None, limit: int = 80) -> str:
@@ -52,12 +167,29 @@ def describe_record(topic: str, key: bytes | None, size: int | None,
 class Deliveries:
     """The deliveries of one unit of work (a batch, a task run)."""
 
-    def __init__(self, producer: Producer) -> None:
-        self.producer = producer
+    def __init__(self, producer: Producer | None) -> None:
+        self._producer = producer
         self.sent = 0
         self._pending = 0
         self._errors: list[str] = []
+        #: the failed deliveries: their error and record (owners redo outage failures)
+        self.failures: list[tuple[KafkaError, Record]] = []
         self._cond = threading.Condition()
+
+    @property
+    def producer(self) -> Producer:
+        assert self._producer is not None
+        return self._producer
+
+    def _refused(self, err: KafkaError, record: Record) -> bool:
+        """The client refused ``record`` at once with ``err``: True when the owner takes
+        care of it (it will be sent again after an outage); False raises DeliveryError."""
+        return False
+
+    def _abandoned(self) -> bool:
+        """True when the owner gave up on this tracker's pending deliveries (an outage made
+        it redo them elsewhere): :meth:`wait` returns at once."""
+        return False
 
     def describe(self, topic: str, key: bytes | None, value: bytes | None,
                  headers: Headers | None) -> str:
@@ -65,18 +197,27 @@ class Deliveries:
         return describe_record(topic, key, len(value) if value is not None else None, headers)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message,
-                     headers: Headers | None = None) -> None:
+                     record: Record | None = None, headers: Headers | None = None) -> None:
+        if record is None:
+            record = (msg.topic() or "?", msg.key(), msg.value(), headers, None, None)
         what = None
         if err is not None:
             try:
-                what = self.describe(msg.topic() or "?", msg.key(), msg.value(), headers)
+                what = self.describe(record[0], record[1], record[2], record[3])
             except Exception:  # never lose the error over its description
                 what = f"record to topic {msg.topic()}"
         with self._cond:
             self._pending -= 1
             if err is not None:
                 self._errors.append(f"{what}: {err.str()}")
+                self.failures.append((err, record))
             self._cond.notify_all()
+
+    def take_failures(self) -> list[tuple[KafkaError, Record]]:
+        """The failed deliveries so far, forgotten (to send them again)."""
+        with self._cond:
+            failures, self.failures, self._errors = self.failures, [], []
+            return failures
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None,
                 headers: Headers | None = None,
@@ -90,9 +231,10 @@ class Deliveries:
             kwargs["partition"] = partition
         if timestamp is not None:
             kwargs["timestamp"] = timestamp
-        # a delivery report carries no headers: a record with some keeps them for the error
-        report = (self._on_delivery if not headers
-                  else functools.partial(self._on_delivery, headers=headers))
+        # a delivery report carries no headers: the record is kept for the error (and to be
+        # sent again after an outage)
+        record: Record = (topic, key, value, headers, partition, timestamp)
+        report = functools.partial(self._on_delivery, record=record)
         with self._cond:
             self._pending += 1
             self.sent += 1
@@ -106,18 +248,26 @@ class Deliveries:
             except Exception as exc:
                 with self._cond:
                     self._pending -= 1
+                err = kafka_error(exc)
+                if err is not None and self._refused(err, record):
+                    return
+                with self._cond:
                     self.sent -= 1
                 if isinstance(exc, KafkaException):
-                    err = exc.args[0] if exc.args else exc
-                    reason = err.str() if isinstance(err, KafkaError) else str(err)
+                    reason = err.str() if err is not None else str(exc)
                     raise DeliveryError(f"cannot send {self.describe(topic, key, value, headers)}"
                                         f": {reason}") from None
                 raise
 
-    def wait(self, timeout: float = 120.0) -> None:
-        """Block until every delivery is acknowledged; raise if one failed or timed out."""
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every delivery is acknowledged; raise if one failed or timed out
+        (``timeout``: default the broker give-up, at least 120 s)."""
+        if timeout is None:
+            timeout = max(120.0, give_up_seconds())
         deadline = time.monotonic() + timeout
         while True:
+            if self._abandoned():
+                return
             # serve delivery reports without blocking; when another thread's poll serves
             # ours, its callback wakes us through the condition (no sleeping out a timeout)
             self.producer.poll(0)

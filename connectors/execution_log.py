@@ -9,18 +9,36 @@ always fit in a record (``Execution.to_json`` caps them at ``$WAXFLOW_DOC_MAX_BY
 900,000 bytes, below the producer's 1,000,000-byte ``message.max.bytes``). The topic is
 created compacted on first use, with a compaction lag of 7 days so the history of replays
 (several runs of one id) stays readable for a week.
+
+Broker outages: the producer is idempotent and holds documents while the broker is away
+(up to ``$WAXFLOW_BROKER_GIVE_UP``, default 300 s). A document that fails for want of the
+broker (timed out, or the producer hit a fatal error) is sent again once it is back, on a
+rebuilt producer when the old one is fatal (:meth:`ExecutionLog.rebuild`); a document the
+broker refuses for itself still fails the batch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from waxflow.connectors.deliveries import EXECUTION_HEADER, Deliveries, Headers
+from waxflow.connectors.deliveries import (
+    EXECUTION_HEADER,
+    OUTAGE,
+    Deliveries,
+    Headers,
+    Record,
+    client_error,
+    give_up_seconds,
+    is_outage,
+)
+from waxflow.errors import DeliveryError
 
 __all__ = ["LOG_HEADER", "ExecutionLog", "LogBatch", "log_topic"]
 
@@ -53,8 +71,53 @@ class LogBatch(Deliveries):
     """The deliveries of one batch of executions; ``wait`` blocks until all are acknowledged."""
 
     def __init__(self, log: ExecutionLog) -> None:
-        super().__init__(log.producer)
+        super().__init__(None)
+        self._log = log
         self._topic = log.topic
+
+    @property
+    def producer(self) -> Producer:
+        return self._log.producer  # follows a rebuild after a fatal error
+
+    def _refused(self, err: KafkaError, record: Record) -> bool:
+        """A fatal producer refuses every record: rebuild it and send on the new one."""
+        if not (err.fatal() or err.code() == KafkaError._FATAL):
+            return False
+        OUTAGE.down("execution log", err.str())
+        if time.monotonic() > OUTAGE.deadline():
+            return False
+        self._log.rebuild(self._log.producer)
+        self.produce(*record[:4], partition=record[4], timestamp=record[5])
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every document is acknowledged. Documents that failed for want of the
+        broker are sent again (on a rebuilt producer if it went fatal) until it is back or
+        ``$WAXFLOW_BROKER_GIVE_UP`` has passed; any other failure raises at once."""
+        deadline = time.monotonic() + (timeout if timeout is not None
+                                       else max(120.0, give_up_seconds()))
+        while True:
+            try:
+                super().wait(max(1.0, deadline - time.monotonic()))
+                if self.failures:
+                    raise DeliveryError("delivery failed")
+                OUTAGE.up()
+                return
+            except DeliveryError:
+                failures = self.failures
+                if not failures or not all(is_outage(err) for err, _ in failures):
+                    raise
+                first = failures[0][0]
+                OUTAGE.down("execution log", first.str())
+                if time.monotonic() > min(deadline, OUTAGE.deadline()):
+                    raise
+                failures = self.take_failures()
+                if any(err.fatal() for err, _ in failures):
+                    self._log.rebuild(self._log.producer)
+                time.sleep(0.5)
+                for rec in failures:
+                    record = rec[1]
+                    self.produce(*record[:4], partition=record[4], timestamp=record[5])
 
     def write(self, execution_id: str, document: bytes) -> None:
         """Send one execution document to the log topic."""
@@ -88,10 +151,34 @@ class ExecutionLog:
     def __init__(self, conf: dict[str, Any], topic: str | None = None) -> None:
         self.topic = topic or log_topic()
         ensure_topic(conf, self.topic)
-        self.producer = Producer({
-            **conf, "enable.idempotence": True, "acks": "all", "linger.ms": 1,
+        self._conf = conf
+        self._lock = threading.Lock()
+        self._retired: list[Producer] = []
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        return Producer({
+            "message.timeout.ms": int(max(120.0, give_up_seconds()) * 1000),
+            "error_cb": client_error, **self._conf,
+            "enable.idempotence": True, "acks": "all", "linger.ms": 1,
             "compression.type": "lz4", "batch.num.messages": 10000,
         })
+
+    def rebuild(self, old: Producer) -> None:
+        """Replace a producer that hit a fatal error (once, whichever batch notices first):
+        its undelivered documents fail (purged) and their batches send them again."""
+        with self._lock:
+            if self.producer is not old:
+                return
+            self.producer = self._new_producer()
+            self._retired = [*self._retired[-7:], old]  # never destroyed mid-call
+        try:
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+            deadline = time.monotonic() + 5
+            while len(old) and time.monotonic() < deadline:
+                old.poll(0.1)  # the purged deliveries fail now: their batches resend them
+        except (KafkaException, RuntimeError):
+            pass
 
     def batch(self) -> LogBatch:
         return LogBatch(self)

@@ -15,9 +15,12 @@ cooperative-sticky assignor: exactly one member of that group owns the partition
 - A holder that died (SIGKILL, lost host) is evicted when its session times out
   (``SESSION_MS``, 6 s): the newcomer's first assignment then holds the partition, so a
   restart after a crash waits at most that long.
-- An instance that loses the partition while running (its session expired: a network
-  partition longer than the session timeout) stops at its next read, before committing
-  anything more (:func:`check`), since another instance may be running by then.
+- An instance whose membership ends while running (its session expired: the broker went
+  away, or a network partition longer than the session timeout) re-joins when it can; it
+  stops at its next read (:func:`check`) only if another member holds the partition by then
+  (another instance started meanwhile). During the gap a newly started instance could run
+  beside it: it cannot commit while cut off, so the newcomer replays its work under the
+  same execution ids.
 
 Share groups need no lock: a share group hands each record to one member by design.
 """
@@ -62,6 +65,7 @@ class InstanceLock:
         self._client = {k: v for k, v in conf.items() if k.startswith(_CLIENT_KEYS)}
         self._assigned: list[TopicPartition] | None = None
         self._owned = False
+        self._away = False  # the membership was lost and is not back yet
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,15 +74,25 @@ class InstanceLock:
     def _on_assign(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
         self._assigned = list(parts)
         if parts:
-            self._owned = True
+            if self._away:
+                LOG.warning("%s: instance lock held again (group %s)", self.what, self.group)
+            self._owned, self._away = True, False
+        elif self._away:
+            # back after losing the membership, and another member holds the partition:
+            # another instance started meanwhile
+            self.lost = True
+            LOG.error("%s: another instance took the instance lock (group %s) while this "
+                      "one was cut off; stopping", self.what, self.group)
 
     def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
         if self._stop.is_set():  # leaving on purpose (release)
             return
         if parts and self._owned:
-            self._owned = False
-            self.lost = True
-            LOG.error("%s: lost the instance lock (group %s); stopping", self.what, self.group)
+            # the session ended, most often because the broker went away: this instance
+            # re-joins when it can and stops only if another member got the partition
+            self._owned, self._away = False, True
+            LOG.warning("%s: instance lock membership lost (group %s; broker unreachable?); "
+                        "re-joining", self.what, self.group)
 
     def _ensure_topic(self) -> None:
         admin = AdminClient(self._client)

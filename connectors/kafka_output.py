@@ -13,20 +13,50 @@ Without a consumer group (replay, ``waxflow test``, schedules) a transactional P
 commits its own transaction at the end of the task (no offsets to include). With
 ``transactional: false`` records go through a shared idempotent producer: at-least-once.
 Every delivery is checked in both modes.
+
+Broker outages (:meth:`BatchScope.commit`): an outage aborts the open transaction one way
+or another (its records time out, the coordinator aborts it on restart and bumps the
+producer epoch, so the producer is then *fenced* although no other instance exists). The
+scope keeps every record the batch's executions produced; when a delivery, ``begin``,
+``send_offsets`` or ``commit`` fails for want of the broker, the executions are not failed:
+at commit the scope waits for the broker (up to ``$WAXFLOW_BROKER_GIVE_UP``, default 300 s),
+rebuilds the worker's producer with the same ``transactional.id`` (``init_transactions``
+fences the old one and aborts whatever it left open), produces the batch's records again in
+a new transaction and commits it with the same consumed offsets. So the batch's outcome is
+the one the executions computed, committed once, under the same execution ids, and nothing
+runs twice. When a commit's outcome is unknown (the broker died during ``commit``), the
+group's committed offsets say whether it happened before anything is sent again. A *real*
+fencing (another process with the same ``transactional.id``) cannot happen while this
+instance holds the flow's instance lock: a lost lock, or a freshly rebuilt producer fenced
+again, stops the job with a message saying so.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from waxflow.connectors.deliveries import Deliveries
+from waxflow.connectors import instance_lock
+from waxflow.connectors.deliveries import (
+    OUTAGE,
+    Deliveries,
+    Record,
+    client_error,
+    give_up_seconds,
+    is_fenced,
+    is_outage,
+    kafka_error,
+)
 from waxflow.errors import DeliveryError, TransactionError
+
+LOG = logging.getLogger("waxflow.kafka_output")
 
 
 def _conf_key(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -45,6 +75,8 @@ class KafkaOutput:
         self._txn: dict[tuple[int, tuple[tuple[str, str], ...]], Producer] = {}
         self._slots: dict[int, int] = {}
         self._init_locks: dict[tuple[int, tuple[tuple[str, str], ...]], threading.Lock] = {}
+        self._tids: dict[tuple[int, tuple[tuple[str, str], ...]], str] = {}
+        self._retired: list[Producer] = []  # replaced producers, never destroyed mid-call
         self._group_metadata: Any = None
 
     def plain_producer(self, conf: Mapping[str, Any]) -> Producer:
@@ -74,17 +106,71 @@ class KafkaOutput:
                 producer = self._txn.get(key)
                 if producer is not None:
                     return producer
-                suffix = "" if len({k[1] for k in self._txn} | {key[1]}) == 1 else \
-                    f"-{uuid.uuid5(uuid.NAMESPACE_OID, repr(key[1])).hex[:8]}"
-            tid = f"waxflow-{self.flow_key}-p{self.process_id}-w{slot}{suffix}"
-            # a killed incarnation's open transaction blocks the group's offset fetches
-            # (read_committed, require_stable) until fenced or timed out: keep it short
-            producer = Producer({"transaction.timeout.ms": 10000, **conf,
-                                 "transactional.id": tid, "linger.ms": 5})
-            producer.init_transactions(120)
+            producer = self._new_txn_producer(key, conf, 120)
             with self._lock:
                 self._txn[key] = producer
             return producer
+
+    def _tid(self, key: tuple[int, tuple[tuple[str, str], ...]]) -> str:
+        with self._lock:
+            tid = self._tids.get(key)
+            if tid is None:
+                suffix = "" if len({k[1] for k in self._tids} | {key[1]}) == 1 else \
+                    f"-{uuid.uuid5(uuid.NAMESPACE_OID, repr(key[1])).hex[:8]}"
+                tid = f"waxflow-{self.flow_key}-p{self.process_id}-w{key[0]}{suffix}"
+                self._tids[key] = tid
+            return tid
+
+    def _new_txn_producer(self, key: tuple[int, tuple[tuple[str, str], ...]],
+                          conf: Mapping[str, Any], timeout: float) -> Producer:
+        # a killed incarnation's open transaction blocks the group's offset fetches
+        # (read_committed, require_stable) until fenced or timed out: keep it short
+        producer = Producer({"transaction.timeout.ms": 10000, "error_cb": client_error, **conf,
+                             "transactional.id": self._tid(key), "linger.ms": 5})
+        try:
+            producer.init_transactions(timeout)
+        except BaseException:
+            self._retire(producer)
+            raise
+        return producer
+
+    def rebuild(self, conf: Mapping[str, Any], slot: int, old: Producer | None,
+                timeout: float) -> Producer:
+        """A new transactional producer for ``slot`` with the same ``transactional.id``:
+        ``init_transactions`` fences ``old`` (and the slot's cached producer) and aborts any
+        transaction they left open. Raises KafkaException while the broker is away."""
+        key = (slot, _conf_key(conf))
+        with self._lock:
+            slot_lock = self._init_locks.setdefault(key, threading.Lock())
+        with slot_lock:
+            with self._lock:
+                cached = self._txn.pop(key, None)
+            for dead in {id(p): p for p in (cached, old) if p is not None}.values():
+                self._retire(dead)
+            producer = self._new_txn_producer(key, conf, timeout)
+            with self._lock:
+                self._txn[key] = producer
+            return producer
+
+    def discard(self, conf: Mapping[str, Any], slot: int, producer: Producer) -> None:
+        """Forget a producer left in an unknown state: the slot's next use builds a new one
+        (whose ``init_transactions`` aborts what this one left open)."""
+        key = (slot, _conf_key(conf))
+        with self._lock:
+            if self._txn.get(key) is producer:
+                del self._txn[key]
+        self._retire(producer)
+
+    def _retire(self, producer: Producer) -> None:
+        with self._lock:
+            if any(p is producer for p in self._retired):
+                return
+            self._retired = [*self._retired[-7:], producer]
+        try:
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.poll(0)
+        except (KafkaException, RuntimeError):
+            pass
 
     def group_metadata(self) -> Any:
         with self._lock:
@@ -119,16 +205,29 @@ class BatchScope:
         self.slot = slot
         self._lock = threading.Lock()
         self._producer: Producer | None = None
+        self._conf: Mapping[str, Any] | None = None
         self._conf_key: tuple[tuple[str, str], ...] | None = None
         # executions whose records failed delivery inside this batch's transaction: the
         # transaction can then only abort, and the batch is re-run without them
         self.poisoned: set[str] = set()
         self.broken: str | None = None  # the transaction could not be set up
+        #: every record sent in the batch's transaction, to send again after an outage
+        self.records: list[Record] = []
+        #: why the transaction must be redone once the broker is back (None: it need not)
+        self.outage: str | None = None
 
     def poison(self, execution_id: str) -> None:
         """Mark an execution whose delivery failed inside the batch's transaction."""
         with self._lock:
             self.poisoned.add(execution_id)
+
+    def lost(self, err: KafkaError, what: str) -> None:
+        """The transaction is lost to an outage: the batch's records are sent again in a new
+        one at commit (the executions are not failed for it)."""
+        with self._lock:
+            if self.outage is None:
+                self.outage = f"{what}: {err.str()}"
+        OUTAGE.down("transactional producer", f"{what}: {err.str()}")
 
     def deliveries(self, conf: Mapping[str, Any], transactional: bool) -> Deliveries:
         """A delivery tracker on the right producer for one Produce task run.
@@ -143,47 +242,214 @@ class BatchScope:
             return TaskTransaction(conf)
         key = _conf_key(conf)
         with self._lock:
-            if self._producer is None:
-                try:
-                    producer = self.output.txn_producer(conf, self.slot)
-                    producer.begin_transaction()
-                except KafkaException as exc:
-                    # not a task failure: without its transaction the batch must not commit
-                    self.broken = f"transactional producer not ready: {exc.args[0].str()}"
-                    raise
-                self._producer, self._conf_key = producer, key
+            if self._conf_key is None:
+                self._conf, self._conf_key = conf, key
             elif key != self._conf_key:
                 raise DeliveryError("one batch's transaction spans one cluster and one set "
                                     "of producer properties; use transactional: false for "
                                     "a second target")
-            return Deliveries(self._producer)
+            need = self._producer is None and self.outage is None
+        if need:
+            try:
+                producer = self.output.txn_producer(conf, self.slot)
+                try:
+                    producer.begin_transaction()
+                except KafkaException:
+                    self.output.discard(conf, self.slot, producer)
+                    raise
+                with self._lock:
+                    self._producer = producer
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is None or not is_outage(err):
+                    # not a task failure: without its transaction the batch must not commit
+                    self.broken = f"transactional producer not ready: {exc.args[0].str()}"
+                    raise
+                self.lost(err, "begin")
+        return _TxnDeliveries(self)
 
     @property
     def active(self) -> bool:
-        return self._producer is not None
+        return self._producer is not None or self.outage is not None
+
+    def _give_up(self, tid_what: str) -> TransactionError:
+        return TransactionError(
+            f"the broker stayed unreachable for {give_up_seconds():.0f}s "
+            f"($WAXFLOW_BROKER_GIVE_UP) while {tid_what}; giving up: the batch was not "
+            "committed and replays on the next start under the same execution ids")
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Commit the batch's transaction with the consumed offsets (next offset to read)."""
-        producer = self._producer
-        if producer is None:
-            return
-        self._producer = None
+        """Commit the batch's transaction with the consumed offsets (next offset to read);
+        after an outage, redo it on a rebuilt producer (module doc)."""
         tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+        if self.poisoned:  # the transaction can only abort; the batch re-runs without them
+            self.abort()
+            raise TransactionError("records failed delivery inside the batch's transaction; "
+                                   "it aborted and the batch runs again without them")
+        producer = self._producer
+        committing = False
+        if self.outage is None:
+            if producer is None:
+                return
+            try:
+                producer.send_offsets_to_transaction(tps, self.output.group_metadata(), 60)
+                committing = True
+                producer.commit_transaction(120)
+                self._producer = None
+                self.records = []
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (is_outage(err) or err.txn_requires_abort()):
+                    self._producer = None
+                    raise TransactionError(f"transaction failed: {err.str()}") from None
+                self.lost(err, "commit" if committing else "send_offsets")
+        self._redo(tps, committing)
+
+    def _redo(self, tps: list[TopicPartition], committing: bool) -> None:
+        """Once the broker is back: a new producer (same transactional.id), the batch's
+        records again in a new transaction, committed with the same offsets."""
+        assert self._conf is not None and self.slot is not None
+        deadline = OUTAGE.deadline()
+        fenced = 0
+        reason = self.outage or "outage"
+        tid = self.output._tid((self.slot, _conf_key(self._conf)))
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.abort()
+                raise self._give_up(f"redoing the batch's transaction ({reason})")
+            # a genuine second instance is only possible when this one lost its lock
+            instance_lock.check("transactional producer fenced or lost in an outage")
+            step = "init_transactions"
+            again: Deliveries | None = None
+            try:
+                producer = self.output.rebuild(self._conf, self.slot, self._producer,
+                                               min(remaining, 30.0))
+                self._producer = producer
+                if committing and self._committed(tps, remaining):
+                    LOG.info("the batch's transaction committed before the outage ended it")
+                    break
+                step = "begin"
+                producer.begin_transaction()
+                step = "produce"
+                again = Deliveries(producer)
+                for topic, key, value, headers, part, ts in self.records:
+                    again.produce(topic, key, value, headers, partition=part, timestamp=ts)
+                again.wait(max(1.0, deadline - time.monotonic()))
+                step = "send_offsets"
+                producer.send_offsets_to_transaction(tps, self.output.group_metadata(),
+                                                     max(1.0, deadline - time.monotonic()))
+                step = "commit"
+                committing = True
+                producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                LOG.warning("waxflow: the batch's transaction (%d records, %d partitions' "
+                            "offsets) was lost to a broker outage (%s) and committed again "
+                            "on a rebuilt producer %s", len(self.records), len(tps),
+                            reason, tid)
+                break
+            except (KafkaException, DeliveryError) as exc:
+                err = kafka_error(exc)
+                if isinstance(exc, DeliveryError):
+                    failed = again.failures if again is not None else []
+                    outage = bool(failed) and all(is_outage(e) for e, _ in failed)
+                    err = failed[0][0] if failed else None
+                else:
+                    outage = is_outage(err) or bool(err and err.txn_requires_abort())
+                if is_fenced(err) and step != "init_transactions":
+                    fenced += 1
+                    if fenced >= 2:  # fenced again right after init: another live producer
+                        self._producer = None
+                        raise TransactionError(
+                            f"transactional producer {tid} fenced by another producer "
+                            "with the same transactional.id: another instance of this "
+                            "flow is running; stopping without committing the batch"
+                        ) from None
+                if not outage:
+                    self.abort()
+                    raise TransactionError(
+                        f"redoing the batch's transaction after an outage failed at {step}: "
+                        f"{exc}") from None
+                reason = f"{step}: {err.str() if err is not None else exc}"
+                OUTAGE.down("transactional producer", reason)
+                time.sleep(0.5)
+        self._producer = None
+        self.records = []
+        self.outage = None
+        OUTAGE.up()
+
+    def _committed(self, tps: list[TopicPartition], timeout: float) -> bool:
+        """Whether the group's committed offsets are the batch's ends already (the commit
+        whose answer the outage swallowed did happen; this instance alone commits them)."""
+        from waxflow.connectors.kafka_source import committed_offsets
+
+        assert self.output.group_conf is not None
+        consumer = Consumer({k: v for k, v in self.output.group_conf.items()
+                             if k != "on_commit"})
         try:
-            producer.send_offsets_to_transaction(tps, self.output.group_metadata(), 60)
-            producer.commit_transaction(120)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if getattr(err, "txn_requires_abort", lambda: False)():
-                producer.abort_transaction(60)
-                raise TransactionError(f"transaction aborted, the batch will replay: "
-                                       f"{err.str()}") from None
-            raise TransactionError(f"transaction failed: {err.str()}") from None
+            got = committed_offsets(consumer, [TopicPartition(tp.topic, tp.partition)
+                                               for tp in tps], timeout=timeout)
+        finally:
+            consumer.close()
+        want = {(tp.topic, tp.partition): tp.offset for tp in tps}
+        return all(want[(tp.topic, tp.partition)] == tp.offset for tp in got)
 
     def abort(self) -> None:
+        """Abort the batch's transaction; a producer that cannot (broker away, fatal) is
+        discarded: the next batch's producer aborts what it left open."""
         producer, self._producer = self._producer, None
-        if producer is not None:
+        self.records = []
+        self.outage = None
+        if producer is None:
+            return
+        try:
             producer.abort_transaction(60)
+        except KafkaException:
+            if self._conf is not None and self.slot is not None:
+                self.output.discard(self._conf, self.slot, producer)
+
+
+class _TxnDeliveries(Deliveries):
+    """Deliveries inside a batch's transaction: each record is kept (to be sent again after
+    an outage); a failure for want of the broker marks the transaction lost instead of
+    failing the task, a failure of the record fails it (and poisons the batch)."""
+
+    def __init__(self, scope: BatchScope) -> None:
+        super().__init__(scope._producer)
+        self.scope = scope
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                headers: Any = None, *, partition: int | None = None,
+                timestamp: int | None = None) -> None:
+        record: Record = (topic, key, value, headers, partition, timestamp)
+        if self.scope.outage is not None or self._producer is None:
+            with self.scope._lock:
+                self.scope.records.append(record)
+            self.sent += 1
+            return
+        super().produce(topic, key, value, headers, partition=partition, timestamp=timestamp)
+        with self.scope._lock:
+            self.scope.records.append(record)
+
+    def _refused(self, err: KafkaError, record: Record) -> bool:
+        if not is_outage(err):
+            return False
+        self.scope.lost(err, "produce")
+        with self.scope._lock:
+            self.scope.records.append(record)
+        return True
+
+    def _abandoned(self) -> bool:
+        return self.scope.outage is not None
+
+    def wait(self, timeout: float | None = None) -> None:
+        try:
+            super().wait(timeout)
+        except DeliveryError:
+            failed = self.failures
+            if not failed or not all(is_outage(err) for err, _ in failed):
+                raise
+            self.scope.lost(failed[0][0], "delivery")
 
 
 class TaskTransaction(Deliveries):
@@ -205,7 +471,8 @@ class TaskTransaction(Deliveries):
         self._key = key
         producer.begin_transaction()
 
-    def wait(self, timeout: float = 120.0) -> None:
+    def wait(self, timeout: float | None = None) -> None:
+        timeout = 120.0 if timeout is None else timeout
         try:
             super().wait(timeout)
             self.producer.commit_transaction(timeout)
