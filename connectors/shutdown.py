@@ -14,13 +14,24 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from types import FrameType
 
 _requested: str | None = None
 _done = 0
 _lock = threading.Lock()
+_stderr_fd = 2  # where the stop messages go (the real stderr, see direct_stderr)
+
+
+def direct_stderr(fd: int) -> None:
+    """Write the stop messages straight to ``fd``: fd 2 may be a pipe that a thread filters
+    (the runner's panic filter), and ``os._exit`` would cut that thread short."""
+    global _stderr_fd
+    _stderr_fd = fd
+
+
+def _say(message: str) -> None:
+    os.write(_stderr_fd, f"waxflow: {message}\n".encode())
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -43,8 +54,7 @@ def done_count() -> int:
 
 def _exit_now(code: int, message: str) -> None:
     try:
-        sys.stderr.write(f"waxflow: {message}\n")
-        sys.stderr.flush()
+        _say(message)
     finally:
         os._exit(code)
 
@@ -60,8 +70,8 @@ def _handle(signum: int, _frame: FrameType | None) -> None:
         timeout = float(os.environ.get("WAXFLOW_SHUTDOWN_TIMEOUT", DEFAULT_TIMEOUT))
     except ValueError:
         timeout = DEFAULT_TIMEOUT
-    sys.stderr.write(f"waxflow: {name} received: finishing in-flight executions and "
-                     f"committing (at most {timeout:g}s; a second signal exits at once)\n")
+    _say(f"{name} received: finishing in-flight executions and committing (at most "
+         f"{timeout:g}s; a second signal exits at once)")
     timer = threading.Timer(timeout, _exit_now, (1, f"stop after {name} took longer than "
                                                     f"{timeout:g}s; exiting: work not "
                                                     "committed will replay on the next start"))

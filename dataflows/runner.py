@@ -50,6 +50,7 @@ def quiet_panics() -> Iterator[None]:
         return
     sys.stderr.flush()
     saved = os.dup(2)
+    shutdown.direct_stderr(saved)
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
@@ -71,6 +72,7 @@ def quiet_panics() -> Iterator[None]:
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF
+        shutdown.direct_stderr(2)
         thread.join(timeout=5)
         os.close(saved)
 

@@ -40,11 +40,12 @@ triggers:
     topic: {topic}
     groupId: {group}
     valueDeserializer: JSON
+    maxConcurrency: 4
 tasks:
   - id: work
     type: core.Python
     function: tests.flow_funcs:slow
-    args: {{ms: 3}}
+    args: {{ms: 20}}
 """
 
 
@@ -98,7 +99,7 @@ def test_second_signal_exits_at_once(
     topic, group, log_topic = new_topic(1), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
     produce_json(bootstrap, topic, [{"id": i} for i in range(N)])
     flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group).replace(
-        "ms: 3", "ms: 2000"))
+        "ms: 20", "ms: 2000"))
     job = start_flow(flow, flow_env(bootstrap, log_topic, PYTHONPATH=str(REPO),
                                       WAXFLOW_SHUTDOWN_TIMEOUT="120"))
     _wait_for_documents(bootstrap, log_topic, 1)
