@@ -21,7 +21,10 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from waxflow.dataflows.orders_realtime import FLOW_FILE
+#: the blueprint's flow file (importing the blueprint module would compile the flow and take
+#: its instance lock in this process, so the ``waxflow run`` below would be refused)
+FLOW_FILE = Path(__file__).parent / "flows" / "orders_realtime.yaml"
+
 
 RECEIVED: Counter[str] = Counter()
 
