@@ -3,10 +3,20 @@
 One Bytewax partition per Kafka partition (``FixedPartitionedSource``), each with its own
 manually assigned consumer in the flow's group. Commit rule (G1,
 :mod:`waxflow.operators.checkpoint`): ``snapshot()`` runs at every epoch end and records the
-next offset to read; the *first* ``next_batch()`` after it commits that offset. Bytewax
-calls ``next_batch()`` for epoch e+1 only after epoch e has passed every step, and the
-execute step finishes its executions inside the step, so every record below a committed
-offset has a done execution. Nothing is committed in ``close()`` or at EOF. Resume point:
+offset to commit; the *first* ``next_batch()`` after it commits that offset. That offset is
+
+- with a :class:`~waxflow.progress.Progress` (pipelined executions, which outlive their
+  step): the partition's lowest offset whose execution is not done yet — every offset read
+  is registered, the executions mark theirs done;
+- without: the next offset to read — Bytewax calls ``next_batch()`` for epoch e+1 only after
+  epoch e has passed every step, and the batch-synchronous execute step finishes its
+  executions inside the step.
+
+Either way every record below a committed offset has a done execution. With a progress, the
+partition stops reading while ``$WAXFLOW_MAX_IN_FLIGHT`` executions (default 5,000 per
+process) are unfinished, or ``$WAXFLOW_MAX_PENDING`` offsets (default 100,000) wait behind
+an unfinished one: memory stays bounded however slow one record is. Nothing is committed in
+``close()`` or at EOF. Resume point:
 the Bytewax snapshot when recovery is on, else the group's committed offset, else ``since``
 (a timestamp), else ``auto.offset.reset`` (default ``earliest``).
 """
@@ -14,6 +24,7 @@ the Bytewax snapshot when recovery is on, else the group's committed offset, els
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +45,7 @@ from confluent_kafka import (
 from waxflow.connectors import instance_lock, shutdown
 from waxflow.connectors.kafka_config import require
 from waxflow.errors import SourceStop
+from waxflow.progress import Progress
 from waxflow.records import RawRecord, RecordFields
 
 LOG = logging.getLogger("waxflow.source")
@@ -169,10 +181,18 @@ def start_offset(consumer: Consumer, topic: str, partition: int, *, resume: int 
     return (OFFSET_END if latest else OFFSET_BEGINNING), None
 
 
+def _bound(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        raise SourceStop(f"${name} must be a whole number, not "
+                         f"{os.environ.get(name)!r}") from None
+
+
 class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
     def __init__(self, conf: dict[str, Any], topic: str, partition: int,
                  *, resume: int | None, since: datetime | None, batch_size: int,
-                 idle_stop: float | None) -> None:
+                 idle_stop: float | None, progress: Progress | None = None) -> None:
         self._tp = f"{topic}/{partition}"
         self._topic, self._partition = topic, partition
         self._batch = batch_size
@@ -189,6 +209,12 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._last_activity = time.monotonic()
         self._awake: datetime | None = None
         self._paused = False
+        self._progress = progress
+        self._part = progress.part(topic, partition) if progress is not None else None
+        if self._part is not None:
+            self._part.seek(self._next)
+        self._max_in_flight = _bound("WAXFLOW_MAX_IN_FLIGHT", 5000)
+        self._max_pending = _bound("WAXFLOW_MAX_PENDING", 100_000)
         self._consumer.assign([TopicPartition(topic, partition, start)])
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
@@ -200,19 +226,49 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
             if tp.error is None and tp.topic == self._topic and tp.partition == self._partition:
                 self._confirmed = tp.offset
 
+    def _all_committed(self) -> bool:
+        """Everything read is done and its offset confirmed committed."""
+        if self._next is None:
+            return True
+        return self._confirmed == self._next and (self._part is None
+                                                  or self._part.in_flight == 0)
+
+    def _stopped(self) -> bool:
+        """Stopping: no execution is running any more (those not started, or paused for a
+        retry, are abandoned and replay on the next start) and what is done is committed."""
+        if self._part is None or self._progress is None:
+            return self._all_committed()
+        point = self._part.commit_point()
+        return self._progress.running == 0 and (point is None or self._confirmed == point)
+
+    def _full(self) -> bool:
+        """Pipelined: too much unfinished work to read more now."""
+        assert self._progress is not None and self._part is not None
+        return (self._progress.unfinished >= self._max_in_flight
+                or self._part.in_flight >= self._max_pending)
+
     def next_batch(self) -> list[RawRecord]:
         instance_lock.check(self._tp)
+        if self._progress is not None:
+            self._progress.check()
         if self._to_commit is not None and self._to_commit != self._requested:
             self._consumer.commit(offsets=[TopicPartition(self._topic, self._partition,
                                                           self._to_commit)],
                                   asynchronous=True)
             self._requested = self._to_commit
         self._to_commit = None
-        if shutdown.requested():  # read no more; stop once what was read is committed
-            if self._next is None or self._confirmed == self._next:
+        if shutdown.requested():  # read no more; stop once what was done is committed
+            if self._stopped():
                 raise StopIteration
             self._idle_poll()
             return []
+        if self._progress is not None and self._full():
+            self._last_activity = time.monotonic()  # held back by work, not idle
+            self._idle_poll()
+            return []
+        if self._paused:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
         msgs = self._consumer.consume(self._batch, 0)
         out: list[RawRecord] = []
         for m in msgs:
@@ -221,12 +277,16 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         now = time.monotonic()
         if out:
             self._next = out[-1].offset + 1
+            if self._part is not None:
+                self._part.read([r.offset for r in out], self._next)
             self._last_activity = now
             self._awake = None
         else:
             self._awake = datetime.now().astimezone() + timedelta(milliseconds=5)
+            if self._part is not None and self._part.in_flight:
+                self._last_activity = now  # executions still running: not idle
             if (self._idle_stop is not None and now - self._last_activity >= self._idle_stop
-                    and (self._next is None or self._confirmed == self._next)):
+                    and self._all_committed()):
                 raise StopIteration
         return out
 
@@ -242,8 +302,8 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         return self._awake
 
     def snapshot(self) -> int | None:
-        self._to_commit = self._next
-        return self._next
+        self._to_commit = self._part.commit_point() if self._part is not None else self._next
+        return self._to_commit
 
     def close(self) -> None:
         self._consumer.close()
@@ -256,8 +316,10 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
                  *, pattern: str | None = None, partitions: list[int] | None = None,
                  since: datetime | None = None, batch_size: int = 500,
                  idle_stop: float | None = None,
-                 warm_up: Callable[[], None] | None = None) -> None:
+                 warm_up: Callable[[], None] | None = None,
+                 progress: Progress | None = None) -> None:
         self._warm_up = warm_up
+        self._progress = progress
         self._conf = group_conf(conf, group_id, "waxflow commits offsets itself, only after "
                                                 "the work is done (G1)")
         self._conf.setdefault("enable.partition.eof", False)
@@ -281,4 +343,4 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
         topic, partition = _split_part(for_part)
         return _GroupPartition(self._conf, topic, partition, resume=resume_state,
                                since=self._since, batch_size=self._batch,
-                               idle_stop=self._idle_stop)
+                               idle_stop=self._idle_stop, progress=self._progress)

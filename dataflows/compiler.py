@@ -141,6 +141,13 @@ def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> D
     return df
 
 
+def _joins_transaction(flow: FlowBase) -> bool:
+    """Whether the flow's executions produce inside their batch's Kafka transaction."""
+    from waxflow.connectors.kafka_produce import Produce
+
+    return any(isinstance(t, Produce) and t.transactional for _, t in flow.all_tasks())
+
+
 def _txn_warm_up(flow: FlowBase, runner: RecordExecutions) -> Callable[[], None] | None:
     """Initialise the worker's transactional producers before its source starts reading."""
     from waxflow.connectors.kafka_produce import Produce
@@ -193,11 +200,13 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
                                   warm_up=runner.executor.resources)
         runner.outcomes = share_outcomes
     else:
+        # executions outlive their step unless they join the batch's transaction
+        progress = None if _joins_transaction(flow) else runner.pipelined()
         source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(),
                                   pattern=trig.topicPattern, partitions=trig.partitions,
                                   since=trig.since, batch_size=options.batch_size,
                                   idle_stop=options.stop_when_idle,
-                                  warm_up=_txn_warm_up(flow, runner))
+                                  warm_up=_txn_warm_up(flow, runner), progress=progress)
     df = _dataflow(flow)
     raw = op.input("kafka", df, source)
     decoded = deserialize("deserialize", raw, key_de=trigger_deserializer(trig, "key"),

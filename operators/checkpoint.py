@@ -1,7 +1,34 @@
 """The checkpoint: the commit order of a consumer-group flow, and where each guarantee lives.
 
 Model: Quix Streams' checkpoint — the order in which work becomes durable is written down in
-one place. For every epoch, in this order:
+one place. Two orders, one per way of running executions:
+
+**Pipelined** (realtime consumer-group flows whose executions join no Kafka transaction —
+the default; model: Confluent's Parallel Consumer). Executions outlive the step that started
+them, and finish in any order:
+
+1. the source (``kafka_source``) registers every offset it reads in the partition's
+   :class:`~waxflow.progress.PartitionProgress` before it hands the records on;
+2. the execute step (``execute``) starts each record's execution in the flow's
+   :class:`~waxflow.operators.pipeline.Pipeline` and returns at once; a retry delay pauses
+   the execution on a timer; ``keyOrdering`` holds an execution until the one before it of
+   the same key is terminal;
+3. an execution is *done* when its terminal document is acknowledged by the broker: only
+   then is its offset marked done (a FAILED execution under ``onFailure: STOP`` never is:
+   the source raises the stop at its next read);
+4. at every epoch end the source's ``snapshot()`` takes the partition's *lowest unfinished
+   offset* (the next offset to read when nothing is pending), and the first ``next_batch()``
+   after it commits that offset; the snapshot (recovery on) is the same offset.
+
+So a slow or retrying record holds back only the commit of its own offset; a crash replays
+the unfinished records and those after them, under the same ids (G2). The source stops
+reading while ``$WAXFLOW_MAX_IN_FLIGHT`` executions are unfinished in the process, or
+``$WAXFLOW_MAX_PENDING`` offsets of a partition wait behind an unfinished one (memory stays
+bounded). A stopping job abandons executions not started or paused for a retry (they
+replay) and waits for the running ones.
+
+**Batch-synchronous** (transactional ``kafka.Produce`` flows, share groups, ``kafka.Trigger``
+batches, schedules). For every epoch, in this order:
 
 1. the execute step (``execute`` / ``microbatch`` / ``schedule``) hands its items to the
    flow's :class:`~waxflow.operators.executor.Executor`, which returns only when every
@@ -14,8 +41,12 @@ one place. For every epoch, in this order:
    ``snapshot()`` at the epoch end; Bytewax starts the next epoch only after this one passed
    every step;
 4. the first ``next_batch()`` of the next epoch commits that offset to the consumer group.
-   Never in ``close()`` or at EOF: the partition is dropped right after its last snapshot,
-   so that offset is committed by the next run.
+
+In both, never in ``close()`` or at EOF: the partition is dropped right after its last
+snapshot, so that offset is committed by the next run. A transaction commits the consumed
+offsets of its batch with its outputs, so its executions must be done when it commits: that
+is why transactional flows stay batch-synchronous (a pipelined transaction would have to
+carry the done offsets above the lowest unfinished one in the commit metadata).
 
 The Bytewax behaviour this rests on (bytewax 0.21.1, read in its source and measured with
 kill tests): a source partition's ``snapshot()`` runs at every epoch end, and its
@@ -30,10 +61,12 @@ from the last commit under the same ids (G2).
 
 Where each guarantee is enforced (file: function) and which test proves it on the broker:
 
-- **G1 no loss** (commit only what is done): ``operators/executor.py: Executor.run`` (done =
-  delivered), ``connectors/kafka_source.py: _GroupPartition.snapshot/next_batch`` (commit
-  after the snapshot), ``connectors/kafka_batch.py: _BatchPartition.snapshot`` (only
-  positions after emitted batches) — ``tests/integration/test_kill_realtime.py``,
+- **G1 no loss** (commit only what is done): ``operators/pipeline.py: Pipeline._delivered``
+  and ``waxflow/progress.py: PartitionProgress.commit_point`` (pipelined),
+  ``operators/executor.py: Executor.run`` (done = delivered),
+  ``connectors/kafka_source.py: _GroupPartition.snapshot/next_batch`` (commit after the
+  snapshot), ``connectors/kafka_batch.py: _BatchPartition.snapshot`` (only positions after
+  emitted batches) — ``tests/integration/test_kill_realtime.py``, ``test_no_stall.py``,
   ``test_batch_trigger.py``.
 - **G2 one history per record**: ``waxflow/execution.py: execution_id`` (deterministic),
   ``connectors/kafka_batch.py: _BatchPartition._write_plan`` (a replayed batch is cut the
@@ -45,8 +78,10 @@ Where each guarantee is enforced (file: function) and which test proves it on th
   before the next poll) — ``test_share_groups.py``.
 - **G5 bad input**: ``operators/deserialize.py: decode`` (``onSerdeError``),
   ``operators/execute.py: RecordExecutions.job`` (SKIPPED, DLQ) — ``test_serde_errors.py``.
-- **G6 task failure**: ``operators/engine.py: Engine.run`` (retries, FAILED, ``errors``
-  tasks), ``Executor.check_stop`` (``onFailure: STOP``) — ``test_task_failures.py``.
+- **G6 task failure**: ``operators/engine.py: Engine.advance`` (retries — paused on a timer
+  when pipelined —, FAILED, ``errors`` tasks), ``Executor.check_stop`` and
+  ``Pipeline._delivered`` (``onFailure: STOP``) — ``test_task_failures.py``,
+  ``test_no_stall.py``.
 """
 
 from __future__ import annotations

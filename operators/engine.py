@@ -27,6 +27,15 @@ from waxflow.tasks import RetrySpec, TaskBase, TaskFailure
 LOG = logging.getLogger("waxflow.task")
 
 
+class _Deferred(BaseException):
+    """A task's retry is due in ``delay`` seconds: the execution pauses without holding a
+    thread (a BaseException, so flowables' and tasks' ``except Exception`` let it through)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
 class _TaskFailed(Exception):
     def __init__(self, task_id: str, message: str) -> None:
         super().__init__(message)
@@ -72,6 +81,11 @@ class _Context:
         self._vars = variables
         self.current: TaskBase | None = None
         self.warned = False
+        #: a retry delay pauses the execution (:class:`_Deferred`) instead of sleeping
+        self.deferrable = False
+        #: continuing after a pause: task runs already finished are not run again
+        self.resuming = False
+        self.started: dict[int, float] = {}  # id(task run) -> first attempt (monotonic)
 
     @property
     def vars(self) -> Mapping[str, Any]:
@@ -94,12 +108,16 @@ class _Context:
     def run_parallel(self, tasks: Sequence[TaskBase], parent: TaskBase, concurrency: int) -> None:
         workers = concurrency if concurrency > 0 else max(1, len(tasks))
         failures: list[BaseException] = []
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(self.engine.run_task, self, t, parent) for t in tasks]
-            for fut in futures:
-                exc = fut.exception()
-                if exc is not None:
-                    failures.append(exc)
+        deferrable, self.deferrable = self.deferrable, False  # children retry in place
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(self.engine.run_task, self, t, parent) for t in tasks]
+                for fut in futures:
+                    exc = fut.exception()
+                    if exc is not None:
+                        failures.append(exc)
+        finally:
+            self.deferrable = deferrable
         if failures:
             raise failures[0]
 
@@ -116,10 +134,17 @@ class Engine:
 
     def run(self, execution: Execution, trigger_vars: dict[str, Any],
             batch: Any = None) -> Execution:
-        """Run the flow's tasks for ``execution`` until it is terminal.
+        """Run the flow's tasks for ``execution`` until it is terminal (retry delays sleep).
 
         ``batch`` is the execute step's per-batch scope (the Kafka transaction of the batch).
         """
+        self.advance(self.begin(execution, trigger_vars, batch))
+        return execution
+
+    def begin(self, execution: Execution, trigger_vars: dict[str, Any], batch: Any = None,
+              *, deferrable: bool = False) -> _Context:
+        """The run state of ``execution``, to :meth:`advance`; ``deferrable``: a retry delay
+        pauses the execution instead of sleeping on the thread."""
         execution.state = State.RUNNING
         variables: dict[str, Any] = {
             "trigger": trigger_vars,
@@ -131,22 +156,34 @@ class Engine:
             "env": self.env,
         }
         ctx = _Context(self, execution, variables, batch)
+        ctx.deferrable = deferrable
+        return ctx
+
+    def advance(self, ctx: _Context) -> float | None:
+        """Run the execution until it is terminal (None) or a retry pauses it: then the
+        seconds until the retry is due, and the next call continues from the retrying task
+        (the tasks that finished are not run again; their outputs are kept)."""
+        execution = ctx.execution
         try:
             ctx.run_tasks(self.flow.tasks, None)
+        except _Deferred as pause:
+            ctx.resuming = True
+            return pause.delay
         except _TaskFailed as failed:
             execution.error = {"taskId": failed.task_id, "message": failed.message}
             self._run_handlers(ctx, self.flow.errors)
             execution.finish(State.FAILED)
-            return execution
+            return None
         except Exception as exc:  # engine bug or unexpected error: still a FAILED execution
             execution.error = {"taskId": "", "message": error_text(exc)}
             execution.finish(State.FAILED)
-            return execution
+            return None
         execution.finish(State.WARNING if ctx.warned else State.SUCCESS)
-        return execution
+        return None
 
     def _run_handlers(self, ctx: _Context, tasks: Sequence[TaskBase]) -> None:
         # a failing errors handler is recorded in its task run; the state stays FAILED
+        ctx.deferrable = False  # handlers retry in place: the execution is failing already
         with contextlib.suppress(_TaskFailed):
             ctx.run_tasks(tasks, None)
 
@@ -154,16 +191,26 @@ class Engine:
         """Run one task with its retry policy; raise _TaskFailed when it fails the execution."""
         if task.disabled:
             return
-        run = TaskRun(task.id, task.type, parent.id if parent is not None else None)
-        ctx.execution.add_task_run(run)
+        parent_id = parent.id if parent is not None else None
+        run = self._resumed_run(ctx, task.id, parent_id) if ctx.resuming else None
+        if run is not None and run.state in (State.SUCCESS, State.WARNING):
+            return  # finished before the pause: its outputs are in ctx.vars already
+        if run is None:
+            run = TaskRun(task.id, task.type, parent_id)
+            ctx.execution.add_task_run(run)
         policy = self._policy(task)
         timeout = task.timeout.total_seconds() if task.timeout is not None else None
-        started = time.monotonic()
-        attempt_no = 0
+        started = ctx.started.setdefault(id(run), time.monotonic())
+        attempt_no = len(run.attempts)
+        # a flowable paused inside a child: continue its running attempt
+        reenter = bool(run.attempts) and run.attempts[-1].state == State.RUNNING
         while True:
-            attempt_no += 1
-            attempt = Attempt(State.RUNNING, now())
-            run.attempts.append(attempt)
+            if reenter:
+                attempt, reenter = run.attempts[-1], False
+            else:
+                attempt_no += 1
+                attempt = Attempt(State.RUNNING, now())
+                run.attempts.append(attempt)
             previous, ctx.current = ctx.current, task
             try:
                 out = _call_with_timeout(task, ctx, timeout)
@@ -177,6 +224,8 @@ class Engine:
                 delay = policy.next_delay(attempt_no, time.monotonic() - started)
                 if delay is not None:
                     run.state = State.RETRYING
+                    if ctx.deferrable:
+                        raise _Deferred(delay.total_seconds()) from None
                     time.sleep(delay.total_seconds())
                     continue
                 self._fail(ctx, task, run, attempt.error)
@@ -192,6 +241,14 @@ class Engine:
             else:
                 run.state = State.SUCCESS
             return
+
+    @staticmethod
+    def _resumed_run(ctx: _Context, task_id: str, parent_id: str | None) -> TaskRun | None:
+        """The task run of ``task_id`` (under ``parent_id``) from before the pause, if any."""
+        for run in reversed(ctx.execution.task_runs):
+            if run.task_id == task_id and run.parent == parent_id:
+                return run
+        return None
 
     def _fail(self, ctx: _Context, task: TaskBase, run: TaskRun, message: str) -> None:
         if task.allowFailure:

@@ -1,13 +1,23 @@
-"""Execute step of ``kafka.RealtimeTrigger``: one execution per record, done inside the step.
+"""Execute step of ``kafka.RealtimeTrigger``: one execution per record.
 
 For each batch Bytewax hands it, the step builds one :class:`~waxflow.operators.executor.Job`
-per decoded record and lets the flow's :class:`~waxflow.operators.executor.Executor` run them
-(concurrently up to ``maxConcurrency``, one key at a time with ``keyOrdering``); it returns
-only when every execution is done, then emits, per source partition, the next offset whose
-records are all done; the source commits offsets at the following epoch, so a commit never
-runs ahead of the work (G1, :mod:`waxflow.operators.checkpoint`). Serde failures become
-SKIPPED executions (and DLQ records, delivery checked). Share groups: each record's outcome
-goes back to its source partition for the ack (G4).
+per decoded record. Two ways to run them (:mod:`waxflow.operators.checkpoint` has the commit
+order of both):
+
+- **pipelined** (consumer groups whose executions join no Kafka transaction): the jobs go to
+  the flow's :class:`~waxflow.operators.pipeline.Pipeline` and the step returns at once;
+  each execution marks its offset done in the partition's progress when its terminal
+  document is delivered, and the source commits the lowest unfinished offset — a slow or
+  retrying record never stalls the others;
+- **batch-synchronous** (transactional ``kafka.Produce`` flows, share groups, replay): the
+  flow's :class:`~waxflow.operators.executor.Executor` runs them (concurrently up to
+  ``maxConcurrency``, one key at a time with ``keyOrdering``) and the step returns only when
+  every execution is done, then emits, per source partition, the next offset whose records
+  are all done; the source commits offsets at the following epoch.
+
+Serde failures become SKIPPED executions (and DLQ records, delivered before their execution
+counts as done). Share groups: each record's outcome goes back to its source partition for
+the ack (G4).
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from waxflow.connectors.execution_log import LOG_HEADER, LogBatch
 from waxflow.execution import Execution, State, TriggerInfo, execution_id, jsonable
 from waxflow.flow import FlowBase
 from waxflow.operators.executor import Executor, Job
+from waxflow.operators.pipeline import Pipeline
+from waxflow.progress import Progress
 from waxflow.records import Decoded, dlq_headers, headers_text
 
 Done = tuple[str, tuple[str, int]]
@@ -40,6 +52,15 @@ class RecordExecutions:
         self.trigger_type = trigger_type
         self.dlq_topic = dlq_topic
         self.outcomes = outcomes
+        #: pipelined mode (see the module doc): set by :meth:`pipelined`
+        self.pipeline: Pipeline | None = None
+        self.progress: Progress | None = None
+
+    def pipelined(self) -> Progress:
+        """Switch to pipelined mode; the returned progress is what the source commits by."""
+        self.progress = Progress()
+        self.pipeline = Pipeline(self.executor, self.progress)
+        return self.progress
 
     def id_of(self, rec: Decoded) -> str:
         """The execution id of a record (G2)."""
@@ -88,7 +109,30 @@ class RecordExecutions:
 
         return note
 
+    def _submit(self, items: list[Decoded]) -> list[Done]:
+        """Pipelined mode: start every execution and return at once (nothing to emit: the
+        source commits by the partitions' progress)."""
+        assert self.pipeline is not None and self.progress is not None
+        self.progress.check()
+        batch = self.pipeline.log().batch()
+        started: list[tuple[Job, Decoded]] = []
+        part_of = self.progress.part
+        for r in items:
+            job = self.job(r, batch)
+            if job is None:  # filtered out by headerFilters: done as it is
+                part_of(r.raw.topic, r.raw.partition).done(r.raw.offset)
+            else:
+                started.append((job, r))
+        if batch.sent:
+            batch.wait()  # DLQ records are delivered before their executions can be done
+        submit = self.pipeline.submit
+        for job, r in started:
+            submit(job, part_of(r.raw.topic, r.raw.partition), r.raw.offset)
+        return []
+
     def __call__(self, items: list[Decoded]) -> list[Done]:
+        if self.pipeline is not None:
+            return self._submit(items)
         ends: dict[tuple[str, int], int] = {}
         for r in items:
             key = (r.raw.topic, r.raw.partition)

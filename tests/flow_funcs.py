@@ -48,3 +48,22 @@ def fail_once(context: Mapping[str, Any], marks: str) -> dict[str, Any]:
     except FileExistsError:
         return {"id": rid, "attempt": "again"}
     raise RuntimeError(f"record {rid}: first attempt fails on purpose")
+
+
+def flaky(context: Mapping[str, Any], marks: str, every: int = 0,
+          slow_ms: float = 0.0) -> dict[str, Any]:
+    """Records whose id is a multiple of ``every`` (none when 0) fail their first attempt
+    (a marker file per id in ``marks``) or, with ``slow_ms``, take that long instead."""
+    from pathlib import Path
+
+    rid = int(context["trigger"]["value"]["id"])
+    if every and rid % every == 0:
+        if slow_ms:
+            time.sleep(slow_ms / 1000.0)
+            return {"id": rid, "slow": True}
+        try:
+            (Path(marks) / str(rid)).touch(exist_ok=False)
+        except FileExistsError:
+            return {"id": rid, "attempt": "again"}
+        raise RuntimeError(f"record {rid}: first attempt fails on purpose")
+    return {"id": rid}

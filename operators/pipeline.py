@@ -1,0 +1,262 @@
+"""Executions that outlive the step that started them (realtime consumer-group flows).
+
+The execute step hands each record's :class:`~waxflow.operators.executor.Job` to the flow's
+:class:`Pipeline` and returns at once; the execution runs on the worker thread (a flow
+without blocking tasks) or on the pool (``maxConcurrency`` threads), and it is *done* when
+its terminal document is acknowledged by the broker: only then is its offset marked done in
+the partition's :class:`~waxflow.progress.PartitionProgress`, whose lowest unfinished offset
+is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
+
+- a slow execution holds up only its own offset's commit, never the other records;
+- a retry delay pauses the execution on a timer (:meth:`Engine.advance
+  <waxflow.operators.engine.Engine.advance>` returns the delay) and holds no thread;
+- ``keyOrdering``: an execution whose key has one unfinished starts only after it;
+- what an execution finds after its step returned — a document the broker refused, a FAILED
+  execution under ``onFailure: STOP`` — is put in :attr:`Progress.error
+  <waxflow.progress.Progress.error>`: the source raises it at its next read, and since that
+  offset is never marked done, nothing past it is committed.
+
+Used when no execution joins a batch's Kafka transaction (transactional ``kafka.Produce``
+flows and share groups keep the batch-synchronous :meth:`Executor.run
+<waxflow.operators.executor.Executor.run>`).
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
+
+from waxflow.connectors import shutdown
+from waxflow.connectors.deliveries import OUTAGE, is_outage
+from waxflow.connectors.execution_log import ExecutionLog
+from waxflow.connectors.kafka_output import BatchScope
+from waxflow.errors import DeliveryError, FlowStopped
+from waxflow.execution import State, now
+from waxflow.operators.executor import Executor, Job
+from waxflow.progress import PartitionProgress, Progress
+
+LOG = logging.getLogger("waxflow.pipeline")
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    job: Job
+    part: PartitionProgress
+    offset: int
+    ctx: Any = None  # the engine's run state once started
+    sends: int = field(default=0)  # documents of this item awaiting delivery
+
+
+class _Timer:
+    """One thread running callbacks when they are due (retry delays, re-sends)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), fn))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="waxflow-timer",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except Exception:  # a callback reports its own errors; never kill the timer
+                LOG.exception("timer callback failed")
+
+
+class Pipeline:
+    """Runs one flow's executions past their step, in one process (all workers share it)."""
+
+    def __init__(self, executor: Executor, progress: Progress) -> None:
+        self.executor = executor
+        self.engine = executor.engine
+        self.progress = progress
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._timer = _Timer()
+        self._busy_keys: dict[Any, deque[_Item]] = {}  # keyOrdering: waiting per busy key
+        self._log: ExecutionLog | None = None
+        self._poller: threading.Thread | None = None
+        # the producers of kafka.Produce tasks (never transactional here: such flows are
+        # batch-synchronous), shared by every execution instead of one per execution
+        self._scope: BatchScope | None = (executor.output.scope()
+                                          if executor.output is not None else None)
+
+    # -- entry point (worker thread) ---------------------------------------------------------
+    def submit(self, job: Job, part: PartitionProgress, offset: int) -> None:
+        """Start the execution of one record; it is marked done in ``part`` once delivered."""
+        item = _Item(job, part, offset)
+        self.progress.started()
+        if self.executor.key_ordering and job.variables is not None:
+            key = job.order_key
+            with self._lock:
+                waiting = self._busy_keys.get(key)
+                if waiting is not None:
+                    waiting.append(item)
+                    return
+                self._busy_keys[key] = deque()
+        if self.executor.inline or job.variables is None:
+            self._start(item)
+        else:
+            self._pool_submit(self._start, item)
+
+    # -- resources -----------------------------------------------------------------------------
+    def log(self) -> ExecutionLog:
+        """The execution log producer, with a thread serving its delivery reports."""
+        if self._log is None:
+            log, _ = self.executor.resources()
+            with self._lock:
+                if self._log is None:
+                    self._log = log
+                    self._poller = threading.Thread(target=self._poll, name="waxflow-deliveries",
+                                                    daemon=True)
+                    self._poller.start()
+        assert self._log is not None
+        return self._log
+
+    def _poll(self) -> None:
+        assert self._log is not None
+        while True:
+            self._log.producer.poll(0.05)  # follows a rebuilt producer
+
+    def _pool_submit(self, fn: Callable[[_Item], None], item: _Item) -> None:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max(1, self.executor.max_concurrency),
+                                                    thread_name_prefix="execution")
+        self._pool.submit(self._guarded, fn, item)
+
+    def _guarded(self, fn: Callable[[_Item], None], item: _Item) -> None:
+        try:
+            fn(item)
+        except BaseException as exc:  # handed to the source, which stops the job
+            self.progress.fail(exc)
+
+    # -- one execution -------------------------------------------------------------------------
+    def _abandon(self, item: _Item) -> None:
+        """Stopping: drop an execution not started (or paused for a retry) and every one
+        waiting behind its key; they are not done, so their offsets replay on the next
+        start."""
+        self.progress.finished()
+        if self.executor.key_ordering and item.job.variables is not None:
+            with self._lock:
+                waiting = self._busy_keys.pop(item.job.order_key, None) or deque()
+            for _other in waiting:
+                self.progress.finished()
+
+    def _start(self, item: _Item) -> None:
+        job = item.job
+        execution = job.execution
+        if job.variables is None:  # terminal already (a SKIPPED record)
+            self._finish(item)
+            return
+        if shutdown.requested():
+            self._abandon(item)
+            return
+        execution.state = State.RUNNING
+        self._send(item, execution.to_json(), terminal=False)
+        item.ctx = self.engine.begin(execution, job.variables, self._scope, deferrable=True)
+        self._advance(item)
+
+    def _advance(self, item: _Item) -> None:
+        delay = self.engine.advance(item.ctx)
+        if delay is not None:  # a retry is due later: hold no thread until then
+            self.progress.pause(1)
+            self._timer.call_later(delay, lambda: self._pool_submit(self._resume, item))
+            return
+        self._finish(item)
+
+    def _resume(self, item: _Item) -> None:
+        self.progress.pause(-1)
+        if shutdown.requested():
+            self._abandon(item)
+            return
+        self._advance(item)
+
+    def _finish(self, item: _Item) -> None:
+        job = item.job
+        if job.finish is not None:
+            job.finish(job.execution)
+        item.ctx = None
+        self._send(item, job.execution.to_json(), terminal=True)
+        self.progress.finished()
+        if self.executor.key_ordering and job.variables is not None:
+            with self._lock:
+                waiting = self._busy_keys.get(job.order_key)
+                nxt = waiting.popleft() if waiting else None
+                if nxt is None:
+                    self._busy_keys.pop(job.order_key, None)
+            if nxt is not None:
+                nxt.job.execution.start = now()  # it starts now, not when it was read
+                self._pool_submit(self._start, nxt)
+
+    # -- documents ------------------------------------------------------------------------------
+    def _describe(self, item: _Item, document: bytes) -> str:
+        log = self.log()
+        return log.batch().describe(log.topic, item.job.execution.id.encode(), document, None)
+
+    def _send(self, item: _Item, document: bytes, *, terminal: bool) -> None:
+        log = self.log()
+        key = item.job.execution.id.encode()
+        report = functools.partial(self._delivered, item, document, terminal)
+        while True:
+            try:
+                log.producer.produce(log.topic, value=document, key=key, on_delivery=report)
+                return
+            except BufferError:
+                time.sleep(0.005)  # the poller drains the queue
+            except KafkaException as exc:  # refused at once (e.g. over message.max.bytes)
+                raise DeliveryError(f"cannot send {self._describe(item, document)}: "
+                                    f"{exc.args[0].str()}") from None
+
+    def _delivered(self, item: _Item, document: bytes, terminal: bool,
+                   err: KafkaError | None, _msg: Message) -> None:
+        execution = item.job.execution
+        if err is not None:
+            if is_outage(err) and time.monotonic() < OUTAGE.deadline():
+                OUTAGE.down("execution log", err.str())
+                if err.fatal() and self._log is not None:
+                    self._log.rebuild(self._log.producer)
+                self._timer.call_later(0.5, lambda: self._send(item, document,
+                                                               terminal=terminal))
+                return
+            self.progress.fail(DeliveryError(
+                f"delivery failed: {self._describe(item, document)}: {err.str()}"))
+            return
+        OUTAGE.up()
+        if not terminal:
+            return
+        if self.executor.stop_on_failure and execution.state == State.FAILED:
+            msg = (execution.error or {}).get("message", "")
+            self.progress.fail(FlowStopped(
+                f"execution {execution.id} of {execution.trigger.describe()} FAILED: {msg}; "
+                "onFailure STOP: job halted without committing it"))
+            return  # never done: no commit passes it
+        item.part.done(item.offset)
+        shutdown.add_done(1)
