@@ -14,7 +14,9 @@ default ``onFailure: CONTINUE``, commit the whole backlog as failed) never start
   ``core.Switch``/``core.If``, a sibling in the same ``core.Parallel``, an enclosing task
   (its outputs exist once it ended) and a disabled task are refused;
 * ``core.Python``: the ``module:function`` imports and is callable (the check imports the
-  module, as a worker would).
+  module, as a worker would);
+* the flow has an enabled trigger and is not ``disabled`` (a manual flow runs with
+  ``waxflow test``).
 
 Reads guarded in the template (``env.X | default('y')``, ``outputs.x is defined``,
 ``'X' in env``) and names that are not constants (``secret(trigger.value.k)``) are not
@@ -37,7 +39,7 @@ from waxflow.dataflows.spec import parse_flow
 from waxflow.dataflows.yamlpos import PositionMap, load_yaml
 from waxflow.errors import FlowError, Problem
 from waxflow.expressions import Expressions, SecretError, Secrets, mask
-from waxflow.tasks import TASK_TYPES
+from waxflow.tasks import known_task_type
 
 __all__ = ["preflight"]
 
@@ -53,10 +55,18 @@ def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None) -> 
     Raises :class:`~waxflow.errors.FlowError` holding every problem found (validation
     problems alone when the file is invalid); returns None when the flow can start.
     """
-    parse_flow(path)  # raises FlowError for a missing or invalid file
+    flow = parse_flow(path)  # raises FlowError for a missing or invalid file
     text = Path(path).read_text(encoding="utf-8")
     data, pos = load_yaml(text, str(path))
     checker = _Checker(pos, os.environ if environ is None else environ)
+    if flow.disabled:
+        checker.problem(("disabled",), "the flow is disabled (`disabled: true`): it does not "
+                                       "start")
+    elif not flow.enabled_triggers:
+        checker.problem(("triggers",) if flow.triggers else (),
+                        "the flow has no " + ("enabled " if flow.triggers else "")
+                        + "trigger (a manual flow): `waxflow run` needs one (a Kafka trigger "
+                        "or a schedule); `waxflow test FLOW` runs it once")
     checker.check_flow(data)
     if checker.problems:
         problems = sorted(set(checker.problems), key=lambda p: (p.line or 0, p.column or 0,
@@ -66,7 +76,7 @@ def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None) -> 
 
 def _is_task(value: Any) -> bool:
     return isinstance(value, dict) and isinstance(value.get("type"), str) \
-        and value["type"] in TASK_TYPES and isinstance(value.get("id"), str)
+        and known_task_type(value["type"]) and isinstance(value.get("id"), str)
 
 
 def _is_task_list(value: Any) -> bool:

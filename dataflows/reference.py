@@ -29,8 +29,8 @@ from pydantic.fields import FieldInfo
 
 from waxflow.dataflows.spec import task_union
 from waxflow.durations import format_duration
-from waxflow.flow import TRIGGER_TYPES
-from waxflow.tasks import TASK_TYPES, RetrySpec, TaskBase
+from waxflow.flow import TRIGGER_ALIASES, TRIGGER_TYPES
+from waxflow.tasks import TASK_ALIASES, TASK_TYPES, RetrySpec, TaskBase
 
 __all__ = ["DEFAULT_PATH", "EXAMPLES", "main", "nested_models", "render_reference"]
 
@@ -173,6 +173,47 @@ tasks:
       customer: "{{ trigger.value.customer }}"
       total: "{{ trigger.value.amount * 1.2 }}"
 """,
+    "core.OutputValues": """\
+tasks:
+  - id: summary
+    type: io.kestra.plugin.core.output.OutputValues   # or core.OutputValues
+    values:
+      customer: "{{ trigger.value.customer }}"
+  - id: show
+    type: core.Log
+    message: "{{ outputs.summary.values.customer }}"
+""",
+    "core.Return": """\
+tasks:
+  - id: label
+    type: core.Return
+    format: "{{ task.id }} saw {{ trigger.key }}"
+""",
+    "core.Sleep": """\
+tasks:
+  - id: pause
+    type: core.Sleep
+    duration: PT2S
+""",
+    "core.Assert": """\
+tasks:
+  - id: sane
+    type: core.Assert
+    conditions:
+      - "{{ trigger.value.amount >= 0 }}"
+      - "{{ trigger.value.currency in ['EUR', 'USD'] }}"
+    errorMessage: "order {{ trigger.value.id }} is not valid"
+""",
+    "core.ForEach": """\
+tasks:
+  - id: each_line
+    type: core.ForEach
+    values: "{{ trigger.value.lines }}"
+    tasks:
+      - id: line
+        type: core.Log
+        message: "line {{ taskrun.value.sku }} of order {{ trigger.value.id }}"
+""",
     "core.Python": """\
 tasks:
   - id: enrich
@@ -221,6 +262,69 @@ tasks:
     select: [orders_daily]
     fullRefresh: true
     vars: {day: "{{ trigger.date }}"}
+""",
+    "notify.Email": """\
+tasks:
+  - id: page
+    type: notify.Email
+    host: smtp.example.org
+    username: alerts@example.org
+    password: "{{ secret('SMTP_PASSWORD') }}"
+    from: "Waxflow <alerts@example.org>"
+    to: [oncall@example.org]
+    subject: "batch {{ execution.id }} failed"
+    plainTextContent: "{{ trigger.messagesCount }} records were not loaded"
+    attachments: ["{{ trigger.uri }}"]
+    retry: {type: constant, interval: PT10S, maxAttempts: 3}
+""",
+    "postgres.Load": """\
+tasks:
+  - id: load
+    type: postgres.Load
+    from: "{{ trigger.uri }}"
+    url: postgresql://loader@db.internal:5432/shop?sslmode=verify-full
+    password: "{{ secret('PG_PASSWORD') }}"
+    table: raw.orders
+    mode: MERGE
+""",
+    "postgres.Query": """\
+tasks:
+  - id: customer
+    type: postgres.Query
+    url: postgresql://reader@db.internal:5432/shop
+    password: "{{ secret('PG_PASSWORD') }}"
+    sql: SELECT name, tier FROM customers WHERE id = {{ trigger.value.customer }}
+    fetch: ONE
+""",
+    "postgres.Upsert": """\
+tasks:
+  - id: save
+    type: postgres.Upsert
+    url: postgresql://writer@db.internal:5432/shop
+    password: "{{ secret('PG_PASSWORD') }}"
+    table: orders
+    values:
+      order_id: "{{ trigger.value.id }}"
+      amount: "{{ trigger.value.amount }}"
+""",
+    "sql.Load": """\
+tasks:
+  - id: load
+    type: sql.Load
+    from: "{{ trigger.uri }}"
+    url: mysql+pymysql://loader@db.internal:3306/shop
+    password: "{{ secret('MYSQL_PASSWORD') }}"
+    table: raw_orders
+    mode: MERGE
+""",
+    "sql.Query": """\
+tasks:
+  - id: totals
+    type: sql.Query
+    url: mysql+pymysql://reader@db.internal:3306/shop
+    password: "{{ secret('MYSQL_PASSWORD') }}"
+    sql: SELECT count(*) AS n FROM raw_orders WHERE amount > {{ trigger.value.limit }}
+    fetch: ONE
 """,
     "duckdb.Load": """\
 tasks:
@@ -335,6 +439,14 @@ Property names are Kestra's. A property described as *rendered* may hold Jinja e
 such as `{{ trigger.value.id }}`, rendered for each execution. Durations are ISO-8601
 (`PT30S`, `PT5M`, `P1D`). `waxflow schema` prints the same descriptions as a JSON Schema,
 for editors.
+
+Types also accept Kestra's full names where waxflow does the same job (listed under each
+type: `io.kestra.plugin.kafka.RealtimeTrigger`, `io.kestra.plugin.core.log.Log`, ...).
+Every task can read `task.id`, `task.type`, `taskrun.id`, `taskrun.startDate`,
+`taskrun.attemptsCount` (attempts before this one), `taskrun.value` (inside `core.ForEach`)
+and `parent` / `parents` (the enclosing flowable tasks, nearest first, each with its `task`
+and `taskrun`). Kestra's `a ?? b` (null-coalescing) and the `jq('.path')` filter (returns
+a list) work in expressions.
 """
 
 
@@ -455,6 +567,14 @@ def _example(name: str) -> str:
     return f"```yaml\n{EXAMPLES[name]}```" if name in EXAMPLES else ""
 
 
+def _kestra_names(name: str, aliases: dict[str, str]) -> str:
+    """The other spellings of type ``name`` (Kestra's full names), as a sentence."""
+    names = sorted(a for a, n in aliases.items() if n == name)
+    if not names:
+        return ""
+    return "Also accepted as: " + ", ".join(f"`{a}`" for a in names) + "."
+
+
 def _section(title: str, *, doc: str, table: str, example: str, level: str = "###") -> str:
     parts = [f"{level} {title}", doc, table, example]
     return "\n\n".join(p for p in parts if p)
@@ -481,10 +601,12 @@ def render_reference() -> str:
         "- [Objects](#objects): " + ", ".join(f"[{c.__name__}](#{links[c]})" for c in objects),
     ])]
     out.append("## Triggers")
-    out.append("A flow has exactly one trigger.")
+    out.append("A flow has one enabled trigger; a flow without one is a manual flow "
+               "(`waxflow test` runs it once; `waxflow run` refuses it).")
     for name in triggers:
         model = TRIGGER_TYPES[name]
-        out.append(_section(f"`{name}`", doc=_doc(model), table=_table(model, links),
+        doc = "\n\n".join(p for p in (_doc(model), _kestra_names(name, TRIGGER_ALIASES)) if p)
+        out.append(_section(f"`{name}`", doc=doc, table=_table(model, links),
                             example=_example(name)))
     out.append(_section("Shared task properties", doc=_doc(TaskBase),
                         table=_table(TaskBase, links), example=_example("TaskBase"), level="##"))
@@ -494,7 +616,8 @@ def render_reference() -> str:
     out.append("Each task type also has the [shared task properties](#shared-task-properties).")
     for name in tasks:
         model = TASK_TYPES[name]
-        out.append(_section(f"`{name}`", doc=_doc(model),
+        doc = "\n\n".join(p for p in (_doc(model), _kestra_names(name, TASK_ALIASES)) if p)
+        out.append(_section(f"`{name}`", doc=doc,
                             table=_table(model, links, skip=shared), example=_example(name)))
     out.append("## Objects")
     out.append("Values of some properties above.")

@@ -10,19 +10,20 @@ expression variables, retry policies). A flow that does not validate never start
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-from pydantic import Field, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from waxflow.dataflows.yamlpos import PositionMap, load_yaml
 from waxflow.errors import FlowError, Problem, format_path
 from waxflow.expressions import Expressions, check_static
-from waxflow.flow import TRIGGER_TYPES, FlowBase
-from waxflow.tasks import TASK_TYPES, TaskBase
+from waxflow.flow import TRIGGER_ALIASES, TRIGGER_TYPES, FlowBase
+from waxflow.tasks import TASK_ALIASES, TASK_TYPES, TaskBase, add_task_aliases, known_task_type
 
 #: fields rendered once when the job starts (Kafka client settings), never per record
 STATIC_FIELDS = frozenset({"properties"})
@@ -33,13 +34,27 @@ TASK_MODULES = (
     "waxflow.connectors.bigquery",
     "waxflow.connectors.dbt",
     "waxflow.connectors.duckdb",
+    "waxflow.connectors.email",
     "waxflow.connectors.http",
     "waxflow.connectors.kafka_consume",
     "waxflow.connectors.kafka_produce",
     "waxflow.connectors.notify",
+    "waxflow.connectors.postgres",
     "waxflow.connectors.s3",
     "waxflow.connectors.snowflake",
+    "waxflow.connectors.sql",
 )
+
+#: Kestra's names for task types whose modules do not declare them (``task_type(...,
+#: aliases=...)`` is the usual place); only where ours take the same properties
+KESTRA_ALIASES: dict[str, tuple[str, ...]] = {
+    "http.Request": ("io.kestra.plugin.core.http.Request",),
+    "notify.Slack": ("io.kestra.plugin.slack.notifications.SlackIncomingWebhook",
+                     "io.kestra.plugin.notifications.slack.SlackIncomingWebhook"),
+    "bigquery.Load": ("io.kestra.plugin.gcp.bigquery.Load",),
+    "bigquery.Query": ("io.kestra.plugin.gcp.bigquery.Query",),
+    "s3.Upload": ("io.kestra.plugin.aws.s3.Upload",),
+}
 
 
 @functools.cache
@@ -47,6 +62,9 @@ def task_union() -> Any:
     """The discriminated union of every registered task type (resolves ``AnyTask``)."""
     for module in TASK_MODULES:  # importing a module registers its task types
         importlib.import_module(module)
+    for name, aliases in KESTRA_ALIASES.items():
+        if name in TASK_TYPES:
+            add_task_aliases(name, *aliases)
     classes: tuple[type[TaskBase], ...] = tuple(TASK_TYPES.values())
     union: Any = Annotated[Union[classes], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
     models: list[type[TaskBase]] = [TaskBase, *classes]
@@ -81,7 +99,8 @@ def _clean_loc(loc: Sequence[Hashable]) -> tuple[Hashable, ...]:
     """Drop the discriminator tags pydantic inserts into error locations."""
     out: list[Hashable] = []
     for part in loc:
-        if (isinstance(part, str) and (part in TASK_TYPES or part in TRIGGER_TYPES)
+        if (isinstance(part, str) and (known_task_type(part) or part in TRIGGER_TYPES
+                                       or part in TRIGGER_ALIASES)
                 and out and isinstance(out[-1], int)):
             continue
         if isinstance(part, str) and part.startswith("function-"):
@@ -90,21 +109,22 @@ def _clean_loc(loc: Sequence[Hashable]) -> tuple[Hashable, ...]:
     return tuple(out)
 
 
-def _pydantic_problems(exc: ValidationError, pos: PositionMap) -> list[Problem]:
+def _pydantic_problems(exc: ValidationError, pos: PositionMap, data: Any = None,
+                       prefix: tuple[Hashable, ...] = ()) -> list[Problem]:
     problems = []
     for err in exc.errors():
-        loc = _clean_loc(err["loc"])
+        loc = (*prefix, *_clean_loc(err["loc"]))
         kind = err["type"]
         if kind == "extra_forbidden":
-            msg = f"unknown property '{loc[-1]}'"
+            msg = f"unknown property '{loc[-1]}'" + _key_hint(data, loc)
             problems.append(pos.problem(loc, msg, at_key=True))
             continue
         if kind == "union_tag_invalid":
             tag = err.get("ctx", {}).get("tag")
-            known = ", ".join(sorted(TASK_TYPES if "tasks" in loc or "errors" in loc
-                                     else TRIGGER_TYPES))
-            msg = f"unknown type '{tag}'; expected one of: {known}"
-            problems.append(pos.problem((*loc, "type"), msg))
+            is_task = "tasks" in loc or "errors" in loc or loc[:1] != ("triggers",)
+            problems.append(pos.problem((*loc, "type"), unknown_type_message(tag, is_task)))
+            if is_task:  # the task's other problems, as far as they can be known
+                problems.extend(_unknown_task_problems(data, loc, pos))
             continue
         if kind == "union_tag_not_found":
             problems.append(pos.problem(loc, "missing property 'type'"))
@@ -121,6 +141,106 @@ def _pydantic_problems(exc: ValidationError, pos: PositionMap) -> list[Problem]:
     return problems
 
 
+def unknown_type_message(tag: Any, is_task: bool = True) -> str:
+    """``unknown type 'X'`` with the closest known spelling, or where to look."""
+    kind = "task" if is_task else "trigger"
+    names = [*TASK_TYPES, *TASK_ALIASES] if is_task else [*TRIGGER_TYPES, *TRIGGER_ALIASES]
+    text = str(tag)
+    by_lower = {n.lower(): n for n in names}
+    close = by_lower.get(text.lower())  # Kestra's docs spell type names in lower case too
+    if close is None and text.startswith("io.kestra."):
+        # the same class under another package (Kestra moved them), else a plain typo:
+        # sharing the io.kestra.plugin prefix alone makes no match
+        last = text.rsplit(".", 1)[-1].lower()
+        same = [n for n in names if n.startswith("io.kestra.")
+                and n.rsplit(".", 1)[-1].lower() == last]
+        found = same or difflib.get_close_matches(text, names, n=1, cutoff=0.92)
+        close = found[0] if found else None
+    elif close is None:
+        found = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+        close = found[0] if found else None
+    if close is not None:
+        return f"unknown type '{tag}'; did you mean '{close}'?"
+    if text.startswith("io.kestra."):
+        return (f"unknown type '{tag}': waxflow has no equivalent of this Kestra {kind} "
+                f"(the {kind} types are listed in docs/reference.md and by `waxflow schema`)")
+    return (f"unknown type '{tag}' (the {kind} types are listed in docs/reference.md and by "
+            "`waxflow schema`)")
+
+
+def _at(data: Any, loc: Sequence[Any]) -> Any:
+    """The raw value at ``loc`` in the loaded document (None when there is none)."""
+    for part in loc:
+        if (isinstance(data, dict) and part in data) or (
+                isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _key_hint(data: Any, loc: Sequence[Hashable]) -> str:
+    """``; did you mean 'X'?`` for an unknown key of a task, a trigger or the flow."""
+    owner = _at(data, loc[:-1])
+    if not isinstance(owner, dict):
+        return ""
+    model: Any = None
+    type_name = str(owner.get("type"))
+    if len(loc) == 1:
+        model = flow_model()
+    elif known_task_type(type_name):
+        model = TASK_TYPES[TASK_ALIASES.get(type_name, type_name)]
+    else:
+        model = TRIGGER_TYPES.get(TRIGGER_ALIASES.get(type_name, type_name))
+    if model is None:
+        return ""
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.85)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+@functools.cache
+def _lenient_task() -> Any:
+    """Validates what every task has (id, retry, timeout, errors...) of a task whose type is
+    unknown, ignoring its other properties."""
+    union = task_union()
+
+    class AnyTypeTask(TaskBase):
+        model_config = ConfigDict(extra="ignore", frozen=True)
+
+    AnyTypeTask.model_rebuild(_types_namespace={"AnyTask": union}, force=True)
+    return TypeAdapter(AnyTypeTask)
+
+
+@functools.cache
+def _task_list() -> Any:
+    items: Any = task_union()
+    return TypeAdapter(list[items])
+
+
+def _unknown_task_problems(data: Any, loc: tuple[Hashable, ...],
+                           pos: PositionMap) -> list[Problem]:
+    """Problems of a task of unknown type: its common properties, and the tasks nested in
+    lists of it (a Kestra flowable's ``tasks``, ``then``...)."""
+    item = _at(data, loc)
+    if not isinstance(item, dict):
+        return []
+    problems: list[Problem] = []
+    try:
+        _lenient_task().validate_python({**item, "type": "?"})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, pos, data, loc))
+    for key, value in item.items():
+        if key in TaskBase.model_fields or not isinstance(value, list):
+            continue
+        if value and all(isinstance(v, dict) and "type" in v for v in value):
+            try:
+                _task_list().validate_python(value)
+            except ValidationError as exc:
+                problems.extend(_pydantic_problems(exc, pos, data, (*loc, key)))
+    return problems
+
+
 def _template_problems(data: Any, pos: PositionMap, exprs: Expressions) -> list[Problem]:
     problems: list[Problem] = []
 
@@ -129,7 +249,7 @@ def _template_problems(data: Any, pos: PositionMap, exprs: Expressions) -> list[
 
     def walk(value: Any, path: tuple[Hashable, ...]) -> None:
         if isinstance(value, dict):
-            is_task = isinstance(value.get("type"), str) and value["type"] in TASK_TYPES
+            is_task = known_task_type(value.get("type"))
             for k, v in value.items():
                 if is_task and k in ("id", "type") and is_template(v):
                     problems.append(pos.problem((*path, k), "templates are not allowed here"))
@@ -151,22 +271,63 @@ def _template_problems(data: Any, pos: PositionMap, exprs: Expressions) -> list[
     return problems
 
 
-def _semantic_problems(flow: FlowBase, pos: PositionMap) -> list[Problem]:
+def _raw_tasks(data: dict[str, Any]) -> list[tuple[tuple[Hashable, ...], dict[str, Any]]]:
+    """Every task of the loaded document (a mapping with an ``id`` and a ``type`` in a task
+    list, nested ones included, known type or not) with its path."""
+    out: list[tuple[tuple[Hashable, ...], dict[str, Any]]] = []
+
+    def walk(value: Any, path: tuple[Hashable, ...], in_list: bool) -> None:
+        if isinstance(value, dict):
+            if in_list and isinstance(value.get("id"), str) and "type" in value:
+                out.append((path, value))
+            for k, v in value.items():
+                walk(v, (*path, k), False)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, (*path, i), True)
+
+    for root in ("tasks", "errors", "finally"):
+        if isinstance(data.get(root), list):
+            walk(data[root], (root,), False)
+    return out
+
+
+def _semantic_problems(data: dict[str, Any], pos: PositionMap) -> list[Problem]:
+    """Checks across the file, on the loaded document (so they are reported along with
+    schema problems elsewhere): duplicate task ids, retry policies, the number of
+    triggers."""
     from waxflow.retry import check_retry
+    from waxflow.tasks import RetrySpec
 
     problems: list[Problem] = []
     seen: dict[str, tuple[Hashable, ...]] = {}
-    for path, task in flow.all_tasks():
-        if task.id in seen:
-            first = format_path(seen[task.id])
+    retries: list[tuple[tuple[Hashable, ...], Any]] = [(("retry",), data.get("retry"))]
+    for path, task in _raw_tasks(data):
+        task_id = task["id"]
+        if task_id in seen:
+            first = format_path(seen[task_id])
             problems.append(pos.problem((*path, "id"),
-                                        f"duplicate task id '{task.id}' (first used at {first})"))
+                                        f"duplicate task id '{task_id}' (first used at {first})"))
         else:
-            seen[task.id] = path
-        if task.retry is not None:
-            problems.extend(pos.problem((*path, "retry"), m) for m in check_retry(task.retry))
-    if flow.retry is not None:
-        problems.extend(pos.problem(("retry",), m) for m in check_retry(flow.retry))
+            seen[task_id] = path
+        retries.append(((*path, "retry"), task.get("retry")))
+    for path, raw in retries:
+        if isinstance(raw, dict):
+            try:
+                spec = RetrySpec.model_validate(raw)
+            except ValidationError:
+                continue  # reported by the schema validation
+            problems.extend(pos.problem(path, m) for m in check_retry(spec))
+    triggers = data.get("triggers")
+    if isinstance(triggers, list):
+        enabled = [i for i, t in enumerate(triggers)
+                   if not (isinstance(t, dict) and t.get("disabled") is True)]
+        if len(enabled) > 1:
+            problems.append(pos.problem(
+                ("triggers", enabled[1]),
+                f"waxflow runs one trigger per flow and this flow has {len(enabled)}: split "
+                "it into one flow per trigger (same tasks), or disable all but one "
+                "(`disabled: true`)"))
     return problems
 
 
@@ -180,14 +341,13 @@ def parse_flow_text(text: str, file: str) -> FlowBase:
     try:
         flow = flow_model().model_validate(data)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, pos))
+        problems.extend(_pydantic_problems(exc, pos, data))
         flow = None
     problems.extend(_template_problems(data, pos, Expressions()))
-    if flow is not None:
-        problems.extend(_semantic_problems(flow, pos))
+    problems.extend(_semantic_problems(data, pos))
     if problems:
-        problems.sort(key=lambda p: (p.line or 0, p.column or 0))
-        raise FlowError(problems)
+        unique = {(p.line, p.column, p.field, p.message): p for p in problems}
+        raise FlowError(sorted(unique.values(), key=lambda p: (p.line or 0, p.column or 0)))
     assert flow is not None
     return flow
 

@@ -105,6 +105,17 @@ class _Context:
         for task in tasks:
             self.engine.run_task(self, task, parent)
 
+    def run_iteration(self, tasks: Sequence[TaskBase], parent: TaskBase, value: Any) -> None:
+        # the same task ids run once per value: no pause in an iteration (children retry in
+        # place) and no look-up of earlier runs by task id
+        deferrable, resuming = self.deferrable, self.resuming
+        self.deferrable = self.resuming = False
+        try:
+            for task in tasks:
+                self.engine.run_task(self, task, parent, value)
+        finally:
+            self.deferrable, self.resuming = deferrable, resuming
+
     def run_parallel(self, tasks: Sequence[TaskBase], parent: TaskBase, concurrency: int) -> None:
         workers = concurrency if concurrency > 0 else max(1, len(tasks))
         failures: list[BaseException] = []
@@ -120,6 +131,56 @@ class _Context:
             self.deferrable = deferrable
         if failures:
             raise failures[0]
+
+
+_NO_VALUE: Any = object()
+
+
+class _TaskScope:
+    """The RunContext a running task sees: its execution's :class:`_Context` plus the
+    task's own variables (``task``, ``taskrun``, ``parents``/``parent``). Attributes other
+    than those are the execution context's (reads and writes)."""
+
+    run_tasks = _Context.run_tasks
+    run_iteration = _Context.run_iteration
+    run_parallel = _Context.run_parallel
+
+    def __init__(self, ctx: _Context | _TaskScope, task: TaskBase, value: Any) -> None:
+        outer = ctx.frame if isinstance(ctx, _TaskScope) else None
+        root = ctx._root if isinstance(ctx, _TaskScope) else ctx
+        if value is _NO_VALUE and outer is not None and "value" in outer["taskrun"]:
+            value = outer["taskrun"]["value"]  # children of an iteration share its value
+        taskrun: dict[str, Any] = {"id": None, "startDate": None, "attemptsCount": 0}
+        if value is not _NO_VALUE:
+            taskrun["value"] = value
+        parents: list[dict[str, Any]] = []
+        if outer is not None:
+            parents = [{"task": outer["task"], "taskrun": outer["taskrun"]}, *outer["parents"]]
+        frame: dict[str, Any] = {"task": {"id": task.id, "type": task.type},
+                                 "taskrun": taskrun, "parents": parents}
+        if parents:
+            frame["parent"] = parents[0]
+        object.__setattr__(self, "_root", root)
+        object.__setattr__(self, "frame", frame)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._root, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._root, name, value)
+
+    @property
+    def vars(self) -> Mapping[str, Any]:
+        return {**self._root.vars, **self.frame}
+
+    def render(self, value: Any) -> Any:
+        return self.engine.exprs.render_value(value, self.vars)
+
+    def log(self, level: str, message: str) -> None:
+        lvl = logging.getLevelName(level.upper().replace("WARN", "WARNING").replace(
+            "WARNINGING", "WARNING"))
+        LOG.log(lvl if isinstance(lvl, int) else logging.INFO, "[%s %s] %s",
+                self.execution.id[:12], self.frame["task"]["id"], redact(str(message)))
 
 
 class Engine:
@@ -187,10 +248,16 @@ class Engine:
         with contextlib.suppress(_TaskFailed):
             ctx.run_tasks(tasks, None)
 
-    def run_task(self, ctx: _Context, task: TaskBase, parent: TaskBase | None) -> None:
-        """Run one task with its retry policy; raise _TaskFailed when it fails the execution."""
+    def run_task(self, ctx: _Context | _TaskScope, task: TaskBase, parent: TaskBase | None,
+                 value: Any = _NO_VALUE) -> None:
+        """Run one task with its retry policy; raise _TaskFailed when it fails the execution.
+
+        ``value``: the iteration value (``taskrun.value``) of a flowable's child list."""
         if task.disabled:
             return
+        self._run_task(_TaskScope(ctx, task, value), task, parent)
+
+    def _run_task(self, ctx: Any, task: TaskBase, parent: TaskBase | None) -> None:
         parent_id = parent.id if parent is not None else None
         run = self._resumed_run(ctx, task.id, parent_id) if ctx.resuming else None
         if run is not None and run.state in (State.SUCCESS, State.WARNING):
@@ -204,6 +271,9 @@ class Engine:
         attempt_no = len(run.attempts)
         # a flowable paused inside a child: continue its running attempt
         reenter = bool(run.attempts) and run.attempts[-1].state == State.RUNNING
+        taskrun = ctx.frame["taskrun"]
+        index = next(i for i, r in enumerate(ctx.execution.task_runs) if r is run)
+        taskrun["id"] = f"{ctx.execution.id[:16]}-{index}"
         while True:
             if reenter:
                 attempt, reenter = run.attempts[-1], False
@@ -211,6 +281,8 @@ class Engine:
                 attempt_no += 1
                 attempt = Attempt(State.RUNNING, now())
                 run.attempts.append(attempt)
+            taskrun["attemptsCount"] = len(run.attempts) - 1  # earlier attempts (Kestra)
+            taskrun["startDate"] = run.attempts[0].start.isoformat()
             previous, ctx.current = ctx.current, task
             try:
                 out = _call_with_timeout(task, ctx, timeout)

@@ -5,25 +5,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Union
+from typing import Any
 
 from jinja2.nativetypes import NativeEnvironment
-from pydantic import Field, TypeAdapter
+from pydantic import TypeAdapter
 
 import waxflow.connectors.http
 import waxflow.connectors.notify
 import waxflow.core_tasks  # noqa: F401  (registers core.*)
-from waxflow.tasks import TASK_TYPES, TaskBase
+from waxflow.tasks import TaskBase
 
 
 def resolve_task_union() -> Any:
-    """Build the discriminated union of every registered task type and resolve ``AnyTask``
-    in each model (what the flow loader does once all task modules are imported)."""
-    classes = tuple(TASK_TYPES.values())
-    union = Annotated[Union[classes], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
-    for cls in (TaskBase, *classes):
-        cls.model_rebuild(_types_namespace={"AnyTask": union}, force=True)
-    return union
+    """The discriminated union of every registered task type, with ``AnyTask`` resolved in
+    each model: the flow loader's own (:func:`waxflow.dataflows.spec.task_union`, built once),
+    so tests and flow files see the same models, aliases included."""
+    from waxflow.dataflows.spec import task_union
+
+    return task_union()
 
 
 def parse_task(data: Mapping[str, Any]) -> Any:

@@ -9,11 +9,14 @@ timeouts, ``allowFailure`` and ``errors`` of the children are the engine's busin
 from __future__ import annotations
 
 import importlib
+import json
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
+from waxflow.durations import Duration
 from waxflow.errors import format_path
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
@@ -60,7 +63,10 @@ def _rendered_str(ctx: RunContext, template: str) -> str:
     return switch_key(ctx.render(template))
 
 
-@task_type("core.Log")
+@task_type("core.Log", aliases=(
+    "io.kestra.plugin.core.log.Log",
+    "io.kestra.core.tasks.log.Log",
+))
 class Log(TaskBase):
     """Write ``message`` (rendered) to the execution's log at ``level``. No outputs."""
 
@@ -75,7 +81,10 @@ class Log(TaskBase):
         return None
 
 
-@task_type("core.Switch")
+@task_type("core.Switch", aliases=(
+    "io.kestra.plugin.core.flow.Switch",
+    "io.kestra.core.tasks.flows.Switch",
+))
 class Switch(TaskBase):
     """Run the task list of the case matching the rendered ``value``, else ``defaults``.
 
@@ -122,7 +131,10 @@ class Switch(TaskBase):
         return out + super().child_lists()
 
 
-@task_type("core.If")
+@task_type("core.If", aliases=(
+    "io.kestra.plugin.core.flow.If",
+    "io.kestra.core.tasks.flows.If",
+))
 class If(TaskBase):
     """Run ``then`` when the rendered ``condition`` is truthy, else ``else``.
 
@@ -165,7 +177,10 @@ class _Group(TaskBase):
         return [("tasks", self.tasks), *super().child_lists()]
 
 
-@task_type("core.Sequential")
+@task_type("core.Sequential", aliases=(
+    "io.kestra.plugin.core.flow.Sequential",
+    "io.kestra.core.tasks.flows.Sequential",
+))
 class Sequential(_Group):
     """Run ``tasks`` one after the other; a failing child stops the list. No outputs."""
 
@@ -176,7 +191,10 @@ class Sequential(_Group):
         return None
 
 
-@task_type("core.Parallel")
+@task_type("core.Parallel", aliases=(
+    "io.kestra.plugin.core.flow.Parallel",
+    "io.kestra.core.tasks.flows.Parallel",
+))
 class Parallel(_Group):
     """Run ``tasks`` concurrently, at most ``concurrency`` at a time (0 = all at once).
 
@@ -192,7 +210,10 @@ class Parallel(_Group):
         return None
 
 
-@task_type("core.Fail")
+@task_type("core.Fail", aliases=(
+    "io.kestra.plugin.core.execution.Fail",
+    "io.kestra.core.tasks.executions.Fail",
+))
 class Fail(TaskBase):
     """Fail with the rendered ``errorMessage`` when ``condition`` is absent or truthy.
 
@@ -229,6 +250,108 @@ class Set(TaskBase):
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         return {key: ctx.render(value) for key, value in self.values.items()}
+
+
+@task_type("core.OutputValues", aliases=(
+    "io.kestra.plugin.core.output.OutputValues",
+))
+class OutputValues(TaskBase):
+    """Output the rendered ``values`` under ``values``: ``outputs.<id>.values.<key>``, as in
+    Kestra (``core.Set`` outputs them one level up)."""
+
+    BLOCKING: ClassVar[bool] = False
+    type: Literal["core.OutputValues"] = Field(description="the task type")
+    values: dict[str, Any] = Field(
+        min_length=1, description="outputs to set, by name (values rendered; native types "
+                                  "kept)")
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        return {"values": {key: ctx.render(value) for key, value in self.values.items()}}
+
+
+@task_type("core.Return", aliases=(
+    "io.kestra.plugin.core.debug.Return",
+    "io.kestra.core.tasks.debugs.Return",
+))
+class Return(TaskBase):
+    """Render ``format`` and output it as ``outputs.<id>.value`` (Kestra's debug Return)."""
+
+    BLOCKING: ClassVar[bool] = False
+    type: Literal["core.Return"] = Field(description="the task type")
+    format: str | None = Field(default=None, description="the value to output (rendered)")
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        return {"value": None if self.format is None else ctx.render(self.format)}
+
+
+@task_type("core.Sleep", aliases=(
+    "io.kestra.plugin.core.flow.Sleep",
+))
+class Sleep(TaskBase):
+    """Wait ``duration`` (ISO-8601). No outputs."""
+
+    type: Literal["core.Sleep"] = Field(description="the task type")
+    duration: Duration = Field(description="how long to wait, e.g. PT5S")
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        time.sleep(max(0.0, self.duration.total_seconds()))
+        return None
+
+
+@task_type("core.Assert", aliases=(
+    "io.kestra.plugin.core.execution.Assert",
+))
+class Assert(TaskBase):
+    """Fail unless every rendered condition is truthy; the error names the false ones."""
+
+    BLOCKING: ClassVar[bool] = False
+    type: Literal["core.Assert"] = Field(description="the task type")
+    conditions: list[str] = Field(min_length=1,
+                                  description="conditions (rendered), all must be truthy")
+    errorMessage: str | None = Field(default=None,
+                                     description="message the task fails with (rendered)")
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        failed = [c for c in self.conditions if not is_truthy(ctx.render(c))]
+        if failed:
+            reason = (_rendered_str(ctx, self.errorMessage) if self.errorMessage
+                      else "assertion failed")
+            raise TaskFailure(f"{reason}: {', '.join(failed)}")
+        return None
+
+
+@task_type("core.ForEach", aliases=(
+    "io.kestra.plugin.core.flow.ForEach",
+))
+class ForEach(_Group):
+    """Run ``tasks`` once per item of ``values``; the children read the item as
+    ``{{ taskrun.value }}`` (nested: ``{{ parent.taskrun.value }}``, ``parents[i]``).
+
+    ``values`` is a list, or a template/JSON text that renders to one. Iterations run one
+    after another; a child's outputs are those of the last iteration. Outputs
+    ``{"count": <iterations>}``.
+    """
+
+    type: Literal["core.ForEach"] = Field(description="the task type")
+    values: list[Any] | str = Field(
+        description="the items: a list, or text (a template or JSON) rendering to a list")
+    concurrencyLimit: int = Field(
+        default=1, ge=0, description="accepted for Kestra compatibility; iterations always "
+                                     "run one at a time")
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        items = ctx.render(self.values) if isinstance(self.values, str) else self.values
+        if isinstance(items, str):
+            try:
+                items = json.loads(items)
+            except ValueError:
+                raise TaskFailure(f"values must be a list (or JSON text of one), got "
+                                  f"{items[:80]!r}") from None
+        if not isinstance(items, list | tuple):
+            raise TaskFailure(f"values must be a list, got {type(items).__name__}")
+        for item in items:
+            ctx.run_iteration(self.tasks, self, item)
+        return {"count": len(items)}
 
 
 _FUNCTIONS: dict[str, Callable[..., Any]] = {}

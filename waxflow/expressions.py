@@ -26,6 +26,7 @@ Guarantees:
 from __future__ import annotations
 
 import base64
+import contextlib
 import difflib
 import json
 import math
@@ -45,6 +46,7 @@ import jinja2
 import yaml
 from jinja2 import meta, nodes
 from jinja2.nativetypes import NativeCodeGenerator, NativeEnvironment
+from jinja2.parser import Parser
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -71,7 +73,7 @@ __all__ = [
 #: Root variables a flow's templates may use (besides names the template binds itself).
 ALLOWED_ROOTS = frozenset(
     {"trigger", "outputs", "execution", "flow", "env", "secret", "now", "task", "taskrun",
-     "labels", "parents", "loop"}
+     "labels", "parents", "parent", "loop"}
 )  # fmt: skip
 MASK = "******"
 #: the longest error text :func:`mask` returns (longer text is cut, ending in ``...``)
@@ -278,6 +280,74 @@ def _concat(values: Iterable[Any]) -> Any:
     return "".join([str(first), str(second), *[str(v) for v in it]])
 
 
+# ----------------------------------------------------------------- Pebble's ``??`` operator
+#: what ``??`` becomes before Jinja's lexer sees it (a name token only our parser accepts)
+_COALESCE = "__waxflow_coalesce__"
+
+
+# Jinja refuses new node classes (its metaclass' __new__ raises "can't create custom node
+# types"); this builds one as that metaclass did (fields = the base's + these).
+Coalesce: Any = type.__new__(nodes.NodeType, "Coalesce", (nodes.Expr,), {
+    "__module__": __name__,
+    "__doc__": """``left ?? right`` (Pebble's null-coalescing operator, as Kestra flows write
+    it): ``left`` unless it is undefined (a missing key or variable, at any depth) or null,
+    then ``right``. It binds tighter than filters: ``a ?? '' | upper`` is
+    ``(a ?? '') | upper``.""",
+    "fields": (*nodes.Expr.fields, "left", "right"),
+    "attributes": nodes.Expr.attributes,
+    "abstract": False,
+})
+
+
+class _Parser(Parser):
+    def parse_postfix(self, node: nodes.Expr) -> nodes.Expr:
+        node = super().parse_postfix(node)
+        while self.stream.current.test(f"name:{_COALESCE}"):
+            lineno = next(self.stream).lineno
+            node = Coalesce(node, self.parse_unary(with_filter=False), lineno=lineno)
+        return node
+
+
+def _rewrite_coalesce(source: str) -> str:
+    """``source`` with each ``??`` inside ``{{ }}``/``{% %}`` (not in a string literal)
+    replaced by the :data:`_COALESCE` token."""
+    if "??" not in source:
+        return source
+    out: list[str] = []
+    i, n = 0, len(source)
+    in_tag: str | None = None  # the closing delimiter of the tag we are in
+    quote: str | None = None
+    while i < n:
+        ch = source[i]
+        if in_tag is None:
+            if source.startswith(("{{", "{%"), i):
+                in_tag = "}}" if source[i + 1] == "{" else "%}"
+                out.append(source[i:i + 2])
+                i += 2
+                continue
+        elif quote is not None:
+            if ch == "\\":
+                out.append(source[i:i + 2])
+                i += 2
+                continue
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif source.startswith(in_tag, i):
+            in_tag = None
+            out.append(source[i:i + 2])
+            i += 2
+            continue
+        elif source.startswith("??", i):
+            out.append(f" {_COALESCE} ")
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 class _CodeGenerator(NativeCodeGenerator):
     """Native output, but expressions are never folded to text at compile time."""
 
@@ -285,6 +355,13 @@ class _CodeGenerator(NativeCodeGenerator):
         if isinstance(node, nodes.TemplateData):
             return node.as_const(frame.eval_ctx)
         raise nodes.Impossible()
+
+    def visit_Coalesce(self, node: Any, frame: Any) -> None:  # Jinja's visitor naming
+        self.write("environment.coalesce((lambda: ")
+        self.visit(node.left, frame)
+        self.write("), (lambda: ")
+        self.visit(node.right, frame)
+        self.write("))")
 
 
 class _Environment(ImmutableSandboxedEnvironment, NativeEnvironment):
@@ -297,6 +374,24 @@ class _Environment(ImmutableSandboxedEnvironment, NativeEnvironment):
         if isinstance(obj, dict) and attribute in obj:  # "in": no defaultdict side effects
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def preprocess(self, source: str, name: str | None = None,
+                   filename: str | None = None) -> str:
+        return super().preprocess(_rewrite_coalesce(source), name, filename)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        return _Parser(self, source, name, filename).parse()
+
+    @staticmethod
+    def coalesce(left: Any, right: Any) -> Any:
+        """Run time of :class:`Coalesce`: ``left()`` unless undefined or None."""
+        try:
+            value = left()
+        except jinja2.UndefinedError:
+            return right()
+        if value is None or isinstance(value, jinja2.Undefined):
+            return right()
+        return value
 
 
 def _json_default(obj: Any) -> Any:
@@ -348,6 +443,71 @@ def _finite(value: Any) -> Any:
 def fromjson(text: str | bytes) -> Any:
     """Parse JSON text."""
     return json.loads(text)
+
+
+_JQ_STEP = re.compile(
+    r"""\.(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|"(?P<quoted>(?:[^"\\]|\\.)*)")"""
+    r"""|\[\s*(?:(?P<index>-?\d+)|"(?P<key>(?:[^"\\]|\\.)*)"|(?P<all>))\s*\]""")
+JQ_HELP = ("waxflow's jq() takes a path: `.`, `.a.b`, `.\"a b\"`, `.a[0]`, `.a[-1]`, "
+           "`.[\"k\"]`, `.a[]`; for anything else use Jinja (e.g. `x.a | map(attribute='b')`)")
+
+
+def jq_steps(program: str) -> list[tuple[str, Any]]:
+    """The steps of a jq path (see :data:`JQ_HELP`); ValueError for anything else."""
+    text = program.strip()
+    if text == ".":
+        return []
+    steps: list[tuple[str, Any]] = []
+    pos = 0
+    while pos < len(text):
+        if text.startswith(".[", pos):
+            pos += 1  # `.["k"]`, `.[0]`, `.[]`: the dot before a bracket is optional
+        match = _JQ_STEP.match(text, pos)
+        if match is None or (pos == 0 and text[0] != "."):
+            raise ValueError(f"jq expression {program!r} is not supported: {JQ_HELP}")
+        if match["name"] is not None:
+            steps.append(("key", match["name"]))
+        elif match["quoted"] is not None or match["key"] is not None:
+            steps.append(("key", json.loads('"' + (match["quoted"] or match["key"] or "") + '"')))
+        elif match["index"] is not None:
+            steps.append(("index", int(match["index"])))
+        else:
+            steps.append(("all", None))
+        pos = match.end()
+    return steps
+
+
+def jq(value: Any, program: str) -> list[Any]:
+    """Kestra's ``jq`` filter for paths: the list of results (``| first`` for one). Text
+    input is parsed as JSON first. A missing key gives null, as in jq."""
+    if isinstance(value, str | bytes):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    results = [value]
+    for kind, arg in jq_steps(program):
+        out: list[Any] = []
+        for item in results:
+            if kind == "key":
+                if item is not None and not isinstance(item, dict):
+                    raise ValueError(f"jq {program!r}: cannot index {type(item).__name__} "
+                                     f"with {arg!r}")
+                out.append(None if item is None else item.get(arg))
+            elif kind == "index":
+                if item is not None and not isinstance(item, list | tuple):
+                    raise ValueError(f"jq {program!r}: cannot index {type(item).__name__} "
+                                     "with a number")
+                out.append(item[arg] if item is not None and -len(item) <= arg < len(item)
+                           else None)
+            else:
+                if isinstance(item, dict):
+                    out.extend(item.values())
+                elif isinstance(item, list | tuple):
+                    out.extend(item)
+                else:
+                    raise ValueError(f"jq {program!r}: cannot iterate over "
+                                     f"{type(item).__name__}")
+        results = out
+    return results
 
 
 def now() -> str:
@@ -642,6 +802,11 @@ class Expressions:
         env = _Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         env.filters["tojson"] = tojson
         env.filters["fromjson"] = fromjson
+        # Kestra's (Pebble) spellings
+        env.filters["jq"] = jq
+        env.filters["json"] = env.filters["toJson"] = tojson
+        env.filters["fromJson"] = fromjson
+        env.globals["fromJson"] = fromjson
         env.filters[_DERIVED] = _secret_derived
         env.globals["secret"] = self.secrets.get
         env.globals["now"] = now
@@ -761,6 +926,12 @@ class Expressions:
             problems.append(
                 f"unknown variable {name!r} ({hint}known: {', '.join(sorted(ALLOWED_ROOTS))})"
             )
+        for call in tree.find_all(nodes.Filter):
+            if call.name == "jq" and call.args and isinstance(call.args[0], nodes.Const):
+                try:
+                    jq_steps(str(call.args[0].value))
+                except ValueError as exc:
+                    problems.append(str(exc))
         if not problems:
             try:
                 self.compile(source)

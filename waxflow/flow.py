@@ -16,7 +16,20 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from waxflow.durations import Duration
+from waxflow.errors import WaxflowError
 from waxflow.tasks import ID_PATTERN, RetrySpec, TaskBase
+
+#: Kestra's trigger type names -> ours (each also in its model's ``type`` Literal)
+TRIGGER_ALIASES: dict[str, str] = {
+    "io.kestra.plugin.kafka.RealtimeTrigger": "kafka.RealtimeTrigger",
+    "io.kestra.plugin.kafka.Trigger": "kafka.Trigger",
+    "io.kestra.plugin.core.trigger.Schedule": "schedule.Interval",
+    "io.kestra.core.models.triggers.types.Schedule": "schedule.Interval",
+}
+
+
+class NoTrigger(WaxflowError):
+    """The flow has no (enabled) trigger: it cannot be run as a job."""
 
 
 def refuse_for_share(group_type: str | None, name: str | None, value: Any) -> Any:
@@ -55,6 +68,10 @@ class KafkaTrigger(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str = Field(pattern=ID_PATTERN, description="the trigger's id (letters, digits, _ -)")
+    description: str | None = Field(default=None, description="free text for people")
+    disabled: bool = Field(default=False,
+                           description="a disabled trigger starts nothing (the flow is then "
+                                       "a manual one)")
     groupType: Literal["CONSUMER", "SHARE"] = Field(  # first: later fields check it
         default="CONSUMER",
         description="CONSUMER: a consumer group, offsets committed once the work is done; "
@@ -93,6 +110,12 @@ class KafkaTrigger(BaseModel):
         default="CONTINUE",
         description="CONTINUE: a FAILED execution is recorded and its offset advances; STOP: "
                     "the job halts without committing the record, which replays after a fix")
+    acknowledgeType: Literal["ACCEPT"] | None = Field(
+        default=None,
+        description="SHARE, accepted for Kestra compatibility: waxflow acknowledges each "
+                    "record by the outcome of its execution (ACCEPT after success, RELEASE "
+                    "after a failure while deliveries remain, REJECT at the limit), so "
+                    "ACCEPT is the only value; Kestra's fixed RELEASE/REJECT/RENEW are refused")
     maxDeliveries: int | None = Field(
         default=None, ge=1,
         description="SHARE: REJECT a failing record at this delivery count (default: the "
@@ -101,6 +124,11 @@ class KafkaTrigger(BaseModel):
                                 description="executions in flight per worker")
     keyOrdering: bool = Field(default=False,
                               description="run executions of the same key one after another")
+
+    @field_validator("type", mode="after", check_fields=False)
+    @classmethod
+    def _canonical_type(cls, value: str) -> str:
+        return TRIGGER_ALIASES.get(value, value)
 
     @model_validator(mode="after")
     def _one_topic_selector(self) -> KafkaTrigger:
@@ -118,6 +146,17 @@ class KafkaTrigger(BaseModel):
         if avro and not self.serdeProperties.get("schema.registry.url"):
             raise ValueError("AVRO deserializers need serdeProperties.schema.registry.url")
         return self
+
+    @field_validator("acknowledgeType", mode="before")
+    @classmethod
+    def _ack_type(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in ("RELEASE", "REJECT", "RENEW"):
+            raise ValueError(
+                f"acknowledgeType {value} is not supported: waxflow acknowledges each record "
+                "by its execution's outcome (ACCEPT on success, RELEASE on failure while "
+                "deliveries remain, REJECT at maxDeliveries); remove the property or use "
+                "ACCEPT")
+        return value
 
     @field_validator("maxDeliveries")
     @classmethod
@@ -151,13 +190,15 @@ class KafkaTrigger(BaseModel):
 class RealtimeTrigger(KafkaTrigger):
     """One execution per Kafka record; offsets commit after the execution is done (G1)."""
 
-    type: Literal["kafka.RealtimeTrigger"] = Field(description="the trigger type")
+    type: Literal["kafka.RealtimeTrigger", "io.kestra.plugin.kafka.RealtimeTrigger"] = Field(
+        description="the trigger type")
 
 
 class BatchTrigger(KafkaTrigger):
     """One execution per batch of records, stored as an ION file (``trigger.uri``)."""
 
-    type: Literal["kafka.Trigger"] = Field(description="the trigger type")
+    type: Literal["kafka.Trigger", "io.kestra.plugin.kafka.Trigger"] = Field(
+        description="the trigger type")
     interval: Duration = Field(default=timedelta(minutes=1),
                                description="a batch closes at most this long after its "
                                            "first record")
@@ -185,11 +226,37 @@ class ScheduleTrigger(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str = Field(pattern=ID_PATTERN, description="the trigger's id (letters, digits, _ -)")
-    type: Literal["schedule.Interval"] = Field(description="the trigger type")
+    type: Literal["schedule.Interval", "io.kestra.plugin.core.trigger.Schedule",
+                  "io.kestra.core.models.triggers.types.Schedule"] = Field(
+        description="the trigger type")
     interval: Duration | None = Field(
         default=None, description="ISO-8601 duration between ticks (aligned to multiples of "
                                   "it since the Unix epoch)")
-    cron: str | None = Field(default=None, description="5-field cron expression, in UTC")
+    cron: str | None = Field(default=None, description="5-field cron expression, in UTC "
+                                                       "(6 fields with `withSeconds`)")
+    withSeconds: bool = Field(
+        default=False, description="`cron` has 6 fields, seconds first (Kestra's spelling)")
+    description: str | None = Field(default=None, description="free text for people")
+    disabled: bool = Field(default=False,
+                           description="a disabled trigger starts nothing (the flow is then "
+                                       "a manual one)")
+
+    @field_validator("type", mode="after")
+    @classmethod
+    def _canonical_type(cls, value: str) -> str:
+        return TRIGGER_ALIASES.get(value, value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seconds_last(cls, data: Any) -> Any:
+        # Kestra (Quartz) writes seconds first; croniter reads them as the 6th field
+        if isinstance(data, dict) and data.get("withSeconds") is True \
+                and isinstance(data.get("cron"), str):
+            fields = data["cron"].split()
+            if len(fields) != 6:
+                raise ValueError("`withSeconds: true` needs a 6-field cron (seconds first)")
+            data = {**data, "cron": " ".join([*fields[1:], fields[0]]), "withSeconds": False}
+        return data
 
     @model_validator(mode="after")
     def _one_of(self) -> ScheduleTrigger:
@@ -228,15 +295,34 @@ class FlowBase(BaseModel):
     namespace: str = Field(pattern=r"^[A-Za-z0-9_.-]+$",
                            description="the flow's namespace (letters, digits, _ . -)")
     description: str | None = Field(default=None, description="free text for people")
-    labels: dict[str, str] = Field(default_factory=dict,
-                                   description="name -> value, copied into every execution")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> value (or Kestra's list of {key, value}), copied into every "
+                    "execution")
+    disabled: bool = Field(default=False,
+                           description="a disabled flow is valid but `waxflow run` refuses "
+                                       "to start it")
     retry: RetrySpec | None = Field(
         default=None, description="default retry for every task that has none of its own")
-    triggers: list[AnyTrigger] = Field(min_length=1, max_length=1,
-                                       description="what starts executions (exactly one)")
+    triggers: list[AnyTrigger] = Field(
+        default_factory=list,
+        description="what starts executions: one enabled trigger (several are refused); "
+                    "none makes a manual flow, run with `waxflow test`")
     tasks: list[Any] = Field(min_length=1, description="the tasks of an execution, in order")
     errors: list[Any] = Field(default_factory=list,
                               description="tasks run when an execution fails")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_list(cls, value: Any) -> Any:
+        if isinstance(value, list):  # Kestra's other spelling: [{key: k, value: v}, ...]
+            out: dict[str, Any] = {}
+            for item in value:
+                if not (isinstance(item, dict) and set(item) == {"key", "value"}):
+                    raise ValueError("a list of labels holds mappings with `key` and `value`")
+                out[str(item["key"])] = item["value"]
+            return out
+        return value
 
     def all_tasks(self) -> Iterator[tuple[tuple[Hashable, ...], TaskBase]]:
         """Every task, nested ones included, with its path in the flow file."""
@@ -250,13 +336,24 @@ class FlowBase(BaseModel):
         yield from walk(("errors",), self.errors)
 
     @property
+    def enabled_triggers(self) -> list[RealtimeTrigger | BatchTrigger | ScheduleTrigger]:
+        return [t for t in self.triggers if not t.disabled]
+
+    @property
     def trigger(self) -> RealtimeTrigger | BatchTrigger | ScheduleTrigger:
-        return self.triggers[0]
+        """The flow's (one enabled) trigger; raises :class:`NoTrigger` for a manual flow."""
+        enabled = self.enabled_triggers
+        if not enabled:
+            raise NoTrigger(
+                f"flow {self.namespace}.{self.id} has no "
+                + ("enabled " if self.triggers else "") + "trigger: `waxflow run` needs one "
+                "(a Kafka trigger or a schedule); `waxflow test FLOW` runs it once")
+        return enabled[0]
 
     @property
     def kafka_trigger(self) -> KafkaTrigger:
         """The trigger of a Kafka-triggered flow (raises for schedules)."""
-        trig = self.triggers[0]
+        trig = self.trigger
         if not isinstance(trig, KafkaTrigger):
             raise TypeError(f"flow {self.id} has no Kafka trigger")
         return trig

@@ -11,14 +11,16 @@ timeouts, ``allowFailure`` and ``errors``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from waxflow.durations import Duration
 from waxflow.errors import WaxflowError
 
 TASK_TYPES: dict[str, type[TaskBase]] = {}
+#: other accepted spellings of a task type (Kestra's full names) -> the registered name
+TASK_ALIASES: dict[str, str] = {}
 # ``AnyTask`` (the discriminated union of every registered type) is resolved by
 # ``waxflow.dataflows.spec.task_union()`` once all task modules are imported; fields that hold child
 # task lists are annotated ``list[AnyTask]``.
@@ -75,6 +77,11 @@ class RunContext(Protocol):
         """Run a child task list in order; raises if one of them fails the execution."""
         ...
 
+    def run_iteration(self, tasks: Sequence[TaskBase], parent: TaskBase, value: Any) -> None:
+        """Run a child task list once for ``value``: the children (and theirs) read it as
+        ``taskrun.value``, and ``parent.taskrun.value`` one level further down."""
+        ...
+
     def run_parallel(self, tasks: Sequence[TaskBase], parent: TaskBase, concurrency: int) -> None:
         """Run child tasks concurrently; raises once all ended if one failed the execution."""
         ...
@@ -115,6 +122,13 @@ class TaskBase(BaseModel):
     errors: list[AnyTask] = Field(default_factory=list,
                                   description="tasks run when this one fails")
 
+    @field_validator("type", mode="after")
+    @classmethod
+    def _canonical_type(cls, value: str) -> str:
+        # an alias (``io.kestra.plugin.core.log.Log``) is stored as our name (``core.Log``):
+        # the history, ``task.type`` and every check see one spelling
+        return TASK_ALIASES.get(value, value)
+
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         """Do the work; return outputs or raise to fail this attempt."""
         raise NotImplementedError
@@ -127,17 +141,54 @@ class TaskBase(BaseModel):
         return out
 
 
-def task_type(name: str) -> Callable[[T], T]:
-    """Class decorator registering a task model under its YAML ``type`` name."""
+def task_type(name: str, aliases: Sequence[str] = ()) -> Callable[[T], T]:
+    """Class decorator registering a task model under its YAML ``type`` name.
+
+    ``aliases`` are other spellings accepted in flow files, typically Kestra's full type
+    names::
+
+        @task_type("kafka.Produce", aliases=("io.kestra.plugin.kafka.Produce",))
+        class Produce(TaskBase):
+            type: Literal["kafka.Produce"] = Field(description="the task type")
+
+    The model's ``type`` field keeps ``Literal[name]``; the decorator widens it to accept the
+    aliases too (the JSON Schema lists every spelling) and a validated task holds ``name``
+    whatever spelling the file used.
+    """
 
     def register(cls: T) -> T:
-        if name in TASK_TYPES:
+        if name in TASK_TYPES or name in TASK_ALIASES:
             raise ValueError(f"task type {name} registered twice")
         cls.TYPE = name
         TASK_TYPES[name] = cls
+        add_task_aliases(name, *aliases)
         return cls
 
     return register
+
+
+def add_task_aliases(name: str, *aliases: str) -> None:
+    """Accept ``aliases`` as spellings of the registered task type ``name`` (for types whose
+    module does not name them itself; the ``aliases`` of :func:`task_type` do the same)."""
+    cls = TASK_TYPES[name]
+    for alias in aliases:
+        if alias in TASK_TYPES or TASK_ALIASES.get(alias, name) != name:
+            raise ValueError(f"task type {alias} registered twice")
+        TASK_ALIASES[alias] = name
+    spellings = (name, *sorted(a for a, n in TASK_ALIASES.items() if n == name))
+    if len(spellings) > 1:
+        cls.model_fields["type"].annotation = Literal[spellings]  # type: ignore[assignment]
+        cls.model_rebuild(force=True, raise_errors=False)
+
+
+def canonical_task_type(name: str) -> str:
+    """The registered name for ``name`` (itself, or the type it is an alias of)."""
+    return TASK_ALIASES.get(name, name)
+
+
+def known_task_type(name: Any) -> bool:
+    """Whether ``name`` is a registered task type or an alias of one."""
+    return isinstance(name, str) and (name in TASK_TYPES or name in TASK_ALIASES)
 
 
 if TYPE_CHECKING:

@@ -105,7 +105,7 @@ def test_an_invalid_flow_gets_the_validation_problems(tmp_path: Path) -> None:
     path = write(tmp_path, "tasks:\n  - {id: a, type: core.Log, mesage: x}\n")
     found = problems(path)
     assert [p.message for p in found] == ["missing required property 'message'",
-                                          "unknown property 'mesage'"]
+                                          "unknown property 'mesage'; did you mean 'message'?"]
 
 
 def test_undefined_secret(tmp_path: Path) -> None:
