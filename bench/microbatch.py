@@ -1,8 +1,10 @@
 """Micro-batch benchmark: ``kafka.Trigger`` into Parquet and DuckDB vs raw consume (not a test).
 
 Run: ``.venv/bin/python bench/microbatch.py [--records 1000000] [--max-records 200000]
-[--interval PT5S] [--targets ion,parquet,duckdb] [--repeat 1] [--raw-batch 10000]`` against
-the broker at ``$WAXFLOW_BOOTSTRAP`` (default 127.0.0.1:9092).
+[--interval PT5S] [--targets ion,parquet,duckdb,postgres] [--repeat 1] [--raw-batch 10000]``
+against the broker at ``$WAXFLOW_BOOTSTRAP`` (default 127.0.0.1:9092). The ``postgres`` target
+loads into ``$WAXFLOW_BENCH_PG_URL`` (a ``postgresql://`` URL with its password), else into a
+PostgreSQL server it starts for the run (``tests/postgres_server.py``; Debian ``postgresql``).
 
 One run, everything on fresh topics / consumer groups / log topics (deleted at the end):
 
@@ -24,7 +26,9 @@ One run, everything on fresh topics / consumer groups / log topics (deleted at t
    * ``parquet``: a ``core.Python`` task, :func:`parquet_task` below, that converts
      ``trigger.uri`` to Parquet with ``waxflow.connectors.tabular.to_parquet`` (one file per batch,
      named by the execution id);
-   * ``duckdb``: ``duckdb.Load`` of ``trigger.uri`` into a fresh table, mode ``APPEND``.
+   * ``duckdb``: ``duckdb.Load`` of ``trigger.uri`` into a fresh table, mode ``APPEND``;
+   * ``postgres``: ``postgres.Load`` of ``trigger.uri`` into a fresh PostgreSQL table, mode
+     ``MERGE`` on the Kafka coordinates (COPY CSV into a staging table + ON CONFLICT).
 
    Every run is checked: the terminal documents' ``messagesCount`` add up to ``--records``,
    all SUCCESS, and the Parquet files / DuckDB table hold exactly ``--records`` rows.
@@ -72,7 +76,9 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # n
 from waxflow.connectors.kafka_batch import BULK_FETCH  # noqa: E402
 
 IDLE = 2.0
-TARGETS = ("ion", "parquet", "duckdb")
+TARGETS = ("ion", "parquet", "duckdb", "postgres")
+DEFAULT_TARGETS = ("ion", "parquet", "duckdb")
+PG: dict[str, str] = {}  # the postgres target's "url" and "table" for this run
 
 
 # --------------------------------------------------------------------------- the Parquet task
@@ -127,6 +133,16 @@ tasks:
     database: {out_dir / 'bench.duckdb'}
     table: events
     mode: APPEND
+"""
+    if target == "postgres":
+        PG["table"] = f"events_{uuid.uuid4().hex[:8]}"
+        return head + f"""\
+  - id: load
+    type: postgres.Load
+    from: "{{{{ trigger.uri }}}}"
+    url: "{PG['url']}"
+    table: {PG['table']}
+    mode: MERGE
 """
     raise ValueError(target)
 
@@ -303,7 +319,29 @@ def count_rows(target: str, out_dir: Path) -> int | None:
             row = con.execute("select count(*), count(distinct id) from events").fetchone()
         assert row is not None
         return int(row[0]) if row[0] == row[1] else -1
+    if target == "postgres":
+        import psycopg
+
+        with psycopg.connect(PG["url"]) as conn:
+            got = conn.execute(f"select count(*), count(distinct id) from {PG['table']}"
+                               ).fetchone()
+        assert got is not None
+        return int(got[0]) if got[0] == got[1] else -1
     return None
+
+
+def postgres_server() -> Any:
+    """A PostgreSQL server for the postgres target (None when $WAXFLOW_BENCH_PG_URL is set)."""
+    if os.environ.get("WAXFLOW_BENCH_PG_URL"):
+        PG["url"] = os.environ["WAXFLOW_BENCH_PG_URL"]
+        return None
+    sys.path.insert(0, str(BENCH.parent))
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer()
+    print(f"postgres server started in {server.start():.1f} s on port {server.port}")
+    PG["url"] = server.url
+    return server
 
 
 # --------------------------------------------------------------------------- main
@@ -312,7 +350,7 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--max-records", type=int, default=200_000, help="trigger maxRecords")
     ap.add_argument("--interval", default="PT5S", help="trigger interval (ISO-8601)")
-    ap.add_argument("--targets", default=",".join(TARGETS),
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                     help=f"comma-separated, of {', '.join(TARGETS)}")
     ap.add_argument("--raw-batch", type=int, default=10_000,
                     help="max records per consume() call of the raw consumer")
@@ -330,6 +368,7 @@ def main() -> int:
           f"load {benchkit.load()}, run {res.run_id}")
     raws: list[RawResult] = []
     wax: dict[str, list[WaxResult]] = {t: [] for t in targets}
+    pg_server = postgres_server() if "postgres" in targets else None
     with benchkit.scratch(res, "waxflow-bench-mb-", announce=True) as tmp:
         topic = res.create(res.name("in"), benchkit.PARTITIONS)
         secs = benchkit.produce_all(bootstrap, topic, n)
@@ -345,6 +384,8 @@ def main() -> int:
                 print(f"waxflow kafka.Trigger -> {target} (load {benchkit.load()})")
                 wax[target].append(run_waxflow(res, bootstrap, topic, n, target, args, tmp))
                 wax[target][-1].report()
+    if pg_server is not None:
+        pg_server.remove()
 
     med = statistics.median
     raw = med(r.rate for r in raws)
