@@ -6,10 +6,13 @@ the machine's Java. ``start`` formats storage on first use, starts the broker in
 background and returns only once an AdminClient answers; ``stop`` stops only the process whose
 pid it wrote. Transactions and share groups (KIP-932) work on it: the single-node settings for
 ``__transaction_state`` and ``__share_group_state`` are part of the generated config.
+``secure=True`` (``waxflow broker start --secure``) serves SASL_SSL with SCRAM users and ACLs
+instead of PLAINTEXT (:mod:`waxflow.connectors.broker_security`).
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import shutil
@@ -17,10 +20,13 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from waxflow.connectors.broker_security import SecureFiles
 from waxflow.errors import WaxflowError
+from waxflow.expressions import mask
 
 KAFKA_VERSION = "4.2.0"
 SLF4J_VERSION = "2.0.17"
@@ -58,15 +64,17 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 </project>
 """
 
-_SERVER_PROPERTIES = """process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{cport}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+_PLAINTEXT_LISTENERS = """listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
+advertised.listeners=PLAINTEXT://127.0.0.1:{aport}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={logs}
+"""
+
+_SERVER_PROPERTIES = """process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{cport}
+{listeners}log.dirs={logs}
 num.partitions=1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=10
@@ -78,6 +86,10 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 group.share.record.lock.duration.ms={lock_ms}
 group.share.min.record.lock.duration.ms={lock_ms}
+# a share partition's initialisation cut short by a broker crash is retried only after this
+# (Kafka's default 30 s stalled a share group ~40 s after a restart; 5 s is the floor, =
+# offsets.commit.timeout.ms)
+group.share.initialize.retry.interval.ms=5000
 auto.create.topics.enable=true
 log.cleaner.dedupe.buffer.size=16777216
 """
@@ -136,10 +148,35 @@ class LocalBroker:
     port: int = DEFAULT_PORT
     controller_port: int = DEFAULT_CONTROLLER_PORT
     share_lock_ms: int = 30000
+    #: the port clients are told to connect to (default ``port``): a proxy's, in tests that
+    #: put a TCP proxy between clients and the broker (plaintext only)
+    advertised_port: int | None = None
+    #: a SASL_SSL listener with SCRAM users and ACLs instead of PLAINTEXT
+    #: (:mod:`waxflow.connectors.broker_security`)
+    secure: bool = False
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def security(self) -> SecureFiles:
+        """The secure mode's files (CA, keystore, the admin's client settings)."""
+        return SecureFiles(self.data_dir / "secure")
+
+    @property
+    def formatted_secure(self) -> bool | None:
+        """Whether the storage of this directory was formatted for the secure mode (None
+        when it is not formatted yet)."""
+        if not (self.data_dir / "kraft-logs" / "meta.properties").exists():
+            return None
+        return self.security.exists()
+
+    def admin_conf(self) -> dict[str, str]:
+        """librdkafka settings of the broker's admin (a super user in the secure mode)."""
+        if self.secure:
+            return self.security.admin_conf()
+        return {"bootstrap.servers": self.bootstrap}
 
     @property
     def pid_file(self) -> Path:
@@ -176,8 +213,16 @@ class LocalBroker:
     def start(self, timeout: float = 90.0) -> float:
         """Start the broker (formatting storage on first use); return seconds until ready.
 
-        Idempotent: an already running broker of this directory is left as it is.
+        Idempotent: an already running broker of this directory is left as it is. A data dir
+        formatted for the other mode (plaintext or ``secure``) is refused.
         """
+        formatted = self.formatted_secure
+        if formatted is not None and formatted != self.secure:
+            was, now = ("secure", "plaintext") if formatted else ("plaintext", "secure")
+            raise BrokerError(
+                f"the broker storage in {self.data_dir} was made for a {was} broker; start it "
+                f"{'with' if formatted else 'without'} --secure, or wipe it first (`waxflow "
+                f"broker stop --wipe`) to start a {now} one")
         if self.running():
             return 0.0
         t0 = time.monotonic()
@@ -192,10 +237,23 @@ class LocalBroker:
         classpath = f"{libs}/*"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.data_dir / "kraft-logs"
+        format_args: list[str] = []
+        password: str | None = None
+        if self.secure:
+            password = self.security.prepare(self.bootstrap)
+            listeners = self.security.server_properties(self.port, self.controller_port,
+                                                        password)
+            format_args = self.security.format_args(password)
+        else:
+            listeners = _PLAINTEXT_LISTENERS.format(port=self.port, cport=self.controller_port,
+                                                    aport=self.advertised_port or self.port)
+        self._props.touch(mode=0o600)
+        os.chmod(self._props, 0o600)  # holds the admin password in the secure mode
         self._props.write_text(_SERVER_PROPERTIES.format(
-            port=self.port, cport=self.controller_port, logs=logs, lock_ms=self.share_lock_ms))
-        if not (logs / "meta.properties").exists():
-            self._format(java, classpath)
+            port=self.port, cport=self.controller_port, listeners=listeners, logs=logs,
+            lock_ms=self.share_lock_ms))
+        if formatted is None:
+            self._format(java, classpath, format_args, password)
         env = dict(os.environ)
         env.setdefault("KAFKA_HEAP_OPTS", "")
         with open(self.log_file, "ab") as log:
@@ -211,16 +269,14 @@ class LocalBroker:
         self._wait_ready(proc, timeout)
         return time.monotonic() - t0
 
-    def _format(self, java: str, classpath: str) -> None:
+    def _format(self, java: str, classpath: str, extra: list[str], hide: str | None) -> None:
         def tool(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", *args],
                                   capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        uuid = tool("random-uuid").stdout.strip().splitlines()[-1:]
-        if not uuid:
-            raise BrokerError("kafka StorageTool random-uuid printed nothing")
-        res = tool("format", "--standalone", "-t", uuid[0], "-c", str(self._props))
+        res = tool("format", "--standalone", "-t", cluster_id(), "-c", str(self._props), *extra)
         if res.returncode != 0:
-            raise BrokerError(f"formatting broker storage failed: {res.stderr.strip()[:300]}")
+            why = mask(res.stderr.strip()[:300], [hide])
+            raise BrokerError(f"formatting broker storage failed: {why}")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         from confluent_kafka.admin import AdminClient
@@ -233,8 +289,7 @@ class LocalBroker:
                     f"the broker exited at start (code {proc.returncode}); see {self.log_file}"
                 )
             if _port_taken(self.port):
-                admin = AdminClient({"bootstrap.servers": self.bootstrap,
-                                     "socket.timeout.ms": 2000})
+                admin = AdminClient({**self.admin_conf(), "socket.timeout.ms": 2000})
                 try:
                     admin.list_topics(timeout=2)
                     return
@@ -260,6 +315,15 @@ class LocalBroker:
         if wipe and self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         return pid is not None
+
+
+def cluster_id() -> str:
+    """A new KRaft cluster id as ``StorageTool random-uuid`` prints it (a random UUID in
+    unpadded URL-safe base64, never starting with ``-``), without starting a JVM for it."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def _alive(pid: int) -> bool:

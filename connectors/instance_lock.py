@@ -39,6 +39,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from waxflow.connectors.deliveries import OUTAGE, give_up_seconds, is_outage
+from waxflow.connectors.kafka_errors import check_access, raise_if_access
 from waxflow.errors import WaxflowError
 
 LOG = logging.getLogger("waxflow.instance")
@@ -49,7 +51,7 @@ SESSION_MS = 6000
 HELD_ENV = "WAXFLOW_INSTANCE_LOCK_HELD"
 
 _CLIENT_KEYS = ("bootstrap.servers", "security.protocol", "sasl.", "ssl.", "client.dns",
-                "socket.", "broker.address.family")
+                "socket.", "broker.address.family", "enable.ssl.")
 
 
 class InstanceConflict(WaxflowError):
@@ -95,18 +97,33 @@ class InstanceLock:
                         "re-joining", self.what, self.group)
 
     def _ensure_topic(self) -> None:
+        """Create the lock topic if missing; a broker that is away or still starting (no
+        controller yet) is waited for, up to ``$WAXFLOW_BROKER_GIVE_UP``."""
         admin = AdminClient(self._client)
-        futures = admin.create_topics([NewTopic(LOCK_TOPIC, 1, -1)], request_timeout=15)
-        try:
-            futures[LOCK_TOPIC].result(timeout=20)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in exc.args[0].name():
-                raise InstanceConflict(f"{self.what}: cannot create the instance-lock topic "
-                                       f"{LOCK_TOPIC}: {exc.args[0].str()}") from None
+        deadline = time.monotonic() + give_up_seconds()
+        while True:
+            futures = admin.create_topics([NewTopic(LOCK_TOPIC, 1, -1)], request_timeout=15)
+            try:
+                futures[LOCK_TOPIC].result(timeout=20)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if "TOPIC_ALREADY_EXISTS" in err.name():
+                    return
+                raise_if_access(err, self._client, f"{self.what}: instance lock",
+                                name=LOCK_TOPIC, operation="CREATE")
+                if not is_outage(err) or time.monotonic() > deadline:
+                    raise InstanceConflict(f"{self.what}: cannot create the instance-lock "
+                                           f"topic {LOCK_TOPIC}: {err.str()}") from None
+                OUTAGE.down("instance lock", err.str())
+                time.sleep(1.0)
 
     def acquire(self, timeout: float = 60.0) -> None:
         """Join the lock group; return when this instance owns the partition, raise
-        InstanceConflict when another live instance does."""
+        InstanceConflict when another live instance does (KafkaAccessError, within seconds,
+        when the credentials or ACLs do not let it in)."""
+        check_access(self._client, f"{self.what}: instance lock", read=[LOCK_TOPIC],
+                     group=self.group)
         self._ensure_topic()
         consumer = Consumer({
             **self._client, "group.id": self.group,

@@ -31,7 +31,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from waxflow.connectors import instance_lock, shutdown
+from waxflow.connectors import broker_watch, instance_lock, shutdown
 from waxflow.connectors.kafka_source import (
     committed_offsets,
     group_conf,
@@ -67,7 +67,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
                  *, resume: Positions | None, since: datetime | None, interval: float,
                  max_records: int | None, max_duration: float | None,
                  idle_stop: float | None) -> None:
-        self._consumer = Consumer({**conf, "on_commit": self._on_commit})
+        self._consumer = Consumer(broker_watch.watch({**conf, "on_commit": self._on_commit}))
         self._interval = interval
         self._max_records = max_records
         self._max_duration = max_duration
@@ -215,10 +215,12 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
             return True
         if self._opened is not None and now - self._opened >= self._interval:
             return True
-        return self._idle_stop is not None and now - self._last_activity >= self._idle_stop
+        return self._idle_stop is not None and \
+            now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
 
     def next_batch(self) -> list[Batch]:
         instance_lock.check("the batch source")
+        broker_watch.check("the batch source")
         self._commit()
         if shutdown.requested():  # cut no more batches; stop once emitted ones are committed
             if not self._awaiting_snapshot and all(
@@ -246,7 +248,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
                 self._awaiting_snapshot = True
                 out.append(batch)
         if not out and not self._buffer.records and self._idle_stop is not None and \
-                now - self._last_activity >= self._idle_stop and \
+                now - broker_watch.idle_since(self._last_activity) >= self._idle_stop and \
                 all(self._confirmed.get(k) == v for k, v in self._emitted.items()):
             raise StopIteration
         # more is probably waiting when a read came back full: no pause then

@@ -43,7 +43,7 @@ from confluent_kafka import (
 )
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from waxflow.connectors import jsonbatch
+from waxflow.connectors import broker_watch, jsonbatch
 from waxflow.connectors.deliveries import Deliveries
 from waxflow.connectors.kafka_config import client_conf
 from waxflow.connectors.kafka_share import configure_group, split_conf
@@ -66,7 +66,7 @@ SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BY
                     "BYTE_ARRAY", "UUID", "JSON", "ION", "VOID"]
 
 
-@task_type("kafka.Consume")
+@task_type("kafka.Consume", aliases=("io.kestra.plugin.kafka.Consume",))
 class Consume(TaskBase):
     """Consume topics into internal storage (see module doc)."""
 
@@ -124,7 +124,7 @@ class Consume(TaskBase):
             parts = topic_partitions(conf, topics, partitions=self.partitions)
         except SourceStop as exc:
             raise TaskFailure(str(exc)) from None
-        consumer = Consumer(conf)
+        consumer = Consumer(broker_watch.watch(conf))
         try:
             return self._consume(ctx, consumer, parts=parts, conf=conf)
         finally:
@@ -169,8 +169,13 @@ class Consume(TaskBase):
                     todo.discard(tp)
         uri, count, skipped = self._decode_store(ctx, raws)
         if self.groupId and positions:
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
-                            asynchronous=False)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+            try:  # the file is stored: wait for a broker that went away (up to the bound)
+                broker_watch.retry(lambda: consumer.commit(offsets=offsets, asynchronous=False),
+                                   f"kafka.Consume {self.id} commit")
+            except SourceStop as exc:
+                raise TaskFailure(f"{exc} (its records are read again by the next run)"
+                                  ) from None
         return {"uri": uri, "messagesCount": count, "skippedCount": len(skipped),
                 "offsets": {f"{t}/{p}": o for (t, p), o in sorted(positions.items())}}
 
@@ -218,13 +223,13 @@ class Consume(TaskBase):
                                    self.maxRecords or 500)
         try:
             settings = configure_group(client, group_id, group)
-        except KafkaException as exc:
+        except (KafkaException, SourceStop) as exc:
             raise TaskFailure(f"share group {group_id}: cannot set its configs: {exc}"
                               ) from None
         wait = max(self.pollDuration.total_seconds(), 2 * settings.heartbeat_s)
         if self.maxDuration is not None:
             wait = min(wait, max(self.maxDuration.total_seconds(), 2 * settings.heartbeat_s))
-        consumer = ShareConsumer(client)
+        consumer = ShareConsumer(broker_watch.watch(client))
         try:
             consumer.subscribe(topics)
             held: list[Message] = []
@@ -264,7 +269,12 @@ class Consume(TaskBase):
             ack = "REJECT" if i in skipped else "ACCEPT"
             consumer.acknowledge(m, getattr(AcknowledgeType, ack))
             sent[ack] = sent.get(ack, 0) + 1
-        errors = sum(1 for err in (consumer.commit_sync() or {}).values() if err is not None)
+        try:
+            errors = sum(1 for err in (consumer.commit_sync() or {}).values()
+                         if err is not None)
+        except KafkaException as exc:  # the broker went away: the acks are lost
+            broker_watch.gone(f"kafka.Consume {self.id}", str(exc))
+            errors = len({(m.topic(), m.partition()) for m in held})
         if errors:
             ctx.log("WARNING", f"share group {self.groupId}: {errors} partitions refused "
                     "the acks (record locks ran out?): those records will be delivered again")

@@ -25,6 +25,16 @@ held for 80% of the lock.
 The group's start position (``share.auto.offset.reset``, default here ``earliest``) and
 isolation (``share.isolation.level``, default ``read_committed`` as in consumer-group mode)
 are group configs: they are set with AdminClient when the first worker is built.
+
+Broker outages (:mod:`waxflow.connectors.broker_watch`): a ``commit_sync`` or ``poll`` that
+fails for want of the broker is logged once per outage, the batch's acks are lost but not its
+work (the broker hands the records out again: same execution ids, new runs), and the source
+stops with one line once the outage passes ``$WAXFLOW_BROKER_GIVE_UP``. A broker killed while
+it initialises a new group's share partitions (the group coordinator writes them as
+"initializing", then asks the share coordinator) keeps them "initializing" after its restart,
+and assigns them to no member, old or new, until ``group.share.initialize.retry.interval.ms``
+(Kafka's default 30 s) has passed: measured on 4.2, a 40 s stall with no records. The local
+broker sets it to its floor, 5 s (~15 s stall); on other clusters it is the broker's setting.
 """
 
 from __future__ import annotations
@@ -56,8 +66,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from waxflow.acks import AckType, decide
-from waxflow.connectors import shutdown
+from waxflow.connectors import broker_watch, shutdown
 from waxflow.connectors.kafka_config import require
+from waxflow.connectors.kafka_errors import check_access
 from waxflow.connectors.kafka_source import record_fields
 from waxflow.errors import ConfigConflict, SourceStop
 from waxflow.execution import Execution
@@ -73,8 +84,6 @@ _FROM_CLIENT = {"auto.offset.reset": "share.auto.offset.reset",
                 "isolation.level": "share.isolation.level"}
 _RESET_VALUES = {"smallest": "earliest", "beginning": "earliest", "largest": "latest",
                  "end": "latest"}
-_ADMIN_SKIP = ("share.", "group.", "max.poll", "fetch.", "isolation.", "auto.offset",
-               "enable.auto", "enable.partition")
 POLL_TIMEOUT = 0.05  # seconds a poll may wait when nothing is outstanding
 LOCK_WARN_AT = 0.8  # warn when a batch has been held this fraction of the record lock
 Coord = tuple[str, int, int]
@@ -155,12 +164,17 @@ def configure_group(conf: dict[str, Any], group_id: str, configs: dict[str, str]
     Setting the configs must succeed (the start position depends on it). Reading the
     settings falls back to Kafka's defaults (30 s, 5 deliveries) with a warning.
     """
-    admin = AdminClient({k: v for k, v in conf.items() if not k.startswith(_ADMIN_SKIP)})
+    admin = AdminClient(broker_watch.admin_conf(conf))
     res = ConfigResource(ResourceType.GROUP, group_id, incremental_configs=[
         ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
         for k, v in sorted(configs.items())])
-    for fut in admin.incremental_alter_configs([res]).values():
-        fut.result(timeout=30)
+
+    def alter() -> None:
+        for fut in admin.incremental_alter_configs([res]).values():
+            fut.result(timeout=30)
+
+    # a job (re)started while the broker is away waits for it, up to the give-up bound
+    broker_watch.retry(alter, f"share group {group_id} set-up")
     try:
         group_res = ConfigResource(ResourceType.GROUP, group_id)
         gcfg = admin.describe_configs([group_res])[group_res].result(timeout=30)
@@ -186,7 +200,7 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
         self._settings = settings
         self._max = max_deliveries
         self._idle_stop = idle_stop
-        self._consumer = ShareConsumer(conf)
+        self._consumer = ShareConsumer(broker_watch.watch(conf))
         self._consumer.subscribe(list(topics))
         self._outstanding: dict[Coord, Message] = {}
         self._decided: dict[Coord, AckType] = {}
@@ -240,7 +254,16 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
         self._commit()
 
     def _commit(self) -> None:
-        for tp, err in (self._consumer.commit_sync() or {}).items():
+        try:
+            results = self._consumer.commit_sync() or {}
+        except KafkaException as exc:  # the broker went away: the acks are lost, not the work
+            self._errors += 1
+            STATS.add(errors=1)
+            broker_watch.gone(f"share group {self._group}", str(exc))
+            LOG.warning("share group %s: acks not committed (%s): those records are delivered "
+                        "again once the broker is back (same execution ids)", self._group, exc)
+            return
+        for tp, err in results.items():
             if err is not None:
                 self._errors += 1
                 STATS.add(errors=1)
@@ -266,9 +289,15 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
             self._ack_all()
         if shutdown.requested():  # every delivery is acked: poll no more
             raise StopIteration
+        broker_watch.check(f"the share group {self._group}")
         self._awake = None
         out: list[RawRecord] = []
-        for m in self._consumer.poll(POLL_TIMEOUT):
+        try:
+            polled: list[Message] = list(self._consumer.poll(POLL_TIMEOUT))
+        except KafkaException as exc:
+            broker_watch.gone(f"share group {self._group}", str(exc))
+            polled = []
+        for m in polled:
             err = m.error()
             if err is not None:
                 if err.fatal():
@@ -286,7 +315,8 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
                                              self._warn_lock, (len(out),))
             self._watchdog.daemon = True
             self._watchdog.start()
-        elif (self._idle_stop is not None and now - self._last_activity >= self._idle_stop
+        elif (self._idle_stop is not None
+              and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
               and now >= self._no_stop_before):
             raise StopIteration
         return out
@@ -355,6 +385,8 @@ class KafkaShareSource(DynamicSource[RawRecord]):
     def _group_settings(self) -> GroupSettings:
         with self._lock:
             if self._settings is None:
+                check_access(self._conf, f"share group {self._group}", read=self._topics,
+                             group=self._group)
                 self._settings = configure_group(self._conf, self._group,
                                                  self._group_configs)
                 LOG.info("share group %s: record lock %.1fs, delivery limit %d", self._group,

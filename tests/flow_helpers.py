@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -123,3 +124,24 @@ def runs_by_id(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
     for d in docs:
         runs[d["id"]].add(d["runId"])
     return runs
+
+
+def job_lines(err: str, limit: int = 3000) -> str:
+    """A job's own stderr lines (librdkafka's connection noise left out), the last ``limit``
+    characters."""
+    return "\n".join(ln for ln in err.splitlines()
+                     if "waxflow" in ln and "rdkafka" not in ln and "thrd:" not in ln)[-limit:]
+
+
+def finish(proc: FlowProcess, timeout: float = 240) -> str:
+    """Wait for a job started with ``--stop-when-idle`` to exit 0; return its stderr. A job
+    still running after ``timeout`` is SIGKILLed and fails the test with its own lines."""
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"the job did not finish within {timeout:.0f}s:\n"
+                             f"{job_lines(err)}") from None
+    assert proc.returncode == 0, f"the job exited {proc.returncode}:\n{job_lines(err)}"
+    return err

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from waxflow.connectors.broker import LocalBroker
 
 
 def create_topic(admin: AdminClient, name: str, partitions: int = 1,
@@ -17,7 +23,10 @@ def create_topic(admin: AdminClient, name: str, partitions: int = 1,
     fut.result(timeout=30)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        md = admin.list_topics(name, timeout=5).topics.get(name)
+        try:
+            md = admin.list_topics(name, timeout=5).topics.get(name)
+        except KafkaException:  # a loaded, freshly started broker can be slow to answer
+            continue
         if md and md.error is None and len(md.partitions) == partitions and all(
             p.leader >= 0 for p in md.partitions.values()
         ):
@@ -82,3 +91,79 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
                                            cached=False)[1] for p in range(partitions)}
     finally:
         c.close()
+
+
+def lso_hwm(bootstrap: str, topic: str, parts: int) -> tuple[dict[int, int], dict[int, int]]:
+    """(last stable offsets, high watermarks) per partition: equal unless a transaction is
+    left open."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                  "isolation.level": "read_committed"})
+    try:
+        hwm = end_offsets(bootstrap, topic, parts)
+        lso = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
+                                          cached=False)[1] for p in range(parts)}
+        return lso, hwm
+    finally:
+        c.close()
+
+
+def kill_hard(broker: LocalBroker) -> None:
+    """SIGKILL a test's own broker (no clean shutdown: open transactions, unflushed state)."""
+    pid = broker.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while broker.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not broker.running()
+
+
+class Feeder(threading.Thread):
+    """Produces ``n`` records keyed ``k<i>`` at ``rate``/s round-robin over ``parts``
+    partitions (fewer when :meth:`stop` is called: ``sent`` says how many); keeps buffering
+    while the broker is down (idempotent, long delivery timeout), so every record lands
+    exactly once."""
+
+    def __init__(self, bootstrap: str, topic: str, n: int, rate: int = 1000, parts: int = 3,
+                 value: Callable[[int], bytes] = lambda i: f"v{i}".encode()) -> None:
+        super().__init__(daemon=True)
+        self.topic, self.n, self.rate, self.parts, self.value = topic, n, rate, parts, value
+        self.p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                           "linger.ms": 5, "message.timeout.ms": 300000})
+        self.failed: list[str] = []
+        self.sent = 0
+        self._halt = threading.Event()
+
+    def _report(self, err: object, _msg: object) -> None:
+        if err is not None:
+            self.failed.append(str(err))
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        for i in range(self.n):
+            if self._halt.is_set():
+                break
+            while True:
+                try:
+                    self.p.produce(self.topic, key=f"k{i}".encode(), value=self.value(i),
+                                   partition=i % self.parts, on_delivery=self._report)
+                    break
+                except BufferError:
+                    self.p.poll(0.1)
+            self.sent = i + 1
+            self.p.poll(0)
+            ahead = (i + 1) / self.rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+        self.p.flush(300)
+
+    def stop(self) -> None:
+        """Produce no more records (those sent are still delivered)."""
+        self._halt.set()
+
+    def finish(self) -> None:
+        """Wait until every record is delivered (fails on any delivery error)."""
+        self.join(timeout=330)
+        assert not self.is_alive(), "feeder did not finish"
+        assert not self.failed, self.failed[:3]
+        assert len(self.p) == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -19,17 +18,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from tests.flow_helpers import (
     FlowProcess,
+    finish,
     flow_env,
+    job_lines,
     new_log_topic,
     start_flow,
     write_flow,
 )
-from tests.kafka_helpers import committed, create_topic, end_offsets, read_all
+from tests.kafka_helpers import (
+    Feeder,
+    committed,
+    create_topic,
+    end_offsets,
+    kill_hard,
+    lso_hwm,
+    read_all,
+)
 from waxflow.connectors.broker import LocalBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -74,94 +82,13 @@ def broker(tmp_path: Path) -> Iterator[LocalBroker]:
         b.stop(wipe=True)
 
 
-def _kill_hard(broker: LocalBroker) -> None:
-    """SIGKILL the broker (no clean shutdown: open transactions, unflushed state)."""
-    pid = broker.pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while broker.running() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not broker.running()
-
-
-class Feeder(threading.Thread):
-    """Produces ``n`` keyed records at ``rate``/s; keeps buffering while the broker is down
-    (idempotent, long delivery timeout), so every record lands exactly once."""
-
-    def __init__(self, bootstrap: str, topic: str, n: int, rate: int = RATE) -> None:
-        super().__init__(daemon=True)
-        self.topic, self.n, self.rate = topic, n, rate
-        self.p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                           "linger.ms": 5, "message.timeout.ms": 300000})
-        self.failed: list[str] = []
-        self.sent = 0
-
-    def _report(self, err: object, _msg: object) -> None:
-        if err is not None:
-            self.failed.append(str(err))
-
-    def run(self) -> None:
-        t0 = time.monotonic()
-        for i in range(self.n):
-            while True:
-                try:
-                    self.p.produce(self.topic, key=f"k{i}".encode(), value=f"v{i}".encode(),
-                                   partition=i % PARTS, on_delivery=self._report)
-                    break
-                except BufferError:
-                    self.p.poll(0.1)
-            self.sent = i + 1
-            self.p.poll(0)
-            ahead = (i + 1) / self.rate - (time.monotonic() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-        self.p.flush(300)
-
-    def finish(self) -> None:
-        self.join(timeout=330)
-        assert not self.is_alive(), "feeder did not finish"
-        assert not self.failed, self.failed[:3]
-        assert len(self.p) == 0
-
-
 def _outage(broker: LocalBroker, proc: FlowProcess, log_topic: str | None = None) -> None:
     """Wait until the job works (or 5 s), SIGKILL the broker, keep it down, start it again."""
     time.sleep(5)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
-    _kill_hard(broker)
+    kill_hard(broker)
     time.sleep(DOWN_S)
     broker.start()
-
-
-def _waxflow_lines(err: str) -> str:
-    """The job's own lines (librdkafka's connection noise left out)."""
-    return "\n".join(ln for ln in err.splitlines()
-                     if "waxflow" in ln and "rdkafka" not in ln and "thrd:" not in ln)[-3000:]
-
-
-def _finish(proc: FlowProcess, timeout: float = 240) -> str:
-    try:
-        _out, err = proc.communicate(timeout=timeout)
-    except Exception:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _out, err = proc.communicate(timeout=30)
-        raise AssertionError(f"the job did not finish within {timeout:.0f}s:\n"
-                             f"{_waxflow_lines(err)}") from None
-    assert proc.returncode == 0, f"the job exited {proc.returncode}:\n{_waxflow_lines(err)}"
-    return err
-
-
-def _lso_hwm(bootstrap: str, topic: str, parts: int) -> tuple[dict[int, int], dict[int, int]]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                  "isolation.level": "read_committed"})
-    try:
-        hwm = end_offsets(bootstrap, topic, parts)
-        lso = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                          cached=False)[1] for p in range(parts)}
-        return lso, hwm
-    finally:
-        c.close()
 
 
 def test_transactional_produce_rides_out_a_broker_kill(broker: LocalBroker,
@@ -178,13 +105,13 @@ def test_transactional_produce_rides_out_a_broker_kill(broker: LocalBroker,
     # the job holds its instance lock through the outage too (its membership ends with the
     # broker and comes back: no other instance took it)
     env = flow_env(bootstrap, log_topic, WAXFLOW_LOG_LEVEL="INFO")
-    feeder = Feeder(bootstrap, src, n)
+    feeder = Feeder(bootstrap, src, n, rate=RATE, parts=PARTS)
     proc = start_flow(flow, env, idle=IDLE_S)
     feeder.start()
     try:
         _outage(broker, proc)
         feeder.finish()
-        err = _finish(proc)
+        err = finish(proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -193,12 +120,12 @@ def test_transactional_produce_rides_out_a_broker_kill(broker: LocalBroker,
     missing = keys - set(seen)
     dups = {k: c for k, c in seen.items() if c > 1}
     assert not missing and not dups, (f"{len(missing)} inputs missing, {len(dups)} twice; "
-                                      f"job log:\n{_waxflow_lines(err)}")
+                                      f"job log:\n{job_lines(err)}")
     assert set(seen) == keys
     assert committed(bootstrap, group, src, PARTS) == end_offsets(bootstrap, src, PARTS)
-    lso, hwm = _lso_hwm(bootstrap, dst, PARTS)
+    lso, hwm = lso_hwm(bootstrap, dst, PARTS)
     assert lso == hwm, f"a transaction was left open: LSO {lso} HWM {hwm}"
     # the outage is reported in one line when it starts and one when it ends
-    lines = _waxflow_lines(err)
+    lines = job_lines(err)
     print(f"job log:\n{lines}")
     assert "broker unreachable" in lines and "broker reachable again" in lines, lines
