@@ -19,15 +19,17 @@ broker refuses for itself still fails the batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from waxflow.connectors import metrics
 from waxflow.connectors.deliveries import (
     EXECUTION_HEADER,
     OUTAGE,
@@ -38,6 +40,7 @@ from waxflow.connectors.deliveries import (
     give_up_seconds,
     is_outage,
 )
+from waxflow.connectors.kafka_errors import check_access, raise_if_access
 from waxflow.errors import DeliveryError
 
 __all__ = ["LOG_HEADER", "ExecutionLog", "LogBatch", "log_topic"]
@@ -53,6 +56,7 @@ def log_topic() -> str:
 
 def ensure_topic(conf: dict[str, Any], topic: str, partitions: int = 6) -> None:
     """Create the compacted log topic if it does not exist (idempotent, race-safe)."""
+    check_access(conf, f"execution log {topic}", write=[topic])
     admin = AdminClient(conf)
     md = admin.list_topics(timeout=15)
     if topic in md.topics and md.topics[topic].error is None:
@@ -64,6 +68,7 @@ def ensure_topic(conf: dict[str, Any], topic: str, partitions: int = 6) -> None:
         fut.result(timeout=30)
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise_if_access(exc.args[0], conf, "execution log", name=topic, operation="CREATE")
             raise
 
 
@@ -145,6 +150,43 @@ class LogBatch(Deliveries):
         return what
 
 
+class _MeteredProducer(Producer):  # type: ignore[misc]
+    """The log producer when metrics are on (``waxflow run --metrics-port``): every record
+    goes through it, whichever code path sends it, so it sees each execution's documents: a
+    RUNNING one when sent (in flight), a terminal one when the broker acknowledged it (the
+    execution is done: :func:`waxflow.connectors.metrics.document_done`); any other record
+    it delivers is a DLQ record."""
+
+    def __init__(self, conf: dict[str, Any], topic: str) -> None:
+        super().__init__(conf)
+        self.log_topic = topic
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        report = kwargs.pop("on_delivery", None) or kwargs.pop("callback", None)
+        if topic == self.log_topic:
+            value = kwargs.get("value", args[0] if args else None)
+            key = kwargs.get("key", args[1] if len(args) > 1 else None)
+            if isinstance(value, bytes):
+                metrics.document_written(_text(key), value)
+        kwargs["on_delivery"] = functools.partial(self._delivered, report)
+        super().produce(topic, *args, **kwargs)
+
+    def _delivered(self, report: Any, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            if msg.topic() != self.log_topic:
+                metrics.dlq_records(msg.topic() or "")
+            else:
+                value = msg.value()
+                if value is not None and metrics.is_terminal(value):
+                    metrics.document_done(_text(msg.key()), value)
+        if report is not None:
+            report(err, msg)
+
+
+def _text(key: Any) -> str:
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+
+
 class ExecutionLog:
     """One idempotent producer per process for execution documents and DLQ records."""
 
@@ -157,12 +199,13 @@ class ExecutionLog:
         self.producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
-        return Producer({
+        conf = {
             "message.timeout.ms": int(max(120.0, give_up_seconds()) * 1000),
             "error_cb": client_error, **self._conf,
             "enable.idempotence": True, "acks": "all", "linger.ms": 1,
             "compression.type": "lz4", "batch.num.messages": 10000,
-        })
+        }
+        return _MeteredProducer(conf, self.topic) if metrics.STATE.enabled else Producer(conf)
 
     def rebuild(self, old: Producer) -> None:
         """Replace a producer that hit a fatal error (once, whichever batch notices first):

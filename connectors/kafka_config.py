@@ -1,8 +1,9 @@
 """librdkafka client configuration from a flow's ``properties``.
 
-Bootstrap servers: ``properties.bootstrap.servers``, else ``$WAXFLOW_BOOTSTRAP``, else
-``127.0.0.1:9092``. User-set keys are never silently overwritten: where waxflow
-needs a value (``enable.auto.commit=false`` for G1), a conflicting user value is an error.
+Bootstrap servers: ``properties.bootstrap.servers``, else ``$WAXFLOW_BOOTSTRAP``, else that of
+the ``$WAXFLOW_KAFKA_PROPERTIES`` file (:func:`default_properties`), else ``127.0.0.1:9092``.
+User-set keys are never silently overwritten: where waxflow needs a value
+(``enable.auto.commit=false`` for G1), a conflicting user value is an error.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import re
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from waxflow.errors import ConfigConflict
-from waxflow.expressions import render_static
+from waxflow.connectors import metrics
+from waxflow.errors import ConfigConflict, WaxflowError
+from waxflow.expressions import register_secret, render_static
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -65,15 +68,54 @@ KAFKA_LOG = logging.getLogger("waxflow.kafka")
 KAFKA_LOG.addFilter(RepeatSummary())
 
 
+#: a file of client settings under every client's own (e.g. the security settings a schedule
+#: flow's execution log needs: no trigger gives it properties)
+PROPERTIES_ENV = "WAXFLOW_KAFKA_PROPERTIES"
+_SENSITIVE = ("password", "secret")
+
+
+class PropertiesFileError(WaxflowError):
+    """``$WAXFLOW_KAFKA_PROPERTIES`` names a file that cannot be read."""
+
+
+def default_properties() -> dict[str, str]:
+    """The settings of ``$WAXFLOW_KAFKA_PROPERTIES`` (``key=value`` lines, ``#`` comments,
+    templates with ``env.*``/``secret()`` allowed; ``waxflow broker start --secure`` writes
+    one): defaults under each trigger's and task's ``properties``. Its ``bootstrap.servers``
+    yields to ``$WAXFLOW_BOOTSTRAP``. Values of keys naming a password or secret are masked
+    like secrets. Empty when the variable is unset."""
+    path = os.environ.get(PROPERTIES_ENV)
+    if not path:
+        return {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PropertiesFileError(f"${PROPERTIES_ENV}: cannot read {path}: "
+                                  f"{exc.strerror or type(exc).__name__}") from None
+    out: dict[str, str] = {}
+    for line in (ln.strip() for ln in lines):
+        if line and not line.startswith("#") and "=" in line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            out[key] = value
+            if any(word in key for word in _SENSITIVE):
+                register_secret(value)
+    if os.environ.get("WAXFLOW_BOOTSTRAP"):
+        out.pop("bootstrap.servers", None)
+    return out
+
+
 def client_conf(properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Common client config: user properties (templates rendered once, with ``env.*`` and
     ``secret()`` only: ``sasl.password: "{{ secret('KAFKA_PASSWORD') }}"``) plus the
     resolved bootstrap servers; the client logs through :data:`KAFKA_LOG` (not straight to
     stderr)."""
-    properties = render_static(dict(properties or {}))
+    properties = render_static({**default_properties(), **dict(properties or {})})
     conf = dict(properties)
     conf["bootstrap.servers"] = bootstrap_servers(properties)
     conf.setdefault("logger", KAFKA_LOG)
+    if metrics.STATE.enabled:  # consumer lag and fetched partitions (waxflow run --metrics-port)
+        conf.setdefault("statistics.interval.ms", metrics.stats_interval_ms())
+        conf.setdefault("stats_cb", metrics.kafka_stats)
     return conf
 
 

@@ -23,7 +23,25 @@ from pathlib import Path
 
 from waxflow.connectors import shutdown
 from waxflow.connectors.broker import free_port
-from waxflow.errors import user_message
+from waxflow.connectors.health import DEFAULT_STUCK_AFTER
+from waxflow.errors import WaxflowError, user_message
+
+
+class MetricsPortError(WaxflowError):
+    """The metrics port cannot be served (taken, not allowed)."""
+
+
+class ClusterMemberLost(WaxflowError):
+    """Another process of a ``--addresses`` cluster went away."""
+
+
+def member_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is Bytewax's panic when a peer's connection broke (timely's send or
+    receive thread for that peer panics: measured, the survivor stops ~1 s after a SIGKILL
+    of the other member)."""
+    text = str(exc)
+    return type(exc).__name__ == "PanicException" and (
+        "Send thread panic" in text or "Recv thread panic" in text)
 
 #: young-generation threshold of the garbage collector while a flow runs (default 700)
 YOUNG_GC_THRESHOLD = 10_000
@@ -77,10 +95,40 @@ def quiet_panics() -> Iterator[None]:
         os.close(saved)
 
 
+def serve_metrics(flow_path: str, port: int, *, process_id: int | None,
+                  stuck_after: float) -> None:
+    """Turn metrics on and serve ``/metrics``, ``/healthz``, ``/readyz`` on ``port``
+    (before the flow compiles: its Kafka clients then report statistics)."""
+    from waxflow.connectors import health, metrics
+    from waxflow.dataflows.spec import parse_flow
+    from waxflow.flow import KafkaTrigger
+
+    spec = parse_flow(flow_path)
+    trig = spec.trigger
+    rule: health.ReadyRule = "running"
+    topics: list[str] = []
+    pattern = None
+    if isinstance(trig, KafkaTrigger):
+        rule = "share" if trig.groupType == "SHARE" else "partitions"
+        topics, pattern = trig.topic_list(), trig.topicPattern
+    metrics.enable(f"{spec.namespace}.{spec.id}", topics=topics, pattern=pattern,
+                   process_id=process_id)
+    health.HEALTH.stuck_after = stuck_after
+    health.HEALTH.rule = rule
+    try:
+        health.serve(port)
+    except OSError as exc:
+        raise MetricsPortError(f"cannot serve metrics on port {port}: {exc.strerror or exc}"
+                               ) from None
+
+
 def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: str | None,
              stop_when_idle: float | None, process_id: int | None = None,
-             addresses: list[str] | None = None, max_ticks: int | None = None) -> None:
-    """Run the flow in this process (one member of a cluster when ``addresses`` is set)."""
+             addresses: list[str] | None = None, max_ticks: int | None = None,
+             metrics_port: int | None = None,
+             stuck_after: float = DEFAULT_STUCK_AFTER) -> None:
+    """Run the flow in this process (one member of a cluster when ``addresses`` is set),
+    serving metrics and health on ``metrics_port`` when given."""
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
@@ -88,6 +136,8 @@ def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: st
 
     if process_id is not None:
         os.environ["WAXFLOW_PROCESS_ID"] = str(process_id)  # stable transactional.ids
+    if metrics_port is not None:
+        serve_metrics(flow_path, metrics_port, process_id=process_id, stuck_after=stuck_after)
     flow = load_flow(flow_path, stop_when_idle=stop_when_idle, max_ticks=max_ticks)
     # everything built so far lives for the whole run: keep the collector from rescanning
     # it (measured: full collections cost ~1 s CPU per 50k records and 60-240 ms pauses)
@@ -107,18 +157,33 @@ def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: st
         recovery = RecoveryConfig(str(rdir))  # type: ignore[no-untyped-call]
     os.environ.setdefault("RUST_BACKTRACE", "0")
     shutdown.install()
-    with quiet_panics():
-        cli_main(  # type: ignore[no-untyped-call]
-            flow, workers_per_process=workers, process_id=process_id, addresses=addresses,
-            epoch_interval=epoch, recovery_config=recovery)
+    if metrics_port is not None:
+        from waxflow.connectors.health import HEALTH
+
+        HEALTH.running = True
+    try:
+        with quiet_panics():
+            cli_main(  # type: ignore[no-untyped-call]
+                flow, workers_per_process=workers, process_id=process_id, addresses=addresses,
+                epoch_interval=epoch, recovery_config=recovery)
+    except BaseException as exc:  # a Rust panic is a BaseException (pyo3's PanicException)
+        if addresses and len(addresses) > 1 and member_lost(exc):
+            raise ClusterMemberLost(
+                f"cluster member lost: another process of the {len(addresses)}-member "
+                "cluster stopped or became unreachable, so this one stops too (a Bytewax "
+                "cluster runs all members or none); restart every member: they resume from "
+                "the committed offsets") from None
+        raise
     if shutdown.requested():
         print(f"waxflow: stopped by {shutdown.requested()}; {shutdown.done_count()} "
               "executions finished, offsets committed", file=sys.stderr)
 
 
-def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = None) -> int:
+def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = None,
+                metrics_port: int | None = None) -> int:
     """Start ``processes`` members of one cluster; return the worst exit code. The parent
-    holds the flow's instance lock for the whole cluster (``flow_path``)."""
+    holds the flow's instance lock for the whole cluster (``flow_path``). With
+    ``metrics_port``, process ``i`` serves its metrics on ``metrics_port + i``."""
     from waxflow.connectors.instance_lock import HELD_ENV
     from waxflow.dataflows.compiler import hold_instance
     from waxflow.dataflows.spec import parse_flow
@@ -128,7 +193,9 @@ def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = No
     env = {**os.environ, HELD_ENV: "1"} if flow_path is not None else None
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     children = [subprocess.Popen([sys.executable, "-m", "waxflow.cli", *argv_base,
-                                  "--process-id", str(i), "--addresses", addresses], env=env)
+                                  "--process-id", str(i), "--addresses", addresses,
+                                  *(["--metrics-port", str(metrics_port + i)]
+                                    if metrics_port is not None else [])], env=env)
                 for i in range(processes)]
 
     def forward(sig: int, _frame: object) -> None:

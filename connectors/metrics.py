@@ -1,0 +1,472 @@
+"""Prometheus metrics of a running flow (``waxflow run --metrics-port N``).
+
+Everything is off until :func:`enable` (the runner calls it when a metrics port is set): the
+hooks below are then cheap no-ops, so code paths may call them unconditionally.
+
+Where the numbers come from (one process, one flow):
+
+- **Execution documents** (:func:`document_written` / :func:`document_done`, called by the
+  execution log's producer, whichever code path sends through it): every execution's
+  documents pass through it, so executions by state, execution and task durations, task
+  attempts and retries, records consumed and skipped, batch sizes (``kafka.Trigger``) and rows
+  loaded (``*.Load`` tasks' ``rows`` output) are read from the terminal document once the
+  broker acknowledged it (the execution is *done*); the RUNNING document marks it in flight.
+  DLQ records are the other records that producer delivers.
+- **librdkafka statistics** (:func:`kafka_stats`, the ``stats_cb`` that
+  :func:`waxflow.connectors.kafka_config.client_conf` installs when metrics are on): consumer
+  lag per partition (high watermark, or last stable offset under ``read_committed``, minus
+  the group's committed offset) and which partitions are being fetched (readiness).
+- **Share groups**: the ack counters the share source keeps
+  (``waxflow.connectors.kafka_share.STATS``), read at scrape time.
+- **Hooks** for code that knows something the documents do not, no-ops while metrics are
+  off: :func:`transaction` (Kafka transactions committed/aborted), :func:`commit_sent` /
+  :func:`commit_answered` (an offset commit's round trip), :func:`batch_size` (records
+  handed to an execute step).
+- The process itself: prometheus-client's process and GC collectors (memory, CPU, fds).
+
+With ``--processes N`` each process serves its own registry on ``port + process index``
+(see :mod:`waxflow.connectors.health`): sum over instances in PromQL.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+LOG = logging.getLogger("waxflow.metrics")
+
+#: librdkafka statistics interval when metrics are on (``$WAXFLOW_STATS_INTERVAL_MS``)
+DEFAULT_STATS_MS = 5000
+#: a partition's lag is dropped once its client sent no statistics for this many intervals
+#: (the client was closed: a source partition stopped, a ``kafka.Consume`` task ended)
+STALE_INTERVALS = 3
+
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
+                     300, 600, 1800, 3600)
+_SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+class _Fast:
+    """Counters and histograms fed once per execution, kept as plain dicts under one lock
+    and turned into metric families at scrape time (measured: prometheus-client's
+    ``labels(...).inc()``/``observe()`` cost ~5 us each, a dozen per execution)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters: dict[str, tuple[str, list[str], dict[tuple[str, ...], float]]] = {}
+        self.histograms: dict[str, tuple[str, list[str], tuple[float, ...],
+                                         dict[tuple[str, ...], list[float]]]] = {}
+
+    def counter(self, name: str, doc: str, labels: list[str]) -> str:
+        self.counters[name] = (doc, labels, {})
+        return name
+
+    def histogram(self, name: str, doc: str, labels: list[str],
+                  buckets: tuple[float, ...]) -> str:
+        self.histograms[name] = (doc, labels, buckets, {})
+        return name
+
+    def inc(self, name: str, key: tuple[str, ...], amount: float = 1.0) -> None:
+        values = self.counters[name][2]
+        values[key] = values.get(key, 0.0) + amount  # callers hold self.lock
+
+    def observe(self, name: str, key: tuple[str, ...], value: float) -> None:
+        _doc, _labels, buckets, values = self.histograms[name]
+        counts = values.get(key)
+        if counts is None:
+            counts = values[key] = [0.0] * (len(buckets) + 2)  # buckets, +Inf, sum
+        counts[bisect.bisect_left(buckets, value)] += 1
+        counts[-1] += value
+
+    def collect(self) -> Iterator[Any]:
+        with self.lock:
+            counters = [(n, d, lab, dict(v)) for n, (d, lab, v) in self.counters.items()]
+            histograms = [(n, d, lab, b, {k: list(c) for k, c in v.items()})
+                          for n, (d, lab, b, v) in self.histograms.items()]
+        for name, doc, labels, values in counters:
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, value in sorted(values.items()):
+                family.add_metric(list(key), value)
+            yield family
+        for name, doc, labels, buckets, hvalues in histograms:
+            hist = HistogramMetricFamily(name, doc, labels=labels)
+            for key, counts in sorted(hvalues.items()):
+                cumulative, total = [], 0.0
+                for bound, count in zip((*buckets, math.inf), counts, strict=False):
+                    total += count
+                    cumulative.append(("+Inf" if math.isinf(bound) else repr(float(bound)), total))
+                hist.add_metric(list(key), cumulative, counts[-1])
+            yield hist
+
+
+FAST = _Fast()
+EXECUTIONS = FAST.counter("waxflow_executions", "Executions done (terminal document "
+                          "acknowledged by the broker), by flow and terminal state",
+                          ["flow", "state"])
+EXECUTION_SECONDS = FAST.histogram("waxflow_execution_duration_seconds", "Duration of done "
+                                   "executions (startDate to endDate)", ["flow"],
+                                   _DURATION_BUCKETS)
+TASK_SECONDS = FAST.histogram("waxflow_task_duration_seconds", "Duration of task runs of done "
+                              "executions (first attempt's start to last attempt's end)",
+                              ["flow", "task", "type"], _DURATION_BUCKETS)
+TASK_ATTEMPTS = FAST.counter("waxflow_task_attempts", "Task attempts of done executions, by "
+                             "the attempt's state", ["flow", "task", "state"])
+TASK_RETRIES = FAST.counter("waxflow_task_retries", "Task attempts after the first (retries) "
+                            "of done executions", ["flow", "task"])
+RECORDS = FAST.counter("waxflow_records_consumed", "Kafka records whose execution is done (a "
+                       "record's own execution, or its batch's), skipped ones included",
+                       ["flow", "topic"])
+SKIPPED = FAST.counter("waxflow_records_skipped", "Records that did not deserialize "
+                       "(onSerdeError SKIPPED or DLQ)", ["flow", "topic"])
+BATCH_RECORDS = FAST.histogram("waxflow_batch_records", "Records per batch: kafka.Trigger "
+                               "batch executions (kind=trigger) and batches handed to an "
+                               "execute step (kind=step)", ["flow", "kind"], _SIZE_BUCKETS)
+ROWS_LOADED = FAST.counter("waxflow_rows_loaded", "Rows written by warehouse Load tasks of "
+                           "done executions (their `rows` output)", ["flow", "task", "type"])
+IN_FLIGHT = Gauge("waxflow_executions_in_flight", "Executions whose RUNNING document was "
+                  "written and whose terminal document was not yet acknowledged", ["flow"],
+                  registry=REGISTRY)
+DLQ = Counter("waxflow_dlq_records", "Records sent to a dead-letter topic (delivery "
+              "acknowledged)", ["flow", "topic"], registry=REGISTRY)
+TRANSACTIONS = Counter("waxflow_kafka_transactions", "Kafka producer transactions by outcome "
+                       "(commit, abort)", ["flow", "outcome"], registry=REGISTRY)
+COMMIT_SECONDS = Histogram("waxflow_offset_commit_seconds", "Round trip of consumer-group "
+                           "offset commits (request to broker answer)", ["flow"],
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                    1, 2.5, 5, 10), registry=REGISTRY)
+COMMITS = Counter("waxflow_offset_commits", "Consumer-group offset commits by outcome",
+                  ["flow", "outcome"], registry=REGISTRY)
+INFO = Gauge("waxflow_info", "The flow this process runs (value 1)",
+             ["flow", "process_id", "version"], registry=REGISTRY)
+
+
+class _State:
+    """Process-wide switches and what the collectors read."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.flow = ""
+        self.topics: list[str] = []
+        self.pattern: re.Pattern[str] | None = None
+        self.stats_ms = DEFAULT_STATS_MS
+        self.lock = threading.Lock()
+        #: (topic, partition) -> (lag, monotonic time of the statistics)
+        self.lag: dict[tuple[str, int], tuple[int, float]] = {}
+        #: (topic, partition) -> monotonic time a client last reported it being fetched
+        self.fetching: dict[tuple[str, int], float] = {}
+        #: monotonic time a consumer last reported its group session up (share groups)
+        self.group_up: float | None = None
+        #: execution id -> monotonic time its RUNNING document was written
+        self.running: dict[str, float] = {}
+        #: monotonic time an execution last finished (or work started after an idle spell)
+        self.progress = time.monotonic()
+        self.done = 0
+
+
+STATE = _State()
+
+
+def enabled() -> bool:
+    return STATE.enabled
+
+
+def enable(flow: str, *, topics: Iterable[str] = (), pattern: str | None = None,
+           process_id: int | None = None) -> None:
+    """Turn metrics on for this process, running ``flow`` (``namespace.id``) whose trigger
+    reads ``topics`` (or the topics matching ``pattern``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("waxflow")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        ver = "unknown"
+    STATE.flow = flow
+    STATE.topics = list(topics)
+    STATE.pattern = re.compile(pattern) if pattern else None
+    raw = os.environ.get("WAXFLOW_STATS_INTERVAL_MS", "")
+    STATE.stats_ms = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_STATS_MS
+    INFO.labels(flow, str(process_id or 0), ver).set(1)
+    for outcome in ("commit", "abort"):
+        TRANSACTIONS.labels(flow, outcome)
+    with FAST.lock:
+        FAST.inc(EXECUTIONS, (flow, "SUCCESS"), 0)
+    IN_FLIGHT.labels(flow).set_function(lambda: len(STATE.running))
+    if not getattr(REGISTRY, "_waxflow_extra", False):
+        from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+        for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+            REGISTRY.register(collector)
+        REGISTRY.register(_KafkaCollector())
+        REGISTRY.register(_FastCollector())
+        REGISTRY._waxflow_extra = True  # type: ignore[attr-defined]
+    STATE.enabled = True
+
+
+# ------------------------------------------------------------------ execution documents
+def is_terminal(document: bytes) -> bool:
+    """Whether an encoded execution document is terminal (reads its head, parses only a
+    document whose ``terminal`` key is not near the start)."""
+    head = document.find(b'"terminal":', 0, 1024)
+    return document[head + 11:head + 12] == b"t" if head >= 0 else _terminal(document)
+
+
+def document_written(execution_id: str, document: bytes) -> bool:
+    """A document was handed to the execution log: note a RUNNING one (in flight); return
+    whether it is terminal (:func:`document_done` follows once the broker acknowledged
+    it)."""
+    terminal = is_terminal(document)
+    if not terminal:
+        with STATE.lock:
+            if not STATE.running:
+                STATE.progress = time.monotonic()  # work starts after an idle spell
+            STATE.running.setdefault(execution_id, time.monotonic())
+    return terminal
+
+
+def _terminal(document: bytes) -> bool:
+    try:
+        return bool(json.loads(document).get("terminal"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def document_done(execution_id: str, document: bytes) -> None:
+    """A terminal document was acknowledged by the broker: its execution is done."""
+    with STATE.lock:
+        STATE.running.pop(execution_id, None)
+        STATE.progress = time.monotonic()
+        STATE.done += 1
+    try:
+        observe_document(json.loads(document))
+    except Exception:  # a metric must never fail the work
+        LOG.debug("cannot read an execution document for metrics", exc_info=True)
+
+
+def _flow_of(doc: dict[str, Any]) -> str:
+    return f"{doc.get('namespace')}.{doc.get('flowId')}"
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def observe_document(doc: dict[str, Any]) -> None:
+    """Count one done execution from its terminal document."""
+    flow, state = _flow_of(doc), str(doc.get("state"))
+    trig = doc.get("trigger") or {}
+    runs = [_task_run(flow, run) for run in doc.get("taskRuns") or ()]
+    duration = doc.get("durationMs")
+    with FAST.lock:
+        FAST.inc(EXECUTIONS, (flow, state))
+        if isinstance(duration, int | float):
+            FAST.observe(EXECUTION_SECONDS, (flow,), duration / 1000)
+        if trig.get("offset") is not None:  # one record
+            topic = str(trig.get("topic"))
+            FAST.inc(RECORDS, (flow, topic))
+            if state == "SKIPPED":
+                FAST.inc(SKIPPED, (flow, topic))
+        elif trig.get("offsets"):  # a batch: counted on its topic (topics, comma-joined)
+            topic = ",".join(sorted({k.rsplit("/", 1)[0] for k in trig["offsets"]}))
+            count = int(trig.get("messagesCount") or 0)
+            skipped = int(trig.get("skippedCount") or 0)
+            FAST.inc(RECORDS, (flow, topic), count + skipped)
+            if skipped:
+                FAST.inc(SKIPPED, (flow, topic), skipped)
+            FAST.observe(BATCH_RECORDS, (flow, "trigger"), count + skipped)
+        for task, kind, states, secs, rows in runs:
+            for attempt_state in states:
+                FAST.inc(TASK_ATTEMPTS, (flow, task, attempt_state))
+            if len(states) > 1:
+                FAST.inc(TASK_RETRIES, (flow, task), len(states) - 1)
+            if secs is not None:
+                FAST.observe(TASK_SECONDS, (flow, task, kind), max(secs, 0.0))
+            if rows is not None:
+                FAST.inc(ROWS_LOADED, (flow, task, kind), rows)
+
+
+def _task_run(flow: str, run: dict[str, Any]
+              ) -> tuple[str, str, list[str], float | None, int | None]:
+    """(task id, type, attempt states, duration, rows loaded) of a task run."""
+    task, kind = str(run.get("taskId")), str(run.get("type"))
+    attempts = run.get("attempts") or []
+    secs = _seconds(attempts[0].get("startDate"), attempts[-1].get("endDate")) \
+        if attempts else None
+    outputs = run.get("outputs")
+    rows = None
+    if (kind.endswith(".Load") and run.get("state") in ("SUCCESS", "WARNING")
+            and isinstance(outputs, dict) and isinstance(outputs.get("rows"), int)):
+        rows = outputs["rows"]
+    return task, kind, [str(a.get("state")) for a in attempts], secs, rows
+
+
+def dlq_records(topic: str, count: int = 1) -> None:
+    """``count`` records were delivered to the dead-letter topic ``topic``."""
+    if STATE.enabled:
+        DLQ.labels(STATE.flow, topic).inc(count)
+
+
+# ------------------------------------------------------------------ hooks for other modules
+def transaction(outcome: str) -> None:
+    """A Kafka producer transaction ended: ``outcome`` is ``commit`` or ``abort``."""
+    if STATE.enabled:
+        TRANSACTIONS.labels(STATE.flow, outcome).inc()
+
+
+def commit_latency(seconds: float, ok: bool = True) -> None:
+    """An offset commit took ``seconds`` from request to the broker's answer."""
+    if STATE.enabled:
+        COMMIT_SECONDS.labels(STATE.flow).observe(seconds)
+        COMMITS.labels(STATE.flow, "ok" if ok else "error").inc()
+
+
+_COMMITS_SENT: dict[str, float] = {}
+
+
+def commit_sent(key: str) -> None:
+    """An asynchronous offset commit for ``key`` (e.g. ``"topic/partition"``) was requested;
+    :func:`commit_answered` with the same key, from the commit callback, observes it."""
+    if STATE.enabled:
+        _COMMITS_SENT[key] = time.monotonic()
+
+
+def commit_answered(key: str, ok: bool = True) -> None:
+    """The broker answered the commit requested last for ``key``."""
+    sent = _COMMITS_SENT.pop(key, None) if STATE.enabled else None
+    if sent is not None:
+        commit_latency(time.monotonic() - sent, ok)
+
+
+def batch_size(count: int) -> None:
+    """An execute step was handed ``count`` records at once."""
+    if STATE.enabled:
+        with FAST.lock:
+            FAST.observe(BATCH_RECORDS, (STATE.flow, "step"), count)
+
+
+# ------------------------------------------------------------------ librdkafka statistics
+def stats_interval_ms() -> int:
+    return STATE.stats_ms
+
+
+def kafka_stats(raw: str) -> None:
+    """``stats_cb`` of every client: consumer lag and fetched partitions (thread-safe; any
+    error is swallowed: statistics must never disturb a client)."""
+    try:
+        stats = json.loads(raw)
+        if stats.get("type") != "consumer":
+            return
+        now = time.monotonic()
+        if (stats.get("cgrp") or {}).get("state") == "up":
+            STATE.group_up = now
+        lags: dict[tuple[str, int], tuple[int, float]] = {}
+        fetching: dict[tuple[str, int], float] = {}
+        for topic, tstats in (stats.get("topics") or {}).items():
+            for part, pstats in (tstats.get("partitions") or {}).items():
+                partition = int(part)
+                if partition < 0 or pstats.get("fetch_state") in (None, "none", "stopped"):
+                    continue
+                key = (topic, partition)
+                if pstats.get("fetch_state") == "active":
+                    fetching[key] = now
+                lag = pstats.get("consumer_lag")
+                if isinstance(lag, int) and lag >= 0:
+                    lags[key] = (lag, now)
+        if lags or fetching:
+            with STATE.lock:
+                STATE.lag.update(lags)
+                STATE.fetching.update(fetching)
+    except Exception:
+        LOG.debug("cannot read librdkafka statistics", exc_info=True)
+
+
+def _fresh(seen: float, now: float) -> bool:
+    return now - seen <= STALE_INTERVALS * STATE.stats_ms / 1000 + 1
+
+
+def trigger_topic(topic: str) -> bool:
+    """Whether ``topic`` is one the flow's trigger reads."""
+    if STATE.pattern is not None:
+        return STATE.pattern.fullmatch(topic) is not None
+    return topic in STATE.topics
+
+
+def group_up() -> bool:
+    """Whether a consumer of this process reported its group session up recently."""
+    seen = STATE.group_up
+    return seen is not None and _fresh(seen, time.monotonic())
+
+
+def fetching_partitions() -> list[tuple[str, int]]:
+    """The trigger's partitions a consumer of this process reported fetching recently."""
+    now = time.monotonic()
+    with STATE.lock:
+        return sorted(k for k, seen in STATE.fetching.items()
+                      if _fresh(seen, now) and trigger_topic(k[0]))
+
+
+class _FastCollector(Collector):
+    def collect(self) -> Iterator[Any]:
+        return FAST.collect()
+
+
+class _KafkaCollector(Collector):
+    """Consumer lag (from statistics) and share-group acks, read at scrape time."""
+
+    def collect(self) -> Iterator[Any]:
+        now = time.monotonic()
+        lag = GaugeMetricFamily("waxflow_consumer_lag", "Records after the group's committed "
+                                "offset, per partition (librdkafka statistics: high "
+                                "watermark, or last stable offset under read_committed, "
+                                "minus the committed offset)",
+                                labels=["flow", "topic", "partition"])
+        with STATE.lock:
+            for key in [k for k, (_lag, seen) in STATE.lag.items() if not _fresh(seen, now)]:
+                del STATE.lag[key]
+            lags = sorted(STATE.lag.items())
+        for (topic, partition), (value, _seen) in lags:
+            lag.add_metric([STATE.flow, topic, str(partition)], value)
+        yield lag
+        acks = CounterMetricFamily("waxflow_share_acks", "Share-group acknowledgements sent, "
+                                   "by type (ACCEPT, RELEASE, REJECT)", labels=["flow", "type"])
+        errors = CounterMetricFamily("waxflow_share_ack_errors", "Share-group acknowledgements "
+                                     "that failed", labels=["flow"])
+        share = sys.modules.get("waxflow.connectors.kafka_share")
+        counts: dict[str, int] = {}
+        failed = 0
+        if share is not None:
+            stats = share.STATS
+            with stats._lock:
+                counts, failed = dict(stats.acks), int(stats.ack_errors)
+        for ack in ("ACCEPT", "RELEASE", "REJECT"):
+            acks.add_metric([STATE.flow, ack], counts.get(ack, 0))
+        errors.add_metric([STATE.flow], failed)
+        yield acks
+        yield errors
+
+
+def snapshot() -> dict[str, float]:
+    """Every sample as ``name{labels}`` -> value (tests and debugging)."""
+    out: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            if not math.isnan(s.value):
+                out[f"{s.name}{{{labels}}}"] = s.value
+    return out
