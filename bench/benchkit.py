@@ -381,3 +381,105 @@ def table(st: pstats.Stats, total: float, sort: int, top: int, title: str) -> No
     print(f"  {'self%':>6} {'cum%':>6} {'self s':>7} {'cum s':>7} {'calls':>9}  function")
     for key, (_cc, nc, tt, ct, _callers) in rows:
         print(f"  {tt / total:6.1%} {ct / total:6.1%} {tt:7.2f} {ct:7.2f} {nc:9,}  {where(key)}")
+
+
+# --------------------------------------------------------------------------- peer venvs
+def ensure_venv(path: Path, requirement: str, module: str, version: str) -> Path:
+    """The python of a venv at ``path`` where ``module.__version__ == version``, created
+    (``python3.11 -m venv``) and ``pip install requirement`` on demand; for peers whose pins
+    may conflict with ours (bench/peers.py)."""
+    python = path / "bin" / "python"
+    probe = [str(python), "-c", f"import {module}; print({module}.__version__)"]
+    if python.exists():
+        got = subprocess.run(probe, capture_output=True, text=True)
+        if got.returncode == 0 and got.stdout.strip() == version:
+            return python
+    print(f"  setting up {path} with {requirement} (once) ...", flush=True)
+    if not python.exists():
+        subprocess.run([shutil.which("python3.11") or sys.executable, "-m", "venv", str(path)],
+                       check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", requirement], check=True)
+    got = subprocess.run(probe, capture_output=True, text=True, check=True)
+    if got.stdout.strip() != version:
+        raise RuntimeError(f"{path}: {module} {got.stdout.strip()} installed, want {version}")
+    return python
+
+
+# --------------------------------------------------------------------------- per-thread CPU
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc/*/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+class ThreadCpu:
+    """Samples the CPU time of every thread of a process tree (Linux /proc) while it runs:
+    ``by_thread()`` is CPU s per (process index, thread name) at the last sample (threads
+    that ended before it are counted up to their last sample; at most ``every`` s lost)."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        import threading
+
+        self.pid = pid
+        self.every = every
+        self.seen: dict[tuple[int, int], tuple[str, float]] = {}  # (pid, tid) -> name, cpu
+        self.order: list[int] = []  # processes in the order first seen
+        self._stop = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._thread = threading.Thread(target=self._run, name="thread-cpu", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        for p in _descendants(self.pid):
+            try:
+                tasks = list(Path(f"/proc/{p}/task").iterdir())
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    stat = (task / "stat").read_text()
+                except OSError:
+                    continue
+                name = stat[stat.index("(") + 1:stat.rindex(")")]
+                fields = stat[stat.rindex(")") + 2:].split()
+                cpu = (int(fields[11]) + int(fields[12])) / self._tick
+                if p not in self.order:
+                    self.order.append(p)
+                self.seen[(p, int(task.name))] = (name, cpu)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def by_thread(self) -> dict[tuple[int, str], float]:
+        out: dict[tuple[int, str], float] = {}
+        for (p, _tid), (name, cpu) in self.seen.items():
+            key = (self.order.index(p), name)
+            out[key] = out.get(key, 0.0) + cpu
+        return out
+
+    def by_name(self) -> list[tuple[str, int, float, float]]:
+        """(thread name, how many threads, their CPU s, the busiest one's), busiest first."""
+        groups: dict[str, list[float]] = {}
+        for (_p, _tid), (name, cpu) in self.seen.items():
+            groups.setdefault(name, []).append(cpu)
+        return sorted(((name, len(c), sum(c), max(c)) for name, c in groups.items()),
+                      key=lambda row: row[2], reverse=True)
+
+    def by_process(self) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for (idx, _name), cpu in self.by_thread().items():
+            out[idx] = out.get(idx, 0.0) + cpu
+        return out
