@@ -26,6 +26,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -175,6 +176,7 @@ class Deliveries:
         #: the failed deliveries: their error and record (owners redo outage failures)
         self.failures: list[tuple[KafkaError, Record]] = []
         self._cond = threading.Condition()
+        self._settled: Callable[[list[str]], None] | None = None
 
     @property
     def producer(self) -> Producer:
@@ -206,12 +208,29 @@ class Deliveries:
                 what = self.describe(record[0], record[1], record[2], record[3])
             except Exception:  # never lose the error over its description
                 what = f"record to topic {msg.topic()}"
+        settled = None
         with self._cond:
             self._pending -= 1
             if err is not None:
                 self._errors.append(f"{what}: {err.str()}")
                 self.failures.append((err, record))
             self._cond.notify_all()
+            if self._pending <= 0 and self._settled is not None:
+                settled, self._settled = self._settled, None
+                errors = list(self._errors)
+        if settled is not None:
+            settled(errors)
+
+    def settle(self, callback: Callable[[list[str]], None]) -> None:
+        """Call ``callback(errors)`` once every delivery sent so far is acknowledged (at once
+        when none is pending; else from the thread that polls the producer): :meth:`wait`
+        for work that must not block. ``errors`` is empty when every one succeeded."""
+        with self._cond:
+            if self._pending > 0:
+                self._settled = callback
+                return
+            errors = list(self._errors)
+        callback(errors)
 
     def take_failures(self) -> list[tuple[KafkaError, Record]]:
         """The failed deliveries so far, forgotten (to send them again)."""

@@ -43,7 +43,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from waxflow.connectors import instance_lock
+from waxflow.connectors import instance_lock, metrics
 from waxflow.connectors.deliveries import (
     OUTAGE,
     Deliveries,
@@ -86,6 +86,14 @@ class KafkaOutput:
                 self._plain[key] = Producer({**conf, "enable.idempotence": True,
                                              "acks": "all", "linger.ms": 5})
             return self._plain[key]
+
+    def poll_plain(self) -> None:
+        """Serve the delivery reports of the shared idempotent producers (for trackers that
+        :meth:`~waxflow.connectors.deliveries.Deliveries.settle` instead of waiting)."""
+        with self._lock:
+            producers = list(self._plain.values())
+        for producer in producers:
+            producer.poll(0)
 
     def _slot(self) -> int:
         ident = threading.get_ident()
@@ -203,6 +211,8 @@ class BatchScope:
     def __init__(self, output: KafkaOutput, slot: int | None) -> None:
         self.output = output
         self.slot = slot
+        #: Produce tasks enqueue and return (:meth:`defer`) in a consumer-group batch
+        self.deferring = slot is not None
         self._lock = threading.Lock()
         self._producer: Producer | None = None
         self._conf: Mapping[str, Any] | None = None
@@ -215,6 +225,31 @@ class BatchScope:
         self.records: list[Record] = []
         #: why the transaction must be redone once the broker is back (None: it need not)
         self.outage: str | None = None
+        #: Produce task runs that enqueued their records and returned: (execution id, task
+        #: id, deliveries), checked once for the whole batch by :meth:`settle`
+        self.deferred: list[tuple[str, str, Deliveries]] = []
+
+    def defer(self, execution_id: str, task_id: str, deliveries: Deliveries) -> None:
+        """A Produce task run enqueued its records: its deliveries are checked at the end of
+        the batch (:meth:`settle`), before any terminal document or commit."""
+        with self._lock:
+            self.deferred.append((execution_id, task_id, deliveries))
+
+    def settle(self) -> dict[str, tuple[str, str]]:
+        """Wait for every deferred delivery of the batch; the executions whose records
+        failed, as ``{execution id: (task id, error)}`` — inside a transaction they poison
+        it (it aborts and the batch runs again without them)."""
+        with self._lock:
+            deferred, self.deferred = self.deferred, []
+        failed: dict[str, tuple[str, str]] = {}
+        for exec_id, task_id, deliveries in deferred:
+            try:
+                deliveries.wait()
+            except DeliveryError as exc:
+                failed.setdefault(exec_id, (task_id, str(exc)))
+                if isinstance(deliveries, _TxnDeliveries):
+                    self.poison(exec_id)
+        return failed
 
     def poison(self, execution_id: str) -> None:
         """Mark an execution whose delivery failed inside the batch's transaction."""
@@ -295,6 +330,7 @@ class BatchScope:
                 producer.send_offsets_to_transaction(tps, self.output.group_metadata(), 60)
                 committing = True
                 producer.commit_transaction(120)
+                metrics.transaction("commit")
                 self._producer = None
                 self.records = []
                 return
@@ -343,6 +379,7 @@ class BatchScope:
                 step = "commit"
                 committing = True
                 producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                metrics.transaction("commit")
                 LOG.warning("waxflow: the batch's transaction (%d records, %d partitions' "
                             "offsets) was lost to a broker outage (%s) and committed again "
                             "on a rebuilt producer %s", len(self.records), len(tps),
@@ -404,6 +441,7 @@ class BatchScope:
             return
         try:
             producer.abort_transaction(60)
+            metrics.transaction("abort")
         except KafkaException:
             if self._conf is not None and self.slot is not None:
                 self.output.discard(self._conf, self.slot, producer)
@@ -450,6 +488,11 @@ class _TxnDeliveries(Deliveries):
             if not failed or not all(is_outage(err) for err, _ in failed):
                 raise
             self.scope.lost(failed[0][0], "delivery")
+        except KafkaException as exc:  # the producer itself went fatal or fenced (poll)
+            err = kafka_error(exc)
+            if err is None or not is_outage(err):
+                raise
+            self.scope.lost(err, "delivery")
 
 
 class TaskTransaction(Deliveries):
@@ -476,8 +519,10 @@ class TaskTransaction(Deliveries):
         try:
             super().wait(timeout)
             self.producer.commit_transaction(timeout)
+            metrics.transaction("commit")
         except Exception:
             self.producer.abort_transaction(60)
+            metrics.transaction("abort")
             raise
         finally:
             with self._pool_lock:

@@ -9,8 +9,18 @@ it records its upstream and ``waxflow executions trace`` follows the chain.
 
 Guarantees: all records are serialized before the first is sent, so a value that does not fit
 its serializer fails the task (naming the record and the field) with nothing sent; every
-delivery is acknowledged before the task succeeds; in a consumer-group flow a transactional
-Produce joins the batch's transaction, committed together with the consumed offsets (G3).
+delivery is acknowledged before the execution counts as done; in a consumer-group flow a
+transactional Produce joins the batch's transaction, committed together with the consumed
+offsets (G3).
+
+In a consumer-group flow the task enqueues its records and returns (it does not block): the
+deliveries are checked once for the whole batch before any terminal document is written and
+before the transaction commits (batch-synchronous flows), or before the execution's terminal
+document (pipelined flows). A record that fails then fails its execution (state FAILED, the
+error names the task and the record; the task's ``errors`` handlers and ``allowFailure`` do
+not apply to such a late failure); inside a transaction it aborts the transaction and the
+batch runs again without that execution. Elsewhere (replay, ``waxflow test``, schedules,
+batch flows) the task waits for its deliveries itself.
 """
 
 from __future__ import annotations
@@ -19,21 +29,44 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from waxflow.connectors.deliveries import Deliveries
 from waxflow.connectors.execution_log import LOG_HEADER
 from waxflow.connectors.kafka_config import client_conf
+from waxflow.connectors.kafka_source import cluster_metadata
 from waxflow.connectors.serdes import SerdeError, Serializer, serializer
 from waxflow.connectors.storage import StorageError, read_records
-from waxflow.errors import DeliveryError
+from waxflow.errors import DeliveryError, SourceStop
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES",
                     "BYTE_ARRAY", "UUID", "JSON", "ION", "VOID", "AVRO"]
 RECORD_KEYS = frozenset({"key", "value", "topic", "partition", "timestamp", "headers"})
+#: how long the first Produce to a cluster waits for it (kafka.Consume's bound, same message)
+REACH_TIMEOUT = 15.0
+_reached: set[str] = set()  # bootstrap lists this process has reached once
+_CONNECTION_KEYS = ("bootstrap.servers", "security.protocol", "sasl.", "ssl.", "socket.",
+                    "client.", "broker.address.family", "enable.ssl", "logger", "error_cb",
+                    "log_level")
+
+
+def _check_reachable(conf: dict[str, Any]) -> None:
+    """Fail fast, naming the address, when the cluster cannot be reached at all (else a
+    producer waits for its transaction or delivery timeouts, a minute or more, and says
+    neither where nor why). Checked once per cluster and process: later outages are the
+    producers' business (they wait for the broker to come back)."""
+    servers = str(conf.get("bootstrap.servers"))
+    if servers in _reached:
+        return
+    probe = {k: v for k, v in conf.items() if k.startswith(_CONNECTION_KEYS)}
+    try:
+        cluster_metadata({**probe, "group.id": "waxflow-produce-probe"}, REACH_TIMEOUT)
+    except SourceStop as exc:
+        raise TaskFailure(str(exc)) from None
+    _reached.add(servers)
 
 
 def _timestamp(value: Any) -> int | None:
@@ -71,7 +104,7 @@ def load_records(source: Any) -> list[dict[str, Any]]:
                       f"{type(source).__name__}")
 
 
-@task_type("kafka.Produce")
+@task_type("kafka.Produce", aliases=("io.kestra.plugin.kafka.Produce",))
 class Produce(TaskBase):
     """Produce records to Kafka; outputs ``messagesCount``."""
 
@@ -105,6 +138,16 @@ class Produce(TaskBase):
                     "in one Kafka transaction (exactly once); false: at-least-once")
 
     model_config = {**TaskBase.model_config, "populate_by_name": True}
+
+    #: never blocks in a consumer-group flow (see the module doc): runs on the worker thread
+    BLOCKING: ClassVar[bool] = False
+    _conf: dict[str, Any] | None = PrivateAttr(default=None)
+
+    def client_conf(self) -> dict[str, Any]:
+        """The producer config: ``properties`` rendered once (static templates only)."""
+        if self._conf is None:
+            self._conf = client_conf(self.properties)
+        return self._conf
 
     def _serializer(self, name: str, schema: str | None, field: str
                     ) -> Callable[[Any, str], bytes | None]:
@@ -148,8 +191,13 @@ class Produce(TaskBase):
             prepared.append((str(topic), key, value, headers,
                              int(part) if part is not None else None,
                              _timestamp(item.get("timestamp"))))
-        conf = client_conf(self.properties)
+        conf = self.client_conf()
         scope = getattr(ctx, "batch", None)
+        # where the task waits for its deliveries itself (replay, schedules, batch flows), an
+        # unreachable cluster fails fast; `waxflow test` captures (never connects), and in a
+        # consumer-group flow (deferring) the batch rides out outages instead
+        if not getattr(scope, "DRY_RUN", False) and not getattr(scope, "deferring", False):
+            _check_reachable(conf)
         deliveries: Deliveries
         if scope is not None:
             deliveries = scope.deliveries(conf, self.transactional)
@@ -159,6 +207,11 @@ class Produce(TaskBase):
             deliveries = KafkaOutput("task", None).scope().deliveries(conf, self.transactional)
         for topic, key, value, headers, part, ts in prepared:
             deliveries.produce(topic, key, value, headers, partition=part, timestamp=ts)
+        if getattr(scope, "deferring", False):
+            # in a consumer-group flow: the deliveries are checked once for the batch (or
+            # before the execution counts as done), not waited for here
+            scope.defer(exec_id, self.id, deliveries)  # type: ignore[union-attr]
+            return {"messagesCount": len(prepared)}
         try:
             deliveries.wait()
         except DeliveryError as exc:

@@ -42,8 +42,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from waxflow.connectors import instance_lock, shutdown
+from waxflow.connectors import broker_watch, instance_lock, shutdown
 from waxflow.connectors.kafka_config import require
+from waxflow.connectors.kafka_errors import check_access
 from waxflow.errors import SourceStop
 from waxflow.progress import Progress
 from waxflow.records import RawRecord, RecordFields
@@ -116,6 +117,8 @@ def topic_partitions(conf: dict[str, Any], topics: list[str], *, pattern: str | 
     """The (topic, partition) pairs to read: the named ``topics`` (or those matching
     ``pattern``, internal ones excepted), limited to ``partitions`` when given. A topic that
     does not exist raises SourceStop naming it and the bootstrap servers."""
+    check_access(conf, f"consumer group {conf.get('group.id')}", read=topics,
+                 group=conf.get("group.id"))
     md = cluster_metadata(conf)
     if pattern is not None:
         rx = re.compile(pattern)
@@ -199,11 +202,14 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._idle_stop = idle_stop
         self._confirmed: int | None = None
         conf = {**conf, "on_commit": self._on_commit}
-        self._consumer = Consumer(conf)
+        self._consumer = Consumer(broker_watch.watch(conf))
         start, self._confirmed = start_offset(
             self._consumer, topic, partition, resume=resume, since=since,
             reset=str(conf.get("auto.offset.reset", "earliest")))
         self._next: int | None = start if start >= 0 else None
+        self._from_end = start == OFFSET_END  # started at the end: nothing was waiting
+        self._end_checked = 0.0  # when the idle stop last looked for a fetch answer
+        self._fetched = False  # a fetch answer for the partition has come
         self._to_commit: int | None = None
         self._requested: int | None = self._confirmed
         self._last_activity = time.monotonic()
@@ -249,6 +255,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
 
     def next_batch(self) -> list[RawRecord]:
         instance_lock.check(self._tp)
+        broker_watch.check(f"the realtime source ({self._tp})")
         if self._progress is not None:
             self._progress.check()
         if self._to_commit is not None and self._to_commit != self._requested:
@@ -277,6 +284,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         now = time.monotonic()
         if out:
             self._next = out[-1].offset + 1
+            self._fetched = True
             if self._part is not None:
                 self._part.read([r.offset for r in out], self._next)
             self._last_activity = now
@@ -285,10 +293,29 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
             self._awake = datetime.now().astimezone() + timedelta(milliseconds=5)
             if self._part is not None and self._part.in_flight:
                 self._last_activity = now  # executions still running: not idle
-            if (self._idle_stop is not None and now - self._last_activity >= self._idle_stop
-                    and self._all_committed()):
+            if (self._idle_stop is not None
+                    and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
+                    and self._all_committed() and self._at_end(now)):
                 raise StopIteration
         return out
+
+    def _at_end(self, now: float) -> bool:
+        """Idle stop: the consumer has had a fetch answer for the partition (its cached high
+        watermark is known), so a first fetch slower than the idle time does not look like
+        an empty partition. (Not compared with the high watermark itself: a transaction's
+        commit marker sits past the last record a ``read_committed`` reader gets.)"""
+        if self._from_end or self._fetched:
+            return True
+        if now - self._end_checked < 0.2:
+            return False
+        self._end_checked = now
+        try:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._partition), cached=True)
+        except KafkaException:
+            return False
+        self._fetched = high >= 0
+        return self._fetched
 
     def _idle_poll(self) -> None:
         """Serve the commit callbacks without reading records (the partition is paused)."""

@@ -91,7 +91,9 @@ def build_executor(flow: FlowBase, *, standalone: bool = False) -> Executor:
         output=KafkaOutput(f"{flow.namespace}.{flow.id}", group_conf),
         stop_on_failure=isinstance(trig, KafkaTrigger) and trig.onFailure == "STOP",
         max_concurrency=realtime.maxConcurrency if realtime is not None else 1,
-        key_ordering=realtime is not None and realtime.keyOrdering)
+        key_ordering=realtime is not None and realtime.keyOrdering,
+        # a batch or a tick may run long: the history shows it RUNNING from its start
+        running_docs=None if realtime is not None else True)
 
 
 def build_runner(flow: FlowBase, *, standalone: bool = False) -> RecordExecutions:

@@ -4,9 +4,11 @@ The three execute steps (``execute`` per record, ``microbatch`` per batch, ``sch
 tick) differ only in how they build an execution and its ``trigger.*`` variables (a
 :class:`Job`) and in what they emit; :class:`Executor` does the rest, the same way for all:
 
-1. each job's RUNNING document is written, its tasks run (:class:`~waxflow.operators.engine.
-   Engine`), and its terminal document is written; jobs built already terminal (a SKIPPED
-   record) only get their terminal document;
+1. each job's tasks run (:class:`~waxflow.operators.engine.Engine`; a RUNNING document
+   first when :attr:`Executor.running_docs`); the round's deferred Produce deliveries are
+   checked once (a failed one fails its execution: :func:`fail_late`); then each job's
+   terminal document is written; jobs built already terminal (a SKIPPED record) only get
+   their terminal document;
 2. ``run()`` returns only when every document is acknowledged by the broker (a failed
    delivery raises :class:`~waxflow.errors.DeliveryError`, never dropped) — the execution
    is *done* (G1);
@@ -34,6 +36,7 @@ from waxflow.connectors.execution_log import ExecutionLog, LogBatch
 from waxflow.connectors.kafka_output import BatchScope, KafkaOutput
 from waxflow.errors import FlowStopped, TransactionError
 from waxflow.execution import Execution, State
+from waxflow.expressions import mask
 from waxflow.operators.engine import Engine
 
 #: consumed offsets a round's transaction commits: (topic, partition) -> next offset
@@ -62,7 +65,8 @@ class Executor:
 
     def __init__(self, *, engine: Engine, log_factory: Callable[[], ExecutionLog],
                  output: KafkaOutput | None, stop_on_failure: bool = False,
-                 max_concurrency: int = 1, key_ordering: bool = False) -> None:
+                 max_concurrency: int = 1, key_ordering: bool = False,
+                 running_docs: bool | None = None) -> None:
         self.engine = engine
         self.log_factory = log_factory
         self.output = output
@@ -72,6 +76,10 @@ class Executor:
         # no task of the flow blocks: run executions on the worker thread (no pool hand-off)
         self.inline = max_concurrency == 1 or not any(
             task.BLOCKING for _, task in engine.flow.all_tasks())
+        #: write a RUNNING document when an execution starts: by default only where
+        #: executions may take long (blocking tasks on the pool); an inline execution takes
+        #: micro- to milliseconds and writes its terminal document only
+        self.running_docs = not self.inline if running_docs is None else running_docs
         self._log: ExecutionLog | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -140,7 +148,8 @@ class Executor:
     def _run_jobs(self, jobs: list[Job], batch: LogBatch, scope: BatchScope | None
                   ) -> list[Execution]:
         if self.inline or len(jobs) <= 1:
-            executions = self._run_sequence(jobs, batch, scope)
+            for job in jobs:
+                self.execute(job, batch, scope)
         else:
             _log, pool = self.resources()
             assert pool is not None
@@ -151,26 +160,63 @@ class Executor:
                 futures = [pool.submit(self._run_sequence, g, batch, scope)
                            for g in groups.values()]
             else:
-                futures = [pool.submit(self._run_sequence, [job], batch, scope)
-                           for job in jobs]
+                futures = [pool.submit(self.execute, job, batch, scope) for job in jobs]
             wait(futures)
-            executions = [e for f in futures for e in f.result()]
+            for f in futures:
+                f.result()
+        if scope is not None and scope.deferred:
+            # the Produce tasks enqueued their records: check them all once, before any
+            # terminal document says the executions succeeded
+            for exec_id, (task_id, message) in scope.settle().items():
+                for job in jobs:
+                    if job.execution.id == exec_id:
+                        fail_late(job.execution, task_id, message)
+        executions = [self.conclude(job, batch) for job in jobs]
         batch.wait()
         return executions
 
     def _run_sequence(self, jobs: list[Job], batch: LogBatch, scope: BatchScope | None
-                      ) -> list[Execution]:
-        return [self.run_job(job, batch, scope) for job in jobs]
+                      ) -> None:
+        for job in jobs:
+            self.execute(job, batch, scope)
 
-    def run_job(self, job: Job, batch: LogBatch, scope: BatchScope | None = None
-                ) -> Execution:
-        """Run one job and write its documents (their delivery is ``batch.wait()``'s)."""
+    def execute(self, job: Job, batch: LogBatch, scope: BatchScope | None = None) -> None:
+        """Run one job's tasks (a RUNNING document first when :attr:`running_docs`)."""
         execution = job.execution
         if job.variables is not None:
-            execution.state = State.RUNNING
-            batch.write(execution.id, execution.to_json())
+            if self.running_docs:
+                execution.state = State.RUNNING
+                batch.write(execution.id, execution.to_json())
             self.engine.run(execution, job.variables, scope)
+
+    def conclude(self, job: Job, batch: LogBatch) -> Execution:
+        """Write the terminal document of an executed job (delivery: ``batch.wait()``)."""
+        execution = job.execution
         if job.finish is not None:
             job.finish(execution)
         batch.write(execution.id, execution.to_json())
         return execution
+
+    def run_job(self, job: Job, batch: LogBatch, scope: BatchScope | None = None
+                ) -> Execution:
+        """Run one job and write its documents (their delivery is ``batch.wait()``'s)."""
+        self.execute(job, batch, scope)
+        if scope is not None and scope.deferred:
+            for exec_id, (task_id, message) in scope.settle().items():
+                if exec_id == job.execution.id:
+                    fail_late(job.execution, task_id, message)
+        return self.conclude(job, batch)
+
+
+def fail_late(execution: Execution, task_id: str, message: str) -> None:
+    """A task's work failed after the task returned (a Produce delivery checked at the end
+    of the batch): the task run and the execution become FAILED with the error."""
+    text = mask(message, limit=2000)
+    for run in execution.task_runs:
+        if run.task_id == task_id:
+            run.state = State.FAILED
+            if run.attempts:
+                run.attempts[-1].state = State.FAILED
+                run.attempts[-1].error = text
+    execution.error = {"taskId": task_id, "message": text}
+    execution.finish(State.FAILED)

@@ -10,6 +10,16 @@ is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
 - a slow execution holds up only its own offset's commit, never the other records;
 - a retry delay pauses the execution on a timer (:meth:`Engine.advance
   <waxflow.operators.engine.Engine.advance>` returns the delay) and holds no thread;
+- ``kafka.Produce`` tasks enqueue their records and return; the execution's terminal
+  document is written once they are all acknowledged (a failed one fails the execution),
+  from the thread that polls the producers — no thread waits for a broker round trip;
+- documents: a flow without blocking tasks writes one terminal document per execution
+  (its executions take micro- to milliseconds on the worker thread); a RUNNING document is
+  written when an execution starts on the pool (blocking tasks: it may run long) and
+  whenever one pauses for a retry. So after a crash the history shows as RUNNING every
+  execution that was running long or waiting for a retry; a fast one cut short by the
+  crash left no document, and it replays (its offset was not committed) — its history
+  starts with the replay;
 - ``keyOrdering``: an execution whose key has one unfinished starts only after it;
 - what an execution finds after its step returned — a document the broker refused, a FAILED
   execution under ``onFailure: STOP`` — is put in :attr:`Progress.error
@@ -30,23 +40,42 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from waxflow.connectors import shutdown
-from waxflow.connectors.deliveries import OUTAGE, is_outage
+from waxflow.connectors.deliveries import OUTAGE, Deliveries, is_outage
 from waxflow.connectors.execution_log import ExecutionLog
 from waxflow.connectors.kafka_output import BatchScope
 from waxflow.errors import DeliveryError, FlowStopped
 from waxflow.execution import State, now
-from waxflow.operators.executor import Executor, Job
+from waxflow.operators.executor import Executor, Job, fail_late
 from waxflow.progress import PartitionProgress, Progress
 
 LOG = logging.getLogger("waxflow.pipeline")
+
+
+class _ItemScope:
+    """What a pipelined execution's Produce tasks see as their scope: the flow's shared
+    (never transactional) producers; their deliveries are settled before the execution's
+    terminal document (:meth:`Pipeline._finish`), not waited for inside the task."""
+
+    __slots__ = ("_shared", "deferred")
+    deferring = True
+
+    def __init__(self, shared: BatchScope) -> None:
+        self._shared = shared
+        self.deferred: list[tuple[str, Deliveries]] = []
+
+    def deliveries(self, conf: Mapping[str, Any], transactional: bool) -> Deliveries:
+        return self._shared.deliveries(conf, transactional)
+
+    def defer(self, _execution_id: str, task_id: str, deliveries: Deliveries) -> None:
+        self.deferred.append((task_id, deliveries))
 
 
 @dataclass(slots=True, eq=False)
@@ -55,7 +84,7 @@ class _Item:
     part: PartitionProgress
     offset: int
     ctx: Any = None  # the engine's run state once started
-    sends: int = field(default=0)  # documents of this item awaiting delivery
+    scope: _ItemScope | None = None
 
 
 class _Timer:
@@ -141,8 +170,11 @@ class Pipeline:
 
     def _poll(self) -> None:
         assert self._log is not None
+        output = self.executor.output
         while True:
-            self._log.producer.poll(0.05)  # follows a rebuilt producer
+            self._log.producer.poll(0.01)  # follows a rebuilt producer
+            if output is not None:
+                output.poll_plain()  # settles the Produce tasks' deliveries
 
     def _pool_submit(self, fn: Callable[[_Item], None], item: _Item) -> None:
         if self._pool is None:
@@ -179,14 +211,19 @@ class Pipeline:
         if shutdown.requested():
             self._abandon(item)
             return
-        execution.state = State.RUNNING
-        self._send(item, execution.to_json(), terminal=False)
-        item.ctx = self.engine.begin(execution, job.variables, self._scope, deferrable=True)
+        if self._scope is not None:
+            item.scope = _ItemScope(self._scope)
+        item.ctx = self.engine.begin(execution, job.variables, item.scope, deferrable=True)
+        if self.executor.running_docs:
+            # blocking tasks may take long: the history shows the execution running now
+            self._send(item, execution.to_json(), terminal=False)
         self._advance(item)
 
     def _advance(self, item: _Item) -> None:
         delay = self.engine.advance(item.ctx)
         if delay is not None:  # a retry is due later: hold no thread until then
+            # the history shows it paused (RUNNING, its task RETRYING) while it waits
+            self._send(item, item.job.execution.to_json(), terminal=False)
             self.progress.pause(1)
             self._timer.call_later(delay, lambda: self._pool_submit(self._resume, item))
             return
@@ -200,10 +237,40 @@ class Pipeline:
         self._advance(item)
 
     def _finish(self, item: _Item) -> None:
+        scope = item.scope
+        if scope is None or not scope.deferred:
+            self._conclude(item)
+            return
+        # its Produce tasks enqueued their records: conclude once all are acknowledged
+        deferred, scope.deferred = scope.deferred, []
+        lock = threading.Lock()
+        left = [len(deferred)]
+        failed: list[tuple[str, list[str]]] = []
+
+        def settled(task_id: str, errors: list[str]) -> None:
+            with lock:
+                if errors:
+                    failed.append((task_id, errors))
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                try:
+                    if failed:
+                        task_id, errors = failed[0]
+                        fail_late(item.job.execution, task_id,
+                                  "delivery failed: " + "; ".join(errors[:5]))
+                    self._conclude(item)
+                except BaseException as exc:  # handed to the source, which stops the job
+                    self.progress.fail(exc)
+
+        for task_id, deliveries in deferred:
+            deliveries.settle(functools.partial(settled, task_id))
+
+    def _conclude(self, item: _Item) -> None:
         job = item.job
         if job.finish is not None:
             job.finish(job.execution)
-        item.ctx = None
+        item.ctx = item.scope = None
         self._send(item, job.execution.to_json(), terminal=True)
         self.progress.finished()
         if self.executor.key_ordering and job.variables is not None:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from waxflow.connectors.broker import (
     DEFAULT_CONTROLLER_PORT,
@@ -24,7 +25,11 @@ from waxflow.connectors.broker import (
     LocalBroker,
     default_data_dir,
 )
+from waxflow.connectors.broker_security import ADMIN_USER
 from waxflow.errors import FlowError, WaxflowError
+
+if TYPE_CHECKING:
+    from waxflow.dataflows.local_run import DryRunScope
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -91,17 +96,29 @@ def _broker_of(args: argparse.Namespace) -> LocalBroker:
         port=args.port,
         controller_port=args.controller_port,
         share_lock_ms=args.share_lock_ms,
+        secure=getattr(args, "secure", False),
     )
+
+
+def _secure_lines(broker: LocalBroker) -> str:
+    """Where a secure broker's client settings are (never the password itself)."""
+    if not broker.security.exists():
+        return ""
+    files = broker.security
+    return (f"\nSASL_SSL (SCRAM-SHA-512) with ACLs; admin user {ADMIN_USER} (super user); "
+            f"CA file: {files.ca_file}\nclient settings (with the admin password): "
+            f"{files.client_properties}")
 
 
 def _broker_start(args: argparse.Namespace) -> int:
     broker = _broker_of(args)
     if broker.running():
-        print(f"broker already running (pid {broker.pid()}) on {broker.bootstrap}")
+        print(f"broker already running (pid {broker.pid()}) on {broker.bootstrap}"
+              f"{_secure_lines(broker)}")
         return 0
-    secs = broker.start()
+    secs = broker.start(timeout=args.timeout)
     print(f"broker started (pid {broker.pid()}) on {broker.bootstrap} in {secs:.1f}s; "
-          f"log: {broker.log_file}")
+          f"log: {broker.log_file}{_secure_lines(broker)}")
     return 0
 
 
@@ -119,7 +136,8 @@ def _broker_status(args: argparse.Namespace) -> int:
     if pid is None:
         print(f"broker not running (data dir {broker.data_dir})")
         return 1
-    print(f"broker running (pid {pid}) on {broker.bootstrap}; log: {broker.log_file}")
+    print(f"broker running (pid {pid}) on {broker.bootstrap}; log: {broker.log_file}"
+          f"{_secure_lines(broker)}")
     return 0
 
 
@@ -145,6 +163,13 @@ def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                              "$WAXFLOW_SHARE_LOCK_MS or 30000; tests use 1000)")
         if name == "stop":
             sp.add_argument("--wipe", action="store_true", help="also delete the data dir")
+        if name == "start":
+            sp.add_argument("--timeout", type=seconds, default=90.0, metavar="SECONDS",
+                            help="how long to wait for the broker to answer (default 90)")
+            sp.add_argument("--secure", action="store_true",
+                            help="a SASL_SSL listener (SCRAM-SHA-512 users, a self-signed CA "
+                                 "made here, ACLs enforced) instead of PLAINTEXT; the admin's "
+                                 "client settings go to DATA_DIR/secure/client.properties")
         sp.set_defaults(func=func)
 
 
@@ -153,8 +178,9 @@ def _validate(args: argparse.Namespace) -> int:
 
     flow = parse_flow(args.flow)
     ntasks = sum(1 for _ in flow.all_tasks())
-    print(f"{args.flow}: valid flow {flow.namespace}.{flow.id} "
-          f"({flow.trigger.type}, {ntasks} tasks)")
+    enabled = flow.enabled_triggers
+    started_by = enabled[0].type if enabled else "no trigger: a manual flow, see `waxflow test`"
+    print(f"{args.flow}: valid flow {flow.namespace}.{flow.id} ({started_by}, {ntasks} tasks)")
     return 0
 
 
@@ -174,12 +200,18 @@ def _run(args: argparse.Namespace) -> int:
         setup_logging(os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"), args.log_format)
     except ValueError as exc:
         return _err(f"$WAXFLOW_LOG_LEVEL: {exc}")
-    if args.process_id is None:
+    from waxflow.connectors.instance_lock import HELD_ENV
+
+    if os.environ.get(HELD_ENV) != "1":
         # refuse to start a flow that cannot work (validation, secrets, env, outputs,
         # core.Python imports), with every problem at once, before any process is spawned
+        # (a cluster member started by hand on its host checks too; --processes children
+        # were checked by their parent)
         preflight(args.flow)
+    addresses = _addresses(args.addresses)
     if args.processes > 1 and args.process_id is None:
-        base = ["run", args.flow, "-w", str(args.workers), "--epoch-ms", str(args.epoch_ms)]
+        base = ["run", args.flow, "-w", str(args.workers), "--epoch-ms", str(args.epoch_ms),
+                "--stuck-after", str(args.stuck_after)]
         if args.recovery_dir:
             base += ["--recovery-dir", args.recovery_dir]
         if args.stop_when_idle is not None:
@@ -187,13 +219,14 @@ def _run(args: argparse.Namespace) -> int:
         if args.ticks is not None:
             base += ["--ticks", str(args.ticks)]
         base += ["--log-format", args.log_format]
-        return run_cluster(base, args.processes, flow_path=args.flow)
+        return run_cluster(base, args.processes, flow_path=args.flow,
+                           metrics_port=args.metrics_port)
     try:
         run_here(args.flow, workers=args.workers,
                  epoch=timedelta(milliseconds=args.epoch_ms), recovery_dir=args.recovery_dir,
                  stop_when_idle=args.stop_when_idle, process_id=args.process_id,
-                 addresses=args.addresses.split(";") if args.addresses else None,
-                 max_ticks=args.ticks)
+                 addresses=addresses, max_ticks=args.ticks,
+                 metrics_port=args.metrics_port, stuck_after=args.stuck_after)
     except Exception as exc:
         msg = user_error(exc)
         if msg is None:
@@ -205,14 +238,52 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _addresses(text: str | None) -> list[str] | None:
+    """``--addresses``: comma- (or semicolon-) separated ``host:port`` entries."""
+    if not text:
+        return None
+    return [a.strip() for a in text.replace(";", ",").split(",") if a.strip()]
+
+
 def _test(args: argparse.Namespace) -> int:
-    from waxflow.dataflows.local_run import run_jsonl
+    from waxflow.dataflows.local_run import DryRunScope, run_jsonl
     from waxflow.dataflows.spec import parse_flow
+    from waxflow.logs import setup_logging
     from waxflow.recovery.executions_cli import print_executions
 
-    docs = run_jsonl(parse_flow(args.flow), Path(args.records))
+    consume: dict[str, Path] = {}
+    for spec in args.consume:
+        topic, sep, file = spec.partition("=")
+        if not sep or not topic or not file:
+            _err(f"--consume {spec}: expected TOPIC=FILE.jsonl")
+            return 2
+        consume[topic] = Path(file)
+    try:  # core.Log and the other task logs go to stderr, as in a run
+        setup_logging(os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"))
+    except ValueError as exc:
+        return _err(f"$WAXFLOW_LOG_LEVEL: {exc}")
+    scope = DryRunScope()
+    docs = run_jsonl(parse_flow(args.flow), Path(args.records) if args.records else None,
+                     consume=consume, scope=scope)
     print_executions(docs, args.format)
+    _show_produced(scope, Path(args.outputs) if args.outputs else None)
     return 0 if all(d["state"] in ("SUCCESS", "WARNING", "SKIPPED") for d in docs) else 1
+
+
+def _show_produced(scope: DryRunScope, outputs: Path | None) -> None:
+    """What the dry run did not send: one JSON line per record, on stderr (stdout holds the
+    executions) or in ``outputs/TOPIC.jsonl``."""
+    if outputs is not None:
+        outputs.mkdir(parents=True, exist_ok=True)
+        by_topic: dict[str, list[str]] = {}
+        for rec in scope.produced:
+            by_topic.setdefault(rec.topic, []).append(json.dumps(rec.document()))
+        for topic, lines in by_topic.items():
+            (outputs / f"{topic}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for rec in scope.produced:
+        where = "" if outputs is None else f" (in {outputs / (rec.topic + '.jsonl')})"
+        print(f"dry run, not sent to {rec.topic}{where}: {json.dumps(rec.document())}",
+              file=sys.stderr)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -264,12 +335,31 @@ def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    default=os.environ.get("WAXFLOW_LOG_FORMAT", "text"),
                    help="log lines as text or one JSON object per line (for log shippers); "
                         "secrets are masked in both")
-    r.add_argument("--process-id", type=whole(0), default=None, help=argparse.SUPPRESS)
-    r.add_argument("--addresses", default=None, help=argparse.SUPPRESS)
+    r.add_argument("--addresses", default=None, metavar="HOST:PORT,...",
+                   help="a cluster across hosts: every member's address (Bytewax -a), the "
+                        "same list in the same order on every host; with --process-id")
+    r.add_argument("--process-id", type=whole(0), default=None, metavar="I",
+                   help="this member's index in --addresses (Bytewax -i)")
+    r.add_argument("--metrics-port", type=PORT,
+                   default=os.environ.get("WAXFLOW_METRICS_PORT") or None, metavar="PORT",
+                   help="serve Prometheus /metrics, /healthz and /readyz on PORT (default "
+                        "$WAXFLOW_METRICS_PORT; off when unset); --processes N: process i "
+                        "serves PORT+i")
+    r.add_argument("--stuck-after", type=seconds,
+                   default=os.environ.get("WAXFLOW_STUCK_AFTER") or "300", metavar="SECONDS",
+                   help="/healthz fails once executions are in flight and none finished "
+                        "for SECONDS (default $WAXFLOW_STUCK_AFTER or 300)")
     r.set_defaults(func=_run)
-    t = sub.add_parser("test", help="run a flow on records from a JSONL file (no broker)")
+    t = sub.add_parser("test", help="dry run: a flow's executions on records from a JSONL "
+                                     "file; nothing is read from or sent to Kafka")
     t.add_argument("flow")
-    t.add_argument("--records", required=True, metavar="FILE.jsonl")
+    t.add_argument("--records", metavar="FILE.jsonl",
+                   help="the trigger's records, one JSON per line (needed for Kafka "
+                        "triggers)")
+    t.add_argument("--consume", action="append", default=[], metavar="TOPIC=FILE.jsonl",
+                   help="the records kafka.Consume reads from TOPIC (repeatable)")
+    t.add_argument("--outputs", metavar="DIR",
+                   help="write what kafka.Produce would send to DIR/TOPIC.jsonl")
     t.add_argument("--format", choices=("table", "json"), default="table")
     t.set_defaults(func=_test)
 
@@ -336,9 +426,23 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"argument --controller-port: expected a port other than --port "
                      f"{port}, got {controller}")
     process_id, addresses = getattr(args, "process_id", None), getattr(args, "addresses", None)
-    if process_id is not None and addresses and process_id >= len(addresses.split(";")):
-        parser.error(f"argument --process-id: expected a number below the "
-                     f"{len(addresses.split(';'))} --addresses, got {process_id}")
+    members = _addresses(addresses)
+    if members is not None:
+        bad = [a for a in members if a.rpartition(":")[0] == "" or
+               not a.rpartition(":")[2].isdigit()]
+        if bad:
+            parser.error(f"argument --addresses: expected host:port entries separated by "
+                         f"commas, got {bad[0]!r}")
+        if process_id is None:
+            parser.error("argument --addresses: needs --process-id (this member's index)")
+        if process_id >= len(members):
+            parser.error(f"argument --process-id: expected a number below the "
+                         f"{len(members)} --addresses, got {process_id}")
+        if getattr(args, "processes", 1) > 1:
+            parser.error("argument --processes: not with --addresses (each host starts its "
+                         "own member)")
+    elif process_id is not None:
+        parser.error("argument --process-id: needs --addresses (every member's host:port)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

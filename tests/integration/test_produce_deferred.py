@@ -1,0 +1,60 @@
+"""``kafka.Produce`` in a consumer-group flow enqueues its records and returns; a delivery the
+broker refuses afterwards still fails its execution (never a silent loss), on the real broker.
+
+The destination topic takes at most 1,024-byte record batches (``max.message.bytes``); one
+input asks for a 4,000-byte output (alone in its partition), which the client accepts and the
+broker refuses *after* the task returned. Transactional (batch-synchronous): the refused
+record poisons the batch's transaction, which aborts; the batch runs again without that
+execution, so the others are output exactly once and it is FAILED naming the record.
+Non-transactional (pipelined): its terminal document waits for its deliveries and says
+FAILED; the others succeed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.flow_helpers import flow_env, new_log_topic, produce, run_flow, write_flow
+from tests.integration.test_produce import flow_yaml, terminal_docs, trigger
+from tests.kafka_helpers import committed, end_offsets, read_all
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("txn", [True, False], ids=["transactional", "at-least-once"])
+def test_a_delivery_refused_after_the_task_returned_fails_only_its_execution(
+        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, txn: bool) -> None:
+    src = new_topic(1)
+    # the broker refuses a whole record batch: the large record goes alone to partition 1
+    dst = new_topic(2, **{"max.message.bytes": "1024"})
+    sizes = [10, 20, 4000, 30, 40]
+    produce(bootstrap, src, [json.dumps({"n": i, "size": s}).encode()
+                             for i, s in enumerate(sizes)])
+    trig = trigger(src, valueDeserializer="JSON")
+    tasks = [{"id": "out", "type": "kafka.Produce", "topic": dst, "transactional": txn,
+              "from": {"key": "{{ trigger.value.n }}",
+                       "value": "{{ 'x' * trigger.value.size }}",
+                       "partition": "{{ 1 if trigger.value.size > 1000 else 0 }}"}}]
+    path = write_flow(tmp_path, flow_yaml(f"late-{str(txn).lower()}", trig, tasks))
+    log = new_log_topic()
+    result = run_flow(path, flow_env(bootstrap, log), idle=2, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    docs = terminal_docs(bootstrap, log)
+    assert [d["state"] for d in docs] == ["SUCCESS", "SUCCESS", "FAILED", "SUCCESS", "SUCCESS"]
+    failed = docs[2]
+    assert failed["error"]["taskId"] == "out"
+    assert "too large" in failed["error"]["message"].lower(), failed["error"]
+    assert f"topic {dst}" in failed["error"]["message"]
+    assert [r["state"] for r in failed["taskRuns"]] == ["FAILED"]
+    assert committed(bootstrap, trig["groupId"], src, 1) == end_offsets(bootstrap, src, 1)
+    isolation = "read_committed" if txn else "read_uncommitted"
+    keys = Counter(m.key() for m in read_all(bootstrap, dst, isolation=isolation))
+    assert set(keys) == {b"0", b"1", b"3", b"4"}
+    if txn:
+        assert set(keys.values()) == {1}  # exactly once, the aborted transaction invisible
