@@ -31,7 +31,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from waxflow.connectors import broker_watch, instance_lock, shutdown
+from waxflow.connectors import broker_watch, instance_lock, metrics, shutdown
 from waxflow.connectors.kafka_source import (
     committed_offsets,
     group_conf,
@@ -131,9 +131,11 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         for key, off in start.items():
             topic, part = key.rsplit("/", 1)
             tps.append(TopicPartition(topic, int(part), off, metadata=meta))
+        metrics.commit_sent("batch")
         self._consumer.commit(offsets=tps, asynchronous=True)
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
+        metrics.commit_answered("batch", err is None)
         if err is not None:
             LOG.warning("batch offset commit failed (retried next epoch): %s", err)
             self._requested = dict(self._confirmed)
@@ -153,6 +155,7 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
         for key, off in todo.items():
             topic, part = key.rsplit("/", 1)
             tps.append(TopicPartition(topic, int(part), off))
+        metrics.commit_sent("batch")
         self._consumer.commit(offsets=tps, asynchronous=True)
         self._requested.update(todo)
 

@@ -42,7 +42,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from waxflow.connectors import broker_watch, instance_lock, shutdown
+from waxflow.connectors import broker_watch, instance_lock, metrics, shutdown
 from waxflow.connectors.kafka_config import require
 from waxflow.connectors.kafka_errors import check_access
 from waxflow.errors import SourceStop
@@ -224,6 +224,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._consumer.assign([TopicPartition(topic, partition, start)])
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
+        metrics.commit_answered(self._tp, err is None)
         if err is not None:
             LOG.warning("commit for %s failed (will retry next epoch): %s", self._tp, err)
             self._requested = self._confirmed
@@ -259,6 +260,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         if self._progress is not None:
             self._progress.check()
         if self._to_commit is not None and self._to_commit != self._requested:
+            metrics.commit_sent(self._tp)
             self._consumer.commit(offsets=[TopicPartition(self._topic, self._partition,
                                                           self._to_commit)],
                                   asynchronous=True)

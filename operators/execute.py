@@ -27,6 +27,7 @@ from collections.abc import Callable
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
+from waxflow.connectors import metrics
 from waxflow.connectors.execution_log import LOG_HEADER, LogBatch
 from waxflow.execution import Execution, State, TriggerInfo, execution_id, jsonable
 from waxflow.flow import FlowBase
@@ -131,6 +132,7 @@ class RecordExecutions:
         return []
 
     def __call__(self, items: list[Decoded]) -> list[Done]:
+        metrics.batch_size(len(items))
         if self.pipeline is not None:
             return self._submit(items)
         ends: dict[tuple[str, int], int] = {}

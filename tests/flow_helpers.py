@@ -130,7 +130,9 @@ def job_lines(err: str, limit: int = 3000) -> str:
     """A job's own stderr lines (librdkafka's connection noise left out), the last ``limit``
     characters."""
     return "\n".join(ln for ln in err.splitlines()
-                     if "waxflow" in ln and "rdkafka" not in ln and "thrd:" not in ln)[-limit:]
+                     if "waxflow: broker " in ln  # outage lines quote librdkafka's reason
+                     or ("waxflow" in ln and "rdkafka" not in ln and "thrd:" not in ln)
+                     )[-limit:]
 
 
 def finish(proc: FlowProcess, timeout: float = 240) -> str:

@@ -30,9 +30,13 @@ def test_broker_kill_four_jobs_ride_it_out(tmp_path: Path) -> None:
     result = scenarios.broker_kill(tmp_path, rate=250, down_s=8.0, kill_after=5.0,
                                    feed_after=8.0, idle=40.0)
     _report("broker_kill", result)
-    # the outage was noticed and its end too, once each, by the jobs that log it
-    assert result["share-set"]["outage_lines"] == (1, 1)
-    assert result["batch-duckdb"]["outage_lines"] == (1, 1)
+    # the outage was noticed and its end too, one line each per outage episode (a broker
+    # restarting on a loaded machine can be reachable, then gone again: two episodes)
+    # (measured once: 3 "unreachable" and 2 "reachable again" lines from the batch job, whose
+    # last episode was still open when it stopped at idle: see the issue 11 note)
+    for name in ("share-set", "batch-duckdb"):
+        down, back = result[name]["outage_lines"]
+        assert 1 <= back <= down <= back + 1, (name, down, back)
 
 
 def test_job_kills_at_random_moments(bootstrap: str, tmp_path: Path) -> None:

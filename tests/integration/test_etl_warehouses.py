@@ -174,7 +174,9 @@ def test_failed_load_retries_from_storage_without_moving_offsets(
     (doc,) = latest_by_id(log_documents(bootstrap, log_topic)).values()
     assert doc["state"] == "SUCCESS"
     attempts = doc["taskRuns"][0]["attempts"]
-    assert len(attempts) >= 3 and [a["state"] for a in attempts[:2]] == ["FAILED", "FAILED"]
+    # at least one attempt failed while the emulator was down, and a later one loaded (how
+    # many failed depends on how long the job took to start: 2 under CI load)
+    assert len(attempts) >= 2 and attempts[0]["state"] == "FAILED"
     assert committed(bootstrap, group, topic, 1) == {0: 500}
     sf = {**snowflake_conn_params, "database": sf_db, "schema": "PUBLIC"}
     assert len(query(sf, "SELECT ID FROM ORDERS")["rows"]) == 500
