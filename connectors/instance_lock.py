@@ -78,6 +78,7 @@ class InstanceLock:
         if parts:
             if self._away:
                 LOG.warning("%s: instance lock held again (group %s)", self.what, self.group)
+                OUTAGE.up()
             self._owned, self._away = True, False
         elif self._away:
             # back after losing the membership, and another member holds the partition:
@@ -95,6 +96,8 @@ class InstanceLock:
             self._owned, self._away = False, True
             LOG.warning("%s: instance lock membership lost (group %s; broker unreachable?); "
                         "re-joining", self.what, self.group)
+            # a job still starting sees an outage only here: note it like every client
+            OUTAGE.down("instance lock", "group session ended")
 
     def _ensure_topic(self) -> None:
         """Create the lock topic if missing; a broker that is away or still starting (no
