@@ -164,13 +164,7 @@ class Executor:
             wait(futures)
             for f in futures:
                 f.result()
-        if scope is not None and scope.deferred:
-            # the Produce tasks enqueued their records: check them all once, before any
-            # terminal document says the executions succeeded
-            for exec_id, (task_id, message) in scope.settle().items():
-                for job in jobs:
-                    if job.execution.id == exec_id:
-                        fail_late(job.execution, task_id, message)
+        settle(scope, jobs)
         executions = [self.conclude(job, batch) for job in jobs]
         batch.wait()
         return executions
@@ -201,11 +195,20 @@ class Executor:
                 ) -> Execution:
         """Run one job and write its documents (their delivery is ``batch.wait()``'s)."""
         self.execute(job, batch, scope)
-        if scope is not None and scope.deferred:
-            for exec_id, (task_id, message) in scope.settle().items():
-                if exec_id == job.execution.id:
-                    fail_late(job.execution, task_id, message)
+        settle(scope, [job])
         return self.conclude(job, batch)
+
+
+def settle(scope: BatchScope | None, jobs: Sequence[Job]) -> None:
+    """The Produce tasks of ``jobs`` enqueued their records: check them all once, before any
+    terminal document says the executions succeeded (a refused record: :func:`fail_late`)."""
+    if scope is None or not scope.deferred:
+        return
+    by_id = {job.execution.id: job.execution for job in jobs}
+    for exec_id, (task_id, message) in scope.settle().items():
+        execution = by_id.get(exec_id)
+        if execution is not None:
+            fail_late(execution, task_id, message)
 
 
 def fail_late(execution: Execution, task_id: str, message: str) -> None:

@@ -3,7 +3,6 @@ secure broker's certificates and settings (``waxflow broker start --secure``).""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -70,7 +69,6 @@ def test_unreachable_cluster_is_not_an_access_error() -> None:
     check_access({"bootstrap.servers": "127.0.0.1:1"}, "flow x", read=["t"], timeout=0.5)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_certificates_chain_to_the_ca_and_name_loopback(tmp_path: Path) -> None:
     make_certs(tmp_path)
     verify = subprocess.run(["openssl", "verify", "-CAfile", "ca.pem", "broker.crt"],
@@ -85,7 +83,6 @@ def test_certificates_chain_to_the_ca_and_name_loopback(tmp_path: Path) -> None:
     assert (tmp_path / "broker-keystore.pem").stat().st_mode & 0o077 == 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_secure_files_keep_the_admin_password(tmp_path: Path) -> None:
     files = SecureFiles(tmp_path / "secure")
     first = files.prepare("127.0.0.1:1000")
