@@ -1,17 +1,29 @@
 """Share-group Kafka source (KIP-932, ``groupType: SHARE``): acks each record by outcome (G4).
 
-One ``ShareConsumer`` per Bytewax worker (a ``DynamicSource``), in explicit acknowledgement
-mode, subscribed to the trigger's topics. Any number of workers and independent
-``waxflow run`` processes on the same flow compete for the records of one topic, even of a
-single partition; the broker hands each record to one of them at a time.
+Each Bytewax worker reads through share-group *members* (``ShareConsumer``, explicit
+acknowledgement mode, subscribed to the trigger's topics). Any number of workers and
+independent ``waxflow run`` processes on the same flow compete for the records of one topic,
+even of a single partition; the broker hands each record to one of them at a time.
 
-Ack cycle, per source partition, all on the worker's thread (the consumer is not
-thread-safe): ``next_batch()`` polls a batch and keeps its messages as *outstanding*; the
-records travel through stateless steps only, so the execute step runs on the same worker and,
-once every execution of its batch is done (terminal document delivered), hands the outcomes
-back through :func:`share_outcomes`. ``next_batch()`` returns nothing until every
-outstanding record has its outcome; then it acknowledges each one as
-:func:`waxflow.acks.decide` says, calls ``commit_sync()``, and only then polls again.
+A member cannot poll again before every record of its last batch is acknowledged (the
+consumer raises ``IllegalStateException``), so:
+
+- **pipelined** (flows whose executions join no Kafka transaction — the default): each
+  worker has ``$WAXFLOW_SHARE_MEMBERS`` members (default 1). ``next_batch()`` sends the acks
+  decided since its last call (:class:`ShareAck`: an execution reports its outcome once its
+  terminal document is delivered, from any thread), commits them, and polls the next member
+  with nothing outstanding. A batch held up by a slow or retrying record holds only its own
+  member; a retry that would outlive the record lock RELEASEs the record instead
+  (:meth:`ShareAck.give_back`). Why one member by default: every member fetches in the
+  background (librdkafka 2.16; measured: a subscribed member that is not polled acquires
+  records and holds them until their lock runs out), so the records a member fetched while
+  its batch is held have their lock running. More members let other batches go on past a
+  slow record, at the cost of more records redelivered (delivery count + 1) when batches are
+  held longer than the lock; with a 1 s lock and a loaded machine that cost showed.
+- **batch-synchronous** (transactional ``kafka.Produce``: a transaction must cover whole
+  batches): one member per worker; the execute step decides every record of the batch on
+  the worker's thread (:func:`share_outcomes`) before the next read acks them all.
+
 Per-partition ack errors (e.g. a record lock that ran out) are logged and counted in
 :data:`STATS`, never swallowed.
 
@@ -69,9 +81,10 @@ from waxflow.acks import AckType, decide
 from waxflow.connectors import broker_watch, shutdown
 from waxflow.connectors.kafka_config import require
 from waxflow.connectors.kafka_errors import check_access
-from waxflow.connectors.kafka_source import record_fields
+from waxflow.connectors.kafka_source import env_bound, record_fields
 from waxflow.errors import ConfigConflict, SourceStop
 from waxflow.execution import Execution
+from waxflow.progress import Progress
 from waxflow.records import Decoded, RawRecord
 
 LOG = logging.getLogger("waxflow.share")
@@ -86,6 +99,8 @@ _RESET_VALUES = {"smallest": "earliest", "beginning": "earliest", "largest": "la
                  "end": "latest"}
 POLL_TIMEOUT = 0.05  # seconds a poll may wait when nothing is outstanding
 LOCK_WARN_AT = 0.8  # warn when a batch has been held this fraction of the record lock
+#: a retry is given back (RELEASE) unless it is due this long before the record lock runs out
+LOCK_MARGIN = 0.2  # of the lock
 Coord = tuple[str, int, int]
 
 
@@ -106,7 +121,7 @@ class ShareStats:
 
 
 STATS = ShareStats()
-_REGISTRY: dict[int, _SharePartition] = {}
+_REGISTRY: dict[int, _Member] = {}
 _IDS = itertools.count(1)
 _REGISTRY_LOCK = threading.Lock()
 
@@ -191,130 +206,217 @@ def configure_group(conf: dict[str, Any], group_id: str, configs: dict[str, str]
         return GroupSettings()
 
 
+class _Member:
+    """One ShareConsumer of a worker: a member of the share group whose polled batch is
+    *outstanding* until every record of it is acknowledged (the consumer refuses to poll
+    before that: ``IllegalStateException``). Touched only on the worker's thread, but for
+    :meth:`record_outcome`, which any thread may call."""
+
+    def __init__(self, part: _SharePartition, conf: dict[str, Any],
+                 topics: Sequence[str]) -> None:
+        self.part = part
+        self.consumer = ShareConsumer(broker_watch.watch(conf))
+        self.consumer.subscribe(list(topics))
+        self.outstanding: dict[Coord, Message] = {}
+        self.polled_at = 0.0  # monotonic time of the poll that returned the outstanding batch
+        self._decided: list[tuple[Coord, AckType]] = []  # from any thread
+        self._decided_lock = threading.Lock()
+        self._watchdog: threading.Timer | None = None
+        with _REGISTRY_LOCK:
+            self.id = next(_IDS)
+            _REGISTRY[self.id] = self
+
+    def ack_for(self, rec: Decoded, state: str | None) -> AckType:
+        """The ack sent for ``rec`` when its execution ends in ``state``."""
+        return self.part.ack_for(rec, state)
+
+    def record_outcome(self, rec: Decoded, state: str | None, *,
+                       ack: AckType | None = None) -> None:
+        """Store the ack for one of this member's records (any thread); the worker sends it
+        at its next read."""
+        raw = rec.raw
+        decided = ack or self.ack_for(rec, state)
+        with self._decided_lock:
+            self._decided.append(((raw.topic, raw.partition, raw.offset), decided))
+
+    def lock_left(self) -> float:
+        """Seconds until the record lock of the outstanding batch runs out."""
+        return self.part.settings.lock_s - (time.monotonic() - self.polled_at)
+
+    def send_decided(self) -> Counter[str]:
+        """Acknowledge every decided record (worker thread); the acks go to the broker with
+        the next poll or commit."""
+        with self._decided_lock:
+            decided, self._decided = self._decided, []
+        sent: Counter[str] = Counter()
+        for coord, ack in decided:
+            msg = self.outstanding.pop(coord, None)
+            if msg is None:
+                LOG.error("share group %s: outcome for %s/%d@%d which is not outstanding",
+                          self.part.group, *coord)
+                continue
+            try:
+                self.consumer.acknowledge(msg, getattr(AcknowledgeType, ack))
+            except (KafkaException, IllegalStateException) as exc:  # e.g. no longer in flight
+                self.part.count_error()
+                LOG.error("share group %s: cannot %s %s/%d@%d: %s", self.part.group, ack,
+                          *coord, exc)
+                continue
+            sent[ack] += 1
+            LOG.debug("share group %s: %s %s/%d@%d (delivery %d)", self.part.group, ack,
+                      *coord, msg.delivery_count())
+        if not self.outstanding and self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        return sent
+
+    def commit(self) -> None:
+        """Send the acknowledged records' acks and wait for the broker's answer."""
+        try:
+            results = self.consumer.commit_sync() or {}
+        except KafkaException as exc:  # the broker went away: the acks are lost, not the work
+            self.part.count_error()
+            broker_watch.gone(f"share group {self.part.group}", str(exc))
+            LOG.warning("share group %s: acks not committed (%s): those records are delivered "
+                        "again once the broker is back (same execution ids)", self.part.group,
+                        exc)
+            return
+        for tp, err in results.items():
+            if err is not None:
+                self.part.count_error()
+                LOG.error("share group %s: acks for %s/%d failed (a record lock that ran out "
+                          "is redelivered; its late ack fails): %s", self.part.group, tp.topic,
+                          tp.partition, err)
+
+    def poll(self) -> list[RawRecord]:
+        """Poll a batch (only when nothing is outstanding); it becomes outstanding."""
+        try:
+            polled: list[Message] = list(self.consumer.poll(POLL_TIMEOUT))
+        except KafkaException as exc:
+            broker_watch.gone(f"share group {self.part.group}", str(exc))
+            return []
+        out: list[RawRecord] = []
+        for m in polled:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise SourceStop(f"share consumer error in group {self.part.group}: "
+                                     f"{err.str()}")
+                LOG.warning("share consumer error in group %s: %s", self.part.group, err.str())
+                continue
+            rec = RawRecord(*record_fields(m), m.delivery_count(), self.id)
+            self.outstanding[(rec.topic, rec.partition, rec.offset)] = m
+            out.append(rec)
+        if out:
+            self.polled_at = time.monotonic()
+            lock_s = self.part.settings.lock_s
+            self._watchdog = threading.Timer(LOCK_WARN_AT * lock_s, self._warn_lock)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        return out
+
+    def _warn_lock(self) -> None:
+        held = len(self.outstanding)
+        if held:
+            STATS.add(warnings=1)
+            lock_s = self.part.settings.lock_s
+            LOG.warning("share group %s: %d records held for %.1fs, %d%% of the broker's "
+                        "record lock (%.1fs): when it runs out they are delivered again and "
+                        "these acks fail; shorten the work or raise the group's "
+                        "share.record.lock.duration.ms", self.part.group, held,
+                        LOCK_WARN_AT * lock_s, int(LOCK_WARN_AT * 100), lock_s)
+
+    def close(self) -> None:
+        """Leave the group: records still outstanding are released by the broker."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        with _REGISTRY_LOCK:
+            _REGISTRY.pop(self.id, None)
+        self.consumer.close()
+
+
 class _SharePartition(StatelessSourcePartition[RawRecord]):
-    """One ShareConsumer; polls only when every outstanding record is acknowledged."""
+    """A worker's share-group members; reads from a member whose batch is all acknowledged.
+
+    Batch-synchronous (``progress`` None): one member; the execute step decides every record
+    of a batch on this thread before the next read, so each batch is acked whole. Pipelined:
+    ``members`` consumers (``$WAXFLOW_SHARE_MEMBERS``); each read sends the acks decided
+    since the last one, commits them, and polls a member with nothing outstanding: a batch
+    held up by a slow or retrying record holds only its own member.
+    """
 
     def __init__(self, conf: dict[str, Any], group_id: str, topics: Sequence[str],
-                 *, settings: GroupSettings, max_deliveries: int, idle_stop: float | None) -> None:
-        self._group = group_id
-        self._settings = settings
+                 *, settings: GroupSettings, max_deliveries: int, idle_stop: float | None,
+                 progress: Progress | None, members: int) -> None:
+        self.group = group_id
+        self.settings = settings
         self._max = max_deliveries
         self._idle_stop = idle_stop
-        self._consumer = ShareConsumer(broker_watch.watch(conf))
-        self._consumer.subscribe(list(topics))
-        self._outstanding: dict[Coord, Message] = {}
-        self._decided: dict[Coord, AckType] = {}
+        self._progress = progress
+        #: pipelined: unfinished executions per process past which no member polls
+        self._max_in_flight = env_bound("WAXFLOW_MAX_IN_FLIGHT", 5000)
+        self._members = [_Member(self, conf, topics) for _ in range(max(1, members))]
+        self._next = 0  # round robin over members with nothing outstanding
         self._acks: Counter[str] = Counter()
         self._errors = 0
-        self._watchdog: threading.Timer | None = None
         self._awake: datetime | None = None
         started = time.monotonic()
         self._last_activity = started
         # the first member of a new group gets its assignment a heartbeat after joining
         self._no_stop_before = started + 2 * settings.heartbeat_s
-        with _REGISTRY_LOCK:
-            self.id = next(_IDS)
-            _REGISTRY[self.id] = self
-
-    def record_outcome(self, rec: Decoded, execution: Execution | None) -> None:
-        """Store the ack for one of this partition's records (worker thread)."""
-        raw = rec.raw
-        coord = (raw.topic, raw.partition, raw.offset)
-        if coord not in self._outstanding:
-            LOG.error("share group %s: outcome for %s/%d@%d which is not outstanding",
-                      self._group, *coord)
-            return
-        self._decided[coord] = self.ack_for(rec, execution.state if execution else None)
 
     def ack_for(self, rec: Decoded, state: str | None) -> AckType:
-        """The ack this partition sends for ``rec`` when its execution ends in ``state``."""
+        """The ack sent for ``rec`` when its execution ends in ``state``."""
         return decide(state, rec.error is not None, rec.raw.delivery_count or 1, self._max)
 
-    def _ack_all(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        sent: Counter[str] = Counter()
-        for coord, msg in self._outstanding.items():
-            ack = self._decided[coord]
-            try:
-                self._consumer.acknowledge(msg, getattr(AcknowledgeType, ack))
-            except (KafkaException, IllegalStateException) as exc:  # e.g. no longer in flight
-                self._errors += 1
-                STATS.add(errors=1)
-                LOG.error("share group %s: cannot %s %s/%d@%d: %s", self._group, ack, *coord,
-                          exc)
-                continue
-            sent[ack] += 1
-            LOG.debug("share group %s: %s %s/%d@%d (delivery %d)", self._group, ack, *coord,
-                      msg.delivery_count())
-        self._acks.update(sent)
-        STATS.add(acks=sent)
-        self._outstanding.clear()
-        self._decided.clear()
-        self._commit()
+    def count_error(self) -> None:
+        self._errors += 1
+        STATS.add(errors=1)
 
-    def _commit(self) -> None:
-        try:
-            results = self._consumer.commit_sync() or {}
-        except KafkaException as exc:  # the broker went away: the acks are lost, not the work
-            self._errors += 1
-            STATS.add(errors=1)
-            broker_watch.gone(f"share group {self._group}", str(exc))
-            LOG.warning("share group %s: acks not committed (%s): those records are delivered "
-                        "again once the broker is back (same execution ids)", self._group, exc)
-            return
-        for tp, err in results.items():
-            if err is not None:
-                self._errors += 1
-                STATS.add(errors=1)
-                LOG.error("share group %s: acks for %s/%d failed (a record lock that ran out "
-                          "is redelivered; its late ack fails): %s", self._group, tp.topic,
-                          tp.partition, err)
+    def _send_acks(self) -> None:
+        for member in self._members:
+            sent = member.send_decided()
+            if sent:
+                self._acks.update(sent)
+                STATS.add(acks=sent)
+                member.commit()
 
-    def _warn_lock(self, held: int) -> None:
-        if self._outstanding:
-            STATS.add(warnings=1)
-            LOG.warning("share group %s: %d records held for %.1fs, %d%% of the broker's "
-                        "record lock (%.1fs): when it runs out they are delivered again and "
-                        "these acks fail; shorten the work or raise the group's "
-                        "share.record.lock.duration.ms", self._group, held,
-                        LOCK_WARN_AT * self._settings.lock_s, int(LOCK_WARN_AT * 100),
-                        self._settings.lock_s)
+    def _free(self) -> _Member | None:
+        n = len(self._members)
+        for i in range(n):
+            member = self._members[(self._next + i) % n]
+            if not member.outstanding:
+                self._next = (self._next + i + 1) % n
+                return member
+        return None
+
+    def _wait(self, ms: int) -> list[RawRecord]:
+        self._awake = datetime.now().astimezone() + timedelta(milliseconds=ms)
+        return []
 
     def next_batch(self) -> list[RawRecord]:
-        if self._outstanding:
-            if len(self._decided) < len(self._outstanding):
-                self._awake = datetime.now().astimezone() + timedelta(milliseconds=2)
-                return []  # the execute step (same thread) has not run this batch yet
-            self._ack_all()
-        if shutdown.requested():  # every delivery is acked: poll no more
-            raise StopIteration
-        broker_watch.check(f"the share group {self._group}")
+        if self._progress is not None:
+            self._progress.check()
+        self._send_acks()
+        busy = any(m.outstanding for m in self._members)
+        if shutdown.requested():  # poll no more; stop once no execution runs
+            running = self._progress.running if self._progress is not None else 0
+            if running == 0 and (self._progress is not None or not busy):
+                raise StopIteration  # close() leaves the group: the broker releases the rest
+            return self._wait(5)
+        member = self._free()
+        if member is None or (self._progress is not None
+                              and self._progress.unfinished >= self._max_in_flight):
+            self._last_activity = time.monotonic()  # held back by work, not idle
+            return self._wait(2)
+        broker_watch.check(f"the share group {self.group}")
         self._awake = None
-        out: list[RawRecord] = []
-        try:
-            polled: list[Message] = list(self._consumer.poll(POLL_TIMEOUT))
-        except KafkaException as exc:
-            broker_watch.gone(f"share group {self._group}", str(exc))
-            polled = []
-        for m in polled:
-            err = m.error()
-            if err is not None:
-                if err.fatal():
-                    raise SourceStop(f"share consumer error in group {self._group}: "
-                                     f"{err.str()}")
-                LOG.warning("share consumer error in group %s: %s", self._group, err.str())
-                continue
-            rec = RawRecord(*record_fields(m), m.delivery_count(), self.id)
-            self._outstanding[(rec.topic, rec.partition, rec.offset)] = m
-            out.append(rec)
+        out = member.poll()
         now = time.monotonic()
         if out:
             self._last_activity = now
-            self._watchdog = threading.Timer(LOCK_WARN_AT * self._settings.lock_s,
-                                             self._warn_lock, (len(out),))
-            self._watchdog.daemon = True
-            self._watchdog.start()
+        elif busy:
+            self._last_activity = now  # executions still running: not idle
         elif (self._idle_stop is not None
               and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
               and now >= self._no_stop_before):
@@ -325,16 +427,43 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
         return self._awake
 
     def close(self) -> None:
-        if self._outstanding and len(self._decided) == len(self._outstanding):
-            self._ack_all()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        with _REGISTRY_LOCK:
-            _REGISTRY.pop(self.id, None)
-        self._consumer.close()
+        self._send_acks()
+        for member in self._members:
+            member.close()
         LOG.info("share group %s consumer %d: acks ACCEPT=%d RELEASE=%d REJECT=%d; "
-                 "ack errors=%d", self._group, self.id, self._acks["ACCEPT"],
+                 "ack errors=%d", self.group, self._members[0].id, self._acks["ACCEPT"],
                  self._acks["RELEASE"], self._acks["REJECT"], self._errors)
+
+
+class ShareAck:
+    """Where a pipelined share-group execution reports that it is done (the pipeline calls
+    :meth:`done` once its terminal document is delivered): the record's ack by outcome."""
+
+    __slots__ = ("_execution", "_member", "_rec")
+
+    def __init__(self, member: _Member, rec: Decoded, execution: Execution) -> None:
+        self._member = member
+        self._rec = rec
+        self._execution = execution
+
+    def done(self, _offset: int) -> None:
+        self._member.record_outcome(self._rec, self._execution.state)
+
+    def give_back(self, delay: float) -> AckType | None:
+        """A retry due in ``delay`` seconds that would outlive the record lock: RELEASE the
+        record now (the broker delivers it again, here or to another consumer: same
+        execution id, a new run) instead of holding the batch past its lock. Returns the ack
+        to note in the execution's document, or None to wait for the retry here (it fits in
+        the lock, or this is the last allowed delivery, where a RELEASE would archive it)."""
+        if delay < self._member.lock_left() - LOCK_MARGIN * self._member.part.settings.lock_s:
+            return None
+        if self._member.ack_for(self._rec, "FAILED") != "RELEASE":
+            return None
+        return "RELEASE"
+
+    def released(self) -> None:
+        """Send the RELEASE :meth:`give_back` announced (after the document saying so)."""
+        self._member.record_outcome(self._rec, None, ack="RELEASE")
 
 
 def planned_ack(rec: Decoded, state: str | None) -> AckType | None:
@@ -346,6 +475,27 @@ def planned_ack(rec: Decoded, state: str | None) -> AckType | None:
     return part.ack_for(rec, state) if part is not None else None
 
 
+def share_ack(rec: Decoded, execution: Execution) -> ShareAck:
+    """Pipelined: where the execution of a share-group record reports that it is done."""
+    return ShareAck(_member_of(rec), rec, execution)
+
+
+def share_filtered(rec: Decoded) -> None:
+    """Pipelined: a record ``headerFilters`` filtered out is done as it is (ACCEPT)."""
+    _member_of(rec).record_outcome(rec, None)
+
+
+def _member_of(rec: Decoded) -> _Member:
+    origin = rec.raw.origin
+    member = _REGISTRY.get(origin) if origin is not None else None
+    if member is None:
+        raw = rec.raw
+        raise RuntimeError(f"share-group record {raw.topic}/{raw.partition}@{raw.offset} "
+                           f"reached the execute step away from its source partition "
+                           f"({origin}): a step between them moved it")
+    return member
+
+
 def share_outcomes(pairs: list[tuple[Decoded, Execution | None]]) -> None:
     """Hand each record's outcome to the source partition that holds its ack.
 
@@ -354,25 +504,24 @@ def share_outcomes(pairs: list[tuple[Decoded, Execution | None]]) -> None:
     dataflow's shape (its ack could never be sent), so it raises.
     """
     for rec, execution in pairs:
-        origin = rec.raw.origin
-        part = _REGISTRY.get(origin) if origin is not None else None
-        if part is None:
-            raw = rec.raw
-            raise RuntimeError(f"share-group record {raw.topic}/{raw.partition}@{raw.offset} "
-                               f"reached the execute step away from its source partition "
-                               f"({origin}): a step between them moved it")
-        part.record_outcome(rec, execution)
+        _member_of(rec).record_outcome(rec, execution.state if execution is not None else None)
 
 
 class KafkaShareSource(DynamicSource[RawRecord]):
-    """Reads a trigger's topics in a share group; one ShareConsumer per worker (G4)."""
+    """Reads a trigger's topics in a share group; ShareConsumers per worker, acks by outcome
+    (G4)."""
 
     def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str],
                  *, batch_size: int = 500, idle_stop: float | None = None,
                  max_deliveries: int | None = None,
-                 warm_up: Callable[[], object] | None = None) -> None:
+                 warm_up: Callable[[], object] | None = None,
+                 progress: Progress | None = None) -> None:
         """``warm_up`` (e.g. the execute step's ``resources``) runs before a worker's consumer
-        joins, so set-up costs do not eat into the first batch's record lock."""
+        joins, so set-up costs do not eat into the first batch's record lock. ``progress``:
+        the executions are pipelined (:class:`ShareAck` reports each one done); each worker
+        then has ``$WAXFLOW_SHARE_MEMBERS`` (default 1) consumers."""
+        self._progress = progress
+        self._members = env_bound("WAXFLOW_SHARE_MEMBERS", 1) if progress is not None else 1
         self._conf, self._group_configs = split_conf(conf, group_id, batch_size)
         self._warm_up = warm_up
         self._group = group_id
@@ -404,4 +553,5 @@ class KafkaShareSource(DynamicSource[RawRecord]):
                         "limit %d; the broker archives a record at its %dth delivery, so "
                         "waxflow rejects at %d", self._group, wanted, limit, limit, limit)
         return _SharePartition(self._conf, self._group, self._topics, settings=settings,
-                               max_deliveries=min(wanted, limit), idle_stop=self._idle_stop)
+                               max_deliveries=min(wanted, limit), idle_stop=self._idle_stop,
+                               progress=self._progress, members=self._members)

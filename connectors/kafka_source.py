@@ -184,7 +184,8 @@ def start_offset(consumer: Consumer, topic: str, partition: int, *, resume: int 
     return (OFFSET_END if latest else OFFSET_BEGINNING), None
 
 
-def _bound(name: str, default: int) -> int:
+def env_bound(name: str, default: int) -> int:
+    """A positive whole number from the environment (a clear stop for anything else)."""
     try:
         return max(1, int(os.environ.get(name, default)))
     except ValueError:
@@ -219,8 +220,8 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._part = progress.part(topic, partition) if progress is not None else None
         if self._part is not None:
             self._part.seek(self._next)
-        self._max_in_flight = _bound("WAXFLOW_MAX_IN_FLIGHT", 5000)
-        self._max_pending = _bound("WAXFLOW_MAX_PENDING", 100_000)
+        self._max_in_flight = env_bound("WAXFLOW_MAX_IN_FLIGHT", 5000)
+        self._max_pending = env_bound("WAXFLOW_MAX_PENDING", 100_000)
         self._consumer.assign([TopicPartition(topic, partition, start)])
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:

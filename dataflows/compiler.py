@@ -192,6 +192,8 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     conf = client_conf(trig.properties)
     runner = build_runner(flow)
     source: Source[RawRecord]
+    # executions outlive their step unless they join the batch's transaction
+    progress = None if _joins_transaction(flow) else runner.pipelined()
     if trig.groupType == "SHARE":
         from waxflow.connectors.kafka_share import KafkaShareSource, share_outcomes
 
@@ -199,11 +201,9 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
                                   batch_size=options.batch_size,
                                   idle_stop=options.stop_when_idle,
                                   max_deliveries=trig.maxDeliveries,
-                                  warm_up=runner.executor.resources)
+                                  warm_up=runner.executor.resources, progress=progress)
         runner.outcomes = share_outcomes
     else:
-        # executions outlive their step unless they join the batch's transaction
-        progress = None if _joins_transaction(flow) else runner.pipelined()
         source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(),
                                   pattern=trig.topicPattern, partitions=trig.partitions,
                                   since=trig.since, batch_size=options.batch_size,

@@ -20,6 +20,12 @@ them, and finish in any order:
    offset* (the next offset to read when nothing is pending), and the first ``next_batch()``
    after it commits that offset; the snapshot (recovery on) is the same offset.
 
+Share groups (no offsets to commit) follow steps 2–3: a done execution hands its record's
+ack by outcome to the member consumer that polled it (``kafka_share.ShareAck``), sent at
+the source's next read; a consumer polls again only when its whole batch is acked, so each
+worker reads through several members and a held batch holds only its own member. A retry
+that would outlive the record lock RELEASEs the record (after the document saying so).
+
 So a slow or retrying record holds back only the commit of its own offset; a crash replays
 the unfinished records and those after them, under the same ids (G2). The source stops
 reading while ``$WAXFLOW_MAX_IN_FLIGHT`` executions are unfinished in the process, or
@@ -27,8 +33,8 @@ reading while ``$WAXFLOW_MAX_IN_FLIGHT`` executions are unfinished in the proces
 bounded). A stopping job abandons executions not started or paused for a retry (they
 replay) and waits for the running ones.
 
-**Batch-synchronous** (transactional ``kafka.Produce`` flows, share groups, ``kafka.Trigger``
-batches, schedules). For every epoch, in this order:
+**Batch-synchronous** (transactional ``kafka.Produce`` flows, ``kafka.Trigger`` batches,
+schedules). For every epoch, in this order:
 
 1. the execute step (``execute`` / ``microbatch`` / ``schedule``) hands its items to the
    flow's :class:`~waxflow.operators.executor.Executor`, which returns only when every
@@ -74,8 +80,9 @@ Where each guarantee is enforced (file: function) and which test proves it on th
 - **G3 Kafka→Kafka exactly once**: ``connectors/kafka_output.py: BatchScope.commit``
   (``send_offsets_to_transaction``), called by ``Executor.run`` — ``test_exactly_once.py``.
 - **G4 share groups ack by outcome**: ``waxflow/acks.py: decide``,
-  ``connectors/kafka_share.py: share_outcomes`` and ``_SharePartition._ack_all`` (acks sent
-  before the next poll) — ``test_share_groups.py``.
+  ``connectors/kafka_share.py: ShareAck`` (pipelined) / ``share_outcomes`` (transactional
+  flows) and ``_Member.send_decided`` (a member polls only when its batch is acked) —
+  ``test_share_groups.py``, ``test_share_no_stall.py``.
 - **G5 bad input**: ``operators/deserialize.py: decode`` (``onSerdeError``),
   ``operators/execute.py: RecordExecutions.job`` (SKIPPED, DLQ) — ``test_serde_errors.py``.
 - **G6 task failure**: ``operators/engine.py: Engine.advance`` (retries — paused on a timer

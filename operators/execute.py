@@ -4,12 +4,13 @@ For each batch Bytewax hands it, the step builds one :class:`~waxflow.operators.
 per decoded record. Two ways to run them (:mod:`waxflow.operators.checkpoint` has the commit
 order of both):
 
-- **pipelined** (consumer groups whose executions join no Kafka transaction): the jobs go to
-  the flow's :class:`~waxflow.operators.pipeline.Pipeline` and the step returns at once;
-  each execution marks its offset done in the partition's progress when its terminal
-  document is delivered, and the source commits the lowest unfinished offset — a slow or
-  retrying record never stalls the others;
-- **batch-synchronous** (transactional ``kafka.Produce`` flows, share groups, replay): the
+- **pipelined** (consumer groups and share groups whose executions join no Kafka
+  transaction): the jobs go to the flow's :class:`~waxflow.operators.pipeline.Pipeline` and
+  the step returns at once; each execution marks its offset done in the partition's
+  progress when its terminal document is delivered, and the source commits the lowest
+  unfinished offset (share groups: the record's ack by outcome is sent at the source's next
+  read) — a slow or retrying record never stalls the others;
+- **batch-synchronous** (transactional ``kafka.Produce`` flows, replay): the
   flow's :class:`~waxflow.operators.executor.Executor` runs them (concurrently up to
   ``maxConcurrency``, one key at a time with ``keyOrdering``) and the step returns only when
   every execution is done, then emits, per source partition, the next offset whose records
@@ -118,17 +119,24 @@ class RecordExecutions:
         batch = self.pipeline.log().batch()
         started: list[tuple[Job, Decoded]] = []
         part_of = self.progress.part
+        share = self.outcomes is not None
+        if share:
+            from waxflow.connectors.kafka_share import share_ack, share_filtered
         for r in items:
             job = self.job(r, batch)
-            if job is None:  # filtered out by headerFilters: done as it is
-                part_of(r.raw.topic, r.raw.partition).done(r.raw.offset)
-            else:
+            if job is not None:
                 started.append((job, r))
+            elif share:  # filtered out by headerFilters: done as it is
+                share_filtered(r)
+            else:
+                part_of(r.raw.topic, r.raw.partition).done(r.raw.offset)
         if batch.sent:
             batch.wait()  # DLQ records are delivered before their executions can be done
         submit = self.pipeline.submit
         for job, r in started:
-            submit(job, part_of(r.raw.topic, r.raw.partition), r.raw.offset)
+            raw = r.raw
+            submit(job, share_ack(r, job.execution) if share
+                   else part_of(raw.topic, raw.partition), raw.offset)
         return []
 
     def __call__(self, items: list[Decoded]) -> list[Done]:

@@ -26,9 +26,11 @@ is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
   <waxflow.progress.Progress.error>`: the source raises it at its next read, and since that
   offset is never marked done, nothing past it is committed.
 
-Used when no execution joins a batch's Kafka transaction (transactional ``kafka.Produce``
-flows and share groups keep the batch-synchronous :meth:`Executor.run
-<waxflow.operators.executor.Executor.run>`).
+Used when no execution joins a batch's Kafka transaction, for consumer groups and share
+groups (transactional ``kafka.Produce`` flows keep the batch-synchronous :meth:`Executor.run
+<waxflow.operators.executor.Executor.run>`). Share groups: ``done`` sends the record's ack
+by outcome, and a retry that would outlive the record lock gives the record back
+(:class:`Returnable`) instead of pausing.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
@@ -54,7 +56,7 @@ from waxflow.connectors.kafka_output import BatchScope
 from waxflow.errors import DeliveryError, FlowStopped
 from waxflow.execution import State, now
 from waxflow.operators.executor import Executor, Job, fail_late
-from waxflow.progress import PartitionProgress, Progress
+from waxflow.progress import Progress
 
 LOG = logging.getLogger("waxflow.pipeline")
 
@@ -78,10 +80,27 @@ class _ItemScope:
         self.deferred.append((task_id, deliveries))
 
 
+class Completion(Protocol):
+    """Where an execution reports that it is done: its partition's progress (consumer
+    groups), or its share-group record's ack (:class:`~waxflow.connectors.kafka_share.
+    ShareAck`, which may also give a record back instead of waiting for a retry)."""
+
+    def done(self, offset: int) -> None: ...
+
+
+@runtime_checkable
+class Returnable(Completion, Protocol):
+    """A completion that may hand its record back to the broker instead of waiting."""
+
+    def give_back(self, delay: float) -> str | None: ...
+
+    def released(self) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class _Item:
     job: Job
-    part: PartitionProgress
+    part: Completion
     offset: int
     ctx: Any = None  # the engine's run state once started
     scope: _ItemScope | None = None
@@ -137,7 +156,7 @@ class Pipeline:
                                           if executor.output is not None else None)
 
     # -- entry point (worker thread) ---------------------------------------------------------
-    def submit(self, job: Job, part: PartitionProgress, offset: int) -> None:
+    def submit(self, job: Job, part: Completion, offset: int) -> None:
         """Start the execution of one record; it is marked done in ``part`` once delivered."""
         item = _Item(job, part, offset)
         self.progress.started()
@@ -202,6 +221,20 @@ class Pipeline:
             for _other in waiting:
                 self.progress.finished()
 
+    def _next_of_key(self, item: _Item) -> None:
+        """``keyOrdering``: start the execution waiting behind this one's key, if any."""
+        job = item.job
+        if not self.executor.key_ordering or job.variables is None:
+            return
+        with self._lock:
+            waiting = self._busy_keys.get(job.order_key)
+            nxt = waiting.popleft() if waiting else None
+            if nxt is None:
+                self._busy_keys.pop(job.order_key, None)
+        if nxt is not None:
+            nxt.job.execution.start = now()  # it starts now, not when it was read
+            self._pool_submit(self._start, nxt)
+
     def _start(self, item: _Item) -> None:
         job = item.job
         execution = job.execution
@@ -221,6 +254,8 @@ class Pipeline:
 
     def _advance(self, item: _Item) -> None:
         delay = self.engine.advance(item.ctx)
+        if delay is not None and self._give_back(item, delay):
+            return
         if delay is not None:  # a retry is due later: hold no thread until then
             # the history shows it paused (RUNNING, its task RETRYING) while it waits
             self._send(item, item.job.execution.to_json(), terminal=False)
@@ -228,6 +263,25 @@ class Pipeline:
             self._timer.call_later(delay, lambda: self._pool_submit(self._resume, item))
             return
         self._finish(item)
+
+    def _give_back(self, item: _Item, delay: float) -> bool:
+        """Share groups: a retry that would outlive the record lock RELEASEs the record
+        (after the document that says so) instead of waiting; the broker delivers it again
+        (same execution id, a new run, from its first task)."""
+        part = item.part
+        ack = part.give_back(delay) if isinstance(part, Returnable) else None
+        if ack is None:
+            return False
+        execution = item.job.execution
+        execution.trigger.ack = ack
+        LOG.info("execution %s of %s: its retry is due in %.1fs, past the record lock: %s "
+                 "for redelivery", execution.id, execution.trigger.describe(), delay, ack)
+        item.ctx = item.scope = None
+        assert isinstance(part, Returnable)
+        self._send(item, execution.to_json(), terminal=False, after=part.released)
+        self.progress.finished()
+        self._next_of_key(item)
+        return True
 
     def _resume(self, item: _Item) -> None:
         self.progress.pause(-1)
@@ -273,25 +327,18 @@ class Pipeline:
         item.ctx = item.scope = None
         self._send(item, job.execution.to_json(), terminal=True)
         self.progress.finished()
-        if self.executor.key_ordering and job.variables is not None:
-            with self._lock:
-                waiting = self._busy_keys.get(job.order_key)
-                nxt = waiting.popleft() if waiting else None
-                if nxt is None:
-                    self._busy_keys.pop(job.order_key, None)
-            if nxt is not None:
-                nxt.job.execution.start = now()  # it starts now, not when it was read
-                self._pool_submit(self._start, nxt)
+        self._next_of_key(item)
 
     # -- documents ------------------------------------------------------------------------------
     def _describe(self, item: _Item, document: bytes) -> str:
         log = self.log()
         return log.batch().describe(log.topic, item.job.execution.id.encode(), document, None)
 
-    def _send(self, item: _Item, document: bytes, *, terminal: bool) -> None:
+    def _send(self, item: _Item, document: bytes, *, terminal: bool,
+              after: Callable[[], None] | None = None) -> None:
         log = self.log()
         key = item.job.execution.id.encode()
-        report = functools.partial(self._delivered, item, document, terminal)
+        report = functools.partial(self._delivered, item, document, terminal, after)
         while True:
             try:
                 log.producer.produce(log.topic, value=document, key=key, on_delivery=report)
@@ -303,7 +350,8 @@ class Pipeline:
                                     f"{exc.args[0].str()}") from None
 
     def _delivered(self, item: _Item, document: bytes, terminal: bool,
-                   err: KafkaError | None, _msg: Message) -> None:
+                   after: Callable[[], None] | None, err: KafkaError | None,
+                   _msg: Message) -> None:
         execution = item.job.execution
         if err is not None:
             if is_outage(err) and time.monotonic() < OUTAGE.deadline():
@@ -311,12 +359,14 @@ class Pipeline:
                 if err.fatal() and self._log is not None:
                     self._log.rebuild(self._log.producer)
                 self._timer.call_later(0.5, lambda: self._send(item, document,
-                                                               terminal=terminal))
+                                                               terminal=terminal, after=after))
                 return
             self.progress.fail(DeliveryError(
                 f"delivery failed: {self._describe(item, document)}: {err.str()}"))
             return
         OUTAGE.up()
+        if after is not None:
+            after()
         if not terminal:
             return
         if self.executor.stop_on_failure and execution.state == State.FAILED:
