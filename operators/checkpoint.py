@@ -20,7 +20,7 @@ them, and finish in any order:
    offset* (the next offset to read when nothing is pending), and the first ``next_batch()``
    after it commits that offset; the snapshot (recovery on) is the same offset.
 
-Share groups (no offsets to commit) follow steps 2–3: a done execution hands its record's
+Share groups (no offsets to commit) follow steps 2 and 3: a done execution hands its record's
 ack by outcome to the member consumer that polled it (``kafka_share.ShareAck``), sent at
 the source's next read; a consumer polls again only when its whole batch is acked, so each
 worker reads through several members and a held batch holds only its own member. A retry

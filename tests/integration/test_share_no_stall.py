@@ -2,9 +2,9 @@
 
 A share consumer cannot poll again before every record of its last batch is acknowledged,
 so a worker may read through several share-group members (``$WAXFLOW_SHARE_MEMBERS``, 1 by
-default): a batch held up by a slow record holds one member while the others go on. A retry that would
-outlive the record lock (1 s on the test broker) RELEASEs the record instead of holding the
-batch: the broker delivers it again (same execution id, a new run).
+default): a batch held up by a slow record holds one member while the others go on. A
+retry that would outlive the record lock (1 s on the test broker) RELEASEs the record
+instead of holding the batch: the broker delivers it again (same execution id, a new run).
 """
 
 from __future__ import annotations
