@@ -43,7 +43,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from waxflow.connectors import instance_lock, metrics
+from waxflow.connectors import broker_watch, instance_lock, metrics
 from waxflow.connectors.deliveries import (
     OUTAGE,
     Deliveries,
@@ -114,7 +114,10 @@ class KafkaOutput:
                 producer = self._txn.get(key)
                 if producer is not None:
                     return producer
-            producer = self._new_txn_producer(key, conf, 120)
+            # a job (re)started while the broker is away waits for it, up to the give-up
+            # bound, like every other client (init_transactions times out meanwhile)
+            producer = broker_watch.retry(lambda: self._new_txn_producer(key, conf, 30),
+                                          f"transactional producer {self._tid(key)} start-up")
             with self._lock:
                 self._txn[key] = producer
             return producer

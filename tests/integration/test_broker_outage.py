@@ -129,3 +129,37 @@ def test_transactional_produce_rides_out_a_broker_kill(broker: LocalBroker,
     lines = job_lines(err)
     print(f"job log:\n{lines}")
     assert "broker unreachable" in lines and "broker reachable again" in lines, lines
+
+
+def test_a_transactional_job_started_while_the_broker_is_down_waits_for_it(
+        broker: LocalBroker, tmp_path: Path) -> None:
+    """Started during an outage, the job waits (instance lock, source, and the Produce
+    task's ``init_transactions``, each within ``$WAXFLOW_BROKER_GIVE_UP``) and then does its
+    work exactly once."""
+    n = 2_000
+    bootstrap = broker.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    src, dst = f"src-{uuid.uuid4().hex[:6]}", f"dst-{uuid.uuid4().hex[:6]}"
+    create_topic(admin, src, PARTS)
+    create_topic(admin, dst, PARTS)
+    group, log_topic = f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    create_topic(admin, log_topic, 3)
+    feeder = Feeder(bootstrap, src, n, rate=1_000_000, parts=PARTS)
+    feeder.run()
+    assert not feeder.failed, feeder.failed[:3]
+    flow = write_flow(tmp_path, PRODUCE_FLOW.format(src=src, dst=dst, group=group,
+                                                    txn_ms=10000))
+    kill_hard(broker)
+    proc = start_flow(flow, flow_env(bootstrap, log_topic, WAXFLOW_LOG_LEVEL="INFO"), idle=8)
+    try:
+        time.sleep(DOWN_S)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        broker.start()
+        err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    seen = Counter(m.key() for m in read_all(bootstrap, dst, isolation="read_committed"))
+    assert set(seen) == {f"k{i}".encode() for i in range(n)}, job_lines(err)
+    assert max(seen.values()) == 1
+    assert committed(bootstrap, group, src, PARTS) == end_offsets(bootstrap, src, PARTS)

@@ -149,8 +149,13 @@ def test_key_ordering_keeps_each_key_in_order_while_other_keys_overtake(
     assert max(_end(d) for d in fast_after) < _end(slow_last)
 
 
+@pytest.mark.parametrize("scale", [("-w", "2"), ("--processes", "2")],
+                         ids=["two-workers", "two-processes"])
 def test_sigkill_with_slow_executions_in_flight_replays_only_what_was_not_done(
-        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
+        scale: tuple[str, str]) -> None:
+    """SIGKILL (the whole process group: the launcher and its cluster members with
+    ``--processes``) twice while slow executions run out of order."""
     parts, count = 2, 3000
     topic = new_topic(parts)
     group = f"g-{uuid.uuid4().hex[:8]}"
@@ -163,7 +168,7 @@ def test_sigkill_with_slow_executions_in_flight_replays_only_what_was_not_done(
     watcher = LogWatcher(bootstrap, log)
     try:
         for threshold in (500, 1500):
-            proc = start_flow(flow, env, "-w", "2")
+            proc = start_flow(flow, env, *scale)
             try:
                 watcher.wait_for(threshold, proc=proc)
             finally:
@@ -179,6 +184,6 @@ def test_sigkill_with_slow_executions_in_flight_replays_only_what_was_not_done(
     finally:
         watcher.close()
 
-    final = run_flow(flow, env, "-w", "2", idle=3)
+    final = run_flow(flow, env, *scale, idle=3)
     assert final.returncode == 0, final.stderr[-2000:]
     _done_and_committed(bootstrap, topic, group, log, parts)
