@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from waxflow.connectors.deliveries import OUTAGE, give_up_seconds, is_outage
+from waxflow.connectors.kafka_config import KAFKA_LOG
 from waxflow.connectors.kafka_errors import check_access, raise_if_access
 from waxflow.errors import WaxflowError
 
@@ -134,7 +135,7 @@ class InstanceLock:
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 1000,
             "enable.auto.commit": False, "auto.offset.reset": "latest",
-            "logger": LOG,
+            "logger": KAFKA_LOG,  # librdkafka's lines, repeats summarised (an outage)
         })
         consumer.subscribe([LOCK_TOPIC], on_assign=self._on_assign,
                            on_revoke=self._on_revoke, on_lost=self._on_revoke)
