@@ -13,7 +13,8 @@ covers a record whose batch execution is not done, and a kill re-reads everythin
 
 Replays keep one history per batch: when a batch is emitted, its predecessors' offsets are
 already committed or requested (one batch per epoch), and the source re-commits those
-offsets with the batch's end positions as commit *metadata* (offsets do not move). A
+offsets with the batch's end positions as commit *metadata* (offsets do not move),
+synchronously, before it emits the batch. A
 restart that finds such a plan cuts its first batch at exactly those ends, so the replayed
 batch has the same offset ranges and hence the same execution id (a new run of it, not a
 second execution).
@@ -132,7 +133,10 @@ class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
             topic, part = key.rsplit("/", 1)
             tps.append(TopicPartition(topic, int(part), off, metadata=meta))
         metrics.commit_sent("batch")
-        self._consumer.commit(offsets=tps, asynchronous=True)
+        # synchronous, before the batch is emitted: a batch killed before its plan reached
+        # the group would be re-cut differently on restart (another id: an orphan history)
+        broker_watch.retry(lambda: self._consumer.commit(offsets=tps, asynchronous=False),
+                           "the batch source (recording the batch's cut)")
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
         metrics.commit_answered("batch", err is None)
