@@ -184,6 +184,27 @@ def start_offset(consumer: Consumer, topic: str, partition: int, *, resume: int 
     return (OFFSET_END if latest else OFFSET_BEGINNING), None
 
 
+#: ``i/N``: this process is member i of N independent processes of one flow
+#: (``waxflow run --processes N``) and reads every N-th of the trigger's partitions
+PARTITION_SHARE_ENV = "WAXFLOW_PARTITION_SHARE"
+
+
+def partition_share(parts: list[str]) -> list[str]:
+    """This process's share of ``parts`` (all of them unless ``$WAXFLOW_PARTITION_SHARE``
+    says ``i/N``: the i-th of every N, in a fixed order every member computes alike)."""
+    share = os.environ.get(PARTITION_SHARE_ENV)
+    if not share:
+        return parts
+    try:
+        index, count = (int(x) for x in share.split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        raise SourceStop(f"${PARTITION_SHARE_ENV} must be i/N with 0 <= i < N, not "
+                         f"{share!r}") from None
+    return sorted(parts)[index::count]
+
+
 def env_bound(name: str, default: int) -> int:
     """A positive whole number from the environment (a clear stop for anything else)."""
     try:
@@ -363,8 +384,9 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
         self._idle_stop = idle_stop
 
     def list_parts(self) -> list[str]:
-        return [f"{p}-{topic}" for topic, p in topic_partitions(
+        parts = [f"{p}-{topic}" for topic, p in topic_partitions(
             self._conf, self._topics, pattern=self._pattern, partitions=self._partitions)]
+        return partition_share(parts)
 
     def build_part(self, step_id: str, for_part: str,
                    resume_state: int | None) -> _GroupPartition:

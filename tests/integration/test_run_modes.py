@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ from tests.flow_helpers import (
     new_log_topic,
     produce_json,
     run_flow,
+    start_flow,
     write_flow,
 )
 from tests.kafka_helpers import committed, end_offsets
@@ -77,3 +81,40 @@ def test_python_m_bytewax_run_load_flow(
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     _check_all_done(bootstrap, topic, group, log_topic, 2)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True, check=False).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_processes_split_the_partitions_and_stop_together(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """A realtime flow's ``--processes 2`` are two independent runs that together read every
+    partition; SIGKILL one and the launcher stops the other (SIGTERM: it finishes and
+    commits what runs) and exits non-zero; a restart finds nothing left to do."""
+    topic, group, log_topic = new_topic(4), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    produce_json(bootstrap, topic, [{"id": i, "n": i} for i in range(200)], partitions=4)
+    flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group))
+    env = flow_env(bootstrap, log_topic, WAXFLOW_LOG_LEVEL="INFO")
+    proc = start_flow(flow, env, "--processes", "2", idle=600)
+    try:
+        deadline = time.monotonic() + 120
+        while len(latest_by_id(log_documents(bootstrap, log_topic))) < 200:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the two processes did not do the work"
+            time.sleep(0.5)
+        kids = _children(proc.pid)
+        assert len(kids) == 2, kids
+        os.kill(kids[1], signal.SIGKILL)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "stopped by SIGTERM" in err, err[-3000:]
+    _check_all_done(bootstrap, topic, group, log_topic, 4)
+    res = run_flow(flow, flow_env(bootstrap, log_topic), "--processes", "2", idle=2)
+    assert res.returncode == 0, res.stderr[-2000:]
