@@ -6,6 +6,13 @@ execution, stops the remaining tasks, runs the task's and then the flow's ``erro
 and records the error text (secrets redacted). ``allowFailure`` turns a failure into
 WARNING. A flow-level ``retry`` is the default for every task without its own. Flowable
 tasks (Switch, If, ...) are not retried for a child's failure: the child already was.
+
+Logging: what a task logs (``ctx.log``, e.g. ``core.Log``), each retry ("attempt 2 failed:
+..., retrying in 1s", WARN) and each failure (ERROR; WARN under ``allowFailure``) become log
+lines of the execution (:meth:`~waxflow.execution.Execution.log`: masked, with the task id,
+task run id and attempt number), and are printed on stderr through the ``waxflow.task``
+logger at their level (the job's log level decides what is printed; the execution keeps
+every line).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 from waxflow.execution import Attempt, Execution, State, TaskRun, now
 from waxflow.expressions import Expressions, env_vars, mask, redact
 from waxflow.flow import FlowBase
+from waxflow.logs import line_level, python_level
 from waxflow.retry import RetryPolicy
 from waxflow.tasks import RetrySpec, TaskBase, TaskFailure
 
@@ -47,6 +55,15 @@ def error_text(exc: BaseException) -> str:
     """One-line, redacted error text for the history (TaskFailure text as is)."""
     text = str(exc) if isinstance(exc, TaskFailure) else f"{type(exc).__name__}: {exc}"
     return mask(text, limit=2000)
+
+
+def _log(execution: Execution, level: str, message: Any, task_id: str | None = None,
+         task_run_id: str | None = None, attempt: int | None = None) -> None:
+    """One log line of ``execution`` (masked), also printed on stderr at its level."""
+    name = line_level(level)
+    text = redact(str(message))
+    execution.log(name, text, task_id=task_id, task_run_id=task_run_id, attempt=attempt)
+    LOG.log(python_level(name), "[%s %s] %s", execution.id[:12], task_id or "-", text)
 
 
 def _call_with_timeout(task: TaskBase, ctx: _Context, timeout: float | None) -> Any:
@@ -95,11 +112,8 @@ class _Context:
         return self.engine.exprs.render_value(value, self._vars)
 
     def log(self, level: str, message: str) -> None:
-        lvl = logging.getLevelName(level.upper().replace("WARN", "WARNING").replace(
-            "WARNINGING", "WARNING"))
-        task = self.current.id if self.current is not None else "-"
-        LOG.log(lvl if isinstance(lvl, int) else logging.INFO, "[%s %s] %s",
-                self.execution.id[:12], task, redact(str(message)))
+        _log(self.execution, level, message,
+             self.current.id if self.current is not None else None)
 
     def run_tasks(self, tasks: Sequence[TaskBase], parent: TaskBase | None) -> None:
         for task in tasks:
@@ -177,10 +191,9 @@ class _TaskScope:
         return self.engine.exprs.render_value(value, self.vars)
 
     def log(self, level: str, message: str) -> None:
-        lvl = logging.getLevelName(level.upper().replace("WARN", "WARNING").replace(
-            "WARNINGING", "WARNING"))
-        LOG.log(lvl if isinstance(lvl, int) else logging.INFO, "[%s %s] %s",
-                self.execution.id[:12], self.frame["task"]["id"], redact(str(message)))
+        taskrun = self.frame["taskrun"]
+        _log(self._root.execution, level, message, self.frame["task"]["id"], taskrun["id"],
+             taskrun["attemptsCount"] + 1 if taskrun["id"] is not None else None)
 
 
 class Engine:
@@ -237,6 +250,7 @@ class Engine:
             return None
         except Exception as exc:  # engine bug or unexpected error: still a FAILED execution
             execution.error = {"taskId": "", "message": error_text(exc)}
+            _log(execution, "ERROR", f"execution failed: {execution.error['message']}")
             execution.finish(State.FAILED)
             return None
         execution.finish(State.WARNING if ctx.warned else State.SUCCESS)
@@ -273,7 +287,7 @@ class Engine:
         reenter = bool(run.attempts) and run.attempts[-1].state == State.RUNNING
         taskrun = ctx.frame["taskrun"]
         index = next(i for i, r in enumerate(ctx.execution.task_runs) if r is run)
-        taskrun["id"] = f"{ctx.execution.id[:16]}-{index}"
+        taskrun["id"] = ctx.execution.task_run_id(index)
         while True:
             if reenter:
                 attempt, reenter = run.attempts[-1], False
@@ -296,6 +310,8 @@ class Engine:
                 delay = policy.next_delay(attempt_no, time.monotonic() - started)
                 if delay is not None:
                     run.state = State.RETRYING
+                    ctx.log("WARN", f"attempt {attempt_no} failed: {attempt.error}, retrying "
+                                    f"in {delay.total_seconds():g}s")
                     if ctx.deferrable:
                         raise _Deferred(delay.total_seconds()) from None
                     time.sleep(delay.total_seconds())
@@ -323,9 +339,13 @@ class Engine:
         return None
 
     def _fail(self, ctx: _Context, task: TaskBase, run: TaskRun, message: str) -> None:
+        attempts = len(run.attempts)
         if task.allowFailure:
+            ctx.log("WARN", f"attempt {attempts} failed: {message} (allowFailure: the "
+                            "execution goes on)")
             run.state, ctx.warned = State.WARNING, True
             return
+        ctx.log("ERROR", f"attempt {attempts} failed: {message}")
         run.state = State.FAILED
         if task.errors:
             self._run_handlers(ctx, task.errors)

@@ -213,13 +213,18 @@ def settle(scope: BatchScope | None, jobs: Sequence[Job]) -> None:
 
 def fail_late(execution: Execution, task_id: str, message: str) -> None:
     """A task's work failed after the task returned (a Produce delivery checked at the end
-    of the batch): the task run and the execution become FAILED with the error."""
+    of the batch): the task run and the execution become FAILED with the error, which is
+    also an ERROR line of the execution's log."""
     text = mask(message, limit=2000)
-    for run in execution.task_runs:
+    run_id: str | None = None
+    attempt: int | None = None
+    for index, run in enumerate(execution.task_runs):
         if run.task_id == task_id:
             run.state = State.FAILED
+            run_id, attempt = execution.task_run_id(index), len(run.attempts) or None
             if run.attempts:
                 run.attempts[-1].state = State.FAILED
                 run.attempts[-1].error = text
     execution.error = {"taskId": task_id, "message": text}
+    execution.log("ERROR", text, task_id=task_id, task_run_id=run_id, attempt=attempt)
     execution.finish(State.FAILED)

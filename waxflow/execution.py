@@ -5,11 +5,16 @@ An execution id is derived only from the flow and the trigger's coordinates
 it gets a fresh ``runId`` so the history can show the replay. ``document()`` is what goes to
 the execution-log topic (docs/execution-log.md); secrets are redacted from it.
 
+An execution keeps its own log lines (:meth:`Execution.log`: level, time, task, task run,
+attempt, message), at most ``LOG_LINES`` of them (the first ones and the latest; the document
+says how many it dropped); an execution that logs nothing carries no list at all.
+
 ``to_json()`` encodes it as strict JSON that always fits in one Kafka record
 (:func:`encode_document`): NaN and infinities become the strings ``"NaN"``, ``"Infinity"``,
 ``"-Infinity"``; a document over ``VALUE_MAX_BYTES`` has each larger value replaced by a
 ``{"$truncated": true, ...}`` marker, and one still over ``DOC_MAX_BYTES`` is trimmed further
-until it fits. The common case costs one ``len()`` of the encoded bytes.
+(its log lines first, then its task runs) until it fits. The common case costs one ``len()``
+of the encoded bytes.
 """
 
 from __future__ import annotations
@@ -179,6 +184,11 @@ class Execution:
     error: dict[str, str] | None = None
     upstream_id: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: the log lines (:meth:`log`); None until the first one: nothing allocated for an
+    #: execution that logs nothing
+    logs: list[dict[str, Any]] | None = None
+    #: lines :meth:`log` dropped past ``LOG_LINES``
+    logs_dropped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -193,11 +203,44 @@ class Execution:
         self.state = state
         self.end = now()
 
+    def task_run_id(self, index: int) -> str:
+        """The id of the task run at ``index`` of :attr:`task_runs` (``taskrun.id`` in
+        expressions, ``taskRunId`` of its log lines)."""
+        return f"{self.id[:16]}-{index}"
+
+    def log(self, level: str, message: str, *, task_id: str | None = None,
+            task_run_id: str | None = None, attempt: int | None = None) -> None:
+        """Record one log line (``level``: one of ``waxflow.logs.LINE_LEVELS``; ``message``
+        should be masked already, and :meth:`document` masks it again). Thread-safe.
+
+        At most ``LOG_LINES`` lines are kept: past that, each new line replaces the last
+        one, so the first ``LOG_LINES - 1`` and the latest stay, and :attr:`logs_dropped`
+        counts the others. A message longer than ``VALUE_MAX_BYTES`` characters is cut
+        here as the document would cut it (``... [truncated: N bytes]``), so a chatty task
+        holds no more memory than its document shows.
+        """
+        if len(message) > VALUE_MAX_BYTES:
+            message = (f"{message[:TEXT_KEEP_CHARS]}... "
+                       f"[truncated: {len(message.encode())} bytes]")
+        line = {"ts": now().isoformat(), "level": level, "taskId": task_id,
+                "taskRunId": task_run_id, "attempt": attempt, "message": message}
+        with self._lock:
+            if self.logs is None:
+                self.logs = []
+            if len(self.logs) < LOG_LINES:
+                self.logs.append(line)
+                return
+            if LOG_LINES > 0:
+                self.logs[-1] = line
+            self.logs_dropped += 1
+
     def document(self) -> dict[str, Any]:
         """The JSON document for the execution log, with secret values redacted."""
         with self._lock:
             runs = [r.as_dict() for r in self.task_runs]
-        doc = {
+            logs = list(self.logs) if self.logs else None
+            dropped = self.logs_dropped
+        doc: dict[str, Any] = {
             "id": self.id, "namespace": self.namespace, "flowId": self.flow_id,
             "state": self.state, "terminal": self.terminal, "runId": self.run_id,
             "startDate": iso(self.start), "endDate": iso(self.end),
@@ -206,6 +249,10 @@ class Execution:
             "trigger": self.trigger.document(), "taskRuns": runs, "error": self.error,
             "upstreamExecutionId": self.upstream_id, "labels": self.labels,
         }
+        if logs is not None:
+            doc["logs"] = logs
+        if dropped:
+            doc["logsDropped"] = dropped
         return redact_obj(doc)  # type: ignore[no-any-return]
 
     def to_json(self) -> bytes:
@@ -218,16 +265,16 @@ class Execution:
 LOG = logging.getLogger(__name__)
 
 
-def _env_bytes(name: str, default: int, floor: int) -> int:
-    """A byte count from the environment (``default`` when unset or not an integer; at least
-    ``floor``)."""
+def _env_bytes(name: str, default: int, floor: int, unit: str = "bytes") -> int:
+    """A byte count (a count of ``unit``) from the environment (``default`` when unset or
+    not an integer; at least ``floor``)."""
     raw = os.environ.get(name, "").strip().replace("_", "")
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
-        LOG.warning("$%s=%r is not a number of bytes; using %d", name, raw, default)
+        LOG.warning("$%s=%r is not a number of %s; using %d", name, raw, unit, default)
         return default
     return max(value, floor)
 
@@ -238,6 +285,9 @@ DOC_MAX_BYTES = _env_bytes("WAXFLOW_DOC_MAX_BYTES", 900_000, 16_384)
 #: a value of a document (an output value, the trigger key, the skipped list) whose JSON is
 #: larger is replaced by a marker; ``$WAXFLOW_DOC_VALUE_MAX_BYTES``
 VALUE_MAX_BYTES = _env_bytes("WAXFLOW_DOC_VALUE_MAX_BYTES", 65_536, 1_024)
+#: log lines kept per execution (:meth:`Execution.log`; 0: none, all counted as dropped);
+#: ``$WAXFLOW_EXECUTION_LOG_LINES``
+LOG_LINES = _env_bytes("WAXFLOW_EXECUTION_LOG_LINES", 200, 0, "lines")
 #: characters of a replaced value shown in its marker's ``preview``
 PREVIEW_CHARS = 256
 #: characters kept of a cut text (an error message)
@@ -296,12 +346,16 @@ def encode_document(doc: dict[str, Any], *, max_bytes: int | None = None,
 
 def _fit(doc: dict[str, Any], data: bytes, max_bytes: int, value_max: int) -> bytes:
     """Trim ``doc`` until it encodes in ``max_bytes``: first every value over ``value_max``
-    becomes a marker; while still too large, the limit shrinks (÷4, down to 1 KiB) and long
-    lists (attempts, task runs) keep their head and last item; last, the minimal document."""
+    becomes a marker (a log message is cut); while still too large, the log lines keep their
+    head and last line within what the rest leaves; then all log lines go, the limit shrinks
+    (÷4, down to 1 KiB) and long lists (attempts, task runs) keep their head and last item;
+    last, the minimal document. Dropped log lines are counted in ``logsDropped``."""
     limit = value_max
     lists = False
+    logs_budget: int | None = None  # None: every log line stays
+    has_logs = isinstance(doc.get("logs"), list) and bool(doc["logs"])
     while True:
-        trim = _Trim(limit, lists)
+        trim = _Trim(limit, lists, logs_budget)
         trimmed = trim.document(doc)
         if not trim.changed:
             if len(data) <= max_bytes:
@@ -311,10 +365,16 @@ def _fit(doc: dict[str, Any], data: bytes, max_bytes: int, value_max: int) -> by
             data = _ENCODE(trimmed).encode()
             if len(data) <= max_bytes:
                 return data
+        if has_logs and logs_budget is None:
+            # the log lines give way before anything else: keep what fits beside the rest
+            rest = dict(trimmed, logs=[], logsDropped=_LOGS_DROPPED_MAX, truncated=True)
+            logs_budget = max(0, max_bytes - len(_ENCODE(rest).encode()))
+            continue
         if limit <= _MIN_LIMIT and lists:
             break
         limit = max(_MIN_LIMIT, min(limit, max_bytes) // 4)
         lists = True
+        logs_budget = 0
     data = _ENCODE(_minimal(doc, max_bytes)).encode()
     if len(data) > max_bytes:
         LOG.warning("execution %s: even its minimal document has %d bytes (limit %d)",
@@ -332,12 +392,21 @@ def _marker(value: Any, size: int, text: str) -> dict[str, Any]:
     return {"$truncated": True, "bytes": size, "preview": preview[:PREVIEW_CHARS]}
 
 
-class _Trim:
-    """One pass of trimming at one value ``limit``; ``changed`` tells whether it cut."""
+#: stands for the ``logsDropped`` count when measuring the room the log lines may take
+_LOGS_DROPPED_MAX = 10**12
 
-    def __init__(self, limit: int, lists: bool) -> None:
+
+class _Trim:
+    """One pass of trimming at one value ``limit``; ``changed`` tells whether it cut.
+
+    ``lists``: long attempt and task-run lists keep their head and last item;
+    ``logs_budget``: the log lines keep their head and last line within so many bytes (None:
+    all stay, their messages cut at the limit)."""
+
+    def __init__(self, limit: int, lists: bool, logs_budget: int | None = None) -> None:
         self.limit = limit
         self.lists = lists
+        self.logs_budget = logs_budget
         self.changed = False
 
     def value(self, value: Any) -> Any:
@@ -380,6 +449,26 @@ class _Trim:
                 {"$truncated": True, "count": omitted, "bytes": sum(sizes[head:-1])},
                 items[-1]]
 
+    def logs(self, lines: list[Any]) -> tuple[list[Any], int]:
+        """The log lines (each message cut at the limit) and how many were dropped: within
+        ``logs_budget`` bytes, the first lines and the last one (none if the last alone is
+        over it)."""
+        lines = [dict(line, message=self.text(line.get("message")))
+                 if isinstance(line, dict) else self.value(line) for line in lines]
+        if self.logs_budget is None or not lines:
+            return lines, 0
+        sizes = [_size(line)[0] + 1 for line in lines]
+        if sum(sizes) <= self.logs_budget:
+            return lines, 0
+        self.changed = True
+        if sizes[-1] > self.logs_budget:
+            return [], len(lines)
+        head, used = 0, sizes[-1]
+        while head < len(lines) - 1 and used + sizes[head] <= self.logs_budget:
+            used += sizes[head]
+            head += 1
+        return [*lines[:head], lines[-1]], len(lines) - 1 - head
+
     def error(self, error: Any) -> Any:
         if isinstance(error, dict):
             return {k: self.text(v) for k, v in error.items()}
@@ -416,6 +505,12 @@ class _Trim:
         if isinstance(runs, list):
             runs = [self.task_run(r) for r in runs]
             out["taskRuns"] = self.items(runs, 4 * self.limit) if self.lists else runs
+        lines = doc.get("logs")
+        if isinstance(lines, list):
+            out["logs"], dropped = self.logs(lines)
+            if dropped:
+                before = doc.get("logsDropped")
+                out["logsDropped"] = dropped + (before if type(before) is int else 0)
         return out
 
 
@@ -426,7 +521,7 @@ _MINIMAL_TRIGGER = ("type", "topic", "partition", "offset", "timestamp", "messag
 def _minimal(doc: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     """The last resort: the execution's identity, state, dates, trigger coordinates (a
     batch's offsets if they take at most half of ``max_bytes``) and error (cut); task runs
-    replaced by one marker."""
+    replaced by one marker; no log lines (``logsDropped`` counts them)."""
     trim = _Trim(_MIN_LIMIT, True)
     found = doc.get("trigger")
     trigger: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -447,4 +542,10 @@ def _minimal(doc: dict[str, Any], max_bytes: int) -> dict[str, Any]:
         "labels": trim.value(doc.get("labels")),
         "truncated": True,
     })
+    lines = doc.get("logs")
+    before = doc.get("logsDropped")
+    dropped = (len(lines) if isinstance(lines, list) else 0) + (
+        before if type(before) is int else 0)
+    if dropped:
+        out["logsDropped"] = dropped
     return out

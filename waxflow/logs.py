@@ -11,6 +11,11 @@ formatted traceback and to the stack text.
 ``fmt="text"``: ``time LEVEL logger message``. ``fmt="json"``: one JSON object per line
 (``time`` ISO-8601 UTC, ``level``, ``logger``, ``message``, and ``exception`` when there is
 a traceback), for log shippers.
+
+The levels of an execution's own log lines (the ``logs`` of its document, see
+:meth:`waxflow.execution.Execution.log`) are Kestra's: :data:`LINE_LEVELS`;
+:func:`line_level` maps any spelling to one of them and :func:`python_level` maps one to the
+:mod:`logging` level its stderr line is printed at.
 """
 
 from __future__ import annotations
@@ -23,11 +28,35 @@ from typing import TextIO
 
 from waxflow.expressions import redact
 
-__all__ = ["FORMATS", "JsonFormatter", "SecretFilter", "setup_logging"]
+__all__ = ["FORMATS", "LINE_LEVELS", "JsonFormatter", "SecretFilter", "line_level",
+           "python_level", "setup_logging"]
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _TRACEBACK_FORMATTER = logging.Formatter()
+
+#: the levels of an execution's log lines, lowest first
+LINE_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+_LINE_LEVEL = {**{name: name for name in LINE_LEVELS},
+               "WARNING": "WARN", "CRITICAL": "ERROR", "FATAL": "ERROR"}
+#: TRACE has no :mod:`logging` level: printed as DEBUG
+_PYTHON_LEVEL = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
+                 "WARN": logging.WARNING, "ERROR": logging.ERROR}
+
+
+def line_level(level: str) -> str:
+    """The execution-log level of ``level``: one of :data:`LINE_LEVELS` (any case; WARNING
+    is WARN, CRITICAL and FATAL are ERROR); INFO for a name it does not know."""
+    name = _LINE_LEVEL.get(level)
+    if name is None:
+        name = _LINE_LEVEL.get(str(level).strip().upper(), "INFO")
+    return name
+
+
+def python_level(level: str) -> int:
+    """The :mod:`logging` level a line of execution-log level ``level`` is printed at (INFO
+    for a name that is not one of :data:`LINE_LEVELS`)."""
+    return _PYTHON_LEVEL.get(level, logging.INFO)
 
 
 class SecretFilter(logging.Filter):

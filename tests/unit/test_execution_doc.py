@@ -276,6 +276,86 @@ def test_trimming_never_changes_the_document_it_was_given() -> None:
     assert e.error["message"] == "m" * 100_000
 
 
+# ------------------------------------------------------------------------- the log lines
+def with_logs(e: Execution, count: int, size: int, dropped: int = 0) -> Execution:
+    """``count`` log lines of ``size``-character messages (``line i: ...``), the last one
+    ``the last line``; ``dropped`` lines dropped by the bound before."""
+    for i in range(count - 1):
+        e.log("INFO", f"line {i}: " + "l" * size, task_id="t0",
+              task_run_id=e.task_run_id(0), attempt=1)
+    e.log("ERROR", "the last line", task_id="t0", task_run_id=e.task_run_id(0), attempt=2)
+    e.logs_dropped = dropped
+    return e
+
+
+def test_log_lines_are_in_the_document_after_the_labels() -> None:
+    e = with_logs(execution({"a": 1}), 3, 10, dropped=4)
+    doc = strict(e.to_json())
+    assert list(doc)[-2:] == ["logs", "logsDropped"]
+    assert [x["message"][:6] for x in doc["logs"]] == ["line 0", "line 1", "the la"]
+    assert doc["logsDropped"] == 4 and "truncated" not in doc
+
+
+def test_log_lines_give_way_before_the_task_runs() -> None:
+    # 10 outputs of 5 KB and 200 lines of 1 KB: only lines need to go to fit in 100 KB
+    e = with_logs(execution(*({"part": "p" * 5_000} for _ in range(10))), 200, 1_000,
+                  dropped=5)
+    data = encode_document(e.document(), max_bytes=100_000, value_max=65_536)
+    assert len(data) <= 100_000
+    doc = strict(data)
+    assert doc["truncated"] is True
+    assert [r["outputs"]["part"] for r in doc["taskRuns"]] == ["p" * 5_000] * 10
+    lines = doc["logs"]
+    assert lines[-1]["message"] == "the last line" and lines[-1]["attempt"] == 2
+    assert [x["message"].split(":")[0] for x in lines[:-1]] == [
+        f"line {i}" for i in range(len(lines) - 1)]
+    assert 40 < len(lines) < 50  # ~50 KB of lines fit beside the rest
+    assert doc["logsDropped"] == 5 + 200 - len(lines)  # the bound's and the trim's
+    assert all(not str(x).startswith("{'$truncated'") for x in lines)  # only lines
+
+
+def test_when_the_task_runs_alone_are_too_large_every_line_goes() -> None:
+    e = with_logs(execution(*({"a": i} for i in range(2000))), 50, 100)
+    data = encode_document(e.document(), max_bytes=16_384, value_max=1_024)
+    assert len(data) <= 16_384
+    doc = strict(data)
+    assert doc["logs"] == [] and doc["logsDropped"] == 50
+    assert doc["taskRuns"][-2]["$truncated"] is True
+
+
+def test_a_long_log_message_is_cut_like_an_error_text() -> None:
+    e = with_logs(execution({"a": 1}), 2, 50_000)
+    doc = strict(encode_document(e.document(), value_max=16_384))
+    first = doc["logs"][0]["message"]
+    assert first.startswith("line 0: ") and first.endswith("... [truncated: 50008 bytes]")
+    assert doc["logs"][1]["message"] == "the last line"
+    assert doc["truncated"] is True and "logsDropped" not in doc
+
+
+def test_the_minimal_document_counts_the_lines_it_left_out() -> None:
+    e = with_logs(execution({"a": 1}), 30, 10, dropped=2)
+    e.labels = {f"label{i}": "l" * 100 for i in range(300)}
+    e.trigger.offsets = {f"topic{i}/0": [0, i] for i in range(300)}
+    doc = strict(encode_document(e.document(), max_bytes=16_384, value_max=1_024))
+    assert "logs" not in doc and doc["logsDropped"] == 32
+    assert doc["labels"]["$truncated"] is True  # it was the minimal document
+
+
+@pytest.mark.parametrize("max_bytes", [16_384, 200_000])
+def test_any_document_with_log_lines_fits(max_bytes: int) -> None:
+    e = with_logs(execution(*({"big": "z" * 30_000} for _ in range(20)), attempts=20,
+                            error="e" * 5000), 200, 5_000)
+    for value_max in (1_024, 65_536, 10**9):
+        doc = e.document()
+        before = repr(doc)
+        data = encode_document(doc, max_bytes=max_bytes, value_max=value_max)
+        assert repr(doc) == before  # the given document is left alone
+        assert len(data) <= max_bytes, (max_bytes, value_max)
+        out = strict(data)
+        kept = len(out.get("logs", []))
+        assert kept + out["logsDropped"] == 200
+
+
 def test_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WAXFLOW_DOC_MAX_BYTES", "500_000")
     assert _env_bytes("WAXFLOW_DOC_MAX_BYTES", 900_000, 16_384) == 500_000
