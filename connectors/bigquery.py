@@ -27,7 +27,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from requests.exceptions import RequestException
 
 from waxflow.connectors.bigquery_schema import TIME_TYPES, BqField, infer_schema, shape, write_file
@@ -180,7 +180,9 @@ class Load(_BigQueryTask, WarehouseLoad):
         description="target table as `project.dataset.table` or `dataset.table` (rendered; "
                     "backticks allowed)")
     format: Literal["NEWLINE_DELIMITED_JSON", "PARQUET"] = Field(
-        default="PARQUET", description="file format the batch is sent to BigQuery in")
+        default="PARQUET", description="file format the batch is sent to BigQuery in "
+                                       "(`JSON`, Kestra's name for it, means "
+                                       "`NEWLINE_DELIMITED_JSON`)")
     writeDisposition: Literal["WRITE_APPEND", "WRITE_TRUNCATE", "WRITE_EMPTY"] = Field(
         default="WRITE_APPEND",
         description="`mode: LOAD`: append rows, replace the table's rows, or fail unless the "
@@ -221,6 +223,11 @@ class Load(_BigQueryTask, WarehouseLoad):
         default="REJECTS_FILE",
         description=on_reject_doc(more=", or, with `schema`, a value its column cannot "
                                           "be cast to (`\"abc\"` for INTEGER)"))
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _kestra_format(cls, value: Any) -> Any:
+        return "NEWLINE_DELIMITED_JSON" if value == "JSON" else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Load:

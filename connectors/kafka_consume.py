@@ -10,6 +10,12 @@ nothing is committed). With ``groupId`` the offsets are committed synchronously 
 after** the file is stored, so a failure before that re-reads the same records next time.
 Outputs: ``uri``, ``messagesCount``, ``skippedCount``, ``offsets``. The file is written as
 the trigger's batches are (``waxflow.connectors.jsonbatch`` for JSON values with STRING keys).
+``topic`` and ``groupId`` are rendered per run. AVRO keys or values are read through the
+Confluent-compatible registry named by ``serdeProperties.schema.registry.url`` or Kestra's
+``schemaRegistryVendor`` (templates in ``serdeProperties`` are rendered once, with ``env.*``
+and ``secret()``); other ``serdeProperties`` keys select nothing and are logged as such.
+Records whose headers do not match ``headerFilters`` are read past: not stored, not counted
+as skipped, and committed with the rest.
 
 ``groupType: SHARE`` (KIP-932, ``groupId`` required; ``partitions`` and ``since`` refused)
 takes **one delivery** of up to ``maxRecords`` (default 500) records from the share group:
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -58,12 +65,18 @@ from waxflow.connectors.storage import Storage
 from waxflow.durations import Duration
 from waxflow.errors import SourceStop
 from waxflow.execution import jsonable
-from waxflow.flow import refuse_for_share
+from waxflow.expressions import render_static
+from waxflow.flow import (
+    SchemaRegistryVendor,
+    refuse_for_share,
+    registry_properties,
+    unused_serde_properties,
+)
 from waxflow.records import RecordFields, dlq_headers, headers_text
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
 SerdeName = Literal["STRING", "INTEGER", "LONG", "FLOAT", "DOUBLE", "SHORT", "BYTES",
-                    "BYTE_ARRAY", "UUID", "JSON", "ION", "VOID"]
+                    "BYTE_ARRAY", "UUID", "JSON", "ION", "VOID", "AVRO"]
 
 
 @task_type("kafka.Consume", aliases=("io.kestra.plugin.kafka.Consume",))
@@ -100,6 +113,33 @@ class Consume(TaskBase):
         description="a record that cannot be deserialized: leave it out (SKIPPED), send it "
                     "to `dlqTopic` (DLQ), or fail the task (FAIL)")
     dlqTopic: str | None = Field(default=None, description="the dead-letter topic (DLQ)")
+    serdeProperties: dict[str, str] = Field(
+        default_factory=dict,
+        description="deserializer settings: schema.registry.url and basic.auth.user.info "
+                    "for AVRO (rendered once per run: env.*, secret())")
+    schemaRegistryVendor: SchemaRegistryVendor | None = Field(
+        default=None, description="Kestra's way to name the AVRO schema registry")
+    headerFilters: dict[str, str] = Field(
+        default_factory=dict,
+        description="header name -> value; only records whose headers all match are stored "
+                    "(the others are read past, and committed)")
+
+    @model_validator(mode="after")
+    def _avro_needs_registry(self) -> Consume:
+        avro = "AVRO" in (self.keyDeserializer, self.valueDeserializer)
+        if avro and not registry_properties(self.serdeProperties, self.schemaRegistryVendor
+                                            ).get("schema.registry.url"):
+            raise ValueError("AVRO deserializers need serdeProperties.schema.registry.url "
+                             "(or a schemaRegistryVendor)")
+        return self
+
+    def _deserializer(self, name: str) -> Callable[[bytes | None], Any]:
+        if name == "AVRO":
+            from waxflow.connectors.avro import avro_deserializer
+
+            return avro_deserializer(render_static(registry_properties(
+                self.serdeProperties, self.schemaRegistryVendor)))
+        return deserializer(name)
 
     @field_validator("partitions", "since")
     @classmethod
@@ -113,9 +153,20 @@ class Consume(TaskBase):
         return self
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
-        topics = [self.topic] if isinstance(self.topic, str) else list(self.topic)
-        if self.groupType == "SHARE":
-            return self._consume_share(ctx, topics)
+        topics = [str(ctx.render(t)) for t in
+                  ([self.topic] if isinstance(self.topic, str) else self.topic)]
+        unused = unused_serde_properties(self.serdeProperties)
+        if unused:
+            ctx.log("WARN", f"serdeProperties {', '.join(unused)} select nothing (waxflow "
+                    "reads schema.registry.url and basic.auth.user.info)")
+        task = self
+        if self.groupId is not None and "{{" in self.groupId:
+            task = self.model_copy(update={"groupId": str(ctx.render(self.groupId))})
+        if task.groupType == "SHARE":
+            return task._consume_share(ctx, topics)
+        return task._run_group(ctx, topics)
+
+    def _run_group(self, ctx: RunContext, topics: list[str]) -> dict[str, Any]:
         conf = group_conf(client_conf(self.properties),
                           self.groupId or f"waxflow-consume-{uuid.uuid4().hex}",
                           "kafka.Consume commits its group only after the file is stored")
@@ -187,16 +238,22 @@ class Consume(TaskBase):
         exec_id = str(ctx.vars["execution"]["id"])
         flow = ctx.vars["flow"]
         name = f"{flow['namespace']}/{flow['id']}/{exec_id}/{self.id}.ion"
-        if self.keyDeserializer == "STRING" and self.valueDeserializer == "JSON":
+        if self.keyDeserializer == "STRING" and self.valueDeserializer == "JSON" \
+                and not self.headerFilters:
             bulk = jsonbatch.encode(raws)
             if bulk is not None:
                 return Storage().put_data(name, bulk.data, bulk.table), bulk.count, set()
-        key_de, value_de = deserializer(self.keyDeserializer), deserializer(self.valueDeserializer)
+        key_de = self._deserializer(self.keyDeserializer)
+        value_de = self._deserializer(self.valueDeserializer)
         dlq = Deliveries(Producer(client_conf(self.properties))) \
             if self.onSerdeError == "DLQ" and self.dlqTopic else None
         records: list[dict[str, Any]] = []
         skipped: set[int] = set()
         for i, (topic, part, off, key_bytes, value_bytes, ts, headers) in enumerate(raws):
+            if self.headerFilters:
+                have = headers_text(headers)
+                if any(have.get(k) != v for k, v in self.headerFilters.items()):
+                    continue  # filtered out: read past, not stored, not skipped
             try:
                 key, value = key_de(key_bytes), value_de(value_bytes)
             except SerdeError as exc:

@@ -171,6 +171,9 @@ def _ion(data: bytes | None) -> Any:
     except RecursionError:
         raise SerdeError(f"ION nested deeper than {MAX_DEPTH} levels") from None
     except Exception as exc:
+        if "IERR_STACK_OVERFLOW" in str(exc):  # the C reader's own depth limit (reached
+            # first when the process runs with a raised recursion limit)
+            raise SerdeError(f"ION nested deeper than {MAX_DEPTH} levels") from None
         raise SerdeError(f"malformed ION: {exc}") from None
     # each container takes at least one byte, so only a longer payload can be too deep
     if len(data) > MAX_DEPTH and _too_deep(value, MAX_DEPTH):

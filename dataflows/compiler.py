@@ -10,8 +10,9 @@ compiled here, once per flow.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +25,24 @@ from waxflow.connectors.kafka_config import client_conf
 from waxflow.connectors.kafka_output import KafkaOutput
 from waxflow.connectors.kafka_source import KafkaGroupSource
 from waxflow.connectors.serdes import Deserializer, deserializer
-from waxflow.expressions import Expressions
-from waxflow.flow import BatchTrigger, FlowBase, KafkaTrigger, RealtimeTrigger, ScheduleTrigger
+from waxflow.dataflows import subflow_runner  # noqa: F401  (installs core.Subflow's runner)
+from waxflow.expressions import Expressions, render_static
+from waxflow.flow import (
+    BatchTrigger,
+    FlowBase,
+    KafkaTrigger,
+    RealtimeTrigger,
+    ScheduleTrigger,
+    unused_serde_properties,
+)
 from waxflow.operators.checkpoint import DoneSink
 from waxflow.operators.deserialize import deserialize
 from waxflow.operators.engine import Engine
 from waxflow.operators.execute import RecordExecutions, execute
 from waxflow.operators.executor import Executor
 from waxflow.records import RawRecord
+
+LOG = logging.getLogger("waxflow.compiler")
 
 
 @dataclass(frozen=True)
@@ -66,14 +77,29 @@ def _precompile(flow: FlowBase, exprs: Expressions) -> None:
                 walk(value)
 
 
-def build_executor(flow: FlowBase, *, standalone: bool = False) -> Executor:
+def flow_globals(flow: FlowBase, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """What every execution of ``flow`` reads besides its own variables: ``inputs.*``
+    (``inputs``, converted) and ``vars.*`` (the flow's ``variables``)."""
+    return {"inputs": dict(inputs), "vars": dict(flow.variables)}
+
+
+def flow_expressions(flow: FlowBase, inputs: Mapping[str, Any] | None = None) -> Expressions:
+    """The expressions of ``flow``, with its ``inputs.*`` (the given values, else the
+    defaults, converted once: :meth:`FlowBase.input_values` raises
+    :class:`~waxflow.flow.InputError`) and ``vars.*`` in every execution's context."""
+    return Expressions(extra_globals=flow_globals(flow, flow.input_values(inputs)))
+
+
+def build_executor(flow: FlowBase, *, standalone: bool = False,
+                   inputs: Mapping[str, Any] | None = None) -> Executor:
     """The execution runner of ``flow`` (templates compiled once, here).
 
     ``standalone``: executions run outside the consumer-group dataflow (replay, test), so a
-    transactional Produce commits its own transaction instead of the batch's.
+    transactional Produce commits its own transaction instead of the batch's. ``inputs``:
+    values of the flow's inputs (a triggered flow takes their defaults).
     """
     trig = flow.trigger
-    exprs = Expressions()
+    exprs = flow_expressions(flow, inputs)
     _precompile(flow, exprs)
     conf = client_conf(trig.properties if isinstance(trig, KafkaTrigger) else None)
 
@@ -90,27 +116,44 @@ def build_executor(flow: FlowBase, *, standalone: bool = False) -> Executor:
         engine=Engine(flow, exprs), log_factory=log_factory,
         output=KafkaOutput(f"{flow.namespace}.{flow.id}", group_conf),
         stop_on_failure=isinstance(trig, KafkaTrigger) and trig.onFailure == "STOP",
-        max_concurrency=realtime.maxConcurrency if realtime is not None else 1,
+        max_concurrency=_max_concurrency(flow, realtime),
         key_ordering=realtime is not None and realtime.keyOrdering,
         # a batch or a tick may run long: the history shows it RUNNING from its start
         running_docs=None if realtime is not None else True)
 
 
-def build_runner(flow: FlowBase, *, standalone: bool = False) -> RecordExecutions:
+def _max_concurrency(flow: FlowBase, realtime: RealtimeTrigger | None) -> int:
+    """Executions in flight per worker: the trigger's ``maxConcurrency``, lowered to the
+    flow's ``concurrency.limit`` (Kestra's QUEUE: the others wait their turn)."""
+    if realtime is None:
+        return 1
+    limit = flow.concurrency.limit if flow.concurrency is not None else realtime.maxConcurrency
+    return min(realtime.maxConcurrency, limit)
+
+
+def build_runner(flow: FlowBase, *, standalone: bool = False,
+                 inputs: Mapping[str, Any] | None = None) -> RecordExecutions:
     """The execute step's batch function of a realtime flow (see :func:`build_executor`)."""
     trig = flow.kafka_trigger
     dlq = trig.onSerdeError.topic if trig.onSerdeError.type == "DLQ" else None
-    return RecordExecutions(flow=flow, executor=build_executor(flow, standalone=standalone),
-                            trigger_type=flow.trigger.type, dlq_topic=dlq)
+    executor = build_executor(flow, standalone=standalone, inputs=inputs)
+    return RecordExecutions(flow=flow, executor=executor, trigger_type=flow.trigger.type,
+                            dlq_topic=dlq)
 
 
 def trigger_deserializer(trig: KafkaTrigger, field: str) -> Deserializer:
     """The trigger's key or value deserializer (AVRO through its schema registry)."""
     name = trig.keyDeserializer if field == "key" else trig.valueDeserializer
+    unused = unused_serde_properties(trig.serdeProperties)
+    if unused and field == "value":
+        LOG.warning("trigger %s: serdeProperties %s select nothing (waxflow reads "
+                    "schema.registry.url and basic.auth.user.info; the deserializers are "
+                    "keyDeserializer/valueDeserializer, beside serdeProperties)",
+                    trig.id, ", ".join(unused))
     if name == "AVRO":
         from waxflow.connectors.avro import avro_deserializer
 
-        return avro_deserializer(trig.serdeProperties)
+        return avro_deserializer(render_static(trig.registry_properties()))
     return deserializer(name)
 
 

@@ -41,10 +41,9 @@ from waxflow.connectors.kafka_consume import Consume
 from waxflow.connectors.kafka_source import record_fields
 from waxflow.connectors.serdes import SerdeError, serializer
 from waxflow.connectors.storage import Storage
-from waxflow.dataflows.compiler import build_runner, trigger_deserializer
+from waxflow.dataflows.compiler import build_runner, flow_expressions, trigger_deserializer
 from waxflow.errors import FlowError, Problem
 from waxflow.execution import Execution, TriggerInfo, execution_id
-from waxflow.expressions import Expressions
 from waxflow.flow import BatchTrigger, FlowBase, KafkaTrigger, ScheduleTrigger
 from waxflow.operators.deserialize import decode
 from waxflow.operators.engine import Engine
@@ -266,7 +265,8 @@ def _dry_consume(consume: Mapping[str, Path]) -> Iterator[None]:
 # ------------------------------------------------------------------- the dry run
 def run_jsonl(flow: FlowBase, records_file: Path | None, *,
               consume: Mapping[str, Path] | None = None,
-              scope: DryRunScope | None = None) -> list[dict[str, Any]]:
+              scope: DryRunScope | None = None,
+              inputs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Run the flow on the file's records without touching Kafka; return the terminal
     documents. What would have been produced is in ``scope.produced``.
 
@@ -287,8 +287,8 @@ def run_jsonl(flow: FlowBase, records_file: Path | None, *,
     items = _read_jsonl(records_file) if records_file is not None else []
     with _dry_consume(consume):
         if trig is None or isinstance(trig, BatchTrigger | ScheduleTrigger):
-            return _run_without_records(flow, trig, items, scope)
-        runner = build_runner(flow, standalone=True)
+            return _run_without_records(flow, trig, items, scope, inputs)
+        runner = build_runner(flow, standalone=True, inputs=inputs)
         out: list[dict[str, Any]] = []
         for no, item in items:
             job = runner.job(_decode_line(flow, no, item), scope)  # type: ignore[arg-type]
@@ -299,9 +299,9 @@ def run_jsonl(flow: FlowBase, records_file: Path | None, *,
 
 
 def _run_without_records(flow: FlowBase, trig: BatchTrigger | ScheduleTrigger | None,
-                         items: list[tuple[int, Any]], scope: DryRunScope
-                         ) -> list[dict[str, Any]]:
-    exprs = Expressions()
+                         items: list[tuple[int, Any]], scope: DryRunScope,
+                         inputs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    exprs = flow_expressions(flow, inputs)  # inputs.* (given, else defaults) and vars.*
     engine = Engine(flow, exprs)
     now = datetime.now(UTC).isoformat()
     runs: list[tuple[str, dict[str, Any], TriggerInfo]]

@@ -189,6 +189,59 @@ tasks:
     type: core.Return
     format: "{{ task.id }} saw {{ trigger.key }}"
 """,
+    "core.Subflow": """\
+tasks:
+  - id: handle
+    type: core.Subflow
+    namespace: shop
+    flowId: log_record
+    inputs:
+      record: "{{ trigger.value }}"
+""",
+    "serdes.IonToJson": """\
+tasks:
+  - id: to_jsonl
+    type: serdes.IonToJson
+    from: "{{ outputs.read.uri }}"
+""",
+    "serdes.JsonToIon": """\
+tasks:
+  - id: to_ion
+    type: serdes.JsonToIon
+    from: "{{ outputs.to_jsonl.uri }}"
+""",
+    "serdes.CsvToIon": """\
+tasks:
+  - id: rows
+    type: serdes.CsvToIon
+    from: "{{ inputs.file }}"
+    fieldSeparator: ";"
+""",
+    "serdes.IonToCsv": """\
+tasks:
+  - id: to_csv
+    type: serdes.IonToCsv
+    from: "{{ outputs.rows.uri }}"
+""",
+    "jsonata.TransformValue": """\
+tasks:
+  - id: total
+    type: jsonata.TransformValue
+    from: "{{ trigger.value }}"
+    expression: '{"order": order_id, "total": $sum(items.(quantity * price))}'
+""",
+    "jsonata.TransformItems": """\
+tasks:
+  - id: lines
+    type: jsonata.TransformItems
+    from: "{{ trigger.uri }}"
+    expression: 'value.items.{"sku": sku, "qty": quantity}'
+""",
+    "storage.PurgeCurrentExecutionFiles": """\
+tasks:
+  - id: purge
+    type: storage.PurgeCurrentExecutionFiles
+""",
     "core.Sleep": """\
 tasks:
   - id: pause

@@ -25,8 +25,9 @@ from waxflow.expressions import Expressions, check_static
 from waxflow.flow import TRIGGER_ALIASES, TRIGGER_TYPES, FlowBase
 from waxflow.tasks import TASK_ALIASES, TASK_TYPES, TaskBase, add_task_aliases, known_task_type
 
-#: fields rendered once when the job starts (Kafka client settings), never per record
-STATIC_FIELDS = frozenset({"properties"})
+#: fields rendered once when the job starts (Kafka client and registry settings), never per
+#: record
+STATIC_FIELDS = frozenset({"properties", "serdeProperties"})
 
 #: the modules that define task types (each registers its types when imported)
 TASK_MODULES = (
@@ -36,14 +37,27 @@ TASK_MODULES = (
     "waxflow.connectors.duckdb",
     "waxflow.connectors.email",
     "waxflow.connectors.http",
+    "waxflow.connectors.jsonata_tasks",
     "waxflow.connectors.kafka_consume",
     "waxflow.connectors.kafka_produce",
     "waxflow.connectors.notify",
     "waxflow.connectors.postgres",
     "waxflow.connectors.s3",
+    "waxflow.connectors.serdes_tasks",
     "waxflow.connectors.snowflake",
     "waxflow.connectors.sql",
+    "waxflow.connectors.storage_tasks",
+    "waxflow.subflow",
 )
+
+#: Kestra plugins waxflow has no equivalent of, and what to use instead (one line each)
+KESTRA_INSTEAD: dict[str, str] = {
+    "io.kestra.plugin.mongodb.": "waxflow has no MongoDB tasks (no MongoDB server to test "
+                                 "them against): write records with postgres.Upsert, sql.Load "
+                                 "or core.Python",
+    "io.kestra.plugin.graalvm.": "waxflow runs no JavaScript/GraalVM engine: transform with "
+                                 "jsonata.TransformItems, core.Set or core.Python",
+}
 
 #: Kestra's names for task types whose modules do not declare them (``task_type(...,
 #: aliases=...)`` is the usual place); only where ours take the same properties
@@ -161,6 +175,9 @@ def unknown_type_message(tag: Any, is_task: bool = True) -> str:
         close = found[0] if found else None
     if close is not None:
         return f"unknown type '{tag}'; did you mean '{close}'?"
+    for prefix, instead in KESTRA_INSTEAD.items():
+        if text.startswith(prefix):
+            return f"unknown type '{tag}': {instead}"
     if text.startswith("io.kestra."):
         return (f"unknown type '{tag}': waxflow has no equivalent of this Kestra {kind} "
                 f"(the {kind} types are listed in docs/reference.md and by `waxflow schema`)")

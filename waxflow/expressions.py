@@ -73,7 +73,7 @@ __all__ = [
 #: Root variables a flow's templates may use (besides names the template binds itself).
 ALLOWED_ROOTS = frozenset(
     {"trigger", "outputs", "execution", "flow", "env", "secret", "now", "task", "taskrun",
-     "labels", "parents", "parent", "loop"}
+     "labels", "parents", "parent", "loop", "inputs", "vars"}
 )  # fmt: skip
 MASK = "******"
 #: the longest error text :func:`mask` returns (longer text is cut, ending in ``...``)

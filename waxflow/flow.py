@@ -8,16 +8,20 @@ union of all task types there (``flow_model()``).
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Hashable, Iterator, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlparse
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from waxflow.durations import Duration
+from waxflow.durations import Duration, parse_duration
 from waxflow.errors import WaxflowError
-from waxflow.tasks import ID_PATTERN, RetrySpec, TaskBase
+from waxflow.tasks import ID_PATTERN, TASK_ALIASES, TASK_TYPES, RetrySpec, TaskBase
 
 #: Kestra's trigger type names -> ours (each also in its model's ``type`` Literal)
 TRIGGER_ALIASES: dict[str, str] = {
@@ -63,6 +67,57 @@ class OnSerdeError(BaseModel):
         return self
 
 
+#: the ``serdeProperties`` keys waxflow's AVRO serdes read (others select nothing)
+SERDE_PROPERTY_KEYS = frozenset({"schema.registry.url", "basic.auth.user.info"})
+_CONFLUENT = "io.kestra.plugin.kafka.registry.ConfluentSchemaRegistry"
+_GLUE = "io.kestra.plugin.kafka.registry.AwsGlueSchemaRegistry"
+
+
+class SchemaRegistryVendor(BaseModel):
+    """Kestra's ``schemaRegistryVendor``: the Confluent-compatible registry AVRO values are
+    read (and written) through. The AWS Glue registry is refused: it needs AWS, and waxflow
+    speaks the Confluent REST API only (Confluent, Apicurio's ccompat, Redpanda, Karapace)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["io.kestra.plugin.kafka.registry.ConfluentSchemaRegistry"] = Field(
+        description="the registry type (Confluent-compatible only)")
+    schemaRegistryUrl: str = Field(min_length=1, description="the registry's URL (same as "
+                                                             "serdeProperties.schema.registry.url)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_vendor(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == _GLUE:
+            raise ValueError(
+                "the AWS Glue schema registry is not supported: waxflow reads AVRO through a "
+                f"Confluent-compatible registry (schemaRegistryVendor type {_CONFLUENT} with "
+                "schemaRegistryUrl, or serdeProperties.schema.registry.url)")
+        if isinstance(kind, str) and kind != _CONFLUENT:
+            raise ValueError(f"unknown schema registry type {kind!r}: waxflow supports "
+                             f"{_CONFLUENT} (any Confluent-compatible registry)")
+        return data
+
+
+def registry_properties(serde_properties: Mapping[str, str],
+                        vendor: SchemaRegistryVendor | None) -> dict[str, str]:
+    """``serdeProperties`` with the vendor's URL as ``schema.registry.url``; ValueError when
+    both name a registry and differ."""
+    out = dict(serde_properties)
+    if vendor is not None:
+        given = out.get("schema.registry.url")
+        if given and given.rstrip("/") != vendor.schemaRegistryUrl.rstrip("/"):
+            raise ValueError("serdeProperties.schema.registry.url and schemaRegistryVendor."
+                             "schemaRegistryUrl name different registries")
+        out["schema.registry.url"] = vendor.schemaRegistryUrl
+    return out
+
+
+def unused_serde_properties(serde_properties: Mapping[str, str]) -> list[str]:
+    """The ``serdeProperties`` keys that select nothing in waxflow (for a warning)."""
+    return sorted(k for k in serde_properties if k not in SERDE_PROPERTY_KEYS)
+
+
 class KafkaTrigger(BaseModel):
     """Connection, topic selection and deserialization shared by the Kafka triggers."""
 
@@ -102,7 +157,10 @@ class KafkaTrigger(BaseModel):
                     "default bootstrap: $WAXFLOW_BOOTSTRAP or 127.0.0.1:9092")
     serdeProperties: dict[str, str] = Field(
         default_factory=dict,
-        description="deserializer settings, e.g. schema.registry.url for AVRO")
+        description="deserializer settings: schema.registry.url and basic.auth.user.info "
+                    "for AVRO (other keys select nothing: a warning at start)")
+    schemaRegistryVendor: SchemaRegistryVendor | None = Field(
+        default=None, description="Kestra's way to name the AVRO schema registry")
     onSerdeError: OnSerdeError = Field(
         default_factory=OnSerdeError,
         description="what happens to a record that cannot be deserialized")
@@ -143,9 +201,15 @@ class KafkaTrigger(BaseModel):
     @model_validator(mode="after")
     def _avro_needs_registry(self) -> KafkaTrigger:
         avro = "AVRO" in (self.keyDeserializer, self.valueDeserializer)
-        if avro and not self.serdeProperties.get("schema.registry.url"):
-            raise ValueError("AVRO deserializers need serdeProperties.schema.registry.url")
+        if avro and not self.registry_properties().get("schema.registry.url"):
+            raise ValueError("AVRO deserializers need serdeProperties.schema.registry.url "
+                             "(or a schemaRegistryVendor)")
         return self
+
+    def registry_properties(self) -> dict[str, str]:
+        """``serdeProperties`` with the ``schemaRegistryVendor``'s URL (see
+        :func:`registry_properties`)."""
+        return registry_properties(self.serdeProperties, self.schemaRegistryVendor)
 
     @field_validator("acknowledgeType", mode="before")
     @classmethod
@@ -284,6 +348,241 @@ TRIGGER_TYPES: dict[str, type[BaseModel]] = {"kafka.RealtimeTrigger": RealtimeTr
                                              "schedule.Interval": ScheduleTrigger}
 
 
+class InputError(WaxflowError):
+    """A flow input has no value, or a value that does not fit its type (one line)."""
+
+
+InputType = Literal["STRING", "INT", "FLOAT", "BOOLEAN", "BOOL", "DATETIME", "DATE", "TIME",
+                    "DURATION", "FILE", "JSON", "URI", "SECRET", "ARRAY", "ENUM", "SELECT",
+                    "MULTISELECT", "YAML", "EMAIL"]
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+
+
+class FlowInput(BaseModel):
+    """A typed flow input (Kestra's ``inputs``), read as ``{{ inputs.<id> }}``.
+
+    A triggered execution (Kafka, schedule) takes each input's ``defaults``; a manual one
+    (``waxflow test``) takes the values given on the command line, else the defaults. A
+    value is converted to the input's type once, before the execution starts, or refused
+    with one line naming the input: INT/FLOAT are numbers, BOOLEAN a boolean, JSON/YAML the
+    parsed value, ARRAY a list of ``itemType``, DATETIME/DATE/TIME/DURATION/URI/EMAIL/STRING
+    checked text, FILE the ``file://`` URI of an existing local file (or a storage URI as
+    given), SECRET text masked in every log and error like a ``secret()``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=ID_PATTERN, description="the input's name: `{{ inputs.<id> }}`")
+    type: InputType = Field(description="the value's type (Kestra's names)")
+    description: str | None = Field(default=None, description="free text for people")
+    displayName: str | None = Field(default=None, description="a label for people")
+    required: bool = Field(default=True,
+                           description="an execution needs a value (given, or `defaults`)")
+    defaults: Any = Field(default=None, description="the value when none is given")
+    values: list[str] | None = Field(default=None,
+                                     description="ENUM, SELECT, MULTISELECT: the allowed values")
+    itemType: InputType | None = Field(default=None, description="ARRAY: the items' type")
+    validator: str | None = Field(default=None,
+                                  description="STRING: a regular expression the value matches")
+    min: float | None = Field(default=None, description="INT, FLOAT: the smallest value")
+    max: float | None = Field(default=None, description="INT, FLOAT: the largest value")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FlowInput:
+        if self.type in ("ENUM", "SELECT", "MULTISELECT") and not self.values:
+            raise ValueError(f"input type {self.type} needs `values` (the allowed values)")
+        if self.type == "ARRAY" and self.itemType is None:
+            raise ValueError("input type ARRAY needs `itemType`")
+        if self.validator is not None:
+            try:
+                re.compile(self.validator)
+            except re.error as exc:
+                raise ValueError(f"`validator` is not a valid regular expression: {exc}"
+                                 ) from None
+        if self.defaults is not None and self.type not in ("FILE", "SECRET"):
+            try:
+                self.convert(self.defaults)
+            except ValueError as exc:
+                raise ValueError(f"`defaults` does not fit type {self.type}: {exc}") from None
+        return self
+
+    def convert(self, raw: Any, kind: str | None = None) -> Any:
+        """``raw`` (command-line text or a YAML value) as a value of this input's type
+        (``kind`` overrides it, for ARRAY items); ValueError saying why not."""
+        kind = kind or self.type
+        if kind in ("INT", "FLOAT"):
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                raise ValueError(f"expected a number, got {type(raw).__name__}")
+            value: Any = (int(raw) if not isinstance(raw, float) or raw.is_integer()
+                          else _no_fraction(raw)) if kind == "INT" else float(raw)
+            if self.min is not None and value < self.min:
+                raise ValueError(f"{value} is below min {self.min:g}")
+            if self.max is not None and value > self.max:
+                raise ValueError(f"{value} is above max {self.max:g}")
+            return value
+        if kind in ("BOOLEAN", "BOOL"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError(f"expected true or false, got {raw!r}")
+        if kind == "JSON":
+            return json.loads(raw) if isinstance(raw, str) else raw
+        if kind == "YAML":
+            return yaml.safe_load(raw) if isinstance(raw, str) else raw
+        if kind == "ARRAY":
+            items = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(items, list):
+                raise ValueError("expected a list (or JSON text of one)")
+            return [self.convert(item, self.itemType) for item in items]
+        if kind == "MULTISELECT":
+            items = json.loads(raw) if isinstance(raw, str) and raw.startswith("[") else (
+                raw.split(",") if isinstance(raw, str) else raw)
+            if not isinstance(items, list):
+                raise ValueError("expected a list of values")
+            return [self.convert(item, "ENUM") for item in items]
+        if not isinstance(raw, str | int | float | date | datetime | time) \
+                or isinstance(raw, bool):
+            raise ValueError(f"expected text, got {type(raw).__name__}")
+        text = raw.isoformat() if isinstance(raw, date | datetime | time) else str(raw)
+        if kind in ("ENUM", "SELECT") and text not in (self.values or []):
+            raise ValueError(f"{text!r} is not one of {', '.join(self.values or [])}")
+        if kind == "DATETIME":
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
+        elif kind == "DATE":
+            date.fromisoformat(text)
+        elif kind == "TIME":
+            time.fromisoformat(text)
+        elif kind == "DURATION":
+            parse_duration(text)
+        elif kind == "URI" and not urlparse(text).scheme:
+            raise ValueError(f"{text!r} is not a URI (no scheme)")
+        elif kind == "EMAIL" and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text):
+            raise ValueError(f"{text!r} is not an e-mail address")
+        elif kind == "STRING" and self.validator and not re.fullmatch(self.validator, text):
+            raise ValueError(f"{text!r} does not match validator {self.validator!r}")
+        elif kind == "FILE":
+            return _file_uri(text)
+        elif kind == "SECRET":
+            from waxflow.expressions import register_secret
+
+            register_secret(text)
+        return text
+
+
+def _no_fraction(value: float) -> int:
+    raise ValueError(f"expected a whole number, got {value!r}")
+
+
+def _file_uri(text: str) -> str:
+    """A FILE input: a URI with a scheme as given (``s3://``...), a local path (or
+    ``file://``) as the ``file://`` URI of an existing file."""
+    parsed = urlparse(text)
+    if parsed.scheme not in ("", "file"):
+        return text
+    path = Path(parsed.path if parsed.scheme else text).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no such file: {text}")
+    return path.resolve().as_uri()
+
+
+class PluginDefault(BaseModel):
+    """Default property values for the tasks and triggers of a type (Kestra's
+    ``pluginDefaults``): applied when the flow is loaded, before validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str = Field(min_length=1, description="a task or trigger type, either spelling, or a "
+                                                "prefix of one ending before a dot "
+                                                "(`io.kestra.plugin.kafka`)")
+    values: dict[str, Any] = Field(description="property -> value; maps are merged key by key")
+    forced: bool = Field(default=False, description="the defaults win over the task's own "
+                                                    "values")
+
+
+class Concurrency(BaseModel):
+    """Kestra's ``concurrency``: at most ``limit`` executions of the flow run at a time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    limit: int = Field(ge=1, description="executions running at once, per worker (a realtime "
+                                         "flow's `maxConcurrency` is lowered to it)")
+    behavior: Literal["QUEUE"] = Field(
+        default="QUEUE", description="QUEUE: later executions wait their turn (the only "
+                                     "value: waxflow never drops or fails a record for it)")
+
+    @field_validator("behavior", mode="before")
+    @classmethod
+    def _only_queue(cls, value: Any) -> Any:
+        if value in ("CANCEL", "FAIL"):
+            raise ValueError(f"behavior {value} is not supported: waxflow runs every record's "
+                             "execution (a cancelled one would be a lost record); use QUEUE")
+        return value
+
+
+def _spellings(type_name: str) -> set[str]:
+    """Every accepted spelling of a task or trigger type."""
+    canonical = TASK_ALIASES.get(type_name) or TRIGGER_ALIASES.get(type_name) or type_name
+    return {type_name, canonical,
+            *(a for a, n in (*TASK_ALIASES.items(), *TRIGGER_ALIASES.items()) if n == canonical)}
+
+
+def _merged(base: Any, over: Any) -> Any:
+    """``over`` on top of ``base``: maps merged key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merged(base.get(k), v) if k in base else v
+                           for k, v in over.items()}}
+    return over
+
+
+def _property_names(spellings: set[str]) -> set[str] | None:
+    """The properties of the task or trigger type spelled ``spellings`` (None: unknown)."""
+    for name in spellings:
+        model = TASK_TYPES.get(name) or TRIGGER_TYPES.get(name)
+        if model is not None:
+            return {f.alias or n for n, f in model.model_fields.items()}
+    return None
+
+
+def apply_plugin_defaults(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The raw flow document with its ``pluginDefaults`` applied to every task (nested ones
+    too) and trigger whose type (either spelling) is, or starts with, a default's ``type``;
+    several matching defaults apply in file order. A default naming a package
+    (``io.kestra.plugin.kafka``) gives each type only the properties it has; one naming
+    the type gives all (an unknown one is then reported). Malformed defaults are left for
+    the model to report."""
+    raw = data.get("pluginDefaults")
+    if not isinstance(raw, list) or not raw:
+        return data
+    defaults = [d for d in raw if isinstance(d, dict) and isinstance(d.get("type"), str)
+                and isinstance(d.get("values"), dict)]
+
+    def applied(item: dict[str, Any]) -> dict[str, Any]:
+        names = _spellings(str(item["type"]))
+        known = _property_names(names)
+        for d in defaults:
+            prefix = str(d["type"])
+            exact = prefix in names
+            if exact or any(n.startswith(prefix + ".") for n in names):
+                # a default for a package applies the properties each type has
+                values = {k: v for k, v in d["values"].items() if k not in ("id", "type")
+                          and (exact or known is None or k in known)}
+                item = _merged(item, values) if d.get("forced") is True \
+                    else _merged(values, item)
+        return item
+
+    def walk(value: Any, in_list: bool) -> Any:
+        if isinstance(value, list):
+            return [walk(v, True) for v in value]
+        if isinstance(value, dict):
+            out = {k: walk(v, False) for k, v in value.items()}
+            if in_list and isinstance(out.get("id"), str) and isinstance(out.get("type"), str):
+                out = applied(out)
+            return out
+        return value
+
+    return {**data, **{root: walk(data[root], False)
+                       for root in ("tasks", "errors", "triggers") if root in data}}
+
+
 
 class FlowBase(BaseModel):
     """Flow-level properties; ``flow_model()`` adds the typed task lists."""
@@ -311,6 +610,74 @@ class FlowBase(BaseModel):
     tasks: list[Any] = Field(min_length=1, description="the tasks of an execution, in order")
     errors: list[Any] = Field(default_factory=list,
                               description="tasks run when an execution fails")
+    inputs: list[FlowInput] = Field(
+        default_factory=list,
+        description="typed inputs, read as `{{ inputs.<id> }}`: a triggered execution takes "
+                    "their `defaults`, `waxflow test` the values given on its command line")
+    variables: dict[str, Any] = Field(
+        default_factory=dict,
+        description="constants read as `{{ vars.<name> }}` (not rendered themselves, as in "
+                    "Kestra)")
+    pluginDefaults: list[PluginDefault] = Field(
+        default_factory=list,
+        description="default property values per task or trigger type, applied when the "
+                    "flow is loaded (the task's own values win unless `forced`)")
+    concurrency: Concurrency | None = Field(
+        default=None, description="at most `limit` executions run at once (per worker)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_defaults(cls, data: Any) -> Any:
+        return apply_plugin_defaults(data) if isinstance(data, dict) else data
+
+    @field_validator("inputs")
+    @classmethod
+    def _unique_inputs(cls, value: list[FlowInput]) -> list[FlowInput]:
+        ids = [i.id for i in value]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:  # (checked once every input is valid on its own)
+            raise ValueError(f"duplicate input id {', '.join(map(repr, twice))}")
+        return value
+
+    @model_validator(mode="after")
+    def _triggered_inputs(self) -> FlowBase:
+        if self.enabled_triggers:
+            missing = [i.id for i in self.inputs if i.required and i.defaults is None]
+            if missing:
+                raise ValueError(
+                    f"input{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                    f"{'are' if len(missing) > 1 else 'is'} required with no `defaults`, "
+                    "but a triggered execution takes the defaults: give "
+                    f"{'them' if len(missing) > 1 else 'it'} `defaults` or `required: false`")
+        return self
+
+    def input_values(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``inputs.*`` of an execution: each input's given value, else its default, else
+        None (not required), converted to its type; raises :class:`InputError` naming the
+        input (missing, unknown or not fitting its type)."""
+        given = dict(given or {})
+        known = {i.id for i in self.inputs}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise InputError(f"flow {self.namespace}.{self.id} has no input "
+                             f"{', '.join(map(repr, unknown))} (its inputs: "
+                             f"{', '.join(sorted(known)) or 'none'})")
+        out: dict[str, Any] = {}
+        for item in self.inputs:
+            raw = given.get(item.id, item.defaults)
+            if raw is None:
+                if item.required:
+                    raise InputError(f"input '{item.id}' ({item.type}) of flow "
+                                     f"{self.namespace}.{self.id} is required: give it with "
+                                     f"--input {item.id}=VALUE")
+                out[item.id] = None
+                continue
+            try:
+                out[item.id] = item.convert(raw)
+            except (ValueError, yaml.YAMLError) as exc:
+                reason = str(exc).splitlines()[0][:200]
+                raise InputError(f"input '{item.id}' ({item.type}): {reason}") from None
+        return out
 
     @field_validator("labels", mode="before")
     @classmethod

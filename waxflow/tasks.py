@@ -10,6 +10,7 @@ timeouts, ``allowFailure`` and ``errors``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -28,6 +29,11 @@ TASK_ALIASES: dict[str, str] = {}
 T = TypeVar("T", bound="type[TaskBase]")
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+#: the recursion limit while a task model is (re)built: building the task union
+#: (``waxflow.dataflows.spec.task_union``) recurses through every task type once (each type's
+#: ``errors`` holds the union of all of them), about 25 frames a type, past Python's default
+#: of 1,000 at 45 types (measured: 44 types needed 1,000-1,200)
+BUILD_RECURSION_LIMIT = 10_000
 
 
 class TaskFailure(WaxflowError):
@@ -121,6 +127,21 @@ class TaskBase(BaseModel):
     disabled: bool = Field(default=False, description="skip this task")
     errors: list[AnyTask] = Field(default_factory=list,
                                   description="tasks run when this one fails")
+
+    @classmethod
+    def model_rebuild(cls, *, force: bool = False, raise_errors: bool = True,
+                      _parent_namespace_depth: int = 2,
+                      _types_namespace: Any = None) -> bool | None:
+        """pydantic's ``model_rebuild`` under :data:`BUILD_RECURSION_LIMIT` (restored after:
+        elsewhere the default limit keeps guarding deep record values)."""
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, BUILD_RECURSION_LIMIT))
+        try:
+            return super().model_rebuild(force=force, raise_errors=raise_errors,
+                                         _parent_namespace_depth=_parent_namespace_depth + 1,
+                                         _types_namespace=_types_namespace)
+        finally:
+            sys.setrecursionlimit(limit)
 
     @field_validator("type", mode="after")
     @classmethod

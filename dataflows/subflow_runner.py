@@ -1,0 +1,126 @@
+"""How ``core.Subflow`` finds and runs its child flow (installed by the compiler).
+
+The semantics and guarantees are :mod:`waxflow.subflow`'s. Here: child flows are looked up
+by namespace and id among the flow files of ``$WAXFLOW_FLOWS_PATH`` (else the current
+directory), loaded and validated once per process, and each runs on its own engine (its
+templates compiled once) with the parent's batch scope, so its Kafka output joins the
+parent's transaction. The child's log lines are added to the parent's execution, their task
+id prefixed with the Subflow task's (``handle/show``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from waxflow.dataflows.spec import parse_flow
+from waxflow.errors import FlowError
+from waxflow.execution import Execution, State, TriggerInfo
+from waxflow.expressions import Expressions
+from waxflow.flow import FlowBase, InputError
+from waxflow.operators.engine import Engine
+from waxflow.subflow import Subflow, install
+from waxflow.tasks import RunContext, TaskFailure
+
+_ENGINES: dict[tuple[str, str], Engine] = {}
+_LOCK = threading.Lock()
+
+
+def _search_dirs() -> list[tuple[Path, bool]]:
+    """(directory, recursive) to look for flow files in."""
+    path = os.environ.get("WAXFLOW_FLOWS_PATH")
+    if path:
+        return [(Path(p), True) for p in path.split(os.pathsep) if p]
+    return [(Path.cwd(), False)]
+
+
+def _flow_files() -> Iterator[Path]:
+    for folder, recursive in _search_dirs():
+        for pattern in ("*.yaml", "*.yml"):
+            yield from sorted(folder.rglob(pattern) if recursive else folder.glob(pattern))
+
+
+def _where() -> str:
+    path = os.environ.get("WAXFLOW_FLOWS_PATH")
+    return f"$WAXFLOW_FLOWS_PATH={path}" if path else f"{Path.cwd()} ($WAXFLOW_FLOWS_PATH unset)"
+
+
+def find_flow(namespace: str, flow_id: str) -> FlowBase:
+    """The validated flow ``namespace.flow_id`` (see module doc); TaskFailure naming where
+    it looked, or the file's first problem when the flow file does not validate."""
+    for path in _flow_files():
+        try:
+            head = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if not (isinstance(head, dict) and head.get("id") == flow_id
+                and head.get("namespace") == namespace):
+            continue
+        try:
+            return parse_flow(path)
+        except FlowError as exc:
+            first = exc.problems[0] if exc.problems else None
+            raise TaskFailure(f"subflow {namespace}.{flow_id} ({path}) is not valid: {first}"
+                              ) from None
+    raise TaskFailure(f"no flow {namespace}.{flow_id} among the flow files of {_where()}")
+
+
+def _engine(namespace: str, flow_id: str) -> Engine:
+    key = (namespace, flow_id)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+    if engine is None:
+        from waxflow.dataflows.compiler import flow_globals
+
+        child = find_flow(namespace, flow_id)
+        # each run sets its own ``inputs`` (run_subflow): the globals hold none
+        engine = Engine(child, Expressions(extra_globals=flow_globals(child, {})))
+        with _LOCK:
+            engine = _ENGINES.setdefault(key, engine)
+    return engine
+
+
+def run_subflow(ctx: RunContext, task: Subflow, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run the child of ``task`` to its end inside the calling task (module doc of
+    :mod:`waxflow.subflow`); returns the task's outputs."""
+    engine = _engine(task.namespace, task.flowId)
+    child = engine.flow
+    try:
+        values = child.input_values(inputs)
+    except InputError as exc:
+        raise TaskFailure(f"subflow {task.namespace}.{task.flowId}: {exc}") from None
+    parent: Mapping[str, Any] = ctx.vars.get("execution") or {}
+    taskrun: Mapping[str, Any] = ctx.vars.get("taskrun") or {}
+    flow: Mapping[str, Any] = ctx.vars.get("flow") or {}
+    parent_id = str(parent.get("id", ""))
+    child_id = f"{parent_id}.{taskrun.get('id') or task.id}"
+    labels = {**(dict(ctx.vars.get("labels") or {}) if task.inheritLabels else {}),
+              **child.labels, **{k: str(v) for k, v in ctx.render(task.labels).items()}}
+    execution = Execution(id=child_id, namespace=child.namespace, flow_id=child.id,
+                          trigger=TriggerInfo(type="core.Subflow"), upstream_id=parent_id,
+                          labels=labels)
+    trigger = {"executionId": parent_id, "namespace": flow.get("namespace"),
+               "flowId": flow.get("id")}
+    run = engine.begin(execution, trigger, ctx.batch)
+    run.vars["inputs"] = values  # type: ignore[index]  # the execution's own variables
+    engine.advance(run)  # not deferrable: retries wait in place, it returns when terminal
+    caller = getattr(ctx, "execution", None)  # the parent's history shows the child's logs
+    if isinstance(caller, Execution):
+        for line in execution.logs or []:
+            caller.log(line["level"], line["message"], task_id=f"{task.id}/{line['taskId']}",
+                       task_run_id=line["taskRunId"], attempt=line["attempt"])
+    out: dict[str, Any] = {
+        "executionId": child_id, "state": execution.state.name,
+        "outputs": {r.task_id: r.outputs for r in execution.task_runs
+                    if r.outputs is not None and r.state in (State.SUCCESS, State.WARNING)}}
+    if execution.error:
+        out["error"] = dict(execution.error)
+    return out
+
+
+install(run_subflow)
