@@ -195,9 +195,11 @@ class Execution:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
-    def add_task_run(self, run: TaskRun) -> None:
+    def add_task_run(self, run: TaskRun) -> int:
+        """Append ``run``; its index in :attr:`task_runs` (what its task run id is made of)."""
         with self._lock:
             self.task_runs.append(run)
+            return len(self.task_runs) - 1
 
     def finish(self, state: State) -> None:
         self.state = state
