@@ -12,12 +12,12 @@ import argparse
 import json
 import os
 import re
-import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import duckdb
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -25,12 +25,20 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from waxflow.recovery.index import AmbiguousIdError, ExecutionIndex, IndexSyncError, normalize_date
+from waxflow.recovery.index import (
+    AmbiguousIdError,
+    ExecutionIndex,
+    IndexBusyError,
+    IndexSyncError,
+    normalize_date,
+)
 
 STATE_STYLES = {
     "SUCCESS": "green", "WARNING": "yellow", "FAILED": "bold red", "RUNNING": "cyan",
     "CREATED": "blue", "RETRYING": "magenta", "SKIPPED": "dim",
 }
+LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+LEVEL_STYLES = {"TRACE": "dim", "DEBUG": "dim", "INFO": "", "WARN": "yellow", "ERROR": "red"}
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _T = TypeVar("_T")
@@ -49,6 +57,27 @@ def parse_when(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def _level(text: str) -> str:
+    """A log level name (case-insensitive; WARNING = WARN) for ``--level``."""
+    name = text.strip().upper()
+    name = "WARN" if name == "WARNING" else name
+    if name not in LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r} (one of {', '.join(LEVELS)})")
+    return name
+
+
+def filter_logs(logs: object, level: str) -> list[dict[str, Any]]:
+    """The log lines of an execution document at or above ``level``; lines with an unknown
+    level are kept (they cannot be ranked)."""
+    floor = LEVELS.index(level)
+    if not isinstance(logs, list):
+        return []
+    return [line for line in logs if isinstance(line, dict)
+            and (str(line.get("level")).upper() not in LEVELS
+                 or LEVELS.index(str(line.get("level")).upper()) >= floor)]
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="json: one JSON document on stdout (default: table)")
@@ -58,8 +87,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="execution-log topic (default $WAXFLOW_EXECUTION_LOG or "
                              "waxflow.executions)")
     parser.add_argument("--index", default=None, metavar="PATH",
-                        help="index file (default $WAXFLOW_HOME/index.sqlite or "
-                             ".waxflow/index.sqlite)")
+                        help="index file (default $WAXFLOW_HOME/index.duckdb or "
+                             ".waxflow/index.duckdb)")
     parser.add_argument("--no-sync", action="store_true",
                         help="answer from the index as it is, without reading the log")
     parser.add_argument("--sync-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -77,12 +106,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ls.add_argument("--topic", help="trigger topic (record or batch)")
     ls.add_argument("--since", type=parse_when, help="ISO datetime (naive = UTC) or 1h, 30m, 2d")
     ls.add_argument("--until", type=parse_when, help="same forms as --since (exclusive)")
+    ls.add_argument("--text", help="a substring of the record key, or an execution id prefix")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    ls.add_argument("--offset", type=int, default=0, help="skip this many first (default 0)")
     _common(ls)
     ls.set_defaults(func=_list)
 
     show = sub.add_parser("show", help="one execution: task runs, attempts, errors, runs")
     show.add_argument("id", metavar="ID", help="execution id or a unique prefix (>= 6 chars)")
+    show.add_argument("--level", type=_level, default=None, metavar="LEVEL",
+                      help="log lines at or above this level: " + ", ".join(LEVELS)
+                      + " (default: all)")
     _common(show)
     show.set_defaults(func=_show)
 
@@ -116,10 +150,11 @@ def _with_index(args: argparse.Namespace, answer: Callable[[ExecutionIndex], int
                     print(f"waxflow: warning: reading {topic} took over {args.sync_timeout:g}s;"
                           " answering from what was read", file=sys.stderr)
             return answer(index)
-    except (IndexSyncError, AmbiguousIdError) as exc:
+    except (IndexSyncError, IndexBusyError, AmbiguousIdError) as exc:
         return _err(str(exc))
-    except (OSError, sqlite3.Error) as exc:
-        return _err(f"execution index {args.index or 'default'}: {exc}")
+    except (OSError, duckdb.Error) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return _err(f"execution index {args.index or 'default'}: {first}")
 
 
 def _emit_json(value: object) -> None:
@@ -138,7 +173,8 @@ def _print_answer(fmt: str, value: _T, view: Callable[[_T], RenderableType]) -> 
 def _list(args: argparse.Namespace) -> int:
     def answer(index: ExecutionIndex) -> int:
         rows = index.list(flow=args.flow, state=args.state, topic=args.topic,
-                          since=args.since, until=args.until, limit=args.limit)
+                          since=args.since, until=args.until, text=args.text,
+                          limit=args.limit, offset=args.offset)
         return _print_answer(args.format, rows, _list_table)
     return _with_index(args, answer)
 
@@ -149,6 +185,11 @@ def _show(args: argparse.Namespace) -> int:
         if doc is None:
             hint = " (prefixes need at least 6 characters)" if len(args.id) < 6 else ""
             return _err(f"no execution matches {args.id!r}{hint}")
+        if args.level is not None:
+            doc["logs"] = filter_logs(doc.get("logs"), args.level)
+        if doc.get("documentError") and args.format != "json":
+            print(f"waxflow: warning: {doc['documentError']}; showing the indexed summary",
+                  file=sys.stderr)
         return _print_answer(args.format, doc, _show_view)
     return _with_index(args, answer)
 
@@ -267,6 +308,25 @@ def _show_view(doc: dict[str, Any]) -> Group:
                       str(len(attempts)), duration_text(ms),
                       Text(errors[-1] if errors else "", style="red"))
     parts.append(tasks)
+
+    logs = [line for line in doc.get("logs") or [] if isinstance(line, dict)]
+    if logs or doc.get("logsDropped"):
+        dropped = doc.get("logsDropped")
+        title = f"logs ({len(logs)} line(s)" + (
+            f"; {dropped} more dropped past the limit" if dropped else "") + ")"
+        lt = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("time (UTC)", "level", "task", "message"):
+            lt.add_column(col, overflow="fold", no_wrap=col in ("time (UTC)", "level"))
+        for line in logs:
+            level = str(line.get("level") or "")
+            task = str(line.get("taskId") or "")
+            if line.get("attempt") not in (None, 1):
+                task += f" #{line['attempt']}"
+            stamp = normalize_date(line.get("ts"))
+            lt.add_row(stamp[11:23] if stamp else str(line.get("ts") or ""),
+                       Text(level, style=LEVEL_STYLES.get(level, "")), Text(task),
+                       Text(str(line.get("message") or "")))
+        parts.append(lt)
 
     runs = doc.get("runs") or []
     if len(runs) > 1:

@@ -1,78 +1,110 @@
-"""A local SQLite index of the execution-log topic: the read side of the execution history.
+"""A local DuckDB index of the execution-log topic: the read side of the execution history.
 
 The index is a cache of the log (docs/execution-log.md): it can always be deleted and rebuilt
-by syncing from offset 0. Guarantees:
+by syncing from offset 0. It keeps one summary row per execution (columns, no document) and
+where the execution's latest document sits in the log; :meth:`ExecutionIndex.show` reads that
+document back from the log. Guarantees:
 
 - ``sync`` reads each partition of the log from the next offset stored in ``positions`` up
   to the end offset read at the start of the sync (the last stable offset: the reader is
-  ``read_committed``), never commits to a consumer group, and stores documents and positions
-  in the same SQLite transaction, so a crash mid-sync loses nothing and duplicates nothing.
-- Per execution id, the columns and ``doc`` hold the document with the highest log offset
-  (a key always lands in one partition, so offsets of one key are comparable).
+  ``read_committed``), never commits to a consumer group, and stores summaries and positions
+  in the same DuckDB transaction, so a crash mid-sync loses nothing and duplicates nothing.
+- Documents are decoded in bulk (DuckDB's JSON reader over a batch of record values, while
+  a reader thread consumes the next batch); a batch holding a value that is not a JSON
+  object, or a field of another type than the engine writes, is decoded one value at a time
+  instead: such values are skipped and such fields read as absent.
+- Per execution id, the row holds the document with the highest log offset (a key always
+  lands in one partition, so offsets of one key are comparable).
 - ``runs`` counts the distinct ``runId`` values seen for an execution. Compaction keeps only
   the latest document per key, so an index built from an already compacted log may count
   fewer runs than happened.
-- Dates in the columns are normalised to UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (so text order is
-  time order); documents are returned exactly as written.
+- Dates are stored as UTC microseconds and returned as ISO-8601 UTC strings.
+- An index file written by another version (an older SQLite index, another schema) is
+  dropped and rebuilt from the log, with one note on stderr.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import os
-import sqlite3
+import queue
+import re
+import sys
+import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import duckdb
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from waxflow.errors import WaxflowError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 MIN_PREFIX = 6
 MAX_TRACE_DEPTH = 10
-_BATCH = 500
+#: documents decoded and written per transaction during a sync
+BATCH_DOCS = 200_000
+#: ... or fewer when their values add up to this many bytes
+BATCH_BYTES = 128 << 20
+_CONSUME = 10_000
 _KAFKA_LOG = logging.getLogger("waxflow.index.kafka")
 _KAFKA_LOG.addHandler(logging.NullHandler())
 
 _SCHEMA = """
+CREATE TABLE meta (name VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE positions (
-  topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
-  PRIMARY KEY (topic, partition));
+  topic VARCHAR NOT NULL, partition INTEGER NOT NULL, next_offset BIGINT NOT NULL);
 CREATE TABLE executions (
-  id TEXT PRIMARY KEY, namespace TEXT, flow_id TEXT, state TEXT, terminal INTEGER,
-  topic TEXT, partition INTEGER, offset INTEGER,
-  start_date TEXT, end_date TEXT, duration_ms REAL, runs INTEGER NOT NULL DEFAULT 0,
-  upstream_execution_id TEXT,
-  log_topic TEXT NOT NULL, log_partition INTEGER NOT NULL, log_offset INTEGER NOT NULL,
-  doc TEXT NOT NULL);
-CREATE INDEX executions_trigger ON executions (topic, partition, offset);
-CREATE INDEX executions_flow ON executions (flow_id);
-CREATE INDEX executions_state ON executions (state);
-CREATE INDEX executions_start ON executions (start_date);
-CREATE INDEX executions_upstream ON executions (upstream_execution_id);
+  id VARCHAR NOT NULL, namespace VARCHAR, flow_id VARCHAR, state VARCHAR, terminal BOOLEAN,
+  run_id VARCHAR, start_us BIGINT, end_us BIGINT, duration_ms DOUBLE, runs INTEGER,
+  trigger_type VARCHAR, topic VARCHAR, partition INTEGER, "offset" BIGINT, record_key VARCHAR,
+  record_ts BIGINT, offsets VARCHAR, messages_count BIGINT, delivery_count BIGINT,
+  group_id VARCHAR, upstream VARCHAR, error_task VARCHAR, error_message VARCHAR,
+  log_topic VARCHAR NOT NULL, log_partition INTEGER NOT NULL, log_offset BIGINT NOT NULL,
+  last_us BIGINT, id_prefix UINTEGER);
 CREATE TABLE runs (
-  execution_id TEXT NOT NULL, run_id TEXT NOT NULL,
-  first_state_date TEXT, last_state TEXT, last_date TEXT,
-  first_offset INTEGER NOT NULL, last_offset INTEGER NOT NULL,
-  PRIMARY KEY (execution_id, run_id));
+  execution_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, first_us BIGINT, last_state VARCHAR,
+  last_us BIGINT, first_offset BIGINT NOT NULL, last_offset BIGINT NOT NULL);
 CREATE TABLE batch_ranges (
-  execution_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
-  first_offset INTEGER NOT NULL, last_offset INTEGER NOT NULL,
-  PRIMARY KEY (execution_id, topic, partition));
-CREATE INDEX batch_ranges_lookup ON batch_ranges (topic, partition, first_offset);
+  execution_id VARCHAR NOT NULL, topic VARCHAR NOT NULL, partition INTEGER NOT NULL,
+  first_offset BIGINT NOT NULL, last_offset BIGINT NOT NULL);
 """
-_TABLES = ("positions", "executions", "runs", "batch_ranges")
+_TABLES = ("meta", "positions", "executions", "runs", "batch_ranges")
+
+#: what the bulk decoder takes from each document (everything else stays in the log)
+_COLUMNS = {
+    "id": "VARCHAR", "namespace": "VARCHAR", "flowId": "VARCHAR", "state": "VARCHAR",
+    "terminal": "BOOLEAN", "runId": "VARCHAR", "startDate": "VARCHAR", "endDate": "VARCHAR",
+    "durationMs": "DOUBLE",
+    "trigger": 'STRUCT(type VARCHAR, topic VARCHAR, partition BIGINT, "offset" BIGINT,'
+               ' "key" VARCHAR, "timestamp" BIGINT, offsets JSON, messagesCount BIGINT,'
+               ' deliveryCount BIGINT, "group" VARCHAR)',
+    "error": "STRUCT(taskId VARCHAR, message VARCHAR)", "upstreamExecutionId": "VARCHAR",
+}
+_SUMMARY_COLS = (
+    "id, namespace, flow_id, state, terminal, run_id, start_us, end_us, duration_ms, runs,"
+    " trigger_type, topic, partition, \"offset\", record_key, record_ts, offsets,"
+    " messages_count, delivery_count, group_id, upstream, error_task, error_message,"
+    " log_topic, log_partition, log_offset, last_us")
+_ORDER = " ORDER BY start_us DESC NULLS LAST, log_offset DESC"
 
 
 class IndexSyncError(WaxflowError, RuntimeError):
     """The log could not be read (broker unreachable, timeout, ...); one line for users."""
+
+
+class IndexBusyError(WaxflowError, RuntimeError):
+    """Another process held the index file for longer than the wait; one line for users."""
 
 
 class AmbiguousIdError(WaxflowError, LookupError):
@@ -86,9 +118,9 @@ class AmbiguousIdError(WaxflowError, LookupError):
 
 
 def default_index_path() -> Path:
-    """``$WAXFLOW_HOME/index.sqlite``, else ``.waxflow/index.sqlite`` in the cwd."""
+    """``$WAXFLOW_HOME/index.duckdb``, else ``.waxflow/index.duckdb`` in the cwd."""
     home = os.environ.get("WAXFLOW_HOME")
-    return (Path(home) if home else Path.cwd() / ".waxflow") / "index.sqlite"
+    return (Path(home) if home else Path.cwd() / ".waxflow") / "index.duckdb"
 
 
 def normalize_date(value: object) -> str | None:
@@ -96,6 +128,11 @@ def normalize_date(value: object) -> str | None:
 
     Naive values are taken as UTC.
     """
+    when = _as_datetime(value)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if when is not None else None
+
+
+def _as_datetime(value: object) -> datetime | None:
     if isinstance(value, str) and value:
         try:
             value = datetime.fromisoformat(value)
@@ -105,7 +142,23 @@ def normalize_date(value: object) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC)
+
+
+def _micros(value: object) -> int | None:
+    """A datetime or ISO string (naive = UTC) as UTC epoch microseconds."""
+    when = _as_datetime(value)
+    if when is None:
+        return None
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _iso(us: int | None) -> str | None:
+    """UTC epoch microseconds as ISO-8601 (``+00:00``)."""
+    if us is None:
+        return None
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).isoformat()
 
 
 def _int(value: object) -> int | None:
@@ -116,46 +169,192 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _ranges(offsets: object) -> Iterator[tuple[str, int, int, int]]:
-    """(topic, partition, first, last) from a batch trigger's ``{"topic/p": [first, last]}``."""
-    if not isinstance(offsets, dict):
-        return
-    for name, bounds in offsets.items():
-        topic, _, part = str(name).rpartition("/")
-        if not topic or not part.isdigit() or not isinstance(bounds, list | tuple):
-            continue
-        if len(bounds) == 2 and all(_int(b) is not None for b in bounds):
-            yield topic, int(part), int(bounds[0]), int(bounds[1])
+@dataclass
+class _Batch:
+    """Record coordinates and values gathered for one bulk write."""
+
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[int | None] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, partition: int, offset: int, key: bytes | None, value: bytes,
+            timestamp_ms: int | None) -> None:
+        self.partitions.append(partition)
+        self.offsets.append(offset)
+        self.timestamps.append(timestamp_ms)
+        self.keys.append(key)
+        self.values.append(value)
+        self.size += len(value)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def spill(self, path: Path) -> tuple[pa.Table, Path]:
+        """Write the values to ``path``, one per line (a value's own line breaks, JSON
+        whitespace, become spaces), and return the record coordinates as an Arrow table
+        aligned with those lines."""
+        _write_lines(path, self.values)
+        coords = pa.table({
+            "idx": pa.array(range(len(self.values)), pa.int64()),
+            "log_partition": pa.array(self.partitions, pa.int32()),
+            "log_offset": pa.array(self.offsets, pa.int64()),
+            "record_ms": pa.array(self.timestamps, pa.int64()),
+            "rkey": pa.array([k.decode("utf-8", "replace") if k is not None else None
+                              for k in self.keys], pa.string()),
+        })
+        return coords, path
+
+
+@dataclass
+class _Gathered:
+    """A batch read by the reader thread, its positions, and its spilled file."""
+
+    batch: _Batch
+    nexts: dict[int, int]
+    spilled: tuple[pa.Table, Path] | None
+
+
+_RUNS_KEY = b',"taskRuns":'
+_ERROR_KEY = b'],"error":'
+_LOGS_KEY = b',"logs":['
+_LEAN_FROM = 1024
+_LOGS_TAIL = re.compile(rb'(,"logsDropped":\d+)?(,"truncated":true)?\}')
+
+
+def _lean(value: bytes) -> bytes:
+    """A document without the values the index does not decode, the bulk of its bytes, when
+    they can be cut out exactly (else unchanged): the top-level ``taskRuns`` (the engine
+    writes it, an array, straight before ``"error"``) and ``logs`` (written last, followed
+    only by ``logsDropped`` and ``truncated``). Each marker must occur once; inside a string
+    a quote is escaped, so a marker cannot match there, and a cut at any other depth than
+    the top level leaves unbalanced JSON, which the slow path then decodes whole."""
+    if len(value) < _LEAN_FROM:  # not worth the scans
+        return value
+    start = value.find(_RUNS_KEY)
+    if start > 0 and value.rfind(_RUNS_KEY) == start:
+        end = value.find(_ERROR_KEY, start)
+        if end > 0 and value.rfind(_ERROR_KEY) == end:
+            value = value[:start] + value[end + 1:]
+    start = value.rfind(_LOGS_KEY)
+    if start > 0 and value.find(_LOGS_KEY) == start:
+        close = value.rfind(b"]")
+        if close > start and _LOGS_TAIL.fullmatch(value, close + 1):
+            value = value[:start] + b"}"
+    return value
+
+
+def _write_lines(path: Path, values: list[bytes]) -> None:
+    buf = b"\n".join([_lean(v) for v in values])
+    if buf.count(b"\n") != len(values) - 1:
+        buf = b"\n".join(v.replace(b"\n", b" ") for v in values)
+    with path.open("wb") as fh:
+        fh.write(buf)
+        fh.write(b"\n")
 
 
 class ExecutionIndex:
-    """The SQLite index at ``path`` (created with its parent directory, WAL mode).
+    """The DuckDB index at ``path`` (created with its parent directory).
 
-    An index written by another schema version is dropped and rebuilt on open (it is a
-    cache). Not thread-safe: one instance per thread.
+    DuckDB lets one process at a time open the file: opening waits up to ``lock_timeout``
+    seconds for another waxflow process to close it, then raises :class:`IndexBusyError`.
+    Open one instance per operation (``with ExecutionIndex(path) as ix: ...``) rather than
+    holding it. ``bootstrap`` is the broker :meth:`show` reads documents back from (default:
+    the last sync's). Not thread-safe: one instance per thread.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 bootstrap: str | None = None, lock_timeout: float = 30.0) -> None:
         self.path = Path(path) if path is not None else default_index_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self.last_sync_complete = True
-        self._migrate()
+        self._bootstrap = bootstrap
+        self._reader: Consumer | None = None
+        self._retire_foreign_file()
+        self._db = self._connect(lock_timeout)
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+        self._tmp: Path | None = None  # where batches are spilled, made by the first write
+
+    def _connect(self, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + lock_timeout
+        while True:
+            try:
+                db = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise OSError(str(exc).splitlines()[0]) from None
+                if time.monotonic() >= deadline:
+                    raise IndexBusyError(
+                        f"execution index {self.path} is in use by another process"
+                        f" (waited {lock_timeout:g}s)") from None
+                time.sleep(0.1)
+        db.execute("SET preserve_insertion_order = true")
+        return db
+
+    def _retire_foreign_file(self) -> None:
+        """Remove an index this version cannot read (an older SQLite index), saying so once."""
+        if self.path.name == "index.duckdb":
+            old = self.path.with_name("index.sqlite")
+            if old.exists():
+                _note(f"the execution index moved to {self.path} (a new format, rebuilt from"
+                      f" the log); removing the old {old}")
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{old}{suffix}").unlink(missing_ok=True)
+        if not self.path.exists() or self.path.stat().st_size < 16:
+            return
+        with self.path.open("rb") as fh:
+            head = fh.read(16)
+        if head == b"SQLite format 3\x00":
+            _note(f"the execution index {self.path} was written by an older waxflow;"
+                  " rebuilding it from the log")
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        elif head[8:12] != b"DUCK":  # not ours: never overwritten
+            raise OSError(f"{self.path} is not an execution index (not a DuckDB file)")
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
+        found = {r[0] for r in self._db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+        ).fetchall()}
+        version = None
+        if "meta" in found:
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            version = row[0] if row else None
+        if version == str(SCHEMA_VERSION):
+            if self._bootstrap is None:
+                row = self._db.execute(
+                    "SELECT value FROM meta WHERE name = 'bootstrap'").fetchone()
+                self._bootstrap = row[0] if row else None
             return
-        drops = "".join(f"DROP TABLE IF EXISTS {table};" for table in _TABLES)
-        self._db.executescript(
-            f"BEGIN; {drops} {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        if found & set(_TABLES):
+            _note(f"the execution index {self.path} has another format; rebuilding it from"
+                  " the log")
+        self._db.execute("BEGIN")
+        for table in _TABLES:
+            self._db.execute(f"DROP TABLE IF EXISTS {table}")
+        self._db.execute(_SCHEMA)
+        self._db.execute("INSERT INTO meta VALUES ('schema', ?)", [str(SCHEMA_VERSION)])
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database (releasing the file for other processes) and the log reader."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._db.close()
+        if self._tmp is not None:
+            for leftover in self._tmp.glob("*"):
+                leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._tmp.rmdir()
+            self._tmp = None
 
     def __enter__(self) -> ExecutionIndex:
         return self
@@ -173,131 +372,259 @@ class ExecutionIndex:
         ``id`` nor key) are ignored. ``timestamp_ms`` (the record's timestamp) dates a run's
         last state when the document has no ``endDate``.
         """
-        with self._db:
-            return self._ingest(log_topic, partition, offset, key=key, value=value,
-                                timestamp_ms=timestamp_ms)
-
-    def _ingest(self, log_topic: str, partition: int, offset: int, *, key: bytes | None,
-                value: bytes | None, timestamp_ms: int | None) -> bool:
         if value is None:
             return False
+        batch = _Batch()
+        batch.add(partition, offset, key, value, timestamp_ms)
+        return self._write(log_topic, batch) == 1
+
+    def ingest_batch(self, log_topic: str, batch: Sequence[tuple[int, int, bytes | None,
+                                                                 bytes | None, int | None]]
+                     ) -> int:
+        """Upsert many log records ``(partition, offset, key, value, timestamp_ms)`` in one
+        transaction, as :meth:`sync` does; return how many held usable documents."""
+        pending = _Batch()
+        for part, off, key, value, ts in batch:
+            if value is not None:
+                pending.add(part, off, key, value, ts)
+        return self._write(log_topic, pending)
+
+    def _write(self, log_topic: str, batch: _Batch, nexts: dict[int, int] | None = None,
+               spilled: tuple[pa.Table, Path] | None = None) -> int:
+        """Decode ``batch`` in bulk (into connection-local temp tables), then merge it into
+        the tables and store ``nexts`` as the positions of ``log_topic``, in one
+        transaction. Returns the usable documents."""
+        count = self._decode(batch, spilled) if batch.values else 0
+        self._db.execute("BEGIN")
         try:
-            doc = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return False
-        if not isinstance(doc, dict):
-            return False
-        exec_id = _str(doc.get("id")) or (key.decode("utf-8", "replace") if key else None)
-        if not exec_id:
-            return False
-        self._upsert_run(exec_id, doc, offset, timestamp_ms)
-        row = self._db.execute(
-            "SELECT log_topic, log_partition, log_offset FROM executions WHERE id = ?",
-            (exec_id,)).fetchone()
-        older = row is not None and (row[0], row[1]) == (log_topic, partition) and row[2] > offset
-        if not older:
-            self._upsert_execution(exec_id, doc, log_topic=log_topic, partition=partition,
-                                   offset=offset)
-        self._db.execute(
-            "UPDATE executions SET runs = (SELECT count(*) FROM runs WHERE execution_id = ?)"
-            " WHERE id = ?", (exec_id, exec_id))
-        return True
+            if count:
+                self._merge(log_topic)
+            if nexts:
+                parts = builtins.list(nexts)
+                self._db.execute("DELETE FROM positions WHERE topic = ? AND partition IN"
+                                 f" ({','.join('?' * len(parts))})", [log_topic, *parts])
+                self._db.executemany("INSERT INTO positions VALUES (?, ?, ?)",
+                                     [(log_topic, p, o) for p, o in nexts.items()])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return count
 
-    def _upsert_execution(self, exec_id: str, doc: dict[str, Any], *, log_topic: str,
-                          partition: int, offset: int) -> None:
-        trig = doc.get("trigger") if isinstance(doc.get("trigger"), dict) else {}
-        assert isinstance(trig, dict)
-        duration = doc.get("durationMs")
-        self._db.execute(
-            "INSERT INTO executions (id, namespace, flow_id, state, terminal, topic, partition,"
-            " offset, start_date, end_date, duration_ms, upstream_execution_id, log_topic,"
-            " log_partition, log_offset, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (id) DO UPDATE SET namespace=excluded.namespace,"
-            " flow_id=excluded.flow_id, state=excluded.state, terminal=excluded.terminal,"
-            " topic=excluded.topic, partition=excluded.partition, offset=excluded.offset,"
-            " start_date=excluded.start_date, end_date=excluded.end_date,"
-            " duration_ms=excluded.duration_ms,"
-            " upstream_execution_id=excluded.upstream_execution_id,"
-            " log_topic=excluded.log_topic, log_partition=excluded.log_partition,"
-            " log_offset=excluded.log_offset, doc=excluded.doc",
-            (exec_id, _str(doc.get("namespace")), _str(doc.get("flowId")),
-             _str(doc.get("state")), bool(doc.get("terminal")), _str(trig.get("topic")),
-             _int(trig.get("partition")), _int(trig.get("offset")),
-             normalize_date(doc.get("startDate")), normalize_date(doc.get("endDate")),
-             float(duration) if isinstance(duration, int | float) else None,
-             _str(doc.get("upstreamExecutionId")), log_topic, partition, offset,
-             json.dumps(doc)))
-        self._db.execute("DELETE FROM batch_ranges WHERE execution_id = ?", (exec_id,))
-        self._db.executemany(
-            "INSERT OR REPLACE INTO batch_ranges VALUES (?,?,?,?,?)",
-            [(exec_id, *r) for r in _ranges(trig.get("offsets"))])
+    def _decode(self, batch: _Batch, spilled: tuple[pa.Table, Path] | None = None) -> int:
+        """Stage ``batch`` (``spilled``: already written by :meth:`_Batch.spill`) as the temp
+        table ``nl`` (:meth:`_latest`); a batch the bulk decoder refuses is staged again from
+        its JSON objects, cleaned one by one. Returns the usable documents."""
+        coords, path = spilled or batch.spill(self._spill_path())
+        self._db.register("coords", coords)
+        try:
+            try:
+                self._stage(path)
+                return self._latest()
+            except (duckdb.Error, UnicodeDecodeError):
+                keep = [i for i, v in enumerate(batch.values) if _json_object(v)]
+                if not keep:
+                    return 0
+                self._db.unregister("coords")
+                kept = coords.take(pa.array(keep, pa.int64()))
+                kept = kept.set_column(0, "idx", pa.array(range(len(keep)), pa.int64()))
+                self._db.register("coords", kept)
+                _write_lines(path, [_clean(batch.values[i]) for i in keep])
+                self._stage(path)
+                return self._latest()
+        finally:
+            self._db.execute("DROP VIEW IF EXISTS d")
+            self._db.execute("DROP TABLE IF EXISTS jj")
+            self._db.unregister("coords")
+            path.unlink(missing_ok=True)
 
-    def _upsert_run(self, exec_id: str, doc: dict[str, Any], offset: int,
-                    timestamp_ms: int | None) -> None:
-        run_id = _str(doc.get("runId")) or ""
-        start = normalize_date(doc.get("startDate"))
-        last = normalize_date(doc.get("endDate")) or (
-            normalize_date(datetime.fromtimestamp(timestamp_ms / 1000, UTC))
-            if timestamp_ms is not None and timestamp_ms >= 0 else None) or start
-        state = _str(doc.get("state"))
-        row = self._db.execute(
-            "SELECT first_offset, last_offset FROM runs WHERE execution_id = ? AND run_id = ?",
-            (exec_id, run_id)).fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?)",
-                             (exec_id, run_id, start, state, last, offset, offset))
-            return
-        if offset < row["first_offset"]:
-            self._db.execute(
-                "UPDATE runs SET first_state_date = coalesce(?, first_state_date),"
-                " first_offset = ? WHERE execution_id = ? AND run_id = ?",
-                (start, offset, exec_id, run_id))
-        if offset >= row["last_offset"]:
-            self._db.execute(
-                "UPDATE runs SET last_state = ?, last_date = ?, last_offset = ?,"
-                " first_state_date = coalesce(first_state_date, ?)"
-                " WHERE execution_id = ? AND run_id = ?",
-                (state, last, offset, start, exec_id, run_id))
+    def _stage(self, path: Path) -> None:
+        """Decode the documents in ``path`` (the temp table ``jj``, one row per line in file
+        order) and define the temp view ``d``: their typed columns joined with the
+        registered ``coords`` by line."""
+        columns = "{" + ",".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
+        self._db.execute(
+            f"CREATE OR REPLACE TEMP TABLE jj AS SELECT * FROM read_json('{path}',"
+            f" format='newline_delimited', records=true, columns={columns})")
+        self._db.execute(
+                "CREATE OR REPLACE TEMP VIEW d AS SELECT"
+                " coalesce(j.id, c.rkey) AS eid, j.namespace, j.flowId AS flow_id, j.state,"
+                " coalesce(j.terminal, false) AS terminal, coalesce(j.runId, '') AS run_id,"
+                " epoch_us(try_cast(j.startDate AS TIMESTAMPTZ)) AS start_us,"
+                " epoch_us(try_cast(j.endDate AS TIMESTAMPTZ)) AS end_us,"
+                " j.durationMs AS duration_ms, j.trigger.type AS trigger_type,"
+                " j.trigger.topic AS topic, j.trigger.partition::INTEGER AS partition,"
+                " j.trigger.\"offset\" AS \"offset\", j.trigger.\"key\" AS record_key,"
+                " j.trigger.\"timestamp\" AS record_ts,"
+                " CAST(CASE WHEN json_type(j.trigger.offsets) = 'OBJECT'"
+                "  THEN j.trigger.offsets END AS VARCHAR) AS offsets,"
+                " j.trigger.messagesCount AS messages_count,"
+                " j.trigger.deliveryCount AS delivery_count, j.trigger.\"group\" AS group_id,"
+                " j.upstreamExecutionId AS upstream, j.error.taskId AS error_task,"
+                " j.error.message AS error_message, c.log_partition, c.log_offset,"
+                " c.record_ms"
+                " FROM (SELECT rowid AS idx, * FROM jj) j JOIN coords c USING (idx)"
+                " WHERE coalesce(j.id, c.rkey) <> ''")
+
+    def _latest(self) -> int:
+        """The temp table ``nl``: per execution of the batch its latest document, how many
+        documents it has and whether they span runs; return the documents."""
+        self._db.execute(
+            "CREATE OR REPLACE TEMP TABLE nl AS SELECT eid, count(*) AS ndocs,"
+            " min(run_id) <> max(run_id) AS multi,"
+            " arg_max(COLUMNS(* EXCLUDE (eid)), log_offset),"
+            f" {_PREFIX_SQL.format('eid')} AS id_prefix FROM d GROUP BY eid")
+        row = self._db.execute("SELECT sum(ndocs), count(*) FILTER (multi) FROM nl").fetchone()
+        # every document of the executions whose batch documents span runs (rare: replays)
+        self._db.execute("CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d WHERE eid IN"
+                         " (SELECT eid FROM nl WHERE multi)" if row and row[1] else
+                         "CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d LIMIT 0")
+        return int(row[0] or 0) if row else 0
+
+    def _merge(self, log_topic: str) -> None:
+        """Merge the staged documents ``d`` into executions, runs and batch ranges.
+
+        The common cases run as set operations: a new execution, or a later document of the
+        stored run. Executions whose run changes (a replay) or with several runs in the batch
+        are merged one by one (:meth:`_merge_runs`)."""
+        db = self._db
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE cand AS SELECT rowid AS row_id, id FROM executions"
+            " WHERE id_prefix IN (SELECT id_prefix FROM nl)")
+        if db.execute("SELECT count(*) FROM nl WHERE id_prefix IS NULL").fetchone() != (0,):
+            db.execute("INSERT INTO cand SELECT rowid, id FROM executions WHERE id_prefix IS NULL"
+                       " AND id IN (SELECT eid FROM nl WHERE id_prefix IS NULL)")
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE old AS SELECT e.rowid AS row_id, e.id, e.run_id,"
+            " e.runs, e.log_topic, e.log_partition, e.log_offset FROM executions e"
+            " WHERE e.rowid IN (SELECT row_id FROM cand WHERE id IN (SELECT eid FROM nl))")
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE plan AS SELECT nl.eid, old.row_id,"
+            " CASE WHEN old.id IS NULL AND NOT nl.multi THEN 'new'"
+            "  WHEN old.id IS NULL OR nl.multi OR old.run_id <> nl.run_id THEN 'runs'"
+            "  WHEN old.log_topic = ? AND old.log_partition = nl.log_partition"
+            "   AND old.log_offset > nl.log_offset THEN 'keep'"
+            "  ELSE 'replace' END AS action, coalesce(old.runs, 1) AS runs"
+            " FROM nl LEFT JOIN old ON old.id = nl.eid", [log_topic])
+        db.execute("DELETE FROM executions WHERE rowid IN"
+                   " (SELECT row_id FROM plan WHERE action = 'replace')")
+        db.execute(
+            "INSERT INTO executions SELECT nl.eid, nl.namespace, nl.flow_id, nl.state,"
+            " nl.terminal, nl.run_id, nl.start_us, nl.end_us, nl.duration_ms, plan.runs,"
+            " nl.trigger_type, nl.topic, nl.partition, nl.\"offset\", nl.record_key,"
+            " nl.record_ts, nl.offsets, nl.messages_count, nl.delivery_count, nl.group_id,"
+            " nl.upstream, nl.error_task, nl.error_message, ?, nl.log_partition,"
+            " nl.log_offset, coalesce(nl.end_us, nl.record_ms * 1000, nl.start_us),"
+            " nl.id_prefix"
+            " FROM nl JOIN plan USING (eid) WHERE plan.action IN ('new', 'replace')"
+            " ORDER BY nl.log_offset", [log_topic])
+        complex_ids = [r[0] for r in db.execute(
+            "SELECT eid FROM plan WHERE action = 'runs'").fetchall()]
+        if complex_ids:
+            self._merge_runs(log_topic, complex_ids)
+        ranges = db.execute(
+            "SELECT nl.eid, nl.offsets FROM nl JOIN plan USING (eid)"
+            " WHERE nl.offsets IS NOT NULL AND plan.action <> 'keep'").fetchall()
+        if ranges:
+            db.execute("DELETE FROM batch_ranges WHERE execution_id IN"
+                       " (SELECT eid FROM nl WHERE offsets IS NOT NULL)")
+            db.executemany("INSERT INTO batch_ranges VALUES (?, ?, ?, ?, ?)",
+                           [(eid, *r) for eid, text in ranges for r in _ranges(text)])
+
+    def _merge_runs(self, log_topic: str, ids: builtins.list[str]) -> None:
+        """Merge executions whose documents span runs: the stored row and earlier runs (in
+        ``runs``) plus the batch's documents give the latest document's row, the previous
+        runs (first/last state and dates) and the count of distinct runs."""
+        db = self._db
+        db.execute("CREATE OR REPLACE TEMP TABLE cx AS SELECT unnest(?::VARCHAR[]) AS eid",
+                   [ids])
+        cols = [c[0] for c in db.execute("SELECT * FROM executions LIMIT 0").description or ()]
+        stored = {r[0]: dict(zip(cols, r, strict=True)) for r in db.execute(
+            "SELECT * FROM executions WHERE rowid IN"
+            " (SELECT row_id FROM old WHERE id IN (SELECT eid FROM cx))").fetchall()}
+        prev: dict[str, dict[str, builtins.list[Any]]] = {}
+        for r in db.execute(
+                "SELECT execution_id, run_id, first_us, last_state, last_us, first_offset,"
+                " last_offset FROM runs WHERE execution_id IN (SELECT eid FROM cx)").fetchall():
+            prev.setdefault(r[0], {})[r[1]] = builtins.list(r[2:])
+        cur = db.execute(
+            "SELECT * FROM (SELECT * EXCLUDE (ndocs, multi) FROM nl WHERE NOT multi"
+            " UNION ALL BY NAME SELECT * FROM dm) WHERE eid IN (SELECT eid FROM cx)"
+            " ORDER BY log_offset")
+        dcols = [c[0] for c in cur.description or ()]
+        docs: dict[str, builtins.list[dict[str, Any]]] = {}
+        for r in cur.fetchall():
+            row = dict(zip(dcols, r, strict=True))
+            docs.setdefault(row["eid"], []).append(row)
+        rows: builtins.list[tuple[Any, ...]] = []
+        run_rows: builtins.list[tuple[Any, ...]] = []
+        for eid in ids:
+            runs = prev.get(eid, {})
+            best = stored.get(eid)
+            if best is not None:  # the stored row stands for (the latest state of) its run
+                _fold_run(runs, best["run_id"], first_us=best["start_us"],
+                          state=best["state"], last_us=best["last_us"],
+                          offset=best["log_offset"])
+            for doc in docs.get(eid, []):
+                _fold_run(runs, doc["run_id"], first_us=doc["start_us"], state=doc["state"],
+                          last_us=doc["end_us"] or (doc["record_ms"] * 1000
+                                                    if doc["record_ms"] is not None
+                                                    else doc["start_us"]),
+                          offset=doc["log_offset"])
+                newer = best is None or best["log_topic"] != log_topic or (
+                    best["log_partition"] != doc["log_partition"]) or (
+                    best["log_offset"] <= doc["log_offset"])
+                if newer:
+                    best = {**{c: doc.get(c) for c in cols}, "id": eid,
+                            "id_prefix": _prefix_of(eid),
+                            "log_topic": log_topic,
+                            "last_us": runs[doc["run_id"]][2]}
+            assert best is not None
+            best["runs"] = len(runs)
+            rows.append(tuple(best[c] for c in cols))
+            run_rows += [(eid, rid, *v) for rid, v in runs.items() if rid != best["run_id"]]
+        db.execute("DELETE FROM executions WHERE rowid IN"
+                   " (SELECT row_id FROM old WHERE id IN (SELECT eid FROM cx))")
+        db.execute("DELETE FROM runs WHERE execution_id IN (SELECT eid FROM cx)")
+        db.executemany(f"INSERT INTO executions VALUES ({','.join('?' * len(cols))})", rows)
+        if run_rows:
+            db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", run_rows)
 
     # -- syncing from Kafka --------------------------------------------------------------
 
     def positions(self, topic: str) -> dict[int, int]:
         """The next offset to read per partition of ``topic``, as stored by past syncs."""
         rows = self._db.execute(
-            "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,))
+            "SELECT partition, next_offset FROM positions WHERE topic = ?", [topic]).fetchall()
         return {int(r[0]): int(r[1]) for r in rows}
 
     def sync(self, bootstrap: str, topic: str, timeout: float = 10.0) -> int:
         """Read new records of the log ``topic`` into the index; return the documents read.
 
         Reads every partition from its stored position up to the end offset read at the
-        start, within ``timeout`` seconds overall. A missing topic reads nothing (0). If the
-        deadline passes with partitions unfinished, what was read is kept and
-        ``last_sync_complete`` is False; if the client also reported errors, or the broker
-        cannot be reached at all, raises :class:`IndexSyncError`.
+        start, within ``timeout`` seconds overall, writing in batches of at most
+        ``BATCH_DOCS`` documents (each batch one transaction with its positions). A missing
+        topic reads nothing (0). If the deadline passes with partitions unfinished, what was
+        read is kept and ``last_sync_complete`` is False; if the client also reported errors,
+        or the broker cannot be reached at all, raises :class:`IndexSyncError`.
         """
         deadline = time.monotonic() + timeout
         errors: list[str] = []
         consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"waxflow-index-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
+            **_reader_config(bootstrap, timeout, errors),
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 100,
-            "allow.auto.create.topics": False,
-            "socket.timeout.ms": max(10, int(min(timeout, 30.0) * 1000)),
-            "socket.connection.setup.timeout.ms": max(1000, int(min(timeout, 30.0) * 1000)),
-            "error_cb": lambda err: errors.append(str(err)),
-            "logger": _KAFKA_LOG,
+            "fetch.max.bytes": 64 << 20,
+            "max.partition.fetch.bytes": 8 << 20,
+            "queued.max.messages.kbytes": 256 << 10,
         })
         self.last_sync_complete = True
+        self._bootstrap = bootstrap
         try:
             ends = self._plan(consumer, topic, deadline)
             if not ends:
                 return 0
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('bootstrap', ?)", [bootstrap])
             return self._read(consumer, topic, ends=ends, deadline=deadline, errors=errors)
         except KafkaException as exc:
             raise IndexSyncError(_kafka_message(exc, bootstrap, errors)) from None
@@ -331,19 +658,52 @@ class ExecutionIndex:
 
     def _read(self, consumer: Consumer, topic: str, *, ends: dict[int, int], deadline: float,
               errors: list[str]) -> int:
+        """Write the batches a reader thread gathers (consuming, spilling values to a file)
+        while it gathers the next one: DuckDB works outside the GIL."""
         pending = set(ends)
+        ready: queue.Queue[_Gathered | BaseException | None] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def put(item: _Gathered | BaseException | None) -> None:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def gather() -> None:
+            try:
+                batch, nexts = _Batch(), dict[int, int]()
+                while pending and time.monotonic() < deadline and not stop.is_set():
+                    msgs = consumer.consume(_CONSUME, timeout=min(0.1, _left(deadline)))
+                    self._take_all(msgs, batch, ends=ends, pending=pending, nexts=nexts,
+                                   errors=errors)
+                    if len(batch) >= BATCH_DOCS or batch.size >= BATCH_BYTES or (
+                            nexts and (not pending or not msgs)):
+                        put(_Gathered(batch, nexts, self._spill(batch)))
+                        batch, nexts = _Batch(), {}
+                if nexts:
+                    put(_Gathered(batch, nexts, self._spill(batch)))
+                put(None)
+            except BaseException as exc:  # handed to the writing thread, raised there
+                put(exc)
+
+        reader = threading.Thread(target=gather, name="waxflow-index-reader", daemon=True)
+        reader.start()
         count = 0
-        while pending and time.monotonic() < deadline:
-            msgs = consumer.consume(_BATCH, timeout=min(0.1, _left(deadline)))
-            nexts: dict[int, int] = {}
-            with self._db:
-                for msg in msgs:
-                    count += self._handle(topic, msg, ends=ends, pending=pending, nexts=nexts,
-                                          errors=errors)
-                self._db.executemany(
-                    "INSERT INTO positions VALUES (?,?,?) ON CONFLICT (topic, partition)"
-                    " DO UPDATE SET next_offset = excluded.next_offset",
-                    [(topic, p, o) for p, o in nexts.items()])
+        try:
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                count += self._write(topic, item.batch, item.nexts, item.spilled)
+        finally:
+            stop.set()
+            reader.join()
+            while not ready.empty():  # a batch gathered but not written: drop its file
+                left = ready.get_nowait()
+                if isinstance(left, _Gathered) and left.spilled is not None:
+                    left.spilled[1].unlink(missing_ok=True)
         if pending:
             self.last_sync_complete = False
             if errors:
@@ -352,8 +712,55 @@ class ExecutionIndex:
                     f"{errors[-1]}")
         return count
 
-    def _handle(self, topic: str, msg: Message, *, ends: dict[int, int], pending: set[int],
-                nexts: dict[int, int], errors: list[str]) -> int:
+    def _spill(self, batch: _Batch) -> tuple[pa.Table, Path] | None:
+        if not batch.values:
+            return None
+        return batch.spill(self._spill_path())
+
+    def _spill_path(self) -> Path:
+        """A new file name for a spilled batch, in memory (``/dev/shm``) where there is one."""
+        if self._tmp is None:
+            shm = Path("/dev/shm")
+            self._tmp = Path(tempfile.mkdtemp(prefix="waxflow-index-",
+                                              dir=shm if shm.is_dir() else None))
+        return self._tmp / f"batch-{uuid.uuid4().hex}.ndjson"
+
+    @classmethod
+    def _take_all(cls, msgs: builtins.list[Message], batch: _Batch, *, ends: dict[int, int],
+                  pending: set[int], nexts: dict[int, int], errors: list[str]) -> None:
+        """:meth:`_take` for a list of messages, by columns when every message is a record
+        before its partition's end offset (the common case)."""
+        maybe_parts = [m.partition() for m in msgs]
+        maybe_offs = [m.offset() for m in msgs]
+        if not (all(m.error() is None for m in msgs) and all(
+                p is not None and o is not None and o < ends.get(p, -1)
+                for p, o in zip(maybe_parts, maybe_offs, strict=True))):
+            for msg in msgs:
+                cls._take(msg, batch, ends=ends, pending=pending, nexts=nexts, errors=errors)
+            return
+        parts, offs = cast(list[int], maybe_parts), cast(list[int], maybe_offs)
+        last = {p: o + 1 for p, o in zip(parts, offs, strict=True)}  # offsets only grow
+        nexts.update(last)
+        pending.difference_update(p for p, o in last.items() if o >= ends[p])
+        values = [m.value() for m in msgs]
+        times = [t if kind and t >= 0 else None for kind, t in (m.timestamp() for m in msgs)]
+        keys = [m.key() for m in msgs]
+        if None in values:  # tombstones move the position but hold no document
+            keep = [i for i, v in enumerate(values) if v is not None]
+            parts, offs = [parts[i] for i in keep], [offs[i] for i in keep]
+            values, times = [values[i] for i in keep], [times[i] for i in keep]
+            keys = [keys[i] for i in keep]
+        docs = cast(list[bytes], values)
+        batch.partitions += parts
+        batch.offsets += offs
+        batch.timestamps += times
+        batch.keys += keys
+        batch.values += docs
+        batch.size += sum(map(len, docs))
+
+    @staticmethod
+    def _take(msg: Message, batch: _Batch, *, ends: dict[int, int], pending: set[int],
+              nexts: dict[int, int], errors: list[str]) -> None:
         part, off, err = msg.partition(), msg.offset(), msg.error()
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
@@ -363,85 +770,275 @@ class ExecutionIndex:
             elif part in ends and off is not None:  # nothing more to fetch right now
                 pending.discard(part)
                 nexts[part] = max(nexts.get(part, 0), min(off, ends[part]))
-            return 0
+            return
         if part is None or off is None or part not in ends or off >= ends[part]:
             if part is not None:
                 pending.discard(part)
-            return 0
-        nexts[part] = max(nexts.get(part, 0), off + 1)
+            return
+        nexts[part] = off + 1
         if off + 1 >= ends[part]:
             pending.discard(part)
-        ts_type, ts = msg.timestamp()
-        ok = self._ingest(topic, part, off, key=msg.key(), value=msg.value(),
-                          timestamp_ms=ts if ts_type else None)
-        return int(ok)
+        value = msg.value()
+        if value is not None:
+            ts_type, ts = msg.timestamp()
+            batch.add(part, off, msg.key(), value, ts if ts_type and ts >= 0 else None)
 
     # -- queries -------------------------------------------------------------------------
 
-    def list(self, *, flow: str | None = None, state: str | None = None, topic: str | None = None,
-             since: datetime | None = None, until: datetime | None = None,
-             limit: int = 50) -> list[dict[str, Any]]:
-        """Execution summaries, newest start first, filtered by every given criterion.
-
-        ``flow`` matches the flow id or ``namespace.flowId``; ``state`` is case-insensitive;
-        ``topic`` matches the trigger topic or any topic of a batch's ranges; ``since`` is
-        inclusive and ``until`` exclusive (naive datetimes are UTC).
-        """
-        where: list[str] = []
-        params: list[Any] = []
+    def _where(self, *, flow: str | None = None, state: str | None = None,
+               topic: str | None = None, since: datetime | str | None = None,
+               until: datetime | str | None = None) -> tuple[str, builtins.list[Any]]:
+        """The WHERE clause (with its parameters) of the filters other than ``text``."""
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
         if flow:
-            where.append("(flow_id = ? OR namespace || '.' || flow_id = ?)")
-            params += [flow, flow]
+            alts = ["flow_id = ?"]
+            params.append(flow)
+            for i, ch in enumerate(flow):
+                if ch == ".":
+                    alts.append("(namespace = ? AND flow_id = ?)")
+                    params += [flow[:i], flow[i + 1:]]
+            where.append("(" + " OR ".join(alts) + ")")
         if state:
             where.append("state = ?")
             params.append(state.upper())
         if topic:
-            where.append("(topic = ? OR id IN (SELECT execution_id FROM batch_ranges"
-                         " WHERE topic = ?))")
+            where.append("(topic = ? OR (offsets IS NOT NULL AND id IN"
+                         " (SELECT execution_id FROM batch_ranges WHERE topic = ?)))")
             params += [topic, topic]
-        if since is not None:
-            where.append("start_date >= ?")
-            params.append(normalize_date(since))
-        if until is not None:
-            where.append("start_date < ?")
-            params.append(normalize_date(until))
-        sql = "SELECT * FROM executions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY start_date IS NULL, start_date DESC, log_offset DESC LIMIT ?"
-        params.append(max(0, limit))
-        return [_summary(r) for r in self._db.execute(sql, params)]
+        for bound, op in ((since, ">="), (until, "<")):
+            if bound is not None:
+                us = _micros(bound)
+                if us is None:
+                    raise ValueError(f"not an ISO datetime: {bound!r}")
+                where.append(f"start_us {op} ?")
+                params.append(us)
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
+    def _text_union(self, cols: str, where: str, params: builtins.list[Any],
+                    text: str) -> tuple[str, builtins.list[Any]]:
+        """A subquery of ``rowid AS r`` and ``cols`` for the rows matching ``where`` and
+        ``text`` (a record-key substring, or an id prefix): a union of the two, each branch
+        with its own filter, which DuckDB runs far faster than one scan with an OR."""
+        and_ = " AND " if where else " WHERE "
+        cond, args = _id_match(text, exact=False)
+        return (f"(SELECT rowid AS r, {cols} FROM executions{where}{and_}"
+                f"contains(record_key, ?) UNION SELECT rowid AS r, {cols} FROM executions"
+                f"{where}{and_}{cond})", [*params, text, *params, *args])
+
+    def list(self, *, flow: str | None = None, state: str | None = None, topic: str | None = None,
+             since: datetime | str | None = None, until: datetime | str | None = None,
+             text: str | None = None, limit: int = 50,
+             offset: int = 0) -> builtins.list[dict[str, Any]]:
+        """Execution summaries, newest start first, filtered by every given criterion.
+
+        ``flow`` matches the flow id or ``namespace.flowId``; ``state`` is case-insensitive;
+        ``topic`` matches the trigger topic or any topic of a batch's ranges; ``since`` is
+        inclusive and ``until`` exclusive (datetimes or ISO strings; naive = UTC); ``text``
+        matches a substring of the trigger record's key (its JSON text) or a prefix of the
+        execution id. ``limit``/``offset`` page through the result.
+        """
+        where, params = self._where(flow=flow, state=state, topic=topic, since=since,
+                                    until=until)
+        page = [max(0, limit), max(0, offset)]
+        if not text:
+            return self._summaries(f"SELECT {_SUMMARY_COLS} FROM executions{where}{_ORDER}"
+                                   " LIMIT ? OFFSET ?", params + page)
+        # the page's row ids first (few columns), then those rows
+        source, args = self._text_union("start_us, log_offset", where, params, text)
+        rowids = [r[0] for r in self._db.execute(
+            f"SELECT r FROM {source}{_ORDER} LIMIT ? OFFSET ?", args + page).fetchall()]
+        if not rowids:
+            return []
+        found = {r["rowid"]: r for r in self._summaries(
+            f"SELECT {_SUMMARY_COLS}, rowid FROM executions"
+            " WHERE rowid IN (SELECT unnest(?::BIGINT[]))", [rowids])}
+        out = [found[r] for r in rowids if r in found]
+        for row in out:
+            del row["rowid"]
+        return out
+
+    def count(self, *, flow: str | None = None, state: str | None = None,
+              topic: str | None = None, since: datetime | str | None = None,
+              until: datetime | str | None = None, text: str | None = None) -> dict[str, int]:
+        """Executions by state (``{"SUCCESS": n, ...}``) for the same filters as :meth:`list`;
+        states without executions are absent."""
+        where, params = self._where(flow=flow, state=state, topic=topic, since=since,
+                                    until=until)
+        if text:
+            source, params = self._text_union("state", where, params, text)
+            sql = f"SELECT coalesce(state, '?'), count(*) FROM {source} GROUP BY 1"
+        else:
+            sql = f"SELECT coalesce(state, '?'), count(*) FROM executions{where} GROUP BY 1"
+        rows = self._db.execute(sql, params).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def histogram(self, *, flow: str | None = None, topic: str | None = None,
+                  since: datetime | str | None = None, until: datetime | str | None = None,
+                  bucket_seconds: int = 60) -> builtins.list[dict[str, Any]]:
+        """Executions per time bucket and state, oldest bucket first: ``{"bucket": ISO start
+        (UTC), "state": s, "count": n}``. Buckets are aligned to the epoch; executions without
+        a start date are left out; empty buckets are absent."""
+        step = max(1, int(bucket_seconds)) * 1_000_000
+        where, params = self._where(flow=flow, topic=topic, since=since, until=until)
+        where += (" AND " if where else " WHERE ") + "start_us IS NOT NULL"
+        rows = self._db.execute(
+            f"SELECT (start_us // {step}) * {step} AS b, coalesce(state, '?'), count(*)"
+            f" FROM executions{where} GROUP BY 1, 2 ORDER BY 1, 2", params).fetchall()
+        return [{"bucket": _iso(int(r[0])), "state": str(r[1]), "count": int(r[2])}
+                for r in rows]
+
+    def flows(self) -> builtins.list[dict[str, Any]]:
+        """One entry per (namespace, flow) seen, ordered by namespace then flow: ``namespace``,
+        ``flow``, ``last_id``/``last_state``/``last_time`` (the execution with the latest start),
+        ``counts`` ({state: n}), ``topics`` (trigger topics seen, sorted), ``group`` (consumer
+        group id when the documents carry ``trigger.group``, else None) and ``per_minute``
+        (executions per minute over the last 10 minutes of that flow's activity)."""
+        flows: dict[tuple[Any, Any], dict[str, Any]] = {}
+        newest: dict[tuple[Any, Any], int] = {}
+        for ns, fl, state, topic, n, last_us in self._db.execute(
+                "SELECT namespace, flow_id, coalesce(state, '?'), topic, count(*), max(start_us)"
+                " FROM executions GROUP BY ALL").fetchall():
+            entry = flows.setdefault((ns, fl), {
+                "namespace": ns, "flow": fl, "last_id": None, "last_state": None,
+                "last_time": None, "counts": {}, "topics": set(), "group": None,
+                "per_minute": 0.0})
+            entry["counts"][state] = entry["counts"].get(state, 0) + int(n)
+            if topic is not None:
+                entry["topics"].add(topic)
+            if last_us is not None and last_us > newest.get((ns, fl), -(1 << 62)):
+                newest[(ns, fl)] = last_us
+        if newest:
+            # the latest execution of each flow (ties: the later log record), then the
+            # executions in the 10 minutes up to it
+            latest: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+            for row in self._db.execute(
+                    "SELECT namespace, flow_id, start_us, log_offset, id, state, group_id"
+                    " FROM executions WHERE start_us IN (SELECT unnest(?::BIGINT[]))",
+                    [builtins.list(set(newest.values()))]).fetchall():
+                key = (row[0], row[1])
+                if newest.get(key) == row[2] and (key not in latest or
+                                                  row[3] > latest[key][3]):
+                    latest[key] = row
+            for key, row in latest.items():
+                flows[key].update(last_id=row[4], last_state=row[5], last_time=_iso(row[2]),
+                                  group=row[6])
+            window = 600_000_000
+            keys = builtins.list(newest)
+            for ns, fl, n in self._db.execute(
+                    "SELECT w.ns, w.fl, count(*) FROM executions e JOIN"
+                    " (SELECT unnest(?::VARCHAR[]) AS ns, unnest(?::VARCHAR[]) AS fl,"
+                    "  unnest(?::BIGINT[]) AS since) w"
+                    " ON coalesce(e.namespace, '') = w.ns AND coalesce(e.flow_id, '') = w.fl"
+                    " WHERE e.start_us > ? AND e.start_us > w.since GROUP BY ALL",
+                    [[k[0] or "" for k in keys], [k[1] or "" for k in keys],
+                     [newest[k] - window for k in keys],
+                     min(newest.values()) - window]).fetchall():
+                for key in keys:
+                    if (key[0] or "", key[1] or "") == (ns, fl):
+                        flows[key]["per_minute"] = round(int(n) / 10.0, 3)
+        for ns, fl, t in self._db.execute(
+                "SELECT DISTINCT e.namespace, e.flow_id, b.topic FROM batch_ranges b"
+                " JOIN executions e ON e.id = b.execution_id WHERE e.offsets IS NOT NULL"
+        ).fetchall():
+            if (ns, fl) in flows:
+                flows[(ns, fl)]["topics"].add(t)
+        out = [flows[k] for k in sorted(flows, key=lambda k: (k[0] or "", k[1] or ""))]
+        for entry in out:
+            entry["topics"] = sorted(entry["topics"])
+            entry["counts"] = dict(sorted(entry["counts"].items()))
+        return out
 
     def resolve(self, id_or_prefix: str) -> str | None:
         """The full id for an exact id or a unique prefix of at least 6 characters.
 
         Returns None when nothing matches; raises :class:`AmbiguousIdError` when several do.
         """
-        if self._db.execute("SELECT 1 FROM executions WHERE id = ?", (id_or_prefix,)).fetchone():
-            return id_or_prefix
         if len(id_or_prefix) < MIN_PREFIX:
-            return None
+            cond, args = _id_match(id_or_prefix, exact=True)
+            row = self._db.execute(f"SELECT id FROM executions WHERE {cond} LIMIT 1",
+                                   args).fetchone()
+            return str(row[0]) if row else None
         rows = self._db.execute(
-            "SELECT id FROM executions WHERE id >= ? AND id < ? ORDER BY id LIMIT 11",
-            (id_or_prefix, id_or_prefix + "\U0010ffff")).fetchall()
+            f"SELECT id FROM executions WHERE {_id_match(id_or_prefix, exact=False)[0]}"
+            " ORDER BY id LIMIT 11", _id_match(id_or_prefix, exact=False)[1]).fetchall()
+        if any(r[0] == id_or_prefix for r in rows):
+            return id_or_prefix
         if len(rows) > 1:
             raise AmbiguousIdError(id_or_prefix, [r[0] for r in rows[:10]], len(rows) > 10)
         return str(rows[0][0]) if rows else None
 
     def show(self, id_or_prefix: str) -> dict[str, Any] | None:
-        """The latest document of one execution plus ``runs``: [{runId, state, startDate,
-        lastDate}] in log order. None when unknown; ambiguous prefix → AmbiguousIdError."""
+        """The latest document of one execution, read back from the log, plus ``runs``:
+        [{runId, state, startDate, lastDate}] in log order, and ``logs`` ([] when the document
+        has none). When the document cannot be read back (no broker known or reachable, the
+        record deleted by retention), the stored summary with ``taskRuns: []``, ``logs: []``
+        and ``documentError`` (one line) instead. None when unknown; ambiguous prefix →
+        :class:`AmbiguousIdError`."""
         exec_id = self.resolve(id_or_prefix)
         if exec_id is None:
             return None
-        row = self._db.execute("SELECT doc FROM executions WHERE id = ?", (exec_id,)).fetchone()
-        doc: dict[str, Any] = json.loads(row[0])
+        cond, args = _id_match(exec_id, exact=True)
+        [summary] = self._summaries(f"SELECT {_SUMMARY_COLS} FROM executions WHERE {cond}",
+                                    args)
+        try:
+            doc = self._read_back(exec_id, summary)
+        except _Unavailable as exc:
+            doc = {k: v for k, v in summary.items() if k not in ("runs", "logPartition",
+                                                                  "logOffset")}
+            doc.update(taskRuns=[], labels={}, documentError=str(exc))
+        if not isinstance(doc.get("logs"), builtins.list):
+            doc["logs"] = []
         doc["runs"] = [
-            {"runId": r["run_id"] or None, "state": r["last_state"],
-             "startDate": r["first_state_date"], "lastDate": r["last_date"]}
+            {"runId": r[0] or None, "state": r[1], "startDate": _iso(r[2]),
+             "lastDate": _iso(r[3])}
             for r in self._db.execute(
-                "SELECT * FROM runs WHERE execution_id = ? ORDER BY first_offset", (exec_id,))]
+                "SELECT run_id, last_state, first_us, last_us FROM runs"
+                " WHERE execution_id = ? ORDER BY first_offset", [exec_id]).fetchall()]
+        last = self._db.execute(f"SELECT last_us FROM executions WHERE {cond}",
+                                args).fetchone()
+        doc["runs"].append({"runId": summary["runId"] or None, "state": summary["state"],
+                            "startDate": summary["startDate"],
+                            "lastDate": _iso(last[0] if last else None)})
         return doc
+
+    def _read_back(self, exec_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """The document at the summary's log position (or a later one of the same key)."""
+        topic = summary["logTopic"]
+        where = f"{topic}/{summary['logPartition']}@{summary['logOffset']}"
+        if not self._bootstrap or not topic:
+            raise _Unavailable(f"the document at {where} cannot be read: no broker known"
+                               " (sync first or pass a bootstrap)")
+        errors: list[str] = []
+        if self._reader is None:
+            self._reader = Consumer({**_reader_config(self._bootstrap, 10.0, errors),
+                                     "fetch.wait.max.ms": 10})
+        tp = TopicPartition(topic, summary["logPartition"], summary["logOffset"])
+        self._reader.assign([tp])
+        deadline = time.monotonic() + 10.0
+        try:
+            while time.monotonic() < deadline:
+                msg = self._reader.poll(min(0.5, _left(deadline)))
+                if msg is None:
+                    continue
+                err, value = msg.error(), msg.value()
+                if err is not None:
+                    if err.fatal():
+                        break
+                    continue
+                if msg.key() == exec_id.encode() and value is not None:
+                    found = json.loads(value)
+                    if isinstance(found, dict):
+                        return found
+                raise _Unavailable(f"the document at {where} is no longer in the log"
+                                   " (compacted or expired)")
+        except (KafkaException, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _Unavailable(f"the document at {where} cannot be read: {exc}") from None
+        finally:
+            self._reader.unassign()
+        why = f": {errors[-1]}" if errors else ""
+        raise _Unavailable(f"the document at {where} could not be read from"
+                           f" {self._bootstrap} in 10s{why}")
 
     def trace(self, topic: str, partition: int, offset: int) -> builtins.list[dict[str, Any]]:
         """What happened to one record: summaries of the executions it triggered (``match``
@@ -451,30 +1048,92 @@ class ExecutionIndex:
         Each summary carries ``depth`` (0 for the record's own executions); ordered by depth,
         then start date.
         """
-        rows = self._db.execute(
-            "SELECT *, 'record' AS match FROM executions"
-            " WHERE topic = ? AND partition = ? AND offset = ?"
-            " UNION SELECT e.*, 'batch' AS match FROM executions e JOIN batch_ranges b"
-            " ON b.execution_id = e.id WHERE b.topic = ? AND b.partition = ?"
-            " AND b.first_offset <= ? AND b.last_offset >= ?",
-            (topic, partition, offset, topic, partition, offset, offset)).fetchall()
-        out: list[dict[str, Any]] = []
+        direct = self._summaries(
+            f"SELECT {_SUMMARY_COLS}, 'record' AS match FROM executions"
+            " WHERE topic = ? AND partition = ? AND \"offset\" = ?",
+            [topic, partition, offset])
+        direct += self._summaries(
+            f"SELECT {_SUMMARY_COLS}, 'batch' AS match FROM executions WHERE id IN"
+            " (SELECT execution_id FROM batch_ranges WHERE topic = ? AND partition = ?"
+            " AND first_offset <= ? AND last_offset >= ?)",
+            [topic, partition, offset, offset])
         seen: set[str] = set()
-        level = _unique(rows, seen)
-        for depth in range(MAX_TRACE_DEPTH + 1):
-            if not level:
-                break
-            level.sort(key=lambda r: (r["start_date"] or "", r["id"]))
-            out += [{**_summary(r), "match": r["match"], "depth": depth} for r in level]
-            ids = [r["id"] for r in level]
+        level = _unique(direct, seen)
+        level.sort(key=lambda r: (r["startDate"] or "", r["id"]))
+        out = [{**r, "depth": 0} for r in level]
+        return out + self._descend([r["id"] for r in level], depth=1, seen=seen)
+
+    def downstream(self, exec_id: str) -> builtins.list[dict[str, Any]]:
+        """Summaries of the executions caused by ``exec_id`` (an id or unique prefix): those
+        whose trigger record it produced (``upstreamExecutionId``), and theirs, up to depth 10;
+        each with ``match`` "downstream" and ``depth`` (1 = direct), ordered by depth then
+        start. Unknown id → []."""
+        full = self.resolve(exec_id)
+        if full is None:
+            return []
+        return self._descend([full], depth=1, seen={full})
+
+    def _descend(self, ids: builtins.list[str], *, depth: int,
+                 seen: set[str]) -> builtins.list[dict[str, Any]]:
+        out: builtins.list[dict[str, Any]] = []
+        while ids and depth <= MAX_TRACE_DEPTH:
             marks = ",".join("?" * len(ids))
-            level = _unique(self._db.execute(
-                "SELECT *, 'downstream' AS match FROM executions"
-                f" WHERE upstream_execution_id IN ({marks})", ids).fetchall(), seen)
+            level = _unique(self._summaries(
+                f"SELECT {_SUMMARY_COLS}, 'downstream' AS match FROM executions"
+                f" WHERE upstream IN ({marks})", ids), seen)
+            level.sort(key=lambda r: (r["startDate"] or "", r["id"]))
+            out += [{**r, "depth": depth} for r in level]
+            ids = [r["id"] for r in level]
+            depth += 1
         return out
 
+    def _summaries(self, sql: str, params: builtins.list[Any]) -> builtins.list[dict[str, Any]]:
+        cur = self._db.execute(sql, params)
+        names = [d[0] for d in cur.description or ()]
+        return [_summary(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
-def _unique(rows: Iterable[sqlite3.Row], seen: set[str]) -> list[sqlite3.Row]:
+
+class _Unavailable(Exception):
+    """A document could not be read back from the log (message for ``documentError``)."""
+
+
+#: the first 8 hex digits of an execution id as an integer (NULL for other ids): lookups by
+#: id or prefix filter on this column first, which DuckDB scans far faster than the text
+_PREFIX_SQL = ("CASE WHEN regexp_full_match(left({0}, 8), '[0-9a-fA-F]{{8}}')"
+               " THEN TRY_CAST('0x' || left({0}, 8) AS UINTEGER) END")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _prefix_of(exec_id: str) -> int | None:
+    """``id_prefix`` of an id, as :data:`_PREFIX_SQL` computes it."""
+    digits = exec_id[:8]
+    return int(digits, 16) if len(digits) == 8 and set(digits) <= _HEX else None
+
+
+def _id_match(text: str, *, exact: bool) -> tuple[str, builtins.list[Any]]:
+    """A condition on ``id`` (equal to ``text``, or starting with it) and its parameters,
+    narrowed by ``id_prefix`` when ``text`` starts with hex digits."""
+    # starts_with (not pushed into the scan) after the id_prefix filter (pushed): DuckDB then
+    # compares the text of the few rows left, not of every row as a pushed ``id = ?`` would
+    test, args = (("starts_with(id, ?) AND length(id) = ?", [text, len(text)]) if exact
+                  else ("starts_with(id, ?)", [text]))
+    digits = text[:8]
+    if not digits:
+        return test, args
+    if set(digits) <= _HEX:
+        if len(digits) == 8:  # every id starting with it has this id_prefix
+            return f"id_prefix = ? AND {test}", [int(digits, 16), *args]
+        if exact:  # an id this short has no id_prefix
+            return f"id_prefix IS NULL AND {test}", args
+        low, high = int(digits.ljust(8, "0"), 16), int(digits.ljust(8, "f"), 16)
+        return (f"(id_prefix BETWEEN ? AND ? OR id_prefix IS NULL) AND {test}",
+                [low, high, *args])
+    # not hex in its first 8 characters: neither is an id starting with it
+    return f"id_prefix IS NULL AND {test}", args
+
+
+def _unique(rows: builtins.list[dict[str, Any]], seen: set[str]) -> builtins.list[dict[str, Any]]:
+    """``rows`` whose id is not in ``seen`` (which gains them), first occurrence only."""
     out = []
     for row in rows:
         if row["id"] not in seen:
@@ -483,16 +1142,124 @@ def _unique(rows: Iterable[sqlite3.Row], seen: set[str]) -> list[sqlite3.Row]:
     return out
 
 
-def _summary(row: sqlite3.Row) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(row["doc"])
-    return {
-        "id": row["id"], "namespace": doc.get("namespace"), "flowId": doc.get("flowId"),
-        "state": doc.get("state"), "terminal": bool(doc.get("terminal")),
-        "startDate": doc.get("startDate"), "endDate": doc.get("endDate"),
-        "durationMs": doc.get("durationMs"), "runs": row["runs"],
-        "trigger": doc.get("trigger"), "upstreamExecutionId": doc.get("upstreamExecutionId"),
-        "error": doc.get("error"),
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    key: Any = row["record_key"]
+    offsets = json.loads(row["offsets"]) if row["offsets"] else None
+    error: Any = None
+    if row["error_task"] is not None or row["error_message"] is not None:
+        error = {"taskId": row["error_task"], "message": row["error_message"]}
+    out = {
+        "id": row["id"], "namespace": row["namespace"], "flowId": row["flow_id"],
+        "state": row["state"], "terminal": bool(row["terminal"]),
+        "startDate": _iso(row["start_us"]), "endDate": _iso(row["end_us"]),
+        "durationMs": row["duration_ms"], "runs": int(row["runs"] or 1),
+        "trigger": {"type": row["trigger_type"], "topic": row["topic"],
+                    "partition": row["partition"], "offset": row["offset"], "key": key,
+                    "timestamp": row["record_ts"], "offsets": offsets,
+                    "messagesCount": row["messages_count"],
+                    "deliveryCount": row["delivery_count"]},
+        "upstreamExecutionId": row["upstream"], "error": error, "runId": row["run_id"],
+        "logTopic": row["log_topic"], "logPartition": row["log_partition"],
+        "logOffset": row["log_offset"],
     }
+    if "match" in row:
+        out["match"] = row["match"]
+    if "rowid" in row:
+        out["rowid"] = row["rowid"]
+    return out
+
+
+def _fold_run(runs: dict[str, builtins.list[Any]], run_id: str, *, first_us: int | None,
+              state: str | None, last_us: int | None, offset: int) -> None:
+    """Fold one document into ``runs[run_id]`` = [first_us, last_state, last_us,
+    first_offset, last_offset]: the earliest document dates the run's start, the latest its
+    state and last date."""
+    run = runs.get(run_id)
+    if run is None:
+        runs[run_id] = [first_us, state, last_us, offset, offset]
+        return
+    if offset < run[3]:
+        run[0], run[3] = first_us if first_us is not None else run[0], offset
+    if offset >= run[4]:
+        run[1], run[2], run[4] = state, last_us, offset
+        if run[0] is None:
+            run[0] = first_us
+
+
+def _ranges(offsets: str) -> Iterator[tuple[str, int, int, int]]:
+    """(topic, partition, first, last) from a batch trigger's ``{"topic/p": [first, last]}``."""
+    try:
+        parsed = json.loads(offsets)
+    except json.JSONDecodeError:
+        return
+    if not isinstance(parsed, dict):
+        return
+    for name, bounds in parsed.items():
+        topic, _, part = str(name).rpartition("/")
+        if not topic or not part.isdigit() or not isinstance(bounds, list | tuple):
+            continue
+        if len(bounds) == 2 and all(_int(b) is not None for b in bounds):
+            yield topic, int(part), int(bounds[0]), int(bounds[1])
+
+
+def _json_object(value: bytes) -> bool:
+    """Whether a record value is a JSON object the bulk decoder can take."""
+    try:
+        doc = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict)
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": str, "namespace": str, "flowId": str, "state": str, "terminal": bool, "runId": str,
+    "startDate": str, "endDate": str, "durationMs": (int, float), "upstreamExecutionId": str,
+}
+_TRIGGER_TYPES: dict[str, type | tuple[type, ...]] = {
+    "type": str, "topic": str, "partition": int, "offset": int, "timestamp": int,
+    "messagesCount": int, "deliveryCount": int, "group": str,
+}
+
+
+def _clean(value: bytes) -> bytes:
+    """A JSON object reduced to the decoded fields, each of its expected type or dropped
+    (the slow path for a batch the bulk decoder refused)."""
+    doc = json.loads(value)
+    out: dict[str, Any] = {k: doc[k] for k, t in _FIELD_TYPES.items()
+                           if isinstance(doc.get(k), t) and not (
+                               t is not bool and isinstance(doc.get(k), bool))}
+    trig = doc.get("trigger")
+    if isinstance(trig, dict):
+        clean = {k: trig[k] for k, t in _TRIGGER_TYPES.items()
+                 if isinstance(trig.get(k), t) and not isinstance(trig.get(k), bool)}
+        clean["key"] = trig.get("key")
+        if isinstance(trig.get("offsets"), dict):
+            clean["offsets"] = trig["offsets"]
+        out["trigger"] = clean
+    if "error" in doc:
+        out["error"] = doc["error"]
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+def _reader_config(bootstrap: str, timeout: float, errors: list[str]) -> dict[str, Any]:
+    """A consumer that reads the log without a group of its own ever being committed."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"waxflow-index-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "allow.auto.create.topics": False,
+        "socket.timeout.ms": max(10, int(min(timeout, 30.0) * 1000)),
+        "socket.connection.setup.timeout.ms": max(1000, int(min(timeout, 30.0) * 1000)),
+        "error_cb": lambda err: errors.append(str(err)),
+        "logger": _KAFKA_LOG,
+    }
+
+
+def _note(message: str) -> None:
+    print(f"waxflow: note: {message}", file=sys.stderr)
 
 
 def _left(deadline: float) -> float:
@@ -503,5 +1270,11 @@ def _left(deadline: float) -> float:
 def _kafka_message(exc: KafkaException, bootstrap: str, errors: list[str]) -> str:
     err = exc.args[0] if exc.args else None
     text = err.str() if isinstance(err, KafkaError) else str(exc)
-    why = f" ({errors[-1]})" if errors and errors[-1] not in text else ""
+    why = f" ({errors[-1]})" if errors else ""
+    if errors and errors[-1] in text:
+        why = ""
     return f"cannot read the execution log from {bootstrap}: {text}{why}"
+
+
+__all__ = ["AmbiguousIdError", "ExecutionIndex", "IndexBusyError", "IndexSyncError",
+           "default_index_path", "normalize_date"]

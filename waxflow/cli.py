@@ -410,11 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="waxflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     from waxflow.recovery.executions_cli import add_parser as add_executions
+    from waxflow.server.command import add_parser as add_server
 
     _add_broker(sub)
     _add_flow_commands(sub)
     add_executions(sub)
     add_replay(sub.choices["executions"])
+    add_server(sub)
     _check_numbers(parser)
     return parser
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from waxflow.recovery.executions_cli import add_parser, parse_when
-from waxflow.recovery.index import AmbiguousIdError, ExecutionIndex
+from waxflow.recovery.index import AmbiguousIdError, ExecutionIndex, IndexBusyError, _lean
 
 LOG = "waxflow.executions"
 
@@ -164,24 +167,185 @@ def test_trace_stops_at_cycles_and_depth(index: ExecutionIndex, feed: Feeder) ->
     assert len({r["id"] for r in got}) == 11
 
 
-def test_index_persists_and_rebuilds_on_schema_change(tmp_path: Path) -> None:
-    path = tmp_path / "ix.sqlite"
+def test_index_persists_and_rebuilds_on_schema_change(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ix.duckdb"
     with ExecutionIndex(path) as ix:
         Feeder(ix)(doc("p" * 32))
     with ExecutionIndex(path) as ix:
         assert len(ix.list()) == 1
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA user_version = 999")
+    assert capsys.readouterr().err == ""
+    db = duckdb.connect(str(path))
+    db.execute("UPDATE meta SET value = '999' WHERE name = 'schema'")
+    db.close()
     with ExecutionIndex(path) as ix:
         assert ix.list() == []  # a cache from another version is dropped, not misread
+        Feeder(ix)(doc("q" * 32))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rebuilding it from the log" in err
+    with ExecutionIndex(path) as ix:  # rebuilt once: no note the next time
+        assert [r["id"] for r in ix.list()] == ["q" * 32]
+    assert capsys.readouterr().err == ""
 
 
-def test_default_path_honours_waxflow_home(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WAXFLOW_HOME", str(tmp_path / "home"))
+def test_an_old_sqlite_index_is_replaced(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "given.idx"
+    with sqlite3.connect(path) as db:  # what the previous version wrote
+        db.execute("CREATE TABLE executions (id TEXT PRIMARY KEY, doc TEXT)")
+    with ExecutionIndex(path) as ix:
+        assert ix.list() == []
+        Feeder(ix)(doc("r" * 32))
+        assert len(ix.list()) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "older waxflow" in err and str(path) in err
+
+
+def test_default_path_honours_waxflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with sqlite3.connect(home / "index.sqlite") as db:  # the previous version's index
+        db.execute("CREATE TABLE executions (id TEXT PRIMARY KEY)")
+    monkeypatch.setenv("WAXFLOW_HOME", str(home))
     with ExecutionIndex() as ix:
-        assert ix.path == tmp_path / "home" / "index.sqlite"
-    assert ix.path.exists()
+        assert ix.path == home / "index.duckdb"
+    assert ix.path.exists() and not (home / "index.sqlite").exists()
+    assert "removing the old" in capsys.readouterr().err
+
+
+def test_count_histogram_and_text(index: ExecutionIndex, feed: Feeder) -> None:
+    feed(doc("e1" * 16, "SUCCESS", start="2026-11-25T10:00:10+00:00", offset=1,
+             trigger_key="cust-001"),
+         doc("e2" * 16, "FAILED", start="2026-11-25T10:00:50+00:00", offset=2),
+         doc("e3" * 16, "SUCCESS", flow="refunds", start="2026-11-25T10:01:05+00:00",
+             offset=3),
+         doc("e4" * 16, "RUNNING", start="2026-11-25T10:03:00+00:00", offset=4))
+    # record keys: "k1" for e1 only (set below), None otherwise
+    assert index.count() == {"SUCCESS": 2, "FAILED": 1, "RUNNING": 1}
+    assert index.count(flow="orders") == {"SUCCESS": 1, "FAILED": 1, "RUNNING": 1}
+    assert index.count(state="failed") == {"FAILED": 1}
+    assert index.count(since="2026-11-25T10:01:00Z") == {"SUCCESS": 1, "RUNNING": 1}
+    assert index.count(until=datetime(2026, 11, 25, 10, 1)) == {"SUCCESS": 1, "FAILED": 1}
+    assert index.histogram() == [
+        {"bucket": "2026-11-25T10:00:00+00:00", "state": "FAILED", "count": 1},
+        {"bucket": "2026-11-25T10:00:00+00:00", "state": "SUCCESS", "count": 1},
+        {"bucket": "2026-11-25T10:01:00+00:00", "state": "SUCCESS", "count": 1},
+        {"bucket": "2026-11-25T10:03:00+00:00", "state": "RUNNING", "count": 1}]
+    assert index.histogram(bucket_seconds=3600, flow="orders") == [
+        {"bucket": "2026-11-25T10:00:00+00:00", "state": "FAILED", "count": 1},
+        {"bucket": "2026-11-25T10:00:00+00:00", "state": "RUNNING", "count": 1},
+        {"bucket": "2026-11-25T10:00:00+00:00", "state": "SUCCESS", "count": 1}]
+    # text: an execution-id prefix, or a substring of the record key
+    assert [r["id"] for r in index.list(text="e3e3")] == ["e3" * 16]
+    keyed = doc("k" * 32, start="2026-11-25T09:00:00+00:00", offset=5)
+    keyed["trigger"]["key"] = "customer-4711"
+    feed(keyed)
+    assert [r["id"] for r in index.list(text="er-47")] == ["k" * 32]
+    assert index.list(text="er-47")[0]["trigger"]["key"] == "customer-4711"
+    assert index.count(text="er-47") == {"SUCCESS": 1}
+    assert index.list(text="nothing-like-it") == []
+    # pagination: newest first, limit/offset
+    ids = [r["id"][:2] for r in index.list()]
+    assert ids == ["e4", "e3", "e2", "e1", "kk"]
+    assert [r["id"][:2] for r in index.list(limit=2, offset=2)] == ["e2", "e1"]
+    assert index.list(offset=10) == []
+    with pytest.raises(ValueError, match="not an ISO datetime"):
+        index.list(since="yesterday")
+
+
+def test_flows_summarise_each_flow(index: ExecutionIndex, feed: Feeder) -> None:
+    feed(doc("a1" * 16, "SUCCESS", start="2026-11-25T10:00:00+00:00", offset=1),
+         doc("a2" * 16, "FAILED", start="2026-11-25T10:20:00+00:00", offset=2),
+         doc("a3" * 16, "SUCCESS", start="2026-11-25T10:25:00+00:00", offset=3,
+             topic="orders-eu"),
+         doc("b1" * 16, "SUCCESS", flow="refunds", namespace="pay", topic=None,
+             partition=None, offset=None, offsets={"refunds/0": [0, 9]},
+             start="2026-11-25T11:00:00+00:00"))
+    grouped = doc("c1" * 16, "RUNNING", flow="grouped", start="2026-11-25T12:00:00+00:00")
+    grouped["trigger"]["group"] = "waxflow-shop-grouped"
+    feed(grouped)
+    got = {(f["namespace"], f["flow"]): f for f in index.flows()}
+    assert [(f["namespace"], f["flow"]) for f in index.flows()] == [
+        ("pay", "refunds"), ("shop", "grouped"), ("shop", "orders")]
+    orders = got[("shop", "orders")]
+    assert orders["last_id"] == "a3" * 16 and orders["last_state"] == "SUCCESS"
+    assert orders["last_time"] == "2026-11-25T10:25:00+00:00"
+    assert orders["counts"] == {"FAILED": 1, "SUCCESS": 2}
+    assert orders["topics"] == ["orders", "orders-eu"]
+    assert orders["group"] is None
+    assert orders["per_minute"] == 0.2  # 2 executions in the 10 minutes up to 10:25
+    assert got[("pay", "refunds")]["topics"] == ["refunds"]
+    assert got[("shop", "grouped")]["group"] == "waxflow-shop-grouped"
+
+
+def test_downstream_follows_produced_records(index: ExecutionIndex, feed: Feeder) -> None:
+    feed(doc("root" + "0" * 28, topic="orders", offset=1),
+         doc("kid1" + "0" * 28, topic="enriched", offset=0, upstream="root" + "0" * 28,
+             start="2026-11-25T16:00:01+00:00"),
+         doc("kid2" + "0" * 28, topic="enriched", offset=1, upstream="root" + "0" * 28,
+             start="2026-11-25T16:00:02+00:00"),
+         doc("gkid" + "0" * 28, topic="alerts", offset=0, upstream="kid2" + "0" * 28),
+         doc("back" + "0" * 28, topic="loop", offset=0, upstream="gkid" + "0" * 28))
+    feed(doc("root" + "0" * 28, topic="orders", offset=1, upstream="back" + "0" * 28))
+    got = [(r["id"][:4], r["depth"], r["match"]) for r in index.downstream("root00")]
+    assert got == [("kid1", 1, "downstream"), ("kid2", 1, "downstream"),
+                   ("gkid", 2, "downstream"), ("back", 3, "downstream")]  # the cycle is cut
+    assert index.downstream("kid1" + "0" * 28) == []
+    assert index.downstream("unknown-id") == []
+
+
+def test_show_without_a_broker_gives_the_summary(index: ExecutionIndex, feed: Feeder) -> None:
+    feed(doc("s" * 32, "FAILED", error={"taskId": "load", "message": "boom"}))
+    shown = index.show("s" * 32)
+    assert shown is not None
+    assert shown["state"] == "FAILED" and shown["error"] == {"taskId": "load",
+                                                             "message": "boom"}
+    assert shown["taskRuns"] == [] and shown["logs"] == []
+    assert "no broker known" in shown["documentError"] and "\n" not in shown["documentError"]
+    assert [r["state"] for r in shown["runs"]] == ["FAILED"]
+
+
+def test_bulk_batch_with_junk_keeps_the_documents(index: ExecutionIndex) -> None:
+    records: list[tuple[int, int, bytes | None, bytes | None, int | None]] = [
+        (0, 0, b"a" * 32, json.dumps(doc("a" * 32, "RUNNING")).encode(), None),
+        (0, 1, b"x", b"not json", None),
+        (0, 2, b"y", b"[1, 2]", None),
+        (0, 3, b"z", None, None),
+        (0, 4, b"a" * 32, json.dumps(doc("a" * 32, "SUCCESS")).encode(), None),
+        (0, 5, b"w", json.dumps({"id": "w" * 32, "state": "RUNNING",
+                                 "trigger": {"partition": "zero"}}).encode(), None),
+        (0, 6, b"fromkey", b'{"state": "RUNNING"}', None),
+    ]
+    assert index.ingest_batch(LOG, records) == 4
+    rows = {r["id"]: r for r in index.list()}
+    assert set(rows) == {"a" * 32, "w" * 32, "fromkey"}
+    assert rows["a" * 32]["state"] == "SUCCESS" and rows["a" * 32]["logOffset"] == 4
+    assert rows["w" * 32]["trigger"]["partition"] is None  # a mistyped field is dropped
+    assert index.ingest_batch(LOG, []) == 0
+
+
+def test_runs_across_batches(index: ExecutionIndex) -> None:
+    """A replay's documents arriving in a later batch than the first run's."""
+    eid = "d" * 32
+
+    def rec(off: int, state: str, run: str, start: str) -> tuple[int, int, bytes, bytes, None]:
+        return (0, off, eid.encode(), json.dumps(doc(eid, state, run=run, start=start)).encode(),
+                None)
+
+    t1, t2, t3 = ("2026-11-25T16:00:00+00:00", "2026-11-25T16:05:00+00:00",
+                  "2026-11-25T16:09:00+00:00")
+    index.ingest_batch(LOG, [rec(0, "RUNNING", "r1", t1)])
+    index.ingest_batch(LOG, [rec(1, "FAILED", "r1", t1), rec(2, "RUNNING", "r2", t2)])
+    index.ingest_batch(LOG, [rec(3, "SUCCESS", "r2", t2), rec(4, "RUNNING", "r3", t3)])
+    index.ingest_batch(LOG, [rec(1, "FAILED", "r1", t1)])  # an old record again: no change
+    [row] = index.list()
+    assert row["runs"] == 3 and row["state"] == "RUNNING" and row["runId"] == "r3"
+    shown = index.show(eid)
+    assert shown is not None
+    assert [(r["runId"], r["state"]) for r in shown["runs"]] == [
+        ("r1", "FAILED"), ("r2", "SUCCESS"), ("r3", "RUNNING")]
+    assert shown["runs"][1]["startDate"] == t2
 
 
 # -- CLI ---------------------------------------------------------------------------------
@@ -289,3 +453,78 @@ def test_parse_when() -> None:
     with pytest.raises(SystemExit) as exc:
         run_cli("executions", "list", "--since", "soon")
     assert exc.value.code == 2
+
+
+def test_another_process_holding_the_index(tmp_path: Path) -> None:
+    """DuckDB lets one process open the file: another waits for it, then gives up with a
+    one-line error; threads of one process share it."""
+    path = tmp_path / "ix.duckdb"
+    with ExecutionIndex(path) as ix:
+        Feeder(ix)(doc("h" * 32))
+        with ExecutionIndex(path) as same_process:  # a second instance in this process
+            assert [r["id"] for r in same_process.list()] == ["h" * 32]
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from waxflow.recovery.index import ExecutionIndex\n"
+         f"ix = ExecutionIndex({str(path)!r})\n"
+         "print('open', flush=True)\n"
+         "sys.stdin.readline()\n"
+         "ix.close()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(IndexBusyError) as err:
+            ExecutionIndex(path, lock_timeout=0.5)
+        assert "in use by another process" in str(err.value) and "\n" not in str(err.value)
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        with ExecutionIndex(path, lock_timeout=60) as ix:  # waits until the holder closes
+            assert [r["id"] for r in ix.list()] == ["h" * 32]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_documents_with_task_runs_and_logs_index_the_same(index: ExecutionIndex) -> None:
+    """The decoder skips taskRuns and logs when it can cut them exactly; documents whose
+    outputs or labels look like those markers are decoded whole, with the same result."""
+    runs = [{"taskId": "t", "type": "core.Log", "parentTaskId": None, "state": "FAILED",
+             "attempts": [{"state": "FAILED", "startDate": None, "endDate": None,
+                           "error": "x"}],
+             "outputs": {"tricky": [1], "error": "not the top-level one"}}]
+    logs = [{"ts": "2026-11-25T16:00:00+00:00", "level": "INFO", "taskId": "t",
+             "taskRunId": "t-0", "attempt": 1, "message": 'a ],"error": in text ' + "x" * 2000}]
+    clean_runs = [{**runs[0], "outputs": {"value": "y" * 500}}]
+    plain = doc("l1" * 16, "FAILED", upstream="u" * 32, taskRuns=clean_runs,
+                error={"taskId": "t", "message": "boom"}, labels={"team": "a"})
+    plain.update(logs=logs, logsDropped=4, truncated=True)
+    nested = doc("l2" * 16, "FAILED", upstream="u" * 32, taskRuns=runs,
+                 error={"taskId": "t", "message": "boom"},
+                 labels={"logs": "[not a list]", "error": "label"})
+    nested["logs"] = logs
+    values = [json.dumps(d, separators=(",", ":")).encode() for d in (plain, nested)]
+    assert len(_lean(values[0])) < 1000 < len(values[0])  # taskRuns and logs cut
+    # look-alike markers in outputs: taskRuns stays, decoded whole; the logs are cut
+    assert b'"tricky"' in _lean(values[1]) and b"xxxx" not in _lean(values[1])
+    assert index.ingest_batch(LOG, [(0, n, d["id"].encode(), v, None) for n, (d, v) in
+                                    enumerate(zip((plain, nested), values, strict=True))]) == 2
+    rows = index.list()
+    assert len(rows) == 2
+    for row in rows:
+        assert row["state"] == "FAILED" and row["upstreamExecutionId"] == "u" * 32
+        assert row["error"] == {"taskId": "t", "message": "boom"}
+        assert row["trigger"]["topic"] == "orders"
+
+
+def test_a_file_that_is_no_index_is_left_alone(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes, not an index\n" * 10)
+    with pytest.raises(OSError, match="not an execution index"):
+        ExecutionIndex(path)
+    assert path.read_text().startswith("my notes")
+    assert run_cli("executions", "list", "--no-sync", "--index", str(path)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not an execution index" in err

@@ -1,0 +1,193 @@
+"""What the server reads from the broker itself: a trigger record, a consumer group's lag.
+
+Both are read-only (no group joined, nothing committed) and bounded by a timeout; a failure
+is an answer with ``error`` set (one line), never an exception for the page. Answers are
+cached for a few seconds, so a page that refreshes does not hammer the broker. Text shown
+from a record passes through the process's secret redactor and is cut to a preview.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from waxflow.expressions import redact
+
+PREVIEW_CHARS = 4096
+CACHE_SECONDS = 5.0
+_T = TypeVar("_T")
+
+
+class _Cache:
+    """A small time-bounded memo, thread-safe."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._items: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], _T]) -> _T:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and now - hit[0] < self._seconds:
+                value: _T = hit[1]
+                return value
+        value = make()
+        with self._lock:
+            if len(self._items) > 256:
+                self._items.clear()
+            self._items[key] = (time.monotonic(), value)
+        return value
+
+
+_RECORDS = _Cache(60.0)
+_LAGS = _Cache(CACHE_SECONDS)
+
+
+def preview(data: bytes | None, limit: int = PREVIEW_CHARS) -> dict[str, Any] | None:
+    """``{"text", "bytes", "cut", "binary"}`` for record bytes; None for a null value.
+
+    UTF-8 text is shown as is (secrets masked), anything else as base64; ``cut`` says the text
+    was shortened to ``limit`` characters.
+    """
+    if data is None:
+        return None
+    try:
+        text, binary = data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, binary = base64.b64encode(data).decode("ascii"), True
+    text = redact(text)
+    return {"text": text[:limit], "bytes": len(data), "cut": len(text) > limit,
+            "binary": binary}
+
+
+def _client(conf: Mapping[str, Any], timeout: float) -> Consumer:
+    return Consumer({**conf, "group.id": conf.get("group.id") or
+                     f"waxflow-server-{uuid.uuid4().hex}",
+                     "enable.auto.commit": False, "enable.partition.eof": True,
+                     "socket.timeout.ms": int(timeout * 1000),
+                     "socket.connection.setup.timeout.ms": int(timeout * 1000)})
+
+
+def trigger_record(conf: Mapping[str, Any], topic: str, partition: int, offset: int, *,
+                   timeout: float = 5.0) -> dict[str, Any]:
+    """The record at ``topic/partition@offset``: ``key``, ``value`` (previews), ``headers``
+    ({name: preview text}), ``timestamp``; or ``{"error": ...}`` when it cannot be read
+    (deleted by retention, broker unreachable)."""
+    key = (conf.get("bootstrap.servers"), topic, partition, offset)
+    return _RECORDS.get(key, lambda: _read_record(conf, topic, partition, offset, timeout))
+
+
+def _read_record(conf: Mapping[str, Any], topic: str, partition: int, offset: int,
+                 timeout: float) -> dict[str, Any]:
+    consumer = _client(conf, timeout)
+    where = f"record {topic}/{partition}@{offset}"
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(max(0.05, deadline - time.monotonic()))
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                return {"error": f"{where} cannot be read: {err.str()}"}
+            if msg.offset() != offset:
+                break
+            ts_type, ts = msg.timestamp()
+            raw = msg.headers() or []
+            pairs = raw.items() if isinstance(raw, dict) else raw
+            headers = [(str(k), preview(v.encode() if isinstance(v, str) else v, 512))
+                       for k, v in pairs]
+            return {"key": preview(msg.key(), 512), "value": preview(msg.value()),
+                    "headers": [{"name": redact(k), "value": v} for k, v in headers],
+                    "timestamp": ts if ts_type else None}
+        return {"error": f"{where} cannot be read (deleted by retention, or not reachable "
+                         f"within {timeout:g}s)"}
+    except KafkaException as exc:
+        return {"error": f"{where} cannot be read: {exc.args[0].str() if exc.args else exc}"}
+    finally:
+        consumer.close()
+
+
+def group_lag(conf: Mapping[str, Any], group: str, topics: list[str], *,
+              timeout: float = 5.0) -> dict[str, Any]:
+    """The consumer group's lag per partition of ``topics``: ``{"group", "partitions":
+    [{"topic", "partition", "committed", "end", "lag"}], "total"}`` (``committed`` None and
+    ``lag`` the whole partition when the group committed nothing); ``error`` on failure.
+
+    ``lag`` counts from the first committed (read_committed) record after the group's offset
+    to the end: transaction markers and aborted records behind the offset are not work left
+    (a group that read everything of a transactional topic has lag 0, not one per marker).
+    """
+    key = (conf.get("bootstrap.servers"), group, tuple(sorted(topics)))
+    return _LAGS.get(key, lambda: _read_lag(conf, group, topics, timeout))
+
+
+def _read_lag(conf: Mapping[str, Any], group: str, topics: list[str],
+              timeout: float) -> dict[str, Any]:
+    consumer = _client({**conf, "group.id": group}, timeout)
+    try:
+        tps: list[TopicPartition] = []
+        meta = consumer.list_topics(timeout=timeout)
+        for topic in topics:
+            t = meta.topics.get(topic)
+            if t is None or t.error is not None:
+                continue
+            tps += [TopicPartition(topic, p) for p in sorted(t.partitions)]
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in consumer.committed(tps, timeout=timeout)} if tps else {}
+        rows = []
+        for tp in tps:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            done = committed.get((tp.topic, tp.partition))
+            done = done if done is not None and done >= 0 else None
+            lag = high - (done if done is not None else low)
+            rows.append({"topic": tp.topic, "partition": tp.partition, "committed": done,
+                         "end": high, "lag": max(0, lag)})
+        _skip_markers(conf, rows, timeout)
+        return {"group": group, "partitions": rows, "total": sum(r["lag"] for r in rows),
+                "error": None}
+    except KafkaException as exc:
+        return {"group": group, "partitions": [], "total": None,
+                "error": f"lag of group {group}: {exc.args[0].str() if exc.args else exc}"}
+    finally:
+        consumer.close()
+
+
+def _skip_markers(conf: Mapping[str, Any], rows: list[dict[str, Any]], timeout: float) -> None:
+    """Lower each partition's lag to start at its first readable record after the committed
+    offset (0 when only markers or aborted records remain), reading at most one record."""
+    behind = {(r["topic"], r["partition"]): r for r in rows if r["lag"] > 0}
+    if not behind:
+        return
+    consumer = _client({**conf, "isolation.level": "read_committed"}, timeout)
+    try:
+        consumer.assign([TopicPartition(t, p, r["committed"] if r["committed"] is not None
+                                        else -2)  # -2: the earliest offset
+                         for (t, p), r in behind.items()])
+        deadline = time.monotonic() + timeout
+        while behind and time.monotonic() < deadline:
+            msg = consumer.poll(max(0.05, deadline - time.monotonic()))
+            if msg is None:
+                continue
+            row = behind.pop((msg.topic(), msg.partition()), None)
+            if row is None:
+                continue
+            err, offset = msg.error(), msg.offset()
+            if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                row["lag"] = 0
+            elif err is None and offset is not None:
+                row["lag"] = max(0, row["end"] - offset)
+            else:
+                behind[(msg.topic(), msg.partition())] = row  # keep the plain count
+                break
+    finally:
+        consumer.close()
