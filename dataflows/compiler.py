@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bytewax import operators as op
@@ -52,6 +52,8 @@ class RunOptions:
     stop_when_idle: float | None = None
     batch_size: int = 500
     max_ticks: int | None = None  # schedule flows: stop after this many ticks
+    #: values of the flow's inputs for every execution (the others take their defaults)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _dataflow(flow: FlowBase) -> Dataflow:
@@ -161,7 +163,8 @@ def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
                       ) -> Dataflow:
     from waxflow.operators.schedule import ScheduleSource, TickExecutions, execute_ticks
 
-    runner = TickExecutions(flow=flow, trigger=trig, executor=build_executor(flow))
+    runner = TickExecutions(flow=flow, trigger=trig,
+                            executor=build_executor(flow, inputs=options.inputs))
     df = _dataflow(flow)
     ticks = op.input("schedule", df, ScheduleSource(trig, options.max_ticks))
     op.output("done", execute_ticks("execute", ticks, runner), DoneSink())
@@ -173,7 +176,8 @@ def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> D
     from waxflow.connectors.storage import Storage
     from waxflow.operators.microbatch import BatchExecutions, execute_batches
 
-    runner = BatchExecutions(flow=flow, trigger=trig, executor=build_executor(flow),
+    runner = BatchExecutions(flow=flow, trigger=trig,
+                             executor=build_executor(flow, inputs=options.inputs),
                              key_de=trigger_deserializer(trig, "key"),
                              value_de=trigger_deserializer(trig, "value"), storage=Storage())
     source = KafkaBatchSource(client_conf(trig.properties), trig.groupId, trig.topic_list(),
@@ -233,7 +237,7 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
         return _compile_batch(flow, flow.trigger, options)
     trig = flow.kafka_trigger
     conf = client_conf(trig.properties)
-    runner = build_runner(flow)
+    runner = build_runner(flow, inputs=options.inputs)
     source: Source[RawRecord]
     # executions outlive their step unless they join the batch's transaction
     progress = None if _joins_transaction(flow) else runner.pipelined()

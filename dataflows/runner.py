@@ -138,9 +138,11 @@ def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: st
              stop_when_idle: float | None, process_id: int | None = None,
              addresses: list[str] | None = None, max_ticks: int | None = None,
              metrics_port: int | None = None,
-             stuck_after: float = DEFAULT_STUCK_AFTER) -> None:
+             stuck_after: float = DEFAULT_STUCK_AFTER,
+             inputs: dict[str, str] | None = None) -> None:
     """Run the flow in this process (one member of a cluster when ``addresses`` is set),
-    serving metrics and health on ``metrics_port`` when given."""
+    serving metrics and health on ``metrics_port`` when given; ``inputs``: values of the
+    flow's inputs for every execution."""
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
@@ -152,7 +154,8 @@ def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: st
         process_id = int(os.environ[PROCESS_ID_ENV])
     if metrics_port is not None:
         serve_metrics(flow_path, metrics_port, process_id=process_id, stuck_after=stuck_after)
-    flow = load_flow(flow_path, stop_when_idle=stop_when_idle, max_ticks=max_ticks)
+    flow = load_flow(flow_path, stop_when_idle=stop_when_idle, max_ticks=max_ticks,
+                     inputs=inputs)
     # everything built so far lives for the whole run: keep the collector from rescanning
     # it (measured: full collections cost ~1 s CPU per 50k records and 60-240 ms pauses)
     gc.collect()

@@ -208,6 +208,10 @@ def _run(args: argparse.Namespace) -> int:
         # (a cluster member started by hand on its host checks too; --processes children
         # were checked by their parent)
         preflight(args.flow)
+        if args.input:  # a value that does not fit: one line, before any process starts
+            from waxflow.dataflows.spec import parse_flow
+
+            parse_flow(args.flow).input_values(dict(args.input))
     addresses = _addresses(args.addresses)
     if args.processes > 1 and args.process_id is None:
         base = ["run", args.flow, "-w", str(args.workers), "--epoch-ms", str(args.epoch_ms),
@@ -219,6 +223,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.ticks is not None:
             base += ["--ticks", str(args.ticks)]
         base += ["--log-format", args.log_format]
+        for name, value in args.input:
+            base += ["--input", f"{name}={value}"]
         return run_cluster(base, args.processes, flow_path=args.flow,
                            metrics_port=args.metrics_port)
     try:
@@ -226,7 +232,8 @@ def _run(args: argparse.Namespace) -> int:
                  epoch=timedelta(milliseconds=args.epoch_ms), recovery_dir=args.recovery_dir,
                  stop_when_idle=args.stop_when_idle, process_id=args.process_id,
                  addresses=addresses, max_ticks=args.ticks,
-                 metrics_port=args.metrics_port, stuck_after=args.stuck_after)
+                 metrics_port=args.metrics_port, stuck_after=args.stuck_after,
+                 inputs=dict(args.input))
     except Exception as exc:
         msg = user_error(exc)
         if msg is None:
@@ -264,7 +271,7 @@ def _test(args: argparse.Namespace) -> int:
         return _err(f"$WAXFLOW_LOG_LEVEL: {exc}")
     scope = DryRunScope()
     docs = run_jsonl(parse_flow(args.flow), Path(args.records) if args.records else None,
-                     consume=consume, scope=scope)
+                     consume=consume, scope=scope, inputs=dict(args.input))
     print_executions(docs, args.format)
     _show_produced(scope, Path(args.outputs) if args.outputs else None)
     return 0 if all(d["state"] in ("SUCCESS", "WARNING", "SKIPPED") for d in docs) else 1
@@ -349,6 +356,10 @@ def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    default=os.environ.get("WAXFLOW_STUCK_AFTER") or "300", metavar="SECONDS",
                    help="/healthz fails once executions are in flight and none finished "
                         "for SECONDS (default $WAXFLOW_STUCK_AFTER or 300)")
+    r.add_argument("--input", type=flow_input, action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help="a value of one of the flow's inputs for every execution "
+                        "(repeatable; the others take their defaults)")
     r.set_defaults(func=_run)
     t = sub.add_parser("test", help="dry run: a flow's executions on records from a JSONL "
                                      "file; nothing is read from or sent to Kafka")
@@ -361,7 +372,19 @@ def _add_flow_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     t.add_argument("--outputs", metavar="DIR",
                    help="write what kafka.Produce would send to DIR/TOPIC.jsonl")
     t.add_argument("--format", choices=("table", "json"), default="table")
+    t.add_argument("--input", type=flow_input, action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help="a value of one of the flow's inputs (repeatable; the others take "
+                        "their defaults)")
     t.set_defaults(func=_test)
+
+
+def flow_input(text: str) -> tuple[str, str]:
+    """``--input NAME=VALUE``: one of the flow's ``inputs`` (converted to its type later)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
 
 
 def add_replay(executions: argparse.ArgumentParser) -> None:

@@ -118,3 +118,22 @@ def test_processes_split_the_partitions_and_stop_together(
     _check_all_done(bootstrap, topic, group, log_topic, 4)
     res = run_flow(flow, flow_env(bootstrap, log_topic), "--processes", "2", idle=2)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_run_with_inputs(bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    """``--input NAME=VALUE`` gives every execution that input (in every process of
+    ``--processes``); a value that does not fit stops the run with one line, before Kafka."""
+    topic, group, log_topic = new_topic(2), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    produce_json(bootstrap, topic, [{"id": i, "n": i} for i in range(20)], partitions=2)
+    flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group).replace(
+        "tasks:", "inputs:\n  - {id: factor, type: INT, defaults: 2}\ntasks:").replace(
+        "trigger.value.n * 2", "trigger.value.n * inputs.factor"))
+    bad = run_flow(flow, flow_env(bootstrap, log_topic), "--input", "factor=x", idle=2)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "factor" in bad.stderr.strip().splitlines()[-1], bad.stderr[-2000:]
+    res = run_flow(flow, flow_env(bootstrap, log_topic), "--processes", "2", "--input",
+                   "factor=10", idle=2)
+    assert res.returncode == 0, res.stderr[-2000:]
+    latest = _check_all_done(bootstrap, topic, group, log_topic, 2)
+    outs = {d["taskRuns"][0]["outputs"]["twice"] for d in latest.values()}  # type: ignore[index]
+    assert outs == {10 * i for i in range(20)}
