@@ -141,9 +141,22 @@ class InstanceLock:
                            on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._consumer = consumer
         deadline = time.monotonic() + timeout + SESSION_MS / 1000
+        refused_since: float | None = None
         while not self._owned:
             consumer.poll(0.2)
             if self._assigned is not None and not self._owned:
+                # another member holds the lock. A killed one (a crash just before this
+                # restart) still holds it until its session ends, and the cooperative
+                # protocol answers a newcomer at once, with nothing (measured: a restart
+                # right after a SIGKILL was refused as "already running"): when every
+                # holder is a process of this host that no longer exists, wait out its
+                # session; a live holder, or one elsewhere, means a second instance
+                now = time.monotonic()
+                if refused_since is None:
+                    refused_since = now
+                if (now - refused_since < SESSION_MS / 1000 + 2.0
+                        and self._holders_dead_here()):
+                    continue
                 holder = self._holder()
                 consumer.close()
                 raise InstanceConflict(
@@ -158,6 +171,33 @@ class InstanceLock:
         self._thread.start()
         atexit.register(self.release)
         LOG.info("%s: instance lock taken (group %s)", self.what, self.group)
+
+    def _holders_dead_here(self) -> bool:
+        """Whether every member holding the lock is a process of this host that has exited
+        (its client id is ``waxflow-<host>-<pid>``)."""
+        try:
+            admin = AdminClient(self._client)
+            desc = admin.describe_consumer_groups([self.group])[self.group].result(timeout=10)
+        except Exception:  # cannot tell: treat the holder as alive (refuse, as before)
+            return False
+        prefix = f"waxflow-{socket.gethostname()}-"
+        me = f"{prefix}{os.getpid()}"
+        holders = [m.client_id for m in desc.members
+                   if m.client_id != me and m.assignment.topic_partitions]
+        if not holders:
+            return True  # nobody holds it any more: the next rebalance gives it to us
+        for client_id in holders:
+            pid = client_id.removeprefix(prefix)
+            if not client_id.startswith(prefix) or not pid.isdigit():
+                return False
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                continue  # gone
+            except PermissionError:
+                return False  # alive (another user's)
+            return False  # alive
+        return True
 
     def _holder(self) -> str:
         try:
