@@ -142,6 +142,7 @@ class InstanceLock:
         self._consumer = consumer
         deadline = time.monotonic() + timeout + SESSION_MS / 1000
         refused_since: float | None = None
+        holders_dead = False
         while not self._owned:
             consumer.poll(0.2)
             if self._assigned is not None and not self._owned:
@@ -152,10 +153,9 @@ class InstanceLock:
                 # holder is a process of this host that no longer exists, wait out its
                 # session; a live holder, or one elsewhere, means a second instance
                 now = time.monotonic()
-                if refused_since is None:
-                    refused_since = now
-                if (now - refused_since < SESSION_MS / 1000 + 2.0
-                        and self._holders_dead_here()):
+                if refused_since is None:  # asked once: the holders do not come back
+                    refused_since, holders_dead = now, self._holders_dead_here()
+                if holders_dead and now - refused_since < SESSION_MS / 1000 + 2.0:
                     continue
                 holder = self._holder()
                 consumer.close()
@@ -176,14 +176,10 @@ class InstanceLock:
         """Whether every member holding the lock is a process of this host that has exited
         (its client id is ``waxflow-<host>-<pid>``)."""
         try:
-            admin = AdminClient(self._client)
-            desc = admin.describe_consumer_groups([self.group])[self.group].result(timeout=10)
+            holders = [client_id for client_id, _host in self._holders()]
         except Exception:  # cannot tell: treat the holder as alive (refuse, as before)
             return False
         prefix = f"waxflow-{socket.gethostname()}-"
-        me = f"{prefix}{os.getpid()}"
-        holders = [m.client_id for m in desc.members
-                   if m.client_id != me and m.assignment.topic_partitions]
         if not holders:
             return True  # nobody holds it any more: the next rebalance gives it to us
         for client_id in holders:
@@ -199,13 +195,17 @@ class InstanceLock:
             return False  # alive
         return True
 
+    def _holders(self) -> list[tuple[str, str]]:
+        """(client id, host) of the other members that hold the lock (asks the broker)."""
+        admin = AdminClient(self._client)
+        desc = admin.describe_consumer_groups([self.group])[self.group].result(timeout=10)
+        me = f"waxflow-{socket.gethostname()}-{os.getpid()}"
+        return [(m.client_id, m.host.lstrip("/")) for m in desc.members
+                if m.client_id != me and m.assignment.topic_partitions]
+
     def _holder(self) -> str:
         try:
-            admin = AdminClient(self._client)
-            desc = admin.describe_consumer_groups([self.group])[self.group].result(timeout=10)
-            me = f"waxflow-{socket.gethostname()}-{os.getpid()}"
-            others = [f"{m.client_id} on {m.host.lstrip('/')}" for m in desc.members
-                      if m.client_id != me and m.assignment.topic_partitions]
+            others = [f"{client_id} on {host}" for client_id, host in self._holders()]
             return f" ({', '.join(others)})" if others else ""
         except Exception:  # the description is a courtesy; the refusal stands without it
             return ""
