@@ -1,5 +1,5 @@
 """Memory is bounded by settings, not by the backlog: a realtime job's peak RSS over a
-backlog ten times larger stays about the same (the full-size table is bench/memory.py)."""
+backlog four times larger stays about the same (the full-size table is bench/memory.py)."""
 
 from __future__ import annotations
 
@@ -56,13 +56,16 @@ def test_peak_rss_does_not_grow_with_the_backlog(
     bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
 ) -> None:
     peaks = {}
-    for n in (5_000, 60_000):
+    # both backlogs exceed the 5,000 executions a process keeps in flight: a smaller first
+    # run would fill that bound only as far as its backlog, and CI measured the difference
+    # (494 against 542 MB) as growth
+    for n in (15_000, 60_000):
         topic, group = new_topic(4), f"g-{uuid.uuid4().hex[:8]}"
         produce(bootstrap, topic, [VALUE] * n, partitions=4)
         flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group), f"flow-{n}.yaml")
         env = flow_env(bootstrap, new_log_topic())
         peaks[n] = peak_rss_mb([WAXFLOW, "run", str(flow), "--stop-when-idle", "2"], env)
-    # 55,000 more records of 2 KB (110 MB) waiting: a pre-fetch bounded by the backlog
+    # 45,000 more records of 2 KB (90 MB) waiting: a pre-fetch bounded by the backlog
     # would hold them; bounded by settings, the peak moves by less than 40 MB
     print("peak RSS MB by backlog:", peaks)
-    assert peaks[60_000] < peaks[5_000] + 40, peaks
+    assert peaks[60_000] < peaks[15_000] + 40, peaks
