@@ -208,6 +208,45 @@ class KafkaOutput:
         return BatchScope(self, self._slot() if self.group_conf is not None else None)
 
 
+#: seconds past its own timeout that ``send_offsets_to_transaction`` may take before the
+#: producer is given up as stuck
+STUCK_GRACE = 5.0
+
+
+def send_offsets(producer: Producer, tps: list[TopicPartition], group: Any,
+                 timeout: float) -> None:
+    """``producer.send_offsets_to_transaction`` bounded by ``timeout`` (+ :data:`STUCK_GRACE`).
+
+    librdkafka does not always honour that call's own timeout: after a broker restart it can
+    wait forever on a group coordinator it cached before the restart (librdkafka #5456 and
+    #5511, open in 2.14; seen here as a transactional job that never committed again). The
+    call runs on a thread of its own; one that has not returned in time raises a retriable
+    ``_TIMED_OUT`` KafkaException, which :meth:`BatchScope.commit` treats like an outage:
+    the producer is given up (left to its thread, fenced by its replacement's
+    ``init_transactions``) and the batch's transaction is redone on a new one."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            producer.send_offsets_to_transaction(tps, group, timeout)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call, name="waxflow-send-offsets", daemon=True)
+    worker.start()
+    worker.join(timeout + STUCK_GRACE)
+    if not outcome:
+        LOG.warning("waxflow: send_offsets_to_transaction did not return within %.0fs "
+                    "(librdkafka #5511); giving up this producer and redoing the batch's "
+                    "transaction on a new one", timeout + STUCK_GRACE)
+        raise KafkaException(KafkaError(
+            KafkaError._TIMED_OUT, f"send_offsets_to_transaction stuck over "
+            f"{timeout + STUCK_GRACE:.0f}s", retriable=True))
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 class BatchScope:
     """Producers as seen by the executions of one batch."""
 
@@ -330,7 +369,7 @@ class BatchScope:
             if producer is None:
                 return
             try:
-                producer.send_offsets_to_transaction(tps, self.output.group_metadata(), 60)
+                send_offsets(producer, tps, self.output.group_metadata(), 60)
                 committing = True
                 producer.commit_transaction(120)
                 metrics.transaction("commit")
@@ -377,8 +416,8 @@ class BatchScope:
                     again.produce(topic, key, value, headers, partition=part, timestamp=ts)
                 again.wait(max(1.0, deadline - time.monotonic()))
                 step = "send_offsets"
-                producer.send_offsets_to_transaction(tps, self.output.group_metadata(),
-                                                     max(1.0, deadline - time.monotonic()))
+                send_offsets(producer, tps, self.output.group_metadata(),
+                             min(60.0, max(1.0, deadline - time.monotonic())))
                 step = "commit"
                 committing = True
                 producer.commit_transaction(max(1.0, deadline - time.monotonic()))

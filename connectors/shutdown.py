@@ -12,6 +12,7 @@ then is replayed by the next run under the same execution ids.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import threading
@@ -80,6 +81,9 @@ def _handle(signum: int, _frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """Handle SIGTERM and SIGINT as a clean stop (call from the main thread)."""
+    """Handle SIGTERM and SIGINT as a clean stop (call from the main thread); SIGUSR2 prints
+    every thread's Python stack to stderr and the job goes on (what to send a job that
+    looks stuck, like a JVM's ``kill -3``)."""
     signal.signal(signal.SIGTERM, _handle)
     signal.signal(signal.SIGINT, _handle)
+    faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)

@@ -238,6 +238,7 @@ def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = No
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGUSR2, forward)  # every process prints its threads' stacks
     return _wait_all(children)
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -135,15 +136,24 @@ def job_lines(err: str, limit: int = 3000) -> str:
                      )[-limit:]
 
 
+def thread_dump(err: str, limit: int = 6000) -> str:
+    """The thread stacks a job printed on SIGUSR2 (the last ``limit`` characters)."""
+    start = min((i for i in (err.find("Thread 0x"), err.find("Current thread 0x"))
+                 if i >= 0), default=-1)
+    return "" if start < 0 else "thread stacks:\n" + err[start:][-limit:]
+
+
 def finish(proc: FlowProcess, timeout: float = 240) -> str:
     """Wait for a job started with ``--stop-when-idle`` to exit 0; return its stderr. A job
     still running after ``timeout`` is SIGKILLed and fails the test with its own lines."""
     try:
         _out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR2)  # the job prints its threads' stacks
+        time.sleep(3)
         os.killpg(proc.pid, signal.SIGKILL)
         _out, err = proc.communicate(timeout=30)
         raise AssertionError(f"the job did not finish within {timeout:.0f}s:\n"
-                             f"{job_lines(err)}") from None
+                             f"{job_lines(err)}\n{thread_dump(err)}") from None
     assert proc.returncode == 0, f"the job exited {proc.returncode}:\n{job_lines(err)}"
     return err

@@ -364,6 +364,8 @@ def broker_kill(tmp: Path, *, rate: int, down_s: float, kill_after: float = 5.0,
                 assert job.alive(), f"{job.name} exited before the kill:\n" \
                                     f"{job_lines(job.proc.captured()[1] if job.proc else '')}"
             sent_at_kill = feeder.sent
+            # whether the share job had done work (so had a client up) when the broker died
+            share_worked = _has_terminal(bootstrap, share)
             kill_hard(broker)
             time.sleep(down_s)
             # log recovery after a SIGKILL, on a loaded 2-core machine, took over 90 s once
@@ -384,7 +386,8 @@ def broker_kill(tmp: Path, *, rate: int, down_s: float, kill_after: float = 5.0,
         check_committed(bootstrap, prod, src)
         check_committed(bootstrap, batch, src)
         out: dict[str, Any] = {"records": n, "rate": rate, "down_s": down_s,
-                               "restart_s": round(restart_s, 1), "sent_at_kill": sent_at_kill}
+                               "restart_s": round(restart_s, 1), "sent_at_kill": sent_at_kill,
+                               "share_worked_at_kill": share_worked}
         out["rt-set"] = check_record_history(bootstrap, rt, src, ends)
         out["rt-produce"] = {**check_record_history(bootstrap, prod, src, ends),
                              **check_exactly_once(bootstrap, dst, n)}
@@ -550,6 +553,15 @@ def give_up(tmp: Path, *, n: int, give_up_s: float) -> dict[str, Any]:
         return out
 
 
+def _has_terminal(bootstrap: str, job: Job) -> bool:
+    """Whether the job's log has a terminal document (it works)."""
+    try:
+        docs = log_documents(bootstrap, job.log_topic)
+    except (TimeoutError, RuntimeError):
+        docs = []
+    return any(d.get("terminal") for d in docs)
+
+
 def _wait_terminal(bootstrap: str, jobs: list[Job], timeout: float) -> None:
     """Wait until each job has a terminal document in its log (it works)."""
     deadline = time.monotonic() + timeout
@@ -559,11 +571,7 @@ def _wait_terminal(bootstrap: str, jobs: list[Job], timeout: float) -> None:
             f"{j.name}:\n{job_lines(j.proc.captured()[1] if j.proc else '')}" for j in todo)
         for job in list(todo):
             assert job.alive(), job_lines(job.proc.captured()[1] if job.proc else "")
-            try:
-                docs = log_documents(bootstrap, job.log_topic)
-            except (TimeoutError, RuntimeError):
-                docs = []
-            if any(d.get("terminal") for d in docs):
+            if _has_terminal(bootstrap, job):
                 todo.remove(job)
         time.sleep(0.5)
 

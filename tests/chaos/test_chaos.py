@@ -34,8 +34,13 @@ def test_broker_kill_four_jobs_ride_it_out(tmp_path: Path) -> None:
     # restarting on a loaded machine can be reachable, then gone again: two episodes)
     # (measured once: 3 "unreachable" and 2 "reachable again" lines from the batch job, whose
     # last episode was still open when it stopped at idle: see the issue 11 note)
+    # A share job still starting up (no client yet: start-up took over 30 s at load 12)
+    # when the broker died may never see the outage; it must still catch up (checked above)
     for name in ("share-set", "batch-duckdb"):
         down, back = result[name]["outage_lines"]
+        if name == "share-set" and not result["share_worked_at_kill"]:
+            assert down == back, (name, down, back)
+            continue
         assert 1 <= back <= down <= back + 1, (name, down, back)
 
 

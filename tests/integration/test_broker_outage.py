@@ -25,6 +25,7 @@ from tests.flow_helpers import (
     finish,
     flow_env,
     job_lines,
+    log_documents,
     new_log_topic,
     start_flow,
     write_flow,
@@ -82,9 +83,23 @@ def broker(tmp_path: Path) -> Iterator[LocalBroker]:
         b.stop(wipe=True)
 
 
-def _outage(broker: LocalBroker, proc: FlowProcess, log_topic: str | None = None) -> None:
-    """Wait until the job works (or 5 s), SIGKILL the broker, keep it down, start it again."""
-    time.sleep(5)
+def _worked(bootstrap: str, log_topic: str) -> bool:
+    try:
+        return any(d.get("terminal") for d in log_documents(bootstrap, log_topic))
+    except (TimeoutError, RuntimeError):  # the log topic is not there yet
+        return False
+
+
+def _outage(broker: LocalBroker, proc: FlowProcess, log_topic: str) -> None:
+    """Wait until the job works (a terminal document in its log; at least 5 s), SIGKILL the
+    broker, keep it down, start it again. (A job still starting up when the broker dies may
+    never see the outage: on a loaded machine start-up took longer than 5 s.)"""
+    started = time.monotonic()
+    while not _worked(broker.bootstrap, log_topic):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() - started < 120, "the job did no work within 120 s"
+        time.sleep(0.5)
+    time.sleep(max(0.0, 5 - (time.monotonic() - started)))
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     kill_hard(broker)
     time.sleep(DOWN_S)
@@ -109,7 +124,7 @@ def test_transactional_produce_rides_out_a_broker_kill(broker: LocalBroker,
     proc = start_flow(flow, env, idle=IDLE_S)
     feeder.start()
     try:
-        _outage(broker, proc)
+        _outage(broker, proc, log_topic)
         feeder.finish()
         err = finish(proc)
     finally:
