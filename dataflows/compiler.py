@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,19 +191,24 @@ def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> D
     return df
 
 
+def _transactional_produces(flow: FlowBase) -> list[Any]:
+    """The flow's ``kafka.Produce`` tasks that produce inside their batch's transaction.
+    (A flow with Produce tasks imported their module when it was parsed; one without
+    does not import it here, with its libraries.)"""
+    module = sys.modules.get("waxflow.connectors.kafka_produce")
+    if module is None:
+        return []
+    return [t for _, t in flow.all_tasks() if isinstance(t, module.Produce) and t.transactional]
+
+
 def _joins_transaction(flow: FlowBase) -> bool:
     """Whether the flow's executions produce inside their batch's Kafka transaction."""
-    from waxflow.connectors.kafka_produce import Produce
-
-    return any(isinstance(t, Produce) and t.transactional for _, t in flow.all_tasks())
+    return bool(_transactional_produces(flow))
 
 
 def _txn_warm_up(flow: FlowBase, runner: RecordExecutions) -> Callable[[], None] | None:
     """Initialise the worker's transactional producers before its source starts reading."""
-    from waxflow.connectors.kafka_produce import Produce
-
-    confs = [client_conf(t.properties) for _, t in flow.all_tasks()
-             if isinstance(t, Produce) and t.transactional]
+    confs = [client_conf(t.properties) for t in _transactional_produces(flow)]
     output = runner.executor.output
     if not confs or output is None:
         return None

@@ -13,12 +13,14 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
+from waxflow.dataflows.task_modules import modules_for
 from waxflow.dataflows.yamlpos import PositionMap, load_yaml
 from waxflow.errors import FlowError, Problem, format_path
 from waxflow.expressions import Expressions, check_static
@@ -71,26 +73,67 @@ KESTRA_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-@functools.cache
-def task_union() -> Any:
-    """The discriminated union of every registered task type (resolves ``AnyTask``)."""
-    for module in TASK_MODULES:  # importing a module registers its task types
-        importlib.import_module(module)
+def task_union(modules: Sequence[str] | None = None) -> Any:
+    """The discriminated union of the registered task types (resolves ``AnyTask``), once
+    ``modules`` (default: every task module, :data:`TASK_MODULES`) are imported; a flow
+    passes only those its tasks need (:func:`~waxflow.dataflows.task_modules.modules_for`).
+    The union holds every type registered so far."""
+    for module in TASK_MODULES if modules is None else modules:
+        importlib.import_module(module)  # importing a module registers its task types
     for name, aliases in KESTRA_ALIASES.items():
-        if name in TASK_TYPES:
+        if name in TASK_TYPES and any(a not in TASK_ALIASES for a in aliases):
             add_task_aliases(name, *aliases)
-    classes: tuple[type[TaskBase], ...] = tuple(TASK_TYPES.values())
+    return _union_of(tuple(TASK_TYPES))
+
+
+@functools.cache
+def _union_of(names: tuple[str, ...]) -> Any:
+    """The union of ``names``, with every task model rebuilt on it.
+
+    A process can build a second, larger union (a subflow needing another module, a test
+    parsing many flows): pydantic keeps a model's evaluated field annotations and embeds the
+    schemas of the models it references, so a plain ``model_rebuild`` would keep the old
+    union at any depth. Hence, first, the fields typed with ``AnyTask`` get their source
+    annotation back and every model drops its schema (pydantic 2.14 internals, pinned)."""
+    classes: tuple[type[TaskBase], ...] = tuple(TASK_TYPES[n] for n in names)
     union: Any = Annotated[Union[classes], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
     models: list[type[TaskBase]] = [TaskBase, *classes]
+    for cls in models:
+        for name, field in cls.__pydantic_fields__.items():
+            raw = _source_annotation(cls, name)
+            if isinstance(raw, str) and "AnyTask" in raw:
+                field._original_annotation = raw
+                field._complete = False
+        cls.__pydantic_complete__ = False
+        for attr in ("__pydantic_core_schema__", "__pydantic_validator__",
+                     "__pydantic_serializer__"):
+            if attr in cls.__dict__:
+                delattr(cls, attr)
     for cls in models:
         cls.model_rebuild(_types_namespace={"AnyTask": union}, force=True)
     return union
 
 
+def _source_annotation(cls: type, name: str) -> Any:
+    """The annotation of field ``name`` as written (a string: modules use postponed
+    annotations)."""
+    for klass in cls.__mro__:
+        raw = inspect.get_annotations(klass).get(name)
+        if raw is not None:
+            return raw
+    return None
+
+
+def flow_model(modules: Sequence[str] | None = None) -> type[FlowBase]:
+    """The Flow model with its task lists typed as lists of the task union (of the task
+    types registered once ``modules`` are imported, see :func:`task_union`)."""
+    task_union(modules)
+    return _flow_model_of(tuple(TASK_TYPES))
+
+
 @functools.cache
-def flow_model() -> type[FlowBase]:
-    """The Flow model with ``tasks``/``errors`` typed as lists of the task union."""
-    union = task_union()
+def _flow_model_of(names: tuple[str, ...]) -> type[FlowBase]:
+    union = _union_of(names)
 
     class Flow(FlowBase):
         tasks: list[union] = Field(min_length=1)  # type: ignore[valid-type]
@@ -356,7 +399,7 @@ def parse_flow_text(text: str, file: str) -> FlowBase:
                                                  "id, namespace, triggers and tasks")])
     problems: list[Problem] = []
     try:
-        flow = flow_model().model_validate(data)
+        flow = flow_model(modules_for(data)).model_validate(data)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, pos, data))
         flow = None
