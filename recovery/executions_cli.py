@@ -28,6 +28,7 @@ from rich.tree import Tree
 from waxflow.recovery.index import (
     AmbiguousIdError,
     ExecutionIndex,
+    IndexAccessError,
     IndexBusyError,
     IndexSyncError,
     normalize_date,
@@ -82,7 +83,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="json: one JSON document on stdout (default: table)")
     parser.add_argument("--bootstrap", default=None,
-                        help="bootstrap servers (default $WAXFLOW_BOOTSTRAP or 127.0.0.1:9092)")
+                        help="bootstrap servers (default $WAXFLOW_BOOTSTRAP, else those of "
+                             "$WAXFLOW_KAFKA_PROPERTIES, else 127.0.0.1:9092); a secured "
+                             "cluster's client settings: $WAXFLOW_KAFKA_PROPERTIES")
     parser.add_argument("--topic-log", default=None,
                         help="execution-log topic (default $WAXFLOW_EXECUTION_LOG or "
                              "waxflow.executions)")
@@ -137,9 +140,12 @@ def _err(msg: str) -> int:
 
 
 def _with_index(args: argparse.Namespace, answer: Callable[[ExecutionIndex], int]) -> int:
-    """Open (and sync) the index, run ``answer``; user-facing failures become exit 1."""
+    """Open (and sync) the index, run ``answer``; user-facing failures become exit 1.
+    ``args.kafka_client`` (set by ``waxflow.cli``): the Kafka client settings (security)
+    under the index's consumers; a cluster refusing them raises :class:`IndexAccessError`
+    for the caller to explain."""
     try:
-        with ExecutionIndex(args.index) as index:
+        with ExecutionIndex(args.index, client=getattr(args, "kafka_client", None)) as index:
             if not args.no_sync:
                 bootstrap = args.bootstrap or os.environ.get("WAXFLOW_BOOTSTRAP",
                                                               "127.0.0.1:9092")
@@ -150,6 +156,8 @@ def _with_index(args: argparse.Namespace, answer: Callable[[ExecutionIndex], int
                     print(f"waxflow: warning: reading {topic} took over {args.sync_timeout:g}s;"
                           " answering from what was read", file=sys.stderr)
             return answer(index)
+    except IndexAccessError:
+        raise
     except (IndexSyncError, IndexBusyError, AmbiguousIdError) as exc:
         return _err(str(exc))
     except (OSError, duckdb.Error) as exc:
@@ -289,6 +297,8 @@ def _show_view(doc: dict[str, Any]) -> Group:
         fields.append(("error", Text(_error_text(doc["error"]), style="red")))
     if doc.get("labels"):
         fields.append(("labels", json.dumps(doc["labels"])))
+    if isinstance(doc.get("outputs"), dict):  # the flow's `outputs`
+        fields.append(("outputs", json.dumps(doc["outputs"], ensure_ascii=False)))
     for name, value in fields:
         head.add_row(name, value if isinstance(value, Text) else Text(value))
     parts: list[Any] = [Panel(head, title=Text(f"execution {doc.get('id')}"), expand=False)]

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +48,7 @@ import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from waxflow.errors import WaxflowError
+from waxflow.expressions import mask
 
 SCHEMA_VERSION = 3
 MIN_PREFIX = 6
@@ -59,6 +60,17 @@ BATCH_BYTES = 128 << 20
 _CONSUME = 10_000
 _KAFKA_LOG = logging.getLogger("waxflow.index.kafka")
 _KAFKA_LOG.addHandler(logging.NullHandler())
+#: errors that mean the cluster refused this client (its credentials, its TLS handshake, an
+#: ACL): a sync or a read-back stops at once on one instead of waiting out its timeout. Not
+#: GROUP_AUTHORIZATION_FAILED: the readers' throwaway group is never joined nor committed
+#: (the client only looks for its coordinator), so no group ACL is needed to read the log
+_REFUSED = frozenset({
+    KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+})
+#: client settings whose values are masked in every message of the index
+_SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password",
+                "sasl.oauthbearer.client.secret")
 
 _SCHEMA = """
 CREATE TABLE meta (name VARCHAR PRIMARY KEY, value VARCHAR);
@@ -101,6 +113,15 @@ _ORDER = " ORDER BY start_us DESC NULLS LAST, log_offset DESC"
 
 class IndexSyncError(WaxflowError, RuntimeError):
     """The log could not be read (broker unreachable, timeout, ...); one line for users."""
+
+
+class IndexAccessError(IndexSyncError):
+    """The cluster refused the client settings while reading the log ``topic``: the
+    credentials or TLS (authentication) or an ACL (authorization). One line, no secret."""
+
+    def __init__(self, message: str, *, topic: str) -> None:
+        super().__init__(message)
+        self.topic = topic
 
 
 class IndexBusyError(WaxflowError, RuntimeError):
@@ -263,14 +284,24 @@ class ExecutionIndex:
     Open one instance per operation (``with ExecutionIndex(path) as ix: ...``) rather than
     holding it. ``bootstrap`` is the broker :meth:`show` reads documents back from (default:
     the last sync's). Not thread-safe: one instance per thread.
+
+    ``client``: librdkafka settings under every consumer the index makes (a secured
+    cluster's ``security.protocol``, ``sasl.*``, ``ssl.*``, ...). The reader's own settings
+    win over them (bootstrap servers, group id, no commits, ``read_committed``, timeouts,
+    fetch sizes, error and log callbacks), so no setting there can make the index commit to
+    a group. Their password values are masked in every error the index raises; the cluster
+    refusing them (credentials, TLS, an ACL) is :class:`IndexAccessError` at once, not a
+    timeout.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
-                 bootstrap: str | None = None, lock_timeout: float = 30.0) -> None:
+                 bootstrap: str | None = None, client: Mapping[str, Any] | None = None,
+                 lock_timeout: float = 30.0) -> None:
         self.path = Path(path) if path is not None else default_index_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.last_sync_complete = True
         self._bootstrap = bootstrap
+        self._client = dict(client or {})
         self._reader: Consumer | None = None
         self._retire_foreign_file()
         self._db = self._connect(lock_timeout)
@@ -606,12 +637,13 @@ class ExecutionIndex:
         ``BATCH_DOCS`` documents (each batch one transaction with its positions). A missing
         topic reads nothing (0). If the deadline passes with partitions unfinished, what was
         read is kept and ``last_sync_complete`` is False; if the client also reported errors,
-        or the broker cannot be reached at all, raises :class:`IndexSyncError`.
+        or the broker cannot be reached at all, raises :class:`IndexSyncError`; if the
+        cluster refuses the client settings, :class:`IndexAccessError` as soon as it says so.
         """
         deadline = time.monotonic() + timeout
-        errors: list[str] = []
+        errors = _ClientErrors()
         consumer = Consumer({
-            **_reader_config(bootstrap, timeout, errors),
+            **_reader_config(bootstrap, timeout, errors, self._client),
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 100,
             "fetch.max.bytes": 64 << 20,
@@ -621,19 +653,30 @@ class ExecutionIndex:
         self.last_sync_complete = True
         self._bootstrap = bootstrap
         try:
-            ends = self._plan(consumer, topic, deadline)
+            ends = self._plan(consumer, topic, deadline, errors)
             if not ends:
                 return 0
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('bootstrap', ?)", [bootstrap])
             return self._read(consumer, topic, ends=ends, deadline=deadline, errors=errors)
         except KafkaException as exc:
-            raise IndexSyncError(_kafka_message(exc, bootstrap, errors)) from None
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() in _REFUSED:
+                raise IndexAccessError(self._mask(
+                    f"cannot read the execution log {topic} from {bootstrap}: the cluster "
+                    f"refused this client: {err.str()}"), topic=topic) from None
+            raise IndexSyncError(self._mask(_kafka_message(exc, bootstrap, errors.texts))
+                                 ) from None
         finally:
             consumer.close()
 
-    def _plan(self, consumer: Consumer, topic: str, deadline: float) -> dict[int, int]:
+    def _mask(self, text: str) -> str:
+        """``text`` with the client settings' passwords (and every registered secret) masked."""
+        return mask(text, [str(self._client[k]) for k in _SECRET_KEYS if self._client.get(k)])
+
+    def _plan(self, consumer: Consumer, topic: str, deadline: float,
+              errors: _ClientErrors) -> dict[int, int]:
         """Assign each partition with records to read; return {partition: end offset}."""
-        meta = consumer.list_topics(topic, timeout=_left(deadline)).topics.get(topic)
+        meta = _metadata(consumer, topic, deadline, errors)
         if meta is None or meta.error is not None:
             if meta is not None and meta.error.code() not in (
                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
@@ -657,7 +700,7 @@ class ExecutionIndex:
         return ends
 
     def _read(self, consumer: Consumer, topic: str, *, ends: dict[int, int], deadline: float,
-              errors: list[str]) -> int:
+              errors: _ClientErrors) -> int:
         """Write the batches a reader thread gathers (consuming, spilling values to a file)
         while it gathers the next one: DuckDB works outside the GIL."""
         pending = set(ends)
@@ -677,6 +720,7 @@ class ExecutionIndex:
                 batch, nexts = _Batch(), dict[int, int]()
                 while pending and time.monotonic() < deadline and not stop.is_set():
                     msgs = consumer.consume(_CONSUME, timeout=min(0.1, _left(deadline)))
+                    errors.raise_refused()
                     self._take_all(msgs, batch, ends=ends, pending=pending, nexts=nexts,
                                    errors=errors)
                     if len(batch) >= BATCH_DOCS or batch.size >= BATCH_BYTES or (
@@ -706,10 +750,10 @@ class ExecutionIndex:
                     left.spilled[1].unlink(missing_ok=True)
         if pending:
             self.last_sync_complete = False
-            if errors:
-                raise IndexSyncError(
+            if errors.texts:
+                raise IndexSyncError(self._mask(
                     f"reading {topic} did not finish in time (partitions {sorted(pending)}): "
-                    f"{errors[-1]}")
+                    f"{errors.texts[-1]}"))
         return count
 
     def _spill(self, batch: _Batch) -> tuple[pa.Table, Path] | None:
@@ -727,7 +771,7 @@ class ExecutionIndex:
 
     @classmethod
     def _take_all(cls, msgs: builtins.list[Message], batch: _Batch, *, ends: dict[int, int],
-                  pending: set[int], nexts: dict[int, int], errors: list[str]) -> None:
+                  pending: set[int], nexts: dict[int, int], errors: _ClientErrors) -> None:
         """:meth:`_take` for a list of messages, by columns when every message is a record
         before its partition's end offset (the common case)."""
         maybe_parts = [m.partition() for m in msgs]
@@ -760,13 +804,13 @@ class ExecutionIndex:
 
     @staticmethod
     def _take(msg: Message, batch: _Batch, *, ends: dict[int, int], pending: set[int],
-              nexts: dict[int, int], errors: list[str]) -> None:
+              nexts: dict[int, int], errors: _ClientErrors) -> None:
         part, off, err = msg.partition(), msg.offset(), msg.error()
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
-                if err.fatal():
+                if err.fatal() or err.code() in _REFUSED:  # e.g. no READ ACL on the topic
                     raise KafkaException(err)
-                errors.append(str(err))
+                errors(err)
             elif part in ends and off is not None:  # nothing more to fetch right now
                 pending.discard(part)
                 nexts[part] = max(nexts.get(part, 0), min(off, ends[part]))
@@ -1009,9 +1053,10 @@ class ExecutionIndex:
         if not self._bootstrap or not topic:
             raise _Unavailable(f"the document at {where} cannot be read: no broker known"
                                " (sync first or pass a bootstrap)")
-        errors: list[str] = []
+        errors = _ClientErrors()
         if self._reader is None:
-            self._reader = Consumer({**_reader_config(self._bootstrap, 10.0, errors),
+            self._reader = Consumer({**_reader_config(self._bootstrap, 10.0, errors,
+                                                      self._client),
                                      "fetch.wait.max.ms": 10})
         tp = TopicPartition(topic, summary["logPartition"], summary["logOffset"])
         self._reader.assign([tp])
@@ -1019,10 +1064,14 @@ class ExecutionIndex:
         try:
             while time.monotonic() < deadline:
                 msg = self._reader.poll(min(0.5, _left(deadline)))
+                if errors.refused is not None:
+                    raise KafkaException(errors.refused)
                 if msg is None:
                     continue
                 err, value = msg.error(), msg.value()
                 if err is not None:
+                    if err.code() in _REFUSED:
+                        raise KafkaException(err)
                     if err.fatal():
                         break
                     continue
@@ -1032,13 +1081,18 @@ class ExecutionIndex:
                         return found
                 raise _Unavailable(f"the document at {where} is no longer in the log"
                                    " (compacted or expired)")
-        except (KafkaException, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            text = err.str() if isinstance(err, KafkaError) else str(exc)
+            raise _Unavailable(self._mask(f"the document at {where} cannot be read: {text}")
+                               ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise _Unavailable(f"the document at {where} cannot be read: {exc}") from None
         finally:
             self._reader.unassign()
-        why = f": {errors[-1]}" if errors else ""
-        raise _Unavailable(f"the document at {where} could not be read from"
-                           f" {self._bootstrap} in 10s{why}")
+        why = f": {errors.texts[-1]}" if errors.texts else ""
+        raise _Unavailable(self._mask(f"the document at {where} could not be read from"
+                                      f" {self._bootstrap} in 10s{why}"))
 
     def trace(self, topic: str, partition: int, offset: int) -> builtins.list[dict[str, Any]]:
         """What happened to one record: summaries of the executions it triggered (``match``
@@ -1241,9 +1295,50 @@ def _clean(value: bytes) -> bytes:
     return json.dumps(out, separators=(",", ":")).encode()
 
 
-def _reader_config(bootstrap: str, timeout: float, errors: list[str]) -> dict[str, Any]:
-    """A consumer that reads the log without a group of its own ever being committed."""
+class _ClientErrors:
+    """A client's ``error_cb``: what it reported (one line each, for messages) and the first
+    error saying the cluster refused the client."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.refused: KafkaError | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            return  # the reader's throwaway group: looked up by the client, never used
+        self.texts.append(err.str())
+        if self.refused is None and err.code() in _REFUSED:
+            self.refused = err
+
+    def raise_refused(self) -> None:
+        if self.refused is not None:
+            raise KafkaException(self.refused)
+
+
+def _metadata(consumer: Consumer, topic: str, deadline: float, errors: _ClientErrors
+              ) -> Any:
+    """The topic's metadata (None when the cluster does not know it), asked in slices of a
+    second until ``deadline``: a refused client shows in ``error_cb`` within a slice or two,
+    while the request itself would only time out."""
+    while True:
+        try:
+            return consumer.list_topics(topic, timeout=min(1.0, _left(deadline))
+                                        ).topics.get(topic)
+        except KafkaException as exc:
+            consumer.poll(0)  # serves error_cb (nothing is assigned yet: no message)
+            errors.raise_refused()
+            err = exc.args[0] if exc.args else None
+            if time.monotonic() >= deadline or (isinstance(err, KafkaError)
+                                                and err.code() in _REFUSED):
+                raise
+
+
+def _reader_config(bootstrap: str, timeout: float, errors: _ClientErrors,
+                   client: Mapping[str, Any]) -> dict[str, Any]:
+    """A consumer that reads the log without a group of its own ever being committed:
+    ``client``'s settings under the reader's own."""
     return {
+        **client,
         "bootstrap.servers": bootstrap,
         "group.id": f"waxflow-index-{uuid.uuid4().hex}",
         "enable.auto.commit": False,
@@ -1253,7 +1348,7 @@ def _reader_config(bootstrap: str, timeout: float, errors: list[str]) -> dict[st
         "allow.auto.create.topics": False,
         "socket.timeout.ms": max(10, int(min(timeout, 30.0) * 1000)),
         "socket.connection.setup.timeout.ms": max(1000, int(min(timeout, 30.0) * 1000)),
-        "error_cb": lambda err: errors.append(str(err)),
+        "error_cb": errors,
         "logger": _KAFKA_LOG,
     }
 
@@ -1276,5 +1371,5 @@ def _kafka_message(exc: KafkaException, bootstrap: str, errors: list[str]) -> st
     return f"cannot read the execution log from {bootstrap}: {text}{why}"
 
 
-__all__ = ["AmbiguousIdError", "ExecutionIndex", "IndexBusyError", "IndexSyncError",
-           "default_index_path", "normalize_date"]
+__all__ = ["AmbiguousIdError", "ExecutionIndex", "IndexAccessError", "IndexBusyError",
+           "IndexSyncError", "default_index_path", "normalize_date"]

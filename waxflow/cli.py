@@ -297,13 +297,18 @@ def _replay(args: argparse.Namespace) -> int:
     from waxflow.dataflows.local_run import replay
     from waxflow.dataflows.spec import parse_flow
     from waxflow.recovery.executions_cli import print_executions
-    from waxflow.recovery.index import ExecutionIndex
+    from waxflow.recovery.index import ExecutionIndex, IndexAccessError
+    from waxflow.server.history_client import explain_refusal, history_client
 
     flow = parse_flow(args.flow)
-    with ExecutionIndex(args.index) as index:
-        index.sync(args.bootstrap or os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092"),
-                   os.environ.get("WAXFLOW_EXECUTION_LOG", "waxflow.executions"))
-        doc = index.show(args.id)
+    client = history_client(args.bootstrap)
+    try:
+        with ExecutionIndex(args.index, client=client.conf) as index:
+            index.sync(client.bootstrap,
+                       os.environ.get("WAXFLOW_EXECUTION_LOG", "waxflow.executions"))
+            doc = index.show(args.id)
+    except IndexAccessError as exc:
+        return _err(explain_refusal(client, exc))
     if doc is None:
         return _err(f"no execution {args.id} in the execution log")
     trig = doc["trigger"]
@@ -400,6 +405,34 @@ def add_replay(executions: argparse.ArgumentParser) -> None:
     rp.set_defaults(func=_replay)
 
 
+def _with_history_client(func: Command) -> Command:
+    """``func`` (an ``executions`` command of :mod:`waxflow.recovery.executions_cli`, which
+    may not import the connectors) with the history's Kafka client settings: ``--bootstrap``
+    resolved (``$WAXFLOW_BOOTSTRAP``, ``$WAXFLOW_KAFKA_PROPERTIES``' servers, the default)
+    and ``args.kafka_client`` the security settings of ``$WAXFLOW_KAFKA_PROPERTIES``; a
+    cluster refusing them is one line naming the principal and the topic (exit 1)."""
+    def run(args: argparse.Namespace) -> int:
+        from waxflow.recovery.index import IndexAccessError
+        from waxflow.server.history_client import explain_refusal, history_client
+
+        client = history_client(args.bootstrap)
+        args.bootstrap, args.kafka_client = client.bootstrap, client.conf
+        try:
+            return func(args)
+        except IndexAccessError as exc:
+            return _err(explain_refusal(client, exc))
+    return run
+
+
+def _wrap_executions(executions: argparse.ArgumentParser) -> None:
+    """Give ``executions list|show|trace`` the history's client settings."""
+    sub = next(a for a in executions._actions
+               if isinstance(a, argparse._SubParsersAction))
+    for name in ("list", "show", "trace"):
+        command = sub.choices[name]
+        command.set_defaults(func=_with_history_client(command.get_default("func")))
+
+
 # numeric options registered by other modules with a bare int/float type, by dest: the
 # range each accepts (tests/unit/test_cli_args.py fails on a bare int/float left anywhere)
 RANGES_BY_DEST: dict[str, Callable[[str], object]] = {
@@ -438,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_broker(sub)
     _add_flow_commands(sub)
     add_executions(sub)
+    _wrap_executions(sub.choices["executions"])
     add_replay(sub.choices["executions"])
     add_server(sub)
     _check_numbers(parser)

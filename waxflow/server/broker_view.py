@@ -1,7 +1,9 @@
 """What the server reads from the broker itself: a trigger record, a consumer group's lag.
 
 Both are read-only (no group joined, nothing committed) and bounded by a timeout; a failure
-is an answer with ``error`` set (one line), never an exception for the page. Answers are
+is an answer with ``error`` set (one line), never an exception for the page. A cluster that
+refuses the client settings (wrong password, missing ACL) is said at once, naming the
+principal, never the password. Answers are
 cached for a few seconds, so a page that refreshes does not hammer the broker. Text shown
 from a record passes through the process's secret redactor and is cut to a preview.
 """
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from waxflow.connectors.kafka_errors import KafkaAccessError, raise_if_access
 from waxflow.expressions import redact
 
 PREVIEW_CHARS = 4096
@@ -68,12 +71,33 @@ def preview(data: bytes | None, limit: int = PREVIEW_CHARS) -> dict[str, Any] | 
             "binary": binary}
 
 
-def _client(conf: Mapping[str, Any], timeout: float) -> Consumer:
+class _Refused:
+    """A client's ``error_cb``: keeps the first authentication failure (a wrong password
+    shows only there, while every request waits for its timeout)."""
+
+    def __init__(self, conf: Mapping[str, Any], what: str) -> None:
+        self.conf, self.what = conf, what
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        if self.error is None and err.code() in (KafkaError._AUTHENTICATION,
+                                                 KafkaError.SASL_AUTHENTICATION_FAILED,
+                                                 KafkaError._SSL):
+            self.error = err
+
+    def check(self) -> None:
+        """Raise :class:`KafkaAccessError` when the cluster refused the credentials."""
+        raise_if_access(self.error, self.conf, self.what)
+
+
+def _client(conf: Mapping[str, Any], timeout: float, refused: _Refused | None = None
+            ) -> Consumer:
+    own: dict[str, Any] = {"error_cb": refused} if refused is not None else {}
     return Consumer({**conf, "group.id": conf.get("group.id") or
                      f"waxflow-server-{uuid.uuid4().hex}",
                      "enable.auto.commit": False, "enable.partition.eof": True,
                      "socket.timeout.ms": int(timeout * 1000),
-                     "socket.connection.setup.timeout.ms": int(timeout * 1000)})
+                     "socket.connection.setup.timeout.ms": int(timeout * 1000), **own})
 
 
 def trigger_record(conf: Mapping[str, Any], topic: str, partition: int, offset: int, *,
@@ -87,17 +111,22 @@ def trigger_record(conf: Mapping[str, Any], topic: str, partition: int, offset: 
 
 def _read_record(conf: Mapping[str, Any], topic: str, partition: int, offset: int,
                  timeout: float) -> dict[str, Any]:
-    consumer = _client(conf, timeout)
     where = f"record {topic}/{partition}@{offset}"
+    refused = _Refused(conf, f"{where} cannot be read")
+    consumer = _client(conf, timeout, refused)
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msg = consumer.poll(max(0.05, deadline - time.monotonic()))
+            msg = consumer.poll(min(0.5, max(0.05, deadline - time.monotonic())))
+            refused.check()
             if msg is None:
                 continue
             err = msg.error()
             if err is not None:
+                if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                    continue  # the throwaway group is never joined (no group ACL needed)
+                raise_if_access(err, conf, f"{where} cannot be read", name=topic)
                 return {"error": f"{where} cannot be read: {err.str()}"}
             if msg.offset() != offset:
                 break
@@ -111,6 +140,8 @@ def _read_record(conf: Mapping[str, Any], topic: str, partition: int, offset: in
                     "timestamp": ts if ts_type else None}
         return {"error": f"{where} cannot be read (deleted by retention, or not reachable "
                          f"within {timeout:g}s)"}
+    except KafkaAccessError as exc:
+        return {"error": str(exc)}
     except KafkaException as exc:
         return {"error": f"{where} cannot be read: {exc.args[0].str() if exc.args else exc}"}
     finally:
@@ -133,10 +164,11 @@ def group_lag(conf: Mapping[str, Any], group: str, topics: list[str], *,
 
 def _read_lag(conf: Mapping[str, Any], group: str, topics: list[str],
               timeout: float) -> dict[str, Any]:
-    consumer = _client({**conf, "group.id": group}, timeout)
+    refused = _Refused(conf, f"lag of group {group}")
+    consumer = _client({**conf, "group.id": group}, timeout, refused)
     try:
         tps: list[TopicPartition] = []
-        meta = consumer.list_topics(timeout=timeout)
+        meta = _metadata(consumer, timeout, refused)
         for topic in topics:
             t = meta.topics.get(topic)
             if t is None or t.error is not None:
@@ -155,11 +187,37 @@ def _read_lag(conf: Mapping[str, Any], group: str, topics: list[str],
         _skip_markers(conf, rows, timeout)
         return {"group": group, "partitions": rows, "total": sum(r["lag"] for r in rows),
                 "error": None}
+    except KafkaAccessError as exc:
+        return {"group": group, "partitions": [], "total": None, "error": str(exc)}
     except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        try:
+            if isinstance(err, KafkaError):  # committed offsets: DESCRIBE on the group
+                name = group if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED else \
+                    ", ".join(topics)
+                raise_if_access(err, conf, f"lag of group {group}", name=name,
+                                operation="DESCRIBE")
+        except KafkaAccessError as access:
+            return {"group": group, "partitions": [], "total": None, "error": str(access)}
         return {"group": group, "partitions": [], "total": None,
-                "error": f"lag of group {group}: {exc.args[0].str() if exc.args else exc}"}
+                "error": f"lag of group {group}: {err.str() if err is not None else exc}"}
     finally:
         consumer.close()
+
+
+def _metadata(consumer: Consumer, timeout: float, refused: _Refused) -> Any:
+    """The cluster's metadata, asked in slices of a second: a refused password shows in
+    ``error_cb`` within a slice or two (then :class:`KafkaAccessError`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.list_topics(timeout=min(1.0, max(0.05,
+                                                             deadline - time.monotonic())))
+        except KafkaException:
+            consumer.poll(0)  # serves error_cb (nothing is assigned: no message)
+            refused.check()
+            if time.monotonic() >= deadline:
+                raise
 
 
 def _skip_markers(conf: Mapping[str, Any], rows: list[dict[str, Any]], timeout: float) -> None:

@@ -5,7 +5,9 @@ executions`` uses), keeping it in sync from the log topic while it runs. Listens
 127.0.0.1 unless ``--host`` says otherwise; any other address needs a token (``--token`` or
 ``$WAXFLOW_SERVER_TOKEN``), and a token, once set, is required by every request. Every secret
 the flows could use (``$WAXFLOW_SECRET_*``, the secrets file) is masked in what the server
-reads from the broker itself (record previews); documents are masked by the engine.
+reads from the broker itself (record previews); documents are masked by the engine. Every
+Kafka client of the server (the index sync, record previews, lag) takes the connection and
+security settings of ``$WAXFLOW_KAFKA_PROPERTIES`` (:mod:`.history_client`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"waxflow: error: --host {args.host} is not loopback: give a token with --token "
               f"or ${TOKEN_ENV} (every request will need it)", file=sys.stderr)
         return 1
-    bootstrap = args.bootstrap or os.environ.get("WAXFLOW_BOOTSTRAP", "127.0.0.1:9092")
+    from waxflow.server.history_client import history_client
+
+    client = history_client(args.bootstrap)  # $WAXFLOW_KAFKA_PROPERTIES: a secured cluster
+    bootstrap = client.bootstrap
     topic = args.topic_log or os.environ.get("WAXFLOW_EXECUTION_LOG", "waxflow.executions")
     # a replay writes to the log this server reads, on this broker unless the flow says
     os.environ["WAXFLOW_EXECUTION_LOG"] = topic
@@ -80,10 +85,9 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     for line in flows.skipped:
         print(f"waxflow: warning: not a flow, skipped: {line}", file=sys.stderr)
-    worker = IndexWorker(args.index, bootstrap=bootstrap, topic=topic,
+    worker = IndexWorker(args.index, bootstrap=bootstrap, topic=topic, client=client.conf,
                          sync_timeout=min(args.sync_timeout, 5.0), sync=not args.no_sync)
-    ctx = ServerContext(worker=worker, flows=flows,
-                        kafka_conf={"bootstrap.servers": bootstrap})
+    ctx = ServerContext(worker=worker, flows=flows, kafka_conf=client.with_bootstrap())
     app = create_app(ctx, token=token, loopback=loopback)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"waxflow server: http://{shown}:{args.port}/ (index {worker.status.topic} @ "

@@ -16,7 +16,8 @@ class ServerContext:
     """The server's shared state (built once by the ``server`` command or a test).
 
     ``kafka_conf`` is the client configuration for reading the broker (trigger records, lag)
-    when the record's flow file is not known.
+    when the record's flow file is not known: the bootstrap servers and the security settings
+    of ``$WAXFLOW_KAFKA_PROPERTIES`` (it may hold a password: never shown).
     """
 
     worker: IndexWorker

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from waxflow.errors import WaxflowError
-from waxflow.recovery.index import ExecutionIndex, IndexBusyError
+from waxflow.recovery.index import ExecutionIndex, IndexAccessError, IndexBusyError
+from waxflow.server.history_client import HistoryClient, explain_refusal
 
 _T = TypeVar("_T")
 
@@ -58,13 +59,18 @@ class IndexWorker:
     """Runs queries on the index (:meth:`call`) and keeps it in sync from the log topic.
 
     With ``sync=False`` the index is never synced (answers from the file as it is).
+    ``client``: the Kafka client settings under the index's consumers (a secured cluster's,
+    see :mod:`.history_client`); when the cluster refuses them, :attr:`status` says why in
+    one line naming the principal and the topic (never the password).
     """
 
     def __init__(self, path: str | Path | None, *, bootstrap: str, topic: str,
-                 interval: float = 1.0, sync_timeout: float = 2.0, sync: bool = True,
-                 query_threads: int = 4) -> None:
+                 client: Mapping[str, Any] | None = None, interval: float = 1.0,
+                 sync_timeout: float = 2.0, sync: bool = True, query_threads: int = 4) -> None:
         self.status = SyncStatus(bootstrap=bootstrap, topic=topic)
         self._path = path
+        self._client = HistoryClient(bootstrap, dict(client or {}))
+        self._refusal: tuple[str, str] | None = None  # (the index's message, the line shown)
         self._interval = interval
         self._sync_timeout = sync_timeout
         self._queries = ThreadPoolExecutor(max_workers=query_threads,
@@ -79,7 +85,8 @@ class IndexWorker:
             self._syncer.start()
 
     def _open(self) -> ExecutionIndex:
-        return ExecutionIndex(self._path, bootstrap=self.status.bootstrap)
+        return ExecutionIndex(self._path, bootstrap=self.status.bootstrap,
+                              client=self._client.conf)
 
     def call(self, query: Callable[[ExecutionIndex], _T], timeout: float = 60.0) -> _T:
         """Run ``query(index)`` on a query thread and return its result. Errors of the
@@ -107,6 +114,12 @@ class IndexWorker:
                     count = index.sync(self.status.bootstrap, self.status.topic,
                                        timeout=self._sync_timeout)
                     complete = bool(index.last_sync_complete)
+            except IndexAccessError as exc:  # who was refused what, asked once per message
+                if self._refusal is None or self._refusal[0] != str(exc):
+                    self._refusal = (str(exc), explain_refusal(self._client, exc))
+                with self.status.lock:
+                    self.status.error = self._refusal[1]
+                return
             except Exception as exc:  # one line for the page header; the loop goes on
                 with self.status.lock:
                     self.status.error = _line(exc)
