@@ -24,7 +24,7 @@ from waxflow.dataflows.task_modules import modules_for
 from waxflow.dataflows.yamlpos import PositionMap, load_yaml
 from waxflow.errors import FlowError, Problem, format_path
 from waxflow.expressions import Expressions, check_static
-from waxflow.flow import TRIGGER_ALIASES, TRIGGER_TYPES, FlowBase
+from waxflow.flow import TASK_ROOTS, TRIGGER_ALIASES, TRIGGER_TYPES, FlowBase
 from waxflow.tasks import TASK_ALIASES, TASK_TYPES, TaskBase, add_task_aliases, known_task_type
 
 #: fields rendered once when the job starts (Kafka client and registry settings), never per
@@ -134,10 +134,17 @@ def flow_model(modules: Sequence[str] | None = None) -> type[FlowBase]:
 @functools.cache
 def _flow_model_of(names: tuple[str, ...]) -> type[FlowBase]:
     union = _union_of(names)
+    base = FlowBase.model_fields
 
     class Flow(FlowBase):
-        tasks: list[union] = Field(min_length=1)  # type: ignore[valid-type]
-        errors: list[union] = Field(default_factory=list)  # type: ignore[valid-type]
+        tasks: list[union] = Field(min_length=1,  # type: ignore[valid-type]
+                                   description=base["tasks"].description)
+        errors: list[union] = Field(default_factory=list,  # type: ignore[valid-type]
+                                    description=base["errors"].description)
+        finally_: list[union] = Field(  # type: ignore[valid-type]
+            default_factory=list, alias="finally", description=base["finally_"].description)
+        afterExecution: list[union] = Field(  # type: ignore[valid-type]
+            default_factory=list, description=base["afterExecution"].description)
 
     Flow.__doc__ = "A waxflow flow file."
     return Flow
@@ -178,7 +185,7 @@ def _pydantic_problems(exc: ValidationError, pos: PositionMap, data: Any = None,
             continue
         if kind == "union_tag_invalid":
             tag = err.get("ctx", {}).get("tag")
-            is_task = "tasks" in loc or "errors" in loc or loc[:1] != ("triggers",)
+            is_task = loc[:1] != ("triggers",)
             problems.append(pos.problem((*loc, "type"), unknown_type_message(tag, is_task)))
             if is_task:  # the task's other problems, as far as they can be known
                 problems.extend(_unknown_task_problems(data, loc, pos))
@@ -325,7 +332,7 @@ def _template_problems(data: Any, pos: PositionMap, exprs: Expressions) -> list[
             for msg in (check_static(exprs, value) if static else exprs.check(value)):
                 problems.append(pos.problem(path, msg))
 
-    for root in ("triggers", "tasks", "errors"):
+    for root in ("triggers", *TASK_ROOTS, "outputs"):
         if isinstance(data, dict) and root in data:
             walk(data[root], (root,))
     return problems
@@ -346,7 +353,7 @@ def _raw_tasks(data: dict[str, Any]) -> list[tuple[tuple[Hashable, ...], dict[st
             for i, v in enumerate(value):
                 walk(v, (*path, i), True)
 
-    for root in ("tasks", "errors", "finally"):
+    for root in TASK_ROOTS:
         if isinstance(data.get(root), list):
             walk(data[root], (root,), False)
     return out

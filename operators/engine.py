@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from waxflow.core_tasks import is_truthy
 from waxflow.execution import Attempt, Execution, State, TaskRun, now
 from waxflow.expressions import Expressions, env_vars, mask, redact
 from waxflow.flow import FlowBase
@@ -205,6 +206,8 @@ class Engine:
         self.env = env_vars()
         self._flow_vars = {"id": flow.id, "namespace": flow.namespace}
         self._policies: dict[int, RetryPolicy] = {}
+        #: the flow has an end to run (``finally``, ``outputs``, ``afterExecution``)
+        self._has_end = bool(flow.finally_ or flow.outputs or flow.afterExecution)
 
     def run(self, execution: Execution, trigger_vars: dict[str, Any],
             batch: Any = None) -> Execution:
@@ -224,7 +227,7 @@ class Engine:
             "trigger": trigger_vars,
             "outputs": {},
             "execution": {"id": execution.id, "startDate": execution.start.isoformat(),
-                          "runId": execution.run_id},
+                          "runId": execution.run_id, "state": State.RUNNING.value},
             "flow": self._flow_vars,
             "labels": self.flow.labels,
             "env": self.env,
@@ -238,23 +241,78 @@ class Engine:
         seconds until the retry is due, and the next call continues from the retrying task
         (the tasks that finished are not run again; their outputs are kept)."""
         execution = ctx.execution
+        failed = False
         try:
             ctx.run_tasks(self.flow.tasks, None)
         except _Deferred as pause:
             ctx.resuming = True
             return pause.delay
-        except _TaskFailed as failed:
-            execution.error = {"taskId": failed.task_id, "message": failed.message}
+        except _TaskFailed as failure:
+            execution.error = {"taskId": failure.task_id, "message": failure.message}
             self._run_handlers(ctx, self.flow.errors)
-            execution.finish(State.FAILED)
-            return None
+            failed = True
         except Exception as exc:  # engine bug or unexpected error: still a FAILED execution
-            execution.error = {"taskId": "", "message": error_text(exc)}
-            _log(execution, "ERROR", f"execution failed: {execution.error['message']}")
-            execution.finish(State.FAILED)
+            self._unexpected(execution, exc)
+            failed = True
+        if self._has_end:  # a flow without them pays one test
+            self._end(ctx, failed)
             return None
-        execution.finish(State.WARNING if ctx.warned else State.SUCCESS)
+        execution.finish(State.FAILED if failed else
+                         State.WARNING if ctx.warned else State.SUCCESS)
         return None
+
+    @staticmethod
+    def _unexpected(execution: Execution, exc: Exception) -> None:
+        execution.error = {"taskId": "", "message": error_text(exc)}
+        _log(execution, "ERROR", f"execution failed: {execution.error['message']}")
+
+    def _end(self, ctx: _Context, failed: bool) -> None:
+        """The end of an execution of a flow with ``finally``, ``outputs`` or
+        ``afterExecution``: the ``finally`` tasks (a failure fails the execution), the flow's
+        outputs (unless it failed; one that does not render fails it), the final state, then
+        the ``afterExecution`` tasks (their failures change nothing)."""
+        execution, flow = ctx.execution, self.flow
+        ctx.deferrable = False  # the end retries in place: its tasks run once each
+        if flow.finally_:
+            try:
+                ctx.run_tasks(flow.finally_, None)
+            except _TaskFailed as failure:
+                if not failed:
+                    execution.error = {"taskId": failure.task_id, "message": failure.message}
+                failed = True
+            except Exception as exc:
+                if not failed:
+                    self._unexpected(execution, exc)
+                failed = True
+        if flow.outputs and not failed:
+            failed = not self._outputs(ctx)
+        state = State.FAILED if failed else State.WARNING if ctx.warned else State.SUCCESS
+        execution.finish(state)
+        if flow.afterExecution:
+            ctx.vars["execution"]["state"] = state.value
+            try:
+                ctx.run_tasks(flow.afterExecution, None)
+            except _TaskFailed:
+                pass  # recorded in its task run: the state stays
+            except Exception as exc:  # an engine bug: logged, the state stays
+                _log(execution, "ERROR", f"afterExecution failed: {error_text(exc)}")
+
+    def _outputs(self, ctx: _Context) -> bool:
+        """Render and convert the flow's outputs into ``execution.outputs``; False (the
+        execution's error set, naming the output) when one does not render or fit."""
+        out: dict[str, Any] = {}
+        for item in self.flow.outputs:
+            try:
+                out[item.id] = item.convert(ctx.render(item.value))
+            except Exception as exc:
+                reason = mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                              limit=500)
+                message = f"output '{item.id}' ({item.type}): {reason}"
+                ctx.execution.error = {"taskId": "", "message": message}
+                _log(ctx.execution, "ERROR", message)
+                return False
+        ctx.execution.outputs = out
+        return True
 
     def _run_handlers(self, ctx: _Context, tasks: Sequence[TaskBase]) -> None:
         # a failing errors handler is recorded in its task run; the state stays FAILED
@@ -269,7 +327,33 @@ class Engine:
         ``value``: the iteration value (``taskrun.value``) of a flowable's child list."""
         if task.disabled:
             return
-        self._run_task(_TaskScope(ctx, task, value), task, parent)
+        scope = _TaskScope(ctx, task, value)
+        if task.runIf is not None and not self._should_run(scope, task, parent):
+            return
+        self._run_task(scope, task, parent)
+
+    def _should_run(self, scope: _TaskScope, task: TaskBase, parent: TaskBase | None) -> bool:
+        """``runIf`` of ``task``: False records a SKIPPED task run (a condition that does not
+        render fails the task, as any failure would)."""
+        root: _Context = scope._root
+        if root.resuming:  # decided before the pause: its task run says how
+            run = self._resumed_run(root, task.id, parent.id if parent is not None else None)
+            if run is not None:
+                return run.state != State.SKIPPED
+        try:
+            go = is_truthy(scope.render(task.runIf))
+        except Exception as exc:
+            run = TaskRun(task.id, task.type, parent.id if parent is not None else None)
+            root.execution.add_task_run(run)
+            run.attempts.append(Attempt(State.FAILED, now(), now(), f"runIf: {error_text(exc)}"))
+            as_context: Any = scope  # a scope forwards what _fail uses to its context
+            self._fail(as_context, task, run, run.attempts[0].error or "")
+            return False
+        if not go:
+            run = TaskRun(task.id, task.type, parent.id if parent is not None else None,
+                          state=State.SKIPPED)
+            root.execution.add_task_run(run)
+        return go
 
     def _run_task(self, ctx: Any, task: TaskBase, parent: TaskBase | None) -> None:
         # the execution's context, read directly (the scope forwards every other attribute

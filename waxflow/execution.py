@@ -189,6 +189,9 @@ class Execution:
     logs: list[dict[str, Any]] | None = None
     #: lines :meth:`log` dropped past ``LOG_LINES``
     logs_dropped: int = 0
+    #: the flow's ``outputs`` (id -> typed value), set when an execution of a flow that
+    #: declares them ends without failing; None otherwise (the document then has no key)
+    outputs: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -251,6 +254,8 @@ class Execution:
             "trigger": self.trigger.document(), "taskRuns": runs, "error": self.error,
             "upstreamExecutionId": self.upstream_id, "labels": self.labels,
         }
+        if self.outputs is not None:
+            doc["outputs"] = jsonable(self.outputs)
         if logs is not None:
             doc["logs"] = logs
         if dropped:
@@ -503,6 +508,9 @@ class _Trim:
             out["trigger"] = trig
         out["error"] = self.error(doc.get("error"))
         out["upstreamExecutionId"] = self.text(doc.get("upstreamExecutionId"))
+        outputs = doc.get("outputs")
+        if isinstance(outputs, dict):
+            out["outputs"] = {k: self.value(v) for k, v in outputs.items()}
         runs = doc.get("taskRuns")
         if isinstance(runs, list):
             runs = [self.task_run(r) for r in runs]
@@ -544,6 +552,8 @@ def _minimal(doc: dict[str, Any], max_bytes: int) -> dict[str, Any]:
         "labels": trim.value(doc.get("labels")),
         "truncated": True,
     })
+    if isinstance(doc.get("outputs"), dict):
+        out["outputs"] = trim.value(doc["outputs"])
     lines = doc.get("logs")
     before = doc.get("logsDropped")
     dropped = (len(lines) if isinstance(lines, list) else 0) + (

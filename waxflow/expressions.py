@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import difflib
+import functools
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -510,9 +511,383 @@ def jq(value: Any, program: str) -> list[Any]:
     return results
 
 
-def now() -> str:
-    """Current UTC time, ISO-8601 with microseconds and ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def now(format: str = "iso", timeZone: str | None = None,
+        existingFormat: str | None = None, locale: str | None = None) -> str:
+    """Kestra's ``now()``: the current time formatted as the ``date`` filter does (default
+    ``iso``: ``2026-11-29T18:17:08.123456Z`` in UTC)."""
+    return str(date_filter(datetime.now(UTC), format, timeZone=timeZone))
+
+
+# ------------------------------------------------------------ Kestra's (Pebble) date filters
+#: Kestra's named formats (AbstractDate.FORMATTERS), as Java patterns or ISO formatter names
+_NAMED_FORMATS: dict[str, str] = {
+    "iso": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX",
+    "iso_sec": "yyyy-MM-dd'T'HH:mm:ssXXX",
+    "sql": "yyyy-MM-dd HH:mm:ss.SSSSSS",
+    "sql_seq": "yyyy-MM-dd HH:mm:ss",
+}
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December")
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+#: ChronoUnit names -> (timedelta keyword, factor) for time-based units; date-based ones
+#: (DAYS and longer) move the local date, keeping the local time (Java's ZonedDateTime.plus)
+_TIME_UNITS: dict[str, tuple[str, int]] = {
+    "NANOS": ("microseconds", 0), "MICROS": ("microseconds", 1),
+    "MILLIS": ("milliseconds", 1), "SECONDS": ("seconds", 1), "MINUTES": ("minutes", 1),
+    "HOURS": ("hours", 1), "HALF_DAYS": ("hours", 12)}
+_DATE_UNITS: dict[str, tuple[int, int]] = {  # unit -> (days, months)
+    "DAYS": (1, 0), "WEEKS": (7, 0), "MONTHS": (0, 1), "YEARS": (0, 12),
+    "DECADES": (0, 120), "CENTURIES": (0, 1200), "MILLENNIA": (0, 12000)}
+
+
+def _zone(name: str | None) -> Any:
+    """A ``timeZone`` argument as a tzinfo (UTC when None, as waxflow's clock is)."""
+    if name is None:
+        return UTC
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if name in ("Z", "UTC", "GMT"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    match = re.fullmatch(r"(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?", name)
+    if match:
+        sign = -1 if match[1] == "-" else 1
+        return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3] or 0)))
+    raise ValueError(f"unknown time zone {name!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern_tokens(pattern: str) -> tuple[tuple[str, int], ...]:
+    """A Java DateTimeFormatter pattern as (letter, count) runs; ("'", 0) carries literal
+    text as its letter field (``("'text", 0)``). Cached: a flow's patterns are few."""
+    out: list[tuple[str, int]] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "'":
+            end = i + 1
+            text = []
+            while end < n:
+                if pattern[end] == "'":
+                    if end + 1 < n and pattern[end + 1] == "'":
+                        text.append("'")
+                        end += 2
+                        continue
+                    break
+                text.append(pattern[end])
+                end += 1
+            if end >= n:
+                raise ValueError(f"unclosed quote in date pattern {pattern!r}")
+            out.append(("'" + ("".join(text) if text or end > i + 1 else "'"), 0))
+            i = end + 1
+        elif ch.isascii() and ch.isalpha():
+            j = i
+            while j < n and pattern[j] == ch:
+                j += 1
+            out.append((ch, j - i))
+            i = j
+        else:
+            out.append(("'" + ch, 0))
+            i += 1
+    return tuple(out)
+
+
+def _offset(value: datetime, count: int, z_for_zero: bool, colon: bool | None = None) -> str:
+    delta = value.utcoffset() or timedelta(0)
+    if z_for_zero and delta == timedelta(0):
+        return "Z"
+    total = int(delta.total_seconds())
+    sign = "-" if total < 0 else "+"
+    hours, minutes = divmod(abs(total) // 60, 60)
+    if colon is None:  # X / x: +HH (+HHmm when minutes), XX: +HHMM, XXX: +HH:MM
+        if count == 1:
+            return f"{sign}{hours:02d}" + (f"{minutes:02d}" if minutes else "")
+        colon = count in (3, 5)
+    return f"{sign}{hours:02d}{':' if colon else ''}{minutes:02d}"
+
+
+def _format_field(value: datetime, letter: str, count: int) -> str:
+    """One run of pattern letters of a Java DateTimeFormatter pattern (English names)."""
+    if letter in "yu":
+        return f"{value.year % 100:02d}" if count == 2 else f"{value.year:0{count}d}"
+    if letter in "ML":
+        if count >= 4:
+            return _MONTHS[value.month - 1]
+        if count == 3:
+            return _MONTHS[value.month - 1][:3]
+        return f"{value.month:0{count}d}"
+    if letter == "d":
+        return f"{value.day:0{count}d}"
+    if letter == "D":
+        return f"{value.timetuple().tm_yday:0{count}d}"
+    if letter == "H":
+        return f"{value.hour:0{count}d}"
+    if letter == "k":
+        return f"{value.hour or 24:0{count}d}"
+    if letter == "h":
+        return f"{(value.hour % 12) or 12:0{count}d}"
+    if letter == "K":
+        return f"{value.hour % 12:0{count}d}"
+    if letter == "m":
+        return f"{value.minute:0{count}d}"
+    if letter == "s":
+        return f"{value.second:0{count}d}"
+    if letter == "S":
+        return f"{value.microsecond:06d}000"[:count].ljust(count, "0")
+    if letter == "n":
+        return f"{value.microsecond * 1000:0{count}d}"
+    if letter == "a":
+        return "AM" if value.hour < 12 else "PM"
+    if letter in "Ee":
+        name = _DAYS[value.weekday()]
+        if letter == "e" and count <= 2:
+            return f"{value.isoweekday() % 7 + 1:0{count}d}"  # localized: Sunday first (US)
+        return name if count >= 4 else name[:3]
+    if letter == "X":
+        return _offset(value, count, True)
+    if letter == "x":
+        return _offset(value, count, False)
+    if letter == "Z":
+        if count <= 3:
+            return _offset(value, count, False, colon=False)
+        if count == 4:
+            off = _offset(value, 3, False, colon=True)
+            return "GMT" if off == "+00:00" else f"GMT{off}"
+        return _offset(value, 5, True, colon=True)
+    if letter == "z":
+        name = value.tzname() or _offset(value, 3, False, colon=True)
+        return "UTC" if value.tzinfo is UTC else name
+    if letter == "V" and count == 2:
+        key = getattr(value.tzinfo, "key", None)
+        return key or ("Z" if value.tzinfo is UTC else _offset(value, 3, True, colon=True))
+    if letter == "G":
+        return "AD" if count <= 3 else "Anno Domini"
+    raise ValueError(f"date pattern letter {letter!r} is not supported")
+
+
+def _fraction(value: datetime) -> str:
+    """Java's ISO fraction: only when non-zero, in as many digits as needed (in threes)."""
+    if not value.microsecond:
+        return ""
+    text = f"{value.microsecond:06d}"
+    return "." + (text[:3] if text.endswith("000") else text)
+
+
+_ISO_NAMES = frozenset({
+    "iso_local_date", "iso_date", "iso_local_time", "iso_time", "iso_offset_time",
+    "iso_local_date_time", "iso_offset_date_time", "iso_date_time", "iso_zoned_date_time",
+    "iso_ordinal_date", "iso_week_date", "rfc_1123_date_time", "iso_instant"})
+
+
+def _iso_named(value: datetime, name: str) -> str | None:
+    """The ISO formatters Kestra names (``iso_date_time``, ...), or None for other names."""
+    if name not in _ISO_NAMES:
+        return None
+    if name == "iso_instant":
+        utc = value.astimezone(UTC)
+        return utc.strftime("%Y-%m-%dT%H:%M:%S") + _fraction(utc) + "Z"
+    offset = _offset(value, 3, True)
+    day = value.strftime("%Y-%m-%d")
+    if name == "iso_local_date":
+        return day
+    if name == "iso_date":
+        return day + offset
+    if name == "iso_ordinal_date":
+        return f"{value.year:04d}-{value.timetuple().tm_yday:03d}" + offset
+    if name == "iso_week_date":
+        return "{:04d}-W{:02d}-{}".format(*value.isocalendar()) + offset
+    if name == "rfc_1123_date_time":
+        return (f"{_DAYS[value.weekday()][:3]}, {value.day} {_MONTHS[value.month - 1][:3]} "
+                f"{value.year:04d} {value.strftime('%H:%M:%S')} "
+                + ("GMT" if offset == "Z" else offset.replace(":", "")))
+    local_time = value.strftime("%H:%M:%S") + _fraction(value)
+    if name == "iso_local_time":
+        return local_time
+    if name in ("iso_time", "iso_offset_time"):
+        return local_time + offset
+    if name == "iso_local_date_time":
+        return f"{day}T{local_time}"
+    if name == "iso_offset_date_time":
+        return f"{day}T{local_time}{offset}"
+    zone = getattr(value.tzinfo, "key", None)  # iso_date_time, iso_zoned_date_time
+    return f"{day}T{local_time}{offset}" + (f"[{zone}]" if zone else "")
+
+
+def format_date(value: datetime, pattern: str) -> str:
+    """``value`` formatted by a Java ``DateTimeFormatter`` pattern (``yyyy-MM-dd``,
+    ``dd MMM yyyy HH:mm:ss.SSSXXX``, ...) or one of Kestra's named formats (``iso``,
+    ``iso_sec``, ``sql``, ``sql_seq``, ``iso_date_time``, ``iso_instant``, ...); English
+    names. ValueError for a letter it does not support (localized styles such as
+    ``medium`` are refused too)."""
+    named = _iso_named(value, pattern)
+    if named is not None:
+        return named
+    if pattern in ("full", "long", "medium", "short"):
+        raise ValueError(f"the localized date style {pattern!r} is not supported: give a "
+                         "pattern such as 'yyyy-MM-dd HH:mm:ss'")
+    out: list[str] = []
+    for letter, count in _pattern_tokens(_NAMED_FORMATS.get(pattern, pattern)):
+        out.append(letter[1:] if count == 0 else _format_field(value, letter, count))
+    return "".join(out)
+
+
+_STRPTIME = {"yyyy": "%Y", "uuuu": "%Y", "yy": "%y", "MMMM": "%B", "MMM": "%b", "MM": "%m",
+             "M": "%m", "dd": "%d", "d": "%d", "HH": "%H", "H": "%H", "hh": "%I", "h": "%I",
+             "mm": "%M", "m": "%M", "ss": "%S", "s": "%S", "a": "%p", "EEEE": "%A",
+             "EEE": "%a", "D": "%j", "DDD": "%j", "X": "%z", "XX": "%z", "XXX": "%z",
+             "x": "%z", "xx": "%z", "xxx": "%z", "Z": "%z", "ZZ": "%z", "ZZZ": "%z",
+             "ZZZZZ": "%z"}
+
+
+def _parse_with(text: str, pattern: str) -> datetime:
+    """``text`` read with a Java pattern (``existingFormat``): the letters of dates and times
+    (fractions ``S`` up to 6 digits); ValueError when it does not match."""
+    named = {"iso_local_date": "yyyy-MM-dd", "iso_date": "yyyy-MM-dd",
+             "iso_local_date_time": "yyyy-MM-dd'T'HH:mm:ss", **_NAMED_FORMATS}
+    if pattern in ("iso_date_time", "iso_offset_date_time", "iso_zoned_date_time",
+                   "iso_instant"):
+        return datetime.fromisoformat(re.sub(r"\[[^\]]*\]$", "", text))
+    fmt: list[str] = []
+    for letter, count in _pattern_tokens(named.get(pattern, pattern)):
+        if count == 0:
+            fmt.append(letter[1:].replace("%", "%%"))
+        elif letter == "S" and count <= 6:
+            fmt.append("%f")
+        elif letter * count in _STRPTIME:
+            fmt.append(_STRPTIME[letter * count])
+        else:
+            raise ValueError(f"date pattern {letter * count!r} cannot be read "
+                             "(existingFormat)")
+    return datetime.strptime(text, "".join(fmt))
+
+
+def to_datetime(value: Any, zone: Any, existing_format: str | None = None) -> datetime:
+    """Kestra's date input (AbstractDate.convert): a datetime (naive: in ``zone``), a date
+    (noon in ``zone``), epoch seconds, or text: ISO-8601 with an offset, else a local date
+    and time in ``zone``, else a local date at the start of its day (``existing_format``
+    reads other text)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=zone)
+    if isinstance(value, date):
+        return datetime.combine(value, time(12), zone)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, zone)
+    if not isinstance(value, str):
+        raise ValueError(f"cannot read a date from {type(value).__name__}")
+    text = value.strip()
+    region = re.search(r"\[([^\]]*)\]$", text)  # ISO_ZONED_DATE_TIME's [Europe/Paris]
+    try:
+        parsed = (_parse_with(text, existing_format) if existing_format is not None
+                  else datetime.fromisoformat(text[:region.start()] if region else text))
+        if region is not None:
+            parsed = (parsed.replace(tzinfo=_zone(region[1])) if parsed.tzinfo is None
+                      else parsed.astimezone(_zone(region[1])))
+    except ValueError:
+        raise ValueError(f"cannot read a date from {value!r}"
+                         + (f" with format {existing_format!r}" if existing_format else "")
+                         ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=zone)
+
+
+def date_filter(value: Any, format: str = "iso", *,
+                timeZone: str | None = None, existingFormat: str | None = None,
+                locale: str | None = None) -> Any:
+    """Kestra's ``date`` filter: ``value`` (see :func:`to_datetime`) shown in ``timeZone``
+    (default UTC) with ``format`` (a Java pattern or a named format, default ``iso``);
+    null stays null. ``locale`` is accepted; names are English."""
+    if value is None:
+        return None
+    zone = _zone(timeZone)
+    return format_date(to_datetime(value, zone, existingFormat).astimezone(zone), format)
+
+
+def date_add(value: Any, amount: int, unit: str, format: str = "iso", *,
+             timeZone: str | None = None, existingFormat: str | None = None,
+             locale: str | None = None) -> Any:
+    """Kestra's ``dateAdd`` filter: ``value`` plus ``amount`` ``unit`` (a ChronoUnit name:
+    SECONDS, MINUTES, HOURS, DAYS, WEEKS, MONTHS, YEARS, ...), formatted as ``date`` does.
+    Date units move the local date and keep the local time (the 31st plus one month is the
+    last day of the next month); time units move the instant."""
+    if value is None:
+        return None
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise ValueError(f"dateAdd: amount must be a whole number, got {amount!r}")
+    zone = _zone(timeZone)
+    moment = to_datetime(value, zone, existingFormat)
+    name = str(unit).upper()
+    if name in _TIME_UNITS:
+        key, factor = _TIME_UNITS[name]
+        step = (timedelta(microseconds=amount / 1000) if name == "NANOS"
+                else timedelta(**{key: amount * factor}))
+        moved = (moment.astimezone(UTC) + step).astimezone(moment.tzinfo)
+    elif name in _DATE_UNITS:
+        days, months = _DATE_UNITS[name]
+        local = moment.replace(tzinfo=None)
+        if months:
+            index = local.year * 12 + local.month - 1 + amount * months
+            year, month = divmod(index, 12)
+            import calendar
+
+            last = calendar.monthrange(year, month + 1)[1]
+            local = local.replace(year=year, month=month + 1, day=min(local.day, last))
+        local += timedelta(days=amount * days)
+        moved = local.replace(tzinfo=moment.tzinfo)
+    else:
+        raise ValueError(f"dateAdd: unknown unit {unit!r} (one of "
+                         f"{', '.join([*_TIME_UNITS, *_DATE_UNITS])})")
+    return date_filter(moved, format, timeZone=timeZone)
+
+
+def _timestamp(scale: int) -> Any:
+    def convert(value: Any, *, timeZone: str | None = None,
+                existingFormat: str | None = None) -> Any:
+        if value is None:
+            return None
+        moment = to_datetime(value, _zone(timeZone), existingFormat)
+        whole = int(moment.timestamp())
+        return whole * scale + (moment.microsecond * scale) // 1_000_000
+
+    convert.__doc__ = f"Kestra's timestamp filter: epoch time in 1/{scale} seconds."
+    return convert
+
+
+def slugify(value: Any) -> Any:
+    """Kestra's ``slugify``: blanks become ``-``, accents and every character other than
+    ASCII letters, digits, ``-`` and ``_`` are dropped, ``_`` becomes ``-``, runs of ``-``
+    collapse, one leading and one trailing ``-`` go, lower case; null stays null."""
+    if value is None:
+        return None
+    import unicodedata
+
+    text = unicodedata.normalize("NFD", re.sub(r"\s", "-", str(value)))
+    text = re.sub(r"[^A-Za-z0-9_-]", "", text).replace("_", "-")
+    text = re.sub(r"-{2,}", "-", text)
+    text = text.removeprefix("-").removesuffix("-")
+    return text.lower()
+
+
+def _is_empty(value: Any) -> bool:
+    """Pebble's ``empty`` test: undefined, null, a blank string, an empty list or map."""
+    if value is None or isinstance(value, jinja2.Undefined):
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        return not value
+    return False
+
+
+def default_filter(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
+    """Pebble's ``default``: ``default_value`` when ``value`` is empty (undefined at any
+    depth, null, a blank string, an empty list or map), else ``value``."""
+    return default_value if _is_empty(value) else value
+
+
+#: how deep :func:`render` follows templates that render to templates
+RENDER_DEPTH = 10
 
 
 # --------------------------------------------------------------------------- analysis
@@ -810,12 +1185,54 @@ class Expressions:
         env.filters[_DERIVED] = _secret_derived
         env.globals["secret"] = self.secrets.get
         env.globals["now"] = now
+        # Kestra's (Pebble) dates, strings, tests and null
+        env.filters["date"] = date_filter
+        env.filters["dateAdd"] = date_add
+        env.filters["timestamp"] = _timestamp(1)
+        env.filters["timestampMilli"] = _timestamp(1_000)
+        env.filters["timestampMicro"] = _timestamp(1_000_000)
+        env.filters["timestampNano"] = _timestamp(1_000_000_000)
+        env.filters["slugify"] = slugify
+        env.filters["default"] = env.filters["d"] = default_filter
+        env.tests["null"] = env.tests["none"]
+        env.tests["empty"] = _is_empty
+        env.globals["null"] = None
+        render = self._render_function
+
+        @jinja2.pass_context
+        def render_function(context: Context, template: Any, recursive: bool = True) -> Any:
+            return render(context, template, recursive)
+
+        env.globals["render"] = render_function
         env.globals.update(extra_globals or {})
         self._env = env
         self._globals = dict(env.globals)
         self._known = ALLOWED_ROOTS | frozenset(self._globals)
         self._cache: dict[str, Template] = {}
         self._lock = threading.Lock()
+
+    def _render_function(self, context: Context, template: Any, recursive: bool = True
+                         ) -> Any:
+        """Kestra's ``render(template, recursive=true)``: ``template`` (text holding an
+        expression, typically a ``vars`` value) rendered with the current variables, again
+        while the result still holds one (``recursive``, at most :data:`RENDER_DEPTH`
+        times). The text is data, not the flow file: ``secret()`` is not available in it
+        (so a record's text cannot read secrets), and it is not cached."""
+        if not isinstance(template, str):
+            raise ValueError("render() expects text (a template)")
+        variables = {k: v for k, v in context.get_all().items() if k != "secret"}
+        variables["secret"] = _no_secret_in_render
+        out: Any = template
+        for _ in range(RENDER_DEPTH if recursive else 1):
+            if not (isinstance(out, str) and any(m in out for m in _MARKERS)):
+                break
+            try:
+                compiled = self._env.from_string(out)
+            except jinja2.TemplateSyntaxError as exc:
+                raise ValueError(f"render(): {_syntax_message(out, exc)}") from None
+            ctx = Context(self._env, variables, None, {})
+            out = _concat(compiled.root_render_func(ctx))
+        return out
 
     def compile(self, source: str) -> Template:
         """The compiled template for ``source``; the same string compiles once.
@@ -838,6 +1255,7 @@ class Expressions:
             return _Constant(source)
         try:
             tree = self._env.parse(source)
+            _default_guard(tree)
             pure_secret = False
             constants: tuple[str, ...] = ()
             if _SECRET in _loads(tree):
@@ -938,6 +1356,20 @@ class Expressions:
             except ExpressionError as exc:
                 problems.append(exc.reason)
         return problems
+
+
+def _no_secret_in_render(*_args: Any, **_kwargs: Any) -> Any:
+    raise SecretError("secret() is not available in text given to render(): read the "
+                      "secret in the flow file's own expression")
+
+
+def _default_guard(tree: nodes.Template) -> None:
+    """``x | default(y)``: ``x`` undefined at any depth (``a.b.c`` without ``a.b``) gives
+    ``y``, as in Pebble (Jinja's strict undefined would raise before the filter runs)."""
+    for node in tree.find_all(nodes.Filter):
+        if node.name in ("default", "d") and node.node is not None \
+                and not isinstance(node.node, nodes.Const):
+            node.node = Coalesce(node.node, nodes.Const(None), lineno=node.lineno)
 
 
 def _syntax_message(source: str, exc: jinja2.TemplateSyntaxError) -> str:

@@ -32,6 +32,10 @@ TRIGGER_ALIASES: dict[str, str] = {
 }
 
 
+#: the flow-level task lists, in the order an execution runs them
+TASK_ROOTS = ("tasks", "errors", "finally", "afterExecution")
+
+
 class NoTrigger(WaxflowError):
     """The flow has no (enabled) trigger: it cannot be run as a job."""
 
@@ -470,6 +474,56 @@ class FlowInput(BaseModel):
         return text
 
 
+class FlowOutput(BaseModel):
+    """A flow output (Kestra's flow-level ``outputs``): ``value`` is rendered once the
+    execution ends without failing (SUCCESS or WARNING), converted to ``type`` as a flow
+    input of that type is (:meth:`FlowInput.convert`), and stored in the execution's
+    terminal document (``outputs``). A value that does not render or fit its type fails the
+    execution, naming the output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=ID_PATTERN, description="the output's name in the execution's "
+                                                    "`outputs`")
+    type: InputType = Field(description="the value's type (Kestra's names, as for inputs)")
+    value: Any = Field(description="the value: a template (or a structure of them) rendered "
+                                   "at the end of the execution, with every task's outputs")
+    description: str | None = Field(default=None, description="free text for people")
+    displayName: str | None = Field(default=None, description="a label for people")
+    required: bool = Field(default=True, description="accepted for Kestra compatibility: an "
+                                                     "output that renders to null fails "
+                                                     "the execution unless `required: false`")
+    values: list[str] | None = Field(default=None,
+                                     description="ENUM, SELECT, MULTISELECT: the allowed values")
+    itemType: InputType | None = Field(default=None, description="ARRAY: the items' type")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FlowOutput:
+        if self.type in ("ENUM", "SELECT", "MULTISELECT") and not self.values:
+            raise ValueError(f"output type {self.type} needs `values` (the allowed values)")
+        if self.type == "ARRAY" and self.itemType is None:
+            raise ValueError("output type ARRAY needs `itemType`")
+        return self
+
+    @field_validator("type")
+    @classmethod
+    def _no_secret(cls, value: str) -> str:
+        if value == "SECRET":
+            raise ValueError("output type SECRET is not supported: an output is stored in the "
+                             "execution's history, where secrets never appear")
+        return value
+
+    def convert(self, rendered: Any) -> Any:
+        """The rendered ``value`` as a value of ``type`` (None stays None when not
+        ``required``); ValueError saying why not."""
+        if rendered is None:
+            if self.required:
+                raise ValueError("rendered to null (set `required: false` to allow it)")
+            return None
+        as_input = FlowInput.model_construct(id=self.id, type=self.type, values=self.values,
+                                             itemType=self.itemType)
+        return as_input.convert(rendered)
+
+
 def _no_fraction(value: float) -> int:
     raise ValueError(f"expected a whole number, got {value!r}")
 
@@ -580,7 +634,7 @@ def apply_plugin_defaults(data: Mapping[str, Any]) -> Mapping[str, Any]:
         return value
 
     return {**data, **{root: walk(data[root], False)
-                       for root in ("tasks", "errors", "triggers") if root in data}}
+                       for root in (*TASK_ROOTS, "triggers") if root in data}}
 
 
 
@@ -624,19 +678,35 @@ class FlowBase(BaseModel):
                     "flow is loaded (the task's own values win unless `forced`)")
     concurrency: Concurrency | None = Field(
         default=None, description="at most `limit` executions run at once (per worker)")
+    finally_: list[Any] = Field(
+        default_factory=list, alias="finally",
+        description="tasks that always run once `tasks` (and, after a failure, `errors`) are "
+                    "done; a failing one fails the execution; `{{ execution.state }}` is "
+                    "RUNNING there (the final state is not known yet)")
+    afterExecution: list[Any] = Field(
+        default_factory=list,
+        description="tasks run once the execution has its final state (SUCCESS, WARNING or "
+                    "FAILED), read as `{{ execution.state }}`; their failure is recorded in "
+                    "their task runs and never changes that state")
+    outputs: list[FlowOutput] = Field(
+        default_factory=list,
+        description="typed values rendered when the execution ends without failing, stored "
+                    "in its history document (`outputs`); one that does not render fails it")
 
     @model_validator(mode="before")
     @classmethod
     def _plugin_defaults(cls, data: Any) -> Any:
         return apply_plugin_defaults(data) if isinstance(data, dict) else data
 
-    @field_validator("inputs")
+    @field_validator("inputs", "outputs")
     @classmethod
-    def _unique_inputs(cls, value: list[FlowInput]) -> list[FlowInput]:
+    def _unique_ids(cls, value: list[FlowInput] | list[FlowOutput], info: ValidationInfo
+                    ) -> list[FlowInput] | list[FlowOutput]:
         ids = [i.id for i in value]
         twice = sorted({i for i in ids if ids.count(i) > 1})
-        if twice:  # (checked once every input is valid on its own)
-            raise ValueError(f"duplicate input id {', '.join(map(repr, twice))}")
+        if twice:  # (checked once every item is valid on its own)
+            kind = "input" if info.field_name == "inputs" else "output"
+            raise ValueError(f"duplicate {kind} id {', '.join(map(repr, twice))}")
         return value
 
     @model_validator(mode="after")
@@ -701,6 +771,8 @@ class FlowBase(BaseModel):
                     yield from walk((*path, i, *field.split(".")), children)
         yield from walk(("tasks",), self.tasks)
         yield from walk(("errors",), self.errors)
+        yield from walk(("finally",), self.finally_)
+        yield from walk(("afterExecution",), self.afterExecution)
 
     @property
     def enabled_triggers(self) -> list[RealtimeTrigger | BatchTrigger | ScheduleTrigger]:

@@ -125,6 +125,11 @@ class TaskBase(BaseModel):
         default=False, description="a failure of this task ends the execution WARNING "
                                    "instead of FAILED, and the next tasks run")
     disabled: bool = Field(default=False, description="skip this task")
+    runIf: str | None = Field(
+        default=None,
+        description="a condition (rendered) checked before the task runs: when false (false, "
+                    "`0`, `-0`, an empty string or null) the task is not run and its task run "
+                    "is recorded SKIPPED")
     errors: list[AnyTask] = Field(default_factory=list,
                                   description="tasks run when this one fails")
 
