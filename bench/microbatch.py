@@ -1,7 +1,8 @@
 """Micro-batch benchmark: ``kafka.Trigger`` into Parquet and DuckDB vs raw consume (not a test).
 
 Run: ``.venv/bin/python bench/microbatch.py [--records 1000000] [--max-records 200000]
-[--interval PT5S] [--targets ion,parquet,duckdb,postgres] [--repeat 1] [--raw-batch 10000]``
+[--interval PT5S] [--targets ion,parquet,duckdb,postgres,postgres-again] [--repeat 1]
+[--raw-batch 10000]``
 against the broker at ``$WAXFLOW_BOOTSTRAP`` (default 127.0.0.1:9092). The ``postgres`` target
 loads into ``$WAXFLOW_BENCH_PG_URL`` (a ``postgresql://`` URL with its password), else into a
 PostgreSQL server it starts for the run (``tests/postgres_server.py``; Debian ``postgresql``).
@@ -28,7 +29,18 @@ One run, everything on fresh topics / consumer groups / log topics (deleted at t
      named by the execution id);
    * ``duckdb``: ``duckdb.Load`` of ``trigger.uri`` into a fresh table, mode ``APPEND``;
    * ``postgres``: ``postgres.Load`` of ``trigger.uri`` into a fresh PostgreSQL table, mode
-     ``MERGE`` on the Kafka coordinates (COPY CSV into a staging table + ON CONFLICT).
+     ``MERGE`` on the Kafka coordinates (every key is new: COPY CSV straight into the table
+     after one index probe per partition);
+   * ``postgres-again`` (after ``postgres``): the same flow, with its own group, into the
+     table ``postgres`` filled: every key exists already, as when a crashed run's batches are
+     replayed (COPY into a staging table + ``INSERT … ON CONFLICT``, unchanged rows left as
+     they are).
+
+   For the postgres targets the server's side is printed too: the CPU seconds of all the
+   server's processes during the run (when the bench started the server: its postmaster and
+   the backends it reaped), and the execution time of each kind of statement
+   (``pg_stat_statements``, enabled on the server the bench starts; on
+   ``$WAXFLOW_BENCH_PG_URL`` when the extension is loaded there), per 100,000 records.
 
    Every run is checked: the terminal documents' ``messagesCount`` add up to ``--records``,
    all SUCCESS, and the Parquet files / DuckDB table hold exactly ``--records`` rows.
@@ -76,7 +88,7 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # n
 from waxflow.connectors.kafka_batch import BULK_FETCH  # noqa: E402
 
 IDLE = 2.0
-TARGETS = ("ion", "parquet", "duckdb", "postgres")
+TARGETS = ("ion", "parquet", "duckdb", "postgres", "postgres-again")
 DEFAULT_TARGETS = ("ion", "parquet", "duckdb")
 PG: dict[str, str] = {}  # the postgres target's "url" and "table" for this run
 
@@ -134,8 +146,9 @@ tasks:
     table: events
     mode: APPEND
 """
-    if target == "postgres":
-        PG["table"] = f"events_{uuid.uuid4().hex[:8]}"
+    if target.startswith("postgres"):
+        if target == "postgres" or "table" not in PG:
+            PG["table"] = f"events_{uuid.uuid4().hex[:8]}"
         return head + f"""\
   - id: load
     type: postgres.Load
@@ -198,7 +211,7 @@ def raw_consume(bootstrap: str, topic: str, group: str, n: int, batch: int,
             for m in msgs:
                 if m.error() is not None:
                     continue
-                held.append(loads(m.value()))
+                held.append(loads(m.value() or b"null"))
             done += len(msgs)
             if not first:
                 first = time.perf_counter()
@@ -230,6 +243,7 @@ class WaxResult:
     cpu: float
     batches: list[BatchDoc]
     check: str
+    server: ServerSide | None = None
 
     @property
     def steady_span(self) -> float:
@@ -264,6 +278,8 @@ class WaxResult:
             print(f"    batch {i}: {d.count:>7,} records | between executions {between} s "
                   f"| execution {d.end - d.start:6.2f} s ({tasks})")
             prev = d.end
+        if self.server is not None:
+            self.server.report(self.records)
 
 
 def run_waxflow(res: benchkit.Resources, bootstrap: str, topic: str, n: int, target: str,
@@ -276,8 +292,10 @@ def run_waxflow(res: benchkit.Resources, bootstrap: str, topic: str, n: int, tar
     flow = tmp / f"flow-{target}.yaml"
     flow.write_text(flow_yaml(target, topic, group, args.interval, args.max_records, out_dir))
     env = benchkit.child_env(bootstrap, log, {"WAXFLOW_STORAGE": str(storage)}, paths=[BENCH])
+    pg_cpu0 = server_begin() if target.startswith("postgres") else None
     run = benchkit.run_child(benchkit.waxflow_cmd(flow, IDLE, "-w", "1"), env, timeout=3600,
                              name=f"waxflow run ({target})")
+    server = server_end(pg_cpu0) if target.startswith("postgres") else None
     docs = terminal_docs(bootstrap, log)
     ts = benchkit.iso_seconds
     batches = []
@@ -304,14 +322,14 @@ def run_waxflow(res: benchkit.Resources, bootstrap: str, topic: str, n: int, tar
              ) if not problems else "INVALID: " + "; ".join(problems)
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.rmtree(storage, ignore_errors=True)
-    return WaxResult(target, n, run.launch, run.wall, run.cpu, batches, check)
+    return WaxResult(target, n, run.launch, run.wall, run.cpu, batches, check, server)
 
 
 def count_rows(target: str, out_dir: Path) -> int | None:
     if target == "parquet":
         import pyarrow.parquet as pq
 
-        return sum(pq.read_metadata(p).num_rows for p in out_dir.glob("*.parquet"))
+        return sum(int(pq.read_metadata(p).num_rows) for p in out_dir.glob("*.parquet"))
     if target == "duckdb":
         import duckdb
 
@@ -319,7 +337,7 @@ def count_rows(target: str, out_dir: Path) -> int | None:
             row = con.execute("select count(*), count(distinct id) from events").fetchone()
         assert row is not None
         return int(row[0]) if row[0] == row[1] else -1
-    if target == "postgres":
+    if target.startswith("postgres"):
         import psycopg
 
         with psycopg.connect(PG["url"]) as conn:
@@ -331,17 +349,109 @@ def count_rows(target: str, out_dir: Path) -> int | None:
 
 
 def postgres_server() -> Any:
-    """A PostgreSQL server for the postgres target (None when $WAXFLOW_BENCH_PG_URL is set)."""
+    """A PostgreSQL server for the postgres target (None when $WAXFLOW_BENCH_PG_URL is set),
+    with ``pg_stat_statements`` where it can be had."""
+    import psycopg
+
     if os.environ.get("WAXFLOW_BENCH_PG_URL"):
         PG["url"] = os.environ["WAXFLOW_BENCH_PG_URL"]
-        return None
-    sys.path.insert(0, str(BENCH.parent))
-    from tests.postgres_server import PostgresServer
+        server = None
+    else:
+        sys.path.insert(0, str(BENCH.parent))
+        from tests.postgres_server import PostgresServer
 
-    server = PostgresServer()
-    print(f"postgres server started in {server.start():.1f} s on port {server.port}")
-    PG["url"] = server.url
+        server = PostgresServer()
+        print(f"postgres server started in {server.start():.1f} s on port {server.port}")
+        PG["url"] = server.url
+        PG["data"] = str(server.data)
+        try:
+            with psycopg.connect(server.url, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+            server.stop()
+            server.start()
+        except (psycopg.Error, OSError) as exc:
+            print(f"  (pg_stat_statements not enabled: {exc})")
+    try:
+        with psycopg.connect(PG["url"], autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+        PG["statements"] = "1"
+    except psycopg.Error as exc:
+        print(f"  (no server-side statement times: {str(exc).splitlines()[0]})")
     return server
+
+
+# --------------------------------------------------------------------------- server side
+STATEMENTS = [  # (label, how the statement's text starts), in pg_stat_statements
+    ("COPY straight into the table", 'COPY "events_'),
+    ("COPY into the staging table", 'COPY "waxflow_stage_'),
+    ("INSERT … ON CONFLICT from staging", "WITH done AS (INSERT"),
+    ("index probe (keys seen?)", "SELECT EXISTS (SELECT"),
+]
+
+
+@dataclass
+class ServerSide:
+    cpu: float | None             # CPU s of all the server's processes during the run
+    statements: dict[str, float]  # label -> execution s (pg_stat_statements)
+
+    def report(self, n: int) -> None:
+        per = 100_000 / n
+        cpu = (f"server CPU {self.cpu:.2f} s = {self.cpu * per:.2f} s per 100k records"
+               if self.cpu is not None else "server CPU n/a (not the bench's own server)")
+        times = ", ".join(f"{k} {v * per:.3f} s" for k, v in self.statements.items())
+        print(f"    postgres: {cpu}; statement time per 100k records: {times or 'n/a'}")
+
+
+def server_cpu() -> float | None:
+    """CPU seconds so far of the bench's own PostgreSQL server: its postmaster, the children
+    it reaped (backends that ended) and the running ones (Linux ``/proc``)."""
+    if "data" not in PG:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        pid = int((Path(PG["data"]) / "postmaster.pid").read_text().split()[0])
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # a running child: user + system
+                total += (int(fields[11]) + int(fields[12])) / tick
+            elif stat.parent.name == str(pid):  # the postmaster, with its reaped children
+                total += sum(int(f) for f in fields[11:15]) / tick
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def server_begin() -> float | None:
+    """Reset the statement statistics; the server's CPU seconds so far."""
+    if PG.get("statements"):
+        import psycopg
+
+        with psycopg.connect(PG["url"], autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
+    return server_cpu()
+
+
+def server_end(cpu0: float | None) -> ServerSide:
+    cpu1 = server_cpu()
+    times: dict[str, float] = {}
+    if PG.get("statements"):
+        import psycopg
+
+        with psycopg.connect(PG["url"], autocommit=True) as conn:
+            rows = conn.execute("SELECT query, total_exec_time FROM pg_stat_statements "
+                                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = "
+                                "current_database())").fetchall()
+        times = dict.fromkeys([lb for lb, _ in STATEMENTS] + ["everything else"], 0.0)
+        for query, ms in rows:
+            label = next((lb for lb, start in STATEMENTS if query.lstrip().startswith(start)),
+                         "everything else")
+            times[label] += ms / 1000
+    return ServerSide(None if cpu0 is None or cpu1 is None else cpu1 - cpu0, times)
 
 
 # --------------------------------------------------------------------------- main
@@ -368,7 +478,10 @@ def main() -> int:
           f"load {benchkit.load()}, run {res.run_id}")
     raws: list[RawResult] = []
     wax: dict[str, list[WaxResult]] = {t: [] for t in targets}
-    pg_server = postgres_server() if "postgres" in targets else None
+    if "postgres-again" in targets and ("postgres" not in targets or targets.index(
+            "postgres") > targets.index("postgres-again")):
+        ap.error("postgres-again loads into the table of postgres: list postgres first")
+    pg_server = postgres_server() if any(t.startswith("postgres") for t in targets) else None
     with benchkit.scratch(res, "waxflow-bench-mb-", announce=True) as tmp:
         topic = res.create(res.name("in"), benchkit.PARTITIONS)
         secs = benchkit.produce_all(bootstrap, topic, n)
@@ -391,7 +504,9 @@ def main() -> int:
     raw = med(r.rate for r in raws)
     note = f" (medians of {args.repeat} rounds)" if args.repeat > 1 else ""
     print(f"\nSUMMARY{note}; targets: >= 100,000 records/s and >= 70% of raw consume")
-    print(f"  raw consume + json.loads   {raw:>10,.0f} records/s")
+    raw_cpu = med(r.cpu for r in raws) / n * 100_000
+    print(f"  raw consume + json.loads         {raw:>10,.0f} records/s"
+          f"{'':>37} | CPU {raw_cpu:.2f} s per 100k records")
     valid = True
     for target, results in wax.items():
         rate = med(w.rate for w in results)
@@ -399,8 +514,14 @@ def main() -> int:
         ok = all(w.check.startswith("ok") for w in results)
         valid &= ok
         runs = ", ".join(f"{w.rate:,.0f}" for w in results) if len(results) > 1 else ""
-        print(f"  waxflow -> {target:<8}       {rate:>10,.0f} records/s  {ratio:6.1%} of raw "
-              f"[{benchkit.verdict(rate >= 100_000)} / {benchkit.verdict(ratio >= 0.7)}]"
+        cpu = med(w.cpu for w in results) / n * 100_000
+        server = [w.server.cpu for w in results if w.server and w.server.cpu is not None]
+        more = f" + server {med(server) / n * 100_000:.2f}" if server else ""
+        goal = (f"; issue 17: >= 50,000 [{benchkit.verdict(rate >= 50_000)}]"
+                if target == "postgres" else "")
+        print(f"  waxflow -> {target:<14} {rate:>10,.0f} records/s  {ratio:6.1%} of raw "
+              f"[{benchkit.verdict(rate >= 100_000)} / {benchkit.verdict(ratio >= 0.7)}{goal}]"
+              f" | CPU {cpu:.2f}{more} s per 100k records"
               f"{'  runs: ' + runs if runs else ''}{'' if ok else '  INVALID'}")
     print(f"  load average at the end: {benchkit.load()} on {os.cpu_count()} CPUs (the broker "
           "shares them; other processes skew every number)")

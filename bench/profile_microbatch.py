@@ -1,8 +1,10 @@
 """Where the time of a ``kafka.Trigger`` micro-batch goes (not a test).
 
 Run: ``.venv/bin/python bench/profile_microbatch.py [--records 400000] [--max-records 200000]
-[--target duckdb|parquet|ion] [--no-profile] [--whatif-awake] [--top 25]`` or
-``.venv/bin/python bench/profile_microbatch.py --components [--records 200000]``.
+[--target duckdb|parquet|ion|postgres] [--no-profile] [--whatif-awake] [--top 25]`` or
+``.venv/bin/python bench/profile_microbatch.py --components [--records 200000]
+[--target postgres]``. The postgres target uses the server of bench/microbatch.py
+(``$WAXFLOW_BENCH_PG_URL``, else one started for the run).
 
 Profile mode: the flow of bench/microbatch.py for ``--target`` runs in this process exactly
 as ``waxflow run FLOW --stop-when-idle 2 -w 1`` does (``waxflow.dataflows.load_flow`` + Bytewax's
@@ -18,7 +20,10 @@ each, Bytewax waits until ``next_awake()``, 20 ms later) and the records they re
 Components mode (no Kafka, no Bytewax, no profiler): one batch of ``--records`` synthetic
 records (the bench's ~200-byte JSON) through each stage of the product code, timed (wall
 and this thread's CPU): the bulk path (``waxflow.connectors.jsonbatch``) and the record-by-record
-path it falls back to, then the Parquet and DuckDB targets.
+path it falls back to, then the Parquet and DuckDB targets; with ``--target postgres`` also
+``postgres.Load`` (MERGE on the coordinates) of that batch into a fresh table (every key new:
+straight COPY), once more (every key seen: staging + ``INSERT … ON CONFLICT``, nothing
+changed) and of the next batch (new keys again), each with the server's statement times.
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ STAGES = [  # (label, function key suffix) measured by cumulative time
     ("    waxflow.connectors.tabular.to_table (read + rows + from_pylist)", "(to_table)"),
     ("    pyarrow.parquet.write_table", "(write_table)"),
     ("    duckdb.Load.run (to_table + DuckDB)", "connectors/duckdb.py"),
+    ("    postgres.Load.run (to_table, CSV, COPY, merge: client side)", "connectors/postgres.py"),
+    ("      _copy_csv (Arrow's CSV writer + COPY; CPU only, not the wait for the server)",
+     "(_copy_csv)"),
+    ("      last_per_key (MERGE: the last record per key, in Python)", "(last_per_key)"),
     ("  LogBatch.write / wait (execution documents)", "(write)"),
     ("DoneSink / commit", "operators/checkpoint.py"),
 ]
@@ -123,6 +132,15 @@ def instrument_source(whatif_awake: bool) -> SourceStats:
 
 
 def profile(args: argparse.Namespace) -> int:
+    server = microbatch.postgres_server() if args.target.startswith("postgres") else None
+    try:
+        return _profile(args)
+    finally:
+        if server is not None:
+            server.remove()
+
+
+def _profile(args: argparse.Namespace) -> int:
     bootstrap = args.bootstrap
     res = benchkit.Resources(AdminClient({"bootstrap.servers": bootstrap}))
     with benchkit.scratch(res, "waxflow-prof-mb-") as tmp:
@@ -199,7 +217,8 @@ def components(args: argparse.Namespace) -> int:
                                     benchkit.record(i), 1_700_000_000_000 + i, ())
                                    for i in range(n)]
         storage = Storage(str(tmp / "storage"))
-        timed("[floor] json.loads of each value", lambda: [json.loads(r[4]) for r in recs])
+        timed("[floor] json.loads of each value",
+              lambda: [json.loads(r[4] or b"null") for r in recs])
 
         # the bulk path (waxflow.operators.microbatch for JSON values with STRING keys)
         bulk = timed("bulk: jsonbatch.encode (one pyarrow parse + Ion-text lines)",
@@ -244,6 +263,8 @@ def components(args: argparse.Namespace) -> int:
                 con.commit()
 
         timed("DuckDB: register Arrow + INSERT BY NAME + commit", duck)
+        server_lines = postgres_components(args, timed, storage, uri, n) if (
+            args.target.startswith("postgres")) else []
         print(f"per-record cost of each stage, {n:,} records in one batch (us/record; wall "
               f"on this loaded machine, and this thread's CPU; no profiler); load "
               f"{benchkit.load()} on {os.cpu_count()} CPUs")
@@ -253,9 +274,53 @@ def components(args: argparse.Namespace) -> int:
         for name, wall, cpu in results:
             print(f"  {wall:8.2f} {cpu:8.2f}  {name}")
         print("  (pyarrow.json and DuckDB use their own threads: their CPU is not in 'cpu')")
+        for line in server_lines:
+            print(line)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def postgres_components(args: argparse.Namespace, timed: Any, storage: Any, uri: str,
+                        n: int) -> list[str]:
+    """Time ``postgres.Load`` (MERGE) of the batch at ``uri``: into a fresh table, again, and
+    the next batch; return the server's side as printable lines."""
+    import psycopg
+
+    from tests.task_helpers import FakeContext, parse_task
+    from waxflow.connectors import jsonbatch
+    from waxflow.records import RecordFields
+
+    server = microbatch.postgres_server()
+    lines = []
+    try:
+        nxt: list[RecordFields] = [("topic", i % 3, i // 3, str(i).encode(),
+                                    benchkit.record(i), 1_700_000_000_000 + i, ())
+                                   for i in range(n, 2 * n)]
+        bulk = jsonbatch.encode(nxt)
+        assert bulk is not None, "the bench's records always take the bulk path"
+        uri2 = storage.put_data("b/z.ion", bulk.data, bulk.table)
+        table = f"events_{os.getpid()}_{int(time.time())}"
+        task = parse_task({"id": "load", "type": "postgres.Load", "from": "{{ uri }}",
+                           "url": microbatch.PG["url"], "table": table, "mode": "MERGE"})
+        for label, batch in [("every key new (creates the table)", uri),
+                             ("again: every key seen, nothing changed", uri),
+                             ("next batch: every key new", uri2)]:
+            ctx = FakeContext({"uri": batch, "flow": {"namespace": "bench", "id": "prof"},
+                               "execution": {"id": f"e-{label}"}})
+            cpu0 = microbatch.server_begin()
+            timed(f"postgres.Load MERGE, {label}", lambda c=ctx: task.run(c))
+            side = microbatch.server_end(cpu0)
+            per = 1e6 / n
+            times = ", ".join(f"{k} {v * per:.2f}" for k, v in side.statements.items() if v)
+            cpu = f"CPU {side.cpu * per:.2f}; " if side.cpu is not None else ""
+            lines.append(f"  server, {label} (us/record): {cpu}{times or 'n/a'}")
+        with psycopg.connect(microbatch.PG["url"], autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    finally:
+        if server is not None:
+            server.remove()
+    return lines
 
 
 def main() -> int:

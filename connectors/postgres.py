@@ -392,6 +392,89 @@ def _copy_binary(cur: psycopg.Cursor[Any], target: psql.Composable, columns: lis
                             for v, j in zip(row, jsonish, strict=True)])
 
 
+#: column types whose ``=`` means "the same value" (a MERGE leaves such rows as they are)
+_COMPARABLE = re.compile(r"(smallint|integer|bigint|real|double precision|boolean|text|bytea|"
+                         r"date|uuid|jsonb|numeric\(.*\)|character varying(\(.*\))?|"
+                         r"character\(.*\)|(timestamp|time)(\(\d\))? with(out)? time zone)")
+_INT_COLUMN = frozenset({"smallint", "integer", "bigint"})
+_PROBE_MAX_GROUPS = 1000  # more key groups than this: merge without probing
+
+
+def _comparable(pg_type: str) -> bool:
+    return _COMPARABLE.fullmatch(pg_type) is not None
+
+
+def _compared(alias: Literal["t", "EXCLUDED"], columns: list[str],
+              types: dict[str, str]) -> psql.Composable:
+    """``alias.column, ...`` for a row comparison; text compared byte for byte (``COLLATE
+    "C"``: a case-insensitive collation would call a changed value unchanged)."""
+    from psycopg import sql as psql
+
+    return psql.SQL(", ").join(
+        psql.SQL('{}.{} COLLATE "C"' if types[c].startswith(("text", "character")) else "{}.{}"
+                 ).format(psql.SQL(alias), psql.Identifier(c)) for c in columns)
+
+
+def _key_kind(arrow: pa.DataType, pg_type: str) -> str | None:
+    """``bigint`` or ``text`` when a batch key column of Arrow type ``arrow`` compares with
+    the table's ``pg_type`` column as that SQL type, exactly as COPY would store it."""
+    if (pa.types.is_signed_integer(arrow) or arrow in (pa.uint8(), pa.uint16(), pa.uint32())
+            ) and pg_type in _INT_COLUMN:
+        return "bigint"
+    if (pa.types.is_string(arrow) or pa.types.is_large_string(arrow)) and (
+            pg_type == "text" or pg_type.startswith("character varying")):
+        return "text"
+    return None
+
+
+def _no_row_has_these_keys(cur: psycopg.Cursor[Any], qualified: psql.Composable,
+                           keys: list[str], types: dict[str, str], batch: pa.Table) -> bool:
+    """True only when the table holds no row whose merge key is one of the batch's.
+
+    The batch is cut into groups by every key but one integer key (the record coordinates:
+    by ``_topic``, ``_partition``; each group an ``_offset`` range), and one statement asks,
+    one index probe per group, whether any row lies in a group's range. False when the keys
+    do not allow it (a NULL key, no integer key, types that would compare differently from
+    how COPY stores them, more than :data:`_PROBE_MAX_GROUPS` groups) or a row was found."""
+    import pyarrow.compute as pc
+    from psycopg import sql as psql
+
+    kinds: dict[str, str] = {}
+    for k in keys:
+        kind = _key_kind(batch.schema.field(k).type, types[k])
+        if kind is None or batch.column(k).null_count:
+            return False
+        kinds[k] = kind
+    ranged = [k for k in keys if kinds[k] == "bigint"]
+    if not ranged:
+        return False
+    span, groups = ranged[-1], [k for k in keys if k != ranged[-1]]
+    if groups:
+        found = batch.select(keys).group_by(groups, use_threads=False).aggregate(
+            [(span, "min"), (span, "max")])
+        if found.num_rows > _PROBE_MAX_GROUPS:
+            return False
+        arrays = [found.column(k).to_pylist() for k in groups]
+        arrays += [found.column(f"{span}_min").to_pylist(),
+                   found.column(f"{span}_max").to_pylist()]
+    else:
+        low_high = pc.min_max(batch.column(span))
+        arrays = [[low_high["min"].as_py()], [low_high["max"].as_py()]]
+    names = [f"g{i}" for i in range(len(groups))]
+    match = [psql.SQL("t.{} = b.{}").format(psql.Identifier(k), psql.Identifier(n))
+             for k, n in zip(groups, names, strict=True)]
+    match.append(psql.SQL("t.{} BETWEEN b.lo AND b.hi").format(psql.Identifier(span)))
+    cur.execute(psql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM unnest({}) AS b({}) CROSS JOIN LATERAL "
+        "(SELECT 1 FROM {} AS t WHERE {} LIMIT 1) AS hit)").format(
+        psql.SQL(", ").join(psql.SQL("%s::{}[]").format(psql.SQL(kinds[k]))
+                            for k in [*groups, span, span]),
+        psql.SQL(", ").join(psql.Identifier(n) for n in [*names, "lo", "hi"]),
+        qualified, psql.SQL(" AND ").join(match)), arrays)
+    row = cur.fetchone()
+    return row is not None and not row[0]
+
+
 @task_type("postgres.Load", aliases=("io.kestra.plugin.jdbc.postgresql.CopyIn",))
 class Load(_PostgresTask, WarehouseLoad):
     """Load a stored batch file (``from``, usually ``{{ trigger.uri }}``) into a PostgreSQL
@@ -403,12 +486,20 @@ class Load(_PostgresTask, WarehouseLoad):
     (and schema) from the batch's Arrow types (nested values as JSONB); ``addColumns`` adds
     the batch's new columns. ``mode``:
 
-    * ``MERGE`` — COPY into a temporary staging table shaped like the target, then
-      ``INSERT … ON CONFLICT (mergeKeys) DO UPDATE`` (default keys: the record's Kafka
-      coordinates; within a batch the last record per key wins). A table created here gets
-      a ``UNIQUE NULLS NOT DISTINCT`` constraint on the keys; an existing table without a
-      unique index on exactly the keys is merged by ``DELETE … USING`` + ``INSERT`` instead
-      (NULL matches NULL). Loading the same batch twice leaves one copy of each row.
+    * ``MERGE`` — upsert on ``mergeKeys`` (default: the record's Kafka coordinates; within a
+      batch the last record per key wins). A table created here gets a ``UNIQUE NULLS NOT
+      DISTINCT`` constraint on the keys (integer keys first). When the table has a unique
+      index on exactly the keys, one statement first probes that index once per key range
+      of the batch (for the coordinates: per topic partition, its offset range); when no
+      row has any of the batch's keys (the usual case: offsets only grow), COPY goes
+      straight into the table. Otherwise (a replay, keys seen before, or a concurrent load
+      that commits one of the keys meanwhile: the straight COPY then fails on the unique
+      index and is undone alone, in a savepoint) COPY fills a temporary staging table
+      shaped like the target, then ``INSERT … ON CONFLICT (mergeKeys) DO UPDATE`` writes the
+      rows, leaving a row whose values are all unchanged as it is. An existing table
+      without a unique index on exactly the keys is merged by ``DELETE … USING`` +
+      ``INSERT`` instead (NULL matches NULL). Loading the same batch twice leaves one copy
+      of each row.
     * ``APPEND`` — COPY straight into the table, and record the execution id in the
       ledger table (``ledgerTable``, in the same transaction): a replayed batch (same
       execution id) finds its entry and loads nothing (output ``skipped: true``), so a
@@ -421,7 +512,8 @@ class Load(_PostgresTask, WarehouseLoad):
     (DDL included) is one transaction: the batch lands whole or not at all, and a retry
     re-reads the stored file (Kafka is not consumed again). An empty batch loads nothing.
     Outputs ``rows`` (rows written), ``table``, ``rejected``, ``rejectsUri``, for MERGE
-    ``inserted`` and ``updated``, for APPEND ``skipped``.
+    ``inserted`` and ``updated`` (rows whose key was in the table already, changed or
+    not), for APPEND ``skipped``.
     """
 
     type: Literal["postgres.Load"] = Field(description="the task type")
@@ -474,9 +566,11 @@ class Load(_PostgresTask, WarehouseLoad):
             if self.mode == "APPEND":
                 self._copy(cur, qualified, columns, types, batch)
                 out["rows"] = batch.num_rows
+                how = "APPEND"
             else:
-                out.update(self._merge(cur, qualified, columns, types, batch))
-        ctx.log("INFO", f"{out['rows']} rows of {uri} into {table_name} ({self.mode})")
+                counts, how = self._merge(cur, qualified, columns, types, batch)
+                out.update(counts)
+        ctx.log("INFO", f"{out['rows']} rows of {uri} into {table_name} ({how})")
         return out
 
     def _copy(self, cur: psycopg.Cursor[Any], target: psql.Composable, columns: list[str],
@@ -526,9 +620,11 @@ class Load(_PostgresTask, WarehouseLoad):
             cols = [psql.SQL("{} {}").format(psql.Identifier(f.name),
                                              psql.SQL(column_type(f.type)))
                     for f in batch.schema]
-            if self.mode == "MERGE":
+            if self.mode == "MERGE":  # integer keys first: cheaper index comparisons
+                keys = sorted(self.mergeKeys, key=lambda k: not pa.types.is_integer(
+                    batch.schema.field(k).type))
                 cols.append(psql.SQL("UNIQUE NULLS NOT DISTINCT ({})").format(
-                    psql.SQL(", ").join(psql.Identifier(k) for k in self.mergeKeys)))
+                    psql.SQL(", ").join(psql.Identifier(k) for k in keys)))
             cur.execute(psql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
                 qualified, psql.SQL(", ").join(cols)))
             return _columns(cur, qualified) or {}
@@ -543,13 +639,26 @@ class Load(_PostgresTask, WarehouseLoad):
         return existing
 
     def _merge(self, cur: psycopg.Cursor[Any], qualified: psql.Composable,
-               columns: list[str], types: list[str], batch: pa.Table) -> dict[str, Any]:
+               columns: list[str], types: list[str], batch: pa.Table
+               ) -> tuple[dict[str, Any], str]:
+        """(the ``rows``/``inserted``/``updated`` outputs, how the batch was merged)."""
+        import psycopg
         from psycopg import sql as psql
 
         missing = [k for k in self.mergeKeys if k not in columns]
         if missing:
             raise TaskFailure(f"{self._who()}: merge key(s) {', '.join(missing)} are not "
                               f"columns of {qualified.as_string(cur)}")
+        unique = _unique_on(cur, qualified, self.mergeKeys)
+        if unique and _no_row_has_these_keys(cur, qualified, self.mergeKeys,
+                                             dict(zip(columns, types, strict=True)), batch):
+            try:  # in a savepoint: a conflict undoes the COPY alone, then the batch is merged
+                with cur.connection.transaction():
+                    self._copy(cur, qualified, columns, types, batch)
+                return ({"rows": batch.num_rows, "inserted": batch.num_rows, "updated": 0},
+                        "MERGE: no row had these keys, copied straight in")
+            except psycopg.errors.UniqueViolation:
+                pass  # a concurrent load committed some of these keys since the probe
         stage = psql.Identifier(f"waxflow_stage_{os.getpid()}_{threading.get_ident()}")
         cols = psql.SQL(", ").join(psql.Identifier(c) for c in columns)
         cur.execute(psql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} "
@@ -557,17 +666,23 @@ class Load(_PostgresTask, WarehouseLoad):
         self._copy(cur, stage, columns, types, batch)
         others = [c for c in columns if c not in self.mergeKeys]
         keys = psql.SQL(", ").join(psql.Identifier(k) for k in self.mergeKeys)
-        if _unique_on(cur, qualified, self.mergeKeys):
-            action = (psql.SQL("DO UPDATE SET {}").format(psql.SQL(", ").join(
-                psql.SQL("{0} = EXCLUDED.{0}").format(psql.Identifier(c)) for c in others))
-                if others else psql.SQL("DO NOTHING"))
-            cur.execute(psql.SQL("WITH done AS (INSERT INTO {} ({}) SELECT {} FROM {} "
+        if unique:
+            action: psql.Composable = psql.SQL("DO NOTHING")
+            if others:
+                action = psql.SQL("DO UPDATE SET {}").format(psql.SQL(", ").join(
+                    psql.SQL("{0} = EXCLUDED.{0}").format(psql.Identifier(c)) for c in others))
+                kinds = dict(zip(columns, types, strict=True))
+                if all(_comparable(kinds[c]) for c in others):  # unchanged rows stay as is
+                    action = psql.SQL("{} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(
+                        action, _compared("t", others, kinds),
+                        _compared("EXCLUDED", others, kinds))
+            cur.execute(psql.SQL("WITH done AS (INSERT INTO {} AS t ({}) SELECT {} FROM {} "
                                  "ON CONFLICT ({}) {} RETURNING (xmax = 0) AS fresh) "
-                                 "SELECT count(*) FILTER (WHERE fresh), count(*) FROM done"
+                                 "SELECT count(*) FROM done WHERE fresh"
                                  ).format(qualified, cols, cols, stage, keys, action))
-            counted = cur.fetchone() or (0, 0)
-            return {"rows": batch.num_rows, "inserted": int(counted[0]),
-                    "updated": int(counted[1]) - int(counted[0])}
+            counted = cur.fetchone() or (0,)
+            return ({"rows": batch.num_rows, "inserted": int(counted[0]),
+                     "updated": batch.num_rows - int(counted[0])}, "MERGE: ON CONFLICT")
         match = psql.SQL(" AND ").join(
             psql.SQL("t.{0} IS NOT DISTINCT FROM s.{0}").format(psql.Identifier(k))
             for k in self.mergeKeys)
@@ -576,8 +691,8 @@ class Load(_PostgresTask, WarehouseLoad):
         updated = cur.rowcount
         cur.execute(psql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
             qualified, cols, cols, stage))
-        return {"rows": batch.num_rows, "inserted": batch.num_rows - updated,
-                "updated": updated}
+        return ({"rows": batch.num_rows, "inserted": batch.num_rows - updated,
+                 "updated": updated}, "MERGE: DELETE + INSERT, no unique index on the keys")
 
 
 @task_type("postgres.Query", aliases=("io.kestra.plugin.jdbc.postgresql.Query",))

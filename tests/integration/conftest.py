@@ -1,4 +1,5 @@
-"""Integration fixtures beyond the broker: a real Confluent-compatible schema registry.
+"""Integration fixtures beyond the broker: a real Confluent-compatible schema registry, and a
+real PostgreSQL server (``postgres``, one per session: see the end of this file).
 
 ``schema_registry_url`` is ``$WAXFLOW_SCHEMA_REGISTRY_URL`` when set, else an Apicurio Registry
 started for the session (see :mod:`tests.registry_server`) and stopped at the end. Where it
@@ -35,3 +36,9 @@ def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield server.url
     finally:
         server.stop()
+
+
+# PostgreSQL (tests/postgres_server.py): one server for the whole session, whichever modules
+# ask for ``postgres``; imported here, not into each test module, where pytest would start
+# one server per module
+from tests.postgres_server import postgres  # noqa: E402, F401

@@ -32,7 +32,7 @@ from tests.flow_helpers import (
 )
 from tests.integration.test_kill_realtime import LogWatcher
 from tests.kafka_helpers import committed, end_offsets
-from tests.postgres_server import PASSWORD, PostgresServer, postgres  # noqa: F401  (fixture)
+from tests.postgres_server import PASSWORD, PostgresServer  # `postgres`: conftest.py
 from tests.smtp_server import SmtpServer, self_signed, smtp_server  # noqa: F401  (fixture)
 from tests.task_helpers import FakeContext, resolve_task_union
 from waxflow.connectors.storage import Storage
@@ -77,7 +77,7 @@ def table_name() -> str:
 # ------------------------------------------------------------------ tasks on the server
 @pytest.mark.parametrize("fmt", ["CSV", "BINARY"])
 def test_load_merge_and_append_never_duplicate_on_replay(
-        postgres: PostgresServer, tmp_path: Path, fmt: str) -> None:  # noqa: F811
+        postgres: PostgresServer, tmp_path: Path, fmt: str) -> None:
     storage = Storage(str(tmp_path / "storage"))
     records = [record(i, tags={"n": i, "l": [1, 2]}, note="" if i % 2 else None,
                       blob=None) for i in range(200)]
@@ -112,7 +112,7 @@ def test_load_merge_and_append_never_duplicate_on_replay(
 
 
 def test_merge_into_a_table_without_unique_index(
-        postgres: PostgresServer, tmp_path: Path) -> None:  # noqa: F811
+        postgres: PostgresServer, tmp_path: Path) -> None:
     name = table_name()
     sql(postgres, f"CREATE TABLE {name} (id BIGINT, name TEXT, _topic TEXT, _partition INT, "
                   f"_offset BIGINT, _timestamp BIGINT, _key TEXT)")
@@ -125,7 +125,99 @@ def test_merge_into_a_table_without_unique_index(
     assert sql(postgres, f"SELECT count(*), count(DISTINCT id) FROM {name}") == [(50, 50)]
 
 
-def test_record_values_are_data_never_sql(postgres: PostgresServer, tmp_path: Path) -> None:  # noqa: F811
+def load_logs(ctx: FakeContext) -> list[str]:
+    return [m for level, m in ctx.logs if " rows of " in m]
+
+
+def test_merge_copies_unseen_keys_straight_in_and_merges_seen_ones(
+        postgres: PostgresServer, tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "storage"))
+    name = table_name()
+    task = parse_task({"id": "load", "type": "postgres.Load", "from": "{{ trigger.uri }}",
+                       "url": postgres.url, "table": name})
+
+    def load(records: list[dict[str, Any]], exec_id: str) -> tuple[dict[str, Any], str]:
+        uri, _ = storage.put_records(f"{exec_id}.ion", records)
+        ctx = ctx_for(uri, exec_id)
+        out = task.run(ctx)
+        (logged,) = load_logs(ctx)
+        return out, logged
+
+    out, how = load([record(i) for i in range(200)], "e1")  # creates the table
+    assert (out["inserted"], out["updated"]) == (200, 0) and "copied straight in" in how
+    rows_before = dict(sql(postgres, f"SELECT id, xmin::text FROM {name}"))
+    # offsets 100..299: 100..149 changed, 150..199 as they are, 200..299 new
+    out, how = load([record(i, name=f"changed {i}" if i < 150 else f"n{i}")
+                     for i in range(100, 300)], "e2")
+    assert (out["inserted"], out["updated"]) == (100, 100) and "ON CONFLICT" in how
+    assert sql(postgres, f"SELECT count(*), count(DISTINCT (_topic, _partition, _offset)), "
+                         f"count(*) FILTER (WHERE name LIKE 'changed%') FROM {name}"
+               ) == [(300, 300, 50)]
+    rows_after = dict(sql(postgres, f"SELECT id, xmin::text FROM {name}"))
+    # a row whose values are all unchanged is left as it was (not rewritten)
+    assert [i for i in range(200) if rows_after[i] != rows_before[i]] == list(range(100, 150))
+    # a replay of that batch: every key seen, nothing rewritten, nothing added
+    out, how = load([record(i, name=f"changed {i}" if i < 150 else f"n{i}")
+                     for i in range(100, 300)], "e2")
+    assert (out["inserted"], out["updated"]) == (0, 200) and "ON CONFLICT" in how
+    assert dict(sql(postgres, f"SELECT id, xmin::text FROM {name}")) == rows_after
+    # later offsets again: straight in
+    out, how = load([record(i) for i in range(300, 400)], "e3")
+    assert (out["inserted"], out["updated"]) == (100, 0) and "copied straight in" in how
+    assert sql(postgres, f"SELECT count(*), count(DISTINCT id) FROM {name}") == [(400, 400)]
+    # the created table's unique constraint lists its integer keys first
+    (index,) = sql(postgres, "SELECT pg_get_indexdef(indexrelid) FROM pg_index "
+                             "WHERE indrelid = %s::regclass", name)
+    assert "(_partition, _offset, _topic) NULLS NOT DISTINCT" in index[0]
+
+
+def test_merge_rewrites_a_value_a_case_insensitive_collation_calls_equal(
+        postgres: PostgresServer, tmp_path: Path) -> None:
+    name = table_name()
+    sql(postgres, "CREATE COLLATION IF NOT EXISTS ci (provider = icu, "
+                  "locale = 'und-u-ks-level2', deterministic = false)")
+    sql(postgres, f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, name TEXT COLLATE ci)")
+    storage = Storage(str(tmp_path))
+    task = parse_task({"id": "load", "type": "postgres.Load", "from": "{{ trigger.uri }}",
+                       "url": postgres.url, "table": name, "mergeKeys": ["id"]})
+    for i, text in enumerate(["abc", "ABC"]):
+        uri, _ = storage.put_records(f"b{i}.ion", [{"value": {"id": 1, "name": text}}])
+        task.run(ctx_for(uri, f"e{i}"))
+    assert sql(postgres, f"SELECT name, name = 'abc' FROM {name}") == [("ABC", True)]
+
+
+def test_merge_straight_in_falls_back_when_a_concurrent_load_commits_a_key(
+        postgres: PostgresServer, tmp_path: Path) -> None:
+    """The index probe cannot see another transaction's uncommitted rows: the straight COPY
+    then meets the unique index, is undone alone (savepoint) and the batch is merged."""
+    storage = Storage(str(tmp_path / "storage"))
+    name = table_name()
+    task = parse_task({"id": "load", "type": "postgres.Load", "from": "{{ trigger.uri }}",
+                       "url": postgres.url, "table": name, "mergeKeys": ["id"]})
+    uri, _ = storage.put_records("b1.ion", [record(i) for i in range(10)])
+    task.run(ctx_for(uri, "e1"))
+    uri, _ = storage.put_records("b2.ion", [record(i) for i in range(10, 20)])
+    ctx = ctx_for(uri, "e2")
+    result: dict[str, Any] = {}
+    with psycopg.connect(postgres.url) as other:  # a transaction, not committed yet
+        other.execute(f"INSERT INTO {name} (id, name) VALUES (15, 'other load')")
+        loader = threading.Thread(target=lambda: result.update(task.run(ctx)))
+        loader.start()
+        deadline = time.monotonic() + 30
+        while not sql(postgres, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = "
+                                "'Lock' AND query LIKE %s", f"COPY \"{name}\"%"):
+            assert time.monotonic() < deadline and loader.is_alive(), result
+            time.sleep(0.05)  # the load's COPY waits on the uncommitted key 15
+        other.commit()
+        loader.join(timeout=30)
+    assert (result["inserted"], result["updated"]) == (9, 1)
+    (how,) = load_logs(ctx)
+    assert "ON CONFLICT" in how
+    assert sql(postgres, f"SELECT count(*), count(DISTINCT id), max(name) FILTER "
+                         f"(WHERE id = 15) FROM {name}") == [(20, 20, "n15")]
+
+
+def test_record_values_are_data_never_sql(postgres: PostgresServer, tmp_path: Path) -> None:
     sql(postgres, "CREATE TABLE IF NOT EXISTS x (a int)")
     name = table_name()
     uri, _ = Storage(str(tmp_path)).put_records("b.ion", [record(1, name=EVIL)])
@@ -148,7 +240,7 @@ def test_record_values_are_data_never_sql(postgres: PostgresServer, tmp_path: Pa
 
 
 def test_query_fetch_modes_store_and_kestra_spellings(
-        postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WAXFLOW_STORAGE", str(tmp_path / "storage"))
     name = table_name()
     url = postgres.url.replace("postgresql://", "jdbc:postgresql://")
@@ -174,7 +266,7 @@ def test_query_fetch_modes_store_and_kestra_spellings(
 
 
 def test_one_pool_per_flow_and_process_not_per_execution(
-        postgres: PostgresServer) -> None:  # noqa: F811
+        postgres: PostgresServer) -> None:
     name = table_name()
     task = parse_task({"id": "up", "type": "postgres.Upsert", "url": postgres.url,
                        "table": name, "poolSize": 3, "values": {"i": "{{ trigger.i }}"}})
@@ -191,7 +283,7 @@ def test_one_pool_per_flow_and_process_not_per_execution(
 
 
 def test_tls_verifies_the_server_certificate(
-        postgres: PostgresServer, tmp_path: Path) -> None:  # noqa: F811
+        postgres: PostgresServer, tmp_path: Path) -> None:
     query = {"id": "q", "type": "postgres.Query", "fetch": "ONE", "url": postgres.url,
              "sql": "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"}
     out = parse_task({**query, "sslMode": "verify-full",
@@ -204,7 +296,7 @@ def test_tls_verifies_the_server_certificate(
 
 
 def test_errors_are_clear_and_never_show_the_password(
-        postgres: PostgresServer) -> None:  # noqa: F811
+        postgres: PostgresServer) -> None:
     wrong = postgres.url.replace(PASSWORD, "Wrong-Password-123")
     query = {"id": "q", "type": "postgres.Query", "sql": "SELECT 1"}
     with pytest.raises(TaskFailure) as info:
@@ -255,7 +347,7 @@ def kill_and_restart(flow: Path, env: dict[str, str], watcher: LogWatcher,
 
 def test_batch_flow_loads_each_record_exactly_once_across_sigkills(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
-        postgres: PostgresServer) -> None:  # noqa: F811
+        postgres: PostgresServer) -> None:
     n = 100_000
     topic, group, log_topic = new_topic(3), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
     sql(postgres, "DROP TABLE IF EXISTS raw.orders")
@@ -319,7 +411,7 @@ tasks:
 
 def test_per_record_upserts_exactly_once_across_sigkills(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
-        postgres: PostgresServer) -> None:  # noqa: F811
+        postgres: PostgresServer) -> None:
     n = 5_000
     topic, group, log_topic = new_topic(2), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
     name = table_name()
@@ -352,7 +444,7 @@ def test_per_record_upserts_exactly_once_across_sigkills(
 
 def test_load_waits_out_a_stopped_server_offsets_unchanged_until_it_succeeds(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
-        postgres: PostgresServer) -> None:  # noqa: F811
+        postgres: PostgresServer) -> None:
     topic, group, log_topic = new_topic(1), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
     sql(postgres, "DROP TABLE IF EXISTS raw.orders")
     flow = write_flow(tmp_path, blueprint(topic, group, **{

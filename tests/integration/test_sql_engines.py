@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 import waxflow.connectors.sql as sqlmod
 from tests.mariadb_server import PASSWORD as MARIA_PASSWORD
 from tests.mariadb_server import MariaDBServer, mariadb  # noqa: F401  (fixture)
-from tests.postgres_server import PostgresServer, postgres  # noqa: F401  (fixture)
+from tests.postgres_server import PostgresServer  # `postgres`: conftest.py
 from tests.task_helpers import FakeContext, resolve_task_union
 from waxflow.connectors.storage import Storage, read_records
 from waxflow.tasks import TaskFailure
