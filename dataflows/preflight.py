@@ -10,9 +10,11 @@ default ``onFailure: CONTINUE``, commit the whole backlog as failed) never start
 * ``outputs.ID`` / ``outputs['ID']``: ``ID`` is a task of the flow that can have run
   before the template is rendered: an earlier task of the same list, of an enclosing list,
   or inside one of those; a task's ``errors`` handlers also see the task's children, the
-  flow's ``errors`` every task of ``tasks``. A later task, one in another branch of a
-  ``core.Switch``/``core.If``, a sibling in the same ``core.Parallel``, an enclosing task
-  (its outputs exist once it ended) and a disabled task are refused;
+  flow's ``errors`` every task of ``tasks``; ``finally`` those and ``errors``',
+  ``afterExecution`` also ``finally``'s, the flow's ``outputs`` ``tasks`` and ``finally``.
+  A later task, one in another branch of a ``core.Switch``/``core.If``, a sibling in the
+  same ``core.Parallel``, an enclosing task (its outputs exist once it ended) and a
+  disabled task are refused;
 * ``core.Python``: the ``module:function`` imports and is callable (the check imports the
   module, as a worker would);
 * the flow has an enabled trigger and is not ``disabled`` (a manual flow runs with
@@ -137,10 +139,27 @@ class _Checker:
                 for v in value:
                     index(v)
 
+        closing: list[Any] = data["finally"] if isinstance(data.get("finally"), list) else []
+        after: list[Any] = (data["afterExecution"]
+                            if isinstance(data.get("afterExecution"), list) else [])
         index(main)
         index(handlers)
+        index(closing)
+        index(after)
         self.visit_list(main, ("tasks",), frozenset(), (), parallel=False)
         self.visit_list(handlers, ("errors",), frozenset(_ids(main)), (), parallel=False)
+        # `finally` runs after `tasks` (and `errors`), `afterExecution` after all of them;
+        # the flow's `outputs` are rendered at the end of an execution that did not fail
+        ended = frozenset(_ids(main) | _ids(handlers))
+        self.visit_list(closing, ("finally",), ended, (), parallel=False)
+        self.visit_list(after, ("afterExecution",), ended | _ids(closing), (), parallel=False)
+        outputs = data.get("outputs")
+        for i, item in enumerate(outputs if isinstance(outputs, list) else []):
+            value = item.get("value") if isinstance(item, dict) else None
+            if isinstance(value, str) and any(m in value for m in _MARKERS):
+                self.check_template(("outputs", i, "value"), value, at_key=False,
+                                    visible=frozenset(_ids(main) | _ids(closing)),
+                                    task_id=str(item.get("id")), enclosing=())
 
     def visit_list(self, tasks: list[Any], path: Where, before: frozenset[str],
                    enclosing: tuple[str, ...], *, parallel: bool) -> None:

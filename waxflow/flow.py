@@ -666,8 +666,10 @@ class FlowBase(BaseModel):
                               description="tasks run when an execution fails")
     inputs: list[FlowInput] = Field(
         default_factory=list,
-        description="typed inputs, read as `{{ inputs.<id> }}`: a triggered execution takes "
-                    "their `defaults`, `waxflow test` the values given on its command line")
+        description="typed inputs, read as `{{ inputs.<id> }}`: every execution takes the "
+                    "values given by `waxflow run/test --input NAME=VALUE`, else their "
+                    "`defaults`; a required input with neither stops `waxflow run` before "
+                    "it starts, naming the input")
     variables: dict[str, Any] = Field(
         default_factory=dict,
         description="constants read as `{{ vars.<name> }}` (not rendered themselves, as in "
@@ -708,18 +710,6 @@ class FlowBase(BaseModel):
             kind = "input" if info.field_name == "inputs" else "output"
             raise ValueError(f"duplicate {kind} id {', '.join(map(repr, twice))}")
         return value
-
-    @model_validator(mode="after")
-    def _triggered_inputs(self) -> FlowBase:
-        if self.enabled_triggers:
-            missing = [i.id for i in self.inputs if i.required and i.defaults is None]
-            if missing:
-                raise ValueError(
-                    f"input{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                    f"{'are' if len(missing) > 1 else 'is'} required with no `defaults`, "
-                    "but a triggered execution takes the defaults: give "
-                    f"{'them' if len(missing) > 1 else 'it'} `defaults` or `required: false`")
-        return self
 
     def input_values(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``inputs.*`` of an execution: each input's given value, else its default, else

@@ -5,6 +5,9 @@ Consume's schema registry properties, run through the real engine and internal s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -166,11 +169,21 @@ tasks:
     assert any("inputs: duplicate input id 'd'" in p for p in found), found
 
 
-def test_a_triggered_flow_needs_defaults_for_required_inputs() -> None:
-    found = problems(REALTIME + "inputs:\n  - {id: who, type: STRING}\n"
-                     "tasks:\n  - {id: l, type: core.Log, message: x}\n")
-    assert any("input who is required with no `defaults`, but a triggered execution takes "
-               "the defaults" in p for p in found), found
+def test_a_required_input_without_defaults_needs_a_value_at_run(tmp_path: Path) -> None:
+    """A triggered flow may leave a required input without `defaults` (validate accepts
+    it: ``waxflow run --input`` gives the value); ``waxflow run`` without that value stops
+    in one line naming the input, before it connects to anything."""
+    text = REALTIME + "inputs:\n  - {id: who, type: STRING}\ntasks:\n  - {id: l, type: " \
+                      "core.Log, message: \"{{ inputs.who }}\"}\n"
+    flow_of(text)  # valid
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(f"id: f\nnamespace: tests\n{text}")
+    waxflow = str(Path(sys.executable).with_name("waxflow"))
+    res = subprocess.run([waxflow, "run", str(flow)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "WAXFLOW_BOOTSTRAP": "127.0.0.1:9"})
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert "input 'who' (STRING)" in last and "--input who=VALUE" in last, res.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ pluginDefaults

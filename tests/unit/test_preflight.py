@@ -284,3 +284,28 @@ tasks:
                                         "tasks[2].else[0].message"]
     assert [p.line for p in found] == sorted(p.line or 0 for p in found)
     assert all(p.file == str(path) and p.column for p in found)
+
+
+def test_finally_after_execution_and_outputs_are_checked(tmp_path: Path) -> None:
+    """Secrets, env and outputs in `finally`, `afterExecution` and the flow's `outputs`:
+    those lists see every task of `tasks` (and `finally` those of `errors`), `afterExecution`
+    also `finally`'s; an unknown task or an undefined secret is refused at its line."""
+    path = write(tmp_path, """\
+tasks:
+  - {id: work, type: core.Set, values: {n: 1}}
+errors:
+  - {id: oops, type: core.Log, message: failed}
+finally:
+  - {id: tidy, type: core.Log, message: "{{ outputs.work.values.n }} {{ outputs.nope }}"}
+afterExecution:
+  - {id: tell, type: core.Log, message: "{{ outputs.tidy }} {{ secret('NOT_DEFINED') }}"}
+outputs:
+  - {id: total, type: INT, value: "{{ outputs.work.values.n }} {{ env.NOT_SET_HERE }}"}
+""")
+    found = [(p.field, p.message) for p in problems(path)]
+    fields = sorted({f for f, _ in found})
+    assert fields == ["afterExecution[0].message", "finally[0].message", "outputs[0].value"], \
+        found
+    text = " ".join(m for _, m in found)
+    assert "nope" in text and "NOT_DEFINED" in text and "NOT_SET_HERE" in text
+    assert "'work'" not in text and "outputs.work" not in text  # it ran before them
