@@ -395,7 +395,7 @@ def broker_kill(tmp: Path, *, rate: int, down_s: float, kill_after: float = 5.0,
         out["share-set"] = check_record_history(bootstrap, share, src, ends)
         for job in jobs:
             out[job.name]["wall_s"] = round(job.wall, 1)
-            lines = job_lines(job.err)
+            lines = job_lines(job.err, limit=len(job.err))  # every line, not the last 3 KB
             out[job.name]["outage_lines"] = (lines.count("broker unreachable"),
                                              lines.count("broker reachable again"))
         return out
