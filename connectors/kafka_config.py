@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from waxflow.connectors import metrics
+from waxflow.connectors.java_properties import translate
 from waxflow.errors import ConfigConflict, WaxflowError
 from waxflow.expressions import register_secret, render_static
 
@@ -109,7 +110,7 @@ def client_conf(properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
     ``secret()`` only: ``sasl.password: "{{ secret('KAFKA_PASSWORD') }}"``) plus the
     resolved bootstrap servers; the client logs through :data:`KAFKA_LOG` (not straight to
     stderr)."""
-    properties = render_static({**default_properties(), **dict(properties or {})})
+    properties = translate(render_static({**default_properties(), **dict(properties or {})}))
     conf = dict(properties)
     conf["bootstrap.servers"] = bootstrap_servers(properties)
     conf.setdefault("logger", KAFKA_LOG)

@@ -326,3 +326,34 @@ def test_schedule_flow_consume_and_log_through_properties_file(secure: Secure,
     assert doc["taskRuns"][0]["outputs"]["messagesCount"] == 5
     assert_no_password(secure, log)
     print(f"schedule flow + Consume over SASL_SSL: {secs:.1f}s")
+
+
+def test_java_client_settings_from_a_kestra_flow_work(secure: Secure, tmp_path: Path) -> None:
+    """The security settings a Kestra flow carries for the Java client: ``sasl.jaas.config``
+    (SCRAM, the password from a secret) and a PKCS12 truststore given inline as base64 (the
+    Kestra plugin's documented SSL form), translated for librdkafka: the flow runs end to
+    end and the password appears nowhere."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+
+    ca = x509.load_pem_x509_certificate(Path(secure.ca).read_bytes())
+    store = pkcs12.serialize_key_and_certificates(b"ca", None, None, [ca],
+                                                  BestAvailableEncryption(b"changeit"))
+    props = {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                            f"username=\"{USER}\" password=\"{{{{ secret('KAFKA_PASSWORD') }}}}\";",
+        "ssl.truststore.type": "PKCS12", "ssl.truststore.password": "changeit",
+        "ssl.truststore.location": base64.b64encode(store).decode(),
+    }
+    topic, log = secure.topic(), new_log_topic()
+    secure.produce(topic, [{"n": i} for i in range(5)])
+    flow = json.loads(flow_text("java", topic, f"sec-{uuid.uuid4().hex[:8]}", [LOG_TASK]))
+    flow["triggers"][0]["properties"] = props
+    path = write_flow(tmp_path, json.dumps(flow, indent=1))
+    code, _out, err, _secs = secure.run(path, log)
+    assert code == 0, err[-3000:]
+    successes(secure, log, 5)
+    assert_no_password(secure, log)
