@@ -50,12 +50,16 @@ _MARKERS = ("{{", "{%", "{#")
 _NOT_TEMPLATES = frozenset({"id", "type", "description"})  # never rendered
 
 
-def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None) -> None:
+def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None,
+              inputs: Mapping[str, str] | None = None) -> None:
     """Validate the flow file at ``path`` (as ``waxflow validate``), then check it against
-    ``environ`` (default: this process's environment) and this interpreter's import path.
+    ``environ`` (default: this process's environment) and this interpreter's import path,
+    and, given ``inputs`` (``--input`` values), the execution's input values.
 
     Raises :class:`~waxflow.errors.FlowError` holding every problem found (validation
-    problems alone when the file is invalid); returns None when the flow can start.
+    problems alone when the file is invalid), then :class:`~waxflow.flow.InputError` for
+    an input value that does not fit or a required input with no value; returns None when
+    the flow can start.
     """
     flow = parse_flow(path)  # raises FlowError for a missing or invalid file
     text = Path(path).read_text(encoding="utf-8")
@@ -74,6 +78,8 @@ def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None) -> 
         problems = sorted(set(checker.problems), key=lambda p: (p.line or 0, p.column or 0,
                                                                  p.field, p.message))
         raise FlowError(problems)
+    if inputs is not None:
+        flow.input_values(inputs)
 
 
 def _is_task(value: Any) -> bool:

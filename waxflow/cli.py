@@ -207,12 +207,9 @@ def _run(args: argparse.Namespace) -> int:
         # core.Python imports), with every problem at once, before any process is spawned
         # (a cluster member started by hand on its host checks too; --processes children
         # were checked by their parent)
-        preflight(args.flow)
-        # a value that does not fit, or a required input with neither a default nor an
-        # --input value: one line, before any process starts
-        from waxflow.dataflows.spec import parse_flow
-
-        parse_flow(args.flow).input_values(dict(args.input))
+        # (and a value that does not fit, or a required input with neither a default nor
+        # an --input value: one line)
+        preflight(args.flow, inputs=dict(args.input))
     addresses = _addresses(args.addresses)
     if args.processes > 1 and args.process_id is None:
         base = ["run", args.flow, "-w", str(args.workers), "--epoch-ms", str(args.epoch_ms),
