@@ -9,9 +9,11 @@
    slow run at least 80% of the clean run's.
 
 Both runs of a scenario are measured in the same process, back to back; only their ratio
-and difference mean anything (the machine is shared). Usage::
+and difference mean anything (the machine is shared). ``--produce`` adds a transactional
+``kafka.Produce`` of each record after the work (exactly once: the epoch's transaction
+commits the outputs of the executions below the offsets it commits). Usage::
 
-    python bench/stall.py [--records 8000] [--bootstrap HOST:PORT]
+    python bench/stall.py [--records 8000] [--produce] [--bootstrap HOST:PORT]
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ tasks:
 """
 
 
+PRODUCE_TASK = """\
+  - id: out
+    type: kafka.Produce
+    topic: {out}
+    from: {{key: "{{{{ trigger.value.id }}}}", value: "{{{{ trigger.value.id }}}}"}}
+"""
+
+
 class _Slow(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         time.sleep(2.0)
@@ -93,8 +103,11 @@ class _Slow(http.server.BaseHTTPRequestHandler):
 
 
 def _one(res: Resources, bootstrap: str, tmp: Path, text: str, n: int, name: str,
-         **fmt: object) -> float:
+         *, produce: bool, **fmt: object) -> float:
     topic = res.create(res.name(f"in-{name}"), 4)
+    if produce:
+        text += PRODUCE_TASK
+        fmt["out"] = res.create(res.name(f"out-{name}"), 4)
     group = res.group(name)
     log = res.log_topic(name)
     produce_all(bootstrap, topic, n)
@@ -112,6 +125,8 @@ def _one(res: Resources, bootstrap: str, tmp: Path, text: str, n: int, name: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=8000)
+    ap.add_argument("--produce", action="store_true",
+                    help="add a transactional kafka.Produce of each record to both flows")
     add_bootstrap(ap)
     args = ap.parse_args()
     n = args.records
@@ -122,15 +137,17 @@ def main() -> None:
     try:
         with scratch(res, "stall-") as tmp:
             print(f"1. retries: {n} records, 1 in 1,000 fails once, retry after 5 s")
-            clean = _one(res, args.bootstrap, tmp, RETRY_FLOW, n, "clean", every=0)
-            flaky = _one(res, args.bootstrap, tmp, RETRY_FLOW, n, "flaky", every=1000)
+            clean = _one(res, args.bootstrap, tmp, RETRY_FLOW, n, "clean", every=0,
+                         produce=args.produce)
+            flaky = _one(res, args.bootstrap, tmp, RETRY_FLOW, n, "flaky", every=1000,
+                         produce=args.produce)
             print(f"   flaky - clean = {flaky - clean:+.1f} s (target ≤ +8 s: "
                   f"{verdict(flaky - clean <= 8)})")
             print(f"2. slow records: {n} records, 1 in 500 takes 2 s (HTTP on loopback)")
             fast = _one(res, args.bootstrap, tmp, SLOW_FLOW, n, "no-slow", every=0,
-                        every_or_1=1, url=url)
+                        every_or_1=1, url=url, produce=args.produce)
             slow = _one(res, args.bootstrap, tmp, SLOW_FLOW, n, "slow", every=500,
-                        every_or_1=500, url=url)
+                        every_or_1=500, url=url, produce=args.produce)
             ratio = fast / slow
             print(f"   throughput slow / no-slow = {ratio:.0%} (target ≥ 80%: "
                   f"{verdict(ratio >= 0.8)})")

@@ -59,7 +59,7 @@ from waxflow.errors import DeliveryError, TransactionError
 LOG = logging.getLogger("waxflow.kafka_output")
 
 
-def _conf_key(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+def conf_key(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, str(v)) for k, v in conf.items()))
 
 
@@ -80,7 +80,7 @@ class KafkaOutput:
         self._group_metadata: Any = None
 
     def plain_producer(self, conf: Mapping[str, Any]) -> Producer:
-        key = _conf_key(conf)
+        key = conf_key(conf)
         with self._lock:
             if key not in self._plain:
                 self._plain[key] = Producer({**conf, "enable.idempotence": True,
@@ -101,7 +101,7 @@ class KafkaOutput:
             return self._slots.setdefault(ident, len(self._slots))
 
     def txn_producer(self, conf: Mapping[str, Any], slot: int) -> Producer:
-        key = (slot, _conf_key(conf))
+        key = (slot, conf_key(conf))
         with self._lock:
             producer = self._txn.get(key)
             if producer is not None:
@@ -150,7 +150,7 @@ class KafkaOutput:
         """A new transactional producer for ``slot`` with the same ``transactional.id``:
         ``init_transactions`` fences ``old`` (and the slot's cached producer) and aborts any
         transaction they left open. Raises KafkaException while the broker is away."""
-        key = (slot, _conf_key(conf))
+        key = (slot, conf_key(conf))
         with self._lock:
             slot_lock = self._init_locks.setdefault(key, threading.Lock())
         with slot_lock:
@@ -166,7 +166,7 @@ class KafkaOutput:
     def discard(self, conf: Mapping[str, Any], slot: int, producer: Producer) -> None:
         """Forget a producer left in an unknown state: the slot's next use builds a new one
         (whose ``init_transactions`` aborts what this one left open)."""
-        key = (slot, _conf_key(conf))
+        key = (slot, conf_key(conf))
         with self._lock:
             if self._txn.get(key) is producer:
                 del self._txn[key]
@@ -317,7 +317,7 @@ class BatchScope:
             return Deliveries(self.output.plain_producer(conf))
         if self.slot is None:
             return TaskTransaction(conf)
-        key = _conf_key(conf)
+        key = conf_key(conf)
         with self._lock:
             if self._conf_key is None:
                 self._conf, self._conf_key = conf, key
@@ -391,7 +391,7 @@ class BatchScope:
         deadline = OUTAGE.deadline()
         fenced = 0
         reason = self.outage or "outage"
-        tid = self.output._tid((self.slot, _conf_key(self._conf)))
+        tid = self.output._tid((self.slot, conf_key(self._conf)))
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -544,7 +544,7 @@ class TaskTransaction(Deliveries):
     _pool_lock = threading.Lock()
 
     def __init__(self, conf: Mapping[str, Any]) -> None:
-        key = _conf_key(conf)
+        key = conf_key(conf)
         with self._pool_lock:
             free = self._pool.setdefault(key, [])
             producer = free.pop() if free else None

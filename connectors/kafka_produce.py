@@ -10,17 +10,20 @@ it records its upstream and ``waxflow executions trace`` follows the chain.
 Guarantees: all records are serialized before the first is sent, so a value that does not fit
 its serializer fails the task (naming the record and the field) with nothing sent; every
 delivery is acknowledged before the execution counts as done; in a consumer-group flow a
-transactional Produce joins the batch's transaction, committed together with the consumed
-offsets (G3).
+transactional Produce joins a transaction committed together with the consumed offsets
+(G3).
 
-In a consumer-group flow the task enqueues its records and returns (it does not block): the
-deliveries are checked once for the whole batch before any terminal document is written and
-before the transaction commits (batch-synchronous flows), or before the execution's terminal
-document (pipelined flows). A record that fails then fails its execution (state FAILED, the
-error names the task and the record; the task's ``errors`` handlers and ``allowFailure`` do
-not apply to such a late failure); inside a transaction it aborts the transaction and the
-batch runs again without that execution. Elsewhere (replay, ``waxflow test``, schedules,
-batch flows) the task waits for its deliveries itself.
+In a consumer-group flow the task does not block. A transactional one buffers its records;
+once its execution is done they go into the worker's next epoch transaction, which commits
+them with the offsets below which every execution is done
+(:mod:`waxflow.operators.transactions`). A non-transactional one enqueues its records, and
+their deliveries are checked before the execution's terminal document. A record that fails
+then fails its execution (state FAILED, the error names the task and the record; the
+task's ``errors`` handlers and ``allowFailure`` do not apply to such a late failure); inside
+a transaction it aborts the transaction, which is redone without that execution's records.
+(Share groups with a transactional Produce run a batch at a time: the batch's transaction.)
+Elsewhere (replay, ``waxflow test``, schedules, batch flows) the task waits for its
+deliveries itself.
 """
 
 from __future__ import annotations

@@ -12,7 +12,11 @@ offset to commit; the *first* ``next_batch()`` after it commits that offset. Tha
   epoch e has passed every step, and the batch-synchronous execute step finishes its
   executions inside the step.
 
-Either way every record below a committed offset has a done execution. With a progress, the
+With a :class:`Checkpoint` (pipelined transactional Produce), ``snapshot()`` hands the
+partition's progress to it instead: the epoch's transaction commits the lowest unfinished
+offset with the outputs below it, and the snapshot is that offset; the consumer commits
+nothing. Either way every record below a committed offset has a done execution. With a
+progress, the
 partition stops reading while ``$WAXFLOW_MAX_IN_FLIGHT`` executions (default 5,000 per
 process) are unfinished, or ``$WAXFLOW_MAX_PENDING`` offsets (default 100,000) wait behind
 an unfinished one: memory stays bounded however slow one record is. Nothing is committed in
@@ -29,7 +33,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
@@ -46,7 +50,7 @@ from waxflow.connectors import broker_watch, instance_lock, metrics, shutdown
 from waxflow.connectors.kafka_config import require
 from waxflow.connectors.kafka_errors import check_access
 from waxflow.errors import SourceStop
-from waxflow.progress import Progress
+from waxflow.progress import PartitionProgress, Progress
 from waxflow.records import RawRecord, RecordFields
 
 LOG = logging.getLogger("waxflow.source")
@@ -205,6 +209,16 @@ def partition_share(parts: list[str]) -> list[str]:
     return sorted(parts)[index::count]
 
 
+class Checkpoint(Protocol):
+    """Who commits a pipelined partition's offsets instead of its consumer (the epoch's
+    Kafka transaction, :mod:`waxflow.operators.transactions`); called on the worker's
+    thread."""
+
+    def register(self, part: PartitionProgress, committed: int | None) -> None: ...
+
+    def snapshot(self, part: PartitionProgress) -> int | None: ...
+
+
 def env_bound(name: str, default: int) -> int:
     """A positive whole number from the environment (a clear stop for anything else)."""
     try:
@@ -217,7 +231,8 @@ def env_bound(name: str, default: int) -> int:
 class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
     def __init__(self, conf: dict[str, Any], topic: str, partition: int,
                  *, resume: int | None, since: datetime | None, batch_size: int,
-                 idle_stop: float | None, progress: Progress | None = None) -> None:
+                 idle_stop: float | None, progress: Progress | None = None,
+                 checkpoint: Checkpoint | None = None) -> None:
         self._tp = f"{topic}/{partition}"
         self._topic, self._partition = topic, partition
         self._batch = batch_size
@@ -241,6 +256,10 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._part = progress.part(topic, partition) if progress is not None else None
         if self._part is not None:
             self._part.seek(self._next)
+        self._checkpoint = checkpoint if self._part is not None else None
+        if self._checkpoint is not None:
+            assert self._part is not None
+            self._checkpoint.register(self._part, self._confirmed)
         self._max_in_flight = env_bound("WAXFLOW_MAX_IN_FLIGHT", 5000)
         self._max_pending = env_bound("WAXFLOW_MAX_PENDING", 100_000)
         self._consumer.assign([TopicPartition(topic, partition, start)])
@@ -353,6 +372,12 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         return self._awake
 
     def snapshot(self) -> int | None:
+        if self._checkpoint is not None:  # committed by the epoch's transaction, now
+            assert self._part is not None
+            point = self._checkpoint.snapshot(self._part)
+            if point is not None:
+                self._confirmed = self._requested = point
+            return point
         self._to_commit = self._part.commit_point() if self._part is not None else self._next
         return self._to_commit
 
@@ -368,9 +393,11 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
                  since: datetime | None = None, batch_size: int = 500,
                  idle_stop: float | None = None,
                  warm_up: Callable[[], None] | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 checkpoint: Checkpoint | None = None) -> None:
         self._warm_up = warm_up
         self._progress = progress
+        self._checkpoint = checkpoint
         self._conf = group_conf(conf, group_id, "waxflow commits offsets itself, only after "
                                                 "the work is done (G1)")
         self._conf.setdefault("enable.partition.eof", False)
@@ -395,4 +422,5 @@ class KafkaGroupSource(FixedPartitionedSource[RawRecord, int | None]):
         topic, partition = _split_part(for_part)
         return _GroupPartition(self._conf, topic, partition, resume=resume_state,
                                since=self._since, batch_size=self._batch,
-                               idle_stop=self._idle_stop, progress=self._progress)
+                               idle_stop=self._idle_stop, progress=self._progress,
+                               checkpoint=self._checkpoint)

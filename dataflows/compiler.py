@@ -41,6 +41,8 @@ from waxflow.operators.deserialize import deserialize
 from waxflow.operators.engine import Engine
 from waxflow.operators.execute import RecordExecutions, execute
 from waxflow.operators.executor import Executor
+from waxflow.operators.transactions import Transactions
+from waxflow.progress import Progress
 from waxflow.records import RawRecord
 
 LOG = logging.getLogger("waxflow.compiler")
@@ -245,9 +247,16 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     conf = client_conf(trig.properties)
     runner = build_runner(flow, inputs=options.inputs)
     source: Source[RawRecord]
-    # executions outlive their step unless they join the batch's transaction
-    progress = None if _joins_transaction(flow) else runner.pipelined()
-    if trig.groupType == "SHARE":
+    # executions outlive their step (consumer groups with transactional Produce tasks too:
+    # the epoch's transaction commits what is done); share groups whose executions join a
+    # batch's transaction stay batch-synchronous
+    share = trig.groupType == "SHARE"
+    txn_confs = [client_conf(t.properties) for t in _transactional_produces(flow)]
+    progress: Progress | None = None
+    txn: Transactions | None = None
+    if not (share and txn_confs):
+        progress, txn = runner.pipelined(txn_confs[0] if txn_confs else None)
+    if share:
         from waxflow.connectors.kafka_share import KafkaShareSource, share_outcomes
 
         source = KafkaShareSource(conf, trig.groupId, trig.topic_list(),
@@ -261,7 +270,8 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
                                   pattern=trig.topicPattern, partitions=trig.partitions,
                                   since=trig.since, batch_size=options.batch_size,
                                   idle_stop=options.stop_when_idle,
-                                  warm_up=_txn_warm_up(flow, runner), progress=progress)
+                                  warm_up=_txn_warm_up(flow, runner), progress=progress,
+                                  checkpoint=txn)
     df = _dataflow(flow)
     raw = op.input("kafka", df, source)
     decoded = deserialize("deserialize", raw, key_de=trigger_deserializer(trig, "key"),

@@ -3,9 +3,9 @@
 Model: Quix Streams' checkpoint — the order in which work becomes durable is written down in
 one place. Two orders, one per way of running executions:
 
-**Pipelined** (realtime consumer-group flows whose executions join no Kafka transaction —
-the default; model: Confluent's Parallel Consumer). Executions outlive the step that started
-them, and finish in any order:
+**Pipelined** (realtime consumer-group flows, with or without transactional ``kafka.Produce``,
+and share groups whose executions join no Kafka transaction; model: Confluent's Parallel
+Consumer). Executions outlive the step that started them, and finish in any order:
 
 1. the source (``kafka_source``) registers every offset it reads in the partition's
    :class:`~waxflow.progress.PartitionProgress` before it hands the records on;
@@ -20,6 +20,20 @@ them, and finish in any order:
    offset* (the next offset to read when nothing is pending), and the first ``next_batch()``
    after it commits that offset; the snapshot (recovery on) is the same offset.
 
+With transactional ``kafka.Produce`` tasks (exactly once, G3), step 3 and 4 become
+(:mod:`waxflow.operators.transactions`):
+
+3. a Produce task buffers its records in the execution; a done execution's records are
+   handed to the worker's :class:`~waxflow.operators.transactions.Transactions` *before*
+   its offset is marked done;
+4. at every epoch end the first ``snapshot()`` of a worker's partitions runs one transaction
+   for all of them: the records of the executions below each partition's lowest unfinished
+   offset, and those offsets (``send_offsets_to_transaction``), committed together; every
+   partition's snapshot returns the offset so committed (the consumer commits nothing).
+   So a transaction covers exactly the executions below the offsets it commits: done
+   executions above a slow one keep their records buffered until it is done, and a crash
+   replays them without their outputs ever having been visible.
+
 Share groups (no offsets to commit) follow steps 2 and 3: a done execution hands its record's
 ack by outcome to the member consumer that polled it (``kafka_share.ShareAck``), sent at
 the source's next read; a consumer polls again only when its whole batch is acked, so each
@@ -33,8 +47,8 @@ reading while ``$WAXFLOW_MAX_IN_FLIGHT`` executions are unfinished in the proces
 bounded). A stopping job abandons executions not started or paused for a retry (they
 replay) and waits for the running ones.
 
-**Batch-synchronous** (transactional ``kafka.Produce`` flows, ``kafka.Trigger`` batches,
-schedules). For every epoch, in this order:
+**Batch-synchronous** (share groups with transactional ``kafka.Produce``, ``kafka.Trigger``
+batches, schedules). For every epoch, in this order:
 
 1. the execute step (``execute`` / ``microbatch`` / ``schedule``) hands its items to the
    flow's :class:`~waxflow.operators.executor.Executor`, which returns only when every
@@ -49,10 +63,7 @@ schedules). For every epoch, in this order:
 4. the first ``next_batch()`` of the next epoch commits that offset to the consumer group.
 
 In both, never in ``close()`` or at EOF: the partition is dropped right after its last
-snapshot, so that offset is committed by the next run. A transaction commits the consumed
-offsets of its batch with its outputs, so its executions must be done when it commits: that
-is why transactional flows stay batch-synchronous (a pipelined transaction would have to
-carry the done offsets above the lowest unfinished one in the commit metadata).
+snapshot, so that offset is committed by the next run.
 
 The Bytewax behaviour this rests on (bytewax 0.21.1, read in its source and measured with
 kill tests): a source partition's ``snapshot()`` runs at every epoch end, and its
@@ -77,8 +88,11 @@ Where each guarantee is enforced (file: function) and which test proves it on th
 - **G2 one history per record**: ``waxflow/execution.py: execution_id`` (deterministic),
   ``connectors/kafka_batch.py: _BatchPartition._write_plan`` (a replayed batch is cut the
   same) — ``test_kill_realtime.py``, ``test_batch_trigger.py``, ``test_etl_embedded.py``.
-- **G3 Kafka→Kafka exactly once**: ``connectors/kafka_output.py: BatchScope.commit``
-  (``send_offsets_to_transaction``), called by ``Executor.run`` — ``test_exactly_once.py``.
+- **G3 Kafka→Kafka exactly once**: ``operators/transactions.py: Transactions._commit``
+  (pipelined: the records of the executions below the committed offsets) and
+  ``connectors/kafka_output.py: BatchScope.commit`` (``send_offsets_to_transaction``, also
+  called by ``Executor.run``) — ``test_exactly_once.py``, ``test_no_stall.py``
+  (``*-exactly-once``: SIGKILL with slow executions in flight).
 - **G4 share groups ack by outcome**: ``waxflow/acks.py: decide``,
   ``connectors/kafka_share.py: ShareAck`` (pipelined) / ``share_outcomes`` (transactional
   flows) and ``_Member.send_decided`` (a member polls only when its batch is acked) —

@@ -4,13 +4,14 @@ For each batch Bytewax hands it, the step builds one :class:`~waxflow.operators.
 per decoded record. Two ways to run them (:mod:`waxflow.operators.checkpoint` has the commit
 order of both):
 
-- **pipelined** (consumer groups and share groups whose executions join no Kafka
+- **pipelined** (consumer groups, and share groups whose executions join no Kafka
   transaction): the jobs go to the flow's :class:`~waxflow.operators.pipeline.Pipeline` and
   the step returns at once; each execution marks its offset done in the partition's
   progress when its terminal document is delivered, and the source commits the lowest
-  unfinished offset (share groups: the record's ack by outcome is sent at the source's next
-  read) — a slow or retrying record never stalls the others;
-- **batch-synchronous** (transactional ``kafka.Produce`` flows, replay): the
+  unfinished offset (transactional Produce: the epoch's transaction commits it with the
+  records of the executions below it; share groups: the record's ack by outcome is sent at
+  the source's next read) — a slow or retrying record never stalls the others;
+- **batch-synchronous** (share groups with transactional ``kafka.Produce``): the
   flow's :class:`~waxflow.operators.executor.Executor` runs them (concurrently up to
   ``maxConcurrency``, one key at a time with ``keyOrdering``) and the step returns only when
   every execution is done, then emits, per source partition, the next offset whose records
@@ -23,7 +24,8 @@ the ack (G4).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
@@ -34,6 +36,7 @@ from waxflow.execution import Execution, State, TriggerInfo, execution_id, jsona
 from waxflow.flow import FlowBase
 from waxflow.operators.executor import Executor, Job
 from waxflow.operators.pipeline import Pipeline
+from waxflow.operators.transactions import Transactions
 from waxflow.progress import Progress
 from waxflow.records import Decoded, dlq_headers, headers_text
 
@@ -58,11 +61,21 @@ class RecordExecutions:
         self.pipeline: Pipeline | None = None
         self.progress: Progress | None = None
 
-    def pipelined(self) -> Progress:
-        """Switch to pipelined mode; the returned progress is what the source commits by."""
+    def pipelined(self, txn_conf: Mapping[str, Any] | None = None
+                  ) -> tuple[Progress, Transactions | None]:
+        """Switch to pipelined mode; the returned progress is what the source commits by,
+        and with ``txn_conf`` (the flow's transactional Produce properties) the transactions
+        that commit it (:mod:`waxflow.operators.transactions`)."""
         self.progress = Progress()
-        self.pipeline = Pipeline(self.executor, self.progress)
-        return self.progress
+        txn = None
+        if txn_conf is not None:
+            assert self.executor.output is not None
+            txn = Transactions(output=self.executor.output, conf=txn_conf,
+                               progress=self.progress,
+                               log=lambda: self.executor.resources()[0],
+                               stop_on_failure=self.executor.stop_on_failure)
+        self.pipeline = Pipeline(self.executor, self.progress, txn)
+        return self.progress, txn
 
     def id_of(self, rec: Decoded) -> str:
         """The execution id of a record (G2)."""

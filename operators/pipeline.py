@@ -13,6 +13,9 @@ is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
 - ``kafka.Produce`` tasks enqueue their records and return; the execution's terminal
   document is written once they are all acknowledged (a failed one fails the execution),
   from the thread that polls the producers — no thread waits for a broker round trip;
+  transactional ones buffer their records for the epoch's transaction, which commits them
+  with the offsets below which every execution is done
+  (:mod:`waxflow.operators.transactions`);
 - documents: a flow without blocking tasks writes one terminal document per execution
   (its executions take micro- to milliseconds on the worker thread); a RUNNING document is
   written when an execution starts on the pool (blocking tasks: it may run long) and
@@ -26,11 +29,11 @@ is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
   <waxflow.progress.Progress.error>`: the source raises it at its next read, and since that
   offset is never marked done, nothing past it is committed.
 
-Used when no execution joins a batch's Kafka transaction, for consumer groups and share
-groups (transactional ``kafka.Produce`` flows keep the batch-synchronous :meth:`Executor.run
-<waxflow.operators.executor.Executor.run>`). Share groups: ``done`` sends the record's ack
-by outcome, and a retry that would outlive the record lock gives the record back
-(:class:`Returnable`) instead of pausing.
+Used for consumer groups (with or without transactional ``kafka.Produce``) and share groups
+(share groups with transactional ``kafka.Produce`` keep the batch-synchronous
+:meth:`Executor.run <waxflow.operators.executor.Executor.run>`). Share groups: ``done``
+sends the record's ack by outcome, and a retry that would outlive the record lock gives the
+record back (:class:`Returnable`) instead of pausing.
 """
 
 from __future__ import annotations
@@ -56,28 +59,38 @@ from waxflow.connectors.kafka_output import BatchScope
 from waxflow.errors import DeliveryError, FlowStopped
 from waxflow.execution import State, now
 from waxflow.operators.executor import Executor, Job, fail_late
-from waxflow.progress import Progress
+from waxflow.operators.transactions import Buffered, Produced, Transactions
+from waxflow.progress import PartitionProgress, Progress
 
 LOG = logging.getLogger("waxflow.pipeline")
 
 
 class _ItemScope:
     """What a pipelined execution's Produce tasks see as their scope: the flow's shared
-    (never transactional) producers; their deliveries are settled before the execution's
-    terminal document (:meth:`Pipeline._finish`), not waited for inside the task."""
+    idempotent producers, whose deliveries are settled before the execution's terminal
+    document (:meth:`Pipeline._finish`), not waited for inside the task; transactional
+    Produce tasks buffer their records for the transaction that commits the execution's
+    offset (:mod:`waxflow.operators.transactions`)."""
 
-    __slots__ = ("_shared", "deferred")
+    __slots__ = ("_shared", "_txn", "buffered", "deferred")
     deferring = True
 
-    def __init__(self, shared: BatchScope) -> None:
+    def __init__(self, shared: BatchScope, txn: Transactions | None) -> None:
         self._shared = shared
+        self._txn = txn
         self.deferred: list[tuple[str, Deliveries]] = []
+        self.buffered: list[tuple[str, Buffered]] = []
 
     def deliveries(self, conf: Mapping[str, Any], transactional: bool) -> Deliveries:
-        return self._shared.deliveries(conf, transactional)
+        if transactional and self._txn is not None:
+            return self._txn.buffer(conf)
+        return self._shared.deliveries(conf, False)
 
     def defer(self, _execution_id: str, task_id: str, deliveries: Deliveries) -> None:
-        self.deferred.append((task_id, deliveries))
+        if isinstance(deliveries, Buffered):
+            self.buffered.append((task_id, deliveries))
+        else:
+            self.deferred.append((task_id, deliveries))
 
 
 class Completion(Protocol):
@@ -104,6 +117,8 @@ class _Item:
     offset: int
     ctx: Any = None  # the engine's run state once started
     scope: _ItemScope | None = None
+    #: transactional Produce records, held for the transaction once the execution is done
+    produced: list[tuple[str, Buffered]] | None = None
 
 
 class _Timer:
@@ -140,8 +155,10 @@ class _Timer:
 class Pipeline:
     """Runs one flow's executions past their step, in one process (all workers share it)."""
 
-    def __init__(self, executor: Executor, progress: Progress) -> None:
+    def __init__(self, executor: Executor, progress: Progress,
+                 txn: Transactions | None = None) -> None:
         self.executor = executor
+        self.txn = txn
         self.engine = executor.engine
         self.progress = progress
         self._lock = threading.Lock()
@@ -150,9 +167,9 @@ class Pipeline:
         self._busy_keys: dict[Any, deque[_Item]] = {}  # keyOrdering: waiting per busy key
         self._log: ExecutionLog | None = None
         self._poller: threading.Thread | None = None
-        # the producers of kafka.Produce tasks (never transactional here: such flows are
-        # batch-synchronous), shared by every execution instead of one per execution
-        self._scope: BatchScope | None = (executor.output.scope()
+        # the idempotent producers of kafka.Produce tasks, shared by every execution instead
+        # of one per execution (transactional ones buffer: ``txn``)
+        self._scope: BatchScope | None = (BatchScope(executor.output, None)
                                           if executor.output is not None else None)
 
     # -- entry point (worker thread) ---------------------------------------------------------
@@ -245,7 +262,7 @@ class Pipeline:
             self._abandon(item)
             return
         if self._scope is not None:
-            item.scope = _ItemScope(self._scope)
+            item.scope = _ItemScope(self._scope, self.txn)
         item.ctx = self.engine.begin(execution, job.variables, item.scope, deferrable=True)
         if self.executor.running_docs:
             # blocking tasks may take long: the history shows the execution running now
@@ -324,6 +341,8 @@ class Pipeline:
         job = item.job
         if job.finish is not None:
             job.finish(job.execution)
+        if item.scope is not None and item.scope.buffered:
+            item.produced = item.scope.buffered
         item.ctx = item.scope = None
         self._send(item, job.execution.to_json(), terminal=True)
         self.progress.finished()
@@ -375,5 +394,9 @@ class Pipeline:
                 f"execution {execution.id} of {execution.trigger.describe()} FAILED: {msg}; "
                 "onFailure STOP: job halted without committing it"))
             return  # never done: no commit passes it
+        if item.produced is not None:  # held for the transaction before the offset is done
+            assert self.txn is not None and isinstance(item.part, PartitionProgress)
+            self.txn.put(item.part, item.offset, Produced(execution, item.produced))
+            item.produced = None
         item.part.done(item.offset)
         shutdown.add_done(1)

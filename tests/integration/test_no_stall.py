@@ -13,7 +13,7 @@ import itertools
 import os
 import signal
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from tests.flow_helpers import (
     write_flow,
 )
 from tests.integration.test_kill_realtime import LogWatcher
-from tests.kafka_helpers import committed, end_offsets
+from tests.kafka_helpers import committed, end_offsets, read_all
 from waxflow.execution import execution_id
 
 pytestmark = pytest.mark.integration
@@ -58,13 +58,31 @@ tasks:
     retry: {{type: constant, interval: PT4S, maxAttempts: 2}}
 """
 
+#: a transactional Produce after the work: exactly once, executions finishing out of order
+PRODUCE = """  - id: out
+    type: kafka.Produce
+    topic: {out}
+    from: {{key: "{{{{ trigger.value.id }}}}", value: "{{{{ outputs.work.id }}}}"}}
+"""
+
 
 def _flow(tmp_path: Path, topic: str, group: str, *, every: int, slow_ms: float = 0,
-          extra: str = "") -> Path:
+          extra: str = "", produce_to: str | None = None) -> Path:
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
-    return write_flow(tmp_path, FLOW.format(topic=topic, group=group, marks=marks,
-                                            every=every, slow_ms=slow_ms, extra=extra))
+    text = FLOW.format(topic=topic, group=group, marks=marks, every=every, slow_ms=slow_ms,
+                       extra=extra)
+    if produce_to is not None:
+        text += PRODUCE.format(out=produce_to)
+    return write_flow(tmp_path, text)
+
+
+def _once_each(bootstrap: str, out: str, count: int) -> None:
+    """The read_committed output holds each record's output exactly once."""
+    keys = Counter(m.key() for m in read_all(bootstrap, out, isolation="read_committed"))
+    assert set(keys) == {str(i).encode() for i in range(count)}, len(keys)
+    dup = {k: n for k, n in keys.items() if n > 1}
+    assert not dup, f"{len(dup)} outputs more than once, e.g. {list(dup.items())[:5]}"
 
 
 def _end(doc: dict[str, Any]) -> datetime:
@@ -84,19 +102,23 @@ def _done_and_committed(bootstrap: str, topic: str, group: str, log: str, parts:
     return latest
 
 
+@pytest.mark.parametrize("txn", [False, True], ids=["plain", "exactly-once-produce"])
 def test_a_retry_delay_does_not_stall_the_other_records(
-        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
+        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, txn: bool) -> None:
     parts, count, every = 4, 2000, 250  # ids 0, 250, ... 1750 fail once, retry after 4 s
     topic = new_topic(parts)
+    out = new_topic(2) if txn else None
     group = f"g-{uuid.uuid4().hex[:8]}"
     log = new_log_topic()
     produce_json(bootstrap, topic, [{"id": i} for i in range(count)], partitions=parts)
-    flow = _flow(tmp_path, topic, group, every=every)
+    flow = _flow(tmp_path, topic, group, every=every, produce_to=out)
 
     result = run_flow(flow, flow_env(bootstrap, log, PYTHONPATH=str(REPO)), idle=3)
     assert result.returncode == 0, result.stderr[-3000:]
 
     latest = _done_and_committed(bootstrap, topic, group, log, parts)
+    if out is not None:
+        _once_each(bootstrap, out, count)
     retried = [d for d in latest.values() if len(d["taskRuns"][0]["attempts"]) == 2]
     assert len(retried) == count // every
     by_part: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -149,20 +171,24 @@ def test_key_ordering_keeps_each_key_in_order_while_other_keys_overtake(
     assert max(_end(d) for d in fast_after) < _end(slow_last)
 
 
-@pytest.mark.parametrize("scale", [("-w", "2"), ("--processes", "2")],
-                         ids=["two-workers", "two-processes"])
+@pytest.mark.parametrize(("scale", "txn"), [(("-w", "2"), False), (("--processes", "2"), False),
+                                            (("-w", "2"), True), (("--processes", "2"), True)],
+                         ids=["two-workers", "two-processes", "two-workers-exactly-once",
+                              "two-processes-exactly-once"])
 def test_sigkill_with_slow_executions_in_flight_replays_only_what_was_not_done(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
-        scale: tuple[str, str]) -> None:
+        scale: tuple[str, str], txn: bool) -> None:
     """SIGKILL (the whole process group: the launcher and its cluster members with
-    ``--processes``) twice while slow executions run out of order."""
+    ``--processes``) twice while slow executions run out of order; with a transactional
+    Produce, each record's output is then in the read_committed output exactly once."""
     parts, count = 2, 3000
     topic = new_topic(parts)
+    out = new_topic(2) if txn else None
     group = f"g-{uuid.uuid4().hex[:8]}"
     log = new_log_topic()
     produce_json(bootstrap, topic, [{"id": i} for i in range(count)], partitions=parts)
     # one record in 100 takes 1.5 s: at any moment several are in flight, out of order
-    flow = _flow(tmp_path, topic, group, every=100, slow_ms=1500)
+    flow = _flow(tmp_path, topic, group, every=100, slow_ms=1500, produce_to=out)
     env = flow_env(bootstrap, log, PYTHONPATH=str(REPO))
 
     watcher = LogWatcher(bootstrap, log)
@@ -187,3 +213,5 @@ def test_sigkill_with_slow_executions_in_flight_replays_only_what_was_not_done(
     final = run_flow(flow, env, *scale, idle=3)
     assert final.returncode == 0, final.stderr[-2000:]
     _done_and_committed(bootstrap, topic, group, log, parts)
+    if out is not None:
+        _once_each(bootstrap, out, count)

@@ -3,9 +3,9 @@ broker refuses afterwards still fails its execution (never a silent loss), on th
 
 The destination topic takes at most 1,024-byte record batches (``max.message.bytes``); one
 input asks for a 4,000-byte output (alone in its partition), which the client accepts and the
-broker refuses *after* the task returned. Transactional (batch-synchronous): the refused
-record poisons the batch's transaction, which aborts; the batch runs again without that
-execution, so the others are output exactly once and it is FAILED naming the record.
+broker refuses *after* the task returned. Transactional: the refused record poisons the
+epoch's transaction, which aborts; it is redone without that execution's records, so the
+others are output exactly once and it is FAILED naming the record.
 Non-transactional (pipelined): its terminal document waits for its deliveries and says
 FAILED; the others succeed.
 """
