@@ -21,7 +21,8 @@ partition stops reading while ``$WAXFLOW_MAX_IN_FLIGHT`` executions (default 5,0
 process) are unfinished, or ``$WAXFLOW_MAX_PENDING`` offsets (default 100,000) wait behind
 an unfinished one: memory stays bounded however slow one record is. Nothing is committed in
 ``close()`` or at EOF. Resume point:
-the Bytewax snapshot when recovery is on, else the group's committed offset, else ``since``
+the Bytewax snapshot when recovery is on or the group's committed offset, whichever is
+further, else ``since``
 (a timestamp), else ``auto.offset.reset`` (default ``earliest``).
 """
 
@@ -171,13 +172,16 @@ def start_offset(consumer: Consumer, topic: str, partition: int, *, resume: int 
                  since: datetime | None, reset: str) -> tuple[int, int | None]:
     """Where to start reading a partition, and the group's committed offset (if any).
 
-    Order: ``resume`` (a Bytewax snapshot), the group's committed offset, the first offset at
+    Order: ``resume`` (a Bytewax snapshot) or the group's committed offset, whichever is
+    further (a committed offset is only ever one below which every execution is done, and
+    with transactional outputs the one their transaction committed: a kill after a commit
+    but before the epoch's snapshot must not replay committed outputs), the first offset at
     or after ``since``, else ``reset`` (earliest/latest as librdkafka's logical offsets).
     """
     got = committed_offsets(consumer, [TopicPartition(topic, partition)])[0]
     committed = got.offset if got.offset >= 0 else None
     if resume is not None:
-        return resume, committed
+        return max(resume, committed if committed is not None else resume), committed
     if committed is not None:
         return committed, committed
     if since is not None:
