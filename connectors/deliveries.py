@@ -168,6 +168,10 @@ def describe_record(topic: str, key: bytes | None, size: int | None,
 class Deliveries:
     """The deliveries of one unit of work (a batch, a task run)."""
 
+    #: whether its owner may check it later (:meth:`settle`) instead of the task waiting for
+    #: it; a task-own transaction must be committed by the task (:meth:`wait`)
+    deferrable = True
+
     def __init__(self, producer: Producer | None) -> None:
         self._producer = producer
         self.sent = 0

@@ -538,7 +538,10 @@ class _TxnDeliveries(Deliveries):
 
 
 class TaskTransaction(Deliveries):
-    """A transaction owned by one task run (no consumer offsets to include)."""
+    """A transaction owned by one task run (no consumer offsets to include): committed by
+    :meth:`wait`, which the task calls itself."""
+
+    deferrable = False
 
     _pool: dict[tuple[tuple[str, str], ...], list[Producer]] = {}
     _pool_lock = threading.Lock()

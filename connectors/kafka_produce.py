@@ -9,9 +9,9 @@ it records its upstream and ``waxflow executions trace`` follows the chain.
 
 Guarantees: all records are serialized before the first is sent, so a value that does not fit
 its serializer fails the task (naming the record and the field) with nothing sent; every
-delivery is acknowledged before the execution counts as done; in a consumer-group flow a
-transactional Produce joins a transaction committed together with the consumed offsets
-(G3).
+delivery is acknowledged before the consumed offset past the execution's record is
+committed; in a consumer-group flow a transactional Produce joins a transaction committed
+together with the consumed offsets (G3).
 
 In a consumer-group flow the task does not block. A transactional one buffers its records;
 once its execution is done they go into the worker's next epoch transaction, which commits
@@ -21,7 +21,8 @@ their deliveries are checked before the execution's terminal document. A record 
 then fails its execution (state FAILED, the error names the task and the record; the
 task's ``errors`` handlers and ``allowFailure`` do not apply to such a late failure); inside
 a transaction it aborts the transaction, which is redone without that execution's records.
-(Share groups with a transactional Produce run a batch at a time: the batch's transaction.)
+(A share group has no offsets to commit: there a transactional Produce task run commits its
+own transaction before it returns; its record is acked once its execution is done.)
 Elsewhere (replay, ``waxflow test``, schedules, batch flows) the task waits for its
 deliveries itself.
 """
@@ -213,7 +214,7 @@ class Produce(TaskBase):
             deliveries = KafkaOutput("task", None).scope().deliveries(conf, self.transactional)
         for topic, key, value, headers, part, ts in prepared:
             deliveries.produce(topic, key, value, headers, partition=part, timestamp=ts)
-        if getattr(scope, "deferring", False):
+        if getattr(scope, "deferring", False) and deliveries.deferrable:
             # in a consumer-group flow: the deliveries are checked once for the batch (or
             # before the execution counts as done), not waited for here
             scope.defer(exec_id, self.id, deliveries)  # type: ignore[union-attr]

@@ -41,8 +41,6 @@ from waxflow.operators.deserialize import deserialize
 from waxflow.operators.engine import Engine
 from waxflow.operators.execute import RecordExecutions, execute
 from waxflow.operators.executor import Executor
-from waxflow.operators.transactions import Transactions
-from waxflow.progress import Progress
 from waxflow.records import RawRecord
 
 LOG = logging.getLogger("waxflow.compiler")
@@ -247,24 +245,21 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     conf = client_conf(trig.properties)
     runner = build_runner(flow, inputs=options.inputs)
     source: Source[RawRecord]
-    # executions outlive their step (consumer groups with transactional Produce tasks too:
-    # the epoch's transaction commits what is done); share groups whose executions join a
-    # batch's transaction stay batch-synchronous
+    # executions outlive their step; a consumer group's transactional Produce tasks commit
+    # in the epoch's transaction with the offsets below which everything is done (a share
+    # group has no offsets: such a task commits its own transaction)
     share = trig.groupType == "SHARE"
     txn_confs = [client_conf(t.properties) for t in _transactional_produces(flow)]
-    progress: Progress | None = None
-    txn: Transactions | None = None
-    if not (share and txn_confs):
-        progress, txn = runner.pipelined(txn_confs[0] if txn_confs else None)
+    progress, txn = runner.pipelined(txn_confs[0] if txn_confs and not share else None)
     if share:
-        from waxflow.connectors.kafka_share import KafkaShareSource, share_outcomes
+        from waxflow.connectors.kafka_share import KafkaShareSource
 
         source = KafkaShareSource(conf, trig.groupId, trig.topic_list(),
                                   batch_size=options.batch_size,
                                   idle_stop=options.stop_when_idle,
                                   max_deliveries=trig.maxDeliveries,
                                   warm_up=runner.executor.resources, progress=progress)
-        runner.outcomes = share_outcomes
+        runner.share = True
     else:
         source = KafkaGroupSource(conf, trig.groupId, trig.topic_list(),
                                   pattern=trig.topicPattern, partitions=trig.partitions,

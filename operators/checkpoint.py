@@ -3,9 +3,9 @@
 Model: Quix Streams' checkpoint — the order in which work becomes durable is written down in
 one place. Two orders, one per way of running executions:
 
-**Pipelined** (realtime consumer-group flows, with or without transactional ``kafka.Produce``,
-and share groups whose executions join no Kafka transaction; model: Confluent's Parallel
-Consumer). Executions outlive the step that started them, and finish in any order:
+**Pipelined** (every ``kafka.RealtimeTrigger`` flow: consumer groups, with or without
+transactional ``kafka.Produce``, and share groups; model: Confluent's Parallel Consumer).
+Executions outlive the step that started them, and finish in any order:
 
 1. the source (``kafka_source``) registers every offset it reads in the partition's
    :class:`~waxflow.progress.PartitionProgress` before it hands the records on;
@@ -47,10 +47,9 @@ reading while ``$WAXFLOW_MAX_IN_FLIGHT`` executions are unfinished in the proces
 bounded). A stopping job abandons executions not started or paused for a retry (they
 replay) and waits for the running ones.
 
-**Batch-synchronous** (share groups with transactional ``kafka.Produce``, ``kafka.Trigger``
-batches, schedules). For every epoch, in this order:
+**Batch-synchronous** (``kafka.Trigger`` batches, schedules). For every epoch, in this order:
 
-1. the execute step (``execute`` / ``microbatch`` / ``schedule``) hands its items to the
+1. the execute step (``microbatch`` / ``schedule``) hands its items to the
    flow's :class:`~waxflow.operators.executor.Executor`, which returns only when every
    execution is *done*: terminal, its terminal document acknowledged by the broker, and
    its Kafka transaction (outputs + consumed offsets) committed;
@@ -94,8 +93,8 @@ Where each guarantee is enforced (file: function) and which test proves it on th
   called by ``Executor.run``) — ``test_exactly_once.py``, ``test_no_stall.py``
   (``*-exactly-once``: SIGKILL with slow executions in flight).
 - **G4 share groups ack by outcome**: ``waxflow/acks.py: decide``,
-  ``connectors/kafka_share.py: ShareAck`` (pipelined) / ``share_outcomes`` (transactional
-  flows) and ``_Member.send_decided`` (a member polls only when its batch is acked) —
+  ``connectors/kafka_share.py: ShareAck`` and ``_Member.send_decided`` (a member polls
+  only when its batch is acked) —
   ``test_share_groups.py``, ``test_share_no_stall.py``.
 - **G5 bad input**: ``operators/deserialize.py: decode`` (``onSerdeError``),
   ``operators/execute.py: RecordExecutions.job`` (SKIPPED, DLQ) — ``test_serde_errors.py``.

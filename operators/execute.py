@@ -1,21 +1,15 @@
 """Execute step of ``kafka.RealtimeTrigger``: one execution per record.
 
 For each batch Bytewax hands it, the step builds one :class:`~waxflow.operators.executor.Job`
-per decoded record. Two ways to run them (:mod:`waxflow.operators.checkpoint` has the commit
-order of both):
-
-- **pipelined** (consumer groups, and share groups whose executions join no Kafka
-  transaction): the jobs go to the flow's :class:`~waxflow.operators.pipeline.Pipeline` and
-  the step returns at once; each execution marks its offset done in the partition's
-  progress when its terminal document is delivered, and the source commits the lowest
-  unfinished offset (transactional Produce: the epoch's transaction commits it with the
-  records of the executions below it; share groups: the record's ack by outcome is sent at
-  the source's next read) — a slow or retrying record never stalls the others;
-- **batch-synchronous** (share groups with transactional ``kafka.Produce``): the
-  flow's :class:`~waxflow.operators.executor.Executor` runs them (concurrently up to
-  ``maxConcurrency``, one key at a time with ``keyOrdering``) and the step returns only when
-  every execution is done, then emits, per source partition, the next offset whose records
-  are all done; the source commits offsets at the following epoch.
+per decoded record and hands it to the flow's :class:`~waxflow.operators.pipeline.Pipeline`
+(consumer groups and share groups alike; :mod:`waxflow.operators.checkpoint` has the commit
+order): the step returns at once; each execution marks its offset done in the partition's
+progress when its terminal document is delivered, and the source commits the lowest
+unfinished offset (transactional Produce: the epoch's transaction commits it with the
+records of the executions below it; share groups: the record's ack by outcome is sent at the
+source's next read) — a slow or retrying record never stalls the others. (``waxflow test``
+and replays run a record's job with :meth:`Executor.run_job
+<waxflow.operators.executor.Executor.run_job>` instead.)
 
 Serde failures become SKIPPED executions (and DLQ records, delivered before their execution
 counts as done). Share groups: each record's outcome goes back to its source partition for
@@ -42,21 +36,18 @@ from waxflow.records import Decoded, dlq_headers, headers_text
 
 Done = tuple[str, tuple[str, int]]
 
-#: share groups: called (on the worker's thread) with every record of a batch and its
-#: execution (None when filtered) once all documents are delivered, to ack by outcome
-Outcomes = Callable[[list[tuple[Decoded, Execution | None]]], None]
-
 
 class RecordExecutions:
     """The batch function of the execute step; one instance serves all workers of a process."""
 
     def __init__(self, *, flow: FlowBase, executor: Executor, trigger_type: str,
-                 dlq_topic: str | None, outcomes: Outcomes | None = None) -> None:
+                 dlq_topic: str | None, share: bool = False) -> None:
         self.flow = flow
         self.executor = executor
         self.trigger_type = trigger_type
         self.dlq_topic = dlq_topic
-        self.outcomes = outcomes
+        #: a share group's records: each is acked by its execution's outcome (G4)
+        self.share = share
         #: pipelined mode (see the module doc): set by :meth:`pipelined`
         self.pipeline: Pipeline | None = None
         self.progress: Progress | None = None
@@ -132,7 +123,7 @@ class RecordExecutions:
         batch = self.pipeline.log().batch()
         started: list[tuple[Job, Decoded]] = []
         part_of = self.progress.part
-        share = self.outcomes is not None
+        share = self.share
         if share:
             from waxflow.connectors.kafka_share import share_ack, share_filtered
         for r in items:
@@ -154,22 +145,11 @@ class RecordExecutions:
 
     def __call__(self, items: list[Decoded]) -> list[Done]:
         metrics.batch_size(len(items))
-        if self.pipeline is not None:
-            return self._submit(items)
-        ends: dict[tuple[str, int], int] = {}
-        for r in items:
-            key = (r.raw.topic, r.raw.partition)
-            ends[key] = max(ends.get(key, -1), r.raw.offset + 1)
-        executions = self.executor.run(items, self.job, ends)
-        if self.outcomes is not None:
-            by_id = {e.id: e for e in executions}
-            self.outcomes([(r, None if r.filtered else by_id.get(self.id_of(r)))
-                           for r in items])
-        self.executor.check_stop(executions)
-        return [("done", (f"{p}-{t}", off)) for (t, p), off in ends.items()]
+        assert self.pipeline is not None, "the execute step runs pipelined (pipelined())"
+        return self._submit(items)
 
 
 def execute(step_id: str, up: Stream[Decoded], runner: RecordExecutions) -> Stream[Done]:
-    """Run one execution per record; emit ``("done", (source_part, next_offset))`` once all
-    of the batch's executions are done."""
+    """Start one execution per record; they finish past the step (nothing is emitted: the
+    source commits by the partitions' progress)."""
     return op.flat_map_batch(step_id, up, runner)

@@ -29,11 +29,10 @@ is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
   <waxflow.progress.Progress.error>`: the source raises it at its next read, and since that
   offset is never marked done, nothing past it is committed.
 
-Used for consumer groups (with or without transactional ``kafka.Produce``) and share groups
-(share groups with transactional ``kafka.Produce`` keep the batch-synchronous
-:meth:`Executor.run <waxflow.operators.executor.Executor.run>`). Share groups: ``done``
-sends the record's ack by outcome, and a retry that would outlive the record lock gives the
-record back (:class:`Returnable`) instead of pausing.
+Used for every realtime flow, consumer groups and share groups. Share groups: ``done`` sends
+the record's ack by outcome, and a retry that would outlive the record lock gives the record
+back (:class:`Returnable`) instead of pausing; a transactional Produce task there commits its
+own transaction (no offsets to commit with it).
 """
 
 from __future__ import annotations
@@ -84,7 +83,8 @@ class _ItemScope:
     def deliveries(self, conf: Mapping[str, Any], transactional: bool) -> Deliveries:
         if transactional and self._txn is not None:
             return self._txn.buffer(conf)
-        return self._shared.deliveries(conf, False)
+        # (a transactional Produce is pipelined only with ``txn``: compiler.compile_flow)
+        return self._shared.deliveries(conf, transactional)
 
     def defer(self, _execution_id: str, task_id: str, deliveries: Deliveries) -> None:
         if isinstance(deliveries, Buffered):

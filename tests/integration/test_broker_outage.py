@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from tests.flow_helpers import (
@@ -86,8 +87,8 @@ def broker(tmp_path: Path) -> Iterator[LocalBroker]:
 def _worked(bootstrap: str, log_topic: str) -> bool:
     try:
         return any(d.get("terminal") for d in log_documents(bootstrap, log_topic))
-    except (TimeoutError, RuntimeError):  # the log topic is not there yet
-        return False
+    except (TimeoutError, RuntimeError, KafkaException):  # the log topic is not there yet,
+        return False  # or its leader not elected yet
 
 
 def _outage(broker: LocalBroker, proc: FlowProcess, log_topic: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from tests.integration.test_share_groups import (
     produce_small_batches,
     share_flow,
 )
+from tests.kafka_helpers import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +144,45 @@ tasks:
         (_when(d, "startDate"), _when(d, "endDate"), _rid(d)) for d in terminal))
     acks = ack_summary(err)
     assert acks["errors"] == 0 and acks["ACCEPT"] >= 100, err[-3000:]
+
+
+def test_a_transactional_produce_in_a_share_group_is_pipelined(
+        bootstrap: str, admin: AdminClient, new_topic: Callable[..., str],
+        tmp_path: Path) -> None:
+    """A share group has no offsets to commit: each transactional Produce task run commits
+    its own transaction, and the flow is pipelined like any other. Records 0, 25, 50, 75
+    fail once and are RELEASEd (their retry would outlive the lock); every record's output
+    is visible (read_committed), the others' exactly once, and every record is accepted."""
+    topic, out = new_topic(1), new_topic(1)
+    group, log = f"share-{uuid.uuid4().hex[:8]}", log_topic(admin)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    flow = share_flow(tmp_path, topic, group, f"""\
+tasks:
+  - id: work
+    type: core.Python
+    function: "tests.flow_funcs:flaky"
+    args: {{marks: "{marks}", every: 25}}
+    retry: {{type: constant, interval: PT4S, maxAttempts: 2}}
+  - id: out
+    type: kafka.Produce
+    topic: {out}
+    from: {{key: "{{{{ outputs.work.id }}}}", value: "{{{{ outputs.work.id }}}}"}}
+""")
+    produce_small_batches(bootstrap, topic, ids_json(list(range(100))))
+
+    result = run_flow(flow, flow_env(bootstrap, log, PYTHONPATH=str(REPO),
+                                     WAXFLOW_LOG_LEVEL="INFO"), idle=4, timeout=180)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = Counter(m.key() for m in read_all(bootstrap, out, isolation="read_committed"))
+    assert set(keys) == {str(i).encode() for i in range(100)}
+    assert all(n == 1 for k, n in keys.items() if int(k) % 25), keys
+    released = [d for d in log_documents(bootstrap, log) if d["trigger"].get("ack") == "RELEASE"]
+    assert sorted(_rid_of(d) for d in released) == [0, 25, 50, 75]
+    acks = ack_summary(result.stderr)
+    assert (acks["ACCEPT"], acks["errors"]) == (100, 0), result.stderr[-3000:]
+
+
+def _rid_of(doc: dict[str, Any]) -> int:
+    return int(doc["trigger"]["offset"])  # ids were produced in offset order
