@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from waxflow.connectors import broker_watch, instance_lock, metrics, shutdown
@@ -42,6 +43,9 @@ from waxflow.connectors.kafka_source import (
     topic_partitions,
 )
 from waxflow.records import RecordFields
+
+if TYPE_CHECKING:
+    from waxflow.flow import BatchTrigger
 
 LOG = logging.getLogger("waxflow.batch")
 
@@ -56,11 +60,26 @@ BULK_FETCH = {"max.partition.fetch.bytes": 8 << 20}
 
 @dataclass
 class Batch:
-    """Records cut into one batch, with the offset range read per partition."""
+    """Records cut into one batch, with the offset range read per partition.
+
+    A share-group batch (:class:`~waxflow.connectors.kafka_share.KafkaShareBatchSource`)
+    also names the records delivered (``delivered``: a share group may hand out a
+    partition's records with gaps) and the member that holds their acks (``origin``)."""
 
     records: list[RecordFields] = field(default_factory=list)
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # first, last
     ends: Positions = field(default_factory=dict)  # next offset per partition after it
+    delivered: list[tuple[str, int, int]] | None = None  # share group: (topic, part, offset)
+    origin: int | None = None  # share group: the member whose delivery this is
+
+    def id_source(self) -> str:
+        """What the batch's execution id derives from: the per-partition offset ranges
+        (``t/p:first-last,...``), or for a share-group delivery every delivered record
+        (``share:t/p@o,...``, sorted), so the same records delivered again get the same id
+        and two deliveries with the same ranges but other records do not."""
+        if self.delivered is not None:
+            return "share:" + ",".join(f"{t}/{p}@{o}" for t, p, o in sorted(self.delivered))
+        return ",".join(f"{k}:{a}-{b}" for k, (a, b) in sorted(self.offsets.items()))
 
 
 class _BatchPartition(StatefulSourcePartition[Batch, Positions | None]):
@@ -306,3 +325,37 @@ class KafkaBatchSource(FixedPartitionedSource[Batch, Positions | None]):
                                since=self._since, interval=self._interval,
                                max_records=self._max_records, max_duration=self._max_duration,
                                idle_stop=self._idle_stop)
+
+
+class BatchInput(NamedTuple):
+    """The source of a ``kafka.Trigger`` flow and, for a share group, where its execute step
+    reports each batch's outcome (``outcomes(batch, state)``, after the batch's terminal
+    document is delivered)."""
+
+    source: Source[Batch]
+    outcomes: Callable[[Batch, str], None] | None
+
+
+def batch_source(conf: dict[str, Any], trig: BatchTrigger, *, idle_stop: float | None
+                 ) -> BatchInput:
+    """The batch source of ``trig`` (client config ``conf``): a consumer group
+    (:class:`KafkaBatchSource`, offsets committed after each batch) or, with ``groupType:
+    SHARE``, a share group (:class:`~waxflow.connectors.kafka_share.KafkaShareBatchSource`,
+    one delivery per batch, acked by its outcome)."""
+    if trig.groupType == "SHARE":
+        from waxflow.connectors.kafka_share import KafkaShareBatchSource, share_batch_outcome
+
+        if trig.maxDuration is not None or "interval" in trig.model_fields_set:
+            LOG.warning("trigger %s: interval and maxDuration do not apply to a share group "
+                        "(a batch is one delivery of at most maxRecords records)", trig.id)
+
+        return BatchInput(KafkaShareBatchSource(conf, trig.groupId, trig.topic_list(),
+                                                max_records=trig.maxRecords,
+                                                idle_stop=idle_stop,
+                                                max_deliveries=trig.maxDeliveries),
+                          share_batch_outcome)
+    return BatchInput(KafkaBatchSource(conf, trig.groupId, trig.topic_list(),
+                                       partitions=trig.partitions, since=trig.since,
+                                       interval=trig.interval, max_records=trig.maxRecords,
+                                       max_duration=trig.maxDuration, idle_stop=idle_stop),
+                      None)

@@ -38,6 +38,15 @@ The group's start position (``share.auto.offset.reset``, default here ``earliest
 isolation (``share.isolation.level``, default ``read_committed`` as in consumer-group mode)
 are group configs: they are set with AdminClient when the first worker is built.
 
+``kafka.Trigger`` with ``groupType: SHARE`` (:class:`KafkaShareBatchSource`): one member
+per worker, and one delivery (one poll, at most ``maxRecords`` records) is one batch: the
+batch's execution runs, then every record of it is acknowledged by the execution's outcome
+(:func:`share_batch_outcome`, same rule as per record: ACCEPT after SUCCESS/WARNING,
+RELEASE after a failure while deliveries remain, REJECT at the last one), and only then does
+the member poll the next batch. A released batch's records are delivered again (to this
+member or another, maybe in other batches); the same records delivered together again make
+the same execution id (:meth:`~waxflow.connectors.kafka_batch.Batch.id_source`).
+
 Broker outages (:mod:`waxflow.connectors.broker_watch`): a ``commit_sync`` or ``poll`` that
 fails for want of the broker is logged once per outage, the batch's acks are lost but not its
 work (the broker hands the records out again: same execution ids, new runs), and the source
@@ -79,13 +88,14 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from waxflow.acks import AckType, decide
 from waxflow.connectors import broker_watch, shutdown
+from waxflow.connectors.kafka_batch import Batch
 from waxflow.connectors.kafka_config import require
 from waxflow.connectors.kafka_errors import check_access
 from waxflow.connectors.kafka_source import env_bound, record_fields
 from waxflow.errors import ConfigConflict, SourceStop
 from waxflow.execution import Execution
 from waxflow.progress import Progress
-from waxflow.records import Decoded, RawRecord
+from waxflow.records import Decoded, RawRecord, RecordFields
 
 LOG = logging.getLogger("waxflow.share")
 
@@ -238,6 +248,11 @@ class _Member:
         decided = ack or self.ack_for(rec, state)
         with self._decided_lock:
             self._decided.append(((raw.topic, raw.partition, raw.offset), decided))
+
+    def record_acks(self, acks: list[tuple[Coord, AckType]]) -> None:
+        """Store decided acks by record coordinates (any thread); sent at the next read."""
+        with self._decided_lock:
+            self._decided.extend(acks)
 
     def lock_left(self) -> float:
         """Seconds until the record lock of the outstanding batch runs out."""
@@ -555,3 +570,151 @@ class KafkaShareSource(DynamicSource[RawRecord]):
         return _SharePartition(self._conf, self._group, self._topics, settings=settings,
                                max_deliveries=min(wanted, limit), idle_stop=self._idle_stop,
                                progress=self._progress, members=self._members)
+
+
+class _ShareBatchPartition(StatelessSourcePartition[Batch]):
+    """A worker's share-group member for ``kafka.Trigger``: each poll's delivery is one
+    :class:`Batch`; the member polls again only once the batch's execution is done and its
+    acks (:meth:`outcome`) are sent and committed."""
+
+    def __init__(self, conf: dict[str, Any], group_id: str, topics: Sequence[str],
+                 *, settings: GroupSettings, max_deliveries: int,
+                 idle_stop: float | None) -> None:
+        self.group = group_id
+        self.settings = settings
+        self._max = max_deliveries
+        self._idle_stop = idle_stop
+        self._member = _Member(self, conf, topics)  # type: ignore[arg-type]  # same surface
+        self._in_flight: Batch | None = None  # emitted; its outcome not known yet
+        self._acks: Counter[str] = Counter()
+        self._errors = 0
+        self._awake: datetime | None = None
+        started = time.monotonic()
+        self._last_activity = started
+        self._no_stop_before = started + 2 * settings.heartbeat_s
+        with _REGISTRY_LOCK:
+            _BATCH_PARTS[self._member.id] = self
+
+    def ack_for(self, rec: Decoded, state: str | None) -> AckType:
+        """The ack of one record of a batch whose execution ended in ``state``."""
+        return decide(state, False, rec.raw.delivery_count or 1, self._max)
+
+    def count_error(self) -> None:
+        self._errors += 1
+        STATS.add(errors=1)
+
+    def outcome(self, batch: Batch, state: str) -> None:
+        """The execution of ``batch`` ended in ``state`` (its document is delivered): decide
+        the ack of each of its records; they are sent at the next read."""
+        if batch is not self._in_flight:
+            raise RuntimeError(f"share group {self.group}: outcome of a batch that is not "
+                               "this member's batch in flight")
+        acks = [(coord, decide(state, False, msg.delivery_count() or 1, self._max))
+                for coord, msg in self._member.outstanding.items()]
+        self._member.record_acks(acks)
+        self._in_flight = None
+
+    def _send_acks(self) -> None:
+        sent = self._member.send_decided()
+        if sent:
+            self._acks.update(sent)
+            STATS.add(acks=sent)
+            self._member.commit()
+
+    def _wait(self, ms: int) -> list[Batch]:
+        self._awake = datetime.now().astimezone() + timedelta(milliseconds=ms)
+        return []
+
+    def next_batch(self) -> list[Batch]:
+        self._send_acks()
+        busy = self._in_flight is not None or bool(self._member.outstanding)
+        if shutdown.requested():  # poll no more; stop once the batch in flight is acked
+            if not busy:
+                raise StopIteration
+            return self._wait(5)
+        if busy:  # the batch's execution has not reported yet
+            self._last_activity = time.monotonic()
+            return self._wait(2)
+        broker_watch.check(f"the share group {self.group}")
+        self._awake = None
+        recs = self._member.poll()
+        now = time.monotonic()
+        if not recs:
+            if (self._idle_stop is not None
+                    and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
+                    and now >= self._no_stop_before):
+                raise StopIteration
+            return []
+        self._last_activity = now
+        batch = _batch_of(recs, self._member.id)
+        self._in_flight = batch
+        return [batch]
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def close(self) -> None:
+        self._send_acks()
+        with _REGISTRY_LOCK:
+            _BATCH_PARTS.pop(self._member.id, None)
+        self._member.close()
+        LOG.info("share group %s batch consumer %d: acks ACCEPT=%d RELEASE=%d REJECT=%d; "
+                 "ack errors=%d", self.group, self._member.id, self._acks["ACCEPT"],
+                 self._acks["RELEASE"], self._acks["REJECT"], self._errors)
+
+
+_BATCH_PARTS: dict[int, _ShareBatchPartition] = {}
+
+
+def _batch_of(recs: list[RawRecord], origin: int) -> Batch:
+    """One delivery as a batch: its records in delivered order, the range per partition."""
+    batch = Batch(origin=origin, delivered=[])
+    assert batch.delivered is not None
+    for r in recs:
+        fields: RecordFields = (r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
+                                r.headers)
+        batch.records.append(fields)
+        batch.delivered.append((r.topic, r.partition, r.offset))
+        key = f"{r.topic}/{r.partition}"
+        first, last = batch.offsets.get(key, (r.offset, r.offset))
+        batch.offsets[key] = (min(first, r.offset), max(last, r.offset))
+        batch.ends[key] = batch.offsets[key][1] + 1
+    return batch
+
+
+def share_batch_outcome(batch: Batch, state: str) -> None:
+    """The execute step's report that ``batch``'s execution ended in ``state`` (its terminal
+    document delivered), on the worker thread: the batch's records are acknowledged by it
+    at the source's next read. A batch from no share source of this process is a bug in
+    the dataflow's shape, so it raises."""
+    part = _BATCH_PARTS.get(batch.origin) if batch.origin is not None else None
+    if part is None:
+        raise RuntimeError(f"share-group batch {batch.id_source()[:80]} reached the execute "
+                           f"step away from its source partition ({batch.origin})")
+    part.outcome(batch, state)
+
+
+class KafkaShareBatchSource(DynamicSource[Batch]):
+    """``kafka.Trigger`` in a share group: one delivery per batch, acked by the batch's
+    outcome (see the module doc). Same group set-up as :class:`KafkaShareSource`."""
+
+    def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str],
+                 *, max_records: int | None = None, idle_stop: float | None = None,
+                 max_deliveries: int | None = None) -> None:
+        """``max_records``: the most records per batch (``max.poll.records``; default
+        500, unless the trigger's ``properties`` set it)."""
+        self._shared = KafkaShareSource(conf, group_id, topics,
+                                        batch_size=max_records or 500,
+                                        idle_stop=idle_stop, max_deliveries=max_deliveries)
+        if max_records is not None:  # maxRecords wins over a properties value
+            self._shared._conf["max.poll.records"] = max_records
+
+    def build(self, step_id: str, worker_index: int, worker_count: int
+              ) -> _ShareBatchPartition:
+        shared = self._shared
+        settings = shared._group_settings()
+        limit = settings.delivery_limit
+        wanted = shared._max_deliveries or limit
+        return _ShareBatchPartition(shared._conf, shared._group, shared._topics,
+                                    settings=settings, max_deliveries=min(wanted, limit),
+                                    idle_stop=shared._idle_stop)

@@ -173,7 +173,7 @@ def _compile_schedule(flow: FlowBase, trig: ScheduleTrigger, options: RunOptions
 
 
 def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> Dataflow:
-    from waxflow.connectors.kafka_batch import KafkaBatchSource
+    from waxflow.connectors.kafka_batch import batch_source
     from waxflow.connectors.storage import Storage
     from waxflow.operators.microbatch import BatchExecutions, execute_batches
 
@@ -181,10 +181,9 @@ def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> D
                              executor=build_executor(flow, inputs=options.inputs),
                              key_de=trigger_deserializer(trig, "key"),
                              value_de=trigger_deserializer(trig, "value"), storage=Storage())
-    source = KafkaBatchSource(client_conf(trig.properties), trig.groupId, trig.topic_list(),
-                              partitions=trig.partitions, since=trig.since,
-                              interval=trig.interval, max_records=trig.maxRecords,
-                              max_duration=trig.maxDuration, idle_stop=options.stop_when_idle)
+    # a consumer group, or a share group whose batches are acked by their outcome
+    source, runner.outcomes = batch_source(client_conf(trig.properties), trig,
+                                           idle_stop=options.stop_when_idle)
     df = _dataflow(flow)
     batches = op.input("kafka", df, source)
     op.output("done", execute_batches("execute", batches, runner), DoneSink())

@@ -199,6 +199,19 @@ tasks:
     inputs:
       record: "{{ trigger.value }}"
 """,
+    "core.ForEachItem": """\
+tasks:
+  - id: each
+    type: core.ForEachItem
+    items: "{{ trigger.uri }}"
+    batch:
+      rows: 100
+    namespace: shop
+    flowId: load_rows
+    inputs:
+      rows: "{{ read(taskrun.items) }}"
+      part: "{{ taskrun.iteration }}"
+""",
     "serdes.IonToJson": """\
 tasks:
   - id: to_jsonl

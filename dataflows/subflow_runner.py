@@ -6,6 +6,10 @@ directory), loaded and validated once per process, and each runs on its own engi
 templates compiled once) with the parent's batch scope, so its Kafka output joins the
 parent's transaction. The child's log lines are added to the parent's execution, their task
 id prefixed with the Subflow task's (``handle/show``).
+
+It also installs what the core cannot reach: ForEachItem's batch files (:class:`StorageItems`)
+and the ``read(uri)`` expression function, both on internal storage
+(:mod:`waxflow.connectors.storage`); ``read`` reads only files under its location.
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
+from waxflow.connectors import storage
 from waxflow.dataflows.spec import parse_flow
 from waxflow.errors import FlowError
 from waxflow.execution import Execution, State, TriggerInfo
-from waxflow.expressions import Expressions
+from waxflow.expressions import Expressions, install_reader, tojson
 from waxflow.flow import FlowBase, InputError
 from waxflow.operators.engine import Engine
-from waxflow.subflow import Subflow, install
+from waxflow.subflow import ChildFlowTask, install, install_files
 from waxflow.tasks import RunContext, TaskFailure
 
 _ENGINES: dict[tuple[str, str], Engine] = {}
@@ -85,9 +91,11 @@ def _engine(namespace: str, flow_id: str) -> Engine:
     return engine
 
 
-def run_subflow(ctx: RunContext, task: Subflow, inputs: dict[str, Any]) -> dict[str, Any]:
+def run_subflow(ctx: RunContext, task: ChildFlowTask, inputs: dict[str, Any],
+                iteration: int | None = None) -> dict[str, Any]:
     """Run the child of ``task`` to its end inside the calling task (module doc of
-    :mod:`waxflow.subflow`); returns the task's outputs."""
+    :mod:`waxflow.subflow`); returns the task's outputs. ``iteration`` (ForEachItem's batch
+    number) ends the child's id."""
     engine = _engine(task.namespace, task.flowId)
     child = engine.flow
     try:
@@ -99,6 +107,8 @@ def run_subflow(ctx: RunContext, task: Subflow, inputs: dict[str, Any]) -> dict[
     flow: Mapping[str, Any] = ctx.vars.get("flow") or {}
     parent_id = str(parent.get("id", ""))
     child_id = f"{parent_id}.{taskrun.get('id') or task.id}"
+    if iteration is not None:
+        child_id += f".{iteration}"
     labels = {**(dict(ctx.vars.get("labels") or {}) if task.inheritLabels else {}),
               **child.labels, **{k: str(v) for k, v in ctx.render(task.labels).items()}}
     execution = Execution(id=child_id, namespace=child.namespace, flow_id=child.id,
@@ -123,4 +133,79 @@ def run_subflow(ctx: RunContext, task: Subflow, inputs: dict[str, Any]) -> dict[
     return out
 
 
+class StorageItems:
+    """ForEachItem's batch files, in internal storage (:class:`waxflow.subflow.ItemFiles`)."""
+
+    def split(self, uri: str, prefix: str, *, rows: int | None, partitions: int | None,
+              separator: str) -> list[str]:
+        """Cut the file ``uri`` into batches of ``rows`` lines (or ``partitions`` batches of
+        about equal size), each stored as ``<prefix>/<n>.<ext>``; a binary ION file is cut by
+        records, each batch written as JSON lines. An empty file has no batch."""
+        try:
+            data = storage_bytes(uri)
+        except ValueError as exc:
+            raise TaskFailure(f"items: {exc}") from None
+        if data.startswith(storage.ION_BVM):
+            lines = [tojson(r) for r in storage.parse_records(data)]
+            sep, ext = "\n", "jsonl"
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TaskFailure(f"items {uri} is neither text nor ION") from None
+            lines = [line for line in text.split(separator) if line.strip()]
+            sep, ext = separator, PurePosixPath(urlparse(uri).path).suffix[1:] or "txt"
+        if not lines:
+            return []
+        size = rows or 1
+        if partitions:
+            size = -(-len(lines) // partitions)
+        store = storage.Storage()
+        out = []
+        for n, start in enumerate(range(0, len(lines), size), start=1):
+            chunk = sep.join(lines[start:start + size]) + sep
+            out.append(store.put_data(f"{prefix}/{n}.{ext}", chunk.encode("utf-8")))
+        return out
+
+    def write_lines(self, name: str, lines: list[dict[str, Any]]) -> str:
+        """Store ``lines`` as JSON lines named ``name``; its URI."""
+        text = "".join(tojson(line) + "\n" for line in lines)
+        return storage.Storage().put_data(name, text.encode("utf-8"))
+
+
+def storage_bytes(uri: str) -> bytes:
+    """The content of an internal storage file; ValueError for anything outside the storage
+    location (another path, another bucket)."""
+    store = storage.Storage()
+    if store.base.startswith("s3://"):
+        if not uri.startswith(store.base + "/"):
+            raise ValueError(f"{uri} is not in internal storage ({store.origin})")
+    else:
+        root = Path(store.base.removeprefix("file://")).resolve()
+        if not storage.local_path(uri).resolve().is_relative_to(root):
+            raise ValueError(f"{uri} is not in internal storage ({store.origin})")
+    path = storage.local_path(uri)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {uri}: {exc.strerror}") from None
+
+
+def read_storage_text(uri: str) -> str:
+    """``read(uri)``: the text of an internal storage file (:func:`storage_bytes`)."""
+    try:
+        data = storage_bytes(uri)
+    except ValueError as exc:
+        raise ValueError(f"read(): {exc}") from None
+    if data.startswith(storage.ION_BVM):
+        raise ValueError(f"read(): {uri} is binary ION, not text (convert it first, e.g. "
+                         "with serdes.IonToJson)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"read(): {uri} is not UTF-8 text") from None
+
+
 install(run_subflow)
+install_files(StorageItems())
+install_reader(read_storage_text)

@@ -92,8 +92,9 @@ MODULE_TYPES: dict[str, tuple[str, ...]] = {
         "io.kestra.plugin.core.output.OutputValues",
     ),
     "waxflow.subflow": (
-        "core.Subflow", "io.kestra.core.tasks.flows.Flow",
-        "io.kestra.core.tasks.flows.Subflow", "io.kestra.plugin.core.flow.Subflow",
+        "core.ForEachItem", "core.Subflow", "io.kestra.core.tasks.flows.Flow",
+        "io.kestra.core.tasks.flows.ForEachItem", "io.kestra.core.tasks.flows.Subflow",
+        "io.kestra.plugin.core.flow.ForEachItem", "io.kestra.plugin.core.flow.Subflow",
     ),
 }
 

@@ -11,11 +11,13 @@ encode exactly is decoded record by record into binary ION, with ``onSerdeError`
 The flow's :class:`~waxflow.operators.executor.Executor` runs the execution: the step returns
 only when the terminal document is acknowledged (and, with a transactional Produce, after the
 batch's transaction committed together with its offsets). The execution id derives from the
-batch's per-partition offset ranges.
+batch's per-partition offset ranges (a share-group delivery's from its records; the step
+reports each batch's outcome to ``outcomes``, whose source acks the records by it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -35,11 +37,10 @@ from waxflow.records import RawRecord, dlq_headers, headers_text
 MAX_SKIPPED_LISTED = 100
 
 
-def batch_execution_id(namespace: str, flow_id: str, offsets: dict[str, tuple[int, int]]
-                       ) -> str:
-    """Deterministic id of a batch: its per-partition offset ranges."""
-    ranges = ",".join(f"{k}:{a}-{b}" for k, (a, b) in sorted(offsets.items()))
-    return execution_id(namespace, flow_id, "batch", ranges)
+def batch_execution_id(namespace: str, flow_id: str, batch: Batch) -> str:
+    """Deterministic id of a batch: its per-partition offset ranges (a share-group
+    delivery: its records, :meth:`~waxflow.connectors.kafka_batch.Batch.id_source`)."""
+    return execution_id(namespace, flow_id, "batch", batch.id_source())
 
 
 class BatchExecutions:
@@ -57,6 +58,9 @@ class BatchExecutions:
                                                               "AVRO", "UUID")
         self._bulk = (trigger.valueDeserializer == "JSON" and trigger.keyDeserializer == "STRING"
                       and not trigger.headerFilters)
+        #: share group: told each batch's outcome once its terminal document is delivered
+        #: (the source acks the batch's records by it), before onFailure STOP halts the job
+        self.outcomes: Callable[[Batch, str], None] | None = None
 
     def __call__(self, batches: list[Batch]) -> list[tuple[str, tuple[str, int]]]:
         done: list[tuple[str, tuple[str, int]]] = []
@@ -65,7 +69,11 @@ class BatchExecutions:
                     for k, v in batch.ends.items()}
             # a batch whose Produce failed is FAILED and recorded: its outputs are aborted
             # and the offsets advance through the source's commit (G6)
-            self.executor.check_stop(self.executor.run([batch], self.job, ends))
+            executions = self.executor.run([batch], self.job, ends)
+            if self.outcomes is not None:
+                for execution in executions:
+                    self.outcomes(batch, execution.state)
+            self.executor.check_stop(executions)
             done += [("done", (k, v)) for k, v in batch.ends.items()]
         return done
 
@@ -98,7 +106,7 @@ class BatchExecutions:
     def job(self, batch: Batch, deliveries: LogBatch) -> Job:
         """Store the batch's records as one file in internal storage; its execution reads
         them through ``trigger.uri``."""
-        exec_id = batch_execution_id(self.flow.namespace, self.flow.id, batch.offsets)
+        exec_id = batch_execution_id(self.flow.namespace, self.flow.id, batch)
         name = f"{self.flow.namespace}/{self.flow.id}/{exec_id}.ion"
         bulk = jsonbatch.encode(batch.records) if self._bulk else None
         skipped: list[dict[str, Any]] = []

@@ -35,7 +35,7 @@ import os
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -63,7 +63,9 @@ __all__ = [
     "SecretError",
     "Secrets",
     "Template",
+    "install_reader",
     "mask",
+    "read",
     "redact",
     "redact_obj",
     "register_secret",
@@ -890,6 +892,29 @@ def default_filter(value: Any, default_value: Any = "", boolean: bool = False) -
 RENDER_DEPTH = 10
 
 
+#: how ``read(uri)`` reads an internal storage file (installed by the layer that owns the
+#: storage: ``waxflow.dataflows.subflow_runner``); empty until then
+_READERS: list[Callable[[str], str]] = []
+
+
+def install_reader(reader: Callable[[str], str]) -> None:
+    """Set how :func:`read` reads a file: ``reader(uri) -> str``, which must refuse anything
+    outside internal storage (with :class:`ValueError` naming the URI)."""
+    _READERS[:] = [reader]
+
+
+def read(uri: Any) -> str:
+    """Kestra's ``read(uri)``: the content of the internal storage file ``uri`` (e.g.
+    ``outputs.<id>.uri`` or ForEachItem's ``taskrun.items``) as text. Only files of internal
+    storage are read (never an arbitrary path); a missing or binary file raises."""
+    if not isinstance(uri, str) or not uri:
+        raise ValueError(f"read() expects an internal storage URI (got {uri!r})")
+    if not _READERS:
+        raise ValueError("read() needs internal storage (waxflow run / waxflow test set it "
+                         "up)")
+    return _READERS[0](uri)
+
+
 # --------------------------------------------------------------------------- analysis
 #: the internal filter :func:`_mark_derived` wraps secret-derived expressions in
 _DERIVED = "_waxflow_secret_derived"
@@ -1204,6 +1229,7 @@ class Expressions:
             return render(context, template, recursive)
 
         env.globals["render"] = render_function
+        env.globals["read"] = read
         env.globals.update(extra_globals or {})
         self._env = env
         self._globals = dict(env.globals)

@@ -263,14 +263,19 @@ class RealtimeTrigger(KafkaTrigger):
 
 
 class BatchTrigger(KafkaTrigger):
-    """One execution per batch of records, stored as an ION file (``trigger.uri``)."""
+    """One execution per batch of records, stored as an ION file (``trigger.uri``). In a
+    share group (``groupType: SHARE``) a batch is one delivery to the group member (at most
+    ``maxRecords`` records, soft: the broker hands out whole producer batches), and every
+    record of it is acknowledged by the batch execution's outcome."""
 
     type: Literal["kafka.Trigger", "io.kestra.plugin.kafka.Trigger"] = Field(
         description="the trigger type")
     interval: Duration = Field(default=timedelta(minutes=1),
                                description="a batch closes at most this long after its "
                                            "first record")
-    maxRecords: int | None = Field(default=None, ge=1, description="cut a batch at this size")
+    maxRecords: int | None = Field(default=None, ge=1,
+                                   description="cut a batch at this size (SHARE: the most "
+                                               "records a delivery holds, default 500)")
     maxDuration: Duration | None = Field(
         default=None, description="cut a batch this long after its first record")
     pollDuration: Duration | None = Field(
@@ -278,10 +283,7 @@ class BatchTrigger(KafkaTrigger):
                                   "continuously, so it has no effect")
 
     @model_validator(mode="after")
-    def _consumer_group_only(self) -> BatchTrigger:
-        if self.groupType == "SHARE":
-            raise ValueError("kafka.Trigger supports groupType CONSUMER only (use "
-                             "kafka.RealtimeTrigger for share groups)")
+    def _batch_settings(self) -> BatchTrigger:
         if self.topicPattern:
             raise ValueError("kafka.Trigger needs `topic` or `topics` (no topicPattern)")
         if self.interval.total_seconds() <= 0:

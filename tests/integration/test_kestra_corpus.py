@@ -8,10 +8,11 @@ run`` refuses them today) run in this process through the engine, with the compi
 expressions, against the same broker. Each test asserts what the flow does: the records it
 consumed, produced or stored, and its executions' history.
 
-Not run here: 03 (MongoDB), 06 (kafka.Trigger with a share group), 13 (a JavaScript task),
-15 (ForEachItem), 19 (BigQuery's JSON format, file purge), 22 (AWS Glue): they do not
-validate (``tests/unit/test_kestra_corpus.py`` names why); 10 (an SSL cluster with Java
-keystores), 16 and 20 (public HTTP APIs) and 21 (Slack) need what this machine lacks.
+Not run here: 03 (MongoDB), 13 (a JavaScript task), 19 (BigQuery's JSON format, file purge),
+22 (AWS Glue): they do not validate (``tests/unit/test_kestra_corpus.py`` names why); 10 (an
+SSL cluster with Java keystores), 16 and 20 (public HTTP APIs) and 21 (Slack) need what this
+machine lacks. 06 (kafka.Trigger with a share group) runs in
+``tests/integration/test_batch_share.py``.
 """
 
 from __future__ import annotations
@@ -294,6 +295,61 @@ def test_14_subflow_runs_the_child_flow(tmp_path: Path, monkeypatch: pytest.Monk
     assert out["handle"]["state"] == "SUCCESS"
     assert out["handle"]["executionId"].startswith("s-1.")
     assert out["handle"]["outputs"]["show"] == {"value": "record {} from realtime_consumer"}
+
+
+LOG_RECORD = """\
+id: log_record
+namespace: streams.consumer
+inputs:
+  - {id: record, type: JSON}
+tasks:
+  - id: show
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ inputs.record.topic }}@{{ inputs.record.offset }}: {{ inputs.record.value.n }}"
+"""
+
+
+def test_15_polling_trigger_runs_a_subflow_per_record(
+        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """15 with its trigger enabled (published disabled): each batch becomes JSON lines, and
+    ForEachItem runs the log_record child (under $WAXFLOW_FLOWS_PATH) once per record, its
+    input read from the batch file; a batch of no good record skips ForEachItem (runIf)."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "log_record.yaml").write_text(LOG_RECORD, encoding="utf-8")
+    topic, group = new_topic(), f"g-{uuid.uuid4().hex[:8]}"
+    path = corpus("15_blog_polling_foreachitem.yaml", tmp_path, {
+        "disabled: true": "disabled: false", "kafka:29092": bootstrap,
+        "topic: generated": f"topic: {topic}", '"polling-consumer"': group})
+    env = {"WAXFLOW_FLOWS_PATH": str(flows)}
+
+    # a batch whose only record is not JSON (onSerdeError SKIPPED): messagesCount 0
+    produce(bootstrap, topic, [b"{not json"])
+    docs, _ = job(path, bootstrap, **env)
+    (doc,) = docs.values()
+    assert doc["state"] == "SUCCESS" and doc["trigger"]["messagesCount"] == 0
+    assert [(r["taskId"], r["state"]) for r in doc["taskRuns"]] == [
+        ("ion_to_jsonl", "SUCCESS"), ("each", "SKIPPED")]
+
+    produce_json(bootstrap, topic, [{"n": i} for i in range(3)])
+    docs, _ = job(path, bootstrap, **env)
+    (doc,) = docs.values()
+    assert doc["state"] == "SUCCESS", doc
+    each = {r["taskId"]: r for r in doc["taskRuns"]}["each"]
+    assert each["state"] == "SUCCESS"
+    out = each["outputs"]
+    assert out["numberOfBatches"] == 3 and out["iterations"] == {"SUCCESS": 3}
+    merged = [json.loads(line) for line in
+              local_path(out["uri"]).read_text(encoding="utf-8").splitlines()]
+    assert [(m["iteration"], m["state"], m["outputs"]["show"]["value"]) for m in merged] == [
+        (i + 1, "SUCCESS", f"{topic}@{i + 1}: {i}") for i in range(3)]
+    # child ids: <parent id>.<taskrun id>.<iteration>
+    assert {m["executionId"].rsplit(".", 1)[0] for m in merged} == {
+        merged[0]["executionId"].rsplit(".", 1)[0]}
+    assert [m["executionId"] for m in merged] == [
+        f"{merged[0]['executionId'].rsplit('.', 1)[0]}.{i + 1}" for i in range(3)]
+    assert merged[0]["executionId"].startswith(f"{doc['id']}.")
 
 
 def test_plugin_defaults_fill_the_connection_of_every_kafka_task(

@@ -8,7 +8,8 @@ closing a gap fails this test until the file moves to :data:`PASSING`.
 
 Before the Kestra aliases (issue 13) none of the 22 files validated; 11 after them; 16 with
 ``inputs``/``variables``/``pluginDefaults``/``concurrency``, the serdes file tasks, Consume's
-AVRO, ``core.Subflow`` and the JSONata tasks.
+AVRO, ``core.Subflow`` and the JSONata tasks; 19 with ``kafka.Trigger`` in a share group and
+``ForEachItem``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ PASSING = {
     "02_plugin_realtime_avro.yaml",
     "04_plugin_realtime_share.yaml",
     "05_plugin_trigger_avro.yaml",
+    "06_plugin_trigger_share.yaml",
     "07_docs_trigger_five_records.yaml",
     "08_plugin_consume_avro_registry.yaml",
     "09_plugin_consume_avro.yaml",
@@ -37,6 +39,7 @@ PASSING = {
     "11_plugin_consume_to_jsonl.yaml",
     "12_plugin_produce_string.yaml",
     "14_blog_realtime_subflow.yaml",
+    "15_blog_polling_foreachitem.yaml",
     "16_blog_schedule_http_produce.yaml",
     "17_docs_benchmark_transform.yaml",
     "18_blueprint_realtime_per_record.yaml",
@@ -48,12 +51,9 @@ PASSING = {
 FAILING = {
     # no MongoDB server here to build and test such a task against
     "03_plugin_realtime_mongodb.yaml": "unknown type 'io.kestra.plugin.mongodb.InsertOne': ",
-    "06_plugin_trigger_share.yaml": "kafka.Trigger supports groupType CONSUMER only",
     # JavaScript: waxflow runs no JS engine (core.Python is its scripting task)
     "13_plugin_produce_csv_avro.yaml":
         "unknown type 'io.kestra.plugin.graalvm.js.FileTransform': ",
-    "15_blog_polling_foreachitem.yaml":
-        "unknown type 'io.kestra.plugin.core.flow.ForEachItem'",
     # AWS Glue needs AWS: the error says what waxflow reads AVRO through instead
     "22_consume_glue_foreach.yaml":
         "the AWS Glue schema registry is not supported: waxflow reads AVRO through a "
