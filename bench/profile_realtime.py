@@ -1,14 +1,19 @@
 """Profile the realtime flow of bench/realtime.py in-process (not a test).
 
-Run: ``.venv/bin/python bench/profile_realtime.py [--records 50000] [--no-profile]``.
+Run: ``.venv/bin/python bench/profile_realtime.py [--records 50000] [--flow realtime|produce]
+[--no-profile]``.
 
-The job is the same as ``waxflow run FLOW --stop-when-idle 2 -w 1`` (``waxflow.dataflows.load_flow``
-plus Bytewax's single-worker ``run_main`` in this thread, 200 ms epochs), on fresh topics and
-group (deleted at the end). cProfile runs with a **per-thread CPU-time timer**
-(``time.thread_time``), on the main thread (Bytewax worker: source, deserialize, execute
-step, sink) and on every execution-pool thread (``concurrent.futures`` work items are wrapped,
-one profiler per thread). CPU time, not wall time: with ~64 pool threads sharing the GIL a
-wall-clock profile would charge GIL waits to whatever function was waiting. The profiles are
+``--flow realtime`` (default) is the Switch + Set flow of bench/realtime.py; ``--flow produce``
+the at-least-once ``kafka.Produce`` flow of bench/peers.py (consume -> add a field -> produce
+JSON to a fresh output topic). The job is the same as ``waxflow run FLOW --stop-when-idle 2
+-w 1`` (``waxflow.dataflows.load_flow`` plus Bytewax's single-worker ``run_main`` in this
+thread, 200 ms epochs), on fresh topics and group (deleted at the end). cProfile runs with a
+**per-thread CPU-time timer** (``time.thread_time``), on the main thread (Bytewax worker:
+source, deserialize, execute step, sink) and on every Python thread the job starts (execution
+pool, the pipeline's delivery poller, which settles Produce deliveries and writes their
+terminal documents, and its timer: ``threading.Thread.run`` is wrapped, one profiler per
+thread). CPU time, not wall time: with ~64 pool threads sharing the GIL a wall-clock profile
+would charge GIL waits to whatever function was waiting. The profiles are
 merged; percentages are of the total profiled CPU time of all Python threads. CPU spent in
 librdkafka's own threads and in Bytewax's Rust code outside Python calls is not in the
 profile; the process CPU (getrusage) is printed next to it. cProfile inflates call-heavy
@@ -18,7 +23,6 @@ code, so the executions/s under the profiler are lower than without (``--no-prof
 from __future__ import annotations
 
 import argparse
-import concurrent.futures.thread as cft
 import cProfile
 import os
 import pstats
@@ -31,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchkit
+import peers
 import realtime
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
@@ -39,27 +44,55 @@ BUILTINS = ("cimpl.Producer", "cimpl.Consumer", "cimpl.Message", "json", "_json"
             "datetime", "_hashlib", "uuid", "posix")
 
 
-def install_pool_profiling() -> list[cProfile.Profile]:
-    """Profile every ThreadPoolExecutor work item with its thread's own CPU-time profiler."""
+def install_thread_profiling() -> list[cProfile.Profile]:
+    """Profile every Python thread started from now on (pool workers, the delivery poller,
+    the timer) with its own CPU-time profiler, enabled for the thread's whole run. A daemon
+    thread still running at the end is read as it is (its profiler is not stopped)."""
     profiles: list[cProfile.Profile] = []
-    local = threading.local()
     lock = threading.Lock()
-    original = cft._WorkItem.run
+    original = threading.Thread.run
 
-    def run(self: Any) -> None:
-        prof = getattr(local, "prof", None)
-        if prof is None:
-            prof = local.prof = cProfile.Profile(time.thread_time)
-            with lock:
-                profiles.append(prof)
+    def run(self: threading.Thread) -> None:
+        prof = cProfile.Profile(time.thread_time)
+        with lock:
+            profiles.append(prof)
         prof.enable()
         try:
             original(self)
         finally:
             prof.disable()
 
-    cft._WorkItem.run = run  # type: ignore[method-assign]
+    threading.Thread.run = run  # type: ignore[method-assign]
     return profiles
+
+
+def report_threads(main_cpu: float) -> None:
+    """CPU s of this process's Python threads still alive (Linux /proc), by thread name: where
+    the work runs without a profiler (the Bytewax worker is the main thread)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for t in threading.enumerate():
+        if t is threading.main_thread() or t.native_id is None:
+            continue
+        try:
+            stat = Path(f"/proc/self/task/{t.native_id}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = t.name.rstrip("0123456789_-") or t.name
+        by_name[name].append((int(fields[11]) + int(fields[12])) / tick)
+    rows = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
+    print(f"  Python threads (CPU s): main (Bytewax worker) {main_cpu:.2f}, " + ", ".join(
+        f"{name} {sum(cpu):.2f}" + (f" ({len(cpu)} threads)" if len(cpu) > 1 else "")
+        for name, cpu in rows if sum(cpu) >= 0.01))
+
+
+def flow_text(kind: str, res: benchkit.Resources, inp: benchkit.Inputs) -> str:
+    """The flow file of ``--flow kind`` reading ``inp`` (``produce``: a fresh output topic)."""
+    if kind == "realtime":
+        return realtime.flow_yaml(inp.topic, inp.group)
+    out = res.create(res.name("out"), benchkit.PARTITIONS)
+    return peers.flow_yaml(inp.topic, out, inp.group, False, None)
 
 
 def install_gc_timing() -> dict[int, list[tuple[float, float, int]]]:
@@ -145,7 +178,7 @@ def components(args: argparse.Namespace) -> int:
         decoded = timed("deserialize: decode() (json.loads + Decoded)",
                         lambda: [decode(r, sde, jde, fail=False, filters={}) for r in raws])
         scratch_batch = log.batch()
-        jobs = timed("RecordExecutions.job (sha256 id, uuid4 runId, TriggerInfo)",
+        jobs = timed("RecordExecutions.job (sha256 id, random runId, TriggerInfo)",
                      lambda: [runner.job(d, scratch_batch) for d in decoded])
         execs = [j.execution for j in jobs if j is not None]
 
@@ -182,14 +215,31 @@ def components(args: argparse.Namespace) -> int:
             batch.wait()
 
         timed("LogBatch.write x2 + wait (produce 2 docs, delivery callbacks)", produce_docs)
-        # the whole execute step, as Bytewax calls it, with its pool vs without
+        # the whole execute step, as Bytewax calls it (pipelined: it returns at once and the
+        # executions are done once their documents are delivered), with its pool vs without
         batches = [decoded[i:i + 500] for i in range(0, n, 500)]
-        timed("RecordExecutions on 500-record batches, inline (no task of the flow blocks)",
-              lambda: [runner(b) for b in batches])
+
+        def step(execute: Any) -> None:
+            progress, _ = execute.pipelined()
+            parts = set()
+            for b in batches:
+                offsets: dict[tuple[str, int], list[int]] = defaultdict(list)
+                for d in b:
+                    offsets[(d.raw.topic, d.raw.partition)].append(d.raw.offset)
+                for (topic, part), offs in offsets.items():
+                    progress.part(topic, part).read(offs, offs[-1] + 1)
+                    parts.add((topic, part))
+                execute(b)
+            while any(progress.part(t, p).in_flight for t, p in parts):
+                progress.check()
+                time.sleep(0.001)
+
+        timed("RecordExecutions on 500-record batches, inline, until all delivered (wall)",
+              lambda: step(build_runner(flow)))
         pooled = build_runner(flow)
         pooled.executor.inline = False  # its pool is created on first use
-        timed("RecordExecutions on 500-record batches, pool of 64 threads",
-              lambda: [pooled(b) for b in batches])
+        timed("RecordExecutions on 500-record batches, pool of 64 threads, until all "
+              "delivered (wall)", lambda: step(pooled))
         from concurrent.futures import ThreadPoolExecutor, wait
 
         pool = ThreadPoolExecutor(64)
@@ -210,6 +260,9 @@ def components(args: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=50_000)
+    ap.add_argument("--flow", choices=("realtime", "produce"), default="realtime",
+                    help="realtime: Switch + Set (bench/realtime.py); produce: the "
+                         "at-least-once kafka.Produce flow of bench/peers.py")
     benchkit.add_bootstrap(ap)
     ap.add_argument("--no-profile", action="store_true", help="same run, no profiler")
     ap.add_argument("--top", type=int, default=30)
@@ -230,9 +283,9 @@ def main() -> int:
         inp = benchkit.fresh_inputs(res, bootstrap, "prof", args.records)
         log = inp.log
         flow_path = tmp / "flow.yaml"
-        flow_path.write_text(realtime.flow_yaml(inp.topic, inp.group))
+        flow_path.write_text(flow_text(args.flow, res, inp))
         flow = benchkit.compile_flow(flow_path, bootstrap, log, idle=realtime.IDLE)
-        pool_profiles = [] if args.no_profile else install_pool_profiling()
+        pool_profiles = [] if args.no_profile else install_thread_profiling()
         if args.gc_freeze:
             import gc
 
@@ -254,6 +307,7 @@ def main() -> int:
         if gc_pauses is not None:
             report_gc(gc_pauses)
         if args.no_profile:
+            report_threads(run.thread_cpu)
             return 0
 
         st = pstats.Stats(main_prof)
@@ -262,7 +316,7 @@ def main() -> int:
             st.add(p)
         total = st.total_tt  # type: ignore[attr-defined]
         print(f"  profiled Python CPU {total:.2f} s: Bytewax worker (main) thread "
-              f"{main_cpu:.2f} s ({main_cpu / total:.0%}), {len(pool_profiles)} execution-pool "
+              f"{main_cpu:.2f} s ({main_cpu / total:.0%}), {len(pool_profiles)} other Python "
               f"threads {total - main_cpu:.2f} s ({(total - main_cpu) / total:.0%}); "
               f"the rest of the process CPU ({max(0.0, cpu - total):.2f} s) is librdkafka/Rust "
               "threads and profiler overhead outside the hooks")

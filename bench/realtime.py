@@ -225,7 +225,7 @@ def handwritten_main(args: argparse.Namespace) -> int:
             topic, part, off = m.topic(), m.partition(), m.offset()
             start = datetime.now(UTC).isoformat()
             key = m.key()
-            value = loads(m.value())
+            value = loads(m.value() or b"null")
             ctx = {"trigger": {"value": value, "key": key.decode() if key else None,
                                "topic": topic, "partition": part, "offset": off,
                                "timestamp": m.timestamp()[1]}}

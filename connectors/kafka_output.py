@@ -72,6 +72,8 @@ class KafkaOutput:
         self.process_id = os.environ.get("WAXFLOW_PROCESS_ID", "0")
         self._lock = threading.Lock()
         self._plain: dict[tuple[tuple[str, str], ...], Producer] = {}
+        #: the same config object asks again (a task's cached config): no key to build
+        self._plain_by_conf: dict[int, tuple[Mapping[str, Any], Producer]] = {}
         self._txn: dict[tuple[int, tuple[tuple[str, str], ...]], Producer] = {}
         self._slots: dict[int, int] = {}
         self._init_locks: dict[tuple[int, tuple[tuple[str, str], ...]], threading.Lock] = {}
@@ -80,12 +82,18 @@ class KafkaOutput:
         self._group_metadata: Any = None
 
     def plain_producer(self, conf: Mapping[str, Any]) -> Producer:
+        hit = self._plain_by_conf.get(id(conf))
+        if hit is not None and hit[0] is conf:
+            return hit[1]
         key = conf_key(conf)
         with self._lock:
             if key not in self._plain:
                 self._plain[key] = Producer({**conf, "enable.idempotence": True,
                                              "acks": "all", "linger.ms": 5})
-            return self._plain[key]
+            producer = self._plain[key]
+            if len(self._plain_by_conf) < 64:  # tasks' cached configs, a handful
+                self._plain_by_conf[id(conf)] = (conf, producer)
+            return producer
 
     def poll_plain(self) -> None:
         """Serve the delivery reports of the shared idempotent producers (for trackers that

@@ -149,6 +149,9 @@ class Produce(TaskBase):
     #: never blocks in a consumer-group flow (see the module doc): runs on the worker thread
     BLOCKING: ClassVar[bool] = False
     _conf: dict[str, Any] | None = PrivateAttr(default=None)
+    #: the key and value serializers, built once
+    _sers: tuple[Callable[[Any, str], bytes | None],
+                 Callable[[Any, str], bytes | None]] | None = PrivateAttr(default=None)
 
     def client_conf(self) -> dict[str, Any]:
         """The producer config: ``properties`` rendered once (static templates only)."""
@@ -173,8 +176,12 @@ class Produce(TaskBase):
         default_topic = ctx.render(self.topic) if self.topic else None
         task_headers = {k: str(v) for k, v in ctx.render(self.headers).items()}
         exec_id = str(ctx.vars["execution"]["id"])
-        ser_key = self._serializer(self.keySerializer, self.keyAvroSchema, "key")
-        ser_value = self._serializer(self.valueSerializer, self.valueAvroSchema, "value")
+        sers = self._sers
+        if sers is None:
+            sers = self._sers = (
+                self._serializer(self.keySerializer, self.keyAvroSchema, "key"),
+                self._serializer(self.valueSerializer, self.valueAvroSchema, "value"))
+        ser_key, ser_value = sers
         prepared = []
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not (RECORD_KEYS & set(item)):

@@ -243,12 +243,16 @@ def _ser_string(value: Any) -> bytes | None:
     return str(value).encode()
 
 
+#: built once: ``json.dumps`` with options builds an encoder per call
+_JSON_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                                allow_nan=False).encode
+
+
 def _ser_json(value: Any) -> bytes | None:
     if value is None:
         return None
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode()
+        return _JSON_ENCODE(value).encode()
     except (TypeError, ValueError) as exc:
         raise SerdeError(f"JSON cannot encode the value: {exc}") from None
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from waxflow.core_tasks import is_truthy
-from waxflow.execution import Attempt, Execution, State, TaskRun, now
+from waxflow.execution import Attempt, Execution, State, TaskRun, iso, now
 from waxflow.expressions import Expressions, env_vars, mask, redact
 from waxflow.flow import FlowBase
 from waxflow.logs import line_level, python_level
@@ -177,6 +177,7 @@ class _TaskScope:
             frame["parent"] = parents[0]
         object.__setattr__(self, "_root", root)
         object.__setattr__(self, "frame", frame)
+        object.__setattr__(self, "_vars", None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._root, name)
@@ -186,10 +187,18 @@ class _TaskScope:
 
     @property
     def vars(self) -> Mapping[str, Any]:
+        """The execution's variables and the task's own (a fresh dict: the task may keep or
+        change it)."""
         return {**self._root.vars, **self.frame}
 
     def render(self, value: Any) -> Any:
-        return self.engine.exprs.render_value(value, self.vars)
+        # the merged variables are built once per task run, not per render: their values
+        # are the live objects (``outputs``, ``taskrun``...), so later changes show
+        merged: dict[str, Any] | None = self._vars
+        if merged is None:
+            merged = {**self._root.vars, **self.frame}
+            object.__setattr__(self, "_vars", merged)
+        return self._root.engine.exprs.render_value(value, merged)
 
     def log(self, level: str, message: str) -> None:
         taskrun = self.frame["taskrun"]
@@ -226,7 +235,7 @@ class Engine:
         variables: dict[str, Any] = {
             "trigger": trigger_vars,
             "outputs": {},
-            "execution": {"id": execution.id, "startDate": execution.start.isoformat(),
+            "execution": {"id": execution.id, "startDate": iso(execution.start),
                           "runId": execution.run_id, "state": State.RUNNING.value},
             "flow": self._flow_vars,
             "labels": self.flow.labels,
@@ -369,26 +378,26 @@ class Engine:
             index = execution.add_task_run(run)
         else:
             index = next(i for i, r in enumerate(execution.task_runs) if r is run)
-        policy = self._policy(task)
         timeout = task.timeout.total_seconds() if task.timeout is not None else None
         started = root.started.setdefault(id(run), time.monotonic())
-        attempt_no = len(run.attempts)
+        attempts = run.attempts
+        attempt_no = len(attempts)
         # a flowable paused inside a child: continue its running attempt
-        reenter = bool(run.attempts) and run.attempts[-1].state == State.RUNNING
+        reenter = bool(attempts) and attempts[-1].state == State.RUNNING
         taskrun = ctx.frame["taskrun"]
         taskrun["id"] = execution.task_run_id(index)
         while True:
             if reenter:
-                attempt, reenter = run.attempts[-1], False
+                attempt, reenter = attempts[-1], False
             else:
                 attempt_no += 1
                 attempt = Attempt(State.RUNNING, now())
-                run.attempts.append(attempt)
-            taskrun["attemptsCount"] = len(run.attempts) - 1  # earlier attempts (Kestra)
-            taskrun["startDate"] = run.attempts[0].start.isoformat()
+                attempts.append(attempt)
+            taskrun["attemptsCount"] = len(attempts) - 1  # earlier attempts (Kestra)
+            taskrun["startDate"] = iso(attempts[0].start)
             previous, root.current = root.current, task
             try:
-                out = _call_with_timeout(task, ctx, timeout)
+                out = task.run(ctx) if timeout is None else _call_with_timeout(task, ctx, timeout)
             except _TaskFailed as child:
                 attempt.state, attempt.end = State.FAILED, now()
                 attempt.error = f"child task {child.task_id} failed"
@@ -396,7 +405,7 @@ class Engine:
                 raise
             except Exception as exc:
                 attempt.state, attempt.end, attempt.error = State.FAILED, now(), error_text(exc)
-                delay = policy.next_delay(attempt_no, time.monotonic() - started)
+                delay = self._policy(task).next_delay(attempt_no, time.monotonic() - started)
                 if delay is not None:
                     run.state = State.RETRYING
                     ctx.log("WARN", f"attempt {attempt_no} failed: {attempt.error}, retrying "
@@ -410,10 +419,12 @@ class Engine:
             finally:
                 root.current = previous
             attempt.state, attempt.end = State.SUCCESS, now()
-            run.outputs = out if isinstance(out, dict) else None
-            if run.outputs is not None:
-                root.vars["outputs"][task.id] = run.outputs
-            if attempt_no > 1 and policy.warning_on_retry:
+            if isinstance(out, dict):
+                run.outputs = out
+                root._vars["outputs"][task.id] = out
+            else:
+                run.outputs = None
+            if attempt_no > 1 and self._policy(task).warning_on_retry:
                 run.state, root.warned = State.WARNING, True
             else:
                 run.state = State.SUCCESS

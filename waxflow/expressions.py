@@ -1174,6 +1174,40 @@ class _Jinja(Template):
         return out
 
 
+#: a template that is one plain path, ``{{ trigger.value.n }}``
+_PATH = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\}\}")
+#: names Jinja reads as constants, not variables
+_CONSTANT_NAMES = frozenset({"true", "false", "none", "True", "False", "None"})
+
+
+class _Path(Template):
+    """``{{ a.b.c }}`` rendered by dict look-ups (what :meth:`_Environment.getattr` does
+    first); anything else (a root not in the variables, a step that is not a dict holding
+    the key, an undefined value) is rendered by its Jinja template, errors included: the
+    result is always the Jinja one."""
+
+    __slots__ = ("_names", "_root", "_slow", "source")
+
+    def __init__(self, source: str, names: tuple[str, ...], slow: Template) -> None:
+        self.source = source
+        self._root = names[0]
+        self._names = names[1:]
+        self._slow = slow
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        obj = ctx.get(self._root, _NOTHING) if type(ctx) is dict else _NOTHING
+        if obj is _NOTHING:
+            return self._slow.render(ctx)
+        for name in self._names:
+            if isinstance(obj, dict) and name in obj:
+                obj = obj[name]
+            else:
+                return self._slow.render(ctx)
+        if isinstance(obj, jinja2.Undefined):
+            return self._slow.render(ctx)
+        return obj
+
+
 class _Structure(Template):
     """A dict or list whose strings are templates; renders to a fresh container each time."""
 
@@ -1292,7 +1326,13 @@ class Expressions:
             compiled = self._env.from_string(tree)
         except jinja2.TemplateSyntaxError as exc:
             raise ExpressionError(source, _syntax_message(source, exc)) from None
-        return _Jinja(source, compiled, self._globals, pure_secret, constants)
+        jinja = _Jinja(source, compiled, self._globals, pure_secret, constants)
+        path = _PATH.fullmatch(source)
+        if path is not None and not pure_secret:
+            names = tuple(path.group(1).split("."))
+            if names[0] not in _CONSTANT_NAMES and names[0] not in self._globals:
+                return _Path(source, names, jinja)
+        return jinja
 
     def compile_value(self, value: Any) -> Template:
         """Compile every string (dict keys too) inside a JSON-like value, once.

@@ -8,6 +8,7 @@ keeps its full outputs. Also: a record the producer refuses names its topic and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -410,3 +411,152 @@ def test_a_failed_delivery_report_names_the_record() -> None:
         deliveries.wait(1)
     text = str(info.value)
     assert "record to topic orders.dlq (10 bytes) with key 'key-9'" in text
+
+
+# ----------------------------------------------------------------- the direct encoding
+_TEXTS = ["", "plain", 'quote " and \\ backslash', "new\nline\ttab\x01ctl", "é ü 中文 🚀",
+          "\u2028 separators \u2029", "</script>"]
+
+
+def _value(rng: Any, depth: int = 0) -> Any:
+    """A random output value: JSON types, plus what ``jsonable`` converts (bytes, tuples,
+    non-string keys, other objects) and NaN/infinities."""
+    pick = rng.randrange(14 if depth < 3 else 9)
+    if pick == 0:
+        return None
+    if pick == 1:
+        return rng.choice([True, False])
+    if pick == 2:
+        return rng.randrange(-10**12, 10**12)
+    if pick == 3:
+        return rng.choice([0.1, -2.5e-8, 1e300, 12.0, 1 / 3])
+    if pick in (4, 5):
+        return rng.choice(_TEXTS)
+    if pick == 6:
+        return rng.choice([math.nan, math.inf, -math.inf]) if rng.random() < 0.2 else 1.5
+    if pick == 7:
+        return b"\x00\xffbytes"
+    if pick == 8:
+        return State.SUCCESS
+    if pick == 9:
+        return (1, "two")
+    if pick == 10:
+        return {rng.choice([1, 2.5, True, None, "k"]): _value(rng, depth + 1)}
+    if pick == 11:
+        return [_value(rng, depth + 1) for _ in range(rng.randrange(3))]
+    if pick == 12:
+        return SimpleNamespace(a=1)  # jsonable: its str()
+    return {rng.choice(_TEXTS): _value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def _random_execution(rng: Any) -> Execution:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    def stamp() -> datetime:
+        ts = datetime(2026, 11, 29, 23, 59, 59, tzinfo=UTC) + timedelta(
+            microseconds=rng.randrange(-3_000_000, 3_000_000))
+        if rng.random() < 0.1:
+            ts = ts.replace(microsecond=0)
+        if rng.random() < 0.1:
+            ts = ts.astimezone(timezone(timedelta(hours=2)))
+        return ts
+
+    trigger = rng.choice([
+        TriggerInfo(type="kafka.RealtimeTrigger", topic="in", partition=2, offset=41,
+                    key=rng.choice(["k", None, 7, {"id": 1}, math.nan, _TEXTS[3]]),
+                    timestamp=rng.choice([None, 1764086400000]),
+                    delivery_count=rng.choice([None, 2]), ack=rng.choice([None, "ACCEPT"])),
+        TriggerInfo(type="kafka.Trigger", offsets={"in/0": [1, 9]}, messages_count=9,
+                    uri="kestra:///x", skipped_count=1,
+                    skipped=[{"offset": 3, "error": _TEXTS[2]}]),
+        TriggerInfo(type="schedule.Schedule", date="2026-11-29T00:00:00+00:00",
+                    next="2026-11-30T00:00:00+00:00"),
+    ])
+    e = Execution(id="e" * 32, namespace=rng.choice(["tests", _TEXTS[4]]),
+                  flow_id=rng.choice(["doc", _TEXTS[2]]), trigger=trigger, start=stamp(),
+                  upstream_id=rng.choice([None, "u" * 32]),
+                  labels=rng.choice([{}, {"team": _TEXTS[4]}]))
+    for i in range(rng.randrange(4)):
+        run = TaskRun(rng.choice([f"t{i}", _TEXTS[3]]), "core.Set",
+                      rng.choice([None, "parent"]), rng.choice(list(State)))
+        for _ in range(rng.randrange(3)):
+            run.attempts.append(Attempt(rng.choice(list(State)), stamp(),
+                                        rng.choice([None, stamp()]),
+                                        rng.choice([None, _TEXTS[2], _TEXTS[4]])))
+        run.outputs = rng.choice([None, {}, {"v": _value(rng)}, {"a": _value(rng),
+                                                                 "b": _value(rng)}])
+        e.add_task_run(run)
+    if rng.random() < 0.3:
+        e.error = {"taskId": "t0", "message": rng.choice(_TEXTS)}
+    if rng.random() < 0.3:
+        e.outputs = {"total": _value(rng)}
+    if rng.random() < 0.3:
+        e.log("WARN", rng.choice(_TEXTS), task_id="t0", task_run_id="x-0", attempt=1)
+        e.logs_dropped = rng.choice([0, 3])
+    if rng.random() < 0.1:  # over the value cap: trimmed by the general path
+        e.outputs = {"big": "x" * (VALUE_MAX_BYTES + 10)}
+    if rng.random() < 0.8:
+        e.state = rng.choice(list(State))
+        e.end = stamp()
+    return e
+
+
+def test_the_direct_encoding_writes_the_bytes_of_the_general_path() -> None:
+    # to_json writes the JSON text straight from the execution (no document() dicts): for
+    # any execution it must be exactly encode_document(document()) - keys, order, nulls,
+    # escapes, dates, jsonable conversions, NaN strings and trimming included
+    import random
+
+    rng = random.Random(16)
+    kinds = set()
+    direct = 0
+    for _ in range(3000):
+        e = _random_execution(rng)
+        data = e.to_json()
+        assert data == encode_document(e.document()), e
+        doc = strict(data)
+        kinds.add(("truncated" in doc, "NaN" in data.decode() or "Infinity" in data.decode()))
+        with contextlib.suppress(ValueError):
+            direct += len(e._json_text().encode()) <= VALUE_MAX_BYTES
+    # every case was met: plain, NaN made strings, trimmed, both; most took the direct path
+    assert kinds == {(False, False), (False, True), (True, False), (True, True)}
+    assert direct > 1500
+
+
+def test_dates_are_isoformat_around_second_boundaries() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from waxflow.execution import iso
+
+    base = datetime(2026, 12, 31, 23, 59, 59, 999_998, tzinfo=UTC)
+    for step in range(6):  # crosses a second, a minute, a day, a month and a year
+        ts = base + timedelta(microseconds=step)
+        assert iso(ts) == ts.isoformat()
+        assert iso(ts - timedelta(days=31)) == (ts - timedelta(days=31)).isoformat()
+    other = datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=-5)))
+    assert iso(other) == other.isoformat() == "2026-01-01T12:00:00-05:00"
+    assert iso(None) is None
+
+
+def test_run_ids_are_fresh_hex() -> None:
+    ids = {Execution(id="e", namespace="n", flow_id="f", trigger=TriggerInfo(type="t")).run_id
+           for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_forked_process_draws_other_run_ids() -> None:
+    # run ids come from a seeded generator: a child forked from this process must not
+    # repeat this process's next ids (the history tells runs of one execution apart by them)
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next run id, to the parent
+        os.write(write, Execution(id="e", namespace="n", flow_id="f",
+                                  trigger=TriggerInfo(type="t")).run_id.encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    mine = Execution(id="e", namespace="n", flow_id="f", trigger=TriggerInfo(type="t")).run_id
+    assert len(child) == 32 and child != mine
