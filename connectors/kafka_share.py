@@ -8,8 +8,8 @@ even of a single partition; the broker hands each record to one of them at a tim
 A member cannot poll again before every record of its last batch is acknowledged (the
 consumer raises ``IllegalStateException``), so:
 
-- **pipelined** (flows whose executions join no Kafka transaction — the default): each
-  worker has ``$WAXFLOW_SHARE_MEMBERS`` members (default 1). ``next_batch()`` sends the acks
+- **pipelined** (every ``kafka.RealtimeTrigger`` share flow): each worker has
+  ``$WAXFLOW_SHARE_MEMBERS`` members (default 1). ``next_batch()`` sends the acks
   decided since its last call (:class:`ShareAck`: an execution reports its outcome once its
   terminal document is delivered, from any thread), commits them, and polls the next member
   with nothing outstanding. A batch held up by a slow or retrying record holds only its own
@@ -20,9 +20,8 @@ consumer raises ``IllegalStateException``), so:
   its batch is held have their lock running. More members let other batches go on past a
   slow record, at the cost of more records redelivered (delivery count + 1) when batches are
   held longer than the lock; with a 1 s lock and a loaded machine that cost showed.
-- **batch-synchronous** (transactional ``kafka.Produce``: a transaction must cover whole
-  batches): one member per worker; the execute step decides every record of the batch on
-  the worker's thread (:func:`share_outcomes`) before the next read acks them all.
+- without a progress (no compiled flow does this any more): one member per worker, polled
+  again once every record of its batch has an outcome.
 
 Per-partition ack errors (e.g. a record lock that ran out) are logged and counted in
 :data:`STATS`, never swallowed.
@@ -509,17 +508,6 @@ def _member_of(rec: Decoded) -> _Member:
                            f"reached the execute step away from its source partition "
                            f"({origin}): a step between them moved it")
     return member
-
-
-def share_outcomes(pairs: list[tuple[Decoded, Execution | None]]) -> None:
-    """Hand each record's outcome to the source partition that holds its ack.
-
-    Called by the execute step on the worker's thread. A record whose source partition is
-    not in this process means a step moved it between workers: that is a bug in the
-    dataflow's shape (its ack could never be sent), so it raises.
-    """
-    for rec, execution in pairs:
-        _member_of(rec).record_outcome(rec, execution.state if execution is not None else None)
 
 
 class KafkaShareSource(DynamicSource[RawRecord]):

@@ -1,8 +1,10 @@
-"""The one execution runner: makes executions *done*, for records, batches and ticks alike.
+"""The execution runner of batches and ticks, and what a record's pipelined execution uses.
 
-The three execute steps (``execute`` per record, ``microbatch`` per batch, ``schedule`` per
-tick) differ only in how they build an execution and its ``trigger.*`` variables (a
-:class:`Job`) and in what they emit; :class:`Executor` does the rest, the same way for all:
+The batch-synchronous execute steps (``microbatch`` per batch, ``schedule`` per tick) differ
+only in how they build an execution and its ``trigger.*`` variables (a :class:`Job`) and in
+what they emit; :meth:`Executor.run` does the rest, the same way for both. (A record's
+execution runs in the :class:`~waxflow.operators.pipeline.Pipeline`, which uses this
+executor's engine, log and pool; ``waxflow test`` and replays use :meth:`Executor.run_job`.)
 
 1. each job's tasks run (:class:`~waxflow.operators.engine.Engine`; a RUNNING document
    first when :attr:`Executor.running_docs`); the round's deferred Produce deliveries are
