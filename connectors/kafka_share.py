@@ -410,7 +410,7 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
 
     def next_batch(self) -> list[RawRecord]:
         if self._progress is not None:
-            self._progress.check()
+            self._progress.read_point()
         self._send_acks()
         busy = any(m.outstanding for m in self._members)
         if shutdown.requested():  # poll no more; stop once no execution runs

@@ -303,7 +303,7 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         instance_lock.check(self._tp)
         broker_watch.check(f"the realtime source ({self._tp})")
         if self._progress is not None:
-            self._progress.check()
+            self._progress.read_point()
         if self._to_commit is not None and self._to_commit != self._requested:
             metrics.commit_sent(self._tp)
             self._consumer.commit(offsets=[TopicPartition(self._topic, self._partition,

@@ -121,6 +121,10 @@ class _Item:
     produced: list[tuple[str, Buffered]] | None = None
 
 
+#: the poller stays out of the way while a reader served the delivery reports this recently
+_SERVED_RECENTLY = 0.05
+
+
 class _Timer:
     """One thread running callbacks when they are due (retry delays, re-sends)."""
 
@@ -167,6 +171,7 @@ class Pipeline:
         self._busy_keys: dict[Any, deque[_Item]] = {}  # keyOrdering: waiting per busy key
         self._log: ExecutionLog | None = None
         self._poller: threading.Thread | None = None
+        self._served = 0.0  # when a reader last served the delivery reports
         # the idempotent producers of kafka.Produce tasks, shared by every execution instead
         # of one per execution (transactional ones buffer: ``txn``)
         self._scope: BatchScope | None = (BatchScope(executor.output, None)
@@ -201,13 +206,28 @@ class Pipeline:
                     self._poller = threading.Thread(target=self._poll, name="waxflow-deliveries",
                                                     daemon=True)
                     self._poller.start()
+                    self.progress.serve = self._serve
         assert self._log is not None
         return self._log
 
+    def _serve(self) -> None:
+        """Serve the delivery reports due now, on the calling (reading) thread: the worker
+        runs the callbacks itself, with no GIL hand-off to the poller per report."""
+        assert self._log is not None
+        self._served = time.monotonic()
+        self._log.producer.poll(0)
+        if self.executor.output is not None:
+            self.executor.output.poll_plain()
+
     def _poll(self) -> None:
+        """Serve delivery reports while the readers do not (a worker busy in a long batch,
+        or no longer reading)."""
         assert self._log is not None
         output = self.executor.output
         while True:
+            if time.monotonic() - self._served < _SERVED_RECENTLY:
+                time.sleep(_SERVED_RECENTLY)
+                continue
             self._log.producer.poll(0.01)  # follows a rebuilt producer
             if output is not None:
                 output.poll_plain()  # settles the Produce tasks' deliveries
@@ -363,7 +383,7 @@ class Pipeline:
                 log.producer.produce(log.topic, value=document, key=key, on_delivery=report)
                 return
             except BufferError:
-                time.sleep(0.005)  # the poller drains the queue
+                log.producer.poll(0.005)  # drain the queue from here
             except KafkaException as exc:  # refused at once (e.g. over message.max.bytes)
                 raise DeliveryError(f"cannot send {self._describe(item, document)}: "
                                     f"{exc.args[0].str()}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 
 class PartitionProgress:
@@ -78,6 +79,9 @@ class Progress:
         self._parts: dict[tuple[str, int], PartitionProgress] = {}
         self._lock = threading.Lock()
         self.error: BaseException | None = None
+        #: serves the delivery reports of the executions' producers on the reading thread
+        #: (set by the pipeline; see :meth:`read_point`)
+        self.serve: Callable[[], None] | None = None
         #: executions started and not terminal yet (the sources stop reading at a bound)
         self.unfinished = 0
         #: of those, paused until a retry is due (a stopping job does not wait for them)
@@ -120,5 +124,14 @@ class Progress:
 
     def check(self) -> None:
         """Raise the error that must stop the job, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def read_point(self) -> None:
+        """A source is about to read: serve the delivery reports that are due (on this
+        thread, without waiting), then raise the error that must stop the job, if any."""
+        serve = self.serve
+        if serve is not None:
+            serve()
         if self.error is not None:
             raise self.error
