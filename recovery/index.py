@@ -13,6 +13,9 @@ document back from the log. Guarantees:
   a reader thread consumes the next batch); a batch holding a value that is not a JSON
   object, or a field of another type than the engine writes, is decoded one value at a time
   instead: such values are skipped and such fields read as absent.
+- ``flows`` answers from per-flow state counts that every merge keeps in the same
+  transaction as the rows (no scan of the rows); ``list``/``count`` with ``text`` match a
+  substring of the trigger record key's JSON text or a prefix of the execution id.
 - Per execution id, the row holds the document with the highest log offset (a key always
   lands in one partition, so offsets of one key are comparable).
 - ``runs`` counts the distinct ``runId`` values seen for an execution. Compaction keeps only
@@ -31,7 +34,6 @@ import json
 import logging
 import os
 import queue
-import re
 import sys
 import tempfile
 import threading
@@ -50,7 +52,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from waxflow.errors import WaxflowError
 from waxflow.expressions import mask
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIN_PREFIX = 6
 MAX_TRACE_DEPTH = 10
 #: documents decoded and written per transaction during a sync
@@ -79,7 +81,8 @@ CREATE TABLE positions (
 CREATE TABLE executions (
   id VARCHAR NOT NULL, namespace VARCHAR, flow_id VARCHAR, state VARCHAR, terminal BOOLEAN,
   run_id VARCHAR, start_us BIGINT, end_us BIGINT, duration_ms DOUBLE, runs INTEGER,
-  trigger_type VARCHAR, topic VARCHAR, partition INTEGER, "offset" BIGINT, record_key VARCHAR,
+  trigger_type VARCHAR, topic VARCHAR, partition INTEGER, "offset" BIGINT,
+  record_key VARCHAR USING COMPRESSION uncompressed,
   record_ts BIGINT, offsets VARCHAR, messages_count BIGINT, delivery_count BIGINT,
   group_id VARCHAR, upstream VARCHAR, error_task VARCHAR, error_message VARCHAR,
   log_topic VARCHAR NOT NULL, log_partition INTEGER NOT NULL, log_offset BIGINT NOT NULL,
@@ -90,8 +93,20 @@ CREATE TABLE runs (
 CREATE TABLE batch_ranges (
   execution_id VARCHAR NOT NULL, topic VARCHAR NOT NULL, partition INTEGER NOT NULL,
   first_offset BIGINT NOT NULL, last_offset BIGINT NOT NULL);
+CREATE TABLE flow_counts (
+  namespace VARCHAR, flow_id VARCHAR, state VARCHAR, topic VARCHAR, n BIGINT NOT NULL,
+  last_us BIGINT);
+CREATE TABLE flow_topics (namespace VARCHAR, flow_id VARCHAR, topic VARCHAR NOT NULL);
 """
-_TABLES = ("meta", "positions", "executions", "runs", "batch_ranges")
+#: ``flow_counts`` holds, per (namespace, flow, state, trigger topic), how many rows of
+#: ``executions`` have it and an upper bound of their latest start (exact unless a row was
+#: replaced by a document that starts earlier): each merge adds the rows it writes and
+#: subtracts the rows it replaces, in the same transaction; ``flow_topics`` the topics of
+#: the batch ranges seen per flow. ``record_key`` is stored uncompressed: a key-substring
+#: search scans it whole, and decompressing costs more than its bytes save.
+_TABLES = ("meta", "positions", "executions", "runs", "batch_ranges", "flow_counts",
+           "flow_topics")
+_FLOW_GROUP = "namespace, flow_id, state, topic"
 
 #: what the bulk decoder takes from each document (everything else stays in the log)
 _COLUMNS = {
@@ -213,20 +228,35 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.values)
 
-    def spill(self, path: Path) -> tuple[pa.Table, Path]:
+    def spill(self, path: Path) -> _Spilled:
         """Write the values to ``path``, one per line (a value's own line breaks, JSON
         whitespace, become spaces), and return the record coordinates as an Arrow table
         aligned with those lines."""
         _write_lines(path, self.values)
+        return _Spilled(self.coords(), path)
+
+    def coords(self, keep: builtins.list[int] | None = None) -> pa.Table:
+        """The record coordinates (of the records at ``keep``, default all) as Arrow."""
+        try:  # record keys are UTF-8 text in practice: converted without a Python loop
+            keys = pa.array(self.keys, pa.string())
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            keys = pa.array([k.decode("utf-8", "replace") if k is not None else None
+                             for k in self.keys], pa.string())
         coords = pa.table({
-            "idx": pa.array(range(len(self.values)), pa.int64()),
             "log_partition": pa.array(self.partitions, pa.int32()),
             "log_offset": pa.array(self.offsets, pa.int64()),
             "record_ms": pa.array(self.timestamps, pa.int64()),
-            "rkey": pa.array([k.decode("utf-8", "replace") if k is not None else None
-                              for k in self.keys], pa.string()),
+            "rkey": keys,
         })
-        return coords, path
+        return coords if keep is None else coords.take(pa.array(keep, pa.int64()))
+
+
+@dataclass
+class _Spilled:
+    """A batch's values written to ``path`` and their records' coordinates, line by line."""
+
+    coords: pa.Table
+    path: Path
 
 
 @dataclass
@@ -235,40 +265,13 @@ class _Gathered:
 
     batch: _Batch
     nexts: dict[int, int]
-    spilled: tuple[pa.Table, Path] | None
-
-
-_RUNS_KEY = b',"taskRuns":'
-_ERROR_KEY = b'],"error":'
-_LOGS_KEY = b',"logs":['
-_LEAN_FROM = 1024
-_LOGS_TAIL = re.compile(rb'(,"logsDropped":\d+)?(,"truncated":true)?\}')
-
-
-def _lean(value: bytes) -> bytes:
-    """A document without the values the index does not decode, the bulk of its bytes, when
-    they can be cut out exactly (else unchanged): the top-level ``taskRuns`` (the engine
-    writes it, an array, straight before ``"error"``) and ``logs`` (written last, followed
-    only by ``logsDropped`` and ``truncated``). Each marker must occur once; inside a string
-    a quote is escaped, so a marker cannot match there, and a cut at any other depth than
-    the top level leaves unbalanced JSON, which the slow path then decodes whole."""
-    if len(value) < _LEAN_FROM:  # not worth the scans
-        return value
-    start = value.find(_RUNS_KEY)
-    if start > 0 and value.rfind(_RUNS_KEY) == start:
-        end = value.find(_ERROR_KEY, start)
-        if end > 0 and value.rfind(_ERROR_KEY) == end:
-            value = value[:start] + value[end + 1:]
-    start = value.rfind(_LOGS_KEY)
-    if start > 0 and value.find(_LOGS_KEY) == start:
-        close = value.rfind(b"]")
-        if close > start and _LOGS_TAIL.fullmatch(value, close + 1):
-            value = value[:start] + b"}"
-    return value
+    spilled: _Spilled | None
 
 
 def _write_lines(path: Path, values: list[bytes]) -> None:
-    buf = b"\n".join([_lean(v) for v in values])
+    """``values`` one per line: whole (decoding a document whole costs less than cutting
+    the parts the index does not read out of it in Python first)."""
+    buf = b"\n".join(values)
     if buf.count(b"\n") != len(values) - 1:
         buf = b"\n".join(v.replace(b"\n", b" ") for v in values)
     with path.open("wb") as fh:
@@ -327,6 +330,10 @@ class ExecutionIndex:
                         f" (waited {lock_timeout:g}s)") from None
                 time.sleep(0.1)
         db.execute("SET preserve_insertion_order = true")
+        # checkpoint when the file is closed (or the log of changes passes 1 GB), not after
+        # every batch past 16 MB: each checkpoint costs more as the table grows, and a
+        # sync's commits are durable in the log of changes either way
+        db.execute("SET checkpoint_threshold = '1GB'")
         return db
 
     def _retire_foreign_file(self) -> None:
@@ -421,7 +428,7 @@ class ExecutionIndex:
         return self._write(log_topic, pending)
 
     def _write(self, log_topic: str, batch: _Batch, nexts: dict[int, int] | None = None,
-               spilled: tuple[pa.Table, Path] | None = None) -> int:
+               spilled: _Spilled | None = None) -> int:
         """Decode ``batch`` in bulk (into connection-local temp tables), then merge it into
         the tables and store ``nexts`` as the positions of ``log_topic``, in one
         transaction. Returns the usable documents."""
@@ -442,12 +449,13 @@ class ExecutionIndex:
             raise
         return count
 
-    def _decode(self, batch: _Batch, spilled: tuple[pa.Table, Path] | None = None) -> int:
+    def _decode(self, batch: _Batch, spilled: _Spilled | None = None) -> int:
         """Stage ``batch`` (``spilled``: already written by :meth:`_Batch.spill`) as the temp
-        table ``nl`` (:meth:`_latest`); a batch the bulk decoder refuses is staged again from
-        its JSON objects, cleaned one by one. Returns the usable documents."""
-        coords, path = spilled or batch.spill(self._spill_path())
-        self._db.register("coords", coords)
+        tables ``d`` and ``nl`` (:meth:`_latest`); a batch the bulk decoder refuses is staged
+        again from its JSON objects, cleaned one by one. Returns the usable documents."""
+        spilled = spilled or batch.spill(self._spill_path())
+        path = spilled.path
+        self._db.register("coords", spilled.coords)
         try:
             try:
                 self._stage(path)
@@ -457,28 +465,21 @@ class ExecutionIndex:
                 if not keep:
                     return 0
                 self._db.unregister("coords")
-                kept = coords.take(pa.array(keep, pa.int64()))
-                kept = kept.set_column(0, "idx", pa.array(range(len(keep)), pa.int64()))
-                self._db.register("coords", kept)
+                self._db.register("coords", batch.coords(keep))
                 _write_lines(path, [_clean(batch.values[i]) for i in keep])
                 self._stage(path)
                 return self._latest()
         finally:
-            self._db.execute("DROP VIEW IF EXISTS d")
-            self._db.execute("DROP TABLE IF EXISTS jj")
             self._db.unregister("coords")
             path.unlink(missing_ok=True)
 
     def _stage(self, path: Path) -> None:
-        """Decode the documents in ``path`` (the temp table ``jj``, one row per line in file
-        order) and define the temp view ``d``: their typed columns joined with the
-        registered ``coords`` by line."""
+        """Decode the documents in ``path`` into the temp table ``d``: their typed columns
+        beside the registered ``coords`` of the same line (a positional join: the reader
+        keeps the file's order)."""
         columns = "{" + ",".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
         self._db.execute(
-            f"CREATE OR REPLACE TEMP TABLE jj AS SELECT * FROM read_json('{path}',"
-            f" format='newline_delimited', records=true, columns={columns})")
-        self._db.execute(
-                "CREATE OR REPLACE TEMP VIEW d AS SELECT"
+                "CREATE OR REPLACE TEMP TABLE d AS SELECT"
                 " coalesce(j.id, c.rkey) AS eid, j.namespace, j.flowId AS flow_id, j.state,"
                 " coalesce(j.terminal, false) AS terminal, coalesce(j.runId, '') AS run_id,"
                 " epoch_us(try_cast(j.startDate AS TIMESTAMPTZ)) AS start_us,"
@@ -493,23 +494,30 @@ class ExecutionIndex:
                 " j.trigger.deliveryCount AS delivery_count, j.trigger.\"group\" AS group_id,"
                 " j.upstreamExecutionId AS upstream, j.error.taskId AS error_task,"
                 " j.error.message AS error_message, c.log_partition, c.log_offset,"
-                " c.record_ms"
-                " FROM (SELECT rowid AS idx, * FROM jj) j JOIN coords c USING (idx)"
+                " c.record_ms, c.log_offset::HUGEINT * 4294967296 + c.log_partition AS pos"
+                f" FROM read_json('{path}', format='newline_delimited', records=true,"
+                f" columns={columns}) j POSITIONAL JOIN coords c"
                 " WHERE coalesce(j.id, c.rkey) <> ''")
 
     def _latest(self) -> int:
-        """The temp table ``nl``: per execution of the batch its latest document, how many
-        documents it has and whether they span runs; return the documents."""
-        self._db.execute(
-            "CREATE OR REPLACE TEMP TABLE nl AS SELECT eid, count(*) AS ndocs,"
-            " min(run_id) <> max(run_id) AS multi,"
-            " arg_max(COLUMNS(* EXCLUDE (eid)), log_offset),"
-            f" {_PREFIX_SQL.format('eid')} AS id_prefix FROM d GROUP BY eid")
-        row = self._db.execute("SELECT sum(ndocs), count(*) FILTER (multi) FROM nl").fetchone()
-        # every document of the executions whose batch documents span runs (rare: replays)
-        self._db.execute("CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d WHERE eid IN"
-                         " (SELECT eid FROM nl WHERE multi)" if row and row[1] else
-                         "CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d LIMIT 0")
+        """The temp table ``nl``: per execution of the batch its latest document and whether
+        the batch's documents of it span runs (``multi``; then ``dm`` holds them all);
+        return the documents."""
+        db = self._db
+        # the executions whose documents span runs (rare: replays, redeliveries)
+        db.execute("CREATE OR REPLACE TEMP TABLE mu AS SELECT DISTINCT d.eid FROM d"
+                   " SEMI JOIN d d2 ON d2.eid = d.eid AND d2.run_id <> d.run_id")
+        # a document is the latest of its execution when no later one follows (``pos``: the
+        # log offset, then the partition for a tie across partitions)
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE nl AS SELECT d.* EXCLUDE (pos),"
+            " eid IN (SELECT eid FROM mu) AS multi,"
+            f" {_PREFIX_SQL.format('eid')} AS id_prefix FROM d ANTI JOIN d d2"
+            " ON d2.eid = d.eid AND d2.pos > d.pos")
+        row = db.execute("SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM mu)").fetchone()
+        db.execute("CREATE OR REPLACE TEMP TABLE dm AS SELECT * EXCLUDE (pos) FROM d WHERE eid"
+                   " IN (SELECT eid FROM mu)" if row and row[1] else
+                   "CREATE OR REPLACE TEMP TABLE dm AS SELECT * EXCLUDE (pos) FROM d LIMIT 0")
         return int(row[0] or 0) if row else 0
 
     def _merge(self, log_topic: str) -> None:
@@ -519,16 +527,21 @@ class ExecutionIndex:
         stored run. Executions whose run changes (a replay) or with several runs in the batch
         are merged one by one (:meth:`_merge_runs`)."""
         db = self._db
-        db.execute(
-            "CREATE OR REPLACE TEMP TABLE cand AS SELECT rowid AS row_id, id FROM executions"
-            " WHERE id_prefix IN (SELECT id_prefix FROM nl)")
+        # the stored rows of the batch's executions: first the row ids whose id_prefix
+        # matches (a scan of that one integer column; other columns of every row would cost
+        # far more), then those rows' columns (none to read, mostly, in a first sync)
+        cand = [r[0] for r in db.execute(
+            "SELECT rowid FROM executions WHERE id_prefix IN (SELECT id_prefix FROM nl)"
+        ).fetchall()]
         if db.execute("SELECT count(*) FROM nl WHERE id_prefix IS NULL").fetchone() != (0,):
-            db.execute("INSERT INTO cand SELECT rowid, id FROM executions WHERE id_prefix IS NULL"
-                       " AND id IN (SELECT eid FROM nl WHERE id_prefix IS NULL)")
+            cand += [r[0] for r in db.execute(
+                "SELECT rowid FROM executions WHERE id_prefix IS NULL"
+                " AND id IN (SELECT eid FROM nl WHERE id_prefix IS NULL)").fetchall()]
         db.execute(
-            "CREATE OR REPLACE TEMP TABLE old AS SELECT e.rowid AS row_id, e.id, e.run_id,"
-            " e.runs, e.log_topic, e.log_partition, e.log_offset FROM executions e"
-            " WHERE e.rowid IN (SELECT row_id FROM cand WHERE id IN (SELECT eid FROM nl))")
+            "CREATE OR REPLACE TEMP TABLE old AS SELECT rowid AS row_id, id, run_id, runs,"
+            f" log_topic, log_partition, log_offset, {_FLOW_GROUP} FROM executions"
+            + (" WHERE rowid IN (SELECT unnest(?::BIGINT[])) AND id IN (SELECT eid FROM nl)"
+               if cand else " LIMIT 0"), [cand] if cand else [])
         db.execute(
             "CREATE OR REPLACE TEMP TABLE plan AS SELECT nl.eid, old.row_id,"
             " CASE WHEN old.id IS NULL AND NOT nl.multi THEN 'new'"
@@ -537,8 +550,16 @@ class ExecutionIndex:
             "   AND old.log_offset > nl.log_offset THEN 'keep'"
             "  ELSE 'replace' END AS action, coalesce(old.runs, 1) AS runs"
             " FROM nl LEFT JOIN old ON old.id = nl.eid", [log_topic])
+        # the rows this merge replaces leave the flow counts (the new ones join them below)
+        db.execute(
+            f"INSERT INTO flow_counts SELECT {_FLOW_GROUP}, -count(*), NULL FROM old"
+            " WHERE row_id IN (SELECT row_id FROM plan WHERE action IN ('replace', 'runs'))"
+            " GROUP BY ALL")
         db.execute("DELETE FROM executions WHERE rowid IN"
                    " (SELECT row_id FROM plan WHERE action = 'replace')")
+        db.execute(
+            f"INSERT INTO flow_counts SELECT {_FLOW_GROUP}, count(*), max(start_us)"
+            " FROM nl JOIN plan USING (eid) WHERE plan.action IN ('new', 'replace') GROUP BY ALL")
         db.execute(
             "INSERT INTO executions SELECT nl.eid, nl.namespace, nl.flow_id, nl.state,"
             " nl.terminal, nl.run_id, nl.start_us, nl.end_us, nl.duration_ms, plan.runs,"
@@ -553,6 +574,11 @@ class ExecutionIndex:
             "SELECT eid FROM plan WHERE action = 'runs'").fetchall()]
         if complex_ids:
             self._merge_runs(log_topic, complex_ids)
+        # one row per group again (a few rows: flows x states x topics)
+        db.execute(f"CREATE OR REPLACE TEMP TABLE fc AS SELECT {_FLOW_GROUP}, sum(n) AS n,"
+                   " max(last_us) AS last_us FROM flow_counts GROUP BY ALL HAVING sum(n) <> 0")
+        db.execute("DELETE FROM flow_counts")
+        db.execute("INSERT INTO flow_counts SELECT * FROM fc")
         ranges = db.execute(
             "SELECT nl.eid, nl.offsets FROM nl JOIN plan USING (eid)"
             " WHERE nl.offsets IS NOT NULL AND plan.action <> 'keep'").fetchall()
@@ -561,6 +587,10 @@ class ExecutionIndex:
                        " (SELECT eid FROM nl WHERE offsets IS NOT NULL)")
             db.executemany("INSERT INTO batch_ranges VALUES (?, ?, ?, ?, ?)",
                            [(eid, *r) for eid, text in ranges for r in _ranges(text)])
+            db.execute(
+                "INSERT INTO flow_topics SELECT DISTINCT nl.namespace, nl.flow_id, b.topic"
+                " FROM batch_ranges b JOIN nl ON nl.eid = b.execution_id"
+                " EXCEPT SELECT * FROM flow_topics")
 
     def _merge_runs(self, log_topic: str, ids: builtins.list[str]) -> None:
         """Merge executions whose documents span runs: the stored row and earlier runs (in
@@ -579,7 +609,7 @@ class ExecutionIndex:
                 " last_offset FROM runs WHERE execution_id IN (SELECT eid FROM cx)").fetchall():
             prev.setdefault(r[0], {})[r[1]] = builtins.list(r[2:])
         cur = db.execute(
-            "SELECT * FROM (SELECT * EXCLUDE (ndocs, multi) FROM nl WHERE NOT multi"
+            "SELECT * FROM (SELECT * EXCLUDE (multi) FROM nl WHERE NOT multi"
             " UNION ALL BY NAME SELECT * FROM dm) WHERE eid IN (SELECT eid FROM cx)"
             " ORDER BY log_offset")
         dcols = [c[0] for c in cur.description or ()]
@@ -618,6 +648,16 @@ class ExecutionIndex:
                    " (SELECT row_id FROM old WHERE id IN (SELECT eid FROM cx))")
         db.execute("DELETE FROM runs WHERE execution_id IN (SELECT eid FROM cx)")
         db.executemany(f"INSERT INTO executions VALUES ({','.join('?' * len(cols))})", rows)
+        added: dict[tuple[Any, ...], builtins.list[Any]] = {}
+        for values in rows:
+            row = dict(zip(cols, values, strict=True))
+            group = added.setdefault((row["namespace"], row["flow_id"], row["state"],
+                                      row["topic"]), [0, None])
+            group[0] += 1
+            if row["start_us"] is not None and (group[1] is None or row["start_us"] > group[1]):
+                group[1] = row["start_us"]
+        db.executemany("INSERT INTO flow_counts VALUES (?, ?, ?, ?, ?, ?)",
+                       [(*k, n, last) for k, (n, last) in added.items()])
         if run_rows:
             db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", run_rows)
 
@@ -734,20 +774,21 @@ class ExecutionIndex:
                 put(exc)
 
         reader = threading.Thread(target=gather, name="waxflow-index-reader", daemon=True)
-        reader.start()
         count = 0
-        try:
-            while (item := ready.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                count += self._write(topic, item.batch, item.nexts, item.spilled)
-        finally:
-            stop.set()
-            reader.join()
+        with _gil_handoff():
+            reader.start()
+            try:
+                while (item := ready.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    count += self._write(topic, item.batch, item.nexts, item.spilled)
+            finally:
+                stop.set()
+                reader.join()
             while not ready.empty():  # a batch gathered but not written: drop its file
                 left = ready.get_nowait()
                 if isinstance(left, _Gathered) and left.spilled is not None:
-                    left.spilled[1].unlink(missing_ok=True)
+                    left.spilled.path.unlink(missing_ok=True)
         if pending:
             self.last_sync_complete = False
             if errors.texts:
@@ -756,7 +797,7 @@ class ExecutionIndex:
                     f"{errors.texts[-1]}"))
         return count
 
-    def _spill(self, batch: _Batch) -> tuple[pa.Table, Path] | None:
+    def _spill(self, batch: _Batch) -> _Spilled | None:
         if not batch.values:
             return None
         return batch.spill(self._spill_path())
@@ -859,16 +900,18 @@ class ExecutionIndex:
                 params.append(us)
         return (" WHERE " + " AND ".join(where)) if where else "", params
 
-    def _text_union(self, cols: str, where: str, params: builtins.list[Any],
-                    text: str) -> tuple[str, builtins.list[Any]]:
-        """A subquery of ``rowid AS r`` and ``cols`` for the rows matching ``where`` and
-        ``text`` (a record-key substring, or an id prefix): a union of the two, each branch
-        with its own filter, which DuckDB runs far faster than one scan with an OR."""
+    def _text_branches(self, where: str, params: builtins.list[Any], text: str
+                       ) -> builtins.list[tuple[str, builtins.list[Any]]]:
+        """The two disjoint halves of the ``text`` filter, each a WHERE clause (with
+        ``where``) and its parameters: the rows whose record key contains ``text``, and the
+        other rows whose id starts with it. Each half runs as its own query: DuckDB runs
+        them far faster than one scan with an OR (the id half is narrowed by ``id_prefix``,
+        and a newest-first page of either stops reading once it has its rows)."""
         and_ = " AND " if where else " WHERE "
         cond, args = _id_match(text, exact=False)
-        return (f"(SELECT rowid AS r, {cols} FROM executions{where}{and_}"
-                f"contains(record_key, ?) UNION SELECT rowid AS r, {cols} FROM executions"
-                f"{where}{and_}{cond})", [*params, text, *params, *args])
+        return [(f"{where}{and_}contains(record_key, ?)", [*params, text]),
+                (f"{where}{and_}{cond} AND NOT coalesce(contains(record_key, ?), false)",
+                 [*params, *args, text])]
 
     def list(self, *, flow: str | None = None, state: str | None = None, topic: str | None = None,
              since: datetime | str | None = None, until: datetime | str | None = None,
@@ -888,19 +931,16 @@ class ExecutionIndex:
         if not text:
             return self._summaries(f"SELECT {_SUMMARY_COLS} FROM executions{where}{_ORDER}"
                                    " LIMIT ? OFFSET ?", params + page)
-        # the page's row ids first (few columns), then those rows
-        source, args = self._text_union("start_us, log_offset", where, params, text)
-        rowids = [r[0] for r in self._db.execute(
-            f"SELECT r FROM {source}{_ORDER} LIMIT ? OFFSET ?", args + page).fetchall()]
-        if not rowids:
-            return []
-        found = {r["rowid"]: r for r in self._summaries(
-            f"SELECT {_SUMMARY_COLS}, rowid FROM executions"
-            " WHERE rowid IN (SELECT unnest(?::BIGINT[]))", [rowids])}
-        out = [found[r] for r in rowids if r in found]
-        for row in out:
-            del row["rowid"]
-        return out
+        # the first offset + limit rows of each half, then of both (a page of a half stops
+        # reading once its newest rows are found: DuckDB skips the older row groups)
+        need = page[0] + page[1]
+        branches = self._text_branches(where, params, text)
+        union = " UNION ALL ".join(
+            f"(SELECT {_SUMMARY_COLS} FROM executions{cond}{_ORDER} LIMIT {need})"
+            for cond, _ in branches)
+        return self._summaries(f"SELECT * FROM ({union}){_ORDER}"
+                               " LIMIT ? OFFSET ?",
+                               [v for _, args in branches for v in args] + page)
 
     def count(self, *, flow: str | None = None, state: str | None = None,
               topic: str | None = None, since: datetime | str | None = None,
@@ -909,13 +949,14 @@ class ExecutionIndex:
         states without executions are absent."""
         where, params = self._where(flow=flow, state=state, topic=topic, since=since,
                                     until=until)
-        if text:
-            source, params = self._text_union("state", where, params, text)
-            sql = f"SELECT coalesce(state, '?'), count(*) FROM {source} GROUP BY 1"
-        else:
-            sql = f"SELECT coalesce(state, '?'), count(*) FROM executions{where} GROUP BY 1"
-        rows = self._db.execute(sql, params).fetchall()
-        return {str(r[0]): int(r[1]) for r in rows}
+        halves = self._text_branches(where, params, text) if text else [(where, params)]
+        counts: dict[str, int] = {}
+        for cond, args in halves:
+            for state, n in self._db.execute(
+                    f"SELECT coalesce(state, '?'), count(*) FROM executions{cond} GROUP BY 1",
+                    args).fetchall():
+                counts[str(state)] = counts.get(str(state), 0) + int(n)
+        return counts
 
     def histogram(self, *, flow: str | None = None, topic: str | None = None,
                   since: datetime | str | None = None, until: datetime | str | None = None,
@@ -935,14 +976,18 @@ class ExecutionIndex:
     def flows(self) -> builtins.list[dict[str, Any]]:
         """One entry per (namespace, flow) seen, ordered by namespace then flow: ``namespace``,
         ``flow``, ``last_id``/``last_state``/``last_time`` (the execution with the latest start),
-        ``counts`` ({state: n}), ``topics`` (trigger topics seen, sorted), ``group`` (consumer
-        group id when the documents carry ``trigger.group``, else None) and ``per_minute``
-        (executions per minute over the last 10 minutes of that flow's activity)."""
+        ``counts`` ({state: n}), ``topics`` (trigger topics of its executions and topics of
+        the batch ranges seen for it, sorted), ``group`` (consumer group id when the documents
+        carry ``trigger.group``, else None) and ``per_minute`` (executions per minute over the
+        last 10 minutes of that flow's activity).
+
+        Answered from the per-flow counts each sync keeps (not a scan of every row): the
+        time to answer does not grow with the executions indexed."""
         flows: dict[tuple[Any, Any], dict[str, Any]] = {}
         newest: dict[tuple[Any, Any], int] = {}
         for ns, fl, state, topic, n, last_us in self._db.execute(
-                "SELECT namespace, flow_id, coalesce(state, '?'), topic, count(*), max(start_us)"
-                " FROM executions GROUP BY ALL").fetchall():
+                "SELECT namespace, flow_id, coalesce(state, '?'), topic, n, last_us"
+                " FROM flow_counts").fetchall():
             entry = flows.setdefault((ns, fl), {
                 "namespace": ns, "flow": fl, "last_id": None, "last_state": None,
                 "last_time": None, "counts": {}, "topics": set(), "group": None,
@@ -953,17 +998,16 @@ class ExecutionIndex:
             if last_us is not None and last_us > newest.get((ns, fl), -(1 << 62)):
                 newest[(ns, fl)] = last_us
         if newest:
-            # the latest execution of each flow (ties: the later log record), then the
-            # executions in the 10 minutes up to it
-            latest: dict[tuple[Any, Any], tuple[Any, ...]] = {}
-            for row in self._db.execute(
-                    "SELECT namespace, flow_id, start_us, log_offset, id, state, group_id"
-                    " FROM executions WHERE start_us IN (SELECT unnest(?::BIGINT[]))",
-                    [builtins.list(set(newest.values()))]).fetchall():
-                key = (row[0], row[1])
-                if newest.get(key) == row[2] and (key not in latest or
-                                                  row[3] > latest[key][3]):
-                    latest[key] = row
+            latest = self._latest_of(newest)
+            for key in [k for k in newest if k not in latest]:  # its newest row was replaced
+                row = self._db.execute(
+                    "SELECT max(start_us) FROM executions WHERE namespace IS NOT DISTINCT FROM ?"
+                    " AND flow_id IS NOT DISTINCT FROM ?", builtins.list(key)).fetchone()
+                if row is None or row[0] is None:
+                    del newest[key]
+                else:
+                    newest[key] = int(row[0])
+                    latest.update(self._latest_of({key: newest[key]}))
             for key, row in latest.items():
                 flows[key].update(last_id=row[4], last_state=row[5], last_time=_iso(row[2]),
                                   group=row[6])
@@ -974,17 +1018,15 @@ class ExecutionIndex:
                     " (SELECT unnest(?::VARCHAR[]) AS ns, unnest(?::VARCHAR[]) AS fl,"
                     "  unnest(?::BIGINT[]) AS since) w"
                     " ON coalesce(e.namespace, '') = w.ns AND coalesce(e.flow_id, '') = w.fl"
-                    " WHERE e.start_us > ? AND e.start_us > w.since GROUP BY ALL",
+                    f" WHERE e.start_us > {int(min(newest.values()) - window)}"
+                    " AND e.start_us > w.since GROUP BY ALL",
                     [[k[0] or "" for k in keys], [k[1] or "" for k in keys],
-                     [newest[k] - window for k in keys],
-                     min(newest.values()) - window]).fetchall():
+                     [newest[k] - window for k in keys]]).fetchall():
                 for key in keys:
                     if (key[0] or "", key[1] or "") == (ns, fl):
                         flows[key]["per_minute"] = round(int(n) / 10.0, 3)
         for ns, fl, t in self._db.execute(
-                "SELECT DISTINCT e.namespace, e.flow_id, b.topic FROM batch_ranges b"
-                " JOIN executions e ON e.id = b.execution_id WHERE e.offsets IS NOT NULL"
-        ).fetchall():
+                "SELECT namespace, flow_id, topic FROM flow_topics").fetchall():
             if (ns, fl) in flows:
                 flows[(ns, fl)]["topics"].add(t)
         out = [flows[k] for k in sorted(flows, key=lambda k: (k[0] or "", k[1] or ""))]
@@ -992,6 +1034,22 @@ class ExecutionIndex:
             entry["topics"] = sorted(entry["topics"])
             entry["counts"] = dict(sorted(entry["counts"].items()))
         return out
+
+    def _latest_of(self, newest: dict[tuple[Any, Any], int]
+                   ) -> dict[tuple[Any, Any], tuple[Any, ...]]:
+        """Per (namespace, flow) of ``newest``, the row (namespace, flow, start, log offset,
+        id, state, group) of its execution starting at that time (ties: the later log
+        record); flows without one are absent. The start times go into the SQL as literals
+        (integers), so the scan skips every row group outside them."""
+        latest: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+        starts = ", ".join(str(int(v)) for v in set(newest.values()))
+        for row in self._db.execute(
+                "SELECT namespace, flow_id, start_us, log_offset, id, state, group_id"
+                f" FROM executions WHERE start_us IN ({starts})").fetchall():
+            key = (row[0], row[1])
+            if newest.get(key) == row[2] and (key not in latest or row[3] > latest[key][3]):
+                latest[key] = row
+        return latest
 
     def resolve(self, id_or_prefix: str) -> str | None:
         """The full id for an exact id or a unique prefix of at least 6 characters.
@@ -1147,6 +1205,32 @@ class ExecutionIndex:
         return [_summary(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
 
+_SWITCH_INTERVAL = 0.0005
+_switch_lock = threading.Lock()
+_switch_users: builtins.list[float] = []  # the interval to restore, once per sync under way
+
+
+@contextlib.contextmanager
+def _gil_handoff() -> Iterator[None]:
+    """While a sync's reader thread runs, hand the GIL over every 0.5 ms (Python's
+    default: 5 ms), restoring the interval after the last sync under way. DuckDB's query
+    loop takes the GIL between its tasks (to check for signals): with the reader thread
+    busy in Python, each task would wait up to a whole interval, which made the writes
+    several times slower than alone."""
+    with _switch_lock:
+        _switch_users.append(sys.getswitchinterval())
+        if _switch_users[0] > _SWITCH_INTERVAL:
+            sys.setswitchinterval(_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            first = _switch_users[0]
+            _switch_users.pop()
+            if not _switch_users:
+                sys.setswitchinterval(first)
+
+
 class _Unavailable(Exception):
     """A document could not be read back from the log (message for ``documentError``)."""
 
@@ -1218,8 +1302,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     }
     if "match" in row:
         out["match"] = row["match"]
-    if "rowid" in row:
-        out["rowid"] = row["rowid"]
+
     return out
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from waxflow.recovery.executions_cli import add_parser
 from waxflow.recovery.index import ExecutionIndex
+from waxflow.server import broker_view
 
 pytestmark = pytest.mark.integration
 
@@ -113,6 +114,61 @@ def test_transactional_log_does_not_stall(bootstrap: str, new_topic: Callable[..
         assert index.last_sync_complete and time.monotonic() - t0 < 5
         assert [r["id"] for r in index.list()] == ["c" * 32]
         assert index.positions(topic) == {0: 4}  # past both control markers
+
+
+def test_group_lag_leaves_transaction_markers_out(bootstrap: str,
+                                                 new_topic: Callable[..., str]) -> None:
+    """The Flows page's lag: a group that read every committed record of a transactional
+    topic has lag 0 (not 1 per commit marker); one record left in a committed transaction
+    is lag 1 (not 2 with its marker); an aborted transaction after the group's offset is
+    no work left."""
+    topic = new_topic(partitions=1)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{topic}"})
+    producer.init_transactions(30)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+
+    def commit(*values: bytes) -> None:
+        for value in values:
+            producer.begin_transaction()
+            producer.produce(topic, key=b"k", value=value)
+            producer.commit_transaction(30)
+
+    def consume(count: int) -> None:
+        seen = 0
+        deadline = time.monotonic() + 30
+        while seen < count and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                seen += 1
+                consumer.commit(message=msg, asynchronous=False)
+        assert seen == count
+
+    def lag() -> dict[str, Any]:
+        broker_view._LAGS._items.clear()  # answers are cached for a few seconds
+        return broker_view.group_lag({"bootstrap.servers": bootstrap}, group, [topic])
+
+    try:
+        commit(b"v0", b"v1", b"v2")
+        consume(3)
+        first = lag()
+        assert first["error"] is None
+        [row] = first["partitions"]
+        assert row["end"] - row["committed"] == 1 and row["lag"] == 0
+        assert first["total"] == 0
+        commit(b"left")
+        assert lag()["total"] == 1
+        consume(1)
+        producer.begin_transaction()
+        producer.produce(topic, key=b"k", value=b"aborted")
+        producer.flush(30)
+        producer.abort_transaction(30)
+        assert lag()["total"] == 0
+    finally:
+        consumer.close()
 
 
 def test_cli_syncs_then_answers_json(bootstrap: str, new_topic: Callable[..., str],

@@ -221,31 +221,53 @@ def _metadata(consumer: Consumer, timeout: float, refused: _Refused) -> Any:
 
 
 def _skip_markers(conf: Mapping[str, Any], rows: list[dict[str, Any]], timeout: float) -> None:
-    """Lower each partition's lag to start at its first readable record after the committed
-    offset (0 when only markers or aborted records remain), reading at most one record."""
+    """Lower each partition's lag to count from its first readable record after the
+    committed offset (0 when only markers or aborted records remain) and to leave out a
+    transaction marker at its end (the last offset of a transactional partition, once its
+    transaction committed): at most two reads of one record per partition."""
     behind = {(r["topic"], r["partition"]): r for r in rows if r["lag"] > 0}
     if not behind:
         return
+    first = _first_readable(conf, {key: r["committed"] if r["committed"] is not None else -2
+                                   for key, r in behind.items()}, timeout)  # -2: earliest
+    for key, offset in first.items():
+        row = behind[key]
+        row["lag"] = 0 if offset is None else max(0, row["end"] - offset)
+    tails = {key: r["end"] - 1 for key, r in behind.items() if r["lag"] > 1}
+    for key, offset in _first_readable(conf, tails, timeout).items():
+        if offset is None:  # nothing readable at the last offset: a marker
+            behind[key]["lag"] -= 1
+
+
+def _first_readable(conf: Mapping[str, Any], starts: dict[tuple[str, int], int],
+                    timeout: float) -> dict[tuple[str, int], int | None]:
+    """Per partition, the offset of the first committed record at or after its start
+    offset (read_committed), or None when there is none up to the end; partitions not
+    answered within ``timeout`` are absent."""
+    if not starts:
+        return {}
+    found: dict[tuple[str, int], int | None] = {}
     consumer = _client({**conf, "isolation.level": "read_committed"}, timeout)
     try:
-        consumer.assign([TopicPartition(t, p, r["committed"] if r["committed"] is not None
-                                        else -2)  # -2: the earliest offset
-                         for (t, p), r in behind.items()])
+        consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
         deadline = time.monotonic() + timeout
-        while behind and time.monotonic() < deadline:
+        while len(found) < len(starts) and time.monotonic() < deadline:
             msg = consumer.poll(max(0.05, deadline - time.monotonic()))
             if msg is None:
                 continue
-            row = behind.pop((msg.topic(), msg.partition()), None)
-            if row is None:
+            topic, partition = msg.topic(), msg.partition()
+            if topic is None or partition is None:
+                continue
+            key = (topic, partition)
+            if key not in starts or key in found:
                 continue
             err, offset = msg.error(), msg.offset()
             if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                row["lag"] = 0
+                found[key] = None
             elif err is None and offset is not None:
-                row["lag"] = max(0, row["end"] - offset)
+                found[key] = offset
             else:
-                behind[(msg.topic(), msg.partition())] = row  # keep the plain count
-                break
+                break  # an error: the plain counts stand
     finally:
         consumer.close()
+    return found
