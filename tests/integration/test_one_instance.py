@@ -82,9 +82,11 @@ def test_second_instance_refuses_and_each_record_runs_once(
     produce_json(bootstrap, topic, [{"id": i} for i in range(N)], partitions=2)
     flow = write_flow(tmp_path, flow_text.format(topic=topic, group=group, out=out))
     env = flow_env(bootstrap, log_topic, PYTHONPATH=str(REPO))
-    first = start_flow(flow, env, idle=4)
+    # the first stays up 12 s past its last record: started 4 s later on a loaded machine,
+    # the second must still find it running (with 4 s both once exited 0, neither refused)
+    first = start_flow(flow, env, idle=12)
     time.sleep(delay)
-    second = start_flow(flow, env, idle=4)
+    second = start_flow(flow, env, idle=12)
     results = [p.communicate(timeout=180) for p in (first, second)]
     codes = [first.returncode, second.returncode]
     assert sorted(codes) == [0, 1], (codes, [r[1][-1500:] for r in results])
