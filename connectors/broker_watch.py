@@ -120,6 +120,27 @@ def idle_since(last_activity: float) -> float:
     return max(last_activity, _WATCH.back_at)
 
 
+def reachable(what: str, timeout: float = 3.0) -> bool:
+    """Whether the broker answers a metadata request now. A source about to stop for
+    idleness asks: a share consumer that never had a connection reports no outage of its
+    own, so time without a broker would pass for idle time. Not reachable: the outage is
+    noted (the idle clock restarts, the probe watches for its end)."""
+    with _WATCH.lock:
+        conf = _WATCH.conf
+    if conf is None:
+        return True
+    settings: dict[str, Any] = {**conf, "error_cb": _quiet,
+                                "socket.timeout.ms": int(timeout * 1000)}
+    admin = AdminClient(settings)
+    try:
+        admin.list_topics(timeout=timeout)
+        return True
+    except KafkaException as exc:
+        err = kafka_error(exc)
+        gone(what, err.str() if err is not None else str(exc))
+        return False
+
+
 def _note_end() -> None:
     """Remember when an outage was first seen closed (no outage open now)."""
     if OUTAGE.count != _WATCH.outages:

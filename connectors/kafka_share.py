@@ -433,7 +433,8 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
             self._last_activity = now  # executions still running: not idle
         elif (self._idle_stop is not None
               and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
-              and now >= self._no_stop_before):
+              and now >= self._no_stop_before
+              and broker_watch.reachable(f"the share group {self.group}")):
             raise StopIteration
         return out
 
@@ -630,7 +631,8 @@ class _ShareBatchPartition(StatelessSourcePartition[Batch]):
         if not recs:
             if (self._idle_stop is not None
                     and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
-                    and now >= self._no_stop_before):
+                    and now >= self._no_stop_before
+                    and broker_watch.reachable(f"the share group {self.group}")):
                 raise StopIteration
             return []
         self._last_activity = now

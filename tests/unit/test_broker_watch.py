@@ -75,3 +75,13 @@ def test_admin_conf_keeps_connection_settings_only() -> None:
             "share.acknowledgement.mode": "explicit", "queued.min.messages": 10}
     assert broker_watch.admin_conf(conf) == {"bootstrap.servers": "b:1",
                                              "sasl.password": "x", "logger": "l"}
+
+
+def test_a_source_about_to_stop_idle_asks_whether_the_broker_is_there(outage: None) -> None:
+    """A share consumer that never connected reports no outage: the idle stop asks the
+    broker first; no answer notes the outage, which restarts the idle clock."""
+    assert OUTAGE.since is None
+    before = time.monotonic()
+    assert broker_watch.reachable("the test source", timeout=1.0) is False
+    assert OUTAGE.since is not None
+    assert broker_watch.idle_since(before - 100) >= before  # the time without it is not idle
