@@ -2,12 +2,14 @@
 
 In a consumer-group flow each Bytewax worker owns one transactional producer with a stable
 ``transactional.id`` (``waxflow-<namespace>.<flow>-p<process>-w<slot>``): a restarted job
-re-initialises the same ids and so fences any zombie of the previous incarnation. The
-execute step opens a :class:`BatchScope` per batch; the first transactional Produce of the
-batch begins the transaction; after every execution of the batch is done, ``commit()``
-adds the batch's consumed offsets (``send_offsets_to_transaction``) and commits: the
-records produced and the offsets consumed become visible together, or not at all. A
-``read_committed`` reader therefore sees each output exactly once across kills.
+re-initialises the same ids and so fences any zombie of the previous incarnation. A
+:class:`BatchScope` is one transaction: opened per epoch by the worker's pipelined
+transactions (:mod:`waxflow.operators.transactions`, realtime flows: the records of the
+executions below the offsets it commits) or per batch by a ``kafka.Trigger`` flow's execute
+step; its first transactional Produce begins the transaction, and ``commit()`` adds the
+consumed offsets (``send_offsets_to_transaction``) and commits: the records produced and the
+offsets consumed become visible together, or not at all. A ``read_committed`` reader
+therefore sees each output exactly once across kills.
 
 Without a consumer group (replay, ``waxflow test``, schedules) a transactional Produce
 commits its own transaction at the end of the task (no offsets to include). With
