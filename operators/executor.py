@@ -142,10 +142,7 @@ class Executor:
             return
         for e in executions:
             if e.state == State.FAILED:
-                msg = (e.error or {}).get("message", "")
-                raise FlowStopped(
-                    f"execution {e.id} of {e.trigger.describe()} FAILED: {msg}; onFailure "
-                    "STOP: job halted without committing it")
+                raise stopped_by(e)
 
     def _run_jobs(self, jobs: list[Job], batch: LogBatch, scope: BatchScope | None
                   ) -> list[Execution]:
@@ -211,6 +208,13 @@ def settle(scope: BatchScope | None, jobs: Sequence[Job]) -> None:
         execution = by_id.get(exec_id)
         if execution is not None:
             fail_late(execution, task_id, message)
+
+
+def stopped_by(execution: Execution) -> FlowStopped:
+    """The one-line stop of ``onFailure: STOP`` for a FAILED execution."""
+    msg = (execution.error or {}).get("message", "")
+    return FlowStopped(f"execution {execution.id} of {execution.trigger.describe()} FAILED: "
+                       f"{msg}; onFailure STOP: job halted without committing it")
 
 
 def fail_late(execution: Execution, task_id: str, message: str) -> None:

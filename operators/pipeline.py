@@ -55,9 +55,9 @@ from waxflow.connectors import shutdown
 from waxflow.connectors.deliveries import OUTAGE, Deliveries, is_outage
 from waxflow.connectors.execution_log import ExecutionLog
 from waxflow.connectors.kafka_output import BatchScope
-from waxflow.errors import DeliveryError, FlowStopped
+from waxflow.errors import DeliveryError
 from waxflow.execution import State, now
-from waxflow.operators.executor import Executor, Job, fail_late
+from waxflow.operators.executor import Executor, Job, fail_late, stopped_by
 from waxflow.operators.transactions import Buffered, Produced, Transactions
 from waxflow.progress import PartitionProgress, Progress
 
@@ -213,24 +213,25 @@ class Pipeline:
     def _serve(self) -> None:
         """Serve the delivery reports due now, on the calling (reading) thread: the worker
         runs the callbacks itself, with no GIL hand-off to the poller per report."""
-        assert self._log is not None
         self._served = time.monotonic()
-        self._log.producer.poll(0)
+        self._poll_once(0)
+
+    def _poll_once(self, timeout: float) -> None:
+        """The execution log's delivery reports (waiting up to ``timeout``), then the
+        Produce tasks' (which settle their executions)."""
+        assert self._log is not None
+        self._log.producer.poll(timeout)  # follows a rebuilt producer
         if self.executor.output is not None:
             self.executor.output.poll_plain()
 
     def _poll(self) -> None:
         """Serve delivery reports while the readers do not (a worker busy in a long batch,
         or no longer reading)."""
-        assert self._log is not None
-        output = self.executor.output
         while True:
             if time.monotonic() - self._served < _SERVED_RECENTLY:
                 time.sleep(_SERVED_RECENTLY)
                 continue
-            self._log.producer.poll(0.01)  # follows a rebuilt producer
-            if output is not None:
-                output.poll_plain()  # settles the Produce tasks' deliveries
+            self._poll_once(0.01)
 
     def _pool_submit(self, fn: Callable[[_Item], None], item: _Item) -> None:
         if self._pool is None:
@@ -409,10 +410,7 @@ class Pipeline:
         if not terminal:
             return
         if self.executor.stop_on_failure and execution.state == State.FAILED:
-            msg = (execution.error or {}).get("message", "")
-            self.progress.fail(FlowStopped(
-                f"execution {execution.id} of {execution.trigger.describe()} FAILED: {msg}; "
-                "onFailure STOP: job halted without committing it"))
+            self.progress.fail(stopped_by(execution))
             return  # never done: no commit passes it
         if item.produced is not None:  # held for the transaction before the offset is done
             assert self.txn is not None and isinstance(item.part, PartitionProgress)

@@ -44,8 +44,9 @@ from typing import Any
 from waxflow.connectors.deliveries import Deliveries, Record
 from waxflow.connectors.execution_log import ExecutionLog
 from waxflow.connectors.kafka_output import KafkaOutput, conf_key
-from waxflow.errors import DeliveryError, FlowStopped, TransactionError
+from waxflow.errors import DeliveryError, TransactionError
 from waxflow.execution import Execution
+from waxflow.operators.executor import fail_late, stopped_by
 from waxflow.progress import PartitionProgress, Progress
 
 #: snapshots of one worker's partitions closer together than this share one transaction
@@ -204,8 +205,6 @@ class Transactions:
     def _refused(self, taken: list[Produced], failed: Mapping[str, tuple[str, str]]) -> None:
         """Records the broker refused: their executions become FAILED (documented again);
         under ``onFailure: STOP`` the job stops without committing."""
-        from waxflow.operators.executor import fail_late
-
         batch = self.log().batch()
         stopped: Execution | None = None
         for produced in taken:
@@ -218,10 +217,7 @@ class Transactions:
             stopped = stopped or execution
         batch.wait()
         if self.stop_on_failure and stopped is not None:
-            msg = (stopped.error or {}).get("message", "")
-            error = FlowStopped(
-                f"execution {stopped.id} of {stopped.trigger.describe()} FAILED: {msg}; "
-                "onFailure STOP: job halted without committing it")
+            error = stopped_by(stopped)
             self.progress.fail(error)
             raise error
 
