@@ -34,6 +34,9 @@ from tests.kafka_helpers import read_all
 
 pytestmark = pytest.mark.integration
 
+#: the broker's default ``group.share.heartbeat.interval.ms`` (the test broker keeps it)
+HEARTBEAT_S = 5.0
+
 
 def _when(doc: dict[str, Any], field: str) -> float:
     return datetime.fromisoformat(doc[field]).timestamp()
@@ -122,6 +125,10 @@ tasks:
     while not _logged(bootstrap, log):
         assert time.monotonic() < deadline and proc.poll() is None, proc.captured()[1][-3000:]
         time.sleep(0.2)
+    # 101 shows that one member has the partition; the others get it on their next share
+    # heartbeat (the broker's group.share.heartbeat.interval.ms, 5 s). Produced before that,
+    # every batch went to the one member (CI: nothing overtaken, since nothing else polled)
+    time.sleep(HEARTBEAT_S + 1)
     for first in range(1, 100, 10):  # a producer batch at a time, as a live topic fills
         produce_small_batches(bootstrap, topic, ids_json(list(range(first, min(first + 10,
                                                                                 100)))))
