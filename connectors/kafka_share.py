@@ -215,13 +215,70 @@ def configure_group(conf: dict[str, Any], group_id: str, configs: dict[str, str]
         return GroupSettings()
 
 
+class _ShareReader:
+    """What a worker's share-group reader keeps whatever it emits (records or batches): its
+    group and settings, the ack counts it logs at close, its idle clock and when Bytewax
+    should call it again. :class:`_Member` reports to it."""
+
+    def __init__(self, group_id: str, *, settings: GroupSettings, max_deliveries: int,
+                 idle_stop: float | None) -> None:
+        self.group = group_id
+        self.settings = settings
+        self._max = max_deliveries
+        self._idle_stop = idle_stop
+        self._acks: Counter[str] = Counter()
+        self._errors = 0
+        self._awake: datetime | None = None
+        started = time.monotonic()
+        self._last_activity = started
+        # the first member of a new group gets its assignment a heartbeat after joining
+        self._no_stop_before = started + 2 * settings.heartbeat_s
+
+    def ack_for(self, rec: Decoded, state: str | None) -> AckType:
+        """The ack sent for ``rec`` when its execution ends in ``state``."""
+        raise NotImplementedError
+
+    def count_error(self) -> None:
+        self._errors += 1
+        STATS.add(errors=1)
+
+    def _sent(self, member: _Member) -> None:
+        """Send ``member``'s decided acks and commit them."""
+        sent = member.send_decided()
+        if sent:
+            self._acks.update(sent)
+            STATS.add(acks=sent)
+            member.commit()
+
+    def _idled_out(self, now: float) -> bool:
+        """Whether an empty poll at ``now`` ends the source: idle for ``idle_stop`` (broker
+        outages do not count), past the first heartbeats, and the broker answers (an
+        unreachable broker is an outage, not idleness)."""
+        return (self._idle_stop is not None
+                and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
+                and now >= self._no_stop_before
+                and broker_watch.reachable(f"the share group {self.group}"))
+
+    def _wait(self, ms: int) -> list[Any]:
+        self._awake = datetime.now().astimezone() + timedelta(milliseconds=ms)
+        return []
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def _log_acks(self, what: str, member_id: int) -> None:
+        LOG.info("share group %s %s %d: acks ACCEPT=%d RELEASE=%d REJECT=%d; ack errors=%d",
+                 self.group, what, member_id, self._acks["ACCEPT"], self._acks["RELEASE"],
+                 self._acks["REJECT"], self._errors)
+
+
 class _Member:
     """One ShareConsumer of a worker: a member of the share group whose polled batch is
     *outstanding* until every record of it is acknowledged (the consumer refuses to poll
     before that: ``IllegalStateException``). Touched only on the worker's thread, but for
     :meth:`record_outcome`, which any thread may call."""
 
-    def __init__(self, part: _SharePartition, conf: dict[str, Any],
+    def __init__(self, part: _ShareReader, conf: dict[str, Any],
                  topics: Sequence[str]) -> None:
         self.part = part
         self.consumer = ShareConsumer(broker_watch.watch(conf))
@@ -349,7 +406,7 @@ class _Member:
         self.consumer.close()
 
 
-class _SharePartition(StatelessSourcePartition[RawRecord]):
+class _SharePartition(_ShareReader, StatelessSourcePartition[RawRecord]):
     """A worker's share-group members; reads from a member whose batch is all acknowledged.
 
     Batch-synchronous (``progress`` None): one member; the execute step decides every record
@@ -362,38 +419,21 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
     def __init__(self, conf: dict[str, Any], group_id: str, topics: Sequence[str],
                  *, settings: GroupSettings, max_deliveries: int, idle_stop: float | None,
                  progress: Progress | None, members: int) -> None:
-        self.group = group_id
-        self.settings = settings
-        self._max = max_deliveries
-        self._idle_stop = idle_stop
+        super().__init__(group_id, settings=settings, max_deliveries=max_deliveries,
+                         idle_stop=idle_stop)
         self._progress = progress
         #: pipelined: unfinished executions per process past which no member polls
         self._max_in_flight = env_bound("WAXFLOW_MAX_IN_FLIGHT", 5000)
         self._members = [_Member(self, conf, topics) for _ in range(max(1, members))]
         self._next = 0  # round robin over members with nothing outstanding
-        self._acks: Counter[str] = Counter()
-        self._errors = 0
-        self._awake: datetime | None = None
-        started = time.monotonic()
-        self._last_activity = started
-        # the first member of a new group gets its assignment a heartbeat after joining
-        self._no_stop_before = started + 2 * settings.heartbeat_s
 
     def ack_for(self, rec: Decoded, state: str | None) -> AckType:
         """The ack sent for ``rec`` when its execution ends in ``state``."""
         return decide(state, rec.error is not None, rec.raw.delivery_count or 1, self._max)
 
-    def count_error(self) -> None:
-        self._errors += 1
-        STATS.add(errors=1)
-
     def _send_acks(self) -> None:
         for member in self._members:
-            sent = member.send_decided()
-            if sent:
-                self._acks.update(sent)
-                STATS.add(acks=sent)
-                member.commit()
+            self._sent(member)
 
     def _free(self) -> _Member | None:
         n = len(self._members)
@@ -403,10 +443,6 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
                 self._next = (self._next + i + 1) % n
                 return member
         return None
-
-    def _wait(self, ms: int) -> list[RawRecord]:
-        self._awake = datetime.now().astimezone() + timedelta(milliseconds=ms)
-        return []
 
     def next_batch(self) -> list[RawRecord]:
         if self._progress is not None:
@@ -431,23 +467,15 @@ class _SharePartition(StatelessSourcePartition[RawRecord]):
             self._last_activity = now
         elif busy:
             self._last_activity = now  # executions still running: not idle
-        elif (self._idle_stop is not None
-              and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
-              and now >= self._no_stop_before
-              and broker_watch.reachable(f"the share group {self.group}")):
+        elif self._idled_out(now):
             raise StopIteration
         return out
-
-    def next_awake(self) -> datetime | None:
-        return self._awake
 
     def close(self) -> None:
         self._send_acks()
         for member in self._members:
             member.close()
-        LOG.info("share group %s consumer %d: acks ACCEPT=%d RELEASE=%d REJECT=%d; "
-                 "ack errors=%d", self.group, self._members[0].id, self._acks["ACCEPT"],
-                 self._acks["RELEASE"], self._acks["REJECT"], self._errors)
+        self._log_acks("consumer", self._members[0].id)
 
 
 class ShareAck:
@@ -550,18 +578,24 @@ class KafkaShareSource(DynamicSource[RawRecord]):
         settings = self._group_settings()
         if self._warm_up is not None:
             self._warm_up()
+        return _SharePartition(self._conf, self._group, self._topics, settings=settings,
+                               max_deliveries=self._max_for(settings),
+                               idle_stop=self._idle_stop, progress=self._progress,
+                               members=self._members)
+
+    def _max_for(self, settings: GroupSettings) -> int:
+        """The delivery at which waxflow rejects: ``maxDeliveries``, at most the broker's
+        limit (where the broker archives the record itself)."""
         limit = settings.delivery_limit
         wanted = self._max_deliveries or limit
         if wanted > limit:
             LOG.warning("share group %s: maxDeliveries %d is above the broker's delivery "
                         "limit %d; the broker archives a record at its %dth delivery, so "
                         "waxflow rejects at %d", self._group, wanted, limit, limit, limit)
-        return _SharePartition(self._conf, self._group, self._topics, settings=settings,
-                               max_deliveries=min(wanted, limit), idle_stop=self._idle_stop,
-                               progress=self._progress, members=self._members)
+        return min(wanted, limit)
 
 
-class _ShareBatchPartition(StatelessSourcePartition[Batch]):
+class _ShareBatchPartition(_ShareReader, StatelessSourcePartition[Batch]):
     """A worker's share-group member for ``kafka.Trigger``: each poll's delivery is one
     :class:`Batch`; the member polls again only once the batch's execution is done and its
     acks (:meth:`outcome`) are sent and committed."""
@@ -569,28 +603,16 @@ class _ShareBatchPartition(StatelessSourcePartition[Batch]):
     def __init__(self, conf: dict[str, Any], group_id: str, topics: Sequence[str],
                  *, settings: GroupSettings, max_deliveries: int,
                  idle_stop: float | None) -> None:
-        self.group = group_id
-        self.settings = settings
-        self._max = max_deliveries
-        self._idle_stop = idle_stop
-        self._member = _Member(self, conf, topics)  # type: ignore[arg-type]  # same surface
+        super().__init__(group_id, settings=settings, max_deliveries=max_deliveries,
+                         idle_stop=idle_stop)
+        self._member = _Member(self, conf, topics)
         self._in_flight: Batch | None = None  # emitted; its outcome not known yet
-        self._acks: Counter[str] = Counter()
-        self._errors = 0
-        self._awake: datetime | None = None
-        started = time.monotonic()
-        self._last_activity = started
-        self._no_stop_before = started + 2 * settings.heartbeat_s
         with _REGISTRY_LOCK:
             _BATCH_PARTS[self._member.id] = self
 
     def ack_for(self, rec: Decoded, state: str | None) -> AckType:
         """The ack of one record of a batch whose execution ended in ``state``."""
         return decide(state, False, rec.raw.delivery_count or 1, self._max)
-
-    def count_error(self) -> None:
-        self._errors += 1
-        STATS.add(errors=1)
 
     def outcome(self, batch: Batch, state: str) -> None:
         """The execution of ``batch`` ended in ``state`` (its document is delivered): decide
@@ -604,15 +626,7 @@ class _ShareBatchPartition(StatelessSourcePartition[Batch]):
         self._in_flight = None
 
     def _send_acks(self) -> None:
-        sent = self._member.send_decided()
-        if sent:
-            self._acks.update(sent)
-            STATS.add(acks=sent)
-            self._member.commit()
-
-    def _wait(self, ms: int) -> list[Batch]:
-        self._awake = datetime.now().astimezone() + timedelta(milliseconds=ms)
-        return []
+        self._sent(self._member)
 
     def next_batch(self) -> list[Batch]:
         self._send_acks()
@@ -629,10 +643,7 @@ class _ShareBatchPartition(StatelessSourcePartition[Batch]):
         recs = self._member.poll()
         now = time.monotonic()
         if not recs:
-            if (self._idle_stop is not None
-                    and now - broker_watch.idle_since(self._last_activity) >= self._idle_stop
-                    and now >= self._no_stop_before
-                    and broker_watch.reachable(f"the share group {self.group}")):
+            if self._idled_out(now):
                 raise StopIteration
             return []
         self._last_activity = now
@@ -640,17 +651,12 @@ class _ShareBatchPartition(StatelessSourcePartition[Batch]):
         self._in_flight = batch
         return [batch]
 
-    def next_awake(self) -> datetime | None:
-        return self._awake
-
     def close(self) -> None:
         self._send_acks()
         with _REGISTRY_LOCK:
             _BATCH_PARTS.pop(self._member.id, None)
         self._member.close()
-        LOG.info("share group %s batch consumer %d: acks ACCEPT=%d RELEASE=%d REJECT=%d; "
-                 "ack errors=%d", self.group, self._member.id, self._acks["ACCEPT"],
-                 self._acks["RELEASE"], self._acks["REJECT"], self._errors)
+        self._log_acks("batch consumer", self._member.id)
 
 
 _BATCH_PARTS: dict[int, _ShareBatchPartition] = {}
@@ -703,8 +709,6 @@ class KafkaShareBatchSource(DynamicSource[Batch]):
               ) -> _ShareBatchPartition:
         shared = self._shared
         settings = shared._group_settings()
-        limit = settings.delivery_limit
-        wanted = shared._max_deliveries or limit
         return _ShareBatchPartition(shared._conf, shared._group, shared._topics,
-                                    settings=settings, max_deliveries=min(wanted, limit),
+                                    settings=settings, max_deliveries=shared._max_for(settings),
                                     idle_stop=shared._idle_stop)

@@ -212,19 +212,24 @@ tasks:
             by_record[d["taskRuns"][0]["outputs"]["id"]].append(d)
     acks = sum((ack_summary(err) for _, err in outs.values()), Counter())
     lock_warnings = sum(err.count("of the broker's record lock") for _, err in outs.values())
-    # all processed, each to SUCCESS exactly once: one SUCCESS document and one run per record
-    # (a batch held past the 1 s lock, e.g. by a machine stall, would legitimately run twice:
-    # the message then shows the lock warnings and ack errors the processes logged)
+    # all processed, each to SUCCESS once per delivery: a record runs again only when the
+    # broker delivered it again because its batch was held past the 1 s lock (a loaded
+    # machine: CI once saw 19 of 3000 at load 7); the processes then logged lock warnings or
+    # ack errors, and the second run is a new delivery (G4: at least once, ack by outcome)
     assert sorted(by_record) == list(range(n))
     twice = [k for k, v in by_record.items() if len(v) > 1]
-    assert not twice, (f"{len(twice)} records ran twice, e.g. {twice[:5]}; lock warnings "
-                       f"{lock_warnings}, ack errors {acks['errors']}")
+    if twice:
+        assert lock_warnings + acks["errors"] > 0, f"{len(twice)} ran twice, e.g. {twice[:5]}"
+        for k in twice:
+            counts = [d["trigger"]["deliveryCount"] for d in by_record[k]]
+            assert len(set(counts)) == len(counts), (k, counts)  # one run per delivery
     ids = {v[0]["id"] for v in by_record.values()}
-    assert len(ids) == n  # one execution id per record
+    assert len(ids) == n  # one execution id per record, whatever the deliveries
     runs = runs_by_id(docs)
-    assert all(len(runs[i]) == 1 for i in ids)
-    assert all(latest[i]["state"] == "SUCCESS" and latest[i]["trigger"]["deliveryCount"] == 1
-               for i in ids)
+    assert all(len(runs[v[0]["id"]]) == len(v) for v in by_record.values())
+    assert all(latest[i]["state"] == "SUCCESS" for i in ids)
+    assert all(latest[v[0]["id"]]["trigger"]["deliveryCount"] == 1
+               for k, v in by_record.items() if k not in twice)
     # each process did at least 20% of the work
     share = Counter(v[0]["taskRuns"][0]["outputs"]["worker"] for v in by_record.values())
     print(f"work per process: {dict(share)}")

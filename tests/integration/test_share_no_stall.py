@@ -117,7 +117,7 @@ tasks:
 """)
     proc = start_flow(flow, flow_env(bootstrap, log, PYTHONPATH=str(REPO),
                                      WAXFLOW_LOG_LEVEL="INFO", WAXFLOW_SHARE_MEMBERS="4"),
-                      idle=4)
+                      idle=HEARTBEAT_S + 5)  # it waits a heartbeat with nothing to read
     # the records come once the job runs: produced before it started, they would all be
     # acquired by the first member to fetch (nothing left for the others to overtake with)
     produce_small_batches(bootstrap, topic, ids_json([101]))
