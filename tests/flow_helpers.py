@@ -11,10 +11,11 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from tests.kafka_helpers import read_all
 
@@ -157,3 +158,69 @@ def finish(proc: FlowProcess, timeout: float = 240) -> str:
                              f"{job_lines(err)}\n{thread_dump(err)}") from None
     assert proc.returncode == 0, f"the job exited {proc.returncode}:\n{job_lines(err)}"
     return err
+
+
+class LogWatcher:
+    """Follows a per-test execution-log topic as documents arrive: every document in
+    ``docs``, the ids with a terminal document in ``done``, the others in ``started``."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                           "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                           "topic.metadata.refresh.interval.ms": 500})
+        self.c.subscribe([topic])
+        self.docs: list[dict[str, Any]] = []
+        self.done: set[str] = set()
+        self.started: set[str] = set()
+
+    def pump(self, seconds: float = 0.2) -> None:
+        """Read what arrived within ``seconds``."""
+        for m in self.c.consume(1000, seconds):
+            if m.error() is None and m.value():
+                doc = json.loads(m.value())
+                self.docs.append(doc)
+                (self.done if doc["terminal"] else self.started).add(doc["id"])
+
+    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        """Read until ``done()``; fail after ``timeout`` seconds naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            self.pump()
+
+    def wait_for(self, count: int, timeout: float = 120,
+                 proc: subprocess.Popen[str] | None = None) -> None:
+        """Wait until ``count`` executions are done; fail early (with the job's stderr)
+        when ``proc`` exits meanwhile."""
+        deadline = time.monotonic() + timeout
+        while len(self.done) < count:
+            if proc is not None and proc.poll() is not None:
+                err = proc.communicate()[1] if hasattr(proc, "captured") else ""
+                raise AssertionError(f"the job exited ({proc.returncode}) with only "
+                                     f"{len(self.done)} done: {err[-3000:]}")
+            assert time.monotonic() < deadline, f"only {len(self.done)} done"
+            self.pump()
+
+    def wait_running(self, timeout: float = 120) -> str:
+        """Wait until some execution has started (RUNNING) and not finished; return its id."""
+        deadline = time.monotonic() + timeout
+        while True:
+            in_flight = self.started - self.done
+            if in_flight:
+                return next(iter(in_flight))
+            assert time.monotonic() < deadline, "no execution in flight"
+            self.pump()
+
+    def successes(self, ids: set[Any]) -> dict[Any, str]:
+        """Record id → worker, for the records among ``ids`` with a SUCCESS document (flows
+        whose first task outputs ``id`` and ``worker``)."""
+        out = {}
+        for d in self.docs:
+            if d["state"] == "SUCCESS":
+                outputs = d["taskRuns"][0]["outputs"]
+                if outputs["id"] in ids:
+                    out[outputs["id"]] = outputs["worker"]
+        return out
+
+    def close(self) -> None:
+        self.c.close()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.flow_helpers import (
+    LogWatcher,
     flow_env,
     latest_by_id,
     log_documents,
@@ -28,7 +29,6 @@ from tests.flow_helpers import (
     start_flow,
     write_flow,
 )
-from tests.integration.test_kill_realtime import LogWatcher
 from tests.kafka_helpers import committed, end_offsets
 from waxflow.connectors.storage import read_records
 

@@ -19,6 +19,7 @@ from moto.server import ThreadedMotoServer
 from pytest_httpserver import HTTPServer
 
 from tests.flow_helpers import (
+    LogWatcher,
     flow_env,
     latest_by_id,
     log_documents,
@@ -28,7 +29,6 @@ from tests.flow_helpers import (
     start_flow,
     write_flow,
 )
-from tests.integration.test_kill_realtime import LogWatcher
 from tests.kafka_helpers import committed, end_offsets
 from waxflow.connectors.broker import free_port
 

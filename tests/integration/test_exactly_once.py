@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from tests.flow_helpers import (
+    LogWatcher,
     flow_env,
     new_log_topic,
     produce,
@@ -28,7 +29,6 @@ from tests.flow_helpers import (
     start_flow,
     write_flow,
 )
-from tests.integration.test_kill_realtime import LogWatcher
 from tests.kafka_helpers import committed, end_offsets, read_all
 
 pytestmark = pytest.mark.integration

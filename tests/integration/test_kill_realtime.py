@@ -6,19 +6,16 @@ ran ahead of the work would show missing records here.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 
 from tests.flow_helpers import (
+    LogWatcher,
     flow_env,
     latest_by_id,
     log_documents,
@@ -60,49 +57,6 @@ tasks:
       - {{id: even, type: core.Set, values: {{half: "{{{{ trigger.value.id // 2 }}}}"}}}}
 """
 
-
-class LogWatcher:
-    """Counts distinct executions with a terminal document in the log, as they arrive."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                           "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                           "topic.metadata.refresh.interval.ms": 500})
-        self.c.subscribe([topic])
-        self.done: set[str] = set()
-        self.started: set[str] = set()
-
-    def _read(self) -> None:
-        for m in self.c.consume(1000, 0.2):
-            if m.error() is None and m.value():
-                doc = json.loads(m.value())
-                (self.done if doc["terminal"] else self.started).add(doc["id"])
-
-    def wait_for(self, count: int, timeout: float = 120,
-                 proc: subprocess.Popen[str] | None = None) -> None:
-        """Wait until ``count`` executions are done; fail early (with the job's stderr)
-        when ``proc`` exits meanwhile."""
-        deadline = time.monotonic() + timeout
-        while len(self.done) < count:
-            if proc is not None and proc.poll() is not None:
-                err = proc.communicate()[1] if hasattr(proc, "captured") else ""
-                raise AssertionError(f"the job exited ({proc.returncode}) with only "
-                                     f"{len(self.done)} done: {err[-3000:]}")
-            assert time.monotonic() < deadline, f"only {len(self.done)} done"
-            self._read()
-
-    def wait_running(self, timeout: float = 120) -> str:
-        """Wait until some execution has started (RUNNING) and not finished; return its id."""
-        deadline = time.monotonic() + timeout
-        while True:
-            in_flight = self.started - self.done
-            if in_flight:
-                return next(iter(in_flight))
-            assert time.monotonic() < deadline, "no execution in flight"
-            self._read()
-
-    def close(self) -> None:
-        self.c.close()
 
 
 @pytest.mark.parametrize("recovery", [False, True], ids=["group-offsets", "recovery-dir"])

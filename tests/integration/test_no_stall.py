@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.flow_helpers import (
+    LogWatcher,
     flow_env,
     latest_by_id,
     log_documents,
@@ -32,7 +33,6 @@ from tests.flow_helpers import (
     start_flow,
     write_flow,
 )
-from tests.integration.test_kill_realtime import LogWatcher
 from tests.kafka_helpers import committed, end_offsets, read_all
 from waxflow.execution import execution_id
 

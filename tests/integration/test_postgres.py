@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 
 import waxflow.connectors.postgres as pg
 from tests.flow_helpers import (
+    LogWatcher,
     flow_env,
     latest_by_id,
     log_documents,
@@ -30,7 +31,6 @@ from tests.flow_helpers import (
     start_flow,
     write_flow,
 )
-from tests.integration.test_kill_realtime import LogWatcher
 from tests.kafka_helpers import committed, end_offsets
 from tests.postgres_server import PASSWORD, PostgresServer  # `postgres`: conftest.py
 from tests.smtp_server import SmtpServer, self_signed, smtp_server  # noqa: F401  (fixture)

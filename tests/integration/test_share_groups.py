@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from tests.flow_helpers import (
+    LogWatcher,
     flow_env,
     latest_by_id,
     log_documents,
@@ -113,40 +114,6 @@ def assert_acks(history: list[dict[str, Any]], expected: list[str]) -> None:
 def started(doc: dict[str, Any]) -> float:
     return datetime.fromisoformat(doc["startDate"]).timestamp()
 
-
-class LogWatcher:
-    """Collects execution documents as they arrive in the log topic."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                           "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                           "topic.metadata.refresh.interval.ms": 500})
-        self.c.subscribe([topic])
-        self.docs: list[dict[str, Any]] = []
-
-    def pump(self, seconds: float = 0.2) -> None:
-        for m in self.c.consume(1000, seconds):
-            if m.error() is None and m.value():
-                self.docs.append(json.loads(m.value()))
-
-    def successes(self, ids: set[Any]) -> dict[Any, str]:
-        """Record id → worker, for the records among ``ids`` with a SUCCESS document."""
-        out = {}
-        for d in self.docs:
-            if d["state"] == "SUCCESS":
-                outputs = d["taskRuns"][0]["outputs"]
-                if outputs["id"] in ids:
-                    out[outputs["id"]] = outputs["worker"]
-        return out
-
-    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            self.pump()
-
-    def close(self) -> None:
-        self.c.close()
 
 
 @contextmanager
