@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
-from tests.kafka_helpers import read_all
+from tests.kafka_helpers import create_topic, read_all
 
 WAXFLOW = str(Path(sys.executable).with_name("waxflow"))
 
@@ -32,6 +33,17 @@ def flow_env(bootstrap: str, log_topic: str, **extra: str) -> dict[str, str]:
 
 def new_log_topic() -> str:
     return f"log-{uuid.uuid4().hex[:10]}"
+
+
+def created_log_topic(admin: AdminClient) -> str:
+    """A fresh execution-log topic, created up front as waxflow would create it: creating it
+    inside a flow's first batch can take longer than a 1 s share-group record lock on a
+    loaded machine."""
+    topic = new_log_topic()
+    create_topic(admin, topic, 6, {"cleanup.policy": "compact",
+                                   "min.compaction.lag.ms": str(7 * 24 * 3600 * 1000),
+                                   "segment.ms": str(3600 * 1000)})
+    return topic
 
 
 def write_flow(tmp_path: Path, text: str, name: str = "flow.yaml") -> Path:

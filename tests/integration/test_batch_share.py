@@ -25,15 +25,14 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from tests.flow_helpers import (
+    created_log_topic,
     flow_env,
     log_documents,
-    new_log_topic,
     run_flow,
     runs_by_id,
     start_flow,
     write_flow,
 )
-from tests.kafka_helpers import create_topic
 from waxflow.connectors.storage import read_records
 
 pytestmark = pytest.mark.integration
@@ -49,14 +48,7 @@ def _storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WAXFLOW_STORAGE", str(tmp_path / "storage"))
 
 
-def log_topic(admin: AdminClient) -> str:
-    """A fresh execution-log topic, created up front (creating it inside the first batch can
-    take longer than the 1 s record lock on a loaded machine)."""
-    topic = new_log_topic()
-    create_topic(admin, topic, 6, {"cleanup.policy": "compact",
-                                   "min.compaction.lag.ms": str(7 * 24 * 3600 * 1000),
-                                   "segment.ms": str(3600 * 1000)})
-    return topic
+log_topic = created_log_topic
 
 
 def produce_batches(bootstrap: str, topic: str, values: list[str], per_batch: int = 5

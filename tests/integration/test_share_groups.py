@@ -29,16 +29,15 @@ from confluent_kafka.admin import AdminClient
 
 from tests.flow_helpers import (
     LogWatcher,
+    created_log_topic,
     flow_env,
     latest_by_id,
     log_documents,
-    new_log_topic,
     run_flow,
     runs_by_id,
     start_flow,
     write_flow,
 )
-from tests.kafka_helpers import create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -63,15 +62,7 @@ errors:
 """
 
 
-def log_topic(admin: AdminClient) -> str:
-    """A fresh execution-log topic, created up front as waxflow would create it: creating it
-    inside a flow's first batch can take longer than the 1 s record lock on a loaded
-    machine."""
-    topic = new_log_topic()
-    create_topic(admin, topic, 6, {"cleanup.policy": "compact",
-                                   "min.compaction.lag.ms": str(7 * 24 * 3600 * 1000),
-                                   "segment.ms": str(3600 * 1000)})
-    return topic
+log_topic = created_log_topic
 
 
 def share_flow(tmp_path: Path, topic: str, group: str, tasks: str, batch: int = 10,
