@@ -18,7 +18,19 @@ default ``onFailure: CONTINUE``, commit the whole backlog as failed) never start
 * ``core.Python``: the ``module:function`` imports and is callable (the check imports the
   module, as a worker would);
 * the flow has an enabled trigger and is not ``disabled`` (a manual flow runs with
-  ``waxflow test``).
+  ``waxflow test``);
+* the templates of ``pluginDefaults`` as those of tasks (secrets, env, task ids), at the
+  default's own line.
+
+Before those, :func:`validate` (all ``waxflow validate`` does) checks the file on its own
+(:func:`~waxflow.dataflows.spec.parse_flow`), then against the other flow files: the child
+flow of each ``core.Subflow``/``core.ForEachItem`` is found (``$WAXFLOW_FLOWS_PATH``, as
+when it runs), is valid, and takes the parent's inputs: no unknown input, every required
+one given, and each value written without a template fits the input's type. Each problem
+is at the ``file:line`` of the parent's task; a ``namespace``/``flowId`` template that
+cannot be rendered before the run (it reads more than ``vars``/``flow``) leaves the child
+unchecked, with a note. Notes (also for a Kestra blueprint's ``extend:``, which is ignored)
+are printed by ``waxflow validate`` and logged by ``waxflow run``; they never stop a flow.
 
 Reads guarded in the template (``env.X | default('y')``, ``outputs.x is defined``,
 ``'X' in env``) and names that are not constants (``secret(trigger.value.k)``) are not
@@ -32,18 +44,28 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import logging
 import os
+import re
 from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from waxflow.dataflows.spec import parse_flow
 from waxflow.dataflows.yamlpos import PositionMap, load_yaml
 from waxflow.errors import FlowError, Problem
 from waxflow.expressions import Expressions, SecretError, Secrets, mask
+from waxflow.flow import FlowBase
+from waxflow.subflow import ChildFlowTask, is_template
 from waxflow.tasks import known_task_type
 
-__all__ = ["preflight"]
+__all__ = ["NOTE", "preflight", "validate"]
+
+LOG = logging.getLogger(__name__)
+#: how a note's message starts (a :class:`Problem` that stops nothing)
+NOTE = "note: "
 
 Where = tuple[Hashable, ...]
 _MARKERS = ("{{", "{%", "{#")
@@ -61,7 +83,9 @@ def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None,
     an input value that does not fit or a required input with no value; returns None when
     the flow can start.
     """
-    flow = parse_flow(path)  # raises FlowError for a missing or invalid file
+    flow, notes = validate(path)  # raises FlowError for a missing or invalid file
+    for note in notes:
+        LOG.info("%s", note)
     text = Path(path).read_text(encoding="utf-8")
     data, pos = load_yaml(text, str(path))
     checker = _Checker(pos, os.environ if environ is None else environ)
@@ -80,6 +104,151 @@ def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None,
         raise FlowError(problems)
     if inputs is not None:
         flow.input_values(inputs)
+
+
+def validate(path: str | Path) -> tuple[FlowBase, list[Problem]]:
+    """All ``waxflow validate`` checks (module doc): the file on its own, then its child
+    flows. Returns the flow and its notes (each message starts with :data:`NOTE`); raises
+    :class:`~waxflow.errors.FlowError` holding every problem found."""
+    flow = parse_flow(path)  # raises FlowError for a missing or invalid file
+    text = Path(path).read_text(encoding="utf-8")
+    data, pos = load_yaml(text, str(path))
+    notes: list[Problem] = []
+    if isinstance(data, dict) and "extend" in data:
+        notes.append(pos.problem(("extend",), f"{NOTE}Kestra blueprint metadata (title, "
+                                 "description, tags...): ignored by waxflow", at_key=True))
+    children = _Children(flow, pos, data)
+    for where, task in flow.all_tasks():
+        if isinstance(task, ChildFlowTask) and not task.disabled:
+            children.check(where, task)
+    if children.problems:
+        raise FlowError(sorted(children.problems, key=lambda p: (p.line or 0, p.column or 0)))
+    return flow, sorted(notes + children.notes, key=lambda p: (p.line or 0, p.column or 0))
+
+
+class _Children:
+    """The checks of a flow's child flows (see :func:`validate`)."""
+
+    def __init__(self, flow: FlowBase, pos: PositionMap, data: Any) -> None:
+        self.flow = flow
+        self.pos = pos
+        self.strings = list(_strings(data, ()))  # (path, text) of every string of the file
+        self.problems: list[Problem] = []
+        self.notes: list[Problem] = []
+        self._exprs: Expressions | None = None
+
+    def static_name(self, value: str) -> str | None:
+        """``value`` rendered with what is known before the run (``vars``, ``flow``); None
+        when it reads anything else."""
+        if not is_template(value):
+            return value
+        if self._exprs is None:
+            self._exprs = Expressions(Secrets(environ={}),  # a secret is never a name
+                                      extra_globals={"vars": dict(self.flow.variables)})
+        ctx = {"flow": {"id": self.flow.id, "namespace": self.flow.namespace}}
+        try:
+            out = self._exprs.compile(value).render(ctx)
+        except Exception:  # undefined at validate time (trigger, inputs, secret...)
+            return None
+        return out if isinstance(out, str) else None
+
+    def check(self, where: tuple[Any, ...], task: ChildFlowTask) -> None:
+        from waxflow.dataflows.subflow_runner import locate_flow, searched
+
+        namespace, flow_id = self.static_name(task.namespace), self.static_name(task.flowId)
+        at = (*where, "flowId")
+        if namespace is None or flow_id is None:
+            self.notes.append(self.pos.problem(at, f"{NOTE}the child flow is named by a "
+                                               "template known only when the task runs: it "
+                                               "is not checked before"))
+            return
+        name = f"{namespace}.{flow_id}"
+        path = locate_flow(namespace, flow_id)
+        if path is None:
+            self.problems.append(self.pos.problem(
+                at, f"no flow {name} among the flow files of {searched()}: add its file "
+                    "there, or set $WAXFLOW_FLOWS_PATH to the directories holding it"))
+            return
+        try:
+            child = parse_flow(path)
+        except FlowError as exc:
+            more = len(exc.problems) - 1
+            self.problems.append(self.pos.problem(
+                at, f"child flow {name} is not valid: {exc.problems[0]}"
+                    + (f" (and {more} more: waxflow validate {path})" if more else "")))
+            return
+        self.check_inputs(where, task, child, name)
+        self.check_reads(task, child, name)
+
+    def check_inputs(self, where: tuple[Any, ...], task: ChildFlowTask, child: FlowBase,
+                     name: str) -> None:
+        declared = {i.id: i for i in child.inputs}
+        for key, value in task.inputs.items():
+            item = declared.get(key)
+            if item is None:
+                close = difflib.get_close_matches(key, sorted(declared), n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                self.problems.append(self.pos.problem(
+                    (*where, "inputs", key),
+                    f"child flow {name} has no input '{key}' ({hint}its inputs: "
+                    f"{', '.join(sorted(declared)) or 'none'})", at_key=True))
+            elif (item.type not in ("FILE", "SECRET") and value is not None
+                  and not _has_template(value)):
+                try:
+                    item.convert(value)
+                except (ValueError, TypeError, yaml.YAMLError) as exc:
+                    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    self.problems.append(self.pos.problem(
+                        (*where, "inputs", key),
+                        f"input '{key}' ({item.type}) of child flow {name}: {reason}"))
+        for item in child.inputs:
+            if item.required and item.defaults is None and item.id not in task.inputs:
+                self.problems.append(self.pos.problem(
+                    (*where, "flowId"), f"child flow {name} requires input '{item.id}' "
+                                        f"({item.type}): give it in this task's `inputs`"))
+
+
+    def check_reads(self, task: ChildFlowTask, child: FlowBase, name: str) -> None:
+        """``outputs.<task>.outputs.<name>`` read anywhere in the file: ``name`` is one of
+        the child's flow-level outputs (or, when it declares none, one of its task ids)."""
+        if child.outputs:
+            known, kind, why = sorted(o.id for o in child.outputs), "output", ""
+        else:
+            known, kind = sorted(t.id for _, t in child.all_tasks()), "task"
+            why = "; it declares no flow-level outputs, so its task outputs are read by task id"
+        read = re.compile(rf"\boutputs\.{re.escape(task.id)}\.outputs\.([A-Za-z_][\w-]*)")
+        for path, text in self.strings:
+            if not is_template(text):
+                continue
+            for match in read.finditer(text):
+                if match.group(1) not in known:
+                    close = difflib.get_close_matches(match.group(1), known, n=1)
+                    hint = f"did you mean '{close[0]}'? " if close else ""
+                    self.problems.append(self.pos.problem(
+                        path, f"outputs.{task.id}.outputs.{match.group(1)}: child flow {name} "
+                              f"has no {kind} '{match.group(1)}' ({hint}known: "
+                              f"{', '.join(known) or 'none'}{why})"))
+
+
+def _strings(value: Any, path: Where) -> Iterable[tuple[Where, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, (*path, i))
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, dict):
+        return any(_has_template(k) or _has_template(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    return False
 
 
 def _is_task(value: Any) -> bool:
@@ -159,6 +328,15 @@ class _Checker:
         ended = frozenset(_ids(main) | _ids(handlers))
         self.visit_list(closing, ("finally",), ended, (), parallel=False)
         self.visit_list(after, ("afterExecution",), ended | _ids(closing), (), parallel=False)
+        defaults = data.get("pluginDefaults")
+        for i, default in enumerate(defaults if isinstance(defaults, list) else []):
+            values = default.get("values") if isinstance(default, dict) else None
+            if isinstance(values, dict):  # any task may get them: any task id may be read
+                templates, _ = self.split(values, ("pluginDefaults", i, "values"))
+                for where, source, at_key in templates:
+                    self.check_template(where, source, at_key=at_key,
+                                        visible=frozenset(self.tasks), task_id="",
+                                        enclosing=())
         outputs = data.get("outputs")
         for i, item in enumerate(outputs if isinstance(outputs, list) else []):
             value = item.get("value") if isinstance(item, dict) else None

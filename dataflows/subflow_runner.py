@@ -30,7 +30,7 @@ from waxflow.execution import Execution, State, TriggerInfo
 from waxflow.expressions import Expressions, install_reader, tojson
 from waxflow.flow import FlowBase, InputError
 from waxflow.operators.engine import Engine
-from waxflow.subflow import ChildFlowTask, install, install_files
+from waxflow.subflow import ChildFlowTask, ChildRun, install, install_files
 from waxflow.tasks import RunContext, TaskFailure
 
 _ENGINES: dict[tuple[str, str], Engine] = {}
@@ -51,29 +51,38 @@ def _flow_files() -> Iterator[Path]:
             yield from sorted(folder.rglob(pattern) if recursive else folder.glob(pattern))
 
 
-def _where() -> str:
+def searched() -> str:
+    """Where :func:`locate_flow` looks, for messages."""
     path = os.environ.get("WAXFLOW_FLOWS_PATH")
     return f"$WAXFLOW_FLOWS_PATH={path}" if path else f"{Path.cwd()} ($WAXFLOW_FLOWS_PATH unset)"
 
 
-def find_flow(namespace: str, flow_id: str) -> FlowBase:
-    """The validated flow ``namespace.flow_id`` (see module doc); TaskFailure naming where
-    it looked, or the file's first problem when the flow file does not validate."""
+def locate_flow(namespace: str, flow_id: str) -> Path | None:
+    """The first flow file (see module doc) whose ``id`` and ``namespace`` are these; None
+    when there is none (files that do not load as YAML are passed over)."""
     for path in _flow_files():
         try:
             head = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        if not (isinstance(head, dict) and head.get("id") == flow_id
+        if (isinstance(head, dict) and head.get("id") == flow_id
                 and head.get("namespace") == namespace):
-            continue
-        try:
-            return parse_flow(path)
-        except FlowError as exc:
-            first = exc.problems[0] if exc.problems else None
-            raise TaskFailure(f"subflow {namespace}.{flow_id} ({path}) is not valid: {first}"
-                              ) from None
-    raise TaskFailure(f"no flow {namespace}.{flow_id} among the flow files of {_where()}")
+            return path
+    return None
+
+
+def find_flow(namespace: str, flow_id: str) -> FlowBase:
+    """The validated flow ``namespace.flow_id`` (see module doc); TaskFailure naming where
+    it looked, or the file's first problem when the flow file does not validate."""
+    path = locate_flow(namespace, flow_id)
+    if path is None:
+        raise TaskFailure(f"no flow {namespace}.{flow_id} among the flow files of {searched()}")
+    try:
+        return parse_flow(path)
+    except FlowError as exc:
+        first = exc.problems[0] if exc.problems else None
+        raise TaskFailure(f"subflow {namespace}.{flow_id} ({path}) is not valid: {first}"
+                          ) from None
 
 
 def _engine(namespace: str, flow_id: str) -> Engine:
@@ -92,10 +101,11 @@ def _engine(namespace: str, flow_id: str) -> Engine:
 
 
 def run_subflow(ctx: RunContext, task: ChildFlowTask, inputs: dict[str, Any],
-                iteration: int | None = None) -> dict[str, Any]:
+                iteration: int | None, labels: dict[str, str]) -> ChildRun:
     """Run the child of ``task`` to its end inside the calling task (module doc of
-    :mod:`waxflow.subflow`); returns the task's outputs. ``iteration`` (ForEachItem's batch
-    number) ends the child's id."""
+    :mod:`waxflow.subflow`): the task's outputs, and how to add the child's log lines to the
+    parent's execution. ``iteration`` (ForEachItem's batch number) ends the child's id.
+    Safe to call from several threads at once for the same parent (ForEachItem)."""
     engine = _engine(task.namespace, task.flowId)
     child = engine.flow
     try:
@@ -110,7 +120,7 @@ def run_subflow(ctx: RunContext, task: ChildFlowTask, inputs: dict[str, Any],
     if iteration is not None:
         child_id += f".{iteration}"
     labels = {**(dict(ctx.vars.get("labels") or {}) if task.inheritLabels else {}),
-              **child.labels, **{k: str(v) for k, v in ctx.render(task.labels).items()}}
+              **child.labels, **labels}
     execution = Execution(id=child_id, namespace=child.namespace, flow_id=child.id,
                           trigger=TriggerInfo(type="core.Subflow"), upstream_id=parent_id,
                           labels=labels)
@@ -119,18 +129,32 @@ def run_subflow(ctx: RunContext, task: ChildFlowTask, inputs: dict[str, Any],
     run = engine.begin(execution, trigger, ctx.batch)
     run.vars["inputs"] = values  # type: ignore[index]  # the execution's own variables
     engine.advance(run)  # not deferrable: retries wait in place, it returns when terminal
-    caller = getattr(ctx, "execution", None)  # the parent's history shows the child's logs
-    if isinstance(caller, Execution):
-        for line in execution.logs or []:
-            caller.log(line["level"], line["message"], task_id=f"{task.id}/{line['taskId']}",
-                       task_run_id=line["taskRunId"], attempt=line["attempt"])
-    out: dict[str, Any] = {
-        "executionId": child_id, "state": execution.state.name,
-        "outputs": {r.task_id: r.outputs for r in execution.task_runs
-                    if r.outputs is not None and r.state in (State.SUCCESS, State.WARNING)}}
+    if child.outputs:  # Kestra: the child's flow-level outputs (none when it failed)
+        child_outputs: dict[str, Any] = dict(execution.outputs or {})
+    else:  # waxflow's older reading, for a child without flow-level outputs
+        child_outputs = {r.task_id: r.outputs for r in execution.task_runs
+                         if r.outputs is not None and r.state in (State.SUCCESS, State.WARNING)}
+    out: dict[str, Any] = {"executionId": child_id, "state": execution.state.name,
+                           "outputs": child_outputs}
     if execution.error:
         out["error"] = dict(execution.error)
-    return out
+
+    def flush() -> None:
+        caller = getattr(ctx, "execution", None)  # the parent's history shows the child's logs
+        if isinstance(caller, Execution):
+            for line in execution.logs or []:
+                caller.log(line["level"], line["message"],
+                           task_id=f"{task.id}/{line['taskId']}",
+                           task_run_id=line["taskRunId"], attempt=line["attempt"])
+
+    return ChildRun(out, flush)
+
+
+def concurrency_limit(namespace: str, flow_id: str) -> int | None:
+    """The ``concurrency.limit`` of the child flow ``namespace.flow_id`` (None: it sets
+    none); TaskFailure as :func:`find_flow` when there is no such valid flow."""
+    limit = _engine(namespace, flow_id).flow.concurrency
+    return limit.limit if limit is not None else None
 
 
 class StorageItems:
@@ -206,6 +230,6 @@ def read_storage_text(uri: str) -> str:
         raise ValueError(f"read(): {uri} is not UTF-8 text") from None
 
 
-install(run_subflow)
+install(run_subflow, concurrency_limit)
 install_files(StorageItems())
 install_reader(read_storage_text)

@@ -174,9 +174,11 @@ def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from waxflow.dataflows.spec import parse_flow
+    from waxflow.dataflows.preflight import validate
 
-    flow = parse_flow(args.flow)
+    flow, notes = validate(args.flow)  # the file, then its child flows
+    for note in notes:
+        print(note)
     ntasks = sum(1 for _ in flow.all_tasks())
     enabled = flow.enabled_triggers
     started_by = enabled[0].type if enabled else "no trigger: a manual flow, see `waxflow test`"

@@ -1276,22 +1276,34 @@ class Expressions:
         """Kestra's ``render(template, recursive=true)``: ``template`` (text holding an
         expression, typically a ``vars`` value) rendered with the current variables, again
         while the result still holds one (``recursive``, at most :data:`RENDER_DEPTH`
-        times). The text is data, not the flow file: ``secret()`` is not available in it
-        (so a record's text cannot read secrets), and it is not cached."""
+        times). It is not cached. Text that is one of the flow's ``variables`` was written
+        in the flow file: its first pass sees everything the flow's own expressions do.
+        Any other text may come from a record, as may what a pass renders to, so it reads
+        the execution's data (``trigger``, ``outputs``, ``inputs``, ``vars``...) and
+        nothing of the process: ``secret()``, ``read()`` (another execution's files) and
+        ``env`` are not available in it, and a result holding a secret's value (a SECRET
+        input, a secret-derived output) is refused."""
         if not isinstance(template, str):
             raise ValueError("render() expects text (a template)")
-        variables = {k: v for k, v in context.get_all().items() if k != "secret"}
-        variables["secret"] = _no_secret_in_render
+        everything = context.get_all()
+        variables = {k: v for k, v in everything.items() if k not in _NOT_IN_RENDER}
+        variables.update(_NOT_IN_RENDER)
+        trusted = _written_in(template, everything.get("vars"))
         out: Any = template
-        for _ in range(RENDER_DEPTH if recursive else 1):
+        for depth in range(RENDER_DEPTH if recursive else 1):
             if not (isinstance(out, str) and any(m in out for m in _MARKERS)):
                 break
             try:
                 compiled = self._env.from_string(out)
             except jinja2.TemplateSyntaxError as exc:
                 raise ValueError(f"render(): {_syntax_message(out, exc)}") from None
-            ctx = Context(self._env, variables, None, {})
+            full = trusted and depth == 0
+            ctx = Context(self._env, dict(everything) if full else variables, None, {})
             out = _concat(compiled.root_render_func(ctx))
+            shown = out if isinstance(out, str) else tojson(out)
+            if not full and redact(shown) != shown:
+                raise SecretError("render(): the text rendered to a secret's value, which "
+                                  "text given to render() may not read")
         return out
 
     def compile(self, source: str) -> Template:
@@ -1427,6 +1439,40 @@ class Expressions:
 def _no_secret_in_render(*_args: Any, **_kwargs: Any) -> Any:
     raise SecretError("secret() is not available in text given to render(): read the "
                       "secret in the flow file's own expression")
+
+
+def _written_in(text: str, variables: Any) -> bool:
+    """Whether ``text`` is one of the (nested) string values of the flow's ``variables``."""
+    if isinstance(variables, str):
+        return variables == text
+    if isinstance(variables, Mapping):
+        return any(_written_in(text, v) for v in variables.values())
+    if isinstance(variables, list | tuple):
+        return any(_written_in(text, v) for v in variables)
+    return False
+
+
+def _no_read_in_render(*_args: Any, **_kwargs: Any) -> Any:
+    raise ValueError("read() is not available in text given to render(): read the file in "
+                     "the flow file's own expression")
+
+
+class _NoEnvInRender:
+    """``env`` in text given to render(): every read is refused."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ValueError("env is not available in text given to render(): read the "
+                         "variable in the flow file's own expression")
+
+    __getitem__ = __getattr__
+
+    def __contains__(self, name: object) -> bool:
+        return False
+
+
+#: what text given to render() sees instead of the process's secrets, files and environment
+_NOT_IN_RENDER: dict[str, Any] = {"secret": _no_secret_in_render, "read": _no_read_in_render,
+                                  "env": _NoEnvInRender()}
 
 
 def _default_guard(tree: nodes.Template) -> None:

@@ -8,6 +8,7 @@ union of all task types there (``flow_model()``).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -17,10 +18,20 @@ from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from waxflow.durations import Duration, parse_duration
 from waxflow.errors import WaxflowError
+from waxflow.expressions import Expressions, check_static
 from waxflow.tasks import ID_PATTERN, TASK_ALIASES, TASK_TYPES, RetrySpec, TaskBase
 
 #: Kestra's trigger type names -> ours (each also in its model's ``type`` Literal)
@@ -550,9 +561,59 @@ class PluginDefault(BaseModel):
     type: str = Field(min_length=1, description="a task or trigger type, either spelling, or a "
                                                 "prefix of one ending before a dot "
                                                 "(`io.kestra.plugin.kafka`)")
-    values: dict[str, Any] = Field(description="property -> value; maps are merged key by key")
+    values: dict[str, Any] = Field(description="property -> value; maps are merged key by "
+                                               "key; templates are checked like the task's "
+                                               "own (reported at the default's line)")
     forced: bool = Field(default=False, description="the defaults win over the task's own "
                                                     "values")
+
+    @model_validator(mode="after")
+    def _templates(self) -> PluginDefault:
+        """Check every template in ``values`` as :func:`waxflow.dataflows.spec.parse_flow`
+        checks a task's (a trigger's: only its start-time ``properties``), each problem
+        located at the template's own place in the default (``values.<key>...``), so that
+        ``waxflow validate`` names the default's line, not the line of a task it applies
+        to."""
+        errors = list(_default_template_errors(self))
+        if errors:
+            raise ValidationError.from_exception_data("PluginDefault", errors)
+        return self
+
+
+#: the properties rendered once when the job starts (Kafka client and registry settings),
+#: with ``env.*``/``secret()``/``now()`` only, never per record
+STATIC_PROPERTIES = frozenset({"properties", "serdeProperties"})
+
+
+def _default_template_errors(default: PluginDefault) -> Iterator[InitErrorDetails]:
+    """The template problems of a plugin default's ``values`` (see
+    :meth:`PluginDefault._templates`), as pydantic error details located under ``values``."""
+    exprs = _checking_expressions()
+    trigger = any(n in TRIGGER_TYPES for n in _spellings(default.type))
+
+    def walk(value: Any, loc: tuple[str | int, ...]) -> Iterator[InitErrorDetails]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from walk(v, (*loc, str(k)))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from walk(v, (*loc, i))
+        elif isinstance(value, str) and ("{{" in value or "{%" in value):
+            static = any(part in STATIC_PROPERTIES for part in loc)
+            if trigger and not static:
+                return  # only a trigger's client properties are rendered
+            for message in (check_static(exprs, value) if static else exprs.check(value)):
+                yield InitErrorDetails(type=PydanticCustomError("template", "{message}",
+                                                                {"message": message}),
+                                       loc=loc, input=value)
+
+    yield from walk(default.values, ("values",))
+
+
+@functools.cache
+def _checking_expressions() -> Expressions:
+    """One :class:`~waxflow.expressions.Expressions` for template checks (compiled once)."""
+    return Expressions()
 
 
 class Concurrency(BaseModel):
@@ -696,6 +757,11 @@ class FlowBase(BaseModel):
         default_factory=list,
         description="typed values rendered when the execution ends without failing, stored "
                     "in its history document (`outputs`); one that does not render fails it")
+    extend: dict[str, Any] | None = Field(
+        default=None,
+        description="Kestra's blueprint metadata (`title`, `description`, `tags`...): "
+                    "accepted and ignored (`waxflow validate` and `waxflow run` say so in a "
+                    "note)")
 
     @model_validator(mode="before")
     @classmethod
