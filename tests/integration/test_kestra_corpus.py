@@ -8,8 +8,9 @@ run`` refuses them today) run in this process through the engine, with the compi
 expressions, against the same broker. Each test asserts what the flow does: the records it
 consumed, produced or stored, and its executions' history.
 
-Not run here: 03 (MongoDB), 13 (a JavaScript task), 19 (BigQuery's JSON format, file purge),
-22 (AWS Glue): they do not validate (``tests/unit/test_kestra_corpus.py`` names why); 10 (an
+03 writes to FerretDB (MongoDB's wire protocol, ``tests/ferretdb_server.py``), 13 produces
+through the registry after a JavaScript FileTransform (V8), 22 reads through the AWS Glue
+schema registry (moto's server). Not run here: 19 (BigQuery's JSON format, file purge); 10 (an
 SSL cluster with Java keystores), 16 and 20 (public HTTP APIs) and 21 (Slack) need what this
 machine lacks. 06 (kafka.Trigger with a share group) runs in
 ``tests/integration/test_batch_share.py``.
@@ -19,12 +20,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
+from pymongo import MongoClient
 
+from tests.ferretdb_server import FerretServer, ferretdb  # noqa: F401
 from tests.flow_helpers import (
     flow_env,
     latest_by_id,
@@ -35,7 +40,8 @@ from tests.flow_helpers import (
     run_flow,
 )
 from tests.kafka_helpers import committed, read_all
-from waxflow.connectors.avro import avro_serializer
+from waxflow.connectors.avro import avro_deserializer, avro_serializer
+from waxflow.connectors.broker import free_port
 from waxflow.connectors.storage import local_path, read_records
 from waxflow.dataflows.compiler import flow_expressions
 from waxflow.dataflows.spec import parse_flow, parse_flow_text
@@ -206,6 +212,42 @@ def _comparable(docs: dict[str, dict[str, Any]]) -> list[Any]:
     return sorted(out, key=lambda item: str(item[0]))
 
 
+def test_03_records_become_documents_once_across_a_replay(
+        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
+        ferretdb: FerretServer) -> None:  # noqa: F811
+    """03 as published, on FerretDB (MongoDB's wire protocol, password login): each record
+    is one document. The same records run again (a second group: the same execution ids,
+    as after a restart that lost its commits) insert nothing twice (G2, keyed insert)."""
+    topic, database = new_topic(), f"shop{uuid.uuid4().hex[:8]}"
+    items = [{"item_id": f"i{i}", "item_name": f"name é{i}"} for i in range(5)]
+    produce_json(bootstrap, topic, items)
+    subs = {"mongodb://user:pass@localhost:27017/?authSource=admin": ferretdb.uri,
+            "localhost:9092": bootstrap, "topic: items": f"topic: {topic}",
+            "database: shop": f"database: {database}"}
+    client: MongoClient[dict[str, Any]] = MongoClient(ferretdb.uri)
+    try:
+        runs = []
+        for group in ("g-first", "g-second"):
+            (tmp_path / group).mkdir()
+            path = corpus("03_plugin_realtime_mongodb.yaml", tmp_path / group,
+                          {**subs, "itemsConsumer": f"{group}-{uuid.uuid4().hex[:6]}"})
+            docs, _ = job(path, bootstrap)
+            assert len(docs) == 5 and {d["state"] for d in docs.values()} == {"SUCCESS"}
+            runs.append({d["trigger"]["offset"]: d["taskRuns"][0]["outputs"]
+                         for d in docs.values()})
+            stored = list(client[database]["items"].find())
+            assert sorted((d["item_id"], d["item_name"]) for d in stored) == sorted(
+                (i["item_id"], i["item_name"]) for i in items)
+        first, second = runs
+        assert sorted(first) == sorted(second) == [0, 1, 2, 3, 4]
+        for offset in first:
+            assert first[offset]["alreadyInserted"] is False
+            assert second[offset] == {**first[offset], "alreadyInserted": True}
+    finally:
+        client.drop_database(database)
+        client.close()
+
+
 # ------------------------------------------------------------------- AVRO through a registry
 def test_02_and_05_avro_triggers_through_the_registry(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
@@ -246,6 +288,111 @@ def test_08_and_09_consume_avro_through_the_registry(
         assert out["messagesCount"] == 7 and out["skippedCount"] == 0
         assert [(r["key"], r["value"]) for r in read_records(out["uri"])] == \
             [(str(p["n"]), p) for p in posts]
+
+
+def test_13_csv_file_input_js_transform_and_avro_produce(
+        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
+        schema_registry_url: str) -> None:
+    """13 as published: a FILE input read by CsvToIon, reshaped row by row by the GraalVM
+    JavaScript FileTransform (V8 here), produced as AVRO through the registry: the records
+    on the topic decode, through the registry, to the CSV's rows."""
+    topic = new_topic()
+    csv_file = tmp_path / "posts.csv"
+    csv_file.write_text("id,name,text,timestamp\n"
+                        "1,ann,hello,2026-01-02T03:04:05Z\n"
+                        '2,bo,"hi, there",2026-01-02T03:04:06Z\n'
+                        "3,cy,é,2026-01-02T03:04:07Z\n", encoding="utf-8")
+    path = corpus("13_plugin_produce_csv_avro.yaml", tmp_path, {
+        "localhost:9092": bootstrap, "http://localhost:8085": schema_registry_url,
+        "topic: posts": f"topic: {topic}"})
+    flow = parse_flow(path)
+    execution = Execution(id="csv-1", namespace=flow.namespace, flow_id=flow.id,
+                          trigger=TriggerInfo(type="manual"))
+    Engine(flow, flow_expressions(flow, {"file": str(csv_file)})).run(execution, {})
+    assert execution.state.name == "SUCCESS", execution.document()
+    out = outputs_of(execution)
+    assert [r["key"] for r in read_records(out["reshape"]["uri"])] == ["1", "2", "3"]
+    assert out["to_kafka"]["messagesCount"] == 3
+
+    msgs = read_all(bootstrap, topic)
+    decode = avro_deserializer({"schema.registry.url": schema_registry_url})
+    assert [(m.key(), decode(m.value())) for m in msgs] == [
+        (b"1", {"name": "ann", "text": "hello"}), (b"2", {"name": "bo", "text": "hi, there"}),
+        (b"3", {"name": "cy", "text": "é"})]
+    assert [(m.value() or b"?")[:1] for m in msgs] == [b"\x00"] * 3  # Confluent framing
+    assert [m.timestamp()[1] for m in msgs] == [1767323045000 + i * 1000 for i in range(3)]
+    assert all(("source", b"csv") in (m.headers() or []) for m in msgs)
+
+
+@pytest.fixture(scope="module")
+def glue_endpoint() -> Iterator[str]:
+    """A real AWS Glue API (moto's server, its schema registry) on a loopback port."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_22_consume_through_the_aws_glue_registry_then_foreach(
+        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, glue_endpoint: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """22 as published (a region only): AWS's own variables point boto3 at the Glue API.
+    Records written in AWS Glue's wire format (schema registered in the registry) are read
+    back as the posts; ForEach runs its Log once per value."""
+    glue = boto3.client("glue", endpoint_url=glue_endpoint, region_name="eu-west-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+    registry = f"r-{uuid.uuid4().hex[:8]}"
+    glue.create_registry(RegistryName=registry)
+    topic = new_topic()
+    posts = [{"name": f"g{i}", "n": i} for i in range(4)]
+    ser = avro_serializer({"schema.registry.url": "aws-glue://eu-west-1",
+                           "aws.glue.endpoint": glue_endpoint, "aws.access.key.id": "test",
+                           "aws.secret.access.key": "test", "registry.name": registry},
+                          POST_SCHEMA, "value")
+    values = [ser(p, topic) for p in posts]
+    assert all(v is not None and v[:2] == b"\x03\x00" for v in values)  # AWS's header
+    produce(bootstrap, topic, values, keys=[str(p["n"]).encode() for p in posts])
+    for name, value in (("AWS_ENDPOINT_URL_GLUE", glue_endpoint), ("AWS_ACCESS_KEY_ID", "test"),
+                        ("AWS_SECRET_ACCESS_KEY", "test")):
+        monkeypatch.setenv(name, value)
+    path = corpus("22_consume_glue_foreach.yaml", tmp_path, {
+        "localhost:9092": bootstrap, "glue_topic": topic})
+    execution = manual(path, exec_id="glue-1")
+    out = outputs_of(execution)["read"]
+    assert (out["messagesCount"], out["skippedCount"]) == (4, 0), out
+    assert [(r["key"], r["value"]) for r in read_records(out["uri"])] == \
+        [(str(p["n"]), p) for p in posts]
+    said = [line["message"] for line in execution.logs or [] if line["taskId"] == "say"]
+    assert said == ["a of 4", "b of 4"]
+
+    # the same vendor on a realtime trigger (a job): one execution per decoded post
+    trig = tmp_path / "glue_realtime.yaml"
+    trig.write_text(f"""# Kestra-style flow: 22's vendor on a RealtimeTrigger
+id: glue_realtime
+namespace: company.team
+tasks:
+  - {{id: say, type: io.kestra.plugin.core.log.Log, message: "post {{{{ trigger.value.name }}}}"}}
+triggers:
+  - id: posts
+    type: io.kestra.plugin.kafka.RealtimeTrigger
+    topic: {topic}
+    groupId: g-{uuid.uuid4().hex[:8]}
+    properties: {{bootstrap.servers: "{bootstrap}"}}
+    valueDeserializer: AVRO
+    schemaRegistryVendor:
+      type: io.kestra.plugin.kafka.registry.AwsGlueSchemaRegistry
+      region: eu-west-1
+      endpoint: {glue_endpoint}
+      accessKey: test
+      secretKey: "{{{{ secret('GLUE_SECRET') }}}}"
+""", encoding="utf-8")
+    docs, err = job(trig, bootstrap, WAXFLOW_SECRET_GLUE_SECRET="test")
+    assert len(docs) == 4 and {d["state"] for d in docs.values()} == {"SUCCESS"}
+    for post in posts:
+        assert f"] post {post['name']}" in err, err[-2000:]
 
 
 # ------------------------------------------------------------------- Consume, Produce, Subflow

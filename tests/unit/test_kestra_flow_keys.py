@@ -19,7 +19,7 @@ from waxflow.dataflows.compiler import _max_concurrency, flow_expressions
 from waxflow.dataflows.spec import parse_flow_text
 from waxflow.errors import FlowError
 from waxflow.execution import Execution, TriggerInfo
-from waxflow.flow import InputError, RealtimeTrigger
+from waxflow.flow import InputError, RealtimeTrigger, registry_properties
 from waxflow.operators.engine import Engine
 
 REALTIME = """\
@@ -321,14 +321,19 @@ tasks:
 """
 
 
-def test_consume_avro_needs_a_registry_and_glue_is_refused_in_one_line() -> None:
+def test_consume_avro_needs_a_registry_and_glue_needs_a_region() -> None:
     assert any("AVRO deserializers need serdeProperties.schema.registry.url (or a "
                "schemaRegistryVendor)" in p for p in problems(CONSUME))
-    found = problems(CONSUME + "    schemaRegistryVendor:\n"
-                     "      type: io.kestra.plugin.kafka.registry.AwsGlueSchemaRegistry\n"
-                     "      region: eu-west-1\n")
-    assert len(found) == 1 and "the AWS Glue schema registry is not supported: waxflow "\
-        "reads AVRO through a Confluent-compatible registry" in found[0], found
+    glue = CONSUME + ("    schemaRegistryVendor:\n"
+                      "      type: io.kestra.plugin.kafka.registry.AwsGlueSchemaRegistry\n")
+    found = problems(glue)
+    assert len(found) == 1 and "the AWS Glue schema registry needs a `region`" in found[0]
+    flow = flow_of(glue + "      region: eu-west-1\n      endpoint: http://127.0.0.1:5000\n")
+    assert registry_properties({}, flow.tasks[0].schemaRegistryVendor) == {
+        "schema.registry.url": "aws-glue://eu-west-1", "aws.region": "eu-west-1",
+        "aws.glue.endpoint": "http://127.0.0.1:5000"}
+    found = problems(glue + "      region: eu-west-1\n      schemaRegistryUrl: http://a:1\n")
+    assert len(found) == 1 and "`schemaRegistryUrl` is for Confluent-compatible" in found[0]
     found = problems(CONSUME + "    serdeProperties: {schema.registry.url: 'http://a:1'}\n"
                      "    schemaRegistryVendor:\n"
                      "      type: io.kestra.plugin.kafka.registry.ConfluentSchemaRegistry\n"
