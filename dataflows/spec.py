@@ -24,12 +24,12 @@ from waxflow.dataflows.task_modules import modules_for
 from waxflow.dataflows.yamlpos import PositionMap, load_yaml
 from waxflow.errors import FlowError, Problem, format_path
 from waxflow.expressions import Expressions, check_static
-from waxflow.flow import TASK_ROOTS, TRIGGER_ALIASES, TRIGGER_TYPES, FlowBase
+from waxflow.flow import STATIC_PROPERTIES, TASK_ROOTS, TRIGGER_ALIASES, TRIGGER_TYPES, FlowBase
 from waxflow.tasks import TASK_ALIASES, TASK_TYPES, TaskBase, add_task_aliases, known_task_type
 
 #: fields rendered once when the job starts (Kafka client and registry settings), never per
 #: record
-STATIC_FIELDS = frozenset({"properties", "serdeProperties"})
+STATIC_FIELDS = STATIC_PROPERTIES
 
 #: the modules that define task types (each registers its types when imported)
 TASK_MODULES = (

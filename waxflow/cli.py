@@ -254,7 +254,7 @@ def _addresses(text: str | None) -> list[str] | None:
 
 def _test(args: argparse.Namespace) -> int:
     from waxflow.dataflows.local_run import DryRunScope, run_jsonl
-    from waxflow.dataflows.spec import parse_flow
+    from waxflow.dataflows.preflight import validate
     from waxflow.logs import setup_logging
     from waxflow.recovery.executions_cli import print_executions
 
@@ -269,8 +269,11 @@ def _test(args: argparse.Namespace) -> int:
         setup_logging(os.environ.get("WAXFLOW_LOG_LEVEL", "INFO"))
     except ValueError as exc:
         return _err(f"$WAXFLOW_LOG_LEVEL: {exc}")
+    flow, notes = validate(args.flow)  # as `waxflow validate`: the file, then its children
+    for note in notes:
+        print(note, file=sys.stderr)
     scope = DryRunScope()
-    docs = run_jsonl(parse_flow(args.flow), Path(args.records) if args.records else None,
+    docs = run_jsonl(flow, Path(args.records) if args.records else None,
                      consume=consume, scope=scope, inputs=dict(args.input))
     print_executions(docs, args.format)
     _show_produced(scope, Path(args.outputs) if args.outputs else None)
