@@ -41,7 +41,8 @@ each batch written as JSON lines), and each child's ``inputs`` are rendered with
 ``taskrun.items`` (the batch file's URI) and ``taskrun.iteration`` (1, 2, ...), one batch after
 another. The children then run **concurrently**, as Kestra starts them all at once: at most
 the child flow's ``concurrency.limit`` at a time (Kestra's way to bound a subflow; its
-ForEachItem has no limit of its own), else :data:`FOR_EACH_CONCURRENCY`. Each runs as a
+ForEachItem has no limit of its own; at most :data:`FOR_EACH_MAX_THREADS`), else
+:data:`FOR_EACH_CONCURRENCY`. Each runs as a
 Subflow child (same guarantees; child ids ``<parent id>.<taskrun id>.<iteration>``); every
 batch runs even after a failed one, then ``transmitFailed`` fails the task if any child
 FAILED (Kestra: the task ends once every iteration has, FAILED if one did). Outputs, as
@@ -68,6 +69,7 @@ from waxflow.tasks import ID_PATTERN, RunContext, TaskBase, TaskFailure, task_ty
 
 __all__ = [
     "FOR_EACH_CONCURRENCY",
+    "FOR_EACH_MAX_THREADS",
     "MAX_DEPTH",
     "NAMESPACE_PATTERN",
     "ChildFlowTask",
@@ -84,6 +86,8 @@ __all__ = [
 MAX_DEPTH = 10
 #: children a ForEachItem runs at once when the child flow sets no ``concurrency.limit``
 FOR_EACH_CONCURRENCY = 8
+#: the most children a ForEachItem runs at once, whatever the child's limit (each is a thread)
+FOR_EACH_MAX_THREADS = 64
 #: what a flow's namespace may be (as :attr:`waxflow.flow.FlowBase.namespace`)
 NAMESPACE_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
@@ -349,10 +353,10 @@ class ForEachItem(ChildFlowTask):
                 "uri": files.write_lines(f"{prefix}/outputs.jsonl", merged)}
 
     def concurrency(self) -> int:
-        """How many children run at once: the child flow's ``concurrency.limit``, else
-        :data:`FOR_EACH_CONCURRENCY`."""
+        """How many children run at once: the child flow's ``concurrency.limit`` (at most
+        :data:`FOR_EACH_MAX_THREADS`), else :data:`FOR_EACH_CONCURRENCY`."""
         limit = _LIMITS[0](self.namespace, self.flowId) if _LIMITS else None
-        return limit if limit is not None else FOR_EACH_CONCURRENCY
+        return min(limit, FOR_EACH_MAX_THREADS) if limit is not None else FOR_EACH_CONCURRENCY
 
     def _run_children(self, ctx: RunContext,
                       calls: list[tuple[dict[str, Any], dict[str, str]]]) -> list[ChildRun]:
