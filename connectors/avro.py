@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from waxflow.connectors.serdes import SerdeError
+from waxflow.tasks import TaskFailure
 
 TopicSerializer = Callable[[Any, str], bytes | None]
 
@@ -68,9 +69,28 @@ def avro_serializer(serde_properties: Mapping[str, str], schema: str | None,
             out: bytes | None = ser(value, SerializationContext(topic, which))
             return out
         except Exception as exc:
-            raise SerdeError(str(exc).strip().splitlines()[0][:300]) from None
+            if _unreachable(exc):  # not the value's fault: the task fails (and may retry)
+                raise TaskFailure(f"cannot reach the schema registry at "
+                                  f"{serde_properties.get('schema.registry.url')}: "
+                                  f"{_first_line(exc)}") from None
+            raise SerdeError(_first_line(exc)) from None
 
     return serialize
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is the registry's transport failing (the
+    client's HTTP library: a ``TransportError``), not a value that does not fit."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if any(c.__name__ == "TransportError" for c in type(seen).__mro__):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def avro_deserializer(serde_properties: Mapping[str, str]) -> Callable[[bytes | None], Any]:
