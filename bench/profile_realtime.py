@@ -1,12 +1,13 @@
 """Profile the realtime flow of bench/realtime.py in-process (not a test).
 
-Run: ``.venv/bin/python bench/profile_realtime.py [--records 50000] [--flow realtime|produce]
-[--no-profile]``.
+Run: ``.venv/bin/python bench/profile_realtime.py [--records 50000]
+[--flow realtime|produce|produce-txn] [--no-profile]``.
 
 ``--flow realtime`` (default) is the Switch + Set flow of bench/realtime.py; ``--flow produce``
 the at-least-once ``kafka.Produce`` flow of bench/peers.py (consume -> add a field -> produce
-JSON to a fresh output topic). The job is the same as ``waxflow run FLOW --stop-when-idle 2
--w 1`` (``waxflow.dataflows.load_flow`` plus Bytewax's single-worker ``run_main`` in this
+JSON to a fresh output topic), ``--flow produce-txn`` the same exactly-once (transactional).
+The job is the same as ``waxflow run FLOW --stop-when-idle 2 -w 1``
+(``waxflow.dataflows.load_flow`` plus Bytewax's single-worker ``run_main`` in this
 thread, 200 ms epochs), on fresh topics and group (deleted at the end). cProfile runs with a
 **per-thread CPU-time timer** (``time.thread_time``), on the main thread (Bytewax worker:
 source, deserialize, execute step, sink) and on every Python thread the job starts (execution
@@ -92,7 +93,7 @@ def flow_text(kind: str, res: benchkit.Resources, inp: benchkit.Inputs) -> str:
     if kind == "realtime":
         return realtime.flow_yaml(inp.topic, inp.group)
     out = res.create(res.name("out"), benchkit.PARTITIONS)
-    return peers.flow_yaml(inp.topic, out, inp.group, False, None)
+    return peers.flow_yaml(inp.topic, out, inp.group, kind == "produce-txn", None)
 
 
 def install_gc_timing() -> dict[int, list[tuple[float, float, int]]]:
@@ -260,9 +261,11 @@ def components(args: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=50_000)
-    ap.add_argument("--flow", choices=("realtime", "produce"), default="realtime",
+    ap.add_argument("--flow", choices=("realtime", "produce", "produce-txn"),
+                    default="realtime",
                     help="realtime: Switch + Set (bench/realtime.py); produce: the "
-                         "at-least-once kafka.Produce flow of bench/peers.py")
+                         "at-least-once kafka.Produce flow of bench/peers.py; produce-txn: "
+                         "its exactly-once (transactional) variant")
     benchkit.add_bootstrap(ap)
     ap.add_argument("--no-profile", action="store_true", help="same run, no profiler")
     ap.add_argument("--top", type=int, default=30)

@@ -172,14 +172,17 @@ class Deliveries:
     #: it; a task-own transaction must be committed by the task (:meth:`wait`)
     deferrable = True
 
-    def __init__(self, producer: Producer | None) -> None:
+    def __init__(self, producer: Producer | None, *,
+                 cond: threading.Condition | None = None) -> None:
+        """``cond``: a condition to share instead of one of its own (~1.5 µs each), for
+        owners that never wait on it (nothing is ever pending: records only buffered)."""
         self._producer = producer
         self.sent = 0
         self._pending = 0
         self._errors: list[str] = []
         #: the failed deliveries: their error and record (owners redo outage failures)
         self.failures: list[tuple[KafkaError, Record]] = []
-        self._cond = threading.Condition()
+        self._cond = cond if cond is not None else threading.Condition()
         self._settled: Callable[[list[str]], None] | None = None
 
     @property

@@ -155,9 +155,11 @@ class Produce(TaskBase):
 
     def client_conf(self) -> dict[str, Any]:
         """The producer config: ``properties`` rendered once (static templates only)."""
-        if self._conf is None:
-            self._conf = client_conf(self.properties)
-        return self._conf
+        private: dict[str, Any] = self.__pydantic_private__  # type: ignore[assignment]
+        conf: dict[str, Any] | None = private["_conf"]  # (one look-up, not pydantic's)
+        if conf is None:
+            conf = private["_conf"] = client_conf(self.properties)
+        return conf
 
     def _serializer(self, name: str, schema: str | None, field: str
                     ) -> Callable[[Any, str], bytes | None]:
@@ -174,17 +176,19 @@ class Produce(TaskBase):
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         items = load_records(ctx.render(self.from_))
         default_topic = ctx.render(self.topic) if self.topic else None
-        task_headers = {k: str(v) for k, v in ctx.render(self.headers).items()}
+        task_headers = ({k: str(v) for k, v in ctx.render(self.headers).items()}
+                        if self.headers else {})
         exec_id = str(ctx.vars["execution"]["id"])
-        sers = self._sers
+        private: dict[str, Any] = self.__pydantic_private__  # type: ignore[assignment]
+        sers = private["_sers"]  # (one look-up, not pydantic's per attribute)
         if sers is None:
-            sers = self._sers = (
+            sers = private["_sers"] = (
                 self._serializer(self.keySerializer, self.keyAvroSchema, "key"),
                 self._serializer(self.valueSerializer, self.valueAvroSchema, "value"))
         ser_key, ser_value = sers
         prepared = []
         for i, item in enumerate(items):
-            if not isinstance(item, dict) or not (RECORD_KEYS & set(item)):
+            if not isinstance(item, dict) or RECORD_KEYS.isdisjoint(item):
                 item = {"value": item}  # a bare value (e.g. an item of an API response)
             topic = item.get("topic") or default_topic
             if not topic:
@@ -207,10 +211,11 @@ class Produce(TaskBase):
                              _timestamp(item.get("timestamp"))))
         conf = self.client_conf()
         scope = getattr(ctx, "batch", None)
+        deferring = getattr(scope, "deferring", False)
         # where the task waits for its deliveries itself (replay, schedules, batch flows), an
         # unreachable cluster fails fast; `waxflow test` captures (never connects), and in a
         # consumer-group flow (deferring) the batch rides out outages instead
-        if not getattr(scope, "DRY_RUN", False) and not getattr(scope, "deferring", False):
+        if not deferring and not getattr(scope, "DRY_RUN", False):
             _check_reachable(conf)
         deliveries: Deliveries
         if scope is not None:
@@ -221,7 +226,7 @@ class Produce(TaskBase):
             deliveries = KafkaOutput("task", None).scope().deliveries(conf, self.transactional)
         for topic, key, value, headers, part, ts in prepared:
             deliveries.produce(topic, key, value, headers, partition=part, timestamp=ts)
-        if getattr(scope, "deferring", False) and deliveries.deferrable:
+        if deferring and deliveries.deferrable:
             # in a consumer-group flow: the deliveries are checked once for the batch (or
             # before the execution counts as done), not waited for here
             scope.defer(exec_id, self.id, deliveries)  # type: ignore[union-attr]

@@ -55,6 +55,17 @@ def deserialize(step_id: str, up: Stream[RawRecord], *, key_de: Deserializer,
     filters = dict(header_filters)
 
     def batch(raws: list[RawRecord]) -> list[Decoded]:
-        return [decode(r, key_de, value_de, fail=fail, filters=filters) for r in raws]
+        if filters:
+            return [decode(r, key_de, value_de, fail=fail, filters=filters) for r in raws]
+        # one tight loop over the batch; a record that fails is decoded again by decode(),
+        # which words its error (deserializers are pure: the same failure again)
+        out: list[Decoded] = []
+        append = out.append
+        for r in raws:
+            try:
+                append(Decoded(r, key_de(r.key), value_de(r.value)))
+            except Exception:  # that record's serde error (module doc)
+                append(decode(r, key_de, value_de, fail=fail, filters=filters))
+        return out
 
     return op.flat_map_batch(step_id, up, batch)

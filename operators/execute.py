@@ -26,7 +26,7 @@ from bytewax.dataflow import Stream
 
 from waxflow.connectors import metrics
 from waxflow.connectors.execution_log import LOG_HEADER, LogBatch
-from waxflow.execution import Execution, State, TriggerInfo, execution_id, jsonable
+from waxflow.execution import Execution, State, TriggerInfo, jsonable, record_ids
 from waxflow.flow import FlowBase
 from waxflow.operators.executor import Executor, Job
 from waxflow.operators.pipeline import Pipeline
@@ -51,6 +51,7 @@ class RecordExecutions:
         #: pipelined mode (see the module doc): set by :meth:`pipelined`
         self.pipeline: Pipeline | None = None
         self.progress: Progress | None = None
+        self._ids = record_ids(flow.namespace, flow.id)
 
     def pipelined(self, txn_conf: Mapping[str, Any] | None = None
                   ) -> tuple[Progress, Transactions | None]:
@@ -71,8 +72,7 @@ class RecordExecutions:
     def id_of(self, rec: Decoded) -> str:
         """The execution id of a record (G2)."""
         raw = rec.raw
-        return execution_id(self.flow.namespace, self.flow.id, raw.topic, raw.partition,
-                            raw.offset)
+        return self._ids(raw.topic, raw.partition, raw.offset)  # = execution_id(...)
 
     def job(self, rec: Decoded, batch: LogBatch) -> Job | None:
         """The execution of one decoded record: to run, or already SKIPPED (None when

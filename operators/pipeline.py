@@ -335,6 +335,10 @@ class Pipeline:
             return
         # its Produce tasks enqueued their records: conclude once all are acknowledged
         deferred, scope.deferred = scope.deferred, []
+        if len(deferred) == 1:  # one Produce task (the common case): no count to keep
+            task_id, deliveries = deferred[0]
+            deliveries.settle(functools.partial(self._settled_one, item, task_id))
+            return
         lock = threading.Lock()
         left = [len(deferred)]
         failed: list[tuple[str, list[str]]] = []
@@ -357,6 +361,18 @@ class Pipeline:
 
         for task_id, deliveries in deferred:
             deliveries.settle(functools.partial(settled, task_id))
+
+    def _settled_one(self, item: _Item, task_id: str, errors: list[str]) -> None:
+        """The deliveries of an execution's only deferred Produce task are all acknowledged
+        (``errors``: the failed ones): conclude it, as :meth:`_finish`'s count does for
+        several."""
+        try:
+            if errors:
+                fail_late(item.job.execution, task_id,
+                          "delivery failed: " + "; ".join(errors[:5]))
+            self._conclude(item)
+        except BaseException as exc:  # handed to the source, which stops the job
+            self.progress.fail(exc)
 
     def _conclude(self, item: _Item) -> None:
         job = item.job

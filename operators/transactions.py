@@ -51,6 +51,8 @@ from waxflow.progress import PartitionProgress, Progress
 
 #: snapshots of one worker's partitions closer together than this share one transaction
 _SAME_EPOCH = 0.05
+#: the condition of every :class:`Buffered` (none ever waits on it)
+_SHARED_COND = threading.Condition()
 
 
 class Buffered(Deliveries):
@@ -58,7 +60,8 @@ class Buffered(Deliveries):
     (nothing is sent; nothing can fail before then)."""
 
     def __init__(self, conf: Mapping[str, Any]) -> None:
-        super().__init__(None)
+        # no Condition of its own per task run (~1.5 µs): nothing is ever pending here
+        super().__init__(None, cond=_SHARED_COND)
         self.conf = conf
         self.records: list[Record] = []
 
@@ -103,14 +106,18 @@ class Transactions:
         self._lock = threading.Lock()
         self._held: dict[str, dict[int, Produced]] = {}
         self._workers: dict[int, _Worker] = {}
+        #: the last config object :meth:`buffer` found to match (kept alive: its id stays)
+        self._same_conf: Mapping[str, Any] | None = None
 
     # -- the pipeline's side (any thread) -----------------------------------------------------
     def buffer(self, conf: Mapping[str, Any]) -> Buffered:
         """Where a transactional Produce task run puts its records."""
-        if conf_key(conf) != self._key:
-            raise DeliveryError("one flow's transactions span one cluster and one set of "
-                                "producer properties; use transactional: false for a second "
-                                "target")
+        if conf is not self._same_conf:  # (a task's cached config asks again: no key)
+            if conf_key(conf) != self._key:
+                raise DeliveryError("one flow's transactions span one cluster and one set "
+                                    "of producer properties; use transactional: false for a "
+                                    "second target")
+            self._same_conf = conf
         return Buffered(conf)
 
     def put(self, part: PartitionProgress, offset: int, produced: Produced) -> None:

@@ -29,6 +29,7 @@ import math
 import os
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -61,6 +62,19 @@ def execution_id(namespace: str, flow_id: str, *coordinates: object) -> str:
     """
     raw = "\x1f".join(str(part) for part in (namespace, flow_id, *coordinates)).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def record_ids(namespace: str, flow_id: str) -> Callable[[str, int, int], str]:
+    """``execution_id(namespace, flow_id, topic, partition, offset)`` as a function of the
+    record's coordinates: the same ids (G2), with the flow's part of the text built once
+    (a third of the cost per record)."""
+    prefix = f"{namespace}\x1f{flow_id}\x1f"
+    sha256 = hashlib.sha256
+
+    def of(topic: str, partition: int, offset: int) -> str:
+        return sha256(f"{prefix}{topic}\x1f{partition}\x1f{offset}".encode()).hexdigest()[:32]
+
+    return of
 
 
 @dataclass(slots=True)

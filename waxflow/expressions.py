@@ -52,6 +52,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from waxflow.durations import format_duration
+from waxflow.template_direct import SPECIAL_NAMES, Fallback, direct
 
 __all__ = [
     "ALLOWED_ROOTS",
@@ -1208,6 +1209,28 @@ class _Path(Template):
         return obj
 
 
+class _Direct(Template):
+    """A simple template (:mod:`waxflow.template_direct`: paths, arithmetic, ``dict(...)``,
+    plain filters, text around them) evaluated from its syntax tree; where that cannot vouch
+    for the value, rendered by its Jinja template: the result is always the Jinja one."""
+
+    __slots__ = ("_get", "_slow", "source")
+
+    def __init__(self, source: str, get: Callable[[Mapping[str, Any]], Any],
+                 slow: Template) -> None:
+        self.source = source
+        self._get = get
+        self._slow = slow
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        if type(ctx) is dict:
+            try:
+                return self._get(ctx)
+            except Fallback:
+                pass
+        return self._slow.render(ctx)
+
+
 class _Structure(Template):
     """A dict or list whose strings are templates; renders to a fresh container each time."""
 
@@ -1342,8 +1365,13 @@ class Expressions:
         path = _PATH.fullmatch(source)
         if path is not None and not pure_secret:
             names = tuple(path.group(1).split("."))
-            if names[0] not in _CONSTANT_NAMES and names[0] not in self._globals:
+            if (names[0] not in _CONSTANT_NAMES and names[0] not in self._globals
+                    and names[0] not in SPECIAL_NAMES):
                 return _Path(source, names, jinja)
+        if not pure_secret and _SECRET not in _loads(tree):
+            get = direct(tree, self._env, self._globals)
+            if get is not None:
+                return _Direct(source, get, jinja)
         return jinja
 
     def compile_value(self, value: Any) -> Template:

@@ -40,6 +40,8 @@ RecordFields = tuple[str, int, int, bytes | None, bytes | None, int | None, Head
 
 def headers_text(headers: HeaderPairs) -> dict[str, str | None]:
     """Header pairs as a name → text map (later duplicates win; invalid UTF-8 replaced)."""
+    if not headers:
+        return {}
     return {k: (v.decode("utf-8", "replace") if v is not None else None) for k, v in headers}
 
 
