@@ -14,9 +14,12 @@ Run: ``.venv/bin/python bench/history.py [--executions 100000] [--query-executio
    execution id, over four flows in two namespaces; 10% carry an ``upstreamExecutionId``, 0.1%
    are batch executions. Producing is not timed.
 2. **First sync**: ``sync()`` of the whole log into a new index: documents/s (the ingest
-   rate: consuming, bulk decoding and writing, all included), wall time, and bytes on disk
-   per execution (the DuckDB file after close). With ``--executions 3000000`` this is the
-   issue's "first sync of 3M executions".
+   rate: consuming, bulk decoding and writing, all included), wall time, CPU (this process
+   and the reader process it starts), and bytes on disk per execution (the DuckDB file
+   after close). With ``--executions 3000000`` this is the issue's "first sync of 3M
+   executions". With ``--reader both`` (the default) the same log is first synced into a
+   scratch index with the log read by a thread of the syncing process (what a small sync
+   does), then by the reader process (what a first sync does), and the ratio printed.
 3. **Incremental sync**: a producer thread appends ``--incremental`` more executions (default:
    a tenth of ``--executions``, at least 20,000) at up to ``--rate`` documents/s (a flow
    writing) while ``sync()`` runs in a loop; printed: the syncs, documents each, and the lag
@@ -50,6 +53,7 @@ import benchkit
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
+from waxflow.recovery import index as index_module
 from waxflow.recovery.index import ExecutionIndex
 
 FLOWS = (("shop", "orders-realtime", "orders"), ("shop", "refunds", "refunds"),
@@ -251,6 +255,8 @@ def main() -> None:
     ap.add_argument("--query-executions", type=int, default=1_000_000,
                     help="executions in the index for the query timings (full size: 10000000)")
     ap.add_argument("--sync-timeout", type=float, default=600.0)
+    ap.add_argument("--reader", choices=("both", "process", "thread"), default="both",
+                    help="how the first sync reads the log: compare both (default), or one")
     args = ap.parse_args()
     if args.incremental is None:
         args.incremental = max(20_000, args.executions // 10)
@@ -265,23 +271,39 @@ def main() -> None:
               f" (produced in {time.perf_counter() - t0:.1f}s, not timed)")
         path = tmp / "index.duckdb"
 
-        # 2. first sync
-        with ExecutionIndex(path) as ix:
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            read = ix.sync(args.bootstrap, log, timeout=args.sync_timeout)
-            first_s = time.perf_counter() - t0
-            cpu_s = time.process_time() - cpu0
-            complete = ix.last_sync_complete
-            counted = sum(ix.count().values())
-        size = size_of(path)
-        rate = read / first_s
-        per_exec = size / max(1, counted)
-        print(f"\nfirst sync: {read:,} documents in {first_s:.1f}s = {rate:,.0f} docs/s"
-              f" ({'complete' if complete else 'INCOMPLETE'}); {counted:,} executions indexed")
-        print(f"  CPU: {cpu_s:.1f}s of this process (all its threads) = {read / cpu_s:,.0f}"
-              f" docs per CPU-second; load average after: {benchkit.load()}"
-              f" on {os.cpu_count()} cores (other work on the machine slows the wall rate)")
-        print(f"  on disk: {size / 1e6:.1f} MB = {per_exec:.0f} bytes/execution")
+        # 2. first sync (with --reader both: by a thread into a scratch index first)
+        default_min = index_module.PROCESS_READER_RECORDS
+        runs = ["thread", "process"] if args.reader == "both" else [args.reader]
+        rates: dict[str, float] = {}
+        for reader in runs:
+            index_module.PROCESS_READER_RECORDS = default_min if reader == "process" \
+                else 1 << 62
+            target = path if reader == runs[-1] else tmp / f"index-{reader}.duckdb"
+            with ExecutionIndex(target) as ix:
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                child0 = benchkit.child_cpu()
+                read = ix.sync(args.bootstrap, log, timeout=args.sync_timeout)
+                first_s = time.perf_counter() - t0
+                cpu_s = time.process_time() - cpu0
+                child_s = benchkit.child_cpu() - child0
+                complete = ix.last_sync_complete
+                counted = sum(ix.count().values())
+            size = size_of(target)
+            rate = rates[reader] = read / first_s
+            per_exec = size / max(1, counted)
+            print(f"\nfirst sync, the log read by a {reader}: {read:,} documents in"
+                  f" {first_s:.1f}s = {rate:,.0f} docs/s"
+                  f" ({'complete' if complete else 'INCOMPLETE'}); {counted:,} executions"
+                  " indexed")
+            print(f"  CPU: {cpu_s:.1f}s in this process + {child_s:.1f}s in the reader"
+                  f" process = {read / (cpu_s + child_s):,.0f} docs per CPU-second; load"
+                  f" average after: {benchkit.load()} on {os.cpu_count()} cores (other work"
+                  " on the machine slows the wall rate)")
+            print(f"  on disk: {size / 1e6:.1f} MB = {per_exec:.0f} bytes/execution")
+        index_module.PROCESS_READER_RECORDS = default_min
+        if len(rates) == 2:
+            print(f"  reader process / reader thread: {rates['process'] / rates['thread']:.2f}x"
+                  " the documents/s")
         if counted != args.executions:
             print(f"  INVALID: {counted:,} executions indexed, {args.executions:,} written")
 

@@ -9,10 +9,18 @@ document back from the log. Guarantees:
   to the end offset read at the start of the sync (the last stable offset: the reader is
   ``read_committed``), never commits to a consumer group, and stores summaries and positions
   in the same DuckDB transaction, so a crash mid-sync loses nothing and duplicates nothing.
-- Documents are decoded in bulk (DuckDB's JSON reader over a batch of record values, while
-  a reader thread consumes the next batch); a batch holding a value that is not a JSON
-  object, or a field of another type than the engine writes, is decoded one value at a time
-  instead: such values are skipped and such fields read as absent.
+- Documents are decoded in bulk: a batch of record values goes to DuckDB as one Arrow
+  column (no file, no Python step per value) and DuckDB's JSON decoder reads the fields the
+  index keeps. The log is read meanwhile, the next batch gathered while one is written: by
+  ``READER_PROCESSES`` reader processes (:mod:`.index_reader`, which also decode the
+  documents with the same decoder and hand over their columns) when a sync has at least
+  ``PROCESS_READER_RECORDS`` records to read (a first sync: this process then only merges,
+  with one DuckDB thread, and never shares its GIL with a busy reader), else by a reader
+  thread (no process to start for an incremental sync). A value that is not a JSON object
+  is skipped; a field of another type than the engine writes reads as absent (but a number
+  or boolean where text is expected reads as its JSON text, and a field given twice as its
+  first value); a batch holding a value that is not JSON at all, or not UTF-8, is decoded
+  one value at a time instead, with the same result.
 - ``flows`` answers from per-flow state counts that every merge keeps in the same
   transaction as the rows (no scan of the rows); ``list``/``count`` with ``text`` match a
   substring of the trigger record key's JSON text or a prefix of the execution id.
@@ -28,12 +36,16 @@ document back from the log. Guarantees:
 
 from __future__ import annotations
 
+import array
 import builtins
 import contextlib
+import itertools
 import json
 import logging
 import os
 import queue
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +55,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import duckdb
 import pyarrow as pa
@@ -60,6 +72,11 @@ BATCH_DOCS = 200_000
 #: ... or fewer when their values add up to this many bytes
 BATCH_BYTES = 128 << 20
 _CONSUME = 10_000
+#: a sync with at least this many records to read reads them in a child process
+#: (:mod:`.index_reader`); fewer are read by a thread (no process to start)
+PROCESS_READER_RECORDS = 400_000
+#: ... by this many processes, the partitions shared among them
+READER_PROCESSES = 1
 _KAFKA_LOG = logging.getLogger("waxflow.index.kafka")
 _KAFKA_LOG.addHandler(logging.NullHandler())
 #: errors that mean the cluster refused this client (its credentials, its TLS handshake, an
@@ -118,6 +135,9 @@ _COLUMNS = {
                ' deliveryCount BIGINT, "group" VARCHAR)',
     "error": "STRUCT(taskId VARCHAR, message VARCHAR)", "upstreamExecutionId": "VARCHAR",
 }
+_STRUCT = json.dumps(_COLUMNS)
+#: a document's place in the log: its offset, then its partition (unique per document)
+_POS = "({0}.log_offset::HUGEINT * 4294967296 + {0}.log_partition)"
 _SUMMARY_COLS = (
     "id, namespace, flow_id, state, terminal, run_id, start_us, end_us, duration_ms, runs,"
     " trigger_type, topic, partition, \"offset\", record_key, record_ts, offsets,"
@@ -228,55 +248,97 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.values)
 
-    def spill(self, path: Path) -> _Spilled:
-        """Write the values to ``path``, one per line (a value's own line breaks, JSON
-        whitespace, become spaces), and return the record coordinates as an Arrow table
-        aligned with those lines."""
-        _write_lines(path, self.values)
-        return _Spilled(self.coords(), path)
-
-    def coords(self, keep: builtins.list[int] | None = None) -> pa.Table:
-        """The record coordinates (of the records at ``keep``, default all) as Arrow."""
+    def table(self) -> pa.Table:
+        """The batch as Arrow: the record coordinates and ``v``, the values as text,
+        built from whole buffers (no Python step per value)."""
         try:  # record keys are UTF-8 text in practice: converted without a Python loop
             keys = pa.array(self.keys, pa.string())
         except (pa.ArrowInvalid, UnicodeDecodeError):
             keys = pa.array([k.decode("utf-8", "replace") if k is not None else None
                              for k in self.keys], pa.string())
-        coords = pa.table({
+        return pa.table({
             "log_partition": pa.array(self.partitions, pa.int32()),
             "log_offset": pa.array(self.offsets, pa.int64()),
             "record_ms": pa.array(self.timestamps, pa.int64()),
             "rkey": keys,
+            "v": _binary(self.values),
         })
-        return coords if keep is None else coords.take(pa.array(keep, pa.int64()))
 
 
-@dataclass
-class _Spilled:
-    """A batch's values written to ``path`` and their records' coordinates, line by line."""
+def _decode_into(db: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
+    """Decode ``table`` (:meth:`_Batch.table`) into the temp table ``d`` of ``db``
+    (:func:`_stage`); a batch the bulk decoder refuses (a value that is not JSON, or not
+    UTF-8) is staged again from its JSON objects, cleaned one by one."""
+    try:
+        _stage(db, table)
+    except (duckdb.Error, UnicodeDecodeError):
+        values = table.column("v").cast(pa.large_binary()).to_pylist()  # maybe not UTF-8
+        keep = [i for i, v in enumerate(values) if _json_object(v)]
+        clean = table.take(pa.array(keep, pa.int64())).drop_columns(["v"])
+        _stage(db, clean.append_column("v", _binary([_clean(values[i]) for i in keep])))
 
-    coords: pa.Table
-    path: Path
+
+def _stage(db: duckdb.DuckDBPyConnection, raw: pa.Table) -> None:
+    """Decode the documents of ``raw`` (:meth:`_Batch.table`) into the temp table ``d``:
+    their typed columns beside their records' coordinates. Values that are JSON but not
+    an object are left out; a field of another type than the engine writes reads as
+    absent (a number where text is expected reads as its JSON text), a duplicated field
+    as its first value."""
+    db.register("raw", raw)
+    try:
+        # the JSON decoded once into a struct column (referenced field by field below,
+        # it would be decoded again per field)
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE dj AS SELECT * EXCLUDE (v),"
+            " json_transform(v, ?) AS j FROM raw"
+            " WHERE starts_with(v, '{') OR json_type(v) = 'OBJECT'", [_STRUCT])
+    finally:
+        db.unregister("raw")
+    db.execute(
+            "CREATE OR REPLACE TEMP TABLE d AS SELECT"
+            " coalesce(j.id, c.rkey) AS eid, j.namespace, j.flowId AS flow_id, j.state,"
+            " coalesce(j.terminal, false) AS terminal, coalesce(j.runId, '') AS run_id,"
+            " epoch_us(try_cast(j.startDate AS TIMESTAMPTZ)) AS start_us,"
+            " epoch_us(try_cast(j.endDate AS TIMESTAMPTZ)) AS end_us,"
+            " j.durationMs AS duration_ms, j.trigger.type AS trigger_type,"
+            " j.trigger.topic AS topic, j.trigger.partition::INTEGER AS partition,"
+            " j.trigger.\"offset\" AS \"offset\", j.trigger.\"key\" AS record_key,"
+            " j.trigger.\"timestamp\" AS record_ts,"
+            " CAST(CASE WHEN json_type(j.trigger.offsets) = 'OBJECT'"
+            "  THEN j.trigger.offsets END AS VARCHAR) AS offsets,"
+            " j.trigger.messagesCount AS messages_count,"
+            " j.trigger.deliveryCount AS delivery_count, j.trigger.\"group\" AS group_id,"
+            " j.upstreamExecutionId AS upstream, j.error.taskId AS error_task,"
+            " j.error.message AS error_message, c.log_partition, c.log_offset,"
+            " c.record_ms"
+            " FROM dj c WHERE coalesce(j.id, c.rkey) <> ''")
+
+
+def _load(path: str | None) -> pa.Table | None:
+    """The Arrow batch a reader process wrote to ``path`` (mapped, not copied); the file is
+    removed (the mapping stays readable)."""
+    if path is None:
+        return None
+    table = pa.ipc.open_file(pa.memory_map(path)).read_all()
+    os.unlink(path)
+    return table
+
+
+def _binary(values: builtins.list[bytes]) -> pa.Array:
+    """``values`` as an Arrow text array: their bytes joined once, and their offsets. Not
+    checked to be UTF-8 here: DuckDB's JSON decoder reads every byte of every value
+    (:meth:`ExecutionIndex._stage`) and refuses a value that is not UTF-8."""
+    ends = array.array("q", itertools.accumulate(map(len, values), initial=0))
+    return pa.Array.from_buffers(pa.large_string(), len(values),
+                                 [None, pa.py_buffer(ends), pa.py_buffer(b"".join(values))])
 
 
 @dataclass
 class _Gathered:
-    """A batch read by the reader thread, its positions, and its spilled file."""
+    """A batch read by the reader thread (:meth:`_Batch.table`) and its positions."""
 
-    batch: _Batch
     nexts: dict[int, int]
-    spilled: _Spilled | None
-
-
-def _write_lines(path: Path, values: list[bytes]) -> None:
-    """``values`` one per line: whole (decoding a document whole costs less than cutting
-    the parts the index does not read out of it in Python first)."""
-    buf = b"\n".join(values)
-    if buf.count(b"\n") != len(values) - 1:
-        buf = b"\n".join(v.replace(b"\n", b" ") for v in values)
-    with path.open("wb") as fh:
-        fh.write(buf)
-        fh.write(b"\n")
+    table: pa.Table | None
 
 
 class ExecutionIndex:
@@ -313,7 +375,6 @@ class ExecutionIndex:
         except BaseException:
             self._db.close()
             raise
-        self._tmp: Path | None = None  # where batches are spilled, made by the first write
 
     def _connect(self, lock_timeout: float) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + lock_timeout
@@ -387,12 +448,6 @@ class ExecutionIndex:
             self._reader.close()
             self._reader = None
         self._db.close()
-        if self._tmp is not None:
-            for leftover in self._tmp.glob("*"):
-                leftover.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self._tmp.rmdir()
-            self._tmp = None
 
     def __enter__(self) -> ExecutionIndex:
         return self
@@ -414,7 +469,7 @@ class ExecutionIndex:
             return False
         batch = _Batch()
         batch.add(partition, offset, key, value, timestamp_ms)
-        return self._write(log_topic, batch) == 1
+        return self._write(log_topic, batch.table()) == 1
 
     def ingest_batch(self, log_topic: str, batch: Sequence[tuple[int, int, bytes | None,
                                                                  bytes | None, int | None]]
@@ -425,14 +480,14 @@ class ExecutionIndex:
         for part, off, key, value, ts in batch:
             if value is not None:
                 pending.add(part, off, key, value, ts)
-        return self._write(log_topic, pending)
+        return self._write(log_topic, pending.table() if pending.values else None)
 
-    def _write(self, log_topic: str, batch: _Batch, nexts: dict[int, int] | None = None,
-               spilled: _Spilled | None = None) -> int:
-        """Decode ``batch`` in bulk (into connection-local temp tables), then merge it into
-        the tables and store ``nexts`` as the positions of ``log_topic``, in one
-        transaction. Returns the usable documents."""
-        count = self._decode(batch, spilled) if batch.values else 0
+    def _write(self, log_topic: str, table: pa.Table | None,
+               nexts: dict[int, int] | None = None) -> int:
+        """Decode ``table`` (:meth:`_Batch.table`) in bulk (into connection-local temp
+        tables), then merge it into the tables and store ``nexts`` as the positions of
+        ``log_topic``, in one transaction. Returns the usable documents."""
+        count = self._decode(table) if table is not None and table.num_rows else 0
         self._db.execute("BEGIN")
         try:
             if count:
@@ -449,55 +504,19 @@ class ExecutionIndex:
             raise
         return count
 
-    def _decode(self, batch: _Batch, spilled: _Spilled | None = None) -> int:
-        """Stage ``batch`` (``spilled``: already written by :meth:`_Batch.spill`) as the temp
-        tables ``d`` and ``nl`` (:meth:`_latest`); a batch the bulk decoder refuses is staged
-        again from its JSON objects, cleaned one by one. Returns the usable documents."""
-        spilled = spilled or batch.spill(self._spill_path())
-        path = spilled.path
-        self._db.register("coords", spilled.coords)
-        try:
+    def _decode(self, table: pa.Table) -> int:
+        """Stage ``table`` as the temp tables ``d`` (:func:`_decode_into`) and ``nl``
+        (:meth:`_latest`); a table without ``v`` was decoded already (by the reader
+        process: the columns of ``d``). Returns the usable documents."""
+        if "v" in table.column_names:
+            _decode_into(self._db, table)
+        else:
+            self._db.register("decoded", table)
             try:
-                self._stage(path)
-                return self._latest()
-            except (duckdb.Error, UnicodeDecodeError):
-                keep = [i for i, v in enumerate(batch.values) if _json_object(v)]
-                if not keep:
-                    return 0
-                self._db.unregister("coords")
-                self._db.register("coords", batch.coords(keep))
-                _write_lines(path, [_clean(batch.values[i]) for i in keep])
-                self._stage(path)
-                return self._latest()
-        finally:
-            self._db.unregister("coords")
-            path.unlink(missing_ok=True)
-
-    def _stage(self, path: Path) -> None:
-        """Decode the documents in ``path`` into the temp table ``d``: their typed columns
-        beside the registered ``coords`` of the same line (a positional join: the reader
-        keeps the file's order)."""
-        columns = "{" + ",".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
-        self._db.execute(
-                "CREATE OR REPLACE TEMP TABLE d AS SELECT"
-                " coalesce(j.id, c.rkey) AS eid, j.namespace, j.flowId AS flow_id, j.state,"
-                " coalesce(j.terminal, false) AS terminal, coalesce(j.runId, '') AS run_id,"
-                " epoch_us(try_cast(j.startDate AS TIMESTAMPTZ)) AS start_us,"
-                " epoch_us(try_cast(j.endDate AS TIMESTAMPTZ)) AS end_us,"
-                " j.durationMs AS duration_ms, j.trigger.type AS trigger_type,"
-                " j.trigger.topic AS topic, j.trigger.partition::INTEGER AS partition,"
-                " j.trigger.\"offset\" AS \"offset\", j.trigger.\"key\" AS record_key,"
-                " j.trigger.\"timestamp\" AS record_ts,"
-                " CAST(CASE WHEN json_type(j.trigger.offsets) = 'OBJECT'"
-                "  THEN j.trigger.offsets END AS VARCHAR) AS offsets,"
-                " j.trigger.messagesCount AS messages_count,"
-                " j.trigger.deliveryCount AS delivery_count, j.trigger.\"group\" AS group_id,"
-                " j.upstreamExecutionId AS upstream, j.error.taskId AS error_task,"
-                " j.error.message AS error_message, c.log_partition, c.log_offset,"
-                " c.record_ms, c.log_offset::HUGEINT * 4294967296 + c.log_partition AS pos"
-                f" FROM read_json('{path}', format='newline_delimited', records=true,"
-                f" columns={columns}) j POSITIONAL JOIN coords c"
-                " WHERE coalesce(j.id, c.rkey) <> ''")
+                self._db.execute("CREATE OR REPLACE TEMP TABLE d AS SELECT * FROM decoded")
+            finally:
+                self._db.unregister("decoded")
+        return self._latest()
 
     def _latest(self) -> int:
         """The temp table ``nl``: per execution of the batch its latest document and whether
@@ -507,17 +526,17 @@ class ExecutionIndex:
         # the executions whose documents span runs (rare: replays, redeliveries)
         db.execute("CREATE OR REPLACE TEMP TABLE mu AS SELECT DISTINCT d.eid FROM d"
                    " SEMI JOIN d d2 ON d2.eid = d.eid AND d2.run_id <> d.run_id")
-        # a document is the latest of its execution when no later one follows (``pos``: the
-        # log offset, then the partition for a tie across partitions)
+        # a document is the latest of its execution when no later one follows (the log
+        # offset, then the partition for a tie across partitions: unique per document)
         db.execute(
-            "CREATE OR REPLACE TEMP TABLE nl AS SELECT d.* EXCLUDE (pos),"
+            "CREATE OR REPLACE TEMP TABLE nl AS SELECT d.*,"
             " eid IN (SELECT eid FROM mu) AS multi,"
-            f" {_PREFIX_SQL.format('eid')} AS id_prefix FROM d ANTI JOIN d d2"
-            " ON d2.eid = d.eid AND d2.pos > d.pos")
+            f" {_PREFIX_SQL.format('eid')} AS id_prefix FROM d ANTI JOIN d d2 ON d2.eid = d.eid"
+            f" AND {_POS.format('d2')} > {_POS.format('d')}")
         row = db.execute("SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM mu)").fetchone()
-        db.execute("CREATE OR REPLACE TEMP TABLE dm AS SELECT * EXCLUDE (pos) FROM d WHERE eid"
+        db.execute("CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d WHERE eid"
                    " IN (SELECT eid FROM mu)" if row and row[1] else
-                   "CREATE OR REPLACE TEMP TABLE dm AS SELECT * EXCLUDE (pos) FROM d LIMIT 0")
+                   "CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d LIMIT 0")
         return int(row[0] or 0) if row else 0
 
     def _merge(self, log_topic: str) -> None:
@@ -693,10 +712,14 @@ class ExecutionIndex:
         self.last_sync_complete = True
         self._bootstrap = bootstrap
         try:
-            ends = self._plan(consumer, topic, deadline, errors)
+            starts, ends = self._plan(consumer, topic, deadline, errors)
             if not ends:
                 return 0
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('bootstrap', ?)", [bootstrap])
+            job = self._process_job(bootstrap, topic, starts=starts, ends=ends)
+            if job is not None:
+                return self._read_in_process(job, deadline=deadline, errors=errors)
+            consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
             return self._read(consumer, topic, ends=ends, deadline=deadline, errors=errors)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
@@ -714,17 +737,18 @@ class ExecutionIndex:
         return mask(text, [str(self._client[k]) for k in _SECRET_KEYS if self._client.get(k)])
 
     def _plan(self, consumer: Consumer, topic: str, deadline: float,
-              errors: _ClientErrors) -> dict[int, int]:
-        """Assign each partition with records to read; return {partition: end offset}."""
+              errors: _ClientErrors) -> tuple[dict[int, int], dict[int, int]]:
+        """The partitions with records to read: ({partition: start offset}, {partition: end
+        offset})."""
         meta = _metadata(consumer, topic, deadline, errors)
         if meta is None or meta.error is not None:
             if meta is not None and meta.error.code() not in (
                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
                 raise KafkaException(meta.error)
-            return {}
+            return {}, {}
         stored = self.positions(topic)
         ends: dict[int, int] = {}
-        assign: list[TopicPartition] = []
+        starts: dict[int, int] = {}
         for part in sorted(meta.partitions):
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(topic, part), timeout=_left(deadline), cached=False)
@@ -734,15 +758,134 @@ class ExecutionIndex:
             start = max(start, low)
             if start < high:
                 ends[part] = high
-                assign.append(TopicPartition(topic, part, start))
-        if assign:
-            consumer.assign(assign)
-        return ends
+                starts[part] = start
+        return starts, ends
+
+    def _process_job(self, bootstrap: str, topic: str, *, starts: dict[int, int],
+                     ends: dict[int, int]) -> dict[str, Any] | None:
+        """The job for :mod:`.index_reader` when the sync has at least
+        ``PROCESS_READER_RECORDS`` records to read (offsets, an upper bound) and the client
+        settings can be handed over as JSON; None: read in a thread of this process."""
+        if sum(ends[p] - starts[p] for p in ends) < PROCESS_READER_RECORDS:
+            return None
+        try:
+            json.dumps(self._client)
+        except (TypeError, ValueError):  # e.g. a callback among the settings
+            return None
+        return {"bootstrap": bootstrap, "topic": topic, "client": self._client,
+                "assign": [[p, o] for p, o in starts.items()], "ends": ends,
+                "batch_docs": BATCH_DOCS, "batch_bytes": BATCH_BYTES}
+
+    def _read_in_process(self, job: dict[str, Any], *, deadline: float,
+                         errors: _ClientErrors) -> int:
+        """:meth:`_read`, the log read and decoded by ``READER_PROCESSES`` child processes
+        (:mod:`.index_reader`, the partitions shared among them) handing over Arrow batches
+        through files in memory: this process only merges them into DuckDB, each batch with
+        the positions of its partitions in one transaction."""
+        topic = job["topic"]
+        shm = Path("/dev/shm")
+        folder = Path(tempfile.mkdtemp(prefix="waxflow-index-",
+                                       dir=shm if shm.is_dir() else None))
+        parts = sorted(job["ends"])
+        groups = [parts[i::READER_PROCESSES] for i in range(min(READER_PROCESSES,
+                                                                 len(parts)))]
+        count, pending, ended = 0, set[int](), set[int]()
+        items: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
+        procs: builtins.list[subprocess.Popen[str]] = []
+        logs: builtins.list[IO[bytes]] = []  # each process's stderr (for a crash's message)
+        listeners: builtins.list[threading.Thread] = []
+
+        def listen(i: int, proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            with contextlib.suppress(ValueError, OSError):
+                for line in proc.stdout:
+                    items.put((i, json.loads(line)))
+            items.put((i, None))
+
+        # one DuckDB thread: the reader processes take the other core(s), and DuckDB's
+        # threads cost about twice the CPU for the same batches when they share the cores
+        threads = self._db.execute("SELECT current_setting('threads')").fetchone()
+        self._db.execute("SET threads = 1")
+        try:
+            for i, group in enumerate(groups):
+                logs.append((folder / f"stderr-{i}").open("wb"))
+                proc = subprocess.Popen(  # the settings go on stdin: they may hold secrets
+                    [sys.executable, "-m", "waxflow.recovery.index_reader"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[-1], text=True)
+                procs.append(proc)
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps({
+                    **job, "assign": [[p, o] for p, o in job["assign"] if p in group],
+                    "ends": {p: job["ends"][p] for p in group}, "dir": str(folder),
+                    "timeout": max(0.05, deadline - time.monotonic())}) + "\n")
+                proc.stdin.flush()
+                listeners.append(threading.Thread(target=listen, args=(i, proc), daemon=True,
+                                                  name="waxflow-index-listener"))
+                listeners[-1].start()
+            while len(ended) < len(procs):
+                i, item = items.get()
+                if item is None and i in ended:
+                    continue
+                if item is None:  # its output closed before it said it ended
+                    raise IndexSyncError(self._mask(self._crashed(topic, procs[i],
+                                                                  folder / f"stderr-{i}")))
+                if "file" in item:
+                    count += self._write(topic, _load(item["file"]),
+                                         {int(p): o for p, o in item["nexts"].items()})
+                    stdin = procs[i].stdin
+                    with contextlib.suppress(OSError, ValueError):  # it may have ended
+                        if stdin is not None:
+                            stdin.write("ack\n")
+                            stdin.flush()
+                    continue
+                errors.texts += item.get("texts", [])
+                if "error" in item:
+                    err = item["error"]
+                    raise KafkaException(KafkaError(err["code"], err["text"],
+                                                    fatal=err["fatal"]))
+                pending.update(item["pending"])
+                ended.add(i)
+        finally:
+            for proc in procs:
+                with contextlib.suppress(OSError, ValueError):
+                    if proc.stdin is not None:
+                        proc.stdin.close()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for listener in listeners:
+                listener.join(timeout=10)
+            for proc in procs:
+                if proc.stdout is not None:
+                    proc.stdout.close()
+            for log in logs:
+                log.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            self._db.execute(f"SET threads = {int(threads[0]) if threads else 1}")
+        if pending:
+            self.last_sync_complete = False
+            if errors.texts:
+                raise IndexSyncError(self._mask(
+                    f"reading {topic} did not finish in time (partitions {sorted(pending)}): "
+                    f"{errors.texts[-1]}"))
+        return count
+
+    @staticmethod
+    def _crashed(topic: str, proc: subprocess.Popen[str], stderr: Path) -> str:
+        """One line on a reader process that stopped without saying it ended."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        lines = stderr.read_text("utf-8", "replace").strip().splitlines()
+        return (f"the process reading {topic} stopped (exit code {proc.returncode})"
+                + (f": {lines[-1]}" if lines else ""))
 
     def _read(self, consumer: Consumer, topic: str, *, ends: dict[int, int], deadline: float,
               errors: _ClientErrors) -> int:
-        """Write the batches a reader thread gathers (consuming, spilling values to a file)
-        while it gathers the next one: DuckDB works outside the GIL."""
+        """Write the batches a reader thread gathers (consuming, building each batch's Arrow
+        table) while it gathers the next one: DuckDB works outside the GIL."""
         pending = set(ends)
         ready: queue.Queue[_Gathered | BaseException | None] = queue.Queue(maxsize=1)
         stop = threading.Event()
@@ -765,10 +908,10 @@ class ExecutionIndex:
                                    errors=errors)
                     if len(batch) >= BATCH_DOCS or batch.size >= BATCH_BYTES or (
                             nexts and (not pending or not msgs)):
-                        put(_Gathered(batch, nexts, self._spill(batch)))
+                        put(_Gathered(nexts, batch.table() if batch.values else None))
                         batch, nexts = _Batch(), {}
                 if nexts:
-                    put(_Gathered(batch, nexts, self._spill(batch)))
+                    put(_Gathered(nexts, batch.table() if batch.values else None))
                 put(None)
             except BaseException as exc:  # handed to the writing thread, raised there
                 put(exc)
@@ -781,14 +924,10 @@ class ExecutionIndex:
                 while (item := ready.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
-                    count += self._write(topic, item.batch, item.nexts, item.spilled)
+                    count += self._write(topic, item.table, item.nexts)
             finally:
                 stop.set()
                 reader.join()
-            while not ready.empty():  # a batch gathered but not written: drop its file
-                left = ready.get_nowait()
-                if isinstance(left, _Gathered) and left.spilled is not None:
-                    left.spilled.path.unlink(missing_ok=True)
         if pending:
             self.last_sync_complete = False
             if errors.texts:
@@ -796,19 +935,6 @@ class ExecutionIndex:
                     f"reading {topic} did not finish in time (partitions {sorted(pending)}): "
                     f"{errors.texts[-1]}"))
         return count
-
-    def _spill(self, batch: _Batch) -> _Spilled | None:
-        if not batch.values:
-            return None
-        return batch.spill(self._spill_path())
-
-    def _spill_path(self) -> Path:
-        """A new file name for a spilled batch, in memory (``/dev/shm``) where there is one."""
-        if self._tmp is None:
-            shm = Path("/dev/shm")
-            self._tmp = Path(tempfile.mkdtemp(prefix="waxflow-index-",
-                                              dir=shm if shm.is_dir() else None))
-        return self._tmp / f"batch-{uuid.uuid4().hex}.ndjson"
 
     @classmethod
     def _take_all(cls, msgs: builtins.list[Message], batch: _Batch, *, ends: dict[int, int],

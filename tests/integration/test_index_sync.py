@@ -16,11 +16,27 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from waxflow.recovery import index as index_module
 from waxflow.recovery.executions_cli import add_parser
 from waxflow.recovery.index import ExecutionIndex
 from waxflow.server import broker_view
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["thread", "process"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The tests using it run twice: the log read by a thread of the syncing process, and
+    by two reader processes (``waxflow.recovery.index_reader``, which a sync with many
+    records to read starts; the partitions shared among them) handing over batches of 7
+    records (many batches, each acknowledged)."""
+    if request.param == "process":
+        monkeypatch.setattr(index_module, "PROCESS_READER_RECORDS", 1)
+        monkeypatch.setattr(index_module, "READER_PROCESSES", 2)
+        monkeypatch.setattr(index_module, "BATCH_DOCS", 7)
+    else:
+        monkeypatch.setattr(index_module, "PROCESS_READER_RECORDS", 1 << 62)
+    return str(request.param)
 
 
 def doc(exec_id: str, state: str, offset: int, run: str = "r1", **extra: Any) -> dict[str, Any]:
@@ -53,7 +69,7 @@ def produce(producer: Producer, topic: str, *records: tuple[str, dict[str, Any] 
 
 
 def test_sync_is_incremental(bootstrap: str, new_topic: Callable[..., str],
-                             tmp_path: Path) -> None:
+                             tmp_path: Path, reader: str) -> None:
     topic = new_topic(partitions=3)
     producer = Producer({"bootstrap.servers": bootstrap})
     ids = [f"{i:032x}" for i in range(4)]
@@ -95,7 +111,7 @@ def test_missing_topic_reads_nothing_and_creates_nothing(bootstrap: str, tmp_pat
 
 
 def test_transactional_log_does_not_stall(bootstrap: str, new_topic: Callable[..., str],
-                                          tmp_path: Path) -> None:
+                                          tmp_path: Path, reader: str) -> None:
     """Commit markers sit at the end of the log; aborted documents are never indexed."""
     topic = new_topic()
     producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{topic}"})
@@ -117,11 +133,13 @@ def test_transactional_log_does_not_stall(bootstrap: str, new_topic: Callable[..
 
 
 def test_group_lag_leaves_transaction_markers_out(bootstrap: str,
-                                                 new_topic: Callable[..., str]) -> None:
+                                                 new_topic: Callable[..., str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The Flows page's lag: a group that read every committed record of a transactional
     topic has lag 0 (not 1 per commit marker); one record left in a committed transaction
     is lag 1 (not 2 with its marker); an aborted transaction after the group's offset is
-    no work left."""
+    no work left, nor in the middle of the records left (counted by reading them); past
+    ``EXACT_LAG_RECORDS`` the lag is an estimate from offsets, marked not exact."""
     topic = new_topic(partitions=1)
     group = f"g-{uuid.uuid4().hex[:8]}"
     producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{topic}"})
@@ -167,6 +185,22 @@ def test_group_lag_leaves_transaction_markers_out(bootstrap: str,
         producer.flush(30)
         producer.abort_transaction(30)
         assert lag()["total"] == 0
+        # in the middle of the range left: a commit marker, an aborted record and its abort
+        # marker: two records left, counted by reading them (exact)
+        commit(b"a")
+        producer.begin_transaction()
+        producer.produce(topic, key=b"k", value=b"aborted")
+        producer.flush(30)
+        producer.abort_transaction(30)
+        commit(b"c")
+        counted = lag()
+        assert counted["total"] == 2 and counted["exact"] is True
+        assert counted["partitions"][0]["exact"] is True
+        # past EXACT_LAG_RECORDS the lag is estimated from offsets, and says so
+        monkeypatch.setattr(broker_view, "EXACT_LAG_RECORDS", 1)
+        estimated = lag()
+        assert estimated["exact"] is False and estimated["partitions"][0]["exact"] is False
+        assert estimated["total"] == 5  # a, its marker, the aborted record and marker, c
     finally:
         consumer.close()
 
@@ -269,7 +303,7 @@ def test_cli_show_renders_logs_by_level(bootstrap: str, new_topic: Callable[...,
 
 
 def test_incremental_sync_between_appends(bootstrap: str, new_topic: Callable[..., str],
-                                          tmp_path: Path) -> None:
+                                          tmp_path: Path, reader: str) -> None:
     """Documents appended between syncs (and during one, by a writer that keeps going) all
     land, each execution once, at its latest state."""
     topic = new_topic(partitions=3)

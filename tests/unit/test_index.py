@@ -598,3 +598,23 @@ def test_a_file_that_is_no_index_is_left_alone(tmp_path: Path,
     assert run_cli("executions", "list", "--no-sync", "--index", str(path)) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not an execution index" in err
+
+
+def test_bulk_decoding_skips_json_that_is_no_object(index: ExecutionIndex) -> None:
+    """Without a value that is not JSON in the batch (the bulk path throughout): a JSON
+    array or string is skipped, an object after white space is a document; a value that is
+    not UTF-8 sends the batch one by one, with the same result for the others."""
+    a, b = "a" * 32, "b" * 32
+    records: list[tuple[int, int, bytes | None, bytes | None, int | None]] = [
+        (0, 0, b"x", b"[1, 2]", None),
+        (0, 1, b"y", b'"text"', None),
+        (0, 2, a.encode(), b"  \n " + json.dumps(doc(a, "RUNNING")).encode(), None),
+        (0, 3, b"z", b"17", None),
+    ]
+    assert index.ingest_batch(LOG, records) == 1
+    assert [r["id"] for r in index.list()] == [a]
+    assert index.ingest_batch(LOG, [
+        (0, 4, b"w", b'{"id": "\xff"}', None),
+        (0, 5, b.encode(), json.dumps(doc(b, "FAILED")).encode(), None),
+        (0, 6, b"v", b"[3]", None)]) == 1
+    assert sorted(r["id"] for r in index.list()) == [a, b]

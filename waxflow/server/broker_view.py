@@ -24,6 +24,9 @@ from waxflow.expressions import redact
 
 PREVIEW_CHARS = 4096
 CACHE_SECONDS = 5.0
+#: a partition whose lag by offsets is at most this many records is counted by reading
+#: them (read_committed): exact; a larger one is estimated from its offsets
+EXACT_LAG_RECORDS = 10_000
 _T = TypeVar("_T")
 
 
@@ -151,12 +154,19 @@ def _read_record(conf: Mapping[str, Any], topic: str, partition: int, offset: in
 def group_lag(conf: Mapping[str, Any], group: str, topics: list[str], *,
               timeout: float = 5.0) -> dict[str, Any]:
     """The consumer group's lag per partition of ``topics``: ``{"group", "partitions":
-    [{"topic", "partition", "committed", "end", "lag"}], "total"}`` (``committed`` None and
-    ``lag`` the whole partition when the group committed nothing); ``error`` on failure.
+    [{"topic", "partition", "committed", "end", "lag", "exact"}], "total", "exact"}``
+    (``committed`` None and ``lag`` the whole partition when the group committed nothing);
+    ``error`` on failure.
 
-    ``lag`` counts from the first committed (read_committed) record after the group's offset
-    to the end: transaction markers and aborted records behind the offset are not work left
-    (a group that read everything of a transactional topic has lag 0, not one per marker).
+    ``lag`` is the records a read_committed consumer of the group would still deliver, up
+    to the end offset read now: transaction markers and aborted records are not work left
+    (a group that read everything of a transactional topic has lag 0, not one per marker),
+    nor are the records of a transaction still open. It is ``exact`` (counted by reading
+    the records) for a partition with at most ``EXACT_LAG_RECORDS`` offsets left; a larger
+    one (or one not read within the timeout) is estimated from its offsets, from its first
+    readable record after the group's offset to the end less a final commit marker, so it
+    may count markers and aborted records in between: ``exact`` False (the total's
+    ``exact`` is False when any partition's is; the page shows it as approximate).
     """
     key = (conf.get("bootstrap.servers"), group, tuple(sorted(topics)))
     return _LAGS.get(key, lambda: _read_lag(conf, group, topics, timeout))
@@ -184,9 +194,12 @@ def _read_lag(conf: Mapping[str, Any], group: str, topics: list[str],
             lag = high - (done if done is not None else low)
             rows.append({"topic": tp.topic, "partition": tp.partition, "committed": done,
                          "end": high, "lag": max(0, lag)})
-        _skip_markers(conf, rows, timeout)
+        for row in rows:
+            row["exact"] = row["lag"] == 0
+        _count_small(conf, rows, timeout)
+        _skip_markers(conf, [r for r in rows if not r["exact"]], timeout)
         return {"group": group, "partitions": rows, "total": sum(r["lag"] for r in rows),
-                "error": None}
+                "exact": all(r["exact"] for r in rows), "error": None}
     except KafkaAccessError as exc:
         return {"group": group, "partitions": [], "total": None, "error": str(exc)}
     except KafkaException as exc:
@@ -218,6 +231,45 @@ def _metadata(consumer: Consumer, timeout: float, refused: _Refused) -> Any:
             refused.check()
             if time.monotonic() >= deadline:
                 raise
+
+
+def _count_small(conf: Mapping[str, Any], rows: list[dict[str, Any]], timeout: float
+                 ) -> None:
+    """Set ``lag`` (and ``exact``) of each partition with at most ``EXACT_LAG_RECORDS``
+    offsets left to the records a read_committed consumer delivers from the group's offset
+    (the log start when none) up to ``end``: the records read, not their offsets."""
+    small = {(r["topic"], r["partition"]): r for r in rows
+             if 0 < r["lag"] <= EXACT_LAG_RECORDS}
+    if not small:
+        return
+    counts = {key: 0 for key in small}
+    done: set[tuple[str, int]] = set()
+    consumer = _client({**conf, "isolation.level": "read_committed"}, timeout)
+    try:
+        consumer.assign([TopicPartition(t, p, r["committed"] if r["committed"] is not None
+                                        else -2) for (t, p), r in small.items()])  # -2: earliest
+        deadline = time.monotonic() + timeout
+        while len(done) < len(small) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, max(0.05, min(0.5, deadline - time.monotonic()))):
+                topic, partition = msg.topic(), msg.partition()
+                if topic is None or partition is None:
+                    continue
+                key = (topic, partition)
+                if key not in small or key in done:
+                    continue
+                err, offset = msg.error(), msg.offset()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        return  # an error: the estimates stand
+                    done.add(key)  # the last stable offset: nothing more to deliver now
+                elif offset is None or offset >= small[key]["end"]:
+                    done.add(key)  # past the end read with the lag: not counted
+                else:
+                    counts[key] += 1
+    finally:
+        consumer.close()
+    for key in done:
+        small[key].update(lag=counts[key], exact=True)
 
 
 def _skip_markers(conf: Mapping[str, Any], rows: list[dict[str, Any]], timeout: float) -> None:
