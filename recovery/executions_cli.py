@@ -15,9 +15,8 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import duckdb
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -25,14 +24,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from waxflow.recovery.index import (
-    AmbiguousIdError,
-    ExecutionIndex,
-    IndexAccessError,
-    IndexBusyError,
-    IndexSyncError,
-    normalize_date,
-)
+if TYPE_CHECKING:  # the index (DuckDB, pyarrow: ~0.3 s) is imported when a command runs,
+    # not when `waxflow run` builds its argument parser
+    from waxflow.recovery.index import ExecutionIndex
 
 STATE_STYLES = {
     "SUCCESS": "green", "WARNING": "yellow", "FAILED": "bold red", "RUNNING": "cyan",
@@ -144,6 +138,16 @@ def _with_index(args: argparse.Namespace, answer: Callable[[ExecutionIndex], int
     ``args.kafka_client`` (set by ``waxflow.cli``): the Kafka client settings (security)
     under the index's consumers; a cluster refusing them raises :class:`IndexAccessError`
     for the caller to explain."""
+    import duckdb
+
+    from waxflow.recovery.index import (
+        AmbiguousIdError,
+        ExecutionIndex,
+        IndexAccessError,
+        IndexBusyError,
+        IndexSyncError,
+    )
+
     try:
         with ExecutionIndex(args.index, client=getattr(args, "kafka_client", None)) as index:
             if not args.no_sync:
@@ -240,6 +244,8 @@ def trigger_text(trigger: object, sep: str = ", ") -> str:
 
 def when_text(value: object) -> str:
     """An ISO date as ``YYYY-MM-DD HH:MM:SS`` UTC; empty when absent."""
+    from waxflow.recovery.index import normalize_date
+
     norm = normalize_date(value)
     return f"{norm[:10]} {norm[11:19]}" if norm else ""
 
@@ -321,6 +327,8 @@ def _show_view(doc: dict[str, Any]) -> Group:
 
     logs = [line for line in doc.get("logs") or [] if isinstance(line, dict)]
     if logs or doc.get("logsDropped"):
+        from waxflow.recovery.index import normalize_date
+
         dropped = doc.get("logsDropped")
         title = f"logs ({len(logs)} line(s)" + (
             f"; {dropped} more dropped past the limit" if dropped else "") + ")"
@@ -351,6 +359,8 @@ def _show_view(doc: dict[str, Any]) -> Group:
 
 
 def _span_ms(start: object, end: object) -> float | None:
+    from waxflow.recovery.index import normalize_date
+
     a, b = normalize_date(start), normalize_date(end)
     if not a or not b:
         return None
