@@ -101,7 +101,8 @@ def build_executor(flow: FlowBase, *, standalone: bool = False,
     transactional Produce commits its own transaction instead of the batch's. ``inputs``:
     values of the flow's inputs (a triggered flow takes their defaults).
     """
-    trig = flow.trigger
+    enabled = flow.enabled_triggers
+    trig = enabled[0] if enabled else None  # None: a manual flow (run once)
     exprs = flow_expressions(flow, inputs)
     _precompile(flow, exprs)
     conf = client_conf(trig.properties if isinstance(trig, KafkaTrigger) else None)
@@ -121,7 +122,8 @@ def build_executor(flow: FlowBase, *, standalone: bool = False,
         stop_on_failure=isinstance(trig, KafkaTrigger) and trig.onFailure == "STOP",
         max_concurrency=_max_concurrency(flow, realtime),
         key_ordering=realtime is not None and realtime.keyOrdering,
-        # a batch or a tick may run long: the history shows it RUNNING from its start
+        # a batch, a tick or a manual run may run long: the history shows it RUNNING from
+        # its start
         running_docs=None if realtime is not None else True)
 
 

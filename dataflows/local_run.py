@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,12 +42,18 @@ from waxflow.connectors.kafka_consume import Consume
 from waxflow.connectors.kafka_source import record_fields
 from waxflow.connectors.serdes import SerdeError, serializer
 from waxflow.connectors.storage import Storage
-from waxflow.dataflows.compiler import build_runner, flow_expressions, trigger_deserializer
+from waxflow.dataflows.compiler import (
+    build_executor,
+    build_runner,
+    flow_expressions,
+    trigger_deserializer,
+)
 from waxflow.errors import FlowError, Problem
 from waxflow.execution import Execution, TriggerInfo, execution_id
 from waxflow.flow import BatchTrigger, FlowBase, KafkaTrigger, ScheduleTrigger
 from waxflow.operators.deserialize import decode
 from waxflow.operators.engine import Engine
+from waxflow.operators.executor import Job
 from waxflow.records import Decoded, HeaderPairs, RawRecord, RecordFields
 from waxflow.tasks import RunContext, TaskFailure
 
@@ -358,6 +365,31 @@ def fetch_record(flow: FlowBase, topic: str, partition: int, offset: int,
         return RawRecord(*record_fields(msg))
     finally:
         consumer.close()
+
+
+def run_manual(flow: FlowBase, *, inputs: Mapping[str, str] | None = None) -> Execution:
+    """Kestra's manual execution (``waxflow run`` of a flow without an enabled trigger): the
+    flow runs once, in this process, for real: its tasks reach their targets (a Produce
+    writes to Kafka, in its own transaction when transactional, committed before the
+    execution ends SUCCESS), with ``inputs`` (else the inputs' defaults). Its history
+    documents (RUNNING, then the terminal one, ``trigger.type: manual``) are delivered to
+    the execution log before this returns. Each run is a new execution: its id is random,
+    as in Kestra (nothing triggered it that a second run could share)."""
+    executor = build_executor(flow, standalone=True, inputs=inputs)
+    started = datetime.now(UTC).isoformat()
+    exec_id = execution_id(flow.namespace, flow.id, "manual", started, uuid.uuid4().hex)
+
+    def prepare(_item: object, _batch: object) -> Job:
+        return Job(Execution(id=exec_id, namespace=flow.namespace, flow_id=flow.id,
+                             trigger=TriggerInfo(type="manual", date=started),
+                             labels=dict(flow.labels)), {"date": started})
+
+    try:
+        [execution] = executor.run([started], prepare)
+    finally:
+        log, _pool = executor.resources()
+        log.close()
+    return execution
 
 
 def replay(flow: FlowBase, exec_id: str, *, topic: str, partition: int,

@@ -17,8 +17,8 @@ default ``onFailure: CONTINUE``, commit the whole backlog as failed) never start
   disabled task are refused;
 * ``core.Python``: the ``module:function`` imports and is callable (the check imports the
   module, as a worker would);
-* the flow has an enabled trigger and is not ``disabled`` (a manual flow runs with
-  ``waxflow test``);
+* the flow is not ``disabled`` (a flow without an enabled trigger is a manual flow:
+  ``waxflow run`` runs it once);
 * the templates of ``pluginDefaults`` as those of tasks (secrets, env, task ids), at the
   default's own line.
 
@@ -92,11 +92,6 @@ def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None,
     if flow.disabled:
         checker.problem(("disabled",), "the flow is disabled (`disabled: true`): it does not "
                                        "start")
-    elif not flow.enabled_triggers:
-        checker.problem(("triggers",) if flow.triggers else (),
-                        "the flow has no " + ("enabled " if flow.triggers else "")
-                        + "trigger (a manual flow): `waxflow run` needs one (a Kafka trigger "
-                        "or a schedule); `waxflow test FLOW` runs it once")
     checker.check_flow(data)
     if checker.problems:
         problems = sorted(set(checker.problems), key=lambda p: (p.line or 0, p.column or 0,

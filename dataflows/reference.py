@@ -752,7 +752,7 @@ def render_reference() -> str:
                         example=f"```yaml\n{FLOW_EXAMPLE}```", level="##"))
     out.append("## Triggers")
     out.append("A flow has one enabled trigger; a flow without one is a manual flow "
-               "(`waxflow test` runs it once; `waxflow run` refuses it).")
+               "(`waxflow run` runs it once, for real; `waxflow test` runs it once, dry).")
     for name in triggers:
         model = TRIGGER_TYPES[name]
         doc = "\n\n".join(p for p in (_doc(model), _kestra_names(name, TRIGGER_ALIASES)) if p)

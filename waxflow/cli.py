@@ -30,6 +30,7 @@ from waxflow.errors import FlowError, WaxflowError
 
 if TYPE_CHECKING:
     from waxflow.dataflows.local_run import DryRunScope
+    from waxflow.flow import FlowBase
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -212,6 +213,11 @@ def _run(args: argparse.Namespace) -> int:
         # (and a value that does not fit, or a required input with neither a default nor
         # an --input value: one line)
         preflight(args.flow, inputs=dict(args.input))
+    from waxflow.dataflows.spec import parse_flow
+
+    flow = parse_flow(args.flow)
+    if not flow.enabled_triggers:
+        return _run_manual(args, flow)
     addresses = _addresses(args.addresses)
     if args.processes > 1 and args.process_id is None:
         base = ["run", args.flow, "-w", str(args.workers), "--epoch-ms", str(args.epoch_ms),
@@ -243,6 +249,31 @@ def _run(args: argparse.Namespace) -> int:
             msg = f"the job failed: {last[0]} (set WAXFLOW_DEBUG=1 for the traceback)"
         return _err(msg)
     return 0
+
+
+def _run_manual(args: argparse.Namespace, flow: FlowBase) -> int:
+    """A flow without an enabled trigger (Kestra's manual flow) runs once, here; exit 0 when
+    its execution ended SUCCESS or WARNING, 1 otherwise, with one line saying which."""
+    from waxflow.dataflows.local_run import run_manual
+    from waxflow.dataflows.runner import user_error
+
+    if args.processes > 1 or args.process_id is not None or args.addresses:
+        return _err("the flow has no trigger (a manual flow): it runs once, in this process; "
+                    "--processes, --process-id and --addresses do not apply")
+    try:
+        execution = run_manual(flow, inputs=dict(args.input))
+    except Exception as exc:
+        msg = user_error(exc)
+        if msg is None:
+            if os.environ.get("WAXFLOW_DEBUG"):
+                raise
+            last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+            msg = f"the run failed: {last[0]} (set WAXFLOW_DEBUG=1 for the traceback)"
+        return _err(msg)
+    state = str(execution.state)
+    print(f"waxflow: manual execution {execution.id} of {flow.namespace}.{flow.id} ended "
+          f"{state}", file=sys.stderr)
+    return 0 if state in ("SUCCESS", "WARNING") else 1
 
 
 def _addresses(text: str | None) -> list[str] | None:

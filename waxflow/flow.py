@@ -891,8 +891,8 @@ class FlowBase(BaseModel):
         if not enabled:
             raise NoTrigger(
                 f"flow {self.namespace}.{self.id} has no "
-                + ("enabled " if self.triggers else "") + "trigger: `waxflow run` needs one "
-                "(a Kafka trigger or a schedule); `waxflow test FLOW` runs it once")
+                + ("enabled " if self.triggers else "") + "trigger (a manual flow): "
+                "`waxflow run FLOW` runs it once, `waxflow test FLOW` runs it once dry")
         return enabled[0]
 
     @property

@@ -3,9 +3,9 @@ schema registry), with its Kestra type names, properties and expressions unchang
 
 Only the connection details of each file are replaced by the test's: bootstrap servers,
 topics, group ids and the registry URL (every public example points at ``localhost:9092``).
-Triggered flows run as jobs (``waxflow run``); manual flows (no enabled trigger: ``waxflow
-run`` refuses them today) run in this process through the engine, with the compiler's
-expressions, against the same broker. Each test asserts what the flow does: the records it
+Triggered flows run as jobs (``waxflow run``); manual flows (no enabled trigger) run in this
+process through the engine, with the compiler's expressions, against the same broker, so
+their outputs can be asserted (``waxflow run`` of a manual flow: test_manual_run.py). Each test asserts what the flow does: the records it
 consumed, produced or stored, and its executions' history.
 
 03 writes to FerretDB (MongoDB's wire protocol, ``tests/ferretdb_server.py``), 13 produces
