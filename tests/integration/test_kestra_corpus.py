@@ -5,8 +5,9 @@ Only the connection details of each file are replaced by the test's: bootstrap s
 topics, group ids and the registry URL (every public example points at ``localhost:9092``).
 Triggered flows run as jobs (``waxflow run``); manual flows (no enabled trigger) run in this
 process through the engine, with the compiler's expressions, against the same broker, so
-their outputs can be asserted (``waxflow run`` of a manual flow: test_manual_run.py). Each test asserts what the flow does: the records it
-consumed, produced or stored, and its executions' history.
+their outputs can be asserted (``waxflow run`` of a manual flow: test_manual_run.py). Each
+test asserts what the flow does: the records it consumed, produced or stored, and its
+executions' history.
 
 03 writes to FerretDB (MongoDB's wire protocol, ``tests/ferretdb_server.py``), 13 produces
 through the registry after a JavaScript FileTransform (V8), 22 reads through the AWS Glue
