@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -136,9 +137,15 @@ def is_glue(serde_properties: Mapping[str, str]) -> bool:
     return str(serde_properties.get("schema.registry.url", "")).startswith(GLUE_SCHEME)
 
 
+#: the environment boto3 reads for the endpoint and credentials: part of the client cache's
+#: key, so a client is never reused for another endpoint or identity
+_AWS_ENV = ("AWS_ENDPOINT_URL_GLUE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
 @functools.lru_cache(maxsize=16)
 def _glue_client(region: str, endpoint: str | None, access_key: str | None,
-                 secret_key: str | None) -> Any:
+                 secret_key: str | None, _environment: tuple[str | None, ...]) -> Any:
     import boto3
 
     return boto3.client("glue", region_name=region, endpoint_url=endpoint or None,
@@ -153,7 +160,8 @@ def _glue(serde_properties: Mapping[str, str]) -> Any:
         raise SerdeError("the AWS Glue schema registry needs a region (aws-glue://REGION)")
     return _glue_client(region, serde_properties.get("aws.glue.endpoint"),
                         serde_properties.get("aws.access.key.id"),
-                        serde_properties.get("aws.secret.access.key"))
+                        serde_properties.get("aws.secret.access.key"),
+                        tuple(os.environ.get(name) for name in _AWS_ENV))
 
 
 def _aws_reason(exc: Exception) -> str:
