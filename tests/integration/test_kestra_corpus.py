@@ -27,7 +27,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from pymongo import MongoClient
 
 from tests.ferretdb_server import FerretServer, ferretdb  # noqa: F401
@@ -41,8 +40,8 @@ from tests.flow_helpers import (
     run_flow,
 )
 from tests.kafka_helpers import committed, read_all
+from tests.moto_server import moto_endpoint
 from waxflow.connectors.avro import avro_deserializer, avro_serializer
-from waxflow.connectors.broker import free_port
 from waxflow.connectors.storage import local_path, read_records
 from waxflow.dataflows.compiler import flow_expressions
 from waxflow.dataflows.spec import parse_flow, parse_flow_text
@@ -328,13 +327,8 @@ def test_13_csv_file_input_js_transform_and_avro_produce(
 @pytest.fixture(scope="module")
 def glue_endpoint() -> Iterator[str]:
     """A real AWS Glue API (moto's server, its schema registry) on a loopback port."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as endpoint:
+        yield endpoint
 
 
 def test_22_consume_through_the_aws_glue_registry_then_foreach(

@@ -14,10 +14,9 @@ from typing import Any
 import boto3
 import fastavro
 import pytest
-from moto.server import ThreadedMotoServer
 
+from tests.moto_server import moto_endpoint
 from waxflow.connectors.avro import avro_deserializer, avro_serializer
-from waxflow.connectors.broker import free_port
 from waxflow.connectors.serdes import SerdeError
 
 REGION = "eu-west-1"
@@ -28,13 +27,8 @@ SCHEMA = json.dumps({"type": "record", "name": "post", "fields": [
 @pytest.fixture(scope="module")
 def glue_endpoint() -> Iterator[str]:
     """A real moto server (its Glue API) on a free loopback port, stopped after the module."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ from typing import Any
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
 import waxflow.connectors.s3  # noqa: F401  (registers s3.*)
+from tests.moto_server import moto_endpoint
 from tests.task_helpers import FakeContext, parse_task
-from waxflow.connectors.broker import free_port
 from waxflow.connectors.storage import Storage, read_records
 from waxflow.tasks import TaskFailure
 
@@ -26,13 +25,8 @@ ACCESS, SECRET = "test-access-key", "test-secret-value-123"
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A real moto S3 server on a free loopback port, stopped after the module."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
