@@ -349,23 +349,15 @@ class Pipeline:
                     failed.append((task_id, errors))
                 left[0] -= 1
                 last = left[0] == 0
-            if last:
-                try:
-                    if failed:
-                        task_id, errors = failed[0]
-                        fail_late(item.job.execution, task_id,
-                                  "delivery failed: " + "; ".join(errors[:5]))
-                    self._conclude(item)
-                except BaseException as exc:  # handed to the source, which stops the job
-                    self.progress.fail(exc)
+            if last:  # the first failed task (if any) fails the execution
+                self._settled_one(item, *(failed[0] if failed else (task_id, [])))
 
         for task_id, deliveries in deferred:
             deliveries.settle(functools.partial(settled, task_id))
 
     def _settled_one(self, item: _Item, task_id: str, errors: list[str]) -> None:
-        """The deliveries of an execution's only deferred Produce task are all acknowledged
-        (``errors``: the failed ones): conclude it, as :meth:`_finish`'s count does for
-        several."""
+        """The deliveries of an execution's deferred Produce tasks are all acknowledged
+        (``errors``: the failed ones of ``task_id``): conclude it (a failure: FAILED)."""
         try:
             if errors:
                 fail_late(item.job.execution, task_id,
