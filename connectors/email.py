@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from waxflow.connectors.storage import StorageError, local_path
+from waxflow.connectors.storage import StorageError, read_bytes
 from waxflow.durations import Duration
 from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
@@ -203,7 +203,7 @@ class Email(TaskBase):
         spec = item if isinstance(item, Attachment) else Attachment(uri=item)
         uri = str(ctx.render(spec.uri))
         try:
-            data = local_path(uri).read_bytes()
+            data = read_bytes(uri)
         except StorageError as exc:
             raise TaskFailure(f"{who}: attachment {exc}") from None
         except OSError as exc:

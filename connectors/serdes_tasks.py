@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 from waxflow.connectors.storage import (
     Storage,
     StorageError,
-    local_path,
+    read_bytes,
     read_records,
 )
 from waxflow.expressions import tojson
@@ -78,7 +78,7 @@ class _Convert(TaskBase):
 
     def _read_text(self, source: str) -> str:
         try:
-            data = local_path(source).read_bytes()
+            data = read_bytes(source)
         except StorageError as exc:
             raise TaskFailure(f"`from`: {exc}") from None
         except OSError as exc:

@@ -153,7 +153,10 @@ class Storage:
 
 
 def local_path(uri: str, workdir: Path | None = None) -> Path:
-    """A local file with the content of ``uri`` (downloaded from S3 when needed)."""
+    """A local file with the content of ``uri``: the file itself on the local store; for an
+    ``s3://`` URI a download into ``workdir``, which the caller owns and removes (without
+    one, a StorageError: a download nobody removes would fill the disk of a long-running
+    job; read the bytes with :func:`read_bytes` instead)."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri)
@@ -166,14 +169,40 @@ def local_path(uri: str, workdir: Path | None = None) -> Path:
             raise StorageError(f"{uri} does not exist in internal storage")
         return path
     if parsed.scheme == "s3":
+        if workdir is None:
+            raise StorageError(f"cannot read {uri} as a local file without a directory to "
+                               "download it to")
+        target = workdir / Path(parsed.path).name
         try:
-            target = (workdir or Path(tempfile.mkdtemp(prefix="waxflow-"))) / Path(
-                parsed.path).name
             _s3_client().download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
         except Exception as exc:
             raise StorageError(f"cannot read {uri}: {exc}") from None
         return target
     raise StorageError(f"unsupported storage URI {uri!r} (file:// or s3://)")
+
+
+def stored_path(uri: str) -> Path | None:
+    """The local file of ``uri`` when it is on the local store (checked to exist), else None
+    (an ``s3://`` object)."""
+    return None if urlparse(uri).scheme == "s3" else local_path(uri)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The content of an internal storage file, local or ``s3://`` (read into memory: no
+    temporary file is left behind); StorageError naming the URI when it cannot be read."""
+    path = stored_path(uri)
+    if path is not None:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read internal storage file {path}: {_reason(exc)}"
+                               ) from None
+    parsed = urlparse(uri)
+    try:
+        body = _s3_client().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        return bytes(body["Body"].read())
+    except Exception as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from None
 
 
 # The last batches this process wrote, so the tasks of the same execution read them without
@@ -247,13 +276,8 @@ def parse_records(data: bytes) -> list[dict[str, Any]]:
 
 def read_records(uri: str) -> Iterator[dict[str, Any]]:
     """The records of a batch file, in stored order (callers must not mutate them)."""
-    path = local_path(uri)
-    records = recalled(path)[0]
+    path = stored_path(uri)
+    records = None if path is None else recalled(path)[0]
     if records is None:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise StorageError(f"cannot read internal storage file {path}: {_reason(exc)}"
-                               ) from None
-        records = parse_records(data)
+        records = parse_records(read_bytes(uri))
     yield from records

@@ -42,10 +42,11 @@ from waxflow.connectors.storage import (
     ION_BVM,
     Storage,
     StorageError,
-    local_path,
     parse_records,
+    read_bytes,
     read_records,
     recalled,
+    stored_path,
 )
 from waxflow.tasks import RunContext, TaskFailure
 
@@ -101,12 +102,12 @@ def _load(uri: str, metadata: bool, schema: pa.Schema | None = None
           ) -> tuple[pa.Table | None, list[dict[str, Any]] | None]:
     """(the batch's rows table, None) when it needs no per-record decode (kept, or one
     pyarrow parse of a bulk-stored file), else (None, its records)."""
-    path = local_path(uri)
-    records, table = recalled(path)
+    path = stored_path(uri)
+    records, table = (None, None) if path is None else recalled(path)
     if table is not None and schema is None:
         return (table if metadata else table.drop_columns(list(META_COLUMNS))), None
     if records is None:
-        data = path.read_bytes()
+        data = read_bytes(uri)
         if schema is None and data and not data.startswith(ION_BVM):
             table = jsonbatch.read_table(data, metadata)
             if table is not None:

@@ -208,11 +208,10 @@ def storage_bytes(uri: str) -> bytes:
         root = Path(store.base.removeprefix("file://")).resolve()
         if not storage.local_path(uri).resolve().is_relative_to(root):
             raise ValueError(f"{uri} is not in internal storage ({store.origin})")
-    path = storage.local_path(uri)
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read {uri}: {exc.strerror}") from None
+        return storage.read_bytes(uri)
+    except storage.StorageError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def read_storage_text(uri: str) -> str:

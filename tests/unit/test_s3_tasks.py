@@ -193,10 +193,17 @@ def test_only_one_credential_is_rejected(s3_endpoint: str, bucket: str, stored: 
 
 
 def test_bulk_batch_in_s3_internal_storage_reads_back(
-        s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    import tempfile
+
     from waxflow.connectors import jsonbatch
-    from waxflow.connectors.storage import read_records
+    from waxflow.connectors.storage import StorageError, read_bytes, read_records
     from waxflow.connectors.tabular import to_table
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
     monkeypatch.setenv("WAXFLOW_S3_ENDPOINT", s3_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
@@ -210,3 +217,8 @@ def test_bulk_batch_in_s3_internal_storage_reads_back(
     assert uri == f"s3://{bucket}/internal/exec-3.ion"
     assert [r["value"] for r in read_records(uri)] == [r["value"] for r in RECORDS]
     assert to_table(uri).equals(batch.table)
+    assert read_bytes(uri) == batch.data
+    # reads from S3 go through memory: a long-running job leaves no download behind
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(StorageError, match=f"cannot read s3://{bucket}/internal/gone.ion"):
+        read_bytes(f"s3://{bucket}/internal/gone.ion")
