@@ -25,12 +25,20 @@ has a V8 context of its own (runs of several executions never share globals). A 
 fails the task naming the row's index, the script's line and V8's message, on one line; the
 task's ``timeout`` also bounds the script (V8 is terminated, not abandoned). Rows are
 processed in order, one at a time: ``concurrent`` is accepted and changes nothing.
+
+Memory: each run's V8 heap is capped at ``$WAXFLOW_JS_MAX_MEMORY_MB`` mebibytes (default
+512; the rows read from ``from`` count, as JSON objects in V8). A script that allocates
+past it is stopped by V8 and fails the task with one line naming the task and the limit;
+the process, its other executions and V8 itself go on (without the cap, V8 aborts the whole
+process when its heap is exhausted). A value that is not a whole number of at least
+:data:`MIN_MEMORY_MB` fails the task naming the variable.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
@@ -42,9 +50,15 @@ from waxflow.connectors.storage import Storage, StorageError, read_records
 from waxflow.expressions import tojson
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
-__all__ = ["FileTransform"]
+__all__ = ["DEFAULT_MEMORY_MB", "MEMORY_ENV", "MIN_MEMORY_MB", "FileTransform",
+           "memory_limit_mb"]
 
 _PACKAGE = "mini-racer"
+#: the environment variable capping a run's V8 heap (MiB), its default and its floor (V8
+#: needs a few MiB for an empty context and the driver)
+MEMORY_ENV = "WAXFLOW_JS_MAX_MEMORY_MB"
+DEFAULT_MEMORY_MB = 512
+MIN_MEMORY_MB = 16
 #: the row function's first line holds the script's first line, so V8's line numbers are
 #: the script's
 _ROW_FUNCTION = "function __waxflow_row(row, rows) {"
@@ -97,6 +111,22 @@ def _engine() -> Any:
         raise ValueError(f"JavaScript needs the {_PACKAGE} package (pip install {_PACKAGE})"
                          ) from None
     return MiniRacer()
+
+
+def memory_limit_mb() -> int:
+    """``$WAXFLOW_JS_MAX_MEMORY_MB`` (default :data:`DEFAULT_MEMORY_MB`); TaskFailure when it
+    is not a whole number of at least :data:`MIN_MEMORY_MB`."""
+    raw = os.environ.get(MEMORY_ENV, "").strip().replace("_", "")
+    if not raw:
+        return DEFAULT_MEMORY_MB
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < MIN_MEMORY_MB:
+        raise TaskFailure(f"${MEMORY_ENV}={raw!r}: expected a whole number of MiB, at least "
+                          f"{MIN_MEMORY_MB}")
+    return value
 
 
 def _program(script: str) -> str:
@@ -195,11 +225,13 @@ class FileTransform(TaskBase):
         except (TypeError, ValueError) as exc:
             raise TaskFailure(f"a row of `from` has no JSON form: {exc}") from None
         timeout = self.timeout.total_seconds() if self.timeout is not None else None
+        limit_mb = memory_limit_mb()
         try:
             engine = _engine()
         except ValueError as exc:
             raise TaskFailure(str(exc)) from None
         try:
+            engine.set_hard_memory_limit(limit_mb * 1024 * 1024)
             try:
                 engine.eval(_program(script), timeout_sec=10)
             except Exception as exc:
@@ -214,6 +246,11 @@ class FileTransform(TaskBase):
                 engine.eval("0")
                 raise TaskFailure(f"`script` timed out after {timeout:g}s") from None
             except Exception as exc:
+                if engine.was_hard_memory_limit_reached():
+                    raise TaskFailure(
+                        f"js.FileTransform {self.id}: the script used more than the "
+                        f"{limit_mb} MiB V8 memory limit and was stopped (raise "
+                        f"${MEMORY_ENV}, or transform fewer rows per run)") from None
                 raise TaskFailure(f"`script` failed: {_js_message(exc)}") from None
         finally:
             engine.close()

@@ -5,7 +5,12 @@ server speaking MongoDB's wire protocol (MongoDB, FerretDB, ...).
 ``{"_id": {"$oid": "..."}}`` — Kestra's "BSON string") into ``database.collection`` and
 outputs ``insertedId`` (text) and ``wasAcknowledged``. ``mongodb.Find`` reads the documents
 matching ``filter`` (``projection``, ``sort``, ``skip``, ``limit``) and outputs ``rows`` and
-``size``, or with ``store: true`` an ION file (``uri``) and ``size``.
+``size``, or with ``store: true`` an ION file (``uri``) and ``size``. ``mongodb.Update``
+updates (``UPDATE_ONE``, ``UPDATE_MANY``) or replaces (``REPLACE_ONE``) the documents
+matching ``filter``, ``mongodb.Delete`` deletes them (``DELETE_ONE``, ``DELETE_MANY``), and
+``mongodb.Bulk`` runs the operations of a file (``from``, one ``bulkWrite`` operation per
+record: ``insertOne``, ``updateOne``, ``updateMany``, ``replaceOne``, ``deleteOne``,
+``deleteMany``), with Kestra's properties and outputs.
 
 Guarantees:
 
@@ -19,6 +24,11 @@ Guarantees:
   equal to it; a different stored document fails the task naming the ``_id``. Set
   ``idempotent: false`` for Kestra's behaviour (the server or driver makes the ``_id``: a
   replay inserts again).
+* **Updates and deletes are run again by a replay**, and what that does is theirs: a
+  ``$set``, a replacement, a delete by ``_id`` change nothing the second time; ``$inc``,
+  ``$push`` apply twice (each task's doc says which, and how to guard them). ``mongodb.Bulk``
+  inserts idempotently as ``InsertOne`` does (the ``_id`` also derives from the record's
+  index) and skips what a previous attempt inserted.
 * The connection string is rendered (``{{ secret('MONGO_URI') }}``) and never written in
   an error or a log line: errors name the server's hosts only. One client (connection
   pool) per connection string and process, shared by every execution.
@@ -35,13 +45,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from waxflow.connectors.serdes_tasks import execution_file_name
-from waxflow.connectors.storage import Storage, StorageError
+from waxflow.connectors.storage import Storage, StorageError, read_records
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
-__all__ = ["Find", "InsertOne", "MongoDbConnection", "derived_id"]
+__all__ = ["Bulk", "Delete", "Find", "InsertOne", "MongoDbConnection", "Update", "derived_id"]
 
 #: how long a task waits for a server it cannot reach (pymongo's default is 30 s)
 SERVER_SELECTION_MS = 10_000
@@ -94,8 +104,8 @@ def _document(value: Any, what: str) -> dict[str, Any]:
     try:
         if isinstance(value, str):
             doc = json_util.loads(value)
-        elif isinstance(value, Mapping):
-            doc = json_util.loads(json.dumps(value, default=str))
+        elif isinstance(value, Mapping):  # datetimes stay dates, bytes binary
+            doc = json_util.loads(json_util.dumps(value, default=str))
         else:
             raise TaskFailure(f"`{what}` must be a map or JSON text, got "
                               f"{type(value).__name__}")
@@ -109,10 +119,10 @@ def _document(value: Any, what: str) -> dict[str, Any]:
     return doc
 
 
-def derived_id(ctx: RunContext, task_id: str) -> Any:
-    """The ``_id`` of an idempotent insert: an ObjectId from the execution id, the task id
-    and the iteration value; its first 4 bytes the trigger record's timestamp (seconds)
-    when there is one."""
+def derived_id(ctx: RunContext, task_id: str, part: int | None = None) -> Any:
+    """The ``_id`` of an idempotent insert: an ObjectId from the execution id, the task id,
+    the iteration value and ``part`` (a ``mongodb.Bulk`` record's index); its first 4 bytes
+    the trigger record's timestamp (seconds) when there is one."""
     from bson import ObjectId
 
     execution = ctx.vars.get("execution") or {}
@@ -122,8 +132,8 @@ def derived_id(ctx: RunContext, task_id: str) -> Any:
     if not exec_id:
         raise TaskFailure(f"{task_id}: no execution id in the context")
     value = taskrun.get("value") if isinstance(taskrun, Mapping) else None
-    digest = hashlib.sha256(json.dumps([str(exec_id), task_id, value], default=str)
-                            .encode()).digest()
+    key: list[Any] = [str(exec_id), task_id, value] + ([part] if part is not None else [])
+    digest = hashlib.sha256(json.dumps(key, default=str).encode()).digest()
     stamp = trigger.get("timestamp") if isinstance(trigger, Mapping) else None
     if isinstance(stamp, int | float) and not isinstance(stamp, bool) and stamp > 0:
         head = (int(stamp) // 1000 & 0xFFFFFFFF).to_bytes(4, "big")
@@ -142,6 +152,25 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _already_there(coll: Any, doc: dict[str, Any], *, own_id: bool, uri: str) -> bool:
+    """After a duplicate-key error on inserting ``doc``: True when the stored document with
+    its ``_id`` is the one a previous attempt inserted (any, for a derived ``_id``; an equal
+    one for the document's own); False when the duplicate is of another unique index.
+    A different stored document under the document's own ``_id`` fails the task."""
+    from pymongo.errors import PyMongoError
+
+    try:
+        stored = coll.find_one({"_id": doc["_id"]})
+    except PyMongoError as exc:
+        raise TaskFailure(f"insert into {coll.full_name}: {_reason(exc, uri)}") from None
+    if stored is None:
+        return False
+    if own_id and stored != doc:
+        raise TaskFailure(f"insert into {coll.full_name}: a different document with "
+                          f"_id {_plain(doc['_id'])!r} is already there")
+    return True
 
 
 class _Mongo(TaskBase):
@@ -185,19 +214,9 @@ class InsertOne(_Mongo):
         try:
             result = coll.insert_one(doc)
         except DuplicateKeyError as exc:
-            stored = None
-            if self.idempotent:  # a duplicate _id, or of another unique index?
-                try:
-                    stored = coll.find_one({"_id": doc["_id"]})
-                except PyMongoError as again:
-                    raise TaskFailure(f"insert into {coll.full_name}: {_reason(again, uri)}"
-                                      ) from None
-            if stored is None:
+            if not (self.idempotent and _already_there(coll, doc, own_id=own_id, uri=uri)):
                 raise TaskFailure(f"insert into {coll.full_name}: {_reason(exc, uri)}"
                                   ) from None
-            if own_id and stored != doc:
-                raise TaskFailure(f"insert into {coll.full_name}: a different document with "
-                                  f"_id {_plain(doc['_id'])!r} is already there") from None
             ctx.log("INFO", f"_id {_plain(doc['_id'])} already in {coll.full_name} (a replay):"
                             " not inserted again")
             return {"insertedId": str(_plain(doc["_id"])), "wasAcknowledged": True,
@@ -250,3 +269,299 @@ class Find(_Mongo):
         except StorageError as exc:
             raise TaskFailure(str(exc)) from None
         return {"uri": stored, "size": len(rows)}
+
+
+def _operator_keys(value: Any, operation: str) -> None:
+    """ValueError when a literal ``document`` map cannot fit ``operation``: an update needs
+    update operators (``$set``...), a replacement must have none."""
+    if not isinstance(value, Mapping) or not value:
+        return  # text or a template: checked when rendered, by the driver
+    keys = [str(k) for k in value]
+    if operation == "REPLACE_ONE":
+        bad = [k for k in keys if k.startswith("$")]
+        if bad:
+            raise ValueError(f"a replacement is the new document: it cannot hold update "
+                             f"operators ({', '.join(bad)}); update with those instead")
+    else:
+        bad = [k for k in keys if not k.startswith("$")]
+        if bad:
+            raise ValueError(f"an update holds update operators such as `$set: {{...}}`, "
+                             f"not fields ({', '.join(bad)}); replace the whole document "
+                             "(REPLACE_ONE, replaceOne) to write fields")
+
+
+@task_type("mongodb.Update", aliases=("io.kestra.plugin.mongodb.Update",))
+class Update(_Mongo):
+    """Update (``UPDATE_ONE``, the default, or ``UPDATE_MANY``) or replace (``REPLACE_ONE``)
+    the documents matching ``filter``; outputs ``matchedCount``, ``modifiedCount``,
+    ``upsertedId`` (always null: as in Kestra, no upsert) and ``wasAcknowledged``.
+
+    Replays (G2): the task runs again when its record is replayed or retried; what that
+    does is the update's own nature, not something the task changes. A replacement, and an
+    update made only of ``$set``, ``$unset``, ``$min``, ``$max``, ``$addToSet`` or ``$pull``,
+    leaves the same documents however often it runs (a replay reports ``modifiedCount: 0``).
+    ``$inc``, ``$mul``, ``$push``, ``$pop`` and ``$currentDate`` are applied again by each
+    replay (a counter counts twice). For those, make the filter refuse a document this
+    execution already updated and record the execution in the same update, e.g.
+    ``filter: {_id: ..., applied: {$ne: "{{ execution.id }}"}}`` with
+    ``document: {$inc: {n: 1}, $addToSet: {applied: "{{ execution.id }}"}}``: one update is
+    atomic on one document, so a replay then matches nothing."""
+
+    type: Literal["mongodb.Update"] = Field(description="the task type")
+    filter: Any = Field(description="the documents to update (rendered): a map or "
+                                    "Extended-JSON text")
+    document: Any = Field(description="the update (`{$set: {...}}`...), or with REPLACE_ONE "
+                                      "the new document (rendered): a map or Extended-JSON "
+                                      "text")
+    operation: Literal["UPDATE_ONE", "UPDATE_MANY", "REPLACE_ONE"] = Field(
+        default="UPDATE_ONE", description="UPDATE_ONE (the first match), UPDATE_MANY (every "
+                                          "match) or REPLACE_ONE (the first match replaced "
+                                          "by `document`)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> Update:
+        _operator_keys(self.document, self.operation)
+        return self
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        from pymongo.errors import PyMongoError
+
+        query = _document(ctx.render(self.filter), "filter")
+        doc = _document(ctx.render(self.document), "document")
+        try:
+            _operator_keys(doc, self.operation)
+        except ValueError as exc:
+            raise TaskFailure(f"`document`: {exc}") from None
+        coll, uri = self._collection(ctx)
+        try:
+            if self.operation == "REPLACE_ONE":
+                result = coll.replace_one(query, doc)
+            elif self.operation == "UPDATE_ONE":
+                result = coll.update_one(query, doc)
+            else:
+                result = coll.update_many(query, doc)
+        except (PyMongoError, ValueError, TypeError) as exc:
+            raise TaskFailure(f"{self.operation} in {coll.full_name}: {_reason(exc, uri)}"
+                              ) from None
+        upserted = result.upserted_id
+        return {"upsertedId": None if upserted is None else str(_plain(upserted)),
+                "wasAcknowledged": bool(result.acknowledged),
+                "matchedCount": result.matched_count, "modifiedCount": result.modified_count}
+
+
+@task_type("mongodb.Delete", aliases=("io.kestra.plugin.mongodb.Delete",))
+class Delete(_Mongo):
+    """Delete the first document (``DELETE_ONE``, the default) or every document
+    (``DELETE_MANY``) matching ``filter``; outputs ``deletedCount`` and
+    ``wasAcknowledged``.
+
+    Replays (G2): deleting what is already gone deletes nothing (``deletedCount: 0``), so a
+    replay of a delete whose filter matches one document at most (an ``_id``, a unique
+    field) changes nothing. ``DELETE_ONE`` with a filter several documents match deletes
+    another one on each replay; ``DELETE_MANY`` deletes, again, whatever matches when the
+    replay runs (documents written since included). As in Kestra, no ``filter`` matches
+    every document."""
+
+    type: Literal["mongodb.Delete"] = Field(description="the task type")
+    filter: Any = Field(default=None, description="the documents to delete (rendered): a map "
+                                                  "or Extended-JSON text; default: every "
+                                                  "document")
+    operation: Literal["DELETE_ONE", "DELETE_MANY"] = Field(
+        default="DELETE_ONE", description="DELETE_ONE (the first match) or DELETE_MANY "
+                                          "(every match)")
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        from pymongo.errors import PyMongoError
+
+        query = _document(ctx.render(self.filter), "filter") if self.filter is not None else {}
+        coll, uri = self._collection(ctx)
+        try:
+            if self.operation == "DELETE_ONE":
+                result = coll.delete_one(query)
+            else:
+                result = coll.delete_many(query)
+        except (PyMongoError, ValueError, TypeError) as exc:
+            raise TaskFailure(f"{self.operation} in {coll.full_name}: {_reason(exc, uri)}"
+                              ) from None
+        return {"deletedCount": result.deleted_count,
+                "wasAcknowledged": bool(result.acknowledged)}
+
+
+#: a ``mongodb.Bulk`` record's operation -> the fields its body may have
+_BULK_FIELDS: dict[str, frozenset[str]] = {
+    "insertOne": frozenset({"document"}),
+    "replaceOne": frozenset({"filter", "replacement", "upsert", "collation", "hint"}),
+    "updateOne": frozenset({"filter", "update", "upsert", "arrayFilters", "collation", "hint"}),
+    "updateMany": frozenset({"filter", "update", "upsert", "arrayFilters", "collation",
+                             "hint"}),
+    "deleteOne": frozenset({"filter", "collation", "hint"}),
+    "deleteMany": frozenset({"filter", "collation", "hint"}),
+}
+
+
+def _bulk_operation(record: Any, index: int) -> tuple[str, dict[str, Any]]:
+    """A ``mongodb.Bulk`` record as (operation, BSON-ready body); TaskFailure naming the
+    record (0-based, the file's line number minus one for JSON lines) otherwise."""
+    where = f"`from` record {index}"
+    body: Any = record
+    if isinstance(record, Mapping) and len(record) == 1:
+        name, body = next(iter(record.items()))
+    else:
+        name = None
+    if name not in _BULK_FIELDS:
+        found = (", ".join(map(str, record)) if isinstance(record, Mapping)
+                 else type(record).__name__)
+        raise TaskFailure(f"{where}: expected one of {', '.join(_BULK_FIELDS)} as the record's "
+                          f"only key, got {found or 'an empty map'}")
+    doc = _document(body, f"{where}.{name}")
+    if name == "insertOne":
+        if len(doc) == 1 and isinstance(doc.get("document"), dict):
+            doc = doc["document"]  # bulkWrite's {document: {...}}; else the document itself
+        return name, doc
+    unknown = sorted(set(doc) - _BULK_FIELDS[name])
+    if unknown:
+        raise TaskFailure(f"{where}.{name}: unknown field {', '.join(unknown)} (known: "
+                          f"{', '.join(sorted(_BULK_FIELDS[name]))})")
+    needed = {"replaceOne": ("filter", "replacement"), "updateOne": ("filter", "update"),
+              "updateMany": ("filter", "update")}.get(name, ("filter",))
+    for field in needed:
+        value = doc.get(field)
+        if not (isinstance(value, dict) or (field == "update" and isinstance(value, list))):
+            raise TaskFailure(f"{where}.{name}: `{field}` must be a document (a map)")
+    try:
+        if name == "replaceOne":
+            _operator_keys(doc["replacement"], "REPLACE_ONE")
+        elif name in ("updateOne", "updateMany"):
+            _operator_keys(doc["update"], "UPDATE_ONE")
+    except ValueError as exc:
+        raise TaskFailure(f"{where}.{name}: {exc}") from None
+    return name, doc
+
+
+def _write_model(name: str, doc: dict[str, Any]) -> Any:
+    from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
+
+    options = {k: doc[k] for k in ("collation", "hint") if k in doc}
+    if name == "insertOne":
+        return InsertOne(doc)
+    if name == "replaceOne":
+        return ReplaceOne(doc["filter"], doc["replacement"], upsert=bool(doc.get("upsert")),
+                          **options)
+    if name in ("updateOne", "updateMany"):
+        model = UpdateOne if name == "updateOne" else UpdateMany
+        return model(doc["filter"], doc["update"], upsert=bool(doc.get("upsert")),
+                     array_filters=doc.get("arrayFilters"), **options)
+    return (DeleteOne if name == "deleteOne" else DeleteMany)(doc["filter"], **options)
+
+
+@task_type("mongodb.Bulk", aliases=("io.kestra.plugin.mongodb.Bulk",))
+class Bulk(_Mongo):
+    """Run the write operations of a file (``from``: ION, or JSON one record a line as
+    Kestra's), ``chunk`` operations per ``bulkWrite`` request, in order; outputs ``size``
+    (records), ``insertedCount``, ``matchedCount``, ``modifiedCount``, ``deletedCount``,
+    ``upsertedCount`` and ``alreadyInserted``.
+
+    Each record is one operation in ``db.collection.bulkWrite()``'s form:
+    ``{"insertOne": {"document": {...}}}`` (or, as Kestra also reads it, the document
+    itself), ``{"updateOne"|"updateMany": {"filter", "update", "upsert", "arrayFilters"}}``,
+    ``{"replaceOne": {"filter", "replacement", "upsert"}}``, ``{"deleteOne"|"deleteMany":
+    {"filter"}}`` (each also ``collation``, ``hint``); values may be Extended JSON
+    (``{"$oid": ...}``, ``{"$date": ...}``). A record of another shape fails the task
+    naming its index, before anything is written. The operations run in the file's order;
+    the first one the server refuses stops the task (the chunks before it stay written).
+
+    Replays (G2): as for ``mongodb.InsertOne``, an insert without ``_id`` gets one derived
+    from the execution, the task, the iteration and the record's index (``idempotent:
+    false``: the server's); an insert a previous attempt made is found there and skipped
+    (counted in ``alreadyInserted``, not ``insertedCount``), so a replayed or retried task
+    inserts nothing twice, a task that failed half-way included. Updates and deletes are
+    run again by a replay, with the guarantees of ``mongodb.Update`` and ``mongodb.Delete``:
+    harmless for ``$set``/replacements/deletes by ``_id``, not for ``$inc``/``$push``."""
+
+    type: Literal["mongodb.Bulk"] = Field(description="the task type")
+    from_: str = Field(alias="from", min_length=1,
+                       description="the operations' file (rendered internal-storage or "
+                                   "file:// URI, e.g. `{{ outputs.write.uri }}`): ION, or "
+                                   "JSON one operation a line")
+    chunk: int = Field(default=1000, ge=1, description="operations per bulkWrite request")
+    idempotent: bool = Field(
+        default=True,
+        description="an inserted document without `_id` gets one derived from the "
+                    "execution, the task, the iteration and the record, so a replay inserts "
+                    "nothing twice; false: the driver makes a new one each time (Kestra's)")
+
+    model_config = {**_Mongo.model_config, "populate_by_name": True}
+
+    def _operations(self, ctx: RunContext) -> list[tuple[str, dict[str, Any], bool, Any]]:
+        """(operation, body, the insert brings its own ``_id``, pymongo's write model) of
+        every record: a bad record fails the task before anything is written."""
+        source = str(ctx.render(self.from_)).strip()
+        try:
+            records = list(read_records(source))
+        except StorageError as exc:
+            raise TaskFailure(f"`from`: {exc}") from None
+        except Exception as exc:  # neither ION nor JSON
+            raise TaskFailure(f"`from` file {source} is neither ION nor JSON lines: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        out = []
+        for index, record in enumerate(records):
+            name, doc = _bulk_operation(record, index)
+            own_id = "_id" in doc
+            if name == "insertOne" and not own_id and self.idempotent:
+                doc["_id"] = derived_id(ctx, self.id, index)
+            try:
+                model = _write_model(name, doc)
+            except (TypeError, ValueError) as exc:
+                raise TaskFailure(f"`from` record {index}.{name}: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+            out.append((name, doc, own_id, model))
+        return out
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        from pymongo.errors import BulkWriteError
+
+        ops = self._operations(ctx)
+        coll, uri = self._collection(ctx)
+        totals = {"nInserted": 0, "nMatched": 0, "nModified": 0, "nRemoved": 0,
+                  "nUpserted": 0}
+        already = 0
+        for first in range(0, len(ops), self.chunk):
+            chunk = ops[first:first + self.chunk]
+            start = 0
+            while start < len(chunk):
+                try:
+                    result = coll.bulk_write([op[3] for op in chunk[start:]], ordered=True)
+                    details = result.bulk_api_result
+                except BulkWriteError as exc:
+                    details = exc.details
+                    error = (details.get("writeErrors") or [{}])[0]
+                    at = start + int(error.get("index", 0))
+                    name, doc, own_id, _ = chunk[at]
+                    where = f"bulk write to {coll.full_name}: `from` record {first + at} ({name})"
+                    try:
+                        skip = (error.get("code") == 11000 and name == "insertOne"
+                                and self.idempotent
+                                and _already_there(coll, doc, own_id=own_id, uri=uri))
+                    except TaskFailure as failure:
+                        raise TaskFailure(f"{where}: {str(failure).partition(': ')[2]}"
+                                          ) from None
+                    if not skip:
+                        message = " ".join(str(error.get("errmsg", exc)).split())[:300]
+                        raise TaskFailure(f"{where}: {message}") from None
+                    already += 1
+                    start = at + 1
+                except Exception as exc:  # the server, or the driver reading its answer
+                    last = first + len(chunk) - 1
+                    raise TaskFailure(f"bulk write to {coll.full_name}: `from` records "
+                                      f"{first + start}-{last}: {_reason(exc, uri)}") from None
+                else:
+                    start = len(chunk)
+                for key in totals:
+                    totals[key] += int(details.get(key, 0) or 0)
+        if already:
+            ctx.log("INFO", f"{already} document(s) of {coll.full_name} already inserted "
+                            "(a replay): not inserted again")
+        return {"size": len(ops), "insertedCount": totals["nInserted"],
+                "matchedCount": totals["nMatched"], "modifiedCount": totals["nModified"],
+                "deletedCount": totals["nRemoved"], "upsertedCount": totals["nUpserted"],
+                "alreadyInserted": already}

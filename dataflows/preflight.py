@@ -16,7 +16,9 @@ default ``onFailure: CONTINUE``, commit the whole backlog as failed) never start
   same ``core.Parallel``, an enclosing task (its outputs exist once it ended) and a
   disabled task are refused;
 * ``core.Python``: the ``module:function`` imports and is callable (the check imports the
-  module, as a worker would);
+  module, as a worker would); the same for the ``core.Python`` tasks of the child flows of
+  ``core.Subflow``/``core.ForEachItem`` (and of their children), each problem at the
+  ``flowId`` line of the parent's task, naming the child flow and its task;
 * the flow is not ``disabled`` (a flow without an enabled trigger is a manual flow:
   ``waxflow run`` runs it once);
 * the templates of ``pluginDefaults`` as those of tasks (secrets, env, task ids), at the
@@ -47,7 +49,7 @@ import importlib
 import logging
 import os
 import re
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,7 @@ from waxflow.errors import FlowError, Problem
 from waxflow.expressions import Expressions, SecretError, Secrets, mask
 from waxflow.flow import FlowBase
 from waxflow.subflow import ChildFlowTask, is_template
-from waxflow.tasks import known_task_type
+from waxflow.tasks import TaskBase, known_task_type
 
 __all__ = ["NOTE", "preflight", "validate"]
 
@@ -83,7 +85,7 @@ def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None,
     an input value that does not fit or a required input with no value; returns None when
     the flow can start.
     """
-    flow, notes = validate(path)  # raises FlowError for a missing or invalid file
+    flow, notes, children = _validated(path)  # FlowError for a missing or invalid file
     for note in notes:
         LOG.info("%s", note)
     text = Path(path).read_text(encoding="utf-8")
@@ -93,6 +95,11 @@ def preflight(path: str | Path, *, environ: Mapping[str, str] | None = None,
         checker.problem(("disabled",), "the flow is disabled (`disabled: true`): it does not "
                                        "start")
     checker.check_flow(data)
+    for at, name, child in children:
+        for through, task_id, spec in _child_functions(child, name, pos, {name}):
+            message = _function_problem(spec)
+            if message:
+                checker.problem(at, f"child flow {through}: task '{task_id}': {message}")
     if checker.problems:
         problems = sorted(set(checker.problems), key=lambda p: (p.line or 0, p.column or 0,
                                                                  p.field, p.message))
@@ -105,6 +112,17 @@ def validate(path: str | Path) -> tuple[FlowBase, list[Problem]]:
     """All ``waxflow validate`` checks (module doc): the file on its own, then its child
     flows. Returns the flow and its notes (each message starts with :data:`NOTE`); raises
     :class:`~waxflow.errors.FlowError` holding every problem found."""
+    flow, notes, _ = _validated(path)
+    return flow, notes
+
+
+#: a child flow :func:`validate` loaded: where the parent's task names it (its ``flowId``),
+#: ``namespace.id``, the parsed flow
+Child = tuple[Where, str, FlowBase]
+
+
+def _validated(path: str | Path) -> tuple[FlowBase, list[Problem], list[Child]]:
+    """:func:`validate`, also returning the child flows it loaded."""
     flow = parse_flow(path)  # raises FlowError for a missing or invalid file
     text = Path(path).read_text(encoding="utf-8")
     data, pos = load_yaml(text, str(path))
@@ -118,7 +136,8 @@ def validate(path: str | Path) -> tuple[FlowBase, list[Problem]]:
             children.check(where, task)
     if children.problems:
         raise FlowError(sorted(children.problems, key=lambda p: (p.line or 0, p.column or 0)))
-    return flow, sorted(notes + children.notes, key=lambda p: (p.line or 0, p.column or 0))
+    return (flow, sorted(notes + children.notes, key=lambda p: (p.line or 0, p.column or 0)),
+            children.loaded)
 
 
 class _Children:
@@ -130,6 +149,7 @@ class _Children:
         self.strings = list(_strings(data, ()))  # (path, text) of every string of the file
         self.problems: list[Problem] = []
         self.notes: list[Problem] = []
+        self.loaded: list[Child] = []  # the child flows found and valid
         self._exprs: Expressions | None = None
 
     def static_name(self, value: str) -> str | None:
@@ -172,6 +192,7 @@ class _Children:
                 at, f"child flow {name} is not valid: {exc.problems[0]}"
                     + (f" (and {more} more: waxflow validate {path})" if more else "")))
             return
+        self.loaded.append((at, name, child))
         self.check_inputs(where, task, child, name)
         self.check_reads(task, child, name)
 
@@ -223,6 +244,47 @@ class _Children:
                         path, f"outputs.{task.id}.outputs.{match.group(1)}: child flow {name} "
                               f"has no {kind} '{match.group(1)}' ({hint}known: "
                               f"{', '.join(known) or 'none'}{why})"))
+
+
+def _enabled_tasks(flow: FlowBase) -> Iterator[TaskBase]:
+    """The tasks of ``flow`` that can run: not disabled, nor inside a disabled task."""
+    off: list[tuple[Hashable, ...]] = []
+    for where, task in flow.all_tasks():
+        if any(where[:len(p)] == p for p in off):
+            continue
+        if task.disabled:
+            off.append(where)
+            continue
+        yield task
+
+
+def _child_functions(flow: FlowBase, name: str, pos: PositionMap, seen: set[str]
+                     ) -> Iterator[tuple[str, str, str]]:
+    """(the flow, as named from the parent: ``a.b`` or ``a.b > c.d``, the task id, the
+    ``module:function``) of each ``core.Python`` task of child flow ``flow`` and of the
+    child flows it names with a name known before the run (each flow once: ``seen``). A
+    grandchild that is missing or invalid is skipped: validating its parent reports it."""
+    from waxflow.dataflows.subflow_runner import locate_flow
+
+    names = _Children(flow, pos, None)  # for static_name with this flow's variables
+    for task in _enabled_tasks(flow):
+        spec = getattr(task, "function", None)
+        if task.type == "core.Python" and isinstance(spec, str):
+            yield name, task.id, spec
+        elif isinstance(task, ChildFlowTask):
+            namespace, flow_id = names.static_name(task.namespace), names.static_name(
+                task.flowId)
+            if namespace is None or flow_id is None or f"{namespace}.{flow_id}" in seen:
+                continue
+            inner = f"{namespace}.{flow_id}"
+            seen.add(inner)
+            path = locate_flow(namespace, flow_id)
+            try:
+                child = parse_flow(path) if path is not None else None
+            except FlowError:
+                child = None
+            if child is not None:
+                yield from _child_functions(child, f"{name} > {inner}", pos, seen)
 
 
 def _strings(value: Any, path: Where) -> Iterable[tuple[Where, str]]:
@@ -468,24 +530,30 @@ class _Checker:
                 f"move it before this task, or read its outputs in a task that runs after it")
 
     def check_function(self, path: Where, spec: str) -> None:
-        module_name, _, attr_path = spec.partition(":")
+        message = _function_problem(spec)
+        if message:
+            self.problem(path, message)
+
+
+def _function_problem(spec: str) -> str | None:
+    """Why the ``module:function`` of a ``core.Python`` task cannot be called here (its
+    module is imported, as a worker would), or None."""
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        return (f"cannot import module '{module_name}' of function '{spec}' "
+                f"({type(exc).__name__}: {mask(str(exc))}): install it or add "
+                "its directory to PYTHONPATH")
+    except Exception as exc:  # the module's own code failed
+        return (f"importing module '{module_name}' of function '{spec}' "
+                f"failed: {type(exc).__name__}: {mask(str(exc))}")
+    for part in attr_path.split("."):
         try:
-            target: Any = importlib.import_module(module_name)
-        except ImportError as exc:
-            self.problem(path, f"cannot import module '{module_name}' of function '{spec}' "
-                               f"({type(exc).__name__}: {mask(str(exc))}): install it or add "
-                               "its directory to PYTHONPATH")
-            return
-        except Exception as exc:  # the module's own code failed
-            self.problem(path, f"importing module '{module_name}' of function '{spec}' "
-                               f"failed: {type(exc).__name__}: {mask(str(exc))}")
-            return
-        for part in attr_path.split("."):
-            try:
-                target = getattr(target, part)
-            except AttributeError:
-                self.problem(path, f"module '{module_name}' has no '{attr_path}' (no "
-                                   f"attribute '{part}'): check the name after the colon")
-                return
-        if not callable(target):
-            self.problem(path, f"'{spec}' is not callable: name a function")
+            target = getattr(target, part)
+        except AttributeError:
+            return (f"module '{module_name}' has no '{attr_path}' (no "
+                    f"attribute '{part}'): check the name after the colon")
+    if not callable(target):
+        return f"'{spec}' is not callable: name a function"
+    return None

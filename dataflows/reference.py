@@ -279,6 +279,39 @@ tasks:
     filter: {order: "{{ trigger.value.id }}"}
     limit: 10
 """,
+    "mongodb.Update": """\
+tasks:
+  - id: mark_paid
+    type: mongodb.Update
+    connection: {uri: "mongodb://shop:{{ secret('MONGO_PASSWORD') }}@mongo:27017/"}
+    database: shop
+    collection: orders
+    filter: {order: "{{ trigger.value.id }}"}
+    document: {$set: {status: paid, paidAt: "{{ trigger.value.at }}"}}
+""",
+    "mongodb.Delete": """\
+tasks:
+  - id: forget
+    type: mongodb.Delete
+    connection: {uri: "mongodb://shop:{{ secret('MONGO_PASSWORD') }}@mongo:27017/"}
+    database: shop
+    collection: carts
+    operation: DELETE_MANY
+    filter: {customer: "{{ trigger.value.customer }}"}
+""",
+    "mongodb.Bulk": """\
+tasks:
+  - id: apply
+    type: mongodb.Bulk
+    connection: {uri: "mongodb://shop:{{ secret('MONGO_PASSWORD') }}@mongo:27017/"}
+    database: shop
+    collection: orders
+    # one operation a record, e.g. made by js.FileTransform:
+    # {"insertOne": {"document": {"order": "o1", "total": 5}}}
+    # {"deleteOne": {"filter": {"order": "o0"}}}
+    from: "{{ outputs.actions.uri }}"
+    chunk: 500
+""",
     "storage.PurgeCurrentExecutionFiles": """\
 tasks:
   - id: purge

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,56 @@ def write_flow(tmp_path: Path, text: str, name: str = "flow.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def new_group() -> str:
+    """A fresh consumer-group id."""
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+def realtime_flow(flow_id: str, namespace: str, body: str, *, topic: str, group: str,
+                  trigger: str = "") -> str:
+    """The text of flow ``namespace.flow_id`` started by a ``kafka.RealtimeTrigger`` (id
+    ``in``) reading the JSON values of ``topic`` in consumer group ``group``. ``trigger``:
+    more properties of the trigger, YAML lines indented by four spaces; ``body``: the rest of
+    the flow (``tasks:``...), as written."""
+    return (f"id: {flow_id}\nnamespace: {namespace}\ntriggers:\n  - id: in\n"
+            f"    type: kafka.RealtimeTrigger\n    topic: {topic}\n    groupId: {group}\n"
+            f"    valueDeserializer: JSON\n{trigger}{body}")
+
+
+@dataclass(frozen=True)
+class FlowRun:
+    """A finished ``waxflow run`` (:func:`run_once`) and where its history went."""
+
+    result: subprocess.CompletedProcess[str]
+    path: Path
+    bootstrap: str
+    log_topic: str
+
+    def ok(self) -> FlowRun:
+        """This run, asserting the job ended well (the end of its stderr otherwise)."""
+        assert self.result.returncode == 0, self.result.stderr[-3000:]
+        return self
+
+    def documents(self) -> list[dict[str, Any]]:
+        """Every execution document the run wrote, in log order per partition."""
+        return log_documents(self.bootstrap, self.log_topic)
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The latest document of each execution, by execution id."""
+        return latest_by_id(self.documents())
+
+
+def run_once(bootstrap: str, tmp_path: Path, text: str, *args: str, idle: float,
+             timeout: float, log_topic: str | None = None, **env: str) -> FlowRun:
+    """Write ``text`` as ``tmp_path/flow.yaml`` and run it (``waxflow run --stop-when-idle
+    idle`` with ``args``) to completion on the test broker, its history going to
+    ``log_topic`` (default: a fresh topic); ``env``: more environment variables."""
+    log = log_topic or new_log_topic()
+    path = write_flow(tmp_path, text)
+    result = run_flow(path, flow_env(bootstrap, log, **env), *args, idle=idle, timeout=timeout)
+    return FlowRun(result, path, bootstrap, log)
 
 
 def run_flow(path: Path, env: dict[str, str], *args: str, idle: float = 3.0,

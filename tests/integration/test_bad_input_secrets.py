@@ -24,29 +24,13 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from tests.flow_helpers import (
-    flow_env,
-    latest_by_id,
-    log_documents,
-    new_log_topic,
-    produce_json,
-    run_flow,
-    write_flow,
-)
+from tests.flow_helpers import new_group, produce_json, realtime_flow, run_once
 from tests.kafka_helpers import read_all
 from waxflow.recovery.index import ExecutionIndex
 
 pytestmark = pytest.mark.integration
 
-FLOW = """\
-id: bad-input-secrets
-namespace: tests.secrets
-triggers:
-  - id: in
-    type: kafka.RealtimeTrigger
-    topic: @TOPIC@
-    groupId: @GROUP@
-    valueDeserializer: JSON
+TASKS = """\
 tasks:
   - id: derive
     type: core.Set
@@ -84,17 +68,16 @@ def test_secret_and_derived_forms_never_leave_the_process(
                         f"{request.headers.get('Authorization')}", status=500)
 
     httpserver.expect_request("/api").respond_with_handler(api)
-    topic, group, log = new_topic(), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    topic = new_topic()
     produce_json(bootstrap, topic, [{"id": 1}, {"id": 2}])
-    text = (FLOW.replace("@TOPIC@", topic).replace("@GROUP@", group)
-            .replace("@URL@", httpserver.url_for("").rstrip("/")))
-    flow = write_flow(tmp_path, text)
-    env = flow_env(bootstrap, log, WAXFLOW_SECRET_TOKEN=secret)
-    env["WAXFLOW_LOG_LEVEL"] = "INFO"
+    text = realtime_flow("bad-input-secrets", "tests.secrets",
+                         TASKS.replace("@URL@", httpserver.url_for("").rstrip("/")),
+                         topic=topic, group=new_group())
 
-    result = run_flow(flow, env, idle=2, timeout=90)
+    run = run_once(bootstrap, tmp_path, text, idle=2, timeout=90, WAXFLOW_SECRET_TOKEN=secret,
+                   WAXFLOW_LOG_LEVEL="INFO").ok()
 
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, log = run.result, run.log_topic
     # the secret and its derived forms were really sent, so every leaking path ran
     calls = [req for req, _ in httpserver.log if req.path == "/api"]
     assert sorted(req.args["id"] for req in calls) == ["1", "2"]
@@ -108,7 +91,7 @@ def test_secret_and_derived_forms_never_leave_the_process(
     assert "upper=****** reversed=****** kept=****** id=1" in output
     assert "failed with ******" in output
 
-    docs = list(latest_by_id(log_documents(bootstrap, log)).values())
+    docs = list(run.latest().values())
     assert len(docs) == 2
     for doc in docs:
         assert doc["state"] == "FAILED" and doc["error"]["taskId"] == "call"

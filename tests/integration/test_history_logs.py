@@ -19,27 +19,11 @@ from typing import Any
 
 import pytest
 
-from tests.flow_helpers import (
-    flow_env,
-    latest_by_id,
-    log_documents,
-    new_log_topic,
-    produce_json,
-    run_flow,
-    write_flow,
-)
+from tests.flow_helpers import latest_by_id, new_group, produce_json, realtime_flow, run_once
 
 pytestmark = pytest.mark.integration
 
-FLOW = """\
-id: history-logs
-namespace: tests.logs
-triggers:
-  - id: in
-    type: kafka.RealtimeTrigger
-    topic: @TOPIC@
-    groupId: @GROUP@
-    valueDeserializer: JSON
+TASKS = """\
 tasks:
   - id: hello
     type: core.Log
@@ -88,18 +72,16 @@ def retries(name: str) -> list[tuple[str, str | None, int | None, str]]:
 def test_log_lines_retries_failures_masked_and_bounded_in_the_history(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
     secret = f"tok-{uuid.uuid4().hex}"
-    topic, group, log = new_topic(), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    topic = new_topic()
     produce_json(bootstrap, topic, [{"id": "a", "n": 2, "fail": False},
                                     {"id": "b", "n": 30, "fail": False},
                                     {"id": "c", "n": 0, "fail": True}])
-    flow = write_flow(tmp_path, FLOW.replace("@TOPIC@", topic).replace("@GROUP@", group))
-    env = flow_env(bootstrap, log, WAXFLOW_SECRET_TOKEN=secret,
-                   WAXFLOW_EXECUTION_LOG_LINES="10")
+    text = realtime_flow("history-logs", "tests.logs", TASKS, topic=topic, group=new_group())
 
-    result = run_flow(flow, env, idle=2, timeout=120)
+    run = run_once(bootstrap, tmp_path, text, idle=2, timeout=120, WAXFLOW_SECRET_TOKEN=secret,
+                   WAXFLOW_EXECUTION_LOG_LINES="10").ok()
 
-    assert result.returncode == 0, result.stderr[-3000:]
-    docs = log_documents(bootstrap, log)
+    result, docs = run.result, run.documents()
     latest = {d["trigger"]["key"]: d for d in latest_by_id(docs).values()}
     assert sorted(latest) == ["a", "b", "c"]
     a, b, c = latest["a"], latest["b"], latest["c"]

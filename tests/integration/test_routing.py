@@ -19,29 +19,11 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from tests.flow_helpers import (
-    flow_env,
-    latest_by_id,
-    log_documents,
-    new_log_topic,
-    produce_json,
-    run_flow,
-    write_flow,
-)
+from tests.flow_helpers import FlowRun, new_group, produce_json, realtime_flow, run_once
 from tests.kafka_helpers import committed, end_offsets, read_all
 
 pytestmark = pytest.mark.integration
 
-HEADER = """\
-id: routing
-namespace: tests.routing
-triggers:
-  - id: in
-    type: kafka.RealtimeTrigger
-    topic: @TOPIC@
-    groupId: @GROUP@
-    valueDeserializer: JSON
-"""
 
 ROUTING_TASKS = """\
 tasks:
@@ -91,9 +73,12 @@ ORDERS = [
 EXPECTED = {"/refund": [1, 5], "/purchase": [2, 3, 6], "/unrouted": [4], "/big": [2, 4, 5]}
 
 
-def flow_file(tmp_path: Path, topic: str, group: str, tasks: str, url: str) -> Path:
-    text = (HEADER + tasks).replace("@TOPIC@", topic).replace("@GROUP@", group)
-    return write_flow(tmp_path, text.replace("@URL@", url))
+def run_routing(bootstrap: str, tmp_path: Path, topic: str, group: str, tasks: str,
+                url: str, **env: str) -> FlowRun:
+    """Run the routing flow (``tasks``, ``@URL@`` standing for ``url``) over ``topic``."""
+    text = realtime_flow("routing", "tests.routing", tasks.replace("@URL@", url), topic=topic,
+                         group=group)
+    return run_once(bootstrap, tmp_path, text, idle=2, timeout=60, **env)
 
 
 def bodies(server: HTTPServer, path: str) -> list[Any]:
@@ -105,13 +90,12 @@ def test_switch_and_if_route_each_record_to_its_endpoints(
         tmp_path: Path) -> None:
     for path in EXPECTED:
         httpserver.expect_request(path, method="POST").respond_with_data("ok")
-    topic, group, log = new_topic(), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    topic, group = new_topic(), new_group()
     produce_json(bootstrap, topic, ORDERS)
-    flow = flow_file(tmp_path, topic, group, ROUTING_TASKS, httpserver.url_for("").rstrip("/"))
 
-    result = run_flow(flow, flow_env(bootstrap, log), idle=2, timeout=60)
+    run = run_routing(bootstrap, tmp_path, topic, group, ROUTING_TASKS,
+                      httpserver.url_for("").rstrip("/")).ok()
 
-    assert result.returncode == 0, result.stderr
     orders = {o["id"]: o for o in ORDERS}
     for path, ids in EXPECTED.items():
         got = bodies(httpserver, path)
@@ -122,8 +106,7 @@ def test_switch_and_if_route_each_record_to_its_endpoints(
     for req, _ in httpserver.log:
         assert req.headers["Content-Type"].startswith("application/json")
 
-    docs = {d["trigger"]["offset"]: d for d in latest_by_id(log_documents(bootstrap,
-                                                                          log)).values()}
+    docs = {d["trigger"]["offset"]: d for d in run.latest().values()}
     assert sorted(docs) == list(range(len(ORDERS)))
     branch = {"refund": "refund", "purchase": "purchase", "gift": "unrouted"}
     for offset, order in enumerate(ORDERS):
@@ -201,15 +184,14 @@ def test_secret_never_reaches_the_log_or_process_output(
     httpserver.expect_request("/secure").respond_with_handler(secure)
     httpserver.expect_request("/echo").respond_with_handler(echo)
     httpserver.expect_request("/errors", method="POST").respond_with_data("ok", status=502)
-    topic, group, log = new_topic(), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    topic = new_topic()
     produce_json(bootstrap, topic, [{"id": 1}, {"id": 2}])
-    flow = flow_file(tmp_path, topic, group, SECRET_TASKS.replace("@REFUSED@", REFUSED),
-                     httpserver.url_for("").rstrip("/"))
 
-    result = run_flow(flow, flow_env(bootstrap, log, WAXFLOW_SECRET_API_TOKEN=secret),
-                      idle=2, timeout=60)
+    run = run_routing(bootstrap, tmp_path, topic, new_group(),
+                      SECRET_TASKS.replace("@REFUSED@", REFUSED),
+                      httpserver.url_for("").rstrip("/"), WAXFLOW_SECRET_API_TOKEN=secret).ok()
 
-    assert result.returncode == 0, result.stderr
+    result, log = run.result, run.log_topic
     # the secret was really used: in the query and the header of every call
     secure_reqs = [req for req, _ in httpserver.log if req.path == "/secure"]
     assert len(secure_reqs) == 2
@@ -222,7 +204,7 @@ def test_secret_never_reaches_the_log_or_process_output(
             if req.path == "/errors"] == [secret, secret]
 
     # every path that could leak it ran: outputs, error texts, log line, handler failure
-    docs = list(latest_by_id(log_documents(bootstrap, log)).values())
+    docs = list(run.latest().values())
     assert len(docs) == 2
     for doc in docs:
         assert doc["state"] == "FAILED" and doc["error"]["taskId"] == "boom"

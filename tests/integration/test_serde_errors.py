@@ -10,7 +10,6 @@ past the bad record.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from tests.flow_helpers import (
-    flow_env,
     latest_by_id,
     log_documents,
+    new_group,
     new_log_topic,
-    run_flow,
-    write_flow,
+    realtime_flow,
+    run_once,
 )
 from tests.kafka_helpers import committed, end_offsets, read_all
 
@@ -64,23 +63,18 @@ def produce_records(bootstrap: str, topic: str) -> dict[tuple[int, int], tuple[b
     return placed
 
 
-def flow_text(topic: str, group: str, on_serde_error: str) -> str:
-    return f"""\
-id: serde-errors
-namespace: tests.g5
-triggers:
-  - id: in
-    type: kafka.RealtimeTrigger
-    topic: {topic}
-    groupId: {group}
-    valueDeserializer: JSON
-    onSerdeError: {on_serde_error}
+TASKS = """\
 tasks:
   - id: seen
     type: core.Set
     values:
-      rid: "{{{{ trigger.value.id }}}}"
+      rid: "{{ trigger.value.id }}"
 """
+
+
+def flow_text(topic: str, group: str, on_serde_error: str) -> str:
+    return realtime_flow("serde-errors", "tests.g5", TASKS, topic=topic, group=group,
+                         trigger=f"    onSerdeError: {on_serde_error}\n")
 
 
 def execution_docs_by_coord(bootstrap: str, log: str) -> dict[tuple[int, int],
@@ -120,17 +114,14 @@ def check_history(bootstrap: str, topic: str, log: str,
 
 def test_skipped_records_bad_input_and_moves_on(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
-    topic = new_topic(partitions=2)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    log = new_log_topic()
+    topic, group = new_topic(partitions=2), new_group()
     placed = produce_records(bootstrap, topic)
-    flow = write_flow(tmp_path, flow_text(topic, group, "{type: SKIPPED}"))
 
-    result = run_flow(flow, flow_env(bootstrap, log), idle=2, timeout=60)
+    run = run_once(bootstrap, tmp_path, flow_text(topic, group, "{type: SKIPPED}"), idle=2,
+                   timeout=60).ok()
 
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    check_history(bootstrap, topic, log, placed)
+    assert "Traceback" not in run.result.stderr
+    check_history(bootstrap, topic, run.log_topic, placed)
     assert committed(bootstrap, group, topic, 2) == end_offsets(bootstrap, topic, 2) == {0: 4,
                                                                                          1: 3}
 
@@ -138,17 +129,14 @@ def test_skipped_records_bad_input_and_moves_on(
 def test_dlq_gets_the_original_record_with_source_headers(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
     topic = new_topic(partitions=2)
-    dlq = new_topic(partitions=1)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    log = new_log_topic()
+    dlq, group = new_topic(partitions=1), new_group()
     placed = produce_records(bootstrap, topic)
-    flow = write_flow(tmp_path, flow_text(topic, group, f"{{type: DLQ, topic: {dlq}}}"))
 
-    result = run_flow(flow, flow_env(bootstrap, log), idle=2, timeout=60)
+    run = run_once(bootstrap, tmp_path, flow_text(topic, group, f"{{type: DLQ, topic: {dlq}}}"),
+                   idle=2, timeout=60).ok()
 
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    docs = check_history(bootstrap, topic, log, placed)
+    assert "Traceback" not in run.result.stderr
+    docs = check_history(bootstrap, topic, run.log_topic, placed)
     assert committed(bootstrap, group, topic, 2) == end_offsets(bootstrap, topic, 2) == {0: 4,
                                                                                          1: 3}
 
@@ -177,18 +165,16 @@ def test_dlq_gets_the_original_record_with_source_headers(
 def test_fail_stops_without_committing_past_the_bad_record(
         bootstrap: str, new_topic: Callable[..., str], admin: AdminClient,
         tmp_path: Path) -> None:
-    topic = new_topic(partitions=1)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    log = new_log_topic()
+    topic, group, log = new_topic(partitions=1), new_group(), new_log_topic()
     producer = Producer({"bootstrap.servers": bootstrap})
     for value in (b'{"id": 1}', b'{"id": 2}', b'{"id": 3, oops', b'{"id": 4}'):
         producer.produce(topic, value=value, partition=0)
     assert producer.flush(30) == 0
     bad_offset = 2
-    flow = write_flow(tmp_path, flow_text(topic, group, "{type: FAIL}"))
+    text = flow_text(topic, group, "{type: FAIL}")
 
     for _run in range(2):  # a rerun stops at the same record: nothing was committed past it
-        result = run_flow(flow, flow_env(bootstrap, log), idle=2, timeout=60)
+        result = run_once(bootstrap, tmp_path, text, idle=2, timeout=60, log_topic=log).result
         assert result.returncode == 1, result.stdout + result.stderr
         assert "Traceback" not in result.stderr and "panicked" not in result.stderr
         where = f"{topic}/0@{bad_offset}"

@@ -9,22 +9,13 @@ missing.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.flow_helpers import (
-    flow_env,
-    latest_by_id,
-    log_documents,
-    new_log_topic,
-    produce_json,
-    run_flow,
-    write_flow,
-)
+from tests.flow_helpers import new_group, produce_json, run_once
 from tests.kafka_helpers import committed
 from waxflow.connectors.storage import local_path
 
@@ -129,20 +120,18 @@ def flows(tmp_path: Path) -> Path:
 
 def test_subflow_outputs_extend_and_plugin_defaults_in_a_realtime_job(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, flows: Path) -> None:
-    topic, group, log = new_topic(1), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    topic, group = new_topic(1), new_group()
     produce_json(bootstrap, topic, [{"n": 1}, {"n": -1}, {"n": 20}])
-    path = write_flow(tmp_path, REALTIME.format(topic=topic, group=group))
-    env = flow_env(bootstrap, log, WAXFLOW_LOG_LEVEL="INFO", WAXFLOW_FLOWS_PATH=str(flows),
-                   WAXFLOW_STORAGE=str(tmp_path / "storage"))
 
-    result = run_flow(path, env, idle=4.0, timeout=180)
+    run = run_once(bootstrap, tmp_path, REALTIME.format(topic=topic, group=group), idle=4.0,
+                   timeout=180, WAXFLOW_LOG_LEVEL="INFO", WAXFLOW_FLOWS_PATH=str(flows),
+                   WAXFLOW_STORAGE=str(tmp_path / "storage")).ok()
 
-    assert result.returncode == 0, result.stderr[-3000:]
-    notes = [line for line in result.stderr.splitlines() if "extend: note:" in line]
-    assert len(notes) == 1 and f"{path}:3:1: extend: note: Kestra blueprint metadata" in \
-        notes[0], result.stderr[-3000:]
-    docs = {d["trigger"]["offset"]: d for d in latest_by_id(log_documents(bootstrap, log))
-            .values()}
+    err = run.result.stderr
+    notes = [line for line in err.splitlines() if "extend: note:" in line]
+    assert len(notes) == 1 and f"{run.path}:3:1: extend: note: Kestra blueprint metadata" in \
+        notes[0], err[-3000:]
+    docs = {d["trigger"]["offset"]: d for d in run.latest().values()}
     assert sorted(docs) == [0, 1, 2]
     assert [docs[o]["state"] for o in (0, 1, 2)] == ["SUCCESS", "FAILED", "SUCCESS"]
     for offset, n in ((0, 1), (2, 20)):
@@ -163,16 +152,14 @@ def test_subflow_outputs_extend_and_plugin_defaults_in_a_realtime_job(
 
 def test_for_each_item_children_run_concurrently_in_a_batch_job(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, flows: Path) -> None:
-    topic, group, log = new_topic(1), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    topic, group = new_topic(1), new_group()
     produce_json(bootstrap, topic, [{"n": i} for i in range(1, 5)])
-    path = write_flow(tmp_path, BATCH.format(topic=topic, group=group, parties=4))
-    env = flow_env(bootstrap, log, WAXFLOW_FLOWS_PATH=str(flows), PYTHONPATH=str(REPO),
-                   WAXFLOW_STORAGE=str(tmp_path / "storage"))
 
-    result = run_flow(path, env, idle=5.0, timeout=240)
+    run = run_once(bootstrap, tmp_path, BATCH.format(topic=topic, group=group, parties=4),
+                   idle=5.0, timeout=240, WAXFLOW_FLOWS_PATH=str(flows), PYTHONPATH=str(REPO),
+                   WAXFLOW_STORAGE=str(tmp_path / "storage")).ok()
 
-    assert result.returncode == 0, result.stderr[-3000:]
-    docs = list(latest_by_id(log_documents(bootstrap, log)).values())
+    docs = list(run.latest().values())
     assert len(docs) == 1, [d["trigger"] for d in docs]
     (doc,) = docs
     assert doc["state"] == "SUCCESS", json.dumps(doc)[:3000]
@@ -190,13 +177,12 @@ def test_for_each_item_children_run_concurrently_in_a_batch_job(
 
 def test_a_job_whose_child_flow_is_missing_does_not_start(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, flows: Path) -> None:
-    topic, group, log = new_topic(1), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    topic, group = new_topic(1), new_group()
     produce_json(bootstrap, topic, [{"n": 1}])
     (flows / "doubler.yaml").unlink()
-    path = write_flow(tmp_path, REALTIME.format(topic=topic, group=group))
-    env = flow_env(bootstrap, log, WAXFLOW_FLOWS_PATH=str(flows))
 
-    result = run_flow(path, env, idle=3.0, timeout=120)
+    result = run_once(bootstrap, tmp_path, REALTIME.format(topic=topic, group=group), idle=3.0,
+                      timeout=120, WAXFLOW_FLOWS_PATH=str(flows)).result
 
     assert result.returncode != 0
     assert "no flow tests.children.doubler among the flow files of $WAXFLOW_FLOWS_PATH=" \

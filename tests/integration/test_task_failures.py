@@ -29,6 +29,7 @@ from tests.flow_helpers import (
     log_documents,
     new_log_topic,
     produce_json,
+    realtime_flow,
     run_flow,
     runs_by_id,
     write_flow,
@@ -37,23 +38,11 @@ from tests.kafka_helpers import committed, end_offsets
 
 pytestmark = pytest.mark.integration
 
-HEADER = """\
-id: task-failures
-namespace: tests.g6
-triggers:
-  - id: in
-    type: kafka.RealtimeTrigger
-    topic: @TOPIC@
-    groupId: @GROUP@
-    valueDeserializer: JSON
-@TRIGGER_EXTRA@
-"""
-
 
 def flow_file(tmp_path: Path, topic: str, group: str, body: str, trigger_extra: str = "",
               **urls: str) -> Path:
-    text = (HEADER + body).replace("@TOPIC@", topic).replace("@GROUP@", group)
-    text = text.replace("@TRIGGER_EXTRA@\n", trigger_extra)
+    text = realtime_flow("task-failures", "tests.g6", body, topic=topic, group=group,
+                         trigger=trigger_extra)
     for name, url in urls.items():
         text = text.replace(f"@{name}@", url)
     return write_flow(tmp_path, text)

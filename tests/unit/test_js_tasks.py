@@ -125,3 +125,37 @@ namespace: n
 tasks:
   - {id: js, type: js.FileTransform, from: "[]", script: "let row = 1"}
 """, "f.yaml")
+
+
+#: keeps 8 MB more per step (doubles), 96 MB in all: past a 32 MiB limit, and bounded if
+#: no limit held (the test then fails instead of exhausting the machine)
+_ALLOCATE = """
+var kept = [];
+for (var i = 0; i < 12; i++) {
+  try { kept.push(new Array(1000000).fill(i + 0.5)); } catch (e) { row.caught = true; }
+}
+row.n = kept.length;
+"""
+
+
+def test_a_script_that_allocates_without_bound_fails_at_the_memory_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAXFLOW_JS_MAX_MEMORY_MB", "32")
+    with pytest.raises(TaskFailure) as err:
+        _run(_ALLOCATE, [{"a": 1}], timeout="PT60S")
+    assert str(err.value) == (
+        "js.FileTransform js: the script used more than the 32 MiB V8 memory limit and was "
+        "stopped (raise $WAXFLOW_JS_MAX_MEMORY_MB, or transform fewer rows per run)")
+    # the process and V8 go on: the next run works, and the same script fits a larger limit
+    assert _run("row.x = 1", [{"a": 1}])[0] == [{"a": 1, "x": 1}]
+    monkeypatch.delenv("WAXFLOW_JS_MAX_MEMORY_MB")  # the default, 512 MiB
+    assert _run(_ALLOCATE, [{"a": 1}], timeout="PT60S")[0] == [{"a": 1, "n": 12}]
+
+
+@pytest.mark.parametrize("value", ["lots", "8", "-1"])
+def test_a_memory_limit_that_is_not_a_number_of_mib_fails_the_task(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("WAXFLOW_JS_MAX_MEMORY_MB", value)
+    with pytest.raises(TaskFailure, match=rf"^\$WAXFLOW_JS_MAX_MEMORY_MB='{value}': expected "
+                                          r"a whole number of MiB, at least 16$"):
+        _run("row.x = 1", [{"a": 1}])

@@ -309,3 +309,63 @@ outputs:
     text = " ".join(m for _, m in found)
     assert "nope" in text and "NOT_DEFINED" in text and "NOT_SET_HERE" in text
     assert "'work'" not in text and "outputs.work" not in text  # it ran before them
+
+
+def test_python_functions_of_child_flows_are_checked_at_the_parents_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child flow's core.Python (and a grandchild's) is import-checked as the parent's own
+    is, reported at the flowId line of the parent's task naming the child and its task;
+    disabled tasks, and a child reached twice, are checked once or not at all."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    monkeypatch.setenv("WAXFLOW_FLOWS_PATH", str(flows))
+    (flows / "child.yaml").write_text("""\
+id: child
+namespace: tests.pf
+variables: {grand: grandchild}
+tasks:
+  - {id: ok, type: core.Python, function: "tests.flow_funcs:slow"}
+  - {id: bad, type: core.Python, function: "no_such_module_pf:run"}
+  - id: off
+    type: core.Sequential
+    disabled: true
+    tasks:
+      - {id: never, type: core.Python, function: "no_such_module_off:run"}
+  - {id: deeper, type: core.Subflow, namespace: tests.pf, flowId: "{{ vars.grand }}"}
+""")
+    (flows / "grandchild.yaml").write_text("""\
+id: grandchild
+namespace: tests.pf
+tasks:
+  - {id: g, type: core.Python, function: "os:sep"}
+  - {id: loop, type: core.Subflow, namespace: tests.pf, flowId: child}
+""")
+    path = write(tmp_path, """\
+tasks:
+  - {id: own, type: core.Python, function: "no_such_module_top:run"}
+  - id: call
+    type: core.Subflow
+    namespace: tests.pf
+    flowId: child
+""")
+    found = problems(path)
+    assert [(p.field, p.line) for p in found] == [
+        ("tasks[0].function", 6), ("tasks[1].flowId", 10), ("tasks[1].flowId", 10)]
+    grand, child = sorted(p.message for p in found[1:])  # " > " sorts before ": "
+    assert child.startswith(
+        "child flow tests.pf.child: task 'bad': cannot import module 'no_such_module_pf' of "
+        "function 'no_such_module_pf:run' (ModuleNotFoundError"), child
+    assert grand == ("child flow tests.pf.child > tests.pf.grandchild: task 'g': "
+                           "'os:sep' is not callable: name a function")
+    # the same child, all fine: no problem
+    (flows / "child.yaml").write_text("""\
+id: child
+namespace: tests.pf
+tasks:
+  - {id: ok, type: core.Python, function: "tests.flow_funcs:slow"}
+""")
+    clean = write(tmp_path, """\
+tasks:
+  - {id: call, type: core.Subflow, namespace: tests.pf, flowId: child}
+""")
+    preflight(clean, environ={})
