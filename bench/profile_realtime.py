@@ -11,8 +11,9 @@ The job is the same as ``waxflow run FLOW --stop-when-idle 2 -w 1``
 thread, 200 ms epochs), on fresh topics and group (deleted at the end). cProfile runs with a
 **per-thread CPU-time timer** (``time.thread_time``), on the main thread (Bytewax worker:
 source, deserialize, execute step, sink) and on every Python thread the job starts (execution
-pool, the pipeline's delivery poller, which settles Produce deliveries and writes their
-terminal documents, and its timer: ``threading.Thread.run`` is wrapped, one profiler per
+pool, the pipeline's delivery poller (which serves the delivery reports of producers that
+report every delivery; the quiet ones, which report failures only, are settled on the main
+thread at each snapshot), and its timer: ``threading.Thread.run`` is wrapped, one profiler per
 thread). CPU time, not wall time: with ~64 pool threads sharing the GIL a wall-clock profile
 would charge GIL waits to whatever function was waiting. The profiles are
 merged; percentages are of the total profiled CPU time of all Python threads. CPU spent in

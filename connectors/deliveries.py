@@ -42,6 +42,9 @@ Record = tuple[str, bytes | None, bytes | None, Headers | None, int | None, int 
 
 LOG = logging.getLogger("waxflow.broker")
 GIVE_UP_ENV = "WAXFLOW_BROKER_GIVE_UP"
+#: producer setting of the *quiet* producers: librdkafka still reports every delivery, but
+#: confluent-kafka calls Python back only for the failed ones (no Python call per record)
+QUIET = {"delivery.report.only.error": True}
 DEFAULT_GIVE_UP = 300.0
 
 #: errors of the connection to the broker, not of a record: work failing with them is redone
@@ -307,3 +310,73 @@ class Deliveries:
         if self._errors:
             more = f" (and {len(self._errors) - 5} more)" if len(self._errors) > 5 else ""
             raise DeliveryError("delivery failed: " + "; ".join(self._errors[:5]) + more)
+
+
+#: the condition of every :class:`QuietDeliveries` (none ever waits on it)
+_QUIET_COND = threading.Condition()
+
+
+class QuietDeliveries(Deliveries):
+    """The deliveries of one task run on a *quiet* producer (:data:`QUIET`: Python hears only
+    of failures). Nothing counts as pending: its owner knows every record acknowledged once
+    the producer's queue emptied after the records were sent (``flush``) with no failure in
+    :attr:`failures` — :meth:`wait` and :meth:`settle` must not be used to learn it. Used by
+    the pipeline for a consumer-group flow's at-least-once Produce records, settled at the
+    epoch's snapshot with its terminal documents (:mod:`waxflow.operators.pipeline`)."""
+
+    def __init__(self, producer: Producer, *,
+                 serve: Callable[[float], None] | None = None) -> None:
+        """``serve(timeout)``: how to serve the producer's reports when its queue is full
+        (the owner's, so that one thread at a time serves them); default ``poll``."""
+        super().__init__(producer, cond=_QUIET_COND)
+        self._serve = serve
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                headers: Headers | None = None,
+                *, partition: int | None = None,
+                timestamp: int | None = None) -> None:
+        """Send one record; a failure is recorded in :attr:`failures` when the owner serves
+        the producer's reports. A record refused at once raises :class:`DeliveryError`."""
+        record: Record = (topic, key, value, headers, partition, timestamp)
+        kwargs: dict[str, Any] = {}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp is not None:
+            kwargs["timestamp"] = timestamp
+        report = functools.partial(self._failed, record)
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers,
+                                      on_delivery=report, **kwargs)
+                self.sent += 1
+                return
+            except BufferError:
+                self._full()
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                reason = err.str() if err is not None else str(exc)
+                raise DeliveryError(f"cannot send {self.describe(topic, key, value, headers)}"
+                                    f": {reason}") from None
+
+    def _full(self) -> None:
+        """The producer's queue is full: serve its reports so it drains."""
+        if self._serve is not None:
+            self._serve(0.05)
+        else:
+            self.producer.poll(0.05)
+
+    def _failed(self, record: Record, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:  # (a quiet producer reports failures only)
+            return
+        try:
+            what = self.describe(record[0], record[1], record[2], record[3])
+        except Exception:  # never lose the error over its description
+            what = f"record to topic {record[0]}"
+        with self._cond:
+            self._errors.append(f"{what}: {err.str()}")
+            self.failures.append((err, record))
+
+    def errors(self) -> list[str]:
+        """The failed deliveries reported so far, described (empty: none failed)."""
+        with self._cond:
+            return list(self._errors)

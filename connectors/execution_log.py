@@ -33,6 +33,7 @@ from waxflow.connectors import metrics
 from waxflow.connectors.deliveries import (
     EXECUTION_HEADER,
     OUTAGE,
+    QUIET,
     Deliveries,
     Headers,
     Record,
@@ -197,23 +198,44 @@ class ExecutionLog:
         self._lock = threading.Lock()
         self._retired: list[Producer] = []
         self.producer = self._new_producer()
+        #: the quiet producer (:meth:`quiet_producer`), made on first use
+        self.quiet: Producer | None = None
 
-    def _new_producer(self) -> Producer:
-        conf = {
+    def quiet_producer(self) -> Producer:
+        """A second producer of the log that calls Python back only for failed deliveries
+        (:data:`~waxflow.connectors.deliveries.QUIET`): its owner learns that documents are
+        acknowledged by emptying its queue (``flush``). Never metered: with metrics on, use
+        :attr:`producer`."""
+        quiet = self.quiet
+        if quiet is None:
+            with self._lock:
+                if self.quiet is None:
+                    self.quiet = Producer({**self._producer_conf(), **QUIET})
+                quiet = self.quiet
+        return quiet
+
+    def _producer_conf(self) -> dict[str, Any]:
+        return {
             "message.timeout.ms": int(max(120.0, give_up_seconds()) * 1000),
             "error_cb": client_error, **self._conf,
             "enable.idempotence": True, "acks": "all", "linger.ms": 1,
             "compression.type": "lz4", "batch.num.messages": 10000,
         }
+
+    def _new_producer(self) -> Producer:
+        conf = self._producer_conf()
         return _MeteredProducer(conf, self.topic) if metrics.STATE.enabled else Producer(conf)
 
     def rebuild(self, old: Producer) -> None:
         """Replace a producer that hit a fatal error (once, whichever batch notices first):
         its undelivered documents fail (purged) and their batches send them again."""
         with self._lock:
-            if self.producer is not old:
+            if self.quiet is not None and self.quiet is old:
+                self.quiet = Producer({**self._producer_conf(), **QUIET})
+            elif self.producer is old:
+                self.producer = self._new_producer()
+            else:
                 return
-            self.producer = self._new_producer()
             self._retired = [*self._retired[-7:], old]  # never destroyed mid-call
         try:
             old.purge(in_queue=True, in_flight=True, blocking=False)
@@ -228,3 +250,5 @@ class ExecutionLog:
 
     def close(self) -> None:
         self.producer.flush(30)
+        if self.quiet is not None:
+            self.quiet.flush(30)

@@ -48,6 +48,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from waxflow.connectors import broker_watch, instance_lock, metrics
 from waxflow.connectors.deliveries import (
     OUTAGE,
+    QUIET,
     Deliveries,
     Record,
     client_error,
@@ -82,6 +83,9 @@ class KafkaOutput:
         self._tids: dict[tuple[int, tuple[tuple[str, str], ...]], str] = {}
         self._retired: list[Producer] = []  # replaced producers, never destroyed mid-call
         self._group_metadata: Any = None
+        #: quiet idempotent producers (Python hears of failed deliveries only), by config
+        self._quiet: dict[tuple[tuple[str, str], ...], Producer] = {}
+        self._quiet_by_conf: dict[int, tuple[Mapping[str, Any], Producer]] = {}
 
     def plain_producer(self, conf: Mapping[str, Any]) -> Producer:
         hit = self._plain_by_conf.get(id(conf))
@@ -96,6 +100,28 @@ class KafkaOutput:
             if len(self._plain_by_conf) < 64:  # tasks' cached configs, a handful
                 self._plain_by_conf[id(conf)] = (conf, producer)
             return producer
+
+    def quiet_producer(self, conf: Mapping[str, Any]) -> Producer:
+        """The shared idempotent producer for ``conf`` that calls Python back only for failed
+        deliveries (:data:`~waxflow.connectors.deliveries.QUIET`): its owner learns that
+        records are acknowledged by emptying its queue (:meth:`quiet_producers`)."""
+        hit = self._quiet_by_conf.get(id(conf))
+        if hit is not None and hit[0] is conf:
+            return hit[1]
+        key = conf_key(conf)
+        with self._lock:
+            if key not in self._quiet:
+                self._quiet[key] = Producer({**conf, "enable.idempotence": True, "acks": "all",
+                                             "linger.ms": 5, **QUIET})
+            producer = self._quiet[key]
+            if len(self._quiet_by_conf) < 64:
+                self._quiet_by_conf[id(conf)] = (conf, producer)
+            return producer
+
+    def quiet_producers(self) -> list[Producer]:
+        """Every quiet producer made so far."""
+        with self._lock:
+            return list(self._quiet.values())
 
     def poll_plain(self) -> None:
         """Serve the delivery reports of the shared idempotent producers (for trackers that

@@ -17,10 +17,12 @@ In a consumer-group flow the task does not block. A transactional one buffers it
 once its execution is done they go into the worker's next epoch transaction, which commits
 them with the offsets below which every execution is done
 (:mod:`waxflow.operators.transactions`). A non-transactional one enqueues its records, and
-their deliveries are checked before the execution's terminal document. A record that fails
-then fails its execution (state FAILED, the error names the task and the record; the
-task's ``errors`` handlers and ``allowFailure`` do not apply to such a late failure); inside
-a transaction it aborts the transaction, which is redone without that execution's records.
+their deliveries are checked before the execution counts as done (its offset committed):
+with the terminal document, at the epoch's snapshot (:mod:`waxflow.operators.pipeline`).
+A record that fails then fails its execution (state FAILED, its terminal document written
+again; the error names the task and the record; the task's ``errors`` handlers and
+``allowFailure`` do not apply to such a late failure); inside a transaction it aborts the
+transaction, which is redone without that execution's records.
 (A share group has no offsets to commit: there a transactional Produce task run commits its
 own transaction before it returns; its record is acked once its execution is done.)
 Elsewhere (replay, ``waxflow test``, schedules, batch flows) the task waits for its

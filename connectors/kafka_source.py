@@ -376,6 +376,8 @@ class _GroupPartition(StatefulSourcePartition[RawRecord, int | None]):
         return self._awake
 
     def snapshot(self) -> int | None:
+        if self._progress is not None:  # learn what the broker acknowledged so far
+            self._progress.settle_point()
         if self._checkpoint is not None:  # committed by the epoch's transaction, now
             assert self._part is not None
             point = self._checkpoint.snapshot(self._part)

@@ -13,9 +13,13 @@ Executions outlive the step that started them, and finish in any order:
    :class:`~waxflow.operators.pipeline.Pipeline` and returns at once; a retry delay pauses
    the execution on a timer; ``keyOrdering`` holds an execution until the one before it of
    the same key is terminal;
-3. an execution is *done* when its terminal document is acknowledged by the broker: only
-   then is its offset marked done (a FAILED execution under ``onFailure: STOP`` never is:
-   the source raises the stop at its next read);
+3. an execution is *done* when its terminal document (and its at-least-once Produce
+   records) are acknowledged by the broker: only then is its offset marked done (a FAILED
+   execution under ``onFailure: STOP`` never is: the source raises the stop at its next
+   read). The pipeline's quiet producers report failures only, so acknowledgements are
+   learnt at the snapshot (step 4), before the commit point is taken: the snapshot first
+   waits until their queues are empty and marks done what was acknowledged
+   (``Pipeline._settle``);
 4. at every epoch end the source's ``snapshot()`` takes the partition's *lowest unfinished
    offset* (the next offset to read when nothing is pending), and the first ``next_batch()``
    after it commits that offset; the snapshot (recovery on) is the same offset.
@@ -77,13 +81,15 @@ from the last commit under the same ids (G2).
 
 Where each guarantee is enforced (file: function) and which test proves it on the broker:
 
-- **G1 no loss** (commit only what is done): ``operators/pipeline.py: Pipeline._delivered``
-  and ``waxflow/progress.py: PartitionProgress.commit_point`` (pipelined),
+- **G1 no loss** (commit only what is done): ``operators/pipeline.py: Pipeline._delivered``,
+  ``Pipeline._settle`` (quiet mode: called by ``_GroupPartition.snapshot`` through
+  ``Progress.settle_point`` before the commit point is taken) and
+  ``waxflow/progress.py: PartitionProgress.commit_point`` (pipelined),
   ``operators/executor.py: Executor.run`` (done = delivered),
   ``connectors/kafka_source.py: _GroupPartition.snapshot/next_batch`` (commit after the
   snapshot), ``connectors/kafka_batch.py: _BatchPartition.snapshot`` (only positions after
   emitted batches) — ``tests/integration/test_kill_realtime.py``, ``test_no_stall.py``,
-  ``test_batch_trigger.py``.
+  ``test_batch_trigger.py``, ``test_quiet_settle.py``.
 - **G2 one history per record**: ``waxflow/execution.py: execution_id`` (deterministic),
   ``connectors/kafka_batch.py: _BatchPartition._write_plan`` (a replayed batch is cut the
   same) — ``test_kill_realtime.py``, ``test_batch_trigger.py``, ``test_etl_embedded.py``.

@@ -82,6 +82,9 @@ class Progress:
         #: serves the delivery reports of the executions' producers on the reading thread
         #: (set by the pipeline; see :meth:`read_point`)
         self.serve: Callable[[], None] | None = None
+        #: learns which executions' deliveries the broker acknowledged and marks their
+        #: offsets done (set by the pipeline; see :meth:`settle_point`)
+        self.settle: Callable[[], None] | None = None
         #: executions started and not terminal yet (the sources stop reading at a bound)
         self.unfinished = 0
         #: of those, paused until a retry is due (a stopping job does not wait for them)
@@ -126,6 +129,15 @@ class Progress:
         """Raise the error that must stop the job, if any."""
         if self.error is not None:
             raise self.error
+
+    def settle_point(self) -> None:
+        """A source is about to take its commit point (its snapshot): first mark done every
+        execution whose terminal document and outputs the broker has acknowledged by now
+        (the pipeline's quiet producers report failures only, so acknowledgements are
+        learnt here, a batch at a time, not per record)."""
+        settle = self.settle
+        if settle is not None:
+            settle()
 
     def read_point(self) -> None:
         """A source is about to read: serve the delivery reports that are due (on this

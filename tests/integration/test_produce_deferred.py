@@ -6,8 +6,9 @@ input asks for a 4,000-byte output (alone in its partition), which the client ac
 broker refuses *after* the task returned. Transactional: the refused record poisons the
 epoch's transaction, which aborts; it is redone without that execution's records, so the
 others are output exactly once and it is FAILED naming the record.
-Non-transactional (pipelined): its terminal document waits for its deliveries and says
-FAILED; the others succeed.
+Non-transactional (pipelined): the refusal is learnt when the snapshot settles the quiet
+producers (failures only are reported), before its offset can be committed; the execution's
+latest document says FAILED (a SUCCESS document may come first) and the others succeed.
 """
 
 from __future__ import annotations
