@@ -1,10 +1,12 @@
 """Realtime-trigger benchmark: waxflow vs a hand-written confluent-kafka loop (not a test).
 
-Run: ``.venv/bin/python bench/realtime.py [--records 200000] [--repeat 1] [--rate 1000]
+Run: ``.venv/bin/python bench/realtime.py [--records 200000] [--repeat 2] [--rate 1000]
 [--seconds 20] [--skip-throughput] [--skip-latency]`` against the broker at
-``$WAXFLOW_BOOTSTRAP`` (default 127.0.0.1:9092). With ``--repeat N`` the throughput phases
-alternate waxflow / hand-written N times and the summary reports medians and per-round
-ratios (use it on a shared machine: other load skews single runs).
+``$WAXFLOW_BOOTSTRAP`` (default 127.0.0.1:9092). Each phase runs ``--repeat`` rounds
+(default 2), waxflow and hand-written in an order that alternates every round; the summary
+reports medians and per-round ratios (other load on a shared machine skews single runs).
+Targets (issue 16): waxflow's rate >= 100% of the hand-written loop's; its p99 latency at
+1,000 records/s <= 2x the hand-written p99 of the same round (median of the rounds).
 
 What it measures, in one run, each phase on fresh topics / group ids / log topics (all
 deleted at the end with AdminClient):
@@ -174,8 +176,12 @@ def scan_log(bootstrap: str, topic: str, keep_docs: bool = False) -> LogScan:
     return out
 
 
+#: more ``waxflow run`` options for every waxflow job of this run (``--epoch-ms``)
+WAXFLOW_OPTIONS: list[str] = []
+
+
 def waxflow_cmd(flow_path: Path, idle: float) -> list[str]:
-    return benchkit.waxflow_cmd(flow_path, idle, "-w", "1")
+    return benchkit.waxflow_cmd(flow_path, idle, "-w", "1", *WAXFLOW_OPTIONS)
 
 
 def handwritten_cmd(bootstrap: str, topic: str, group: str, log_topic: str,
@@ -343,6 +349,7 @@ STAGES = (
     ("  produce() -> input record appended", "ingest"),
     ("  input appended -> endDate (consume + execute)", "work"),
     ("  endDate -> terminal doc appended (log write)", "write"),
+    ("input appended -> terminal doc appended (the job)", "job"),
 )
 
 
@@ -411,6 +418,7 @@ def latency_phase(res: benchkit.Resources, bootstrap: str, kind: str, rate: floa
         stages["ingest"].append(appended_in - produced)
         stages["work"].append(end - appended_in)
         stages["write"].append(ts - end)
+        stages["job"].append(ts - appended_in)
     return Latency(kind, len(sent_at), stages)
 
 
@@ -420,10 +428,13 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000.0, help="latency phase records/s")
     ap.add_argument("--seconds", type=float, default=20.0, help="latency phase duration")
     benchkit.add_bootstrap(ap)
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="throughput rounds (waxflow then hand-written, alternating)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="rounds of each phase (waxflow and hand-written, the order "
+                         "alternating every round); the summary takes medians")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--epoch-ms", type=int, default=None,
+                    help="waxflow run --epoch-ms for the waxflow jobs (default: waxflow's)")
     # hand-written worker mode (internal)
     ap.add_argument("--handwritten", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--topic", help=argparse.SUPPRESS)
@@ -435,36 +446,56 @@ def main() -> int:
         return handwritten_main(args)
 
     bootstrap = args.bootstrap
+    if args.epoch_ms is not None:
+        WAXFLOW_OPTIONS[:] = ["--epoch-ms", str(args.epoch_ms)]
     res = benchkit.Resources(AdminClient({"bootstrap.servers": bootstrap}))
     print(f"waxflow realtime bench: {args.records:,} records x ~{len(benchkit.record(12345))} B, "
           f"{benchkit.PARTITIONS} partitions, broker {bootstrap}, {os.cpu_count()} CPUs, "
-          f"run {res.run_id}")
+          f"run {res.run_id}, epoch {args.epoch_ms or 'default'} ms")
     waxes: list[Throughput] = []
     hands: list[Throughput] = []
-    lat_wax = lat_hand = None
+    lat_waxes: list[Latency] = []
+    lat_hands: list[Latency] = []
+    loads = [benchkit.load()]
     with benchkit.scratch(res, "waxflow-bench-", announce=True) as tmp:
         for r in range(0 if args.skip_throughput else args.repeat):
             tag = f" [round {r + 1}/{args.repeat}]" if args.repeat > 1 else ""
+            for handwritten in ((False, True) if r % 2 == 0 else (True, False)):
+                load = benchkit.load()
+                loads.append(load)
+                what = ("hand-written confluent-kafka + jinja2 loop" if handwritten
+                        else "waxflow run --stop-when-idle 2 -w 1")
+                print(f"throughput: {what} (load {load}){tag}")
+                got = throughput(res, bootstrap, args.records, tmp, handwritten=handwritten)
+                (hands if handwritten else waxes).append(got)
+                got.report()
+        for r in range(0 if args.skip_latency else args.repeat):
+            tag = f" [round {r + 1}/{args.repeat}]" if args.repeat > 1 else ""
             load = benchkit.load()
-            print(f"throughput: waxflow run --stop-when-idle 2 -w 1 (load {load}){tag}")
-            waxes.append(throughput(res, bootstrap, args.records, tmp, handwritten=False))
-            waxes[-1].report()
-            load = benchkit.load()
-            print(f"throughput: hand-written confluent-kafka + jinja2 loop (load {load}){tag}")
-            hands.append(throughput(res, bootstrap, args.records, tmp, handwritten=True))
-            hands[-1].report()
-        if not args.skip_latency:
+            loads.append(load)
             print(f"latency: {args.rate:,.0f} records/s for {args.seconds:g} s "
-                  f"(after 300 warm-up records; load {benchkit.load()})")
-            lat_wax = latency_phase(res, bootstrap, "waxflow", args.rate, args.seconds, tmp)
-            lat_wax.report()
-            lat_hand = latency_phase(res, bootstrap, "hand-written", args.rate, args.seconds,
-                                     tmp)
-            lat_hand.report()
+                  f"(after 300 warm-up records; load {load}){tag}")
+            for kind in (("waxflow", "hand-written") if r % 2 == 0
+                         else ("hand-written", "waxflow")):
+                lat = latency_phase(res, bootstrap, kind, args.rate, args.seconds, tmp)
+                (lat_hands if kind == "hand-written" else lat_waxes).append(lat)
+                lat.report()
+    loads.append(benchkit.load())
+    summary(waxes, hands, lat_waxes, lat_hands, rate=args.rate)
+    print(f"  load average (1 min) during the run: {min(loads, key=float)}-"
+          f"{max(loads, key=float)} on "
+          f"{os.cpu_count()} CPUs; other processes on the machine skew every number above")
+    return 0
 
-    print("\nSUMMARY (targets: >= 10,000 executions/s, >= 50% of hand-written, p99 <= 50 ms)")
+
+def summary(waxes: list[Throughput], hands: list[Throughput], lat_waxes: list[Latency],
+            lat_hands: list[Latency], *, rate: float) -> None:
+    """Medians of the rounds; each ratio is taken within a round, then its median."""
+    med = statistics.median
+    print("\nSUMMARY (targets, issue 16: waxflow >= 100% of the hand-written rate; p99 at "
+          f"{rate:,.0f}/s <= 2x the hand-written p99 of the same run; earlier: >= 10,000/s, "
+          "p99 <= 50 ms)")
     if waxes and hands:
-        med = statistics.median
         wax_rate = med([w.steady_rate for w in waxes])
         hand_rate = med([h.steady_rate for h in hands])
         ratios = [w.steady_rate / h.steady_rate for w, h in zip(waxes, hands, strict=True)]
@@ -480,19 +511,35 @@ def main() -> int:
               f"{', '.join(f'{h.steady_rate:,.0f}' for h in hands)})")
         print(f"  ratio waxflow/hand-written: {ratio:9.1%}  (per round: "
               f"{', '.join(f'{x:.1%}' for x in ratios)})  "
-              f"[{benchkit.verdict(ratio >= 0.5)}]")
+              f"[{benchkit.verdict(ratio >= 1.0)}]")
         print(f"  CPU per record: waxflow {med([w.cpu_s / w.records for w in waxes]) * 1e6:.0f}"
               f" us, hand-written {med([h.cpu_s / h.records for h in hands]) * 1e6:.0f} us")
-    if lat_wax and lat_wax.total:
-        p99 = pct(lat_wax.total, 99)
-        print(f"  waxflow latency @ {args.rate:,.0f}/s: p50 {pct(lat_wax.total, 50):.1f} ms, "
-              f"p99 {p99:.1f} ms  [{benchkit.verdict(p99 <= 50)}]")
-    if lat_hand and lat_hand.total:
-        print(f"  hand-written latency:      p50 {pct(lat_hand.total, 50):.1f} ms, "
-              f"p99 {pct(lat_hand.total, 99):.1f} ms")
-    print(f"  load average at the end: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} "
-          "CPUs; other processes on the machine skew every number above")
-    return 0
+    waxes_l = [x for x in lat_waxes if x.total]
+    hands_l = [x for x in lat_hands if x.total]
+    for name, lats in (("waxflow", waxes_l), ("hand-written", hands_l)):
+        if lats:
+            p50s = [pct(x.total, 50) for x in lats]
+            p99s = [pct(x.total, 99) for x in lats]
+            print(f"  {name + ' latency @ ' + f'{rate:,.0f}/s:':31} p50 {med(p50s):5.1f} ms, "
+                  f"p99 {med(p99s):5.1f} ms  (per round p50/p99: "
+                  f"{', '.join(f'{a:.1f}/{b:.1f}' for a, b in zip(p50s, p99s, strict=True))})")
+    if waxes_l and len(waxes_l) == len(hands_l):
+        p99_ratios = [pct(w.total, 99) / pct(h.total, 99)
+                      for w, h in zip(waxes_l, hands_l, strict=True)]
+        p99 = med([pct(w.total, 99) for w in waxes_l])
+        print(f"  p99 waxflow/hand-written:   {med(p99_ratios):8.2f}x  (per round: "
+              f"{', '.join(f'{x:.2f}x' for x in p99_ratios)})  "
+              f"[{benchkit.verdict(med(p99_ratios) <= 2.0)}]; p99 <= 50 ms "
+              f"[{benchkit.verdict(p99 <= 50)}]")
+        # the part the job controls: the producer's and broker's ingest wait (the same
+        # for both, but at other moments: bursts of other load move a 20 s p99) left out
+        job = [pct(w.stages["job"], 99) / pct(h.stages["job"], 99)
+               for w, h in zip(waxes_l, hands_l, strict=True)]
+        print(f"  p99 input appended -> terminal appended (the job's part), waxflow/"
+              f"hand-written: {med(job):.2f}x (per round: "
+              f"{', '.join(f'{x:.2f}x' for x in job)}; waxflow "
+              f"{med([pct(w.stages['job'], 99) for w in waxes_l]):.1f} ms, hand-written "
+              f"{med([pct(h.stages['job'], 99) for h in hands_l]):.1f} ms)")
 
 
 if __name__ == "__main__":

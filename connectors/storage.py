@@ -24,13 +24,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
-
-import pyarrow as pa
 
 from waxflow.connectors.ion import read_stream, write_stream
 from waxflow.errors import WaxflowError
+
+if TYPE_CHECKING:  # annotations only: a realtime run need not import pyarrow (~0.15 s CPU)
+    import pyarrow as pa
 
 ION_BVM = b"\xe0\x01\x00\xea"  # binary ION version marker: the first bytes of a binary file
 

@@ -11,7 +11,6 @@ compiled here, once per flow.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from waxflow.connectors.kafka_output import KafkaOutput
 from waxflow.connectors.kafka_source import KafkaGroupSource
 from waxflow.connectors.serdes import Deserializer, deserializer
 from waxflow.dataflows import subflow_runner  # noqa: F401  (installs core.Subflow's runner)
+from waxflow.dataflows.instance import hold_instance as hold_instance  # load_flow's
 from waxflow.expressions import Expressions, render_static
 from waxflow.flow import (
     BatchTrigger,
@@ -214,25 +214,6 @@ def _txn_warm_up(flow: FlowBase, runner: RecordExecutions) -> Callable[[], None]
     if not confs or output is None:
         return None
     return lambda: output.warm_up(confs)
-
-
-def hold_instance(flow: FlowBase) -> None:
-    """Take the flow's instance lock (:mod:`waxflow.connectors.instance_lock`): a second
-    running instance of the flow and group refuses to start. Share groups need none (they
-    hand each record to one member); members of a cluster other than process 0 neither
-    (process 0, or the parent of ``waxflow run --processes N``, holds it for them)."""
-    from waxflow.connectors import instance_lock
-
-    trig = flow.trigger
-    if os.environ.get("WAXFLOW_PROCESS_ID", "0") != "0":
-        return
-    if isinstance(trig, KafkaTrigger):
-        if trig.groupType == "SHARE":
-            return
-        conf, group = client_conf(trig.properties), trig.groupId
-    else:
-        conf, group = client_conf(None), f"{flow.namespace}.{flow.id}.schedule"
-    instance_lock.hold(conf, group, f"flow {flow.namespace}.{flow.id} (group {group})")
 
 
 def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:

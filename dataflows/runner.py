@@ -203,7 +203,7 @@ def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = No
     holds the flow's instance lock for the whole cluster (``flow_path``). With
     ``metrics_port``, process ``i`` serves its metrics on ``metrics_port + i``."""
     from waxflow.connectors.instance_lock import HELD_ENV
-    from waxflow.dataflows.compiler import hold_instance
+    from waxflow.dataflows.instance import hold_instance
     from waxflow.dataflows.spec import parse_flow
     from waxflow.flow import RealtimeTrigger
 
