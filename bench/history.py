@@ -213,13 +213,21 @@ SELECT md5(concat('s', i)) AS id,
        WHEN i % 5000 = 1 THEN 'RUNNING' ELSE 'SUCCESS' END,
   i % 5000 != 1, md5(concat('r', i)), ? + i * ?, ? + i * ? + 4000, 4.0, 1,
   'kafka.RealtimeTrigger', ['orders', 'refunds', 'orders-enriched', 'invoices'][(i % 4) + 1],
-  (i % 3)::INTEGER, i // 3, printf('"cust-%05d"', i % 100000), (? + i * ?) // 1000, NULL,
+  (i % 3)::INTEGER, i // 3, printf('cust-%05d', i % 100000), (? + i * ?) // 1000, NULL,
   NULL, NULL, NULL, NULL,
   CASE WHEN i % 100 >= 97 THEN 'load' END,
   CASE WHEN i % 100 >= 97 THEN 'HTTP 503 from http://inventory/api after 3 attempts' END,
   'synthetic', (i % 6)::INTEGER, i, ? + i * ? + 4000,
-  ('0x' || left(md5(concat('s', i)), 8))::UINTEGER
-FROM range(?, ?) t(i)
+  ('0x' || left(md5(concat('s', i)), 8))::UINTEGER, k.key_id
+FROM range(?, ?) t(i) LEFT JOIN record_keys k ON k."key" = printf('cust-%05d', i % 100000)
+ORDER BY i
+"""
+#: the synthetic rows' record keys, added to the index's table of distinct keys first
+FILL_KEYS_SQL = """
+INSERT INTO record_keys SELECT (SELECT coalesce(max(key_id), 0) FROM record_keys)
+  + row_number() OVER (ORDER BY k), k
+FROM (SELECT printf('cust-%05d', i) AS k FROM range(100000) t(i)) n
+WHERE k NOT IN (SELECT "key" FROM record_keys)
 """
 
 
@@ -230,6 +238,7 @@ def fill(index_path: Path, have: int, want: int) -> float:
     t0 = time.perf_counter()
     db = duckdb.connect(str(index_path))
     step = 2_000_000
+    db.execute(FILL_KEYS_SQL)
     for lo in range(have, want, step):
         db.execute(FILL_SQL, [BASE_US, STEP_US, BASE_US, STEP_US, BASE_US, STEP_US,
                               BASE_US, STEP_US, lo, min(want, lo + step)])
@@ -257,7 +266,11 @@ def main() -> None:
     ap.add_argument("--sync-timeout", type=float, default=600.0)
     ap.add_argument("--reader", choices=("both", "process", "thread"), default="both",
                     help="how the first sync reads the log: compare both (default), or one")
+    ap.add_argument("--reader-processes", type=int, default=index_module.READER_PROCESSES,
+                    help="reader processes of a first sync (default: the index's,"
+                         f" {index_module.READER_PROCESSES})")
     args = ap.parse_args()
+    index_module.READER_PROCESSES = max(1, args.reader_processes)
     if args.incremental is None:
         args.incremental = max(20_000, args.executions // 10)
     res = benchkit.Resources(AdminClient({"bootstrap.servers": args.bootstrap}),
@@ -291,12 +304,15 @@ def main() -> None:
             size = size_of(target)
             rate = rates[reader] = read / first_s
             per_exec = size / max(1, counted)
-            print(f"\nfirst sync, the log read by a {reader}: {read:,} documents in"
+            how = f"a {reader}" if reader == "thread" or args.reader_processes == 1 \
+                else f"{args.reader_processes} processes"
+            print(f"\nfirst sync, the log read by {how}: {read:,} documents in"
                   f" {first_s:.1f}s = {rate:,.0f} docs/s"
                   f" ({'complete' if complete else 'INCOMPLETE'}); {counted:,} executions"
                   " indexed")
             print(f"  CPU: {cpu_s:.1f}s in this process + {child_s:.1f}s in the reader"
-                  f" process = {read / (cpu_s + child_s):,.0f} docs per CPU-second; load"
+                  f" process(es) = {read / (cpu_s + child_s):,.0f} docs per CPU-second"
+                  f" ({(cpu_s + child_s) / max(1, read) * 1e6:.1f} CPU-us per document); load"
                   f" average after: {benchkit.load()} on {os.cpu_count()} cores (other work"
                   " on the machine slows the wall rate)")
             print(f"  on disk: {size / 1e6:.1f} MB = {per_exec:.0f} bytes/execution")
@@ -361,6 +377,7 @@ def main() -> None:
                 ("list(flow)", lambda: ix.list(flow="shop.refunds")),
                 ("list(state=FAILED)", lambda: ix.list(state="FAILED")),
                 ("list(text=key)", lambda: ix.list(text="cust-04242")),
+                ("count(text=key)", lambda: ix.count(text="cust-04242")),
                 ("list(text=id prefix)", lambda: ix.list(text=failed[:8])),
                 ("list(since/until 1h)", lambda: ix.list(since=last_hour, until=newest)),
                 ("list(page 100)", lambda: ix.list(offset=100 * 50)),

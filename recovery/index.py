@@ -20,10 +20,15 @@ document back from the log. Guarantees:
   is skipped; a field of another type than the engine writes reads as absent (but a number
   or boolean where text is expected reads as its JSON text, and a field given twice as its
   first value); a batch holding a value that is not JSON at all, or not UTF-8, is decoded
-  one value at a time instead, with the same result.
+  one value at a time instead, with the same result. A document that a later record of its
+  key supersedes in the same batch (an execution's RUNNING document before its terminal
+  one) is decoded for its ``id`` and ``runId`` only, and left out when it is of the same
+  execution and run as a later document (it would change no row, no run, no count).
 - ``flows`` answers from per-flow state counts that every merge keeps in the same
   transaction as the rows (no scan of the rows); ``list``/``count`` with ``text`` match a
-  substring of the trigger record key's JSON text or a prefix of the execution id.
+  substring of the trigger record key's JSON text or a prefix of the execution id, the keys
+  looked up in a table of the distinct keys (kept in the same transaction as the rows)
+  rather than in every row.
 - Per execution id, the row holds the document with the highest log offset (a key always
   lands in one partition, so offsets of one key are comparable).
 - ``runs`` counts the distinct ``runId`` values seen for an execution. Compaction keeps only
@@ -42,6 +47,7 @@ import contextlib
 import itertools
 import json
 import logging
+import operator
 import os
 import queue
 import shutil
@@ -64,7 +70,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from waxflow.errors import WaxflowError
 from waxflow.expressions import mask
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIN_PREFIX = 6
 MAX_TRACE_DEPTH = 10
 #: documents decoded and written per transaction during a sync
@@ -76,7 +82,7 @@ _CONSUME = 10_000
 #: (:mod:`.index_reader`); fewer are read by a thread (no process to start)
 PROCESS_READER_RECORDS = 400_000
 #: ... by this many processes, the partitions shared among them
-READER_PROCESSES = 1
+READER_PROCESSES = 2
 _KAFKA_LOG = logging.getLogger("waxflow.index.kafka")
 _KAFKA_LOG.addHandler(logging.NullHandler())
 #: errors that mean the cluster refused this client (its credentials, its TLS handshake, an
@@ -103,7 +109,8 @@ CREATE TABLE executions (
   record_ts BIGINT, offsets VARCHAR, messages_count BIGINT, delivery_count BIGINT,
   group_id VARCHAR, upstream VARCHAR, error_task VARCHAR, error_message VARCHAR,
   log_topic VARCHAR NOT NULL, log_partition INTEGER NOT NULL, log_offset BIGINT NOT NULL,
-  last_us BIGINT, id_prefix UINTEGER);
+  last_us BIGINT, id_prefix UINTEGER, key_id UINTEGER);
+CREATE TABLE record_keys (key_id UINTEGER NOT NULL, "key" VARCHAR NOT NULL);
 CREATE TABLE runs (
   execution_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, first_us BIGINT, last_state VARCHAR,
   last_us BIGINT, first_offset BIGINT NOT NULL, last_offset BIGINT NOT NULL);
@@ -119,10 +126,13 @@ CREATE TABLE flow_topics (namespace VARCHAR, flow_id VARCHAR, topic VARCHAR NOT 
 #: ``executions`` have it and an upper bound of their latest start (exact unless a row was
 #: replaced by a document that starts earlier): each merge adds the rows it writes and
 #: subtracts the rows it replaces, in the same transaction; ``flow_topics`` the topics of
-#: the batch ranges seen per flow. ``record_key`` is stored uncompressed: a key-substring
-#: search scans it whole, and decompressing costs more than its bytes save.
-_TABLES = ("meta", "positions", "executions", "runs", "batch_ranges", "flow_counts",
-           "flow_topics")
+#: the batch ranges seen per flow. ``record_keys`` holds each distinct ``record_key`` once
+#: with its ``key_id`` (the column of ``executions`` beside the key): a key-substring search
+#: scans that narrow table, then selects the rows by their integer ``key_id`` (keys repeat
+#: across executions: a customer, an order, a device). ``record_key`` is stored
+#: uncompressed: a search matching many keys scans it (a newest-first page stops early).
+_TABLES = ("meta", "positions", "executions", "record_keys", "runs", "batch_ranges",
+           "flow_counts", "flow_topics")
 _FLOW_GROUP = "namespace, flow_id, state, topic"
 
 #: what the bulk decoder takes from each document (everything else stays in the log)
@@ -136,6 +146,8 @@ _COLUMNS = {
     "error": "STRUCT(taskId VARCHAR, message VARCHAR)", "upstreamExecutionId": "VARCHAR",
 }
 _STRUCT = json.dumps(_COLUMNS)
+#: ... and from a document a later one of its key supersedes in the same batch (:func:`_stage`)
+_LIGHT = json.dumps({"id": _COLUMNS["id"], "runId": _COLUMNS["runId"]})
 #: a document's place in the log: its offset, then its partition (unique per document)
 _POS = "({0}.log_offset::HUGEINT * 4294967296 + {0}.log_partition)"
 _SUMMARY_COLS = (
@@ -249,20 +261,35 @@ class _Batch:
         return len(self.values)
 
     def table(self) -> pa.Table:
-        """The batch as Arrow: the record coordinates and ``v``, the values as text,
-        built from whole buffers (no Python step per value)."""
+        """The batch as Arrow: the record coordinates, ``v`` (the values as text, built
+        from whole buffers) and ``sup``: whether a later record of the batch has the same
+        record key (the log's key is the execution id: the record is most likely
+        superseded). The records with ``sup`` come last, each part in log order, so that
+        :func:`_stage` takes either part as a slice (no copy)."""
         try:  # record keys are UTF-8 text in practice: converted without a Python loop
-            keys = pa.array(self.keys, pa.string())
+            rkeys = pa.array(self.keys, pa.string())
         except (pa.ArrowInvalid, UnicodeDecodeError):
-            keys = pa.array([k.decode("utf-8", "replace") if k is not None else None
-                             for k in self.keys], pa.string())
-        return pa.table({
+            rkeys = pa.array([k.decode("utf-8", "replace") if k is not None else None
+                              for k in self.keys], pa.string())
+        table = pa.table({
             "log_partition": pa.array(self.partitions, pa.int32()),
             "log_offset": pa.array(self.offsets, pa.int64()),
             "record_ms": pa.array(self.timestamps, pa.int64()),
-            "rkey": keys,
-            "v": _binary(self.values),
+            "rkey": rkeys,
         })
+        last = {k: i for i, k in enumerate(self.keys)}  # the last record of each key
+        kept = len(self.values)
+        values = self.values
+        if len(last) - (None in last) < kept - self.keys.count(None):
+            order = [i for i, k in enumerate(self.keys) if k is None or last[k] == i]
+            kept = len(order)
+            chosen = set(order)
+            order += [i for i in range(len(self.keys)) if i not in chosen]
+            table = table.take(pa.array(order, pa.int64()))
+            values = builtins.list(operator.itemgetter(*order)(values)) if len(order) > 1 \
+                else [values[i] for i in order]
+        return table.append_column("v", _binary(values)).append_column(
+            "sup", pa.array([False] * kept + [True] * (len(values) - kept), pa.bool_()))
 
 
 def _decode_into(db: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
@@ -274,7 +301,8 @@ def _decode_into(db: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
     except (duckdb.Error, UnicodeDecodeError):
         values = table.column("v").cast(pa.large_binary()).to_pylist()  # maybe not UTF-8
         keep = [i for i, v in enumerate(values) if _json_object(v)]
-        clean = table.take(pa.array(keep, pa.int64())).drop_columns(["v"])
+        clean = table.take(pa.array(keep, pa.int64())).drop_columns(
+            [c for c in ("v", "sup") if c in table.column_names])
         _stage(db, clean.append_column("v", _binary([_clean(values[i]) for i in keep])))
 
 
@@ -283,7 +311,61 @@ def _stage(db: duckdb.DuckDBPyConnection, raw: pa.Table) -> None:
     their typed columns beside their records' coordinates. Values that are JSON but not
     an object are left out; a field of another type than the engine writes reads as
     absent (a number where text is expected reads as its JSON text), a duplicated field
-    as its first value."""
+    as its first value.
+
+    A record with ``sup`` (a later record of the batch has its key) is first decoded for
+    its ``id`` and ``runId`` only, by the same decoder: when it is a JSON object of the same
+    execution and run as a document of ``d`` later in the log, it changes neither that
+    execution's row nor its runs, and is left out of ``d`` (counted in ``d_dropped``) -
+    unless the batch holds documents of another run of that execution (then ``d`` holds
+    them all, as :meth:`ExecutionIndex._merge_runs` folds every document of each run)."""
+    n_sup = sum(c.true_count for c in raw.column("sup").chunks) if (
+        "sup" in raw.column_names) else 0
+    if "sup" in raw.column_names:
+        raw = raw.drop_columns(["sup"])
+    kept = raw.slice(0, raw.num_rows - n_sup)
+    _decode_rows(db, kept, "d")
+    dropped = 0
+    if n_sup:
+        sup = raw.slice(raw.num_rows - n_sup)
+        db.register("sup", sup)
+        try:
+            # the light decode of each superseded record (its row number in ``sup``)
+            db.execute(
+                "CREATE OR REPLACE TEMP TABLE sj AS SELECT row_number() OVER () - 1 AS i,"
+                " log_partition, log_offset, rkey, starts_with(v, '{') AS obj,"
+                " json_transform(v, ?) AS j FROM sup", [_LIGHT])
+        finally:
+            db.unregister("sup")
+        # same: a later document of d is of the same execution and run
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE sd AS SELECT sj.i, sj.eid, sj.obj AND EXISTS"
+            " (SELECT 1 FROM d WHERE d.eid = sj.eid AND d.run_id = sj.run_id"
+            f" AND {_POS.format('d')} > {_POS.format('sj')}) AS same"
+            " FROM (SELECT *, coalesce(j.id, rkey) AS eid, coalesce(j.runId, '') AS run_id"
+            " FROM sj) sj")
+        full = [int(r[0]) for r in db.execute(
+            "SELECT i FROM sd WHERE NOT same ORDER BY i").fetchall()]
+        _add_rows(db, sup, full)
+        # the executions with documents of several runs in the batch: all their documents
+        more = [int(r[0]) for r in db.execute(
+            "SELECT i FROM sd WHERE same AND eid IN (SELECT d.eid FROM d"
+            " SEMI JOIN d d2 ON d2.eid = d.eid AND d2.run_id <> d.run_id) ORDER BY i"
+        ).fetchall()]
+        _add_rows(db, sup, more)
+        dropped = n_sup - len(full) - len(more)
+    db.execute(f"CREATE OR REPLACE TEMP TABLE d_dropped AS SELECT {dropped} AS n")
+
+
+def _add_rows(db: duckdb.DuckDBPyConnection, raw: pa.Table, rows: builtins.list[int]) -> None:
+    """The documents of ``raw`` at ``rows`` decoded and added to the temp table ``d``."""
+    if rows:
+        _decode_rows(db, raw.take(pa.array(rows, pa.int64())), "d_more")
+        db.execute("INSERT INTO d SELECT * FROM d_more")
+
+
+def _decode_rows(db: duckdb.DuckDBPyConnection, raw: pa.Table, target: str) -> None:
+    """The documents of ``raw`` decoded into the temp table ``target`` (see :func:`_stage`)."""
     db.register("raw", raw)
     try:
         # the JSON decoded once into a struct column (referenced field by field below,
@@ -295,7 +377,7 @@ def _stage(db: duckdb.DuckDBPyConnection, raw: pa.Table) -> None:
     finally:
         db.unregister("raw")
     db.execute(
-            "CREATE OR REPLACE TEMP TABLE d AS SELECT"
+            f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT"
             " coalesce(j.id, c.rkey) AS eid, j.namespace, j.flowId AS flow_id, j.state,"
             " coalesce(j.terminal, false) AS terminal, coalesce(j.runId, '') AS run_id,"
             " epoch_us(try_cast(j.startDate AS TIMESTAMPTZ)) AS start_us,"
@@ -312,6 +394,23 @@ def _stage(db: duckdb.DuckDBPyConnection, raw: pa.Table) -> None:
             " j.error.message AS error_message, c.log_partition, c.log_offset,"
             " c.record_ms"
             " FROM dj c WHERE coalesce(j.id, c.rkey) <> ''")
+
+
+#: the Arrow schema metadata under which a reader process hands over ``d_dropped``
+_DROPPED = b"waxflow.dropped"
+
+
+def decoded_table(db: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The temp table ``d`` of ``db`` (:func:`_decode_into`) as Arrow, with the count of
+    documents left out of it (``d_dropped``) in its schema metadata."""
+    table = db.execute("SELECT * FROM d").arrow().read_all()
+    row = db.execute("SELECT n FROM d_dropped").fetchone()
+    return table.replace_schema_metadata({_DROPPED: str(int(row[0]) if row else 0).encode()})
+
+
+def _dropped_of(table: pa.Table) -> int:
+    meta = table.schema.metadata or {}
+    return int(meta.get(_DROPPED, b"0"))
 
 
 def _load(path: str | None) -> pa.Table | None:
@@ -516,6 +615,8 @@ class ExecutionIndex:
                 self._db.execute("CREATE OR REPLACE TEMP TABLE d AS SELECT * FROM decoded")
             finally:
                 self._db.unregister("decoded")
+            self._db.execute("CREATE OR REPLACE TEMP TABLE d_dropped AS SELECT ? AS n",
+                             [_dropped_of(table)])
         return self._latest()
 
     def _latest(self) -> int:
@@ -533,7 +634,8 @@ class ExecutionIndex:
             " eid IN (SELECT eid FROM mu) AS multi,"
             f" {_PREFIX_SQL.format('eid')} AS id_prefix FROM d ANTI JOIN d d2 ON d2.eid = d.eid"
             f" AND {_POS.format('d2')} > {_POS.format('d')}")
-        row = db.execute("SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM mu)").fetchone()
+        row = db.execute("SELECT (SELECT count(*) FROM d) + (SELECT n FROM d_dropped),"
+                         " (SELECT count(*) FROM mu)").fetchone()
         db.execute("CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d WHERE eid"
                    " IN (SELECT eid FROM mu)" if row and row[1] else
                    "CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d LIMIT 0")
@@ -579,6 +681,7 @@ class ExecutionIndex:
         db.execute(
             f"INSERT INTO flow_counts SELECT {_FLOW_GROUP}, count(*), max(start_us)"
             " FROM nl JOIN plan USING (eid) WHERE plan.action IN ('new', 'replace') GROUP BY ALL")
+        self._key_ids()
         db.execute(
             "INSERT INTO executions SELECT nl.eid, nl.namespace, nl.flow_id, nl.state,"
             " nl.terminal, nl.run_id, nl.start_us, nl.end_us, nl.duration_ms, plan.runs,"
@@ -586,9 +689,9 @@ class ExecutionIndex:
             " nl.record_ts, nl.offsets, nl.messages_count, nl.delivery_count, nl.group_id,"
             " nl.upstream, nl.error_task, nl.error_message, ?, nl.log_partition,"
             " nl.log_offset, coalesce(nl.end_us, nl.record_ms * 1000, nl.start_us),"
-            " nl.id_prefix"
-            " FROM nl JOIN plan USING (eid) WHERE plan.action IN ('new', 'replace')"
-            " ORDER BY nl.log_offset", [log_topic])
+            " nl.id_prefix, km.key_id"
+            " FROM nl JOIN plan USING (eid) LEFT JOIN km ON km.k = nl.record_key"
+            " WHERE plan.action IN ('new', 'replace') ORDER BY nl.log_offset", [log_topic])
         complex_ids = [r[0] for r in db.execute(
             "SELECT eid FROM plan WHERE action = 'runs'").fetchall()]
         if complex_ids:
@@ -610,6 +713,28 @@ class ExecutionIndex:
                 "INSERT INTO flow_topics SELECT DISTINCT nl.namespace, nl.flow_id, b.topic"
                 " FROM batch_ranges b JOIN nl ON nl.eid = b.execution_id"
                 " EXCEPT SELECT * FROM flow_topics")
+
+    def _key_ids(self) -> None:
+        """The temp table ``km``: the ``key_id`` of each record key of the batch's latest
+        documents (``nl`` and ``dm``), the keys not yet in ``record_keys`` added to it with
+        new ids (one scan of ``record_keys`` per batch)."""
+        db = self._db
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE km AS SELECT b.k, r.key_id FROM"
+            " (SELECT DISTINCT record_key AS k FROM (SELECT record_key FROM nl"
+            "  UNION ALL SELECT record_key FROM dm) WHERE record_key IS NOT NULL) b"
+            " LEFT JOIN record_keys r ON r.\"key\" = b.k")
+        row = db.execute("SELECT count(*) FILTER (WHERE key_id IS NULL),"
+                         " (SELECT coalesce(max(key_id), 0) FROM record_keys) FROM km"
+                         ).fetchone()
+        if row and row[0]:
+            db.execute(
+                "CREATE OR REPLACE TEMP TABLE km AS SELECT k, key_id FROM km"
+                " WHERE key_id IS NOT NULL UNION ALL"
+                " SELECT k, (? + row_number() OVER ())::UINTEGER FROM km WHERE key_id IS NULL",
+                [int(row[1])])
+            db.execute("INSERT INTO record_keys SELECT key_id, k FROM km WHERE key_id > ?",
+                       [int(row[1])])
 
     def _merge_runs(self, log_topic: str, ids: builtins.list[str]) -> None:
         """Merge executions whose documents span runs: the stored row and earlier runs (in
@@ -636,6 +761,10 @@ class ExecutionIndex:
         for r in cur.fetchall():
             row = dict(zip(dcols, r, strict=True))
             docs.setdefault(row["eid"], []).append(row)
+        keys = dict(db.execute(
+            "SELECT k, key_id FROM km WHERE k IN (SELECT record_key FROM nl WHERE eid IN"
+            " (SELECT eid FROM cx) UNION ALL SELECT record_key FROM dm WHERE eid IN"
+            " (SELECT eid FROM cx))").fetchall())
         rows: builtins.list[tuple[Any, ...]] = []
         run_rows: builtins.list[tuple[Any, ...]] = []
         for eid in ids:
@@ -661,6 +790,8 @@ class ExecutionIndex:
                             "last_us": runs[doc["run_id"]][2]}
             assert best is not None
             best["runs"] = len(runs)
+            if best.get("key_id") is None and best.get("record_key") is not None:
+                best["key_id"] = keys[best["record_key"]]
             rows.append(tuple(best[c] for c in cols))
             run_rows += [(eid, rid, *v) for rid, v in runs.items() if rid != best["run_id"]]
         db.execute("DELETE FROM executions WHERE rowid IN"
@@ -941,21 +1072,23 @@ class ExecutionIndex:
                   pending: set[int], nexts: dict[int, int], errors: _ClientErrors) -> None:
         """:meth:`_take` for a list of messages, by columns when every message is a record
         before its partition's end offset (the common case)."""
-        maybe_parts = [m.partition() for m in msgs]
-        maybe_offs = [m.offset() for m in msgs]
-        if not (all(m.error() is None for m in msgs) and all(
-                p is not None and o is not None and o < ends.get(p, -1)
-                for p, o in zip(maybe_parts, maybe_offs, strict=True))):
+        # the messages' methods mapped over the list (C calls, no Python frame per message)
+        if any(map(Message.error, msgs)):
+            top: dict[Any, Any] = {None: None}
+        else:  # records only: each has a partition and an offset, offsets only grow
+            parts = cast(list[int], list(map(Message.partition, msgs)))
+            offs = cast(list[int], list(map(Message.offset, msgs)))
+            top = dict(zip(parts, offs, strict=True))
+        if not all(p is not None and o < ends.get(p, -1) for p, o in top.items()):
             for msg in msgs:
                 cls._take(msg, batch, ends=ends, pending=pending, nexts=nexts, errors=errors)
             return
-        parts, offs = cast(list[int], maybe_parts), cast(list[int], maybe_offs)
-        last = {p: o + 1 for p, o in zip(parts, offs, strict=True)}  # offsets only grow
+        last = {p: o + 1 for p, o in top.items()}
         nexts.update(last)
         pending.difference_update(p for p, o in last.items() if o >= ends[p])
-        values = [m.value() for m in msgs]
-        times = [t if kind and t >= 0 else None for kind, t in (m.timestamp() for m in msgs)]
-        keys = [m.key() for m in msgs]
+        values = list(map(Message.value, msgs))
+        times = [t if kind and t >= 0 else None for kind, t in map(Message.timestamp, msgs)]
+        keys = list(map(Message.key, msgs))
         if None in values:  # tombstones move the position but hold no document
             keep = [i for i, v in enumerate(values) if v is not None]
             parts, offs = [parts[i] for i in keep], [offs[i] for i in keep]
@@ -1026,18 +1159,46 @@ class ExecutionIndex:
                 params.append(us)
         return (" WHERE " + " AND ".join(where)) if where else "", params
 
-    def _text_branches(self, where: str, params: builtins.list[Any], text: str
-                       ) -> builtins.list[tuple[str, builtins.list[Any]]]:
-        """The two disjoint halves of the ``text`` filter, each a WHERE clause (with
-        ``where``) and its parameters: the rows whose record key contains ``text``, and the
-        other rows whose id starts with it. Each half runs as its own query: DuckDB runs
-        them far faster than one scan with an OR (the id half is narrowed by ``id_prefix``,
-        and a newest-first page of either stops reading once it has its rows)."""
+    def _text_branches(self, where: str, params: builtins.list[Any], text: str, *,
+                       counting: bool = False
+                       ) -> tuple[builtins.list[tuple[str, builtins.list[Any]]], bool]:
+        """The disjoint halves of the ``text`` filter, each a WHERE clause (with ``where``)
+        and its parameters: the rows whose record key contains ``text`` (absent when no
+        key does), and the other rows whose id starts with it; and whether the key half
+        selects by ``key_id`` (its rows then lie scattered over the table). Each half runs
+        as its own query: DuckDB runs them far faster than one scan with an OR (the id half
+        is narrowed by ``id_prefix``).
+
+        The key half looks the text up in ``record_keys`` (each distinct key once) first.
+        When the matching keys hold few rows (estimated from the rows per key) or every
+        row is read anyway (``counting``), it selects the rows by their integer ``key_id``:
+        a pushed filter on the literals of at most ``_KEY_IDS`` keys, else a join with the
+        matching keys; no string of ``executions`` is read. When they hold many rows, by
+        ``contains(record_key)``: the same rows, which a newest-first page finds in the
+        newest row groups, soon done."""
         and_ = " AND " if where else " WHERE "
+        # the first matching keys' ids, how many match, the rows and the keys in all
+        found = self._db.execute(
+            'SELECT key_id, count(*) OVER (), (SELECT count(*) FROM executions),'
+            ' (SELECT count(*) FROM record_keys) FROM record_keys WHERE contains("key", ?)'
+            ' LIMIT ?', [text, _KEY_IDS + 1]).fetchall()
+        keys = [int(r[0]) for r in found]
+        matching = int(found[0][1]) if found else 0
         cond, args = _id_match(text, exact=False)
-        return [(f"{where}{and_}contains(record_key, ?)", [*params, text]),
-                (f"{where}{and_}{cond} AND NOT coalesce(contains(record_key, ?), false)",
-                 [*params, *args, text])]
+        out: builtins.list[tuple[str, builtins.list[Any]]] = []
+        by_id = counting or matching * int(found[0][2]) / max(1, int(found[0][3])) \
+            < _DENSE_ROWS if found else False
+        if keys and not by_id:
+            out.append((f"{where}{and_}contains(record_key, ?)", [*params, text]))
+        elif matching > _KEY_IDS:
+            out.append((f"{where}{and_}key_id IN (SELECT key_id FROM record_keys WHERE"
+                        ' contains("key", ?))', [*params, text]))
+        elif keys:  # integers made here: safe as literals (pushed into the scan)
+            out.append((f"{where}{and_}key_id IN ({','.join(map(str, keys))})", params))
+        not_key = "NOT coalesce(contains(record_key, ?), false)" if keys else None
+        out.append((f"{where}{and_}{cond}" + (f" AND {not_key}" if not_key else ""),
+                    [*params, *args] + ([text] if not_key else [])))
+        return out, by_id
 
     def list(self, *, flow: str | None = None, state: str | None = None, topic: str | None = None,
              since: datetime | str | None = None, until: datetime | str | None = None,
@@ -1060,13 +1221,30 @@ class ExecutionIndex:
         # the first offset + limit rows of each half, then of both (a page of a half stops
         # reading once its newest rows are found: DuckDB skips the older row groups)
         need = page[0] + page[1]
-        branches = self._text_branches(where, params, text)
-        union = " UNION ALL ".join(
-            f"(SELECT {_SUMMARY_COLS} FROM executions{cond}{_ORDER} LIMIT {need})"
-            for cond, _ in branches)
-        return self._summaries(f"SELECT * FROM ({union}){_ORDER}"
-                               " LIMIT ? OFFSET ?",
-                               [v for _, args in branches for v in args] + page)
+        self._db.execute("BEGIN")
+        try:
+            branches, by_id = self._text_branches(where, params, text)
+            if not by_id:
+                union = " UNION ALL ".join(
+                    f"(SELECT {_SUMMARY_COLS} FROM executions{cond}{_ORDER} LIMIT {need})"
+                    for cond, _ in branches)
+                return self._summaries(f"SELECT * FROM ({union}){_ORDER} LIMIT ? OFFSET ?",
+                                       [v for _, args in branches for v in args] + page)
+            # rows matched by key_id lie scattered over the table: the page's rows are
+            # found from a few narrow columns first, then only they are read whole (both
+            # in one transaction: one snapshot, the row ids hold)
+            union = " UNION ALL ".join(
+                "(SELECT rowid AS row_id, start_us, log_offset FROM executions"
+                f"{cond}{_ORDER} LIMIT {need})" for cond, _ in branches)
+            rows = [int(r[0]) for r in self._db.execute(
+                f"SELECT row_id FROM ({union}){_ORDER} LIMIT ? OFFSET ?",
+                [v for _, args in branches for v in args] + page).fetchall()]
+            found = self._summaries(
+                f"SELECT {_SUMMARY_COLS} FROM executions WHERE rowid IN"
+                f" (SELECT unnest(?::BIGINT[])){_ORDER}", [rows]) if rows else []
+        finally:
+            self._db.execute("ROLLBACK")  # it wrote nothing
+        return found
 
     def count(self, *, flow: str | None = None, state: str | None = None,
               topic: str | None = None, since: datetime | str | None = None,
@@ -1075,7 +1253,8 @@ class ExecutionIndex:
         states without executions are absent."""
         where, params = self._where(flow=flow, state=state, topic=topic, since=since,
                                     until=until)
-        halves = self._text_branches(where, params, text) if text else [(where, params)]
+        halves = (self._text_branches(where, params, text, counting=True)[0] if text
+                  else [(where, params)])
         counts: dict[str, int] = {}
         for cond, args in halves:
             for state, n in self._db.execute(
@@ -1360,6 +1539,13 @@ def _gil_handoff() -> Iterator[None]:
 class _Unavailable(Exception):
     """A document could not be read back from the log (message for ``documentError``)."""
 
+
+#: a key-substring search selects the rows of at most this many matching record keys by a
+#: filter on their ``key_id`` literals (pushed into the scan), of more by a join
+_KEY_IDS = 256
+#: ... when the matching keys hold fewer rows than this (estimated: rows per key); more rows,
+#: a page of them is found sooner by scanning the keys newest first
+_DENSE_ROWS = 1000
 
 #: the first 8 hex digits of an execution id as an integer (NULL for other ids): lookups by
 #: id or prefix filter on this column first, which DuckDB scans far faster than the text

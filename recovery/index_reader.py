@@ -43,6 +43,7 @@ from waxflow.recovery.index import (
     _decode_into,
     _left,
     _reader_config,
+    decoded_table,
 )
 
 
@@ -57,7 +58,7 @@ def _write(db: duckdb.DuckDBPyConnection, folder: Path, batch: _Batch) -> str | 
     if not batch.values:
         return None
     _decode_into(db, batch.table())
-    table = db.execute("SELECT * FROM d").arrow().read_all()
+    table = decoded_table(db)
     path = folder / f"batch-{uuid.uuid4().hex}.arrow"
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)

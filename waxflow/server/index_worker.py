@@ -4,7 +4,12 @@ Other processes (``waxflow executions``) may open the same index file between th
 operations, so every query and every sync opens the index for itself and closes it after.
 One daemon thread syncs (one sync at a time, each bounded by ``sync_timeout``, so a long
 first sync is done in slices and the file is released between them); queries run on a small
-pool of their own threads meanwhile, each on its own :class:`ExecutionIndex`.
+pool of their own threads meanwhile, each on its own :class:`ExecutionIndex` (DuckDB serves
+them from the same database while a sync writes: each reads the last committed batch).
+While the index is behind the log (the last slice ended before the end offsets), slices last
+``backlog_timeout`` instead: a large backlog is read by a reader process
+(:mod:`waxflow.recovery.index_reader`), whose start (0.3-0.5 s) a 2 s slice would pay again
+and again; once caught up, slices are short again (new documents arrive a few at a time).
 """
 
 from __future__ import annotations
@@ -66,13 +71,17 @@ class IndexWorker:
 
     def __init__(self, path: str | Path | None, *, bootstrap: str, topic: str,
                  client: Mapping[str, Any] | None = None, interval: float = 1.0,
-                 sync_timeout: float = 2.0, sync: bool = True, query_threads: int = 4) -> None:
+                 sync_timeout: float = 2.0, backlog_timeout: float = 8.0, sync: bool = True,
+                 query_threads: int = 4) -> None:
         self.status = SyncStatus(bootstrap=bootstrap, topic=topic)
         self._path = path
         self._client = HistoryClient(bootstrap, dict(client or {}))
         self._refusal: tuple[str, str] | None = None  # (the index's message, the line shown)
         self._interval = interval
         self._sync_timeout = sync_timeout
+        # never shorter than a caught-up slice; well under the 30 s another process's
+        # ExecutionIndex waits for the file
+        self._backlog_timeout = max(sync_timeout, backlog_timeout)
         self._queries = ThreadPoolExecutor(max_workers=query_threads,
                                            thread_name_prefix="waxflow-query")
         self._sync_lock = threading.Lock()  # one sync at a time
@@ -105,14 +114,14 @@ class IndexWorker:
                                        f"{_line(exc)}") from exc
         return self._queries.submit(run).result(timeout)
 
-    def sync_now(self) -> None:
-        """One sync slice, now (after a sync under way); errors are kept in :attr:`status`,
-        not raised."""
+    def sync_now(self, *, timeout: float | None = None) -> None:
+        """One sync slice of ``timeout`` seconds (default ``sync_timeout``), now (after a
+        sync under way); errors are kept in :attr:`status`, not raised."""
         with self._sync_lock:
             try:
                 with self._open() as index:
                     count = index.sync(self.status.bootstrap, self.status.topic,
-                                       timeout=self._sync_timeout)
+                                       timeout=timeout or self._sync_timeout)
                     complete = bool(index.last_sync_complete)
             except IndexAccessError as exc:  # who was refused what, asked once per message
                 if self._refusal is None or self._refusal[0] != str(exc):
@@ -132,17 +141,18 @@ class IndexWorker:
             self.status.error = None
 
     def _loop(self) -> None:
+        more = False
         while not self._stop.is_set():
             started = time.monotonic()
-            self.sync_now()
+            self.sync_now(timeout=self._backlog_timeout if more else self._sync_timeout)
             with self.status.lock:
                 more = self.status.error is None and not self.status.caught_up
-            if not more:  # behind without errors: the next slice at once
+            if not more:  # behind without errors: the next (longer) slice at once
                 self._stop.wait(max(0.0, self._interval - (time.monotonic() - started)))
 
     def close(self) -> None:
         """Stop syncing; wait for the operations under way."""
         self._stop.set()
         if self._syncer is not None:
-            self._syncer.join(timeout=self._sync_timeout + 30)
+            self._syncer.join(timeout=self._backlog_timeout + 30)
         self._queries.shutdown(wait=True)
