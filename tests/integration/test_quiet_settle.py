@@ -18,13 +18,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.flow_helpers import flow_env, produce, run_flow, write_flow
+from tests.flow_helpers import flow_env, new_group, produce, realtime_flow, run_flow, write_flow
 from tests.kafka_helpers import committed
 from waxflow.execution import execution_id
 
@@ -35,27 +34,19 @@ NAMESPACE = "tests.quiet"
 
 def test_a_document_the_broker_refuses_after_it_was_sent_stops_the_job_before_its_commit(
         bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
-    topic, group = new_topic(1), f"g-{uuid.uuid4().hex[:8]}"
+    topic, group = new_topic(1), new_group()
     log = new_topic(1, **{"max.message.bytes": "20000", "cleanup.policy": "compact"})
     big = base64.b64encode(os.urandom(30_000)).decode()  # lz4 cannot shrink it
     values: list[bytes | None] = [json.dumps({"n": i, "pad": big if i == 0 else "x"}).encode()
                                   for i in range(6)]
     produce(bootstrap, topic, values)
-    path = write_flow(tmp_path, f"""\
-id: quiet
-namespace: {NAMESPACE}
-triggers:
-  - id: in
-    type: kafka.RealtimeTrigger
-    topic: {topic}
-    groupId: {group}
-    valueDeserializer: JSON
+    path = write_flow(tmp_path, realtime_flow("quiet", NAMESPACE, """\
 tasks:
   - id: copy
     type: core.Set
     values:
-      pad: "{{{{ trigger.value.pad }}}}"
-""")
+      pad: "{{ trigger.value.pad }}"
+""", topic=topic, group=group))
     result = run_flow(path, flow_env(bootstrap, log), idle=2, timeout=120)
 
     assert result.returncode == 1, result.stderr[-2000:]
