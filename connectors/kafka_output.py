@@ -88,34 +88,31 @@ class KafkaOutput:
         self._quiet_by_conf: dict[int, tuple[Mapping[str, Any], Producer]] = {}
 
     def plain_producer(self, conf: Mapping[str, Any]) -> Producer:
-        hit = self._plain_by_conf.get(id(conf))
-        if hit is not None and hit[0] is conf:
-            return hit[1]
-        key = conf_key(conf)
-        with self._lock:
-            if key not in self._plain:
-                self._plain[key] = Producer({**conf, "enable.idempotence": True,
-                                             "acks": "all", "linger.ms": 5})
-            producer = self._plain[key]
-            if len(self._plain_by_conf) < 64:  # tasks' cached configs, a handful
-                self._plain_by_conf[id(conf)] = (conf, producer)
-            return producer
+        return self._shared(conf, self._plain, self._plain_by_conf, {})
 
     def quiet_producer(self, conf: Mapping[str, Any]) -> Producer:
         """The shared idempotent producer for ``conf`` that calls Python back only for failed
         deliveries (:data:`~waxflow.connectors.deliveries.QUIET`): its owner learns that
         records are acknowledged by emptying its queue (:meth:`quiet_producers`)."""
-        hit = self._quiet_by_conf.get(id(conf))
+        return self._shared(conf, self._quiet, self._quiet_by_conf, QUIET)
+
+    def _shared(self, conf: Mapping[str, Any],
+                producers: dict[tuple[tuple[str, str], ...], Producer],
+                by_conf: dict[int, tuple[Mapping[str, Any], Producer]],
+                extra: Mapping[str, Any]) -> Producer:
+        """The idempotent producer of ``producers`` for ``conf`` (plus ``extra``), made on
+        first use; found by the config object's identity first (tasks cache their config)."""
+        hit = by_conf.get(id(conf))
         if hit is not None and hit[0] is conf:
             return hit[1]
         key = conf_key(conf)
         with self._lock:
-            if key not in self._quiet:
-                self._quiet[key] = Producer({**conf, "enable.idempotence": True, "acks": "all",
-                                             "linger.ms": 5, **QUIET})
-            producer = self._quiet[key]
-            if len(self._quiet_by_conf) < 64:
-                self._quiet_by_conf[id(conf)] = (conf, producer)
+            if key not in producers:
+                producers[key] = Producer({**conf, "enable.idempotence": True, "acks": "all",
+                                           "linger.ms": 5, **extra})
+            producer = producers[key]
+            if len(by_conf) < 64:  # tasks' cached configs, a handful
+                by_conf[id(conf)] = (conf, producer)
             return producer
 
     def quiet_producers(self) -> list[Producer]:

@@ -83,6 +83,15 @@ _CONSUME = 10_000
 PROCESS_READER_RECORDS = 400_000
 #: ... by this many processes, the partitions shared among them
 READER_PROCESSES = 2
+#: fetch settings of a log read (this process's and the reader processes'): large fetches,
+#: the end of each partition reported
+READ_FETCH = {
+    "enable.partition.eof": True,
+    "fetch.wait.max.ms": 100,
+    "fetch.max.bytes": 64 << 20,
+    "max.partition.fetch.bytes": 8 << 20,
+    "queued.max.messages.kbytes": 256 << 10,
+}
 _KAFKA_LOG = logging.getLogger("waxflow.index.kafka")
 _KAFKA_LOG.addHandler(logging.NullHandler())
 #: errors that mean the cluster refused this client (its credentials, its TLS handshake, an
@@ -834,11 +843,7 @@ class ExecutionIndex:
         errors = _ClientErrors()
         consumer = Consumer({
             **_reader_config(bootstrap, timeout, errors, self._client),
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100,
-            "fetch.max.bytes": 64 << 20,
-            "max.partition.fetch.bytes": 8 << 20,
-            "queued.max.messages.kbytes": 256 << 10,
+            **READ_FETCH,
         })
         self.last_sync_complete = True
         self._bootstrap = bootstrap
@@ -996,13 +1001,18 @@ class ExecutionIndex:
                 log.close()
             shutil.rmtree(folder, ignore_errors=True)
             self._db.execute(f"SET threads = {int(threads[0]) if threads else 1}")
+        self._unfinished(topic, pending, errors)
+        return count
+
+    def _unfinished(self, topic: str, pending: set[int], errors: _ClientErrors) -> None:
+        """A read that ended with ``pending`` partitions short of their end offsets: the sync
+        is incomplete; IndexSyncError when the client also reported errors."""
         if pending:
             self.last_sync_complete = False
             if errors.texts:
                 raise IndexSyncError(self._mask(
                     f"reading {topic} did not finish in time (partitions {sorted(pending)}): "
                     f"{errors.texts[-1]}"))
-        return count
 
     @staticmethod
     def _crashed(topic: str, proc: subprocess.Popen[str], stderr: Path) -> str:
@@ -1059,12 +1069,7 @@ class ExecutionIndex:
             finally:
                 stop.set()
                 reader.join()
-        if pending:
-            self.last_sync_complete = False
-            if errors.texts:
-                raise IndexSyncError(self._mask(
-                    f"reading {topic} did not finish in time (partitions {sorted(pending)}): "
-                    f"{errors.texts[-1]}"))
+        self._unfinished(topic, pending, errors)
         return count
 
     @classmethod

@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from waxflow.recovery.index import (
     _CONSUME,
+    READ_FETCH,
     ExecutionIndex,
     _Batch,
     _ClientErrors,
@@ -73,11 +74,7 @@ def run(job: dict[str, Any], acks: IO[str], out: IO[str]) -> None:
     folder = Path(job["dir"])
     consumer = Consumer({
         **_reader_config(job["bootstrap"], float(job["timeout"]), errors, job["client"]),
-        "enable.partition.eof": True,
-        "fetch.wait.max.ms": 100,
-        "fetch.max.bytes": 64 << 20,
-        "max.partition.fetch.bytes": 8 << 20,
-        "queued.max.messages.kbytes": 256 << 10,
+        **READ_FETCH,
     })
     unacked = 0
     db = duckdb.connect()

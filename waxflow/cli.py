@@ -196,7 +196,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from waxflow.dataflows.preflight import preflight
-    from waxflow.dataflows.runner import run_cluster, run_here, user_error
+    from waxflow.dataflows.runner import run_cluster, run_here
     from waxflow.logs import setup_logging
 
     try:
@@ -241,21 +241,28 @@ def _run(args: argparse.Namespace) -> int:
                  metrics_port=args.metrics_port, stuck_after=args.stuck_after,
                  inputs=dict(args.input))
     except Exception as exc:
-        msg = user_error(exc)
-        if msg is None:
-            if os.environ.get("WAXFLOW_DEBUG"):
-                raise
-            last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
-            msg = f"the job failed: {last[0]} (set WAXFLOW_DEBUG=1 for the traceback)"
-        return _err(msg)
+        return _failed(exc, "the job")
     return 0
+
+
+def _failed(exc: Exception, what: str) -> int:
+    """Exit 1 with one line on a run that raised: the user's mistake as such, anything else
+    as its last line (re-raised for its traceback under ``$WAXFLOW_DEBUG``)."""
+    from waxflow.dataflows.runner import user_error
+
+    msg = user_error(exc)
+    if msg is None:
+        if os.environ.get("WAXFLOW_DEBUG"):
+            raise exc
+        last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+        msg = f"{what} failed: {last[0]} (set WAXFLOW_DEBUG=1 for the traceback)"
+    return _err(msg)
 
 
 def _run_manual(args: argparse.Namespace, flow: FlowBase) -> int:
     """A flow without an enabled trigger (Kestra's manual flow) runs once, here; exit 0 when
     its execution ended SUCCESS or WARNING, 1 otherwise, with one line saying which."""
     from waxflow.dataflows.local_run import run_manual
-    from waxflow.dataflows.runner import user_error
 
     if args.processes > 1 or args.process_id is not None or args.addresses:
         return _err("the flow has no trigger (a manual flow): it runs once, in this process; "
@@ -263,13 +270,7 @@ def _run_manual(args: argparse.Namespace, flow: FlowBase) -> int:
     try:
         execution = run_manual(flow, inputs=dict(args.input))
     except Exception as exc:
-        msg = user_error(exc)
-        if msg is None:
-            if os.environ.get("WAXFLOW_DEBUG"):
-                raise
-            last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
-            msg = f"the run failed: {last[0]} (set WAXFLOW_DEBUG=1 for the traceback)"
-        return _err(msg)
+        return _failed(exc, "the run")
     state = str(execution.state)
     print(f"waxflow: manual execution {execution.id} of {flow.namespace}.{flow.id} ended "
           f"{state}", file=sys.stderr)
