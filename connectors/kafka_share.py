@@ -29,7 +29,10 @@ Per-partition ack errors (e.g. a record lock that ran out) are logged and counte
 Record lock: the broker locks a delivered record for ``share.record.lock.duration.ms``
 (default 30 s). A batch whose work runs longer loses the lock: the broker delivers those
 records again (possibly to another consumer; the delivery count grows, the execution id is
-the same) and this consumer's late acks fail with ``INVALID_RECORD_STATE`` (logged, counted).
+the same) and this consumer's late acks fail with ``INVALID_RECORD_STATE`` while another
+member holds them (logged with their offsets, counted per record, whichever call sent them:
+the consumer's acknowledgement-commit callback). A late ack of a record another member
+already acknowledged is ignored by the broker (Kafka 4.2: no error), so it is not counted.
 confluent-kafka 2.16 has no RENEW ack type, so a watchdog only warns when a batch has been
 held for 80% of the lock.
 
@@ -76,6 +79,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     ShareConsumer,
+    TopicPartition,
 )
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
@@ -133,6 +137,17 @@ STATS = ShareStats()
 _REGISTRY: dict[int, _Member] = {}
 _IDS = itertools.count(1)
 _REGISTRY_LOCK = threading.Lock()
+
+
+def _ranges(offsets: set[int]) -> str:
+    """``{3, 4, 5, 9}`` → ``"3-5, 9"``: the offsets of a failed ack, short."""
+    spans: list[list[int]] = []
+    for off in sorted(offsets):
+        if spans and off == spans[-1][1] + 1:
+            spans[-1][1] = off
+        else:
+            spans.append([off, off])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def ack_counts() -> dict[str, int]:
@@ -238,9 +253,9 @@ class _ShareReader:
         """The ack sent for ``rec`` when its execution ends in ``state``."""
         raise NotImplementedError
 
-    def count_error(self) -> None:
-        self._errors += 1
-        STATS.add(errors=1)
+    def count_error(self, n: int = 1) -> None:
+        self._errors += n
+        STATS.add(errors=n)
 
     def _sent(self, member: _Member) -> None:
         """Send ``member``'s decided acks and commit them."""
@@ -282,6 +297,7 @@ class _Member:
                  topics: Sequence[str]) -> None:
         self.part = part
         self.consumer = ShareConsumer(broker_watch.watch(conf))
+        self.consumer.set_acknowledgement_commit_callback(self._acks_committed)
         self.consumer.subscribe(list(topics))
         self.outstanding: dict[Coord, Message] = {}
         self.polled_at = 0.0  # monotonic time of the poll that returned the outstanding batch
@@ -309,6 +325,18 @@ class _Member:
         """Store decided acks by record coordinates (any thread); sent at the next read."""
         with self._decided_lock:
             self._decided.extend(acks)
+
+    def _acks_committed(self, offsets: dict[TopicPartition, set[int]],
+                        exc: KafkaException | None) -> None:
+        """The broker's answer to acks, however they were sent (commit, poll, close): a
+        failure is logged with the records' offsets and counted once per record."""
+        if exc is None:
+            return
+        for tp, offs in offsets.items():
+            self.part.count_error(len(offs))
+            LOG.error("share group %s: acks for %s/%d offsets %s failed (a record lock that "
+                      "ran out is redelivered; its late ack fails): %s", self.part.group,
+                      tp.topic, tp.partition, _ranges(offs), exc)
 
     def lock_left(self) -> float:
         """Seconds until the record lock of the outstanding batch runs out."""
@@ -342,9 +370,10 @@ class _Member:
         return sent
 
     def commit(self) -> None:
-        """Send the acknowledged records' acks and wait for the broker's answer."""
+        """Send the acknowledged records' acks and wait for the broker's answer (failed
+        acks are reported to :meth:`_acks_committed`, per record)."""
         try:
-            results = self.consumer.commit_sync() or {}
+            self.consumer.commit_sync()
         except KafkaException as exc:  # the broker went away: the acks are lost, not the work
             self.part.count_error()
             broker_watch.gone(f"share group {self.part.group}", str(exc))
@@ -352,12 +381,6 @@ class _Member:
                         "again once the broker is back (same execution ids)", self.part.group,
                         exc)
             return
-        for tp, err in results.items():
-            if err is not None:
-                self.part.count_error()
-                LOG.error("share group %s: acks for %s/%d failed (a record lock that ran out "
-                          "is redelivered; its late ack fails): %s", self.part.group, tp.topic,
-                          tp.partition, err)
 
     def poll(self) -> list[RawRecord]:
         """Poll a batch (only when nothing is outstanding); it becomes outstanding."""
