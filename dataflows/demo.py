@@ -51,6 +51,9 @@ def _orders(n: int, seed: int) -> list[bytes]:
         amount = round(rng.lognormvariate(5, 1.5), 2)
         out.append(json.dumps({"id": f"o-{seed}-{i}", "type": kind, "amount": amount,
                                "customer": f"c{rng.randrange(50)}"}).encode())
+    for i in (n // 4, 3 * n // 4):  # two anomalies, so the alert path always shows
+        out[i] = json.dumps({"id": f"o-{seed}-{i}", "type": "purchase", "amount": 25000.0,
+                             "customer": "c0"}).encode()
     out.insert(n // 3, b'{"id": "broken", "type": ')
     out.insert(2 * n // 3, b"\xff\xfe not utf-8")
     return out
@@ -80,7 +83,8 @@ def main() -> int:
     for i, value in enumerate(records):
         producer.produce("orders", key=str(i).encode(), value=value)
     producer.flush(30)
-    print(f"produced {len(records)} records to 'orders' (2 of them malformed)")
+    print(f"produced {len(records)} records to 'orders' (2 of them malformed, at least 2 "
+          "over the alert threshold)")
 
     env = {**os.environ, "WAXFLOW_BOOTSTRAP": bootstrap, "WAXFLOW_DEMO_API": api,
            "WAXFLOW_LOG_LEVEL": "ERROR", "COLUMNS": os.environ.get("COLUMNS", "120")}
