@@ -10,7 +10,9 @@ updates (``UPDATE_ONE``, ``UPDATE_MANY``) or replaces (``REPLACE_ONE``) the docu
 matching ``filter``, ``mongodb.Delete`` deletes them (``DELETE_ONE``, ``DELETE_MANY``), and
 ``mongodb.Bulk`` runs the operations of a file (``from``, one ``bulkWrite`` operation per
 record: ``insertOne``, ``updateOne``, ``updateMany``, ``replaceOne``, ``deleteOne``,
-``deleteMany``), with Kestra's properties and outputs.
+``deleteMany``), ``mongodb.Load`` inserts every record of a file (``idKey``, ``removeIdKey``)
+and ``mongodb.Aggregate`` runs an aggregation ``pipeline`` (``rows``, or ``store: STORE``),
+with Kestra's properties and outputs.
 
 Guarantees:
 
@@ -27,8 +29,8 @@ Guarantees:
 * **Updates and deletes are run again by a replay**, and what that does is theirs: a
   ``$set``, a replacement, a delete by ``_id`` change nothing the second time; ``$inc``,
   ``$push`` apply twice (each task's doc says which, and how to guard them). ``mongodb.Bulk``
-  inserts idempotently as ``InsertOne`` does (the ``_id`` also derives from the record's
-  index) and skips what a previous attempt inserted.
+  and ``mongodb.Load`` insert idempotently as ``InsertOne`` does (the ``_id`` also derives
+  from the record's index) and skip what a previous attempt inserted.
 * The connection string is rendered (``{{ secret('MONGO_URI') }}``) and never written in
   an error or a log line: errors name the server's hosts only. One client (connection
   pool) per connection string and process, shared by every execution.
@@ -51,7 +53,8 @@ from waxflow.connectors.serdes_tasks import execution_file_name
 from waxflow.connectors.storage import Storage, StorageError, read_records
 from waxflow.tasks import RunContext, TaskBase, TaskFailure, task_type
 
-__all__ = ["Bulk", "Delete", "Find", "InsertOne", "MongoDbConnection", "Update", "derived_id"]
+__all__ = ["Aggregate", "Bulk", "Delete", "Find", "InsertOne", "Load", "MongoDbConnection",
+           "Update", "derived_id"]
 
 #: how long a task waits for a server it cannot reach (pymongo's default is 30 s)
 SERVER_SELECTION_MS = 10_000
@@ -152,6 +155,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _found(ctx: RunContext, task_id: str, rows: list[Any], *, store: bool
+           ) -> dict[str, Any]:
+    """A read task's outputs: ``rows`` and ``size``, or the rows in an ION file of the
+    execution's (``uri``) and ``size``."""
+    if not store:
+        return {"rows": rows, "size": len(rows)}
+    try:
+        stored, _ = Storage().put_records(execution_file_name(ctx, task_id, "ion"), rows)
+    except StorageError as exc:
+        raise TaskFailure(str(exc)) from None
+    return {"uri": stored, "size": len(rows)}
 
 
 def _already_there(coll: Any, doc: dict[str, Any], *, own_id: bool, uri: str) -> bool:
@@ -262,13 +278,7 @@ class Find(_Mongo):
             rows = [_plain(d) for d in cursor]
         except PyMongoError as exc:
             raise TaskFailure(f"find in {coll.full_name}: {_reason(exc, uri)}") from None
-        if not self.store:
-            return {"rows": rows, "size": len(rows)}
-        try:
-            stored, _ = Storage().put_records(execution_file_name(ctx, self.id, "ion"), rows)
-        except StorageError as exc:
-            raise TaskFailure(str(exc)) from None
-        return {"uri": stored, "size": len(rows)}
+        return _found(ctx, self.id, rows, store=self.store)
 
 
 def _operator_keys(value: Any, operation: str) -> None:
@@ -454,35 +464,16 @@ def _write_model(name: str, doc: dict[str, Any]) -> Any:
     return (DeleteOne if name == "deleteOne" else DeleteMany)(doc["filter"], **options)
 
 
-@task_type("mongodb.Bulk", aliases=("io.kestra.plugin.mongodb.Bulk",))
-class Bulk(_Mongo):
-    """Run the write operations of a file (``from``: ION, or JSON one record a line as
-    Kestra's), ``chunk`` operations per ``bulkWrite`` request, in order; outputs ``size``
-    (records), ``insertedCount``, ``matchedCount``, ``modifiedCount``, ``deletedCount``,
-    ``upsertedCount`` and ``alreadyInserted``.
+class _BulkWrite(_Mongo):
+    """What ``mongodb.Bulk`` and ``mongodb.Load`` share: a file of records (``from``) made
+    into write operations (:meth:`_operations`: all checked before anything is written),
+    sent ``chunk`` per ``bulkWrite`` request in order; an insert a previous attempt made is
+    skipped (``alreadyInserted``)."""
 
-    Each record is one operation in ``db.collection.bulkWrite()``'s form:
-    ``{"insertOne": {"document": {...}}}`` (or, as Kestra also reads it, the document
-    itself), ``{"updateOne"|"updateMany": {"filter", "update", "upsert", "arrayFilters"}}``,
-    ``{"replaceOne": {"filter", "replacement", "upsert"}}``, ``{"deleteOne"|"deleteMany":
-    {"filter"}}`` (each also ``collation``, ``hint``); values may be Extended JSON
-    (``{"$oid": ...}``, ``{"$date": ...}``). A record of another shape fails the task
-    naming its index, before anything is written. The operations run in the file's order;
-    the first one the server refuses stops the task (the chunks before it stay written).
-
-    Replays (G2): as for ``mongodb.InsertOne``, an insert without ``_id`` gets one derived
-    from the execution, the task, the iteration and the record's index (``idempotent:
-    false``: the server's); an insert a previous attempt made is found there and skipped
-    (counted in ``alreadyInserted``, not ``insertedCount``), so a replayed or retried task
-    inserts nothing twice, a task that failed half-way included. Updates and deletes are
-    run again by a replay, with the guarantees of ``mongodb.Update`` and ``mongodb.Delete``:
-    harmless for ``$set``/replacements/deletes by ``_id``, not for ``$inc``/``$push``."""
-
-    type: Literal["mongodb.Bulk"] = Field(description="the task type")
     from_: str = Field(alias="from", min_length=1,
-                       description="the operations' file (rendered internal-storage or "
-                                   "file:// URI, e.g. `{{ outputs.write.uri }}`): ION, or "
-                                   "JSON one operation a line")
+                       description="the file (rendered internal-storage or file:// URI, "
+                                   "e.g. `{{ outputs.write.uri }}`): ION, or JSON one record "
+                                   "a line")
     chunk: int = Field(default=1000, ge=1, description="operations per bulkWrite request")
     idempotent: bool = Field(
         default=True,
@@ -492,30 +483,29 @@ class Bulk(_Mongo):
 
     model_config = {**_Mongo.model_config, "populate_by_name": True}
 
-    def _operations(self, ctx: RunContext) -> list[tuple[str, dict[str, Any], bool, Any]]:
-        """(operation, body, the insert brings its own ``_id``, pymongo's write model) of
-        every record: a bad record fails the task before anything is written."""
+    def _records(self, ctx: RunContext) -> list[Any]:
+        """The records of the rendered ``from``; TaskFailure when it cannot be read."""
         source = str(ctx.render(self.from_)).strip()
         try:
-            records = list(read_records(source))
+            return list(read_records(source))
         except StorageError as exc:
             raise TaskFailure(f"`from`: {exc}") from None
         except Exception as exc:  # neither ION nor JSON
             raise TaskFailure(f"`from` file {source} is neither ION nor JSON lines: "
                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
-        out = []
-        for index, record in enumerate(records):
-            name, doc = _bulk_operation(record, index)
-            own_id = "_id" in doc
-            if name == "insertOne" and not own_id and self.idempotent:
-                doc["_id"] = derived_id(ctx, self.id, index)
-            try:
-                model = _write_model(name, doc)
-            except (TypeError, ValueError) as exc:
-                raise TaskFailure(f"`from` record {index}.{name}: "
-                                  f"{' '.join(str(exc).split())[:200]}") from None
-            out.append((name, doc, own_id, model))
-        return out
+
+    def _insert(self, ctx: RunContext, doc: dict[str, Any], index: int
+                ) -> tuple[str, dict[str, Any], bool, Any]:
+        """The insert of ``doc`` (record ``index``), its ``_id`` derived unless it has one."""
+        own_id = "_id" in doc
+        if not own_id and self.idempotent:
+            doc["_id"] = derived_id(ctx, self.id, index)
+        return "insertOne", doc, own_id, _write_model("insertOne", doc)
+
+    def _operations(self, ctx: RunContext) -> list[tuple[str, dict[str, Any], bool, Any]]:
+        """(operation, body, the insert brings its own ``_id``, pymongo's write model) of
+        every record: a bad record fails the task before anything is written."""
+        raise NotImplementedError
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         from pymongo.errors import BulkWriteError
@@ -565,3 +555,134 @@ class Bulk(_Mongo):
                 "matchedCount": totals["nMatched"], "modifiedCount": totals["nModified"],
                 "deletedCount": totals["nRemoved"], "upsertedCount": totals["nUpserted"],
                 "alreadyInserted": already}
+
+
+@task_type("mongodb.Bulk", aliases=("io.kestra.plugin.mongodb.Bulk",))
+class Bulk(_BulkWrite):
+    """Run the write operations of a file (``from``: ION, or JSON one record a line as
+    Kestra's), ``chunk`` operations per ``bulkWrite`` request, in order; outputs ``size``
+    (records), ``insertedCount``, ``matchedCount``, ``modifiedCount``, ``deletedCount``,
+    ``upsertedCount`` and ``alreadyInserted``.
+
+    Each record is one operation in ``db.collection.bulkWrite()``'s form:
+    ``{"insertOne": {"document": {...}}}`` (or, as Kestra also reads it, the document
+    itself), ``{"updateOne"|"updateMany": {"filter", "update", "upsert", "arrayFilters"}}``,
+    ``{"replaceOne": {"filter", "replacement", "upsert"}}``, ``{"deleteOne"|"deleteMany":
+    {"filter"}}`` (each also ``collation``, ``hint``); values may be Extended JSON
+    (``{"$oid": ...}``, ``{"$date": ...}``). A record of another shape fails the task
+    naming its index, before anything is written. The operations run in the file's order;
+    the first one the server refuses stops the task (the chunks before it stay written).
+
+    Replays (G2): as for ``mongodb.InsertOne``, an insert without ``_id`` gets one derived
+    from the execution, the task, the iteration and the record's index (``idempotent:
+    false``: the server's); an insert a previous attempt made is found there and skipped
+    (counted in ``alreadyInserted``, not ``insertedCount``), so a replayed or retried task
+    inserts nothing twice, a task that failed half-way included. Updates and deletes are
+    run again by a replay, with the guarantees of ``mongodb.Update`` and ``mongodb.Delete``:
+    harmless for ``$set``/replacements/deletes by ``_id``, not for ``$inc``/``$push``."""
+
+    type: Literal["mongodb.Bulk"] = Field(description="the task type")
+
+    def _operations(self, ctx: RunContext) -> list[tuple[str, dict[str, Any], bool, Any]]:
+        out = []
+        for index, record in enumerate(self._records(ctx)):
+            name, doc = _bulk_operation(record, index)
+            if name == "insertOne":
+                out.append(self._insert(ctx, doc, index))
+                continue
+            try:
+                model = _write_model(name, doc)
+            except (TypeError, ValueError) as exc:
+                raise TaskFailure(f"`from` record {index}.{name}: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+            out.append((name, doc, "_id" in doc, model))
+        return out
+
+
+@task_type("mongodb.Load", aliases=("io.kestra.plugin.mongodb.Load",))
+class Load(_BulkWrite):
+    """Insert every record of a file (``from``: ION, or JSON one record a line) as a
+    document, ``chunk`` per ``bulkWrite`` request, in order; outputs as ``mongodb.Bulk``'s
+    (``size``, ``insertedCount``, ``alreadyInserted``, the other counts 0).
+
+    ``idKey`` names a field whose value becomes the document's ``_id`` (an ObjectId when it
+    is 24 hex digits, as Kestra makes one; any other value as it is, where Kestra fails),
+    removed from the document unless ``removeIdKey: false``. A record that is not a map, or
+    lacks that field, fails the task naming it before anything is written.
+
+    Replays (G2): a document without ``_id`` gets one derived from the execution, the task,
+    the iteration and the record's index (``idempotent: false``: the driver's); one a
+    previous attempt inserted is skipped (``alreadyInserted``), so a replayed or retried
+    load inserts nothing twice. With ``idKey`` the ``_id`` is the record's own: the same
+    document is skipped, a different one stored under that ``_id`` fails the task."""
+
+    type: Literal["mongodb.Load"] = Field(description="the task type")
+    idKey: str | None = Field(default=None, min_length=1,
+                              description="a field whose value becomes `_id` (rendered)")
+    removeIdKey: bool = Field(default=True,
+                              description="drop the `idKey` field from the document")
+
+    def _operations(self, ctx: RunContext) -> list[tuple[str, dict[str, Any], bool, Any]]:
+        from bson import ObjectId
+
+        key = str(ctx.render(self.idKey)) if self.idKey is not None else None
+        out = []
+        for index, record in enumerate(self._records(ctx)):
+            doc = _document(record, f"from` record `{index}")
+            if key is not None:
+                if key not in doc:
+                    raise TaskFailure(f"`from` record {index} has no field {key!r} (`idKey`)")
+                value = doc.pop(key) if self.removeIdKey else doc[key]
+                doc["_id"] = (ObjectId(value) if isinstance(value, str) and len(value) == 24
+                              and ObjectId.is_valid(value) else value)
+            out.append(self._insert(ctx, doc, index))
+        return out
+
+
+@task_type("mongodb.Aggregate", aliases=("io.kestra.plugin.mongodb.Aggregate",))
+class Aggregate(_Mongo):
+    """Run an aggregation ``pipeline`` (a list of stages: maps, or Extended-JSON text of the
+    list) on the collection; outputs ``rows`` and ``size``, or with ``store: STORE`` (or
+    ``true``) an ION file (``uri``) and ``size``. ObjectIds are given as text. It only
+    reads, unless a stage writes (``$out``, ``$merge``): a replay runs that stage again."""
+
+    type: Literal["mongodb.Aggregate"] = Field(description="the task type")
+    pipeline: Any = Field(description="the stages (rendered): a list of maps, or JSON text")
+    allowDiskUse: bool = Field(default=True, description="let stages write temporary files "
+                                                         "past the server's memory limit")
+    maxTimeMs: int = Field(default=60_000, ge=0, description="the server's time limit in "
+                                                            "milliseconds (0: none)")
+    batchSize: int = Field(default=1000, ge=0, description="documents per cursor batch")
+    store: Literal["FETCH", "STORE"] | bool = Field(
+        default="FETCH", description="`FETCH` (or false): the documents in `rows`; `STORE` "
+                                     "(or true): written to an ION file (`uri`)")
+
+    def _stages(self, ctx: RunContext) -> list[dict[str, Any]]:
+        from bson import json_util
+
+        value = ctx.render(self.pipeline)
+        if isinstance(value, str):
+            try:
+                value = json_util.loads(value)
+            except Exception as exc:
+                raise TaskFailure("`pipeline` is not (Extended) JSON: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+        if not isinstance(value, list):
+            raise TaskFailure(f"`pipeline` must be a list of stages, got {type(value).__name__}")
+        return [_document(stage, f"pipeline` stage `{i}") for i, stage in enumerate(value)]
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        from pymongo.errors import PyMongoError
+
+        stages = self._stages(ctx)
+        coll, uri = self._collection(ctx)
+        options: dict[str, Any] = {"allowDiskUse": self.allowDiskUse}
+        if self.maxTimeMs:
+            options["maxTimeMS"] = self.maxTimeMs
+        if self.batchSize:
+            options["batchSize"] = self.batchSize
+        try:
+            rows = [_plain(d) for d in coll.aggregate(stages, **options)]
+        except PyMongoError as exc:
+            raise TaskFailure(f"aggregate on {coll.full_name}: {_reason(exc, uri)}") from None
+        return _found(ctx, self.id, rows, store=self.store not in ("FETCH", False))

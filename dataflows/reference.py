@@ -312,6 +312,27 @@ tasks:
     from: "{{ outputs.actions.uri }}"
     chunk: 500
 """,
+    "mongodb.Load": """\
+tasks:
+  - id: load
+    type: mongodb.Load
+    connection: {uri: "mongodb://shop:{{ secret('MONGO_PASSWORD') }}@mongo:27017/"}
+    database: shop
+    collection: orders
+    from: "{{ trigger.uri }}"   # a kafka.Trigger batch: one document per record
+    idKey: orderId              # becomes _id, so a replay inserts nothing twice
+""",
+    "mongodb.Aggregate": """\
+tasks:
+  - id: totals
+    type: mongodb.Aggregate
+    connection: {uri: "mongodb://shop:{{ secret('MONGO_PASSWORD') }}@mongo:27017/"}
+    database: shop
+    collection: orders
+    pipeline:
+      - $match: {customer: "{{ trigger.value.customer }}"}
+      - $group: {_id: "$status", total: {$sum: "$total"}}
+""",
     "storage.PurgeCurrentExecutionFiles": """\
 tasks:
   - id: purge

@@ -57,9 +57,9 @@ TASK_MODULES = (
 #: Kestra plugins waxflow has no equivalent of, and what to use instead (one line each)
 KESTRA_INSTEAD: dict[str, str] = {
     "io.kestra.plugin.mongodb.": "waxflow's MongoDB tasks are mongodb.InsertOne, Find, "
-                                 "Update, Delete and Bulk: load a file of documents with "
-                                 "mongodb.Bulk (one insertOne per record), aggregate with "
-                                 "core.Python",
+                                 "Update, Delete, Bulk, Load and Aggregate: poll a "
+                                 "collection with a Schedule trigger (schedule.Interval) and "
+                                 "mongodb.Find",
     "io.kestra.plugin.graalvm.": "waxflow runs JavaScript only, in js.FileTransform (V8): "
                                  "transform with it, jsonata.TransformItems, core.Set or "
                                  "core.Python",

@@ -53,10 +53,12 @@ MODULE_TYPES: dict[str, tuple[str, ...]] = {
         "io.kestra.plugin.kafka.Produce", "kafka.Produce",
     ),
     "waxflow.connectors.mongodb": (
-        "io.kestra.plugin.mongodb.Bulk", "io.kestra.plugin.mongodb.Delete",
-        "io.kestra.plugin.mongodb.Find", "io.kestra.plugin.mongodb.InsertOne",
-        "io.kestra.plugin.mongodb.Update", "mongodb.Bulk", "mongodb.Delete", "mongodb.Find",
-        "mongodb.InsertOne", "mongodb.Update",
+        "io.kestra.plugin.mongodb.Aggregate", "io.kestra.plugin.mongodb.Bulk",
+        "io.kestra.plugin.mongodb.Delete", "io.kestra.plugin.mongodb.Find",
+        "io.kestra.plugin.mongodb.InsertOne", "io.kestra.plugin.mongodb.Load",
+        "io.kestra.plugin.mongodb.Update", "mongodb.Aggregate", "mongodb.Bulk",
+        "mongodb.Delete", "mongodb.Find", "mongodb.InsertOne", "mongodb.Load",
+        "mongodb.Update",
     ),
     "waxflow.connectors.notify": (
         "io.kestra.plugin.notifications.slack.SlackIncomingWebhook",

@@ -1,4 +1,4 @@
-"""``mongodb.InsertOne`` and ``mongodb.Find`` (Kestra's ``io.kestra.plugin.mongodb``) against a
+"""The ``mongodb.*`` tasks (Kestra's ``io.kestra.plugin.mongodb``) against a
 real MongoDB-wire server: FerretDB with its SQLite backend and password authentication
 (``tests/ferretdb_server.py``), read back with pymongo."""
 
@@ -277,3 +277,66 @@ def test_bulk_refuses_a_bad_record_before_writing_and_names_a_refused_one(
                                   "a different document with _id 'k' is already there")
     assert handle.items.count_documents({"a": 1}) == 1
     assert handle.items.count_documents({"a": 3}) == 0
+
+
+def test_load_inserts_every_record_once_across_replays(
+        ferretdb: FerretServer, db: tuple[str, Any]) -> None:  # noqa: F811
+    name, handle = db
+    uri = _bulk_file("load.ion", ['{"sku": "a", "n": 1}', '{"sku": "b", "n": 2}',
+                                  '{"sku": "c", "n": 3}'])
+    load = _task(ferretdb.uri, name, "Load", **{"from": "{{ outputs.w.uri }}", "chunk": 2})
+    out = load.run(_ctx("rec-1", outputs={"w": {"uri": uri}}))
+    assert out == {"size": 3, "insertedCount": 3, "matchedCount": 0, "modifiedCount": 0,
+                   "deletedCount": 0, "upsertedCount": 0, "alreadyInserted": 0}
+    assert sorted(d["n"] for d in handle.items.find()) == [1, 2, 3]
+    again = load.run(_ctx("rec-1", outputs={"w": {"uri": uri}}))  # a replay
+    assert again["insertedCount"] == 0 and again["alreadyInserted"] == 3
+    assert handle.items.count_documents({}) == 3
+
+
+def test_load_id_key_becomes_the_id_and_a_bad_record_writes_nothing(
+        ferretdb: FerretServer, db: tuple[str, Any]) -> None:  # noqa: F811
+    name, handle = db
+    uri = _bulk_file("ids.ion", ['{"oid": "60930c39a982931c20ef6cd6", "v": 1}',
+                                 '{"oid": "order-7", "v": 2}'])
+    _task(ferretdb.uri, name, "Load", **{"from": uri, "idKey": "oid"}).run(_ctx())
+    assert handle.items.find_one({"_id": ObjectId("60930c39a982931c20ef6cd6")}) == {
+        "_id": ObjectId("60930c39a982931c20ef6cd6"), "v": 1}
+    assert handle.items.find_one({"_id": "order-7"}) == {"_id": "order-7", "v": 2}
+    kept = _bulk_file("kept.ion", ['{"oid": "k-1", "v": 3}'])
+    _task(ferretdb.uri, name, "Load", **{"from": kept, "idKey": "oid",
+                                         "removeIdKey": False}).run(_ctx())
+    assert handle.items.find_one({"_id": "k-1"}) == {"_id": "k-1", "oid": "k-1", "v": 3}
+
+    missing = _bulk_file("missing.ion", ['{"oid": "x-1"}', '{"other": 1}'])
+    with pytest.raises(TaskFailure, match=r"^`from` record 1 has no field 'oid' \(`idKey`\)$"):
+        _task(ferretdb.uri, name, "Load", **{"from": missing, "idKey": "oid"}).run(_ctx())
+    assert handle.items.count_documents({"_id": "x-1"}) == 0  # checked before writing
+    clash = _bulk_file("clash.ion", ['{"oid": "order-7", "v": 99}'])
+    with pytest.raises(TaskFailure, match="a different document with _id 'order-7'"):
+        _task(ferretdb.uri, name, "Load", **{"from": clash, "idKey": "oid"}).run(_ctx())
+
+
+def test_aggregate_rows_and_stored(ferretdb: FerretServer,  # noqa: F811
+                                   db: tuple[str, Any]) -> None:
+    name, handle = db
+    handle.items.insert_many([{"cat": "a", "amount": 5, "status": "active"},
+                              {"cat": "a", "amount": 7, "status": "active"},
+                              {"cat": "b", "amount": 1, "status": "active"},
+                              {"cat": "b", "amount": 100, "status": "gone"}])
+    pipeline = [{"$match": {"status": "{{ inputs.status }}"}},
+                {"$group": {"_id": "$cat", "total": {"$sum": "$amount"}}},
+                {"$sort": {"total": -1}}]
+    ctx = _ctx(inputs={"status": "active"})
+    out = _task(ferretdb.uri, name, "Aggregate", pipeline=pipeline).run(ctx)
+    assert out == {"rows": [{"_id": "a", "total": 12}, {"_id": "b", "total": 1}], "size": 2}
+    stored = _task(ferretdb.uri, name, "Aggregate", pipeline=pipeline, store="STORE").run(ctx)
+    assert stored["size"] == 2
+    assert list(read_records(stored["uri"])) == out["rows"]
+    as_text = _task(ferretdb.uri, name, "Aggregate",
+                    pipeline='[{"$match": {"cat": "b"}}, {"$count": "n"}]').run(ctx)
+    assert as_text["rows"] == [{"n": 2}]
+    with pytest.raises(TaskFailure, match=r"^`pipeline` must be a list of stages, got dict$"):
+        _task(ferretdb.uri, name, "Aggregate", pipeline={"$match": {}}).run(ctx)
+    with pytest.raises(TaskFailure, match=r"^aggregate on d\w+\.items: OperationFailure"):
+        _task(ferretdb.uri, name, "Aggregate", pipeline=[{"$nope": 1}]).run(ctx)

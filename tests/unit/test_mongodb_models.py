@@ -84,7 +84,7 @@ def test_bulk_takes_kestras_properties() -> None:
 def test_a_kestra_mongodb_task_waxflow_lacks_names_the_ones_it_has() -> None:
     found = _problems("""\
   - id: agg
-    type: io.kestra.plugin.mongodb.Aggregate
+    type: io.kestra.plugin.mongodb.Trigger
 """)
-    assert len(found) == 1 and "unknown type 'io.kestra.plugin.mongodb.Aggregate'" in found[0]
-    assert "mongodb.InsertOne, Find, Update, Delete and Bulk" in found[0]
+    assert len(found) == 1 and "unknown type 'io.kestra.plugin.mongodb.Trigger'" in found[0]
+    assert "mongodb.InsertOne, Find, Update, Delete, Bulk, Load and Aggregate" in found[0]
