@@ -157,6 +157,36 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _inserted_before(coll: Any, ops: list[tuple[str, dict[str, Any], bool, Any]], *,
+                     uri: str) -> set[int]:
+    """After one insert of a replay was found already there: the positions among the
+    inserts leading ``ops`` whose documents a previous attempt inserted too (a derived
+    ``_id`` stored, or an own ``_id`` stored with an equal document), found with one query,
+    so a replay of N inserts costs a request or two, not N. The look-ahead stops at the first
+    other operation: an update or delete before an insert must run first."""
+    from bson import json_util
+    from pymongo.errors import PyMongoError
+
+    lead = []
+    for name, doc, own_id, _ in ops:
+        if name != "insertOne" or "_id" not in doc:
+            break
+        lead.append((doc, own_id))
+    if not lead:
+        return set()
+    try:
+        stored = {json_util.dumps(d["_id"]): d
+                  for d in coll.find({"_id": {"$in": [doc["_id"] for doc, _ in lead]}})}
+    except PyMongoError as exc:
+        raise TaskFailure(f"insert into {coll.full_name}: {_reason(exc, uri)}") from None
+    found = set()
+    for i, (doc, own_id) in enumerate(lead):
+        there = stored.get(json_util.dumps(doc["_id"]))
+        if there is not None and (not own_id or there == doc):
+            found.add(i)
+    return found
+
+
 def _found(ctx: RunContext, task_id: str, rows: list[Any], *, store: bool
            ) -> dict[str, Any]:
     """A read task's outputs: ``rows`` and ``size``, or the rows in an ION file of the
@@ -516,18 +546,19 @@ class _BulkWrite(_Mongo):
                   "nUpserted": 0}
         already = 0
         for first in range(0, len(ops), self.chunk):
-            chunk = ops[first:first + self.chunk]
-            start = 0
-            while start < len(chunk):
+            # (the record's index in the file, its operation) not yet written
+            pending = list(enumerate(ops[first:first + self.chunk], start=first))
+            while pending:
                 try:
-                    result = coll.bulk_write([op[3] for op in chunk[start:]], ordered=True)
+                    result = coll.bulk_write([op[3] for _, op in pending], ordered=True)
                     details = result.bulk_api_result
+                    pending = []
                 except BulkWriteError as exc:
                     details = exc.details
                     error = (details.get("writeErrors") or [{}])[0]
-                    at = start + int(error.get("index", 0))
-                    name, doc, own_id, _ = chunk[at]
-                    where = f"bulk write to {coll.full_name}: `from` record {first + at} ({name})"
+                    at = int(error.get("index", 0))
+                    index, (name, doc, own_id, _) = pending[at]
+                    where = f"bulk write to {coll.full_name}: `from` record {index} ({name})"
                     try:
                         skip = (error.get("code") == 11000 and name == "insertOne"
                                 and self.idempotent
@@ -538,14 +569,14 @@ class _BulkWrite(_Mongo):
                     if not skip:
                         message = " ".join(str(error.get("errmsg", exc)).split())[:300]
                         raise TaskFailure(f"{where}: {message}") from None
-                    already += 1
-                    start = at + 1
+                    rest = pending[at + 1:]
+                    found = _inserted_before(coll, [op for _, op in rest], uri=uri)
+                    already += 1 + len(found)
+                    pending = [p for i, p in enumerate(rest) if i not in found]
                 except Exception as exc:  # the server, or the driver reading its answer
-                    last = first + len(chunk) - 1
                     raise TaskFailure(f"bulk write to {coll.full_name}: `from` records "
-                                      f"{first + start}-{last}: {_reason(exc, uri)}") from None
-                else:
-                    start = len(chunk)
+                                      f"{pending[0][0]}-{pending[-1][0]}: {_reason(exc, uri)}"
+                                      ) from None
                 for key in totals:
                     totals[key] += int(details.get(key, 0) or 0)
         if already:

@@ -13,7 +13,7 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-import waxflow.connectors.mongodb  # noqa: F401  (registers mongodb.*)
+import waxflow.connectors.mongodb  # registers mongodb.*; its client cache is cleared below
 from tests.ferretdb_server import PASSWORD, FerretServer, ferretdb  # noqa: F401
 from tests.task_helpers import FakeContext, parse_task
 from waxflow.connectors.storage import Storage, read_records
@@ -340,3 +340,35 @@ def test_aggregate_rows_and_stored(ferretdb: FerretServer,  # noqa: F811
         _task(ferretdb.uri, name, "Aggregate", pipeline={"$match": {}}).run(ctx)
     with pytest.raises(TaskFailure, match=r"^aggregate on d\w+\.items: OperationFailure"):
         _task(ferretdb.uri, name, "Aggregate", pipeline=[{"$nope": 1}]).run(ctx)
+
+
+def test_a_replayed_load_finds_what_it_inserted_in_a_few_requests(
+        ferretdb: FerretServer, db: tuple[str, Any]) -> None:  # noqa: F811
+    """Each insert already there used to cost a bulkWrite request of its own."""
+    from pymongo import monitoring
+
+    class Commands(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.database_name == name:
+                self.names.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    name, handle = db
+    uri = _bulk_file("many.ion", [f'{{"n": {i}}}' for i in range(300)])
+    load = _task(ferretdb.uri, name, "Load", **{"from": uri})
+    assert load.run(_ctx("rec-1"))["insertedCount"] == 300
+    seen = Commands()
+    monitoring.register(seen)
+    waxflow.connectors.mongodb._client.cache_clear()  # a client that reports to `seen`
+    again = load.run(_ctx("rec-1"))
+    assert again["alreadyInserted"] == 300 and again["insertedCount"] == 0
+    assert seen.names.count("insert") == 1 and seen.names.count("find") <= 2, seen.names
+    assert handle.items.count_documents({}) == 300
