@@ -242,8 +242,26 @@ def child_env(bootstrap: str, log_topic: str, extra: dict[str, str] | None = Non
 
 
 def waxflow_cmd(flow: Path, idle: float, *more: str) -> list[str]:
-    """``waxflow run FLOW --stop-when-idle IDLE`` plus ``more`` options."""
+    """``waxflow run FLOW --stop-when-idle IDLE`` plus ``more`` options, the repository's
+    modules compiled first (:func:`compile_repo`)."""
+    compile_repo()
     return [WAXFLOW, "run", str(flow), "--stop-when-idle", str(idle), *more]
+
+
+#: the folders of the package (``waxflow/`` and the ones its subpackages link to)
+PACKAGE_DIRS = ("waxflow", "dataflows", "operators", "connectors", "recovery")
+
+
+def compile_repo() -> None:
+    """Write the bytecode of every module of the repository whose ``.pyc`` is missing or
+    stale, as installing the wheel does (pip compiles it): under
+    ``PYTHONDONTWRITEBYTECODE=1`` a source tree edited since its last compilation would
+    otherwise be compiled again by every child, at start-up (measured: ~0.13 s of CPU per
+    process with 60 stale modules), which a peer installed from its wheels never pays."""
+    import compileall
+
+    for folder in PACKAGE_DIRS:
+        compileall.compile_dir(REPO / folder, quiet=1)
 
 
 @dataclass

@@ -25,12 +25,12 @@ import logging
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
-
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from typing import TYPE_CHECKING, Literal
 
 from waxflow.connectors import metrics, shutdown
+
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOG = logging.getLogger("waxflow.health")
 
@@ -90,37 +90,51 @@ class Health:
 HEALTH = Health()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "waxflow"
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
-        elif path in ("/healthz", "/readyz"):
-            ok, why = HEALTH.live() if path == "/healthz" else HEALTH.ready()
-            self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
-        elif path == "/":
-            self._send(200, b"waxflow: /metrics /healthz /readyz\n", "text/plain")
-        else:
-            self._send(404, b"not found\n", "text/plain")
-
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        LOG.debug("%s " + format, self.address_string(), *args)
-
-
 def serve(port: int, host: str | None = None) -> ThreadingHTTPServer:
     """Serve the metrics port in a daemon thread (``host``: ``$WAXFLOW_METRICS_HOST``, default
     all interfaces, as a container needs). Raises OSError when the port is taken."""
+    from http.server import ThreadingHTTPServer  # (only a run with a metrics port needs it)
+
     bind = host if host is not None else os.environ.get("WAXFLOW_METRICS_HOST", "0.0.0.0")
-    server = ThreadingHTTPServer((bind, port), _Handler)
+    server = ThreadingHTTPServer((bind, port), _handler())
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+def _handler() -> type[BaseHTTPRequestHandler]:
+    """The request handler of the metrics port (made here: importing ``http.server`` and
+    prometheus-client costs ~40 ms of CPU that a run without a metrics port does not
+    spend)."""
+    from http.server import BaseHTTPRequestHandler
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "waxflow"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(metrics.prometheus().registry),
+                           CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                ok, why = HEALTH.live() if path == "/healthz" else HEALTH.ready()
+                self._send(200 if ok else 503, (why + "\n").encode(),
+                           "text/plain; charset=utf-8")
+            elif path == "/":
+                self._send(200, b"waxflow: /metrics /healthz /readyz\n", "text/plain")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            LOG.debug("%s " + format, self.address_string(), *args)
+
+    return Handler

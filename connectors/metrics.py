@@ -31,6 +31,7 @@ With ``--processes N`` each process serves its own registry on ``port + process 
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 import math
@@ -42,10 +43,6 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 LOG = logging.getLogger("waxflow.metrics")
 
@@ -59,7 +56,6 @@ _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
                      300, 600, 1800, 3600)
 _SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
 
-REGISTRY = CollectorRegistry(auto_describe=True)
 
 class _Fast:
     """Counters and histograms fed once per execution, kept as plain dicts under one lock
@@ -98,6 +94,8 @@ class _Fast:
             counters = [(n, d, lab, dict(v)) for n, (d, lab, v) in self.counters.items()]
             histograms = [(n, d, lab, b, {k: list(c) for k, c in v.items()})
                           for n, (d, lab, b, v) in self.histograms.items()]
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         for name, doc, labels, values in counters:
             family = CounterMetricFamily(name, doc, labels=labels)
             for key, value in sorted(values.items()):
@@ -138,21 +136,59 @@ BATCH_RECORDS = FAST.histogram("waxflow_batch_records", "Records per batch: kafk
                                "execute step (kind=step)", ["flow", "kind"], _SIZE_BUCKETS)
 ROWS_LOADED = FAST.counter("waxflow_rows_loaded", "Rows written by warehouse Load tasks of "
                            "done executions (their `rows` output)", ["flow", "task", "type"])
-IN_FLIGHT = Gauge("waxflow_executions_in_flight", "Executions whose RUNNING document was "
-                  "written and whose terminal document was not yet acknowledged", ["flow"],
-                  registry=REGISTRY)
-DLQ = Counter("waxflow_dlq_records", "Records sent to a dead-letter topic (delivery "
-              "acknowledged)", ["flow", "topic"], registry=REGISTRY)
-TRANSACTIONS = Counter("waxflow_kafka_transactions", "Kafka producer transactions by outcome "
-                       "(commit, abort)", ["flow", "outcome"], registry=REGISTRY)
-COMMIT_SECONDS = Histogram("waxflow_offset_commit_seconds", "Round trip of consumer-group "
-                           "offset commits (request to broker answer)", ["flow"],
-                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                    1, 2.5, 5, 10), registry=REGISTRY)
-COMMITS = Counter("waxflow_offset_commits", "Consumer-group offset commits by outcome",
-                  ["flow", "outcome"], registry=REGISTRY)
-INFO = Gauge("waxflow_info", "The flow this process runs (value 1)",
-             ["flow", "process_id", "version"], registry=REGISTRY)
+
+
+class Prometheus:
+    """prometheus-client's registry of this process and the metrics it keeps itself, made on
+    first use (:func:`prometheus`): a run without ``--metrics-port`` never imports
+    prometheus-client (measured: ~40 ms of CPU per process, with the ``http.server`` it
+    imports)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.in_flight = Gauge(
+            "waxflow_executions_in_flight", "Executions whose RUNNING document was written "
+            "and whose terminal document was not yet acknowledged", ["flow"],
+            registry=self.registry)
+        self.dlq = Counter("waxflow_dlq_records", "Records sent to a dead-letter topic "
+                           "(delivery acknowledged)", ["flow", "topic"], registry=self.registry)
+        self.transactions = Counter("waxflow_kafka_transactions", "Kafka producer transactions "
+                                    "by outcome (commit, abort)", ["flow", "outcome"],
+                                    registry=self.registry)
+        self.commit_seconds = Histogram(
+            "waxflow_offset_commit_seconds", "Round trip of consumer-group offset commits "
+            "(request to broker answer)", ["flow"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry)
+        self.commits = Counter("waxflow_offset_commits", "Consumer-group offset commits by "
+                               "outcome", ["flow", "outcome"], registry=self.registry)
+        self.info = Gauge("waxflow_info", "The flow this process runs (value 1)",
+                          ["flow", "process_id", "version"], registry=self.registry)
+        self.extra_collectors = False  # enable() registered the process and Kafka collectors
+
+
+@functools.cache
+def prometheus() -> Prometheus:
+    """This process's :class:`Prometheus` (made, importing prometheus-client, on first
+    call)."""
+    return Prometheus()
+
+
+#: the module's prometheus-client objects by their former names (``metrics.REGISTRY``...)
+_LAZY = {"REGISTRY": "registry", "IN_FLIGHT": "in_flight", "DLQ": "dlq",
+         "TRANSACTIONS": "transactions", "COMMIT_SECONDS": "commit_seconds",
+         "COMMITS": "commits", "INFO": "info"}
+
+
+def __getattr__(name: str) -> Any:
+    """``REGISTRY``, ``IN_FLIGHT``, ``DLQ``, ``TRANSACTIONS``, ``COMMIT_SECONDS``,
+    ``COMMITS``, ``INFO``: the attributes of :func:`prometheus` (made on first use)."""
+    attr = _LAZY.get(name)
+    if attr is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(prometheus(), attr)
 
 
 class _State:
@@ -200,20 +236,21 @@ def enable(flow: str, *, topics: Iterable[str] = (), pattern: str | None = None,
     STATE.pattern = re.compile(pattern) if pattern else None
     raw = os.environ.get("WAXFLOW_STATS_INTERVAL_MS", "")
     STATE.stats_ms = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_STATS_MS
-    INFO.labels(flow, str(process_id or 0), ver).set(1)
+    prom = prometheus()
+    prom.info.labels(flow, str(process_id or 0), ver).set(1)
     for outcome in ("commit", "abort"):
-        TRANSACTIONS.labels(flow, outcome)
+        prom.transactions.labels(flow, outcome)
     with FAST.lock:
         FAST.inc(EXECUTIONS, (flow, "SUCCESS"), 0)
-    IN_FLIGHT.labels(flow).set_function(lambda: len(STATE.running))
-    if not getattr(REGISTRY, "_waxflow_extra", False):
+    prom.in_flight.labels(flow).set_function(lambda: len(STATE.running))
+    if not prom.extra_collectors:
         from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
         for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
-            REGISTRY.register(collector)
-        REGISTRY.register(_KafkaCollector())
-        REGISTRY.register(_FastCollector())
-        REGISTRY._waxflow_extra = True  # type: ignore[attr-defined]
+            prom.registry.register(collector)
+        prom.registry.register(_KafkaCollector())  # (Collector is a Protocol)
+        prom.registry.register(_FastCollector())
+        prom.extra_collectors = True
     STATE.enabled = True
 
 
@@ -319,21 +356,22 @@ def _task_run(flow: str, run: dict[str, Any]
 def dlq_records(topic: str, count: int = 1) -> None:
     """``count`` records were delivered to the dead-letter topic ``topic``."""
     if STATE.enabled:
-        DLQ.labels(STATE.flow, topic).inc(count)
+        prometheus().dlq.labels(STATE.flow, topic).inc(count)
 
 
 # ------------------------------------------------------------------ hooks for other modules
 def transaction(outcome: str) -> None:
     """A Kafka producer transaction ended: ``outcome`` is ``commit`` or ``abort``."""
     if STATE.enabled:
-        TRANSACTIONS.labels(STATE.flow, outcome).inc()
+        prometheus().transactions.labels(STATE.flow, outcome).inc()
 
 
 def commit_latency(seconds: float, ok: bool = True) -> None:
     """An offset commit took ``seconds`` from request to the broker's answer."""
     if STATE.enabled:
-        COMMIT_SECONDS.labels(STATE.flow).observe(seconds)
-        COMMITS.labels(STATE.flow, "ok" if ok else "error").inc()
+        prom = prometheus()
+        prom.commit_seconds.labels(STATE.flow).observe(seconds)
+        prom.commits.labels(STATE.flow, "ok" if ok else "error").inc()
 
 
 _COMMITS_SENT: dict[str, float] = {}
@@ -421,15 +459,17 @@ def fetching_partitions() -> list[tuple[str, int]]:
                       if _fresh(seen, now) and trigger_topic(k[0]))
 
 
-class _FastCollector(Collector):
+class _FastCollector:
     def collect(self) -> Iterator[Any]:
         return FAST.collect()
 
 
-class _KafkaCollector(Collector):
+class _KafkaCollector:
     """Consumer lag (from statistics) and share-group acks, read at scrape time."""
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         now = time.monotonic()
         lag = GaugeMetricFamily("waxflow_consumer_lag", "Records after the group's committed "
                                 "offset, per partition (librdkafka statistics: high "
@@ -464,7 +504,7 @@ class _KafkaCollector(Collector):
 def snapshot() -> dict[str, float]:
     """Every sample as ``name{labels}`` -> value (tests and debugging)."""
     out: dict[str, float] = {}
-    for family in REGISTRY.collect():
+    for family in prometheus().registry.collect():
         for s in family.samples:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             if not math.isnan(s.value):

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from waxflow.connectors.ion import read_stream, write_stream
 from waxflow.errors import WaxflowError
 
 if TYPE_CHECKING:  # annotations only: a realtime run need not import pyarrow (~0.15 s CPU)
@@ -84,6 +83,8 @@ class Storage:
 
     def put_records(self, name: str, records: Iterable[dict[str, Any]]) -> tuple[str, int]:
         """Store records as one binary ION file named ``name``; return (URI, count)."""
+        from waxflow.connectors.ion import write_stream  # (amazon.ion: on first use)
+
         items = list(records)
         uri = self._put(name, lambda fp: write_stream(fp, items))
         if not self._is_s3():
@@ -272,6 +273,8 @@ def parse_records(data: bytes) -> list[dict[str, Any]]:
         values = _json_values(data)
         if values is not None:
             return values
+    from waxflow.connectors.ion import read_stream  # (amazon.ion: ~18 ms, on first use)
+
     return list(read_stream(io.BytesIO(data)))
 
 

@@ -18,6 +18,7 @@ is off unless ``--recovery-dir`` is given (then Bytewax snapshots are the resume
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import os
@@ -25,14 +26,14 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from waxflow.connectors import shutdown
 from waxflow.connectors.broker import free_port
 from waxflow.connectors.health import DEFAULT_STUCK_AFTER
-from waxflow.connectors.kafka_source import PARTITION_SHARE_ENV
 from waxflow.errors import WaxflowError, user_message
 
 #: this process's index among the flow's processes (its transactional ids and metrics)
@@ -157,8 +158,9 @@ def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: st
     flow = load_flow(flow_path, stop_when_idle=stop_when_idle, max_ticks=max_ticks,
                      inputs=inputs)
     # everything built so far lives for the whole run: keep the collector from rescanning
-    # it (measured: full collections cost ~1 s CPU per 50k records and 60-240 ms pauses)
-    gc.collect()
+    # it (measured: full collections cost ~1 s CPU per 50k records and 60-240 ms pauses).
+    # No collection first: it costs 15-30 ms of CPU to free ~160 objects of start-up
+    # garbage (a realtime flow, measured), which the freeze keeps instead
     gc.freeze()
     # a batch holds hundreds of thousands of young container objects (records, Kafka
     # messages): with the default young threshold (700) the collector re-walks them ~10x
@@ -197,39 +199,68 @@ def run_here(flow_path: str, *, workers: int, epoch: timedelta, recovery_dir: st
               "executions finished, offsets committed", file=sys.stderr)
 
 
+#: what a forked member of ``--processes N`` runs: ``run_here`` with the command line's
+#: options, given its process index, the cluster's addresses (None: an independent run) and
+#: its metrics port; returns the process's exit code
+Member = Callable[[int, list[str] | None, int | None], int]
+
+
 def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = None,
-                metrics_port: int | None = None) -> int:
+                metrics_port: int | None = None, member: Member | None = None) -> int:
     """Start ``processes`` members of one cluster; return the worst exit code. The parent
     holds the flow's instance lock for the whole cluster (``flow_path``). With
-    ``metrics_port``, process ``i`` serves its metrics on ``metrics_port + i``."""
+    ``metrics_port``, process ``i`` serves its metrics on ``metrics_port + i``.
+
+    With ``member``, the members are forks of this process, which has imported and
+    validated everything they need (each spares ~0.3 s of CPU); they start their run once
+    the lock is held. Otherwise (or when this process is not single-threaded, which a fork
+    needs) each is ``python -m waxflow.cli`` with ``argv_base`` and its own options."""
     from waxflow.connectors.instance_lock import HELD_ENV
+    from waxflow.connectors.kafka_source import PARTITION_SHARE_ENV
     from waxflow.dataflows.instance import hold_instance
     from waxflow.dataflows.spec import parse_flow
     from waxflow.flow import RealtimeTrigger
 
-    independent = False
-    if flow_path is not None:
-        flow = parse_flow(flow_path)
-        hold_instance(flow)
-        independent = (isinstance(flow.trigger, RealtimeTrigger)
-                       and "--recovery-dir" not in argv_base)
-    env = {**os.environ, HELD_ENV: "1"} if flow_path is not None else dict(os.environ)
+    flow = parse_flow(flow_path) if flow_path is not None else None
+    independent = (isinstance(flow.trigger, RealtimeTrigger)
+                   and "--recovery-dir" not in argv_base) if flow is not None else False
+    held = {HELD_ENV: "1"} if flow is not None else {}
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
 
-    def start(i: int) -> subprocess.Popen[bytes]:
-        member: list[str] = []
-        child_env = env
+    def env_of(i: int) -> dict[str, str]:
         if independent:  # not a cluster member: its index only names it (transactional ids)
-            child_env = {**env, PARTITION_SHARE_ENV: f"{i}/{processes}",
-                         PROCESS_ID_ENV: str(i)}
-        else:
-            member += ["--process-id", str(i), "--addresses", addresses]
-        if metrics_port is not None:
-            member += ["--metrics-port", str(metrics_port + i)]
-        return subprocess.Popen([sys.executable, "-m", "waxflow.cli", *argv_base, *member],
-                                env=child_env)
+            return {**held, PARTITION_SHARE_ENV: f"{i}/{processes}", PROCESS_ID_ENV: str(i)}
+        return dict(held)
 
-    children = [start(i) for i in range(processes)]
+    def port_of(i: int) -> int | None:
+        return None if metrics_port is None else metrics_port + i
+
+    forks = None
+    if member is not None and _single_threaded():
+        # before the lock: holding it runs a Kafka client's threads, and a fork copies none
+        forks = _Forks(member, [(env_of(i), i, None if independent else addresses.split(";"),
+                                 port_of(i)) for i in range(processes)])
+    try:
+        if flow is not None:
+            hold_instance(flow)
+    except BaseException:
+        if forks is not None:
+            forks.cancel()
+        raise
+    children: list[Any]
+    if forks is not None:
+        children = forks.go()
+    else:
+        def start(i: int) -> subprocess.Popen[bytes]:
+            more: list[str] = []
+            if not independent:
+                more += ["--process-id", str(i), "--addresses", addresses]
+            if metrics_port is not None:
+                more += ["--metrics-port", str(port_of(i))]
+            return subprocess.Popen([sys.executable, "-m", "waxflow.cli", *argv_base, *more],
+                                    env={**os.environ, **env_of(i)})
+
+        children = [start(i) for i in range(processes)]
 
     def forward(sig: int, _frame: object) -> None:
         for child in children:
@@ -242,7 +273,98 @@ def run_cluster(argv_base: list[str], processes: int, flow_path: str | None = No
     return _wait_all(children)
 
 
-def _wait_all(children: list[subprocess.Popen[bytes]]) -> int:
+def _single_threaded() -> bool:
+    """Whether this process runs one thread (native ones included: a fork copies only the
+    calling thread, so a lock held by another one would stay held in the child)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # not Linux: no fork
+        return False
+
+
+class _Forked:
+    """A forked member, with the part of ``subprocess.Popen``'s interface the launcher
+    uses (``returncode``: the exit code, or minus the signal that ended it)."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+
+    @property
+    def returncode(self) -> int | None:
+        code: int | None = self.process.exitcode
+        return code
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(f"member {self.process.pid}", timeout or 0.0)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, sig)
+
+
+class _Forks:
+    """The members of ``--processes N`` forked now, each waiting on a pipe for :meth:`go`
+    (or for the pipe's end, :meth:`cancel` or this process gone: it then exits 0)."""
+
+    def __init__(self, member: Member,
+                 specs: list[tuple[dict[str, str], int, list[str] | None, int | None]]) -> None:
+        import multiprocessing
+
+        # what every member imports next is imported once, here (forked, not re-imported)
+        import waxflow.dataflows.compiler  # noqa: F401
+
+        self.read_fd, self.write_fd = os.pipe()
+        context = multiprocessing.get_context("fork")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.processes = [context.Process(target=_member_main, name=f"waxflow-{i}",
+                                          args=(member, self.read_fd, self.write_fd, *spec))
+                          for i, spec in enumerate(specs)]
+        for process in self.processes:
+            process.start()
+        os.close(self.read_fd)
+
+    def go(self) -> list[Any]:
+        """Let every member run; the members."""
+        os.write(self.write_fd, b"1" * len(self.processes))
+        os.close(self.write_fd)
+        return [_Forked(p) for p in self.processes]
+
+    def cancel(self) -> None:
+        """Let every member exit without running; wait for them."""
+        os.close(self.write_fd)
+        for process in self.processes:
+            process.join()
+
+
+def _member_main(member: Member, read_fd: int, write_fd: int, env: dict[str, str],
+                 process_id: int, addresses: list[str] | None, metrics_port: int | None
+                 ) -> None:
+    """A forked member: wait for its launcher's go, then run (exit with its code). Its exit
+    runs the exit handlers it registered, as a process's does (multiprocessing ends a fork
+    with ``os._exit``), and not the launcher's (a temporary directory the launcher uses...)."""
+    os.close(write_fd)
+    atexit._clear()
+    go = os.read(read_fd, 1)
+    os.close(read_fd)
+    if go != b"1":
+        sys.exit(0)  # the launcher could not start the cluster (it says why), or is gone
+    os.environ.update(env)
+    try:
+        code = member(process_id, addresses, metrics_port)
+    finally:
+        atexit._run_exitfuncs()
+    sys.exit(code)
+
+
+def _wait_all(children: list[Any]) -> int:
     """Wait for every child; the first one to fail stops the others (SIGTERM: they finish
     what runs and commit it). The worst exit code."""
     stopping = False
@@ -257,7 +379,7 @@ def _wait_all(children: list[subprocess.Popen[bytes]]) -> int:
                     child.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired, StopIteration):
             next(c for c in children if c.poll() is None).wait(timeout=0.2)
-    done = [c.returncode for c in children]
+    done: list[int] = [c.returncode for c in children]
     return max(done, key=lambda c: (c != 0, abs(c)))
 
 

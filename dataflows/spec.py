@@ -14,18 +14,26 @@ import difflib
 import functools
 import importlib
 import inspect
-from collections.abc import Hashable, Sequence
+import threading
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from waxflow.dataflows.task_modules import modules_for
+from waxflow.dataflows.task_modules import modules_for, type_names
 from waxflow.dataflows.yamlpos import PositionMap, load_yaml
 from waxflow.errors import FlowError, Problem, format_path
 from waxflow.expressions import Expressions, check_static
 from waxflow.flow import STATIC_PROPERTIES, TASK_ROOTS, TRIGGER_ALIASES, TRIGGER_TYPES, FlowBase
-from waxflow.tasks import TASK_ALIASES, TASK_TYPES, TaskBase, add_task_aliases, known_task_type
+from waxflow.tasks import (
+    TASK_ALIASES,
+    TASK_TYPES,
+    TaskBase,
+    add_task_aliases,
+    canonical_task_type,
+    known_task_type,
+)
 
 #: fields rendered once when the job starts (Kafka client and registry settings), never per
 #: record
@@ -77,17 +85,49 @@ KESTRA_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def task_union(modules: Sequence[str] | None = None) -> Any:
-    """The discriminated union of the registered task types (resolves ``AnyTask``), once
-    ``modules`` (default: every task module, :data:`TASK_MODULES`) are imported; a flow
-    passes only those its tasks need (:func:`~waxflow.dataflows.task_modules.modules_for`).
-    The union holds every type registered so far."""
+#: the task types this process's unions hold: those of the flows parsed so far (building a
+#: task model costs about 7 ms, and a realtime flow uses a few of the dozens registered).
+#: It only grows, so every rebuild is on a superset of the types of every flow parsed
+#: before: their tasks still validate (see :func:`_union_of`)
+_IN_USE: dict[str, None] = {}
+#: held while the union grows (a child flow may be parsed on an executor thread)
+_BUILDING = threading.RLock()
+
+
+def task_union(modules: Sequence[str] | None = None, *,
+               types: Iterable[str] | None = None) -> Any:
+    """The discriminated union of task types (resolves ``AnyTask``), once ``modules``
+    (default: every task module, :data:`TASK_MODULES`) are imported; a flow passes only those
+    its tasks need (:func:`~waxflow.dataflows.task_modules.modules_for`).
+
+    ``types``: the type names (or aliases) the caller needs, e.g. those a flow file names;
+    the union holds them and those of every earlier call. ``None``: every registered type
+    (the JSON Schema, the checks of a task of unknown type)."""
+    with _BUILDING:
+        return _union_of(_in_use(modules, types))
+
+
+def _in_use(modules: Sequence[str] | None, types: Iterable[str] | None) -> tuple[str, ...]:
+    """Import ``modules`` (registering their task types) and add ``types`` (None: every
+    registered one) to :data:`_IN_USE`; the registered names in it, in registration order."""
     for module in TASK_MODULES if modules is None else modules:
         importlib.import_module(module)  # importing a module registers its task types
     for name, aliases in KESTRA_ALIASES.items():
         if name in TASK_TYPES and any(a not in TASK_ALIASES for a in aliases):
             add_task_aliases(name, *aliases)
-    return _union_of(tuple(TASK_TYPES))
+    wanted = TASK_TYPES if types is None else [
+        canonical_task_type(t) for t in types if known_task_type(t)]
+    _IN_USE.update(dict.fromkeys(wanted))
+    if not _IN_USE:  # no known task type (an invalid flow: no tasks, or unknown types)
+        _IN_USE.update(dict.fromkeys(TASK_TYPES))
+    elif len(_IN_USE) == 1:
+        # pydantic drops the discriminator of a one-member union nested in its member (a
+        # task's ``errors``), so an unknown nested type would read as a wrong Literal: a
+        # second member (the first other registered type) keeps the union discriminated
+        other = next((n for n in TASK_TYPES if n not in _IN_USE), None)
+        if other is not None:
+            _IN_USE[other] = None
+    return tuple(n for n in TASK_TYPES if n in _IN_USE)
 
 
 @functools.cache
@@ -128,11 +168,12 @@ def _source_annotation(cls: type, name: str) -> Any:
     return None
 
 
-def flow_model(modules: Sequence[str] | None = None) -> type[FlowBase]:
-    """The Flow model with its task lists typed as lists of the task union (of the task
-    types registered once ``modules`` are imported, see :func:`task_union`)."""
-    task_union(modules)
-    return _flow_model_of(tuple(TASK_TYPES))
+def flow_model(modules: Sequence[str] | None = None, *,
+               types: Iterable[str] | None = None) -> type[FlowBase]:
+    """The Flow model with its task lists typed as lists of the task union (of ``types``
+    once ``modules`` are imported, see :func:`task_union`; default: every type)."""
+    with _BUILDING:
+        return _flow_model_of(_in_use(modules, types))
 
 
 @functools.cache
@@ -258,7 +299,7 @@ def _key_hint(data: Any, loc: Sequence[Hashable]) -> str:
     model: Any = None
     type_name = str(owner.get("type"))
     if len(loc) == 1:
-        model = flow_model()
+        model = FlowBase  # the flow's properties (flow_model() only types its task lists)
     elif known_task_type(type_name):
         model = TASK_TYPES[TASK_ALIASES.get(type_name, type_name)]
     else:
@@ -410,7 +451,7 @@ def parse_flow_text(text: str, file: str) -> FlowBase:
                                                  "id, namespace, triggers and tasks")])
     problems: list[Problem] = []
     try:
-        flow = flow_model(modules_for(data)).model_validate(data)
+        flow = flow_model(modules_for(data), types=type_names(data)).model_validate(data)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, pos, data))
         flow = None

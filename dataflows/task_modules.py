@@ -118,7 +118,7 @@ MODULE_OF: dict[str, str] = {name: module for module, names in MODULE_TYPES.item
 CORE = "waxflow.core_tasks"
 
 
-def _type_names(node: Any) -> Iterator[str]:
+def type_names(node: Any) -> Iterator[str]:
     """Every dotted string under a ``type`` key, anywhere in the document (task and trigger
     types are dotted; retry policies' and inputs' types are not)."""
     if isinstance(node, dict):
@@ -126,17 +126,17 @@ def _type_names(node: Any) -> Iterator[str]:
             if key == "type" and isinstance(value, str) and "." in value:
                 yield value
             else:
-                yield from _type_names(value)
+                yield from type_names(value)
     elif isinstance(node, list):
         for item in node:
-            yield from _type_names(item)
+            yield from type_names(item)
 
 
 def modules_for(data: Any) -> tuple[str, ...] | None:
     """The task modules a flow document needs, or None when it names a type that is neither
     a known task type nor a trigger type (then every module must be imported)."""
     modules = {CORE}
-    for name in _type_names(data):
+    for name in type_names(data):
         module = MODULE_OF.get(name)
         if module is not None:
             modules.add(module)

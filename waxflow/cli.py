@@ -196,7 +196,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from waxflow.dataflows.preflight import preflight
-    from waxflow.dataflows.runner import run_cluster, run_here
+    from waxflow.dataflows.runner import run_cluster
     from waxflow.logs import setup_logging
 
     try:
@@ -232,17 +232,33 @@ def _run(args: argparse.Namespace) -> int:
         for name, value in args.input:
             base += ["--input", f"{name}={value}"]
         return run_cluster(base, args.processes, flow_path=args.flow,
-                           metrics_port=args.metrics_port)
-    try:
-        run_here(args.flow, workers=args.workers,
-                 epoch=timedelta(milliseconds=args.epoch_ms), recovery_dir=args.recovery_dir,
-                 stop_when_idle=args.stop_when_idle, process_id=args.process_id,
-                 addresses=addresses, max_ticks=args.ticks,
-                 metrics_port=args.metrics_port, stuck_after=args.stuck_after,
-                 inputs=dict(args.input))
-    except Exception as exc:
-        return _failed(exc, "the job")
-    return 0
+                           metrics_port=args.metrics_port, member=_member(args))
+    return _member(args)(args.process_id, addresses, args.metrics_port)
+
+
+def _member(args: argparse.Namespace) -> Callable[[int | None, list[str] | None, int | None],
+                                                  int]:
+    """Run the flow in this process as ``args`` say, as process ``process_id`` of
+    ``addresses`` (a cluster) serving metrics on ``metrics_port``; the exit code. The
+    members of ``--processes N`` are forks of their launcher that call it."""
+    from waxflow.dataflows.runner import run_here
+
+    def run(process_id: int | None, addresses: list[str] | None,
+            metrics_port: int | None) -> int:
+        try:
+            run_here(args.flow, workers=args.workers,
+                     epoch=timedelta(milliseconds=args.epoch_ms),
+                     recovery_dir=args.recovery_dir, stop_when_idle=args.stop_when_idle,
+                     process_id=process_id, addresses=addresses, max_ticks=args.ticks,
+                     metrics_port=metrics_port, stuck_after=args.stuck_after,
+                     inputs=dict(args.input))
+        except KeyboardInterrupt:  # as main() says it (a forked member has no main())
+            return 130
+        except Exception as exc:
+            return _failed(exc, "the job")
+        return 0
+
+    return run
 
 
 def _failed(exc: Exception, what: str) -> int:
@@ -496,19 +512,28 @@ def _check_numbers(parser: argparse.ArgumentParser) -> None:
                 action.type = RANGES_BY_DEST[action.dest]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser; subcommands register themselves here."""
+#: the subcommands this module defines (the others come from the history's and the server's
+#: modules)
+OWN_COMMANDS = ("broker", "validate", "schema", "run", "test")
+
+
+def build_parser(*, own_only: bool = False) -> argparse.ArgumentParser:
+    """The full argument parser; subcommands register themselves here. ``own_only``: only
+    :data:`OWN_COMMANDS`, for a command line naming one of them first (its parser is the
+    same; the others' modules cost ~25 ms of CPU to import, rich's tables among them, in
+    every process of ``waxflow run``)."""
     parser = argparse.ArgumentParser(prog="waxflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    from waxflow.recovery.executions_cli import add_parser as add_executions
-    from waxflow.server.command import add_parser as add_server
-
     _add_broker(sub)
     _add_flow_commands(sub)
-    add_executions(sub)
-    _wrap_executions(sub.choices["executions"])
-    add_replay(sub.choices["executions"])
-    add_server(sub)
+    if not own_only:
+        from waxflow.recovery.executions_cli import add_parser as add_executions
+        from waxflow.server.command import add_parser as add_server
+
+        add_executions(sub)
+        _wrap_executions(sub.choices["executions"])
+        add_replay(sub.choices["executions"])
+        add_server(sub)
     _check_numbers(parser)
     return parser
 
@@ -541,8 +566,9 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``waxflow`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(own_only=bool(words) and words[0] in OWN_COMMANDS)
+    args = parser.parse_args(words)
     _check_combinations(parser, args)
     func: Command = args.func
     try:

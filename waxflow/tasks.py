@@ -22,9 +22,9 @@ from waxflow.errors import WaxflowError
 TASK_TYPES: dict[str, type[TaskBase]] = {}
 #: other accepted spellings of a task type (Kestra's full names) -> the registered name
 TASK_ALIASES: dict[str, str] = {}
-# ``AnyTask`` (the discriminated union of every registered type) is resolved by
-# ``waxflow.dataflows.spec.task_union()`` once all task modules are imported; fields that hold child
-# task lists are annotated ``list[AnyTask]``.
+# ``AnyTask`` (the discriminated union of the registered types the process's flows use) is
+# resolved by ``waxflow.dataflows.spec.task_union()``; fields that hold child task lists are
+# annotated ``list[AnyTask]``.
 
 T = TypeVar("T", bound="type[TaskBase]")
 
@@ -105,7 +105,10 @@ class RunContext(Protocol):
 class TaskBase(BaseModel):
     """Properties every task has."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # built on demand (``defer_build``): a process builds the task types its flows use, when
+    # ``waxflow.dataflows.spec`` puts them in the task union, not every type its modules
+    # register (about 7 ms of CPU each)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     TYPE: ClassVar[str] = ""
     # whether ``run`` may wait on I/O (HTTP, Kafka, a warehouse, user code): a flow whose
     # tasks never block runs its executions on the worker thread, without a thread pool
@@ -204,7 +207,8 @@ def add_task_aliases(name: str, *aliases: str) -> None:
     spellings = (name, *sorted(a for a, n in TASK_ALIASES.items() if n == name))
     if len(spellings) > 1:
         cls.model_fields["type"].annotation = Literal[spellings]  # type: ignore[assignment]
-        cls.model_rebuild(force=True, raise_errors=False)
+        if cls.__pydantic_complete__:  # a model not built yet takes the spellings when it is
+            cls.model_rebuild(force=True, raise_errors=False)
 
 
 def canonical_task_type(name: str) -> str:
@@ -218,4 +222,4 @@ def known_task_type(name: Any) -> bool:
 
 
 if TYPE_CHECKING:
-    AnyTask = TaskBase  # at run time: the discriminated union of all registered types
+    AnyTask = TaskBase  # at run time: the discriminated union of the task types in use

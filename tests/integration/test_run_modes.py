@@ -140,3 +140,45 @@ def test_run_with_inputs(bootstrap: str, new_topic: Callable[..., str], tmp_path
     latest = _check_all_done(bootstrap, topic, group, log_topic, 2)
     outs = {d["taskRuns"][0]["outputs"]["twice"] for d in latest.values()}  # type: ignore[index]
     assert outs == {10 * i for i in range(20)}
+
+
+def test_processes_are_forks_of_the_launcher_or_spawned_without_one(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """``--processes 2``'s members are forks of the launcher (which imported and validated
+    everything they need), so they run its command line; ``run_cluster`` without a member
+    to fork (as when the launcher is not single-threaded) spawns ``python -m waxflow.cli``
+    members instead. Either way the two do every record."""
+    topic, group, log_topic = new_topic(2), f"g-{uuid.uuid4().hex[:8]}", new_log_topic()
+    produce_json(bootstrap, topic, [{"id": i, "n": i} for i in range(40)], partitions=2)
+    flow = write_flow(tmp_path, FLOW.format(topic=topic, group=group))
+    env = flow_env(bootstrap, log_topic)
+    proc = start_flow(flow, env, "--processes", "2", idle=600)
+    try:
+        deadline = time.monotonic() + 120
+        while len(latest_by_id(log_documents(bootstrap, log_topic))) < 40:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the two processes did not do the work"
+            time.sleep(0.5)
+        kids = _children(proc.pid)
+        assert len(kids) == 2, kids
+        launcher = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert all(Path(f"/proc/{k}/cmdline").read_bytes() == launcher for k in kids)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count("stopped by SIGTERM") == 2, err[-3000:]
+    _check_all_done(bootstrap, topic, group, log_topic, 2)
+
+    produce_json(bootstrap, topic, [{"id": i, "n": i} for i in range(40, 80)], partitions=2)
+    spawn = (f"import sys; from waxflow.dataflows.runner import run_cluster; "
+             f"sys.exit(run_cluster(['run', {str(flow)!r}, '--stop-when-idle', '2'], 2, "
+             f"flow_path={str(flow)!r}))")
+    res = subprocess.run([sys.executable, "-c", spawn], env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    _check_all_done(bootstrap, topic, group, log_topic, 2)

@@ -126,3 +126,19 @@ def test_type_errors_are_argparse_usage_errors() -> None:
     assert callable(workers.type)
     with pytest.raises(argparse.ArgumentTypeError):
         workers.type("0")
+
+
+def test_a_command_of_this_module_gets_the_same_parser_alone() -> None:
+    """``waxflow run ...`` (and the other commands :mod:`waxflow.cli` defines) is parsed by
+    a parser without the history's and the server's commands: each of its subcommands
+    reads and documents its options as the full parser's does."""
+    def by_prog(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return {p.prog: p for p in subparsers(parser)}
+
+    full, own = by_prog(build_parser()), by_prog(build_parser(own_only=True))
+    assert "waxflow executions list" in full and "waxflow executions list" not in own
+    assert {"waxflow run", "waxflow test", "waxflow validate", "waxflow schema",
+            "waxflow broker start"} <= set(own)
+    for prog, parser in own.items():
+        if prog != "waxflow":
+            assert parser.format_help() == full[prog].format_help(), prog
