@@ -12,15 +12,18 @@ single-worker ``run_main``, 200 ms epochs) on a fresh topic / group / log topic 
 the end). cProfile runs on the Bytewax worker thread (which is also where the tasks run: no
 task has a timeout) with a **CPU-time** timer (``time.thread_time``), so percentages are of
 the worker thread's CPU time; time spent *sleeping* is not CPU and is reported separately:
-the batch source's ``next_batch`` is wrapped to count the calls that returned no batch (after
-each, Bytewax waits until ``next_awake()``, 20 ms later) and the records they read.
-``--whatif-awake`` patches, in this process only, ``_BatchPartition.next_awake`` to return
-"now" while the consumer still returns full reads, to measure what the 20 ms pause costs.
+the batch source's ``next_batch`` is wrapped to count the calls that returned no batch and
+the records they read, and the pauses Bytewax takes until ``next_awake()`` (the source asks
+for 5 ms when a read came back short of 1,000 records, none after a full one).
+``--whatif-awake`` clears, in this process only, the pause after any call that read 1,000
+records or more (the source itself does that now; kept to check it).
 
 Components mode (no Kafka, no Bytewax, no profiler): one batch of ``--records`` synthetic
 records (the bench's ~200-byte JSON) through each stage of the product code, timed (wall
-and this thread's CPU): the bulk path (``waxflow.connectors.jsonbatch``) and the record-by-record
-path it falls back to, then the Parquet and DuckDB targets; with ``--target postgres`` also
+and the process's CPU, library threads included): the bulk path
+(``waxflow.connectors.jsonbatch``) and the record-by-record path it falls back to, then the
+Parquet and DuckDB targets (``duckdb.Load`` as the bench runs it, then the parts of its
+insert with DuckDB's default threads and with the load's); with ``--target postgres`` also
 ``postgres.Load`` (MERGE on the coordinates) of that batch into a fresh table (every key new:
 straight COPY), once more (every key seen: staging + ``INSERT … ON CONFLICT``, nothing
 changed) and of the next batch (new keys again), each with the server's statement times.
@@ -101,10 +104,14 @@ class SourceStats:
         self.records_read_in_empty = 0
         self.seconds = 0.0
         self.paused = 0
+        self.asleep = 0.0  # the pauses asked for by next_awake(), s
 
 
 def instrument_source(whatif_awake: bool) -> SourceStats:
-    """Count next_batch calls that emit nothing (each is followed by a 20 ms pause)."""
+    """Count next_batch calls that emit nothing, and those followed by a pause (the source's
+    ``next_awake()`` in the future: it read less than a full consume)."""
+    from datetime import datetime
+
     from waxflow.connectors import kafka_batch
 
     stats = SourceStats()
@@ -123,8 +130,10 @@ def instrument_source(whatif_awake: bool) -> SourceStats:
             stats.records_read_in_empty += grew
             if whatif_awake and grew >= 1000:
                 self._awake = None  # the consumer had more: come back at once
-            else:
-                stats.paused += 1
+        if self._awake is not None:
+            stats.paused += 1
+            stats.asleep += max(0.0, (self._awake - datetime.now().astimezone()
+                                      ).total_seconds())
         return out
 
     cls.next_batch = next_batch  # type: ignore[method-assign]
@@ -165,7 +174,7 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"{args.records:,} records, target {args.target}, {len(docs)} batches "
               f"{counts} states {sorted(states)}; "
               f"{'cProfile (CPU timer)' if not args.no_profile else 'no profiler'}"
-              f"{', what-if: no 20 ms pause while reads are full' if args.whatif_awake else ''}")
+              f"{', what-if: no pause while reads are full' if args.whatif_awake else ''}")
         print(f"  steady rate (batches 2..K, endDate to endDate): {steady:,.0f} records/s; "
               f"run_main wall {wall:.2f} s (incl. {microbatch.IDLE:g} s idle stop)")
         print(f"  worker-thread CPU {thread_cpu:.2f} s = {thread_cpu / args.records * 1e6:.1f} "
@@ -173,8 +182,8 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"  source: {src.calls:,} next_batch calls, {src.seconds:.2f} s inside; "
               f"{src.empty_with_buffer:,} returned no batch while buffering "
               f"({src.records_read_in_empty:,} records read by those calls); "
-              f"{src.paused:,} of them were followed by a 20 ms pause = "
-              f"{src.paused * 0.02:.2f} s asleep")
+              f"{src.paused:,} calls were followed by a pause (next_awake) = "
+              f"{src.asleep:.2f} s asleep")
         if args.no_profile:
             return 0
         st = pstats.Stats(prof)
@@ -191,7 +200,6 @@ def _profile(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- components mode
 def components(args: argparse.Namespace) -> int:
-    import duckdb
     import pyarrow.parquet as pq
 
     from waxflow.connectors import jsonbatch
@@ -206,10 +214,10 @@ def components(args: argparse.Namespace) -> int:
     results: list[tuple[str, float, float]] = []
 
     def timed(name: str, fn: Any) -> Any:
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         results.append((name, (time.perf_counter() - t0) / n * 1e6,
-                        (time.thread_time() - c0) / n * 1e6))
+                        (time.process_time() - c0) / n * 1e6))
         return out
 
     try:
@@ -254,31 +262,70 @@ def components(args: argparse.Namespace) -> int:
         timed("pq.write_table (Parquet, default snappy)",
               lambda: pq.write_table(table, tmp / "x.parquet"))
 
-        def duck() -> None:
-            with duckdb.connect(str(tmp / "x.duckdb")) as con:
-                con.register("b", table)
-                con.execute("CREATE TABLE IF NOT EXISTS e AS SELECT * FROM b LIMIT 0")
-                con.begin()
-                con.execute("INSERT INTO e BY NAME SELECT * FROM b")
-                con.commit()
-
-        timed("DuckDB: register Arrow + INSERT BY NAME + commit", duck)
+        duckdb_components(timed, storage, table, n, tmp)
         server_lines = postgres_components(args, timed, storage, uri, n) if (
             args.target.startswith("postgres")) else []
         print(f"per-record cost of each stage, {n:,} records in one batch (us/record; wall "
-              f"on this loaded machine, and this thread's CPU; no profiler); load "
+              f"on this loaded machine, and the process's CPU; no profiler); load "
               f"{benchkit.load()} on {os.cpu_count()} CPUs")
         print(f"  Ion-text file {len(bulk.data) / n:.0f} B/record; binary ION file "
               f"{Path(uri2.removeprefix('file://')).stat().st_size / n:.0f} B/record")
         print(f"  {'wall':>8} {'cpu':>8}")
         for name, wall, cpu in results:
             print(f"  {wall:8.2f} {cpu:8.2f}  {name}")
-        print("  (pyarrow.json and DuckDB use their own threads: their CPU is not in 'cpu')")
+        print("  ('cpu' is the process's CPU: pyarrow.json and DuckDB threads included)")
         for line in server_lines:
             print(line)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def duckdb_components(timed: Any, storage: Any, table: Any, n: int, tmp: Path) -> None:
+    """Time ``duckdb.Load`` (APPEND, as bench/microbatch.py runs it) of a batch into a table
+    that exists (the steady state: an earlier batch created it), then the same insert with
+    DuckDB's default threads (one per core) and its parts (connect, INSERT, commit, close)."""
+    import duckdb
+
+    sys.path.insert(0, str(BENCH.parent))
+    from tests.task_helpers import FakeContext, parse_task
+    from waxflow.connectors import jsonbatch
+    from waxflow.connectors.duckdb import LOAD_THREADS
+    from waxflow.records import RecordFields
+
+    def next_uri(k: int) -> str:
+        recs: list[RecordFields] = [("topic", i % 3, i // 3, str(i).encode(),
+                                     benchkit.record(i), 1_700_000_000_000 + i, ())
+                                    for i in range(k * n, (k + 1) * n)]
+        bulk = jsonbatch.encode(recs)
+        assert bulk is not None, "the bench's records always take the bulk path"
+        return str(storage.put_data(f"b/d{k}.ion", bulk.data, bulk.table))
+
+    db = tmp / "load.duckdb"
+    task = parse_task({"id": "load", "type": "duckdb.Load", "from": "{{ uri }}",
+                       "database": str(db), "table": "events", "mode": "APPEND"})
+    for k in range(3):  # batch 0 creates the table
+        uri = next_uri(k + 1)
+        ctx = FakeContext({"uri": uri, "flow": {"namespace": "bench", "id": "prof"},
+                           "execution": {"id": f"e-{k}"}})
+        label = "creates the table" if k == 0 else f"existing table, batch {k + 1}"
+        timed(f"duckdb.Load APPEND ({LOAD_THREADS} DuckDB thread), {label}",
+              lambda c=ctx: task.run(c))
+
+    raw = tmp / "default.duckdb"
+    with duckdb.connect(str(raw)) as con:
+        con.register("b", table)
+        con.execute("CREATE TABLE e AS SELECT * FROM b LIMIT 0")
+    for threads in (None, LOAD_THREADS, None, LOAD_THREADS):
+        name = "default threads" if threads is None else f"threads={threads}"
+        con = timed(f"  DuckDB {name}: connect", lambda t=threads: duckdb.connect(
+            str(raw), config={} if t is None else {"threads": t}))
+        con.register("b", table)
+        con.begin()
+        timed(f"  DuckDB {name}: INSERT BY NAME from Arrow",
+              lambda c=con: c.execute("INSERT INTO e BY NAME SELECT * FROM b").fetchall())
+        timed(f"  DuckDB {name}: commit", con.commit)
+        timed(f"  DuckDB {name}: close", con.close)
 
 
 def postgres_components(args: argparse.Namespace, timed: Any, storage: Any, uri: str,

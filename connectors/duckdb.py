@@ -12,6 +12,12 @@ rides over it.
 
 Database: ``database`` (rendered), else ``$WAXFLOW_DUCKDB``, else
 ``.waxflow/warehouse.duckdb``; parent directories are created.
+
+Threads: a load runs DuckDB on :data:`LOAD_THREADS` (one) thread. DuckDB's parallel insert
+into a database file took about twice the CPU of a one-thread insert (the bench's records,
+200k: 0.75 s vs 0.37 s; 1M: 2.9 s vs 1.8 s) and was no faster on two cores; in a micro-batch
+flow that CPU is the Kafka consumer's (``bench/profile_microbatch.py --components``).
+``duckdb.Query`` keeps DuckDB's default, a thread per core: its SQL is the user's.
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ from waxflow.connectors.warehouse import WarehouseLoad, WarehouseQuery
 from waxflow.expressions import mask
 from waxflow.tasks import RunContext, TaskFailure, task_type
 
-__all__ = ["Load", "Query", "connect", "database_path", "quote_ident"]
+__all__ = ["LOAD_THREADS", "Load", "Query", "connect", "database_path", "quote_ident"]
 
 DEFAULT_DATABASE = ".waxflow/warehouse.duckdb"
 _BATCH = "__waxflow_batch"
 _KEYED = "__waxflow_keyed_batch"
 _ORDINAL = "__waxflow_ordinal"
+
+#: DuckDB threads of a ``duckdb.Load`` (see the module doc)
+LOAD_THREADS = 1
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_LOCK = threading.Lock()
@@ -58,13 +67,15 @@ def _lock_for(path: str) -> threading.Lock:
 
 
 @contextmanager
-def connect(database: str | None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to ``database`` held under the per-path lock, closed on exit."""
+def connect(database: str | None, *, threads: int | None = None
+            ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to ``database`` held under the per-path lock, closed on exit; DuckDB
+    runs its queries on ``threads`` threads (None: DuckDB's default, one per core)."""
     path = database_path(database)
     with _lock_for(path):
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(path)
+        con = duckdb.connect(path, config={} if threads is None else {"threads": threads})
         try:
             yield con
         finally:
@@ -260,7 +271,7 @@ class Load(WarehouseLoad):
             return out  # every record set aside: nothing to load
         batch = split.table
         try:
-            with connect(database) as con:
+            with connect(database, threads=LOAD_THREADS) as con:
                 con.register(_BATCH, batch)
                 con.begin()
                 try:

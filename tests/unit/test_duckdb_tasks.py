@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 import waxflow.connectors.bigquery
 import waxflow.connectors.duckdb
-import waxflow.connectors.snowflake  # noqa: F401  (registers the warehouse tasks)
+import waxflow.connectors.snowflake  # (registers the warehouse tasks)
 from tests.task_helpers import FakeContext, parse_task
 from waxflow.connectors.bigquery import shape_rows
 from waxflow.connectors.storage import Storage, read_records
@@ -151,6 +151,20 @@ def test_connection_is_closed_after_each_run(batch: str, db: str) -> None:
         assert con.execute("select count(*) from raw.events").fetchone() == (50,)
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_connect_runs_duckdb_on_the_threads_asked(db: str, threads: int) -> None:
+    with waxflow.connectors.duckdb.connect(db, threads=threads) as con:
+        assert con.execute("select current_setting('threads')").fetchone() == (threads,)
+
+
+def test_a_load_keeps_the_batch_order(tmp_path: Path, db: str) -> None:
+    uri, _ = Storage(str(tmp_path / "storage")).put_records(
+        "exec-2.ion", [record(i) for i in range(5000)])
+    assert load(uri, db)["rows"] == 5000
+    rows = query(db, "select _offset from raw.events order by rowid")["rows"]
+    assert [r["_offset"] for r in rows] == list(range(5000))
 
 
 def test_default_database_comes_from_env(batch: str, db: str,
