@@ -53,6 +53,9 @@ RECORD_KEYS = frozenset({"key", "value", "topic", "partition", "timestamp", "hea
 #: how long the first Produce to a cluster waits for it (kafka.Consume's bound, same message)
 REACH_TIMEOUT = 15.0
 _reached: set[str] = set()  # bootstrap lists this process has reached once
+#: a record ready to send: (topic, key, value, headers, partition, timestamp)
+Prepared = tuple[str, bytes | None, bytes | None, list[tuple[str, str | bytes | None]],
+                 int | None, int | None]
 _CONNECTION_KEYS = ("bootstrap.servers", "security.protocol", "sasl.", "ssl.", "socket.",
                     "client.", "broker.address.family", "enable.ssl", "logger", "error_cb",
                     "log_level")
@@ -175,20 +178,24 @@ class Produce(TaskBase):
         plain: Serializer = serializer(name)
         return lambda value, _topic: plain(value)
 
-    def run(self, ctx: RunContext) -> dict[str, Any] | None:
-        items = load_records(ctx.render(self.from_))
-        default_topic = ctx.render(self.topic) if self.topic else None
-        task_headers = ({k: str(v) for k, v in ctx.render(self.headers).items()}
-                        if self.headers else {})
-        exec_id = str(ctx.vars["execution"]["id"])
+    def serializers(self) -> tuple[Callable[[Any, str], bytes | None],
+                                   Callable[[Any, str], bytes | None]]:
+        """The key and value serializers, built once."""
         private: dict[str, Any] = self.__pydantic_private__  # type: ignore[assignment]
         sers = private["_sers"]  # (one look-up, not pydantic's per attribute)
         if sers is None:
             sers = private["_sers"] = (
                 self._serializer(self.keySerializer, self.keyAvroSchema, "key"),
                 self._serializer(self.valueSerializer, self.valueAvroSchema, "value"))
-        ser_key, ser_value = sers
-        prepared = []
+        return sers  # type: ignore[no-any-return]
+
+    def prepare(self, items: list[Any], default_topic: Any, task_headers: dict[str, str],
+                exec_id: str) -> list[Prepared]:
+        """The records to send for ``items`` (what ``from`` designates, :func:`load_records`)
+        with the rendered ``topic`` and ``headers``: every record serialized before any is
+        sent; a record that does not fit fails the task (TaskFailure naming it)."""
+        ser_key, ser_value = self.serializers()
+        prepared: list[Prepared] = []
         for i, item in enumerate(items):
             if not isinstance(item, dict) or RECORD_KEYS.isdisjoint(item):
                 item = {"value": item}  # a bare value (e.g. an item of an API response)
@@ -211,6 +218,15 @@ class Produce(TaskBase):
             prepared.append((str(topic), key, value, headers,
                              int(part) if part is not None else None,
                              _timestamp(item.get("timestamp"))))
+        return prepared
+
+    def run(self, ctx: RunContext) -> dict[str, Any] | None:
+        items = load_records(ctx.render(self.from_))
+        default_topic = ctx.render(self.topic) if self.topic else None
+        task_headers = ({k: str(v) for k, v in ctx.render(self.headers).items()}
+                        if self.headers else {})
+        exec_id = str(ctx.vars["execution"]["id"])
+        prepared = self.prepare(items, default_topic, task_headers, exec_id)
         conf = self.client_conf()
         scope = getattr(ctx, "batch", None)
         deferring = getattr(scope, "deferring", False)

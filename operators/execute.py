@@ -11,6 +11,12 @@ source's next read) — a slow or retrying record never stalls the others. (``wa
 and replays run a record's job with :meth:`Executor.run_job
 <waxflow.operators.executor.Executor.run_job>` instead.)
 
+A flow the compiled path takes (:mod:`waxflow.operators.fastpath`: simple tasks, direct
+templates, a consumer group in quiet mode) runs each record through its compiled function in
+the same loop; a record it cannot vouch for (None) takes the job/pipeline path above, as do
+filtered records, serde failures, and every record of a batch while a secret is registered
+or the job is stopping.
+
 Serde failures become SKIPPED executions (and DLQ records, delivered before their execution
 counts as done). Share groups: each record's outcome goes back to its source partition for
 the ack (G4).
@@ -18,6 +24,7 @@ the ack (G4).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +36,8 @@ from waxflow.connectors.execution_log import LOG_HEADER, LogBatch
 from waxflow.execution import Execution, State, TriggerInfo, jsonable, record_ids
 from waxflow.flow import FlowBase
 from waxflow.operators.executor import Executor, Job
+from waxflow.operators.fastpath import LOG as FAST_LOG
+from waxflow.operators.fastpath import CompiledFlow, FastRun, compile_flow
 from waxflow.operators.pipeline import Pipeline
 from waxflow.operators.transactions import Transactions
 from waxflow.progress import Progress
@@ -52,6 +61,10 @@ class RecordExecutions:
         self.pipeline: Pipeline | None = None
         self.progress: Progress | None = None
         self._ids = record_ids(flow.namespace, flow.id)
+        #: the flow compiled for the per-batch path (:mod:`waxflow.operators.fastpath`),
+        #: None when it takes the general path; decided at the first batch
+        self.fast: CompiledFlow | None = None
+        self._fast_decided = False
 
     def pipelined(self, txn_conf: Mapping[str, Any] | None = None
                   ) -> tuple[Progress, Transactions | None]:
@@ -115,6 +128,25 @@ class RecordExecutions:
 
         return note
 
+    def _compiled(self) -> CompiledFlow | None:
+        """The compiled flow when the per-batch path applies (decided once): a consumer
+        group's flow run inline in quiet mode, without RUNNING documents."""
+        if not self._fast_decided:
+            assert self.pipeline is not None
+            executor = self.executor
+            if (not self.share and self.pipeline.quiet and executor.inline
+                    and not executor.running_docs):
+                fast = compile_flow(flow=self.flow, exprs=executor.engine.exprs,
+                                    env=executor.engine.env, trigger_type=self.trigger_type)
+                txn = self.pipeline.txn
+                if fast is not None and fast.transactional and (txn is None or not all(
+                        txn.accepts(task.client_conf()) for task in fast.transactional)):
+                    fast = None  # (the general path fails such a task, naming why)
+                if fast is None or not fast.produces or executor.output is not None:
+                    self.fast = fast
+            self._fast_decided = True
+        return self.fast
+
     def _submit(self, items: list[Decoded]) -> list[Done]:
         """Pipelined mode: start every execution and return at once (nothing to emit: the
         source commits by the partitions' progress)."""
@@ -126,14 +158,38 @@ class RecordExecutions:
         share = self.share
         if share:
             from waxflow.connectors.kafka_share import share_ack, share_filtered
+        fast = self._compiled()
+        if fast is not None and not self.pipeline.fast_ready():
+            fast = None  # this batch: the general path (a secret registered, stopping)
+        runs: list[tuple[FastRun, Any]] = []
+        busy = self.pipeline.key_busy
+        ordered = self.executor.key_ordering
+        general_keys: set[Any] = set()  # keyOrdering: keys of this batch's general records
         for r in items:
+            if (fast is not None and r.error is None and not r.filtered
+                    and not (ordered and (r.raw.key in general_keys or busy(r.raw.key)))):
+                run = fast.run(r, self.id_of(r))
+                if run is not None:
+                    runs.append((run, part_of(r.raw.topic, r.raw.partition)))
+                    continue
             job = self.job(r, batch)
             if job is not None:
                 started.append((job, r))
+                if ordered:
+                    general_keys.add(r.raw.key)
             elif share:  # filtered out by headerFilters: done as it is
                 share_filtered(r)
             else:
                 part_of(r.raw.topic, r.raw.partition).done(r.raw.offset)
+        if fast is not None and FAST_LOG.isEnabledFor(logging.DEBUG):
+            FAST_LOG.debug("compiled path: %d of %d records", len(runs), len(items))
+        if runs:
+            assert fast is not None
+            # a record the broker refused at once: the general path runs it (and fails it)
+            for run in self.pipeline.submit_fast(fast, runs):
+                job = self.job(run.rec, batch)
+                assert job is not None
+                started.append((job, run.rec))
         if batch.sent:
             batch.wait()  # DLQ records are delivered before their executions can be done
         submit = self.pipeline.submit

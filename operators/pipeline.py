@@ -40,6 +40,12 @@ is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
   <waxflow.progress.Progress.error>`: the source raises it at its next read, and since that
   offset is never marked done, nothing past it is committed.
 
+The compiled path: a simple flow's records (:mod:`waxflow.operators.fastpath` says which)
+are run a batch at a time by the execute step, which hands the results to
+:meth:`Pipeline.submit_fast`: records enqueued, then terminal documents, settled at the
+snapshot exactly as the quiet executions above (a late failure builds the execution object
+then, fails it and documents it again).
+
 Used for every realtime flow, consumer groups and share groups. Share groups: ``done`` sends
 the record's ack by outcome, and a retry that would outlive the record lock gives the record
 back (:class:`Returnable`) instead of pausing; a transactional Produce task there commits its
@@ -64,12 +70,19 @@ from typing import Any, Protocol, runtime_checkable
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from waxflow.connectors import metrics, shutdown
-from waxflow.connectors.deliveries import OUTAGE, Deliveries, QuietDeliveries, is_outage
+from waxflow.connectors.deliveries import (
+    OUTAGE,
+    Deliveries,
+    QuietDeliveries,
+    describe_record,
+    is_outage,
+)
 from waxflow.connectors.execution_log import ExecutionLog
 from waxflow.connectors.kafka_output import BatchScope
 from waxflow.errors import DeliveryError
-from waxflow.execution import State, now
+from waxflow.execution import State, now, secrets_registered
 from waxflow.operators.executor import Executor, Job, fail_late, stopped_by
+from waxflow.operators.fastpath import CompiledFlow, FastRun
 from waxflow.operators.transactions import Buffered, Produced, Transactions
 from waxflow.progress import PartitionProgress, Progress
 
@@ -143,6 +156,75 @@ class _Item:
     #: quiet mode: its Produce task runs' records, checked when the execution is settled
     outputs: list[tuple[str, Deliveries]] | None = None
 
+    def failed(self) -> bool:
+        """Its execution is FAILED."""
+        return self.job.execution.state == State.FAILED
+
+    def held(self) -> Produced:
+        """Its transactional records, for the transaction that commits its offset."""
+        assert self.produced is not None
+        execution = self.job.execution
+        return Produced(execution.id, self.produced, execution)
+
+
+class _Outputs:
+    """A compiled-path execution's records of one Produce task run on a quiet producer: the
+    delivery reports (failures only) record what failed, worded as :class:`QuietDeliveries`
+    words it."""
+
+    __slots__ = ("_errors",)
+
+    def __init__(self) -> None:
+        self._errors: list[str] = []
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:  # (a quiet producer reports failures only)
+            return
+        try:
+            value = msg.value()
+            headers: Any = msg.headers()  # (name, bytes) pairs, as they were sent
+            what = describe_record(msg.topic() or "?", msg.key(),
+                                   len(value) if value is not None else None, headers)
+        except Exception:  # never lose the error over its description
+            what = f"record to topic {msg.topic()}"
+        self._errors.append(f"{what}: {err.str()}")
+
+    def errors(self) -> list[str]:
+        """The failed deliveries reported so far, described (empty: none failed)."""
+        return list(self._errors)
+
+
+class _FastItem:
+    """A compiled-path execution (:mod:`waxflow.operators.fastpath`) until it is settled:
+    what the quiet settling reads of an :class:`_Item`; its execution object is built only
+    if it is needed (a failed delivery)."""
+
+    __slots__ = ("_job", "offset", "outputs", "part", "produced", "run")
+    quiet = True
+
+    def __init__(self, run: FastRun, part: Completion, offset: int) -> None:
+        self.run = run
+        self.part = part
+        self.offset = offset
+        self.outputs: list[tuple[str, Any]] | None = None
+        self.produced: list[tuple[str, Buffered]] | None = None
+        self._job: Job | None = None
+
+    @property
+    def job(self) -> Job:
+        if self._job is None:
+            self._job = Job(self.run.execution(), None)
+        return self._job
+
+    def failed(self) -> bool:
+        """Its execution is FAILED (only a late failure makes it so: then it is built)."""
+        return self._job is not None and self._job.execution.state == State.FAILED
+
+    def held(self) -> Produced:
+        """Its transactional records (its execution object built only if one is refused)."""
+        assert self.produced is not None
+        return Produced(self.run.exec_id, self.produced, self.run.execution)
+
 
 class _Sent:
     """A document sent on the quiet log producer, not yet known acknowledged; its delivery
@@ -150,7 +232,7 @@ class _Sent:
 
     __slots__ = ("document", "error", "item", "terminal")
 
-    def __init__(self, item: _Item, document: bytes, terminal: bool) -> None:
+    def __init__(self, item: _Item | _FastItem, document: bytes, terminal: bool) -> None:
         self.item = item
         self.document = document
         self.terminal = terminal
@@ -263,6 +345,119 @@ class Pipeline:
             self._start(item)
         else:
             self._pool_submit(self._start, item)
+
+    # -- the compiled path (consumer groups, quiet mode) ------------------------------------
+    @property
+    def quiet(self) -> bool:
+        """Quiet mode (metrics off): documents and records settled at snapshots."""
+        return self._quiet
+
+    def fast_ready(self) -> bool:
+        """Whether a batch may take the compiled path now: no secret registered (documents
+        are redacted on the general path) and the job is not stopping."""
+        return not secrets_registered() and not shutdown.requested()
+
+    def key_busy(self, key: Any) -> bool:
+        """``keyOrdering``: an execution of ``key`` is unfinished (paused for a retry)."""
+        return bool(self._busy_keys) and key in self._busy_keys
+
+    def submit_fast(self, fast: CompiledFlow,
+                    runs: list[tuple[FastRun, Any]]) -> list[FastRun]:
+        """Emit the executions the compiled path ran (consumer groups, quiet mode): for each,
+        its Produce records on the quiet producers, its log lines, then its terminal document
+        on the quiet log producer; each is done at the first snapshot after the broker
+        acknowledged both (:meth:`_settle`), exactly as :meth:`_send_quiet` settles the
+        general path's. Returns the runs whose first record the broker refused at once
+        (e.g. over ``message.max.bytes``): nothing of them was sent, the general path runs
+        them (and records the failure)."""
+        log = self.log()
+        log_producer = log.quiet_producer()
+        topic = log.topic
+        output = self.executor.output
+        refused: list[FastRun] = []
+        sent: list[_Sent] = []
+        try:
+            for run, part in runs:
+                item = _FastItem(run, part, run.rec.raw.offset)
+                if run.records:
+                    assert output is not None
+                    outputs: list[tuple[str, Any]] = []
+                    held: list[tuple[str, Buffered]] = []
+                    first, refuse = True, False  # first: nothing of it sent yet
+                    for task, records in run.records:
+                        if task.transactional:  # held for the epoch's transaction
+                            assert self.txn is not None
+                            buffered = self.txn.buffer(task.client_conf())
+                            for out_topic, key, value, headers, partition, ts in records:
+                                buffered.produce(out_topic, key, value, headers,
+                                                 partition=partition, timestamp=ts)
+                            held.append((task.id, buffered))
+                            continue
+                        producer = output.quiet_producer(task.client_conf())
+                        report = _Outputs()
+                        for out_topic, key, value, headers, partition, ts in records:
+                            if not self._produce_quiet(producer, out_topic, key, value, headers,
+                                                       partition, ts, report, first=first):
+                                refuse = True
+                                break
+                            first = False
+                        if refuse:
+                            break
+                        outputs.append((task.id, report))
+                    if refuse:  # its first record refused at once: nothing of it was sent
+                        refused.append(run)
+                        continue
+                    item.outputs = outputs or None
+                    item.produced = held or None
+                    run.records = []  # sent or held: nothing to keep them for
+                if run.logs:
+                    fast.print_logs(run)
+                entry = _Sent(item, run.document, True)
+                key = run.exec_id.encode()
+                while True:
+                    try:
+                        log_producer.produce(topic, value=run.document, key=key,
+                                             on_delivery=entry)
+                        break
+                    except BufferError:
+                        self._serve_quiet(0.005)  # drain the queue from here
+                    except KafkaException as exc:  # refused at once
+                        raise DeliveryError(f"cannot send {self._describe(item, run.document)}"
+                                            f": {exc.args[0].str()}") from None
+                sent.append(entry)
+        finally:
+            if sent:
+                with self._lock:  # (after produce: a snapshot's flush covers them)
+                    self._unacked += sent
+        return refused
+
+    def _produce_quiet(self, producer: Any, topic: str, key: bytes | None,
+                       value: bytes | None, headers: Any, partition: int | None,
+                       timestamp: int | None, report: _Outputs, *, first: bool) -> bool:
+        """One record on a quiet producer; False when the broker refused the execution's
+        first record at once (the general path then runs it), and a later one refused at once
+        is a failed delivery of the execution (as :class:`QuietDeliveries` reports it)."""
+        kwargs: dict[str, Any] = {}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp is not None:
+            kwargs["timestamp"] = timestamp
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers,
+                                 on_delivery=report, **kwargs)
+                return True
+            except BufferError:
+                self._serve_quiet(0.05)
+            except KafkaException as exc:
+                if first:
+                    return False
+                err = exc.args[0] if exc.args else None
+                reason = err.str() if isinstance(err, KafkaError) else str(exc)
+                size = len(value) if value is not None else None
+                report._errors.append(
+                    f"cannot send {describe_record(topic, key, size, headers)}: {reason}")
+                return True
 
     # -- resources -----------------------------------------------------------------------------
     def log(self) -> ExecutionLog:
@@ -458,11 +653,11 @@ class Pipeline:
         self._next_of_key(item)
 
     # -- documents ------------------------------------------------------------------------------
-    def _describe(self, item: _Item, document: bytes) -> str:
+    def _describe(self, item: _Item | _FastItem, document: bytes) -> str:
         log = self.log()
         return log.batch().describe(log.topic, item.job.execution.id.encode(), document, None)
 
-    def _send(self, item: _Item, document: bytes, *, terminal: bool,
+    def _send(self, item: _Item | _FastItem, document: bytes, *, terminal: bool,
               after: Callable[[], None] | None = None) -> None:
         log = self.log()
         key = item.job.execution.id.encode()
@@ -480,7 +675,7 @@ class Pipeline:
                 raise DeliveryError(f"cannot send {self._describe(item, document)}: "
                                     f"{exc.args[0].str()}") from None
 
-    def _send_quiet(self, log: ExecutionLog, item: _Item, key: bytes, document: bytes,
+    def _send_quiet(self, log: ExecutionLog, item: _Item | _FastItem, key: bytes, document: bytes,
                     terminal: bool) -> None:
         """A document on the quiet log producer (every document of a quiet execution goes
         there, so they reach the log in the order they were sent): a terminal one settles
@@ -570,30 +765,29 @@ class Pipeline:
         self.progress.fail(DeliveryError(
             f"delivery failed: {self._describe(item, entry.document)}: {err.str()}"))
 
-    def _settled(self, item: _Item) -> bool:
+    def _settled(self, item: _Item | _FastItem) -> bool:
         """A quiet execution's document and records are acknowledged: done (True), or a
         record failed: FAILED, documented again (settled at a later snapshot)."""
         outputs, item.outputs = item.outputs, None
         for task_id, deliveries in outputs or ():
-            assert isinstance(deliveries, QuietDeliveries)
+            assert isinstance(deliveries, QuietDeliveries | _Outputs)
             errors = deliveries.errors()
             if errors:
                 fail_late(item.job.execution, task_id,
                           "delivery failed: " + "; ".join(errors[:5]))
                 self._send(item, item.job.execution.to_json(), terminal=True)
                 return False
-        execution = item.job.execution
-        if self.executor.stop_on_failure and execution.state == State.FAILED:
-            self.progress.fail(stopped_by(execution))
+        if self.executor.stop_on_failure and item.failed():
+            self.progress.fail(stopped_by(item.job.execution))
             return False  # never done: no commit passes it
         if item.produced is not None:  # held for the transaction before the offset is done
             assert self.txn is not None and isinstance(item.part, PartitionProgress)
-            self.txn.put(item.part, item.offset, Produced(execution, item.produced))
+            self.txn.put(item.part, item.offset, item.held())
             item.produced = None
         item.part.done(item.offset)
         return True
 
-    def _delivered(self, item: _Item, document: bytes, terminal: bool,
+    def _delivered(self, item: _Item | _FastItem, document: bytes, terminal: bool,
                    after: Callable[[], None] | None, err: KafkaError | None,
                    _msg: Message) -> None:
         execution = item.job.execution
@@ -618,7 +812,7 @@ class Pipeline:
             return  # never done: no commit passes it
         if item.produced is not None:  # held for the transaction before the offset is done
             assert self.txn is not None and isinstance(item.part, PartitionProgress)
-            self.txn.put(item.part, item.offset, Produced(execution, item.produced))
+            self.txn.put(item.part, item.offset, item.held())
             item.produced = None
         item.part.done(item.offset)
         shutdown.add_done(1)

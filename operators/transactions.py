@@ -77,10 +77,20 @@ class Buffered(Deliveries):
 
 @dataclass(slots=True)
 class Produced:
-    """A done execution's buffered records, by Produce task run."""
+    """A done execution's buffered records, by Produce task run. ``source``: the execution,
+    or a function that builds it (the compiled path, :mod:`waxflow.operators.fastpath`:
+    built only if one of its records is refused)."""
 
-    execution: Execution
+    id: str
     runs: list[tuple[str, Buffered]]
+    source: Execution | Callable[[], Execution]
+
+    @property
+    def execution(self) -> Execution:
+        """The execution (built on first use)."""
+        if not isinstance(self.source, Execution):
+            self.source = self.source()
+        return self.source
 
 
 @dataclass
@@ -119,6 +129,10 @@ class Transactions:
                                     "second target")
             self._same_conf = conf
         return Buffered(conf)
+
+    def accepts(self, conf: Mapping[str, Any]) -> bool:
+        """Whether :meth:`buffer` takes a Produce task's records with these properties."""
+        return conf_key(conf) == self._key
 
     def put(self, part: PartitionProgress, offset: int, produced: Produced) -> None:
         """A done execution's records; called before its offset is marked done."""
@@ -178,7 +192,7 @@ class Transactions:
                             deliveries.produce(topic, key, value, headers,
                                                partition=partition, timestamp=ts)
                         except DeliveryError as exc:  # refused at once (e.g. too large)
-                            failed.setdefault(produced.execution.id, (task_id, str(exc)))
+                            failed.setdefault(produced.id, (task_id, str(exc)))
             try:
                 deliveries.wait()
             except DeliveryError as exc:
@@ -186,7 +200,7 @@ class Transactions:
             if failed:
                 scope.abort()
                 self._refused(taken, failed)
-                taken = [p for p in taken if p.execution.id not in failed]
+                taken = [p for p in taken if p.id not in failed]
                 continue
             scope.commit(offsets)
             worker.committed.update(points)
@@ -203,7 +217,7 @@ class Transactions:
             if got is None:  # not one of ours: the transaction cannot be trusted
                 raise exc
             what = deliveries.describe(*record[:4])
-            failed.setdefault(got[0].execution.id, (got[1], f"delivery failed: {what}: "
+            failed.setdefault(got[0].id, (got[1], f"delivery failed: {what}: "
                                                             f"{err.str()}"))
         if not failed:
             raise exc
@@ -215,7 +229,7 @@ class Transactions:
         batch = self.log().batch()
         stopped: Execution | None = None
         for produced in taken:
-            got = failed.get(produced.execution.id)
+            got = failed.get(produced.id)
             if got is None:
                 continue
             execution = produced.execution

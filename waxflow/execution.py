@@ -727,3 +727,21 @@ def _minimal(doc: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     if dropped:
         out["logsDropped"] = dropped
     return out
+
+
+# ------------------------------------------------------------------ for writers of documents
+def secrets_registered() -> bool:
+    """Whether a secret is registered (then :meth:`Execution.to_json` redacts through the
+    general path, and a writer of document text must leave it to that path)."""
+    return redact_obj(_REDACT_PROBE) is not _REDACT_PROBE
+
+
+#: ``_ENCODE(value)`` of a scalar, a State or a small value, as :meth:`Execution.to_json`
+#: writes it (ValueError for a NaN or infinity)
+json_scalar = _json
+#: ``_ENCODE(value)`` of a value :func:`jsonable` made (ValueError for a NaN or infinity)
+json_value = _value
+#: ``_ENCODE(iso(ts))`` (``null`` for None)
+json_date = _date
+#: the strict compact encoder of documents (ValueError for a NaN or infinity)
+encode_json = _ENCODE
