@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bytewax.dataflow import Dataflow
+if TYPE_CHECKING:  # (an annotation only: the launcher and `validate` need no bytewax)
+    from bytewax.dataflow import Dataflow
 
 
 def load_flow(path: str | Path, stop_when_idle: float | None = None,
