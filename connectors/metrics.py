@@ -12,6 +12,12 @@ Where the numbers come from (one process, one flow):
   loaded (``*.Load`` tasks' ``rows`` output) are read from the terminal document once the
   broker acknowledged it (the execution is *done*); the RUNNING document marks it in flight.
   DLQ records are the other records that producer delivers.
+- **Settled executions** (:func:`executions_done`, :func:`execution_running`): in quiet mode
+  (consumer groups, :mod:`waxflow.operators.pipeline`) documents go to a producer that
+  reports no delivery, so the pipeline counts the executions it settles at each snapshot
+  (their terminal documents acknowledged: done), in bulk, from the execution objects or
+  what the compiled path keeps: the same metrics, by the same labels, as from the
+  documents; they appear within a snapshot (~200 ms) of the acknowledgement.
 - **librdkafka statistics** (:func:`kafka_stats`, the ``stats_cb`` that
   :func:`waxflow.connectors.kafka_config.client_conf` installs when metrics are on): consumer
   lag per partition (high watermark, or last stable offset under ``read_committed``, minus
@@ -40,9 +46,12 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from waxflow.execution import Execution
 
 LOG = logging.getLogger("waxflow.metrics")
 
@@ -268,11 +277,16 @@ def document_written(execution_id: str, document: bytes) -> bool:
     it)."""
     terminal = is_terminal(document)
     if not terminal:
-        with STATE.lock:
-            if not STATE.running:
-                STATE.progress = time.monotonic()  # work starts after an idle spell
-            STATE.running.setdefault(execution_id, time.monotonic())
+        execution_running(execution_id)
     return terminal
+
+
+def execution_running(execution_id: str) -> None:
+    """A RUNNING document of ``execution_id`` was sent: it is in flight until done."""
+    with STATE.lock:
+        if not STATE.running:
+            STATE.progress = time.monotonic()  # work starts after an idle spell
+        STATE.running.setdefault(execution_id, time.monotonic())
 
 
 def _terminal(document: bytes) -> bool:
@@ -292,6 +306,104 @@ def document_done(execution_id: str, document: bytes) -> None:
         observe_document(json.loads(document))
     except Exception:  # a metric must never fail the work
         LOG.debug("cannot read an execution document for metrics", exc_info=True)
+
+
+#: a compiled-path execution settled done (:func:`executions_done`): its id, flow
+#: (``namespace.id``), trigger topic, duration in seconds and its task runs' (task id, type),
+#: each SUCCESS in one attempt lasting the execution's duration
+Compiled = tuple[str, str, str, float, Sequence[tuple[str, str]]]
+
+
+def executions_done(executions: Sequence[Execution] = (), *,
+                    compiled: Sequence[Compiled] = ()) -> None:
+    """Executions whose terminal documents the broker acknowledged, settled together (quiet
+    mode, :meth:`Pipeline._settle <waxflow.operators.pipeline.Pipeline._settle>`): each is
+    done and counted exactly as :func:`document_done` counts its terminal document, from the
+    execution object (``executions``) or what the compiled path keeps (``compiled``, all
+    SUCCESS), with no document parsed. A no-op while metrics are off."""
+    if not STATE.enabled or not (executions or compiled):
+        return
+    try:
+        now_ = time.monotonic()
+        with STATE.lock:
+            running = STATE.running
+            if running:
+                for execution in executions:
+                    running.pop(execution.id, None)
+                for entry in compiled:
+                    running.pop(entry[0], None)
+            STATE.progress = now_
+            STATE.done += len(executions) + len(compiled)
+        with FAST.lock:
+            for execution in executions:
+                _observe_execution(execution)
+            _observe_compiled(compiled)
+    except Exception:  # a metric must never fail the work
+        LOG.debug("cannot count settled executions for metrics", exc_info=True)
+
+
+def _observe_execution(execution: Execution) -> None:
+    """Count one done execution from its object (callers hold ``FAST.lock``): what
+    :func:`observe_document` counts of its terminal document."""
+    flow, state = f"{execution.namespace}.{execution.flow_id}", str(execution.state)
+    FAST.inc(EXECUTIONS, (flow, state))
+    if execution.end is not None:
+        FAST.observe(EXECUTION_SECONDS, (flow,),
+                     (execution.end - execution.start).total_seconds())
+    trig = execution.trigger
+    if trig.offset is not None:  # one record
+        topic = str(trig.topic)
+        FAST.inc(RECORDS, (flow, topic))
+        if state == "SKIPPED":
+            FAST.inc(SKIPPED, (flow, topic))
+    elif trig.offsets:  # a batch: counted on its topic (topics, comma-joined)
+        topic = ",".join(sorted({k.rsplit("/", 1)[0] for k in trig.offsets}))
+        count = int(trig.messages_count or 0)
+        skipped = int(trig.skipped_count or 0)
+        FAST.inc(RECORDS, (flow, topic), count + skipped)
+        if skipped:
+            FAST.inc(SKIPPED, (flow, topic), skipped)
+        FAST.observe(BATCH_RECORDS, (flow, "trigger"), count + skipped)
+    for run in execution.task_runs:
+        task, kind, attempts = run.task_id, run.type, run.attempts
+        for attempt in attempts:
+            FAST.inc(TASK_ATTEMPTS, (flow, task, str(attempt.state)))
+        if len(attempts) > 1:
+            FAST.inc(TASK_RETRIES, (flow, task), len(attempts) - 1)
+        if attempts and attempts[-1].end is not None:
+            secs = (attempts[-1].end - attempts[0].start).total_seconds()
+            FAST.observe(TASK_SECONDS, (flow, task, kind), max(secs, 0.0))
+        outputs = run.outputs
+        if (kind.endswith(".Load") and run.state in ("SUCCESS", "WARNING")
+                and isinstance(outputs, dict) and isinstance(outputs.get("rows"), int)):
+            FAST.inc(ROWS_LOADED, (flow, task, kind), outputs["rows"])
+
+
+def _observe_compiled(compiled: Sequence[Compiled]) -> None:
+    """Count compiled-path executions (callers hold ``FAST.lock``), tallied first: one
+    counter update per flow, topic and task, one histogram update per execution and task
+    run."""
+    if not compiled:
+        return
+    flows: dict[str, int] = {}
+    topics: dict[tuple[str, str], int] = {}
+    tasks: dict[tuple[str, str, str], int] = {}
+    for _id, flow, topic, secs, runs in compiled:
+        flows[flow] = flows.get(flow, 0) + 1
+        key = (flow, topic)
+        topics[key] = topics.get(key, 0) + 1
+        secs = max(secs, 0.0)
+        FAST.observe(EXECUTION_SECONDS, (flow,), secs)
+        for task, kind in runs:
+            tkey = (flow, task, kind)
+            tasks[tkey] = tasks.get(tkey, 0) + 1
+            FAST.observe(TASK_SECONDS, tkey, secs)
+    for flow, count in flows.items():
+        FAST.inc(EXECUTIONS, (flow, "SUCCESS"), count)
+    for key, count in topics.items():
+        FAST.inc(RECORDS, key, count)
+    for (flow, task, _kind), count in tasks.items():
+        FAST.inc(TASK_ATTEMPTS, (flow, task, "SUCCESS"), count)
 
 
 def _flow_of(doc: dict[str, Any]) -> str:

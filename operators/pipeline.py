@@ -14,7 +14,7 @@ is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
   round trip; transactional ones buffer their records for the epoch's transaction, which
   commits them with the offsets below which every execution is done
   (:mod:`waxflow.operators.transactions`);
-- *quiet mode* (consumer groups, metrics off): an execution's documents and at-least-once
+- *quiet mode* (consumer groups): an execution's documents and at-least-once
   records go to *quiet* producers, which call Python back only for failed deliveries (no
   Python call per delivered record). Its terminal document is written as soon as it is
   terminal, and it is *done* only at the first snapshot after the broker acknowledged both
@@ -23,10 +23,12 @@ is what the source commits (G1, :mod:`waxflow.operators.checkpoint`). So:
   (everything sent before is acknowledged, or its failure was recorded on that thread), then
   marks the offsets done. A record that failed makes its execution FAILED and its terminal
   document is written again (the log keeps the latest: FAILED), settled at a later snapshot;
-  a document that failed is sent again after an outage, else stops the job. Elsewhere (share
-  groups, metrics on) each delivery report is served as it comes: the terminal document is
-  written once the execution's records are acknowledged and the offset is done when the
-  document is;
+  a document that failed is sent again after an outage, else stops the job. With metrics on,
+  each snapshot counts the executions it settled (:func:`metrics.executions_done
+  <waxflow.connectors.metrics.executions_done>`, from their objects: no document parsed),
+  and a RUNNING document marks its execution in flight. Elsewhere (share groups) each
+  delivery report is served as it comes: the terminal document is written once the
+  execution's records are acknowledged and the offset is done when the document is;
 - documents: a flow without blocking tasks writes one terminal document per execution
   (its executions take micro- to milliseconds on the worker thread); a RUNNING document is
   written when an execution starts on the pool (blocking tasks: it may run long) and
@@ -317,9 +319,11 @@ class Pipeline:
         # of one per execution (transactional ones buffer: ``txn``)
         self._scope: BatchScope | None = (BatchScope(executor.output, None)
                                           if executor.output is not None else None)
-        #: quiet mode (consumer groups, metrics off): no Python call per delivered record;
-        #: what the broker acknowledged is learnt at each snapshot (:meth:`_settle`)
-        self._quiet = not metrics.STATE.enabled
+        #: quiet mode (consumer groups): no Python call per delivered record; what the
+        #: broker acknowledged is learnt at each snapshot (:meth:`_settle`), which also
+        #: counts the executions it settles when metrics are on
+        self._quiet = True
+        self._metered = metrics.STATE.enabled
         self._unacked: list[_Sent] = []
         #: one thread at a time serves the quiet producers' reports (so a failure is
         #: recorded before the thread that emptied the queue reads it)
@@ -349,7 +353,8 @@ class Pipeline:
     # -- the compiled path (consumer groups, quiet mode) ------------------------------------
     @property
     def quiet(self) -> bool:
-        """Quiet mode (metrics off): documents and records settled at snapshots."""
+        """Quiet mode (consumer groups, with or without metrics): documents and records
+        settled at snapshots."""
         return self._quiet
 
     def fast_ready(self) -> bool:
@@ -694,6 +699,8 @@ class Pipeline:
                                     f"{exc.args[0].str()}") from None
         with self._lock:  # (after produce: a snapshot's flush covers it)
             self._unacked.append(sent)
+        if not terminal and self._metered:
+            metrics.execution_running(item.job.execution.id)
 
     def _quiet_producers(self) -> list[Any]:
         assert self._log is not None
@@ -733,12 +740,13 @@ class Pipeline:
                 return
             done = 0
             outage = False
+            counted: list[_Item | _FastItem] | None = [] if self._metered else None
             for entry in sent:
                 try:
                     if entry.error is not None:
                         outage = True
                         self._resend(entry)
-                    elif entry.terminal and self._settled(entry.item):
+                    elif entry.terminal and self._settled(entry.item, counted):
                         done += 1
                 except Exception as exc:  # handed to the source (never done: no commit)
                     self.progress.fail(exc)
@@ -746,6 +754,8 @@ class Pipeline:
                 OUTAGE.up()
             if done:
                 shutdown.add_done(done)
+            if counted:
+                self._count(counted)
 
     def _resend(self, entry: _Sent) -> None:
         """A document the broker did not take: sent again once it is back (an outage; a
@@ -765,9 +775,12 @@ class Pipeline:
         self.progress.fail(DeliveryError(
             f"delivery failed: {self._describe(item, entry.document)}: {err.str()}"))
 
-    def _settled(self, item: _Item | _FastItem) -> bool:
+    def _settled(self, item: _Item | _FastItem, counted: list[_Item | _FastItem] | None
+                 ) -> bool:
         """A quiet execution's document and records are acknowledged: done (True), or a
-        record failed: FAILED, documented again (settled at a later snapshot)."""
+        record failed: FAILED, documented again (settled at a later snapshot). ``counted``
+        (metrics on) gets the execution whose terminal document stands acknowledged (done,
+        or FAILED under ``onFailure: STOP``: the metered path counts that one too)."""
         outputs, item.outputs = item.outputs, None
         for task_id, deliveries in outputs or ():
             assert isinstance(deliveries, QuietDeliveries | _Outputs)
@@ -777,6 +790,8 @@ class Pipeline:
                           "delivery failed: " + "; ".join(errors[:5]))
                 self._send(item, item.job.execution.to_json(), terminal=True)
                 return False
+        if counted is not None:
+            counted.append(item)
         if self.executor.stop_on_failure and item.failed():
             self.progress.fail(stopped_by(item.job.execution))
             return False  # never done: no commit passes it
@@ -786,6 +801,20 @@ class Pipeline:
             item.produced = None
         item.part.done(item.offset)
         return True
+
+    @staticmethod
+    def _count(items: list[_Item | _FastItem]) -> None:
+        """Metrics: count the executions a snapshot settled (their terminal documents
+        acknowledged), from their objects, or what the compiled path keeps of a run whose
+        object was never built (it succeeded)."""
+        executions = []
+        compiled = []
+        for item in items:
+            if type(item) is _FastItem and item._job is None:
+                compiled.append(item.run.metric())
+            else:
+                executions.append(item.job.execution)
+        metrics.executions_done(executions, compiled=compiled)
 
     def _delivered(self, item: _Item | _FastItem, document: bytes, terminal: bool,
                    after: Callable[[], None] | None, err: KafkaError | None,
