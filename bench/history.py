@@ -218,7 +218,7 @@ SELECT md5(concat('s', i)) AS id,
   CASE WHEN i % 100 >= 97 THEN 'load' END,
   CASE WHEN i % 100 >= 97 THEN 'HTTP 503 from http://inventory/api after 3 attempts' END,
   'synthetic', (i % 6)::INTEGER, i, ? + i * ? + 4000,
-  ('0x' || left(md5(concat('s', i)), 8))::UINTEGER, k.key_id
+  ('0x' || left(md5(concat('s', i)), 8))::UINTEGER, k.key_id, NULL, NULL
 FROM range(?, ?) t(i) LEFT JOIN record_keys k ON k."key" = printf('cust-%05d', i % 100000)
 ORDER BY i
 """

@@ -22,8 +22,13 @@ document back from the log. Guarantees:
   first value); a batch holding a value that is not JSON at all, or not UTF-8, is decoded
   one value at a time instead, with the same result. A document that a later record of its
   key supersedes in the same batch (an execution's RUNNING document before its terminal
-  one) is decoded for its ``id`` and ``runId`` only, and left out when it is of the same
-  execution and run as a later document (it would change no row, no run, no count).
+  one) is decoded for its ``id``, ``runId`` and ``startDate`` only, and left out when it is
+  of the same execution and run as a later document (it changes no row, no count: only
+  where its run began, which the later document's row keeps). A reader process hands its
+  batches over decoded (Arrow IPC files in memory), which the merge reads in place; a
+  batch of new executions with one document each (most of a first sync) is appended
+  without the upsert plan, and the process readers run without the cyclic garbage
+  collector (:mod:`.index_reader`).
 - ``flows`` answers from per-flow state counts that every merge keeps in the same
   transaction as the rows (no scan of the rows); ``list``/``count`` with ``text`` match a
   substring of the trigger record key's JSON text or a prefix of the execution id, the keys
@@ -31,9 +36,11 @@ document back from the log. Guarantees:
   rather than in every row.
 - Per execution id, the row holds the document with the highest log offset (a key always
   lands in one partition, so offsets of one key are comparable).
-- ``runs`` counts the distinct ``runId`` values seen for an execution. Compaction keeps only
-  the latest document per key, so an index built from an already compacted log may count
-  fewer runs than happened.
+- ``runs`` counts the distinct ``runId`` values seen for an execution, and each run keeps
+  where it began (its first document's offset and start date) and its latest state,
+  whether the log was synced one document at a time, in batches that split a run or in
+  one. Compaction keeps only the latest document per key, so an index built from an
+  already compacted log may count fewer runs than happened.
 - Dates are stored as UTC microseconds and returned as ISO-8601 UTC strings.
 - An index file written by another version (an older SQLite index, another schema) is
   dropped and rebuilt from the log, with one note on stderr.
@@ -44,6 +51,7 @@ from __future__ import annotations
 import array
 import builtins
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -65,12 +73,13 @@ from typing import IO, Any, cast
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from waxflow.errors import WaxflowError
 from waxflow.expressions import mask
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIN_PREFIX = 6
 MAX_TRACE_DEPTH = 10
 #: documents decoded and written per transaction during a sync
@@ -118,7 +127,8 @@ CREATE TABLE executions (
   record_ts BIGINT, offsets VARCHAR, messages_count BIGINT, delivery_count BIGINT,
   group_id VARCHAR, upstream VARCHAR, error_task VARCHAR, error_message VARCHAR,
   log_topic VARCHAR NOT NULL, log_partition INTEGER NOT NULL, log_offset BIGINT NOT NULL,
-  last_us BIGINT, id_prefix UINTEGER, key_id UINTEGER);
+  last_us BIGINT, id_prefix UINTEGER, key_id UINTEGER, run_first_gap BIGINT,
+  run_first_us BIGINT);
 CREATE TABLE record_keys (key_id UINTEGER NOT NULL, "key" VARCHAR NOT NULL);
 CREATE TABLE runs (
   execution_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, first_us BIGINT, last_state VARCHAR,
@@ -131,6 +141,9 @@ CREATE TABLE flow_counts (
   last_us BIGINT);
 CREATE TABLE flow_topics (namespace VARCHAR, flow_id VARCHAR, topic VARCHAR NOT NULL);
 """
+#: ``run_first_gap`` and ``run_first_us`` keep where the row's run began: its first document's
+#: log offset (``log_offset`` minus the gap) and start (NULL: none before the row's document,
+#: or the same start), as ``runs`` keeps them for the execution's other runs.
 #: ``flow_counts`` holds, per (namespace, flow, state, trigger topic), how many rows of
 #: ``executions`` have it and an upper bound of their latest start (exact unless a row was
 #: replaced by a document that starts earlier): each merge adds the rows it writes and
@@ -143,6 +156,7 @@ CREATE TABLE flow_topics (namespace VARCHAR, flow_id VARCHAR, topic VARCHAR NOT 
 _TABLES = ("meta", "positions", "executions", "record_keys", "runs", "batch_ranges",
            "flow_counts", "flow_topics")
 _FLOW_GROUP = "namespace, flow_id, state, topic"
+_SECOND = operator.itemgetter(1)
 
 #: what the bulk decoder takes from each document (everything else stays in the log)
 _COLUMNS = {
@@ -156,7 +170,12 @@ _COLUMNS = {
 }
 _STRUCT = json.dumps(_COLUMNS)
 #: ... and from a document a later one of its key supersedes in the same batch (:func:`_stage`)
-_LIGHT = json.dumps({"id": _COLUMNS["id"], "runId": _COLUMNS["runId"]})
+_LIGHT = json.dumps({"id": _COLUMNS["id"], "runId": _COLUMNS["runId"],
+                     "startDate": _COLUMNS["startDate"]})
+#: the first 8 hex digits of an execution id as an integer (NULL for other ids): lookups by
+#: id or prefix filter on this column first, which DuckDB scans far faster than the text
+_PREFIX_SQL = ("CASE WHEN regexp_full_match(left({0}, 8), '[0-9a-fA-F]{{8}}')"
+               " THEN TRY_CAST('0x' || left({0}, 8) AS UINTEGER) END")
 #: a document's place in the log: its offset, then its partition (unique per document)
 _POS = "({0}.log_offset::HUGEINT * 4294967296 + {0}.log_partition)"
 _SUMMARY_COLS = (
@@ -252,7 +271,7 @@ class _Batch:
 
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
-    timestamps: list[int | None] = field(default_factory=list)
+    timestamps: list[int | None] = field(default_factory=list)  # ms; None or < 0: none
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes] = field(default_factory=list)
     size: int = 0
@@ -270,151 +289,160 @@ class _Batch:
         return len(self.values)
 
     def table(self) -> pa.Table:
-        """The batch as Arrow: the record coordinates, ``v`` (the values as text, built
-        from whole buffers) and ``sup``: whether a later record of the batch has the same
-        record key (the log's key is the execution id: the record is most likely
-        superseded). The records with ``sup`` come last, each part in log order, so that
-        :func:`_stage` takes either part as a slice (no copy)."""
+        """The batch as Arrow, in log order: the record coordinates, ``v`` (the values as
+        text, built from whole buffers) and ``sup``: whether a later record of the batch has
+        the same record key (the log's key is the execution id: the record is most likely
+        superseded; never for a record without a key)."""
         try:  # record keys are UTF-8 text in practice: converted without a Python loop
             rkeys = pa.array(self.keys, pa.string())
         except (pa.ArrowInvalid, UnicodeDecodeError):
             rkeys = pa.array([k.decode("utf-8", "replace") if k is not None else None
                               for k in self.keys], pa.string())
-        table = pa.table({
+        keys = self.keys
+        ms = pa.array(self.timestamps, pa.int64())
+        last = {k: i for i, k in enumerate(keys)}  # the last record of each key
+        sup = pa.array([k is not None and last[k] != i for i, k in enumerate(keys)],
+                       pa.bool_()) if len(last) < len(keys) else pa.repeat(False, len(keys))
+        return pa.table({
             "log_partition": pa.array(self.partitions, pa.int32()),
             "log_offset": pa.array(self.offsets, pa.int64()),
-            "record_ms": pa.array(self.timestamps, pa.int64()),
+            "record_ms": pc.if_else(pc.greater_equal(ms, 0), ms, None),
             "rkey": rkeys,
+            "v": _binary(self.values),
+            "sup": sup,
         })
-        last = {k: i for i, k in enumerate(self.keys)}  # the last record of each key
-        kept = len(self.values)
-        values = self.values
-        if len(last) - (None in last) < kept - self.keys.count(None):
-            order = [i for i, k in enumerate(self.keys) if k is None or last[k] == i]
-            kept = len(order)
-            chosen = set(order)
-            order += [i for i in range(len(self.keys)) if i not in chosen]
-            table = table.take(pa.array(order, pa.int64()))
-            values = builtins.list(operator.itemgetter(*order)(values)) if len(order) > 1 \
-                else [values[i] for i in order]
-        return table.append_column("v", _binary(values)).append_column(
-            "sup", pa.array([False] * kept + [True] * (len(values) - kept), pa.bool_()))
 
 
-def _decode_into(db: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
-    """Decode ``table`` (:meth:`_Batch.table`) into the temp table ``d`` of ``db``
-    (:func:`_stage`); a batch the bulk decoder refuses (a value that is not JSON, or not
-    UTF-8) is staged again from its JSON objects, cleaned one by one."""
+def _decode_into(db: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
+    """The documents of ``table`` (:meth:`_Batch.table`) decoded (:func:`_stage`) by
+    ``db``; a batch the bulk decoder refuses (a value that is not JSON, or not UTF-8) is
+    staged again from its JSON objects, cleaned one by one."""
     try:
-        _stage(db, table)
+        return _stage(db, table)
     except (duckdb.Error, UnicodeDecodeError):
         values = table.column("v").cast(pa.large_binary()).to_pylist()  # maybe not UTF-8
         keep = [i for i, v in enumerate(values) if _json_object(v)]
         clean = table.take(pa.array(keep, pa.int64())).drop_columns(
             [c for c in ("v", "sup") if c in table.column_names])
-        _stage(db, clean.append_column("v", _binary([_clean(values[i]) for i in keep])))
+        return _stage(db, clean.append_column(
+            "v", _binary([_clean(values[i]) for i in keep])))
 
 
-def _stage(db: duckdb.DuckDBPyConnection, raw: pa.Table) -> None:
-    """Decode the documents of ``raw`` (:meth:`_Batch.table`) into the temp table ``d``:
-    their typed columns beside their records' coordinates. Values that are JSON but not
-    an object are left out; a field of another type than the engine writes reads as
+#: the columns of a decoded batch (:func:`_stage`) from the temp table ``dj`` (``c``)
+_DECODED = (
+    "coalesce(j.id, c.rkey) AS eid, j.namespace, j.flowId AS flow_id, j.state,"
+    " coalesce(j.terminal, false) AS terminal, coalesce(j.runId, '') AS run_id,"
+    " epoch_us(try_cast(j.startDate AS TIMESTAMPTZ)) AS start_us,"
+    " epoch_us(try_cast(j.endDate AS TIMESTAMPTZ)) AS end_us,"
+    " j.durationMs AS duration_ms, j.trigger.type AS trigger_type,"
+    " j.trigger.topic AS topic, j.trigger.partition::INTEGER AS partition,"
+    " j.trigger.\"offset\" AS \"offset\", j.trigger.\"key\" AS record_key,"
+    " j.trigger.\"timestamp\" AS record_ts,"
+    " CAST(CASE WHEN json_type(j.trigger.offsets) = 'OBJECT'"
+    "  THEN j.trigger.offsets END AS VARCHAR) AS offsets,"
+    " j.trigger.messagesCount AS messages_count,"
+    " j.trigger.deliveryCount AS delivery_count, j.trigger.\"group\" AS group_id,"
+    " j.upstreamExecutionId AS upstream, j.error.taskId AS error_task,"
+    " j.error.message AS error_message, c.log_partition, c.log_offset,"
+    f" c.record_ms, {_PREFIX_SQL.format('coalesce(j.id, c.rkey)')} AS id_prefix")
+#: ... and where the document's run began in the batch (``first_offset``, ``first_us``: its
+#: first document's offset and the first start date in log order), from ``fr`` (``f``): the
+#: documents of its run left out as superseded
+_FIRST = (
+    "SELECT * EXCLUDE (f_offset, f_us),"
+    " CASE WHEN f_offset < log_offset THEN f_offset ELSE log_offset END AS first_offset,"
+    " CASE WHEN f_offset < log_offset THEN coalesce(f_us, start_us) ELSE start_us END"
+    " AS first_us FROM ({})")
+
+
+def _stage(db: duckdb.DuckDBPyConnection, raw: pa.Table) -> pa.Table:
+    """The documents of ``raw`` (:meth:`_Batch.table`) decoded: their typed columns beside
+    their records' coordinates (:data:`_DECODED`), with the count of documents left out
+    as superseded in the schema metadata (:func:`_dropped_of`). Values that are JSON but
+    not an object are left out; a field of another type than the engine writes reads as
     absent (a number where text is expected reads as its JSON text), a duplicated field
     as its first value.
 
     A record with ``sup`` (a later record of the batch has its key) is first decoded for
     its ``id`` and ``runId`` only, by the same decoder: when it is a JSON object of the same
-    execution and run as a document of ``d`` later in the log, it changes neither that
-    execution's row nor its runs, and is left out of ``d`` (counted in ``d_dropped``) -
-    unless the batch holds documents of another run of that execution (then ``d`` holds
-    them all, as :meth:`ExecutionIndex._merge_runs` folds every document of each run)."""
-    n_sup = sum(c.true_count for c in raw.column("sup").chunks) if (
+    execution and run as a document of the batch at a higher log offset, it changes
+    neither that execution's row nor its runs but for where its run began, which that
+    document carries (``first_offset``, ``first_us``), and is left out (counted as
+    dropped) - unless the batch holds documents of another run of that execution (then
+    they are all kept, as :meth:`ExecutionIndex._merge_runs` folds every document of each
+    run)."""
+    n_sup = int(pc.sum(raw.column("sup")).as_py() or 0) if (
         "sup" in raw.column_names) else 0
-    if "sup" in raw.column_names:
-        raw = raw.drop_columns(["sup"])
-    kept = raw.slice(0, raw.num_rows - n_sup)
-    _decode_rows(db, kept, "d")
-    dropped = 0
-    if n_sup:
-        sup = raw.slice(raw.num_rows - n_sup)
-        db.register("sup", sup)
-        try:
-            # the light decode of each superseded record (its row number in ``sup``)
-            db.execute(
-                "CREATE OR REPLACE TEMP TABLE sj AS SELECT row_number() OVER () - 1 AS i,"
-                " log_partition, log_offset, rkey, starts_with(v, '{') AS obj,"
-                " json_transform(v, ?) AS j FROM sup", [_LIGHT])
-        finally:
-            db.unregister("sup")
-        # same: a later document of d is of the same execution and run
-        db.execute(
-            "CREATE OR REPLACE TEMP TABLE sd AS SELECT sj.i, sj.eid, sj.obj AND EXISTS"
-            " (SELECT 1 FROM d WHERE d.eid = sj.eid AND d.run_id = sj.run_id"
-            f" AND {_POS.format('d')} > {_POS.format('sj')}) AS same"
-            " FROM (SELECT *, coalesce(j.id, rkey) AS eid, coalesce(j.runId, '') AS run_id"
-            " FROM sj) sj")
-        full = [int(r[0]) for r in db.execute(
-            "SELECT i FROM sd WHERE NOT same ORDER BY i").fetchall()]
-        _add_rows(db, sup, full)
-        # the executions with documents of several runs in the batch: all their documents
-        more = [int(r[0]) for r in db.execute(
-            "SELECT i FROM sd WHERE same AND eid IN (SELECT d.eid FROM d"
-            " SEMI JOIN d d2 ON d2.eid = d.eid AND d2.run_id <> d.run_id) ORDER BY i"
-        ).fetchall()]
-        _add_rows(db, sup, more)
-        dropped = n_sup - len(full) - len(more)
-    db.execute(f"CREATE OR REPLACE TEMP TABLE d_dropped AS SELECT {dropped} AS n")
-
-
-def _add_rows(db: duckdb.DuckDBPyConnection, raw: pa.Table, rows: builtins.list[int]) -> None:
-    """The documents of ``raw`` at ``rows`` decoded and added to the temp table ``d``."""
-    if rows:
-        _decode_rows(db, raw.take(pa.array(rows, pa.int64())), "d_more")
-        db.execute("INSERT INTO d SELECT * FROM d_more")
-
-
-def _decode_rows(db: duckdb.DuckDBPyConnection, raw: pa.Table, target: str) -> None:
-    """The documents of ``raw`` decoded into the temp table ``target`` (see :func:`_stage`)."""
     db.register("raw", raw)
     try:
         # the JSON decoded once into a struct column (referenced field by field below,
         # it would be decoded again per field)
-        db.execute(
-            "CREATE OR REPLACE TEMP TABLE dj AS SELECT * EXCLUDE (v),"
-            " json_transform(v, ?) AS j FROM raw"
-            " WHERE starts_with(v, '{') OR json_type(v) = 'OBJECT'", [_STRUCT])
+        decode = ("SELECT log_partition, log_offset, record_ms, rkey, json_transform(v, ?)"
+                  " AS j FROM {} WHERE {} AND (starts_with(v, '{{') OR json_type(v) = 'OBJECT')")
+        db.execute("CREATE OR REPLACE TEMP TABLE dj AS "
+                   + decode.format("raw", "NOT sup" if n_sup else "true"), [_STRUCT])
+        dropped, firsts = 0, False
+        if n_sup:
+            # the light decode of each superseded record
+            db.execute(
+                "CREATE OR REPLACE TEMP TABLE sj AS SELECT log_partition, log_offset,"
+                " starts_with(v, '{') AS obj, rkey, json_transform(v, ?) AS j"
+                " FROM raw WHERE sup", [_LIGHT])
+            # decoded whole unless a later document of the batch is of the same execution
+            # and run (a document at the same offset of another partition: decoded whole
+            # too); then, of the others, every document of an execution with documents of
+            # several runs among those decoded
+            ids = ("coalesce(j.id, rkey) AS eid, coalesce(j.runId, '') AS run_id")
+            db.execute(
+                "CREATE OR REPLACE TEMP TABLE sd AS SELECT s.log_partition, s.log_offset,"
+                " s.eid, s.run_id, s.start_us,"
+                " s.obj AND coalesce(m.o > s.log_offset, false) AS same"
+                f" FROM (SELECT log_partition, log_offset, obj, {ids},"
+                "  epoch_us(try_cast(j.startDate AS TIMESTAMPTZ)) AS start_us FROM sj) s"
+                f" LEFT JOIN (SELECT eid, run_id, max(log_offset) AS o FROM (SELECT {ids},"
+                "  log_offset FROM dj WHERE coalesce(j.id, rkey) <> '') GROUP BY ALL) m"
+                " USING (eid, run_id)")
+            more = 0
+            for which in ("NOT same", "same AND eid IN (SELECT eid FROM (SELECT"
+                          f" {ids} FROM dj WHERE coalesce(j.id, rkey) <> '') GROUP BY eid"
+                          " HAVING count(DISTINCT run_id) > 1)"):
+                db.execute("CREATE OR REPLACE TEMP TABLE todo AS SELECT log_partition,"
+                           f" log_offset FROM sd WHERE {which}")
+                row = db.execute("SELECT count(*) FROM todo").fetchone()
+                if row and row[0]:
+                    more += int(row[0])
+                    db.execute("INSERT INTO dj " + decode.format(
+                        "raw SEMI JOIN todo USING (log_partition, log_offset)", "sup"),
+                        [_STRUCT])
+                    db.execute("DELETE FROM sd WHERE (log_partition, log_offset) IN"
+                               " (SELECT (log_partition, log_offset) FROM todo)")
+            dropped = n_sup - more
+            # where each run of the documents left out began (they precede the document
+            # of their run kept: its row keeps where the run began)
+            firsts = dropped > 0
+            if firsts:
+                db.execute(
+                    "CREATE OR REPLACE TEMP TABLE fr AS SELECT eid, run_id,"
+                    " min(log_offset) AS f_offset, arg_min(start_us, log_offset)"
+                    " FILTER (WHERE start_us IS NOT NULL) AS f_us FROM sd WHERE same"
+                    " GROUP BY ALL")
     finally:
         db.unregister("raw")
-    db.execute(
-            f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT"
-            " coalesce(j.id, c.rkey) AS eid, j.namespace, j.flowId AS flow_id, j.state,"
-            " coalesce(j.terminal, false) AS terminal, coalesce(j.runId, '') AS run_id,"
-            " epoch_us(try_cast(j.startDate AS TIMESTAMPTZ)) AS start_us,"
-            " epoch_us(try_cast(j.endDate AS TIMESTAMPTZ)) AS end_us,"
-            " j.durationMs AS duration_ms, j.trigger.type AS trigger_type,"
-            " j.trigger.topic AS topic, j.trigger.partition::INTEGER AS partition,"
-            " j.trigger.\"offset\" AS \"offset\", j.trigger.\"key\" AS record_key,"
-            " j.trigger.\"timestamp\" AS record_ts,"
-            " CAST(CASE WHEN json_type(j.trigger.offsets) = 'OBJECT'"
-            "  THEN j.trigger.offsets END AS VARCHAR) AS offsets,"
-            " j.trigger.messagesCount AS messages_count,"
-            " j.trigger.deliveryCount AS delivery_count, j.trigger.\"group\" AS group_id,"
-            " j.upstreamExecutionId AS upstream, j.error.taskId AS error_task,"
-            " j.error.message AS error_message, c.log_partition, c.log_offset,"
-            " c.record_ms"
-            " FROM dj c WHERE coalesce(j.id, c.rkey) <> ''")
+    if firsts:
+        query = _FIRST.format(
+            f"SELECT {_DECODED}, f.f_offset, f.f_us FROM dj c LEFT JOIN fr f"
+            " ON f.eid = coalesce(c.j.id, c.rkey) AND f.run_id = coalesce(c.j.runId, '')"
+            " WHERE coalesce(c.j.id, c.rkey) <> ''")
+    else:
+        query = _FIRST.format(f"SELECT {_DECODED}, NULL::BIGINT AS f_offset,"
+                              " NULL::BIGINT AS f_us FROM dj c WHERE coalesce(j.id, c.rkey) <> ''")
+    table = db.execute(query).arrow().read_all()
+    return table.replace_schema_metadata({_DROPPED: str(dropped).encode()})
 
 
-#: the Arrow schema metadata under which a reader process hands over ``d_dropped``
+#: the Arrow schema metadata under which a decoded batch carries the count of documents
+#: left out of it as superseded
 _DROPPED = b"waxflow.dropped"
-
-
-def decoded_table(db: duckdb.DuckDBPyConnection) -> pa.Table:
-    """The temp table ``d`` of ``db`` (:func:`_decode_into`) as Arrow, with the count of
-    documents left out of it (``d_dropped``) in its schema metadata."""
-    table = db.execute("SELECT * FROM d").arrow().read_all()
-    row = db.execute("SELECT n FROM d_dropped").fetchone()
-    return table.replace_schema_metadata({_DROPPED: str(int(row[0]) if row else 0).encode()})
 
 
 def _dropped_of(table: pa.Table) -> int:
@@ -476,6 +504,8 @@ class ExecutionIndex:
         self._bootstrap = bootstrap
         self._client = dict(client or {})
         self._reader: Consumer | None = None
+        self._decoded: pa.Table | None = None  # the staged batch (``d``, a view of it)
+        self._multi = False  # the staged batch holds several documents of an execution
         self._retire_foreign_file()
         self._db = self._connect(lock_timeout)
         try:
@@ -595,37 +625,40 @@ class ExecutionIndex:
         """Decode ``table`` (:meth:`_Batch.table`) in bulk (into connection-local temp
         tables), then merge it into the tables and store ``nexts`` as the positions of
         ``log_topic``, in one transaction. Returns the usable documents."""
-        count = self._decode(table) if table is not None and table.num_rows else 0
-        self._db.execute("BEGIN")
         try:
-            if count:
-                self._merge(log_topic)
-            if nexts:
-                parts = builtins.list(nexts)
-                self._db.execute("DELETE FROM positions WHERE topic = ? AND partition IN"
-                                 f" ({','.join('?' * len(parts))})", [log_topic, *parts])
-                self._db.executemany("INSERT INTO positions VALUES (?, ?, ?)",
-                                     [(log_topic, p, o) for p, o in nexts.items()])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            count = self._decode(table) if table is not None and table.num_rows else 0
+            self._db.execute("BEGIN")
+            try:
+                if count:
+                    self._merge(log_topic)
+                if nexts:
+                    parts = builtins.list(nexts)
+                    self._db.execute(
+                        "DELETE FROM positions WHERE topic = ? AND partition IN"
+                        f" ({','.join('?' * len(parts))})", [log_topic, *parts])
+                    self._db.execute(
+                        "INSERT INTO positions SELECT ?, unnest(?::INTEGER[]),"
+                        " unnest(?::BIGINT[])", [log_topic, parts, [nexts[p] for p in parts]])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        finally:
+            if self._decoded is not None:
+                self._db.unregister("d")
+                self._decoded = None
         return count
 
     def _decode(self, table: pa.Table) -> int:
-        """Stage ``table`` as the temp tables ``d`` (:func:`_decode_into`) and ``nl``
-        (:meth:`_latest`); a table without ``v`` was decoded already (by the reader
-        process: the columns of ``d``). Returns the usable documents."""
+        """Stage ``table`` as ``d`` (a view of it decoded, until :meth:`_write` ends) and
+        the temp table ``nl`` (:meth:`_latest`); a table without ``v`` was decoded already
+        (by a reader process: :func:`_decode_into`). Returns the usable documents."""
         if "v" in table.column_names:
-            _decode_into(self._db, table)
-        else:
-            self._db.register("decoded", table)
-            try:
-                self._db.execute("CREATE OR REPLACE TEMP TABLE d AS SELECT * FROM decoded")
-            finally:
-                self._db.unregister("decoded")
-            self._db.execute("CREATE OR REPLACE TEMP TABLE d_dropped AS SELECT ? AS n",
-                             [_dropped_of(table)])
+            table = _decode_into(self._db, table)
+        self._db.register("d", table)
+        self._decoded = table
+        self._db.execute("CREATE OR REPLACE TEMP TABLE d_dropped AS SELECT ? AS n",
+                         [_dropped_of(table)])
         return self._latest()
 
     def _latest(self) -> int:
@@ -633,22 +666,34 @@ class ExecutionIndex:
         the batch's documents of it span runs (``multi``; then ``dm`` holds them all);
         return the documents."""
         db = self._db
+        row = db.execute("SELECT count(*), count(DISTINCT eid), (SELECT n FROM d_dropped)"
+                         " FROM d").fetchone()
+        docs, ids, dropped = (int(v or 0) for v in row) if row else (0, 0, 0)
+        self._multi = docs != ids
+        if not self._multi:  # one document per execution (the common case): each the latest
+            db.execute("CREATE OR REPLACE TEMP VIEW nl AS SELECT *, false AS multi FROM d")
+            db.execute("CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d LIMIT 0")
+            return docs + dropped
         # the executions whose documents span runs (rare: replays, redeliveries)
         db.execute("CREATE OR REPLACE TEMP TABLE mu AS SELECT DISTINCT d.eid FROM d"
                    " SEMI JOIN d d2 ON d2.eid = d.eid AND d2.run_id <> d.run_id")
         # a document is the latest of its execution when no later one follows (the log
         # offset, then the partition for a tie across partitions: unique per document)
+        # (with where its run began among the batch's documents)
         db.execute(
-            "CREATE OR REPLACE TEMP TABLE nl AS SELECT d.*,"
-            " eid IN (SELECT eid FROM mu) AS multi,"
-            f" {_PREFIX_SQL.format('eid')} AS id_prefix FROM d ANTI JOIN d d2 ON d2.eid = d.eid"
-            f" AND {_POS.format('d2')} > {_POS.format('d')}")
-        row = db.execute("SELECT (SELECT count(*) FROM d) + (SELECT n FROM d_dropped),"
-                         " (SELECT count(*) FROM mu)").fetchone()
+            "CREATE OR REPLACE TEMP TABLE nl_t AS SELECT x.* REPLACE (f.o AS first_offset,"
+            " f.u AS first_us) FROM (SELECT d.*, eid IN (SELECT eid FROM mu) AS multi"
+            " FROM d ANTI JOIN d d2 ON d2.eid = d.eid"
+            f" AND {_POS.format('d2')} > {_POS.format('d')}) x JOIN (SELECT eid, run_id,"
+            " min(first_offset) AS o, arg_min(first_us, first_offset)"
+            " FILTER (WHERE first_us IS NOT NULL) AS u FROM d GROUP BY ALL) f"
+            " ON f.eid = x.eid AND f.run_id = x.run_id")
+        db.execute("CREATE OR REPLACE TEMP VIEW nl AS SELECT * FROM nl_t")
+        row = db.execute("SELECT count(*) FROM mu").fetchone()
         db.execute("CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d WHERE eid"
-                   " IN (SELECT eid FROM mu)" if row and row[1] else
+                   " IN (SELECT eid FROM mu)" if row and row[0] else
                    "CREATE OR REPLACE TEMP TABLE dm AS SELECT * FROM d LIMIT 0")
-        return int(row[0] or 0) if row else 0
+        return docs + dropped
 
     def _merge(self, log_topic: str) -> None:
         """Merge the staged documents ``d`` into executions, runs and batch ranges.
@@ -669,39 +714,80 @@ class ExecutionIndex:
                 " AND id IN (SELECT eid FROM nl WHERE id_prefix IS NULL)").fetchall()]
         db.execute(
             "CREATE OR REPLACE TEMP TABLE old AS SELECT rowid AS row_id, id, run_id, runs,"
-            f" log_topic, log_partition, log_offset, {_FLOW_GROUP} FROM executions"
+            f" log_topic, log_partition, log_offset, {_FLOW_GROUP},"
+            " log_offset - coalesce(run_first_gap, 0) AS f_offset,"
+            " coalesce(run_first_us, start_us) AS f_us FROM executions"
             + (" WHERE rowid IN (SELECT unnest(?::BIGINT[])) AND id IN (SELECT eid FROM nl)"
                if cand else " LIMIT 0"), [cand] if cand else [])
-        db.execute(
-            "CREATE OR REPLACE TEMP TABLE plan AS SELECT nl.eid, old.row_id,"
-            " CASE WHEN old.id IS NULL AND NOT nl.multi THEN 'new'"
-            "  WHEN old.id IS NULL OR nl.multi OR old.run_id <> nl.run_id THEN 'runs'"
-            "  WHEN old.log_topic = ? AND old.log_partition = nl.log_partition"
-            "   AND old.log_offset > nl.log_offset THEN 'keep'"
-            "  ELSE 'replace' END AS action, coalesce(old.runs, 1) AS runs"
-            " FROM nl LEFT JOIN old ON old.id = nl.eid", [log_topic])
-        # the rows this merge replaces leave the flow counts (the new ones join them below)
-        db.execute(
-            f"INSERT INTO flow_counts SELECT {_FLOW_GROUP}, -count(*), NULL FROM old"
-            " WHERE row_id IN (SELECT row_id FROM plan WHERE action IN ('replace', 'runs'))"
-            " GROUP BY ALL")
-        db.execute("DELETE FROM executions WHERE rowid IN"
-                   " (SELECT row_id FROM plan WHERE action = 'replace')")
+        # the plan holds the executions with a stored row or documents of several runs in
+        # the batch (a few, mostly); every other document is a new row. No plan at all
+        # (most batches of a first sync): nothing to join
+        fresh = not self._multi and (not cand or db.execute(
+            "SELECT count(*) FROM old").fetchone() == (0,))
+        rows, runs, new, first_o, first_u = (
+            ("nl", "1", "", "nl.first_offset", "nl.first_us") if fresh else
+            ("nl LEFT JOIN plan USING (eid)", "coalesce(plan.runs, 1)",
+             " WHERE coalesce(plan.action, 'new') IN ('new', 'replace')",
+             "coalesce(plan.first_offset, nl.first_offset)",
+             "CASE WHEN plan.eid IS NULL THEN nl.first_us ELSE plan.first_us END"))
+        if not fresh:
+            db.execute(
+                "CREATE OR REPLACE TEMP TABLE plan AS SELECT nl.eid, old.row_id,"
+                " CASE WHEN old.id IS NULL AND NOT nl.multi THEN 'new'"
+                "  WHEN old.id IS NULL OR nl.multi OR old.run_id <> nl.run_id THEN 'runs'"
+                "  WHEN old.log_topic = ? AND old.log_partition = nl.log_partition"
+                "   AND old.log_offset > nl.log_offset THEN 'keep'"
+                "  ELSE 'replace' END AS action, coalesce(old.runs, 1) AS runs,"
+                # where the run began: the earlier of the stored row's and the batch's
+                " CASE WHEN old.f_offset < nl.first_offset AND old.run_id = nl.run_id"
+                "  THEN old.f_offset ELSE nl.first_offset END AS first_offset,"
+                " CASE WHEN old.run_id IS DISTINCT FROM nl.run_id THEN nl.first_us"
+                "  WHEN old.f_offset < nl.first_offset THEN coalesce(old.f_us, nl.first_us)"
+                "  ELSE coalesce(nl.first_us, old.f_us) END AS first_us"
+                " FROM nl LEFT JOIN old ON old.id = nl.eid WHERE old.id IS NOT NULL OR nl.multi",
+                [log_topic])
+            # a stored row that stays, its run begun earlier in the batch (records read
+            # again out of order)
+            db.execute(
+                "UPDATE executions SET run_first_gap = nullif(executions.log_offset"
+                " - p.first_offset, 0), run_first_us = nullif(p.first_us, executions.start_us)"
+                " FROM (SELECT plan.row_id, plan.first_offset, plan.first_us FROM plan"
+                "  JOIN old USING (row_id) WHERE plan.action = 'keep'"
+                "  AND (plan.first_offset <> old.f_offset"
+                "   OR plan.first_us IS DISTINCT FROM old.f_us)) p"
+                " WHERE executions.rowid = p.row_id")
+            # the rows this merge replaces leave the flow counts (the new ones join them
+            # below)
+            db.execute(
+                f"INSERT INTO flow_counts SELECT {_FLOW_GROUP}, -count(*), NULL FROM old"
+                " WHERE row_id IN (SELECT row_id FROM plan WHERE action IN ('replace', 'runs'))"
+                " GROUP BY ALL")
+            db.execute("DELETE FROM executions WHERE rowid IN"
+                       " (SELECT row_id FROM plan WHERE action = 'replace')")
         db.execute(
             f"INSERT INTO flow_counts SELECT {_FLOW_GROUP}, count(*), max(start_us)"
-            " FROM nl JOIN plan USING (eid) WHERE plan.action IN ('new', 'replace') GROUP BY ALL")
+            f" FROM {rows}{new} GROUP BY ALL")
         self._key_ids()
+        key_id, keys = "km.key_id", " LEFT JOIN km ON km.k = nl.record_key"
+        if not self._multi and self._decoded is not None:  # ``nl`` is ``d``
+            # each row's key id looked up in Arrow (a hash of the batch's keys), not by a
+            # join in the insert (which costs far more: every column goes through it)
+            km = db.execute("SELECT k, key_id FROM km").arrow().read_all()
+            found = pc.take(km.column("key_id"), pc.index_in(
+                self._decoded.column("record_key"), value_set=km.column("k")))
+            self._decoded = self._decoded.append_column("key_id", found)
+            db.register("d", self._decoded)
+            key_id, keys = "nl.key_id", ""
         db.execute(
             "INSERT INTO executions SELECT nl.eid, nl.namespace, nl.flow_id, nl.state,"
-            " nl.terminal, nl.run_id, nl.start_us, nl.end_us, nl.duration_ms, plan.runs,"
+            f" nl.terminal, nl.run_id, nl.start_us, nl.end_us, nl.duration_ms, {runs},"
             " nl.trigger_type, nl.topic, nl.partition, nl.\"offset\", nl.record_key,"
             " nl.record_ts, nl.offsets, nl.messages_count, nl.delivery_count, nl.group_id,"
             " nl.upstream, nl.error_task, nl.error_message, ?, nl.log_partition,"
             " nl.log_offset, coalesce(nl.end_us, nl.record_ms * 1000, nl.start_us),"
-            " nl.id_prefix, km.key_id"
-            " FROM nl JOIN plan USING (eid) LEFT JOIN km ON km.k = nl.record_key"
-            " WHERE plan.action IN ('new', 'replace') ORDER BY nl.log_offset", [log_topic])
-        complex_ids = [r[0] for r in db.execute(
+            f" nl.id_prefix, {key_id}, nullif(nl.log_offset - {first_o}, 0),"
+            f" nullif({first_u}, nl.start_us) FROM {rows}{keys}{new}", [log_topic])
+        complex_ids = [] if fresh else [r[0] for r in db.execute(
             "SELECT eid FROM plan WHERE action = 'runs'").fetchall()]
         if complex_ids:
             self._merge_runs(log_topic, complex_ids)
@@ -711,17 +797,35 @@ class ExecutionIndex:
         db.execute("DELETE FROM flow_counts")
         db.execute("INSERT INTO flow_counts SELECT * FROM fc")
         ranges = db.execute(
-            "SELECT nl.eid, nl.offsets FROM nl JOIN plan USING (eid)"
-            " WHERE nl.offsets IS NOT NULL AND plan.action <> 'keep'").fetchall()
+            f"SELECT nl.eid, nl.offsets, nl.namespace, nl.flow_id FROM {rows}"
+            " WHERE nl.offsets IS NOT NULL"
+            + ("" if fresh else " AND coalesce(plan.action, 'new') <> 'keep'")).fetchall()
         if ranges:
-            db.execute("DELETE FROM batch_ranges WHERE execution_id IN"
-                       " (SELECT eid FROM nl WHERE offsets IS NOT NULL)")
-            db.executemany("INSERT INTO batch_ranges VALUES (?, ?, ?, ?, ?)",
-                           [(eid, *r) for eid, text in ranges for r in _ranges(text)])
-            db.execute(
-                "INSERT INTO flow_topics SELECT DISTINCT nl.namespace, nl.flow_id, b.topic"
-                " FROM batch_ranges b JOIN nl ON nl.eid = b.execution_id"
-                " EXCEPT SELECT * FROM flow_topics")
+            db.register("range_ids", pa.table({"eid": [r[0] for r in ranges]}))
+            try:
+                db.execute("DELETE FROM batch_ranges WHERE execution_id IN"
+                           " (SELECT eid FROM range_ids)")
+            finally:
+                db.unregister("range_ids")
+            found = [(eid, *r) for eid, text, _, _ in ranges for r in _ranges(text)]
+            if found:  # one statement (a parameter set per row would cost far more)
+                cols = builtins.list(zip(*found, strict=True))
+                db.register("found_ranges", pa.table({
+                    "execution_id": pa.array(cols[0], pa.string()),
+                    "topic": pa.array(cols[1], pa.string()),
+                    "partition": pa.array(cols[2], pa.int32()),
+                    "first_offset": pa.array(cols[3], pa.int64()),
+                    "last_offset": pa.array(cols[4], pa.int64())}))
+                try:
+                    db.execute("INSERT INTO batch_ranges SELECT * FROM found_ranges")
+                finally:
+                    db.unregister("found_ranges")
+            flow_of = {r[0]: (r[2], r[3]) for r in ranges}
+            topics = {(*flow_of[r[0]], r[1]) for r in found}.difference(
+                db.execute("SELECT * FROM flow_topics").fetchall())
+            if topics:
+                db.executemany("INSERT INTO flow_topics VALUES (?, ?, ?)", sorted(
+                    topics, key=lambda t: tuple(str(v) for v in t)))
 
     def _key_ids(self) -> None:
         """The temp table ``km``: the ``key_id`` of each record key of the batch's latest
@@ -780,15 +884,22 @@ class ExecutionIndex:
             runs = prev.get(eid, {})
             best = stored.get(eid)
             if best is not None:  # the stored row stands for (the latest state of) its run
-                _fold_run(runs, best["run_id"], first_us=best["start_us"],
-                          state=best["state"], last_us=best["last_us"],
-                          offset=best["log_offset"])
+                for offset in (best["log_offset"] - (best["run_first_gap"] or 0),
+                               best["log_offset"]):  # where it began, then the row
+                    _fold_run(runs, best["run_id"], first_us=(
+                        best["run_first_us"] if best["run_first_us"] is not None
+                        else best["start_us"]), state=best["state"],
+                        last_us=best["last_us"], offset=offset)
             for doc in docs.get(eid, []):
+                last_us = doc["end_us"] or (doc["record_ms"] * 1000
+                                            if doc["record_ms"] is not None
+                                            else doc["start_us"])
+                if doc["first_offset"] < doc["log_offset"]:  # where its run began
+                    _fold_run(runs, doc["run_id"], first_us=doc["first_us"],
+                              state=doc["state"], last_us=last_us,
+                              offset=doc["first_offset"])
                 _fold_run(runs, doc["run_id"], first_us=doc["start_us"], state=doc["state"],
-                          last_us=doc["end_us"] or (doc["record_ms"] * 1000
-                                                    if doc["record_ms"] is not None
-                                                    else doc["start_us"]),
-                          offset=doc["log_offset"])
+                          last_us=last_us, offset=doc["log_offset"])
                 newer = best is None or best["log_topic"] != log_topic or (
                     best["log_partition"] != doc["log_partition"]) or (
                     best["log_offset"] <= doc["log_offset"])
@@ -799,6 +910,9 @@ class ExecutionIndex:
                             "last_us": runs[doc["run_id"]][2]}
             assert best is not None
             best["runs"] = len(runs)
+            run = runs[best["run_id"]]
+            best["run_first_gap"] = (best["log_offset"] - run[3]) or None
+            best["run_first_us"] = run[0] if run[0] != best["start_us"] else None
             if best.get("key_id") is None and best.get("record_key") is not None:
                 best["key_id"] = keys[best["record_key"]]
             rows.append(tuple(best[c] for c in cols))
@@ -1092,7 +1206,9 @@ class ExecutionIndex:
         nexts.update(last)
         pending.difference_update(p for p, o in last.items() if o >= ends[p])
         values = list(map(Message.value, msgs))
-        times = [t if kind and t >= 0 else None for kind, t in map(Message.timestamp, msgs)]
+        # the timestamps as given (-1: none; :meth:`_Batch.table` reads a negative one as
+        # absent), by C calls rather than a Python step per message
+        times = list(map(_SECOND, map(Message.timestamp, msgs)))
         keys = list(map(Message.key, msgs))
         if None in values:  # tombstones move the position but hold no document
             keep = [i for i, v in enumerate(values) if v is not None]
@@ -1518,6 +1634,11 @@ class ExecutionIndex:
 _SWITCH_INTERVAL = 0.0005
 _switch_lock = threading.Lock()
 _switch_users: builtins.list[float] = []  # the interval to restore, once per sync under way
+_gc_thresholds: builtins.list[tuple[int, int, int]] = []  # the thresholds to restore
+
+
+#: the first generation's collection threshold while a sync reads the log in a thread
+_SYNC_GC_THRESHOLD = 100_000
 
 
 @contextlib.contextmanager
@@ -1526,11 +1647,17 @@ def _gil_handoff() -> Iterator[None]:
     default: 5 ms), restoring the interval after the last sync under way. DuckDB's query
     loop takes the GIL between its tasks (to check for signals): with the reader thread
     busy in Python, each task would wait up to a whole interval, which made the writes
-    several times slower than alone."""
+    several times slower than alone. Also collects cyclic garbage less often meanwhile
+    (``_SYNC_GC_THRESHOLD`` allocations apart rather than 700): a collection pass every few
+    hundred consumed messages cost about a tenth of the reader's CPU."""
     with _switch_lock:
         _switch_users.append(sys.getswitchinterval())
         if _switch_users[0] > _SWITCH_INTERVAL:
             sys.setswitchinterval(_SWITCH_INTERVAL)
+        if len(_switch_users) == 1:  # the first sync under way
+            _gc_thresholds.append(gc.get_threshold())
+            gc.set_threshold(max(_SYNC_GC_THRESHOLD, _gc_thresholds[0][0]),
+                             *_gc_thresholds[0][1:])
     try:
         yield
     finally:
@@ -1539,6 +1666,8 @@ def _gil_handoff() -> Iterator[None]:
             _switch_users.pop()
             if not _switch_users:
                 sys.setswitchinterval(first)
+                if _gc_thresholds:
+                    gc.set_threshold(*_gc_thresholds.pop())
 
 
 class _Unavailable(Exception):
@@ -1552,10 +1681,6 @@ _KEY_IDS = 256
 #: a page of them is found sooner by scanning the keys newest first
 _DENSE_ROWS = 1000
 
-#: the first 8 hex digits of an execution id as an integer (NULL for other ids): lookups by
-#: id or prefix filter on this column first, which DuckDB scans far faster than the text
-_PREFIX_SQL = ("CASE WHEN regexp_full_match(left({0}, 8), '[0-9a-fA-F]{{8}}')"
-               " THEN TRY_CAST('0x' || left({0}, 8) AS UINTEGER) END")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 

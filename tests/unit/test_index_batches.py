@@ -4,11 +4,15 @@ of their key supersedes (same execution, same run) and must not change any answe
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pyarrow as pa
 import pytest
 
 from waxflow.recovery import index as index_module
@@ -68,16 +72,14 @@ def _records(seed: int) -> list[Record]:
     return records
 
 
-def _dump(ix: ExecutionIndex, *, first_of_runs: bool = True) -> dict[str, Any]:
+def _dump(ix: ExecutionIndex) -> dict[str, Any]:
     db = ix._db
-    runs = ("*" if first_of_runs
-            else "execution_id, run_id, last_state, last_us, last_offset")
     return {
         "executions": db.execute("SELECT * EXCLUDE (key_id) FROM executions"
                                  " ORDER BY id").fetchall(),
         "keys": db.execute("SELECT e.id, k.\"key\" FROM executions e JOIN record_keys k"
                            " USING (key_id) ORDER BY e.id").fetchall(),
-        "runs": db.execute(f"SELECT {runs} FROM runs ORDER BY ALL").fetchall(),
+        "runs": db.execute("SELECT * FROM runs ORDER BY ALL").fetchall(),
         "ranges": db.execute("SELECT * FROM batch_ranges ORDER BY ALL").fetchall(),
         "flows": ix.flows(),
         "counts": ix.count(),
@@ -91,8 +93,7 @@ def test_a_batch_indexes_as_its_records_one_by_one(tmp_path: Path, seed: int,
     with ExecutionIndex(tmp_path / "one.duckdb") as one:
         singly = sum(one.ingest(p, o, k, v, log_topic=LOG, timestamp_ms=t)
                      for p, o, k, v, t in records)
-        # one at a time, a run's first document is forgotten once a later one replaced it
-        want = _dump(one, first_of_runs=False)
+        want = _dump(one)
     with ExecutionIndex(tmp_path / "batch.duckdb") as ix:
         assert ix.ingest_batch(LOG, records) == singly
         got = _dump(ix)
@@ -102,7 +103,7 @@ def test_a_batch_indexes_as_its_records_one_by_one(tmp_path: Path, seed: int,
     assert len(records) - singly < len(records) // 4
     assert want["runs"] and len(want["executions"]) < singly // 2
     with ExecutionIndex(tmp_path / "batch.duckdb") as ix:
-        assert _dump(ix, first_of_runs=False) == want
+        assert _dump(ix) == want
     # every document decoded (none left out as superseded): the very same index
     whole = index_module._Batch.table
     monkeypatch.setattr(index_module._Batch, "table",
@@ -116,4 +117,71 @@ def test_a_batch_indexes_as_its_records_one_by_one(tmp_path: Path, seed: int,
     with ExecutionIndex(tmp_path / "two.duckdb") as ix:
         assert ix.ingest_batch(LOG, records[:cut]) + ix.ingest_batch(LOG, records[cut:]) \
             == singly
-        assert _dump(ix, first_of_runs=False) == want
+        assert _dump(ix) == want
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_batches_decoded_elsewhere_index_as_records_one_by_one(tmp_path: Path,
+                                                               seed: int) -> None:
+    """The reader processes' path: batches decoded on another DuckDB connection (as a
+    reader process does, :func:`_decode_into`) and handed over as Arrow through an IPC
+    file give the same index as the records ingested one at a time."""
+    records = _records(seed)
+    with ExecutionIndex(tmp_path / "one.duckdb") as one:
+        singly = sum(one.ingest(p, o, k, v, log_topic=LOG, timestamp_ms=t)
+                     for p, o, k, v, t in records)
+        want = _dump(one)
+    reader = duckdb.connect()
+    cuts = [0, len(records) // 4, len(records) // 2, len(records)]
+    with ExecutionIndex(tmp_path / "handed.duckdb") as ix:
+        read = 0
+        for lo, hi in itertools.pairwise(cuts):
+            batch = index_module._Batch()
+            for part, off, key, value, ts in records[lo:hi]:
+                if value is not None:
+                    batch.add(part, off, key, value, ts)
+            decoded = index_module._decode_into(reader, batch.table())
+            path = tmp_path / f"batch-{lo}.arrow"
+            with pa.OSFile(str(path), "wb") as sink, \
+                    pa.ipc.new_file(sink, decoded.schema) as writer:
+                writer.write_table(decoded)
+            read += ix._write(LOG, index_module._load(str(path)), {0: hi, 1: hi})
+        assert read == singly
+        assert not path.exists()  # the index removed the handed-over file
+        assert ix.positions(LOG) == {0: len(records), 1: len(records)}
+        assert _dump(ix) == want
+
+
+def test_a_run_keeps_where_it_began_however_it_is_synced(tmp_path: Path) -> None:
+    """Synced one document at a time (a small sync), in batches that split a run, or in
+    one batch (its superseded documents left out), an execution's earlier runs keep where
+    they began: their first document's offset (the order of ``show()["runs"]``) and start
+    date, not those of the run's last document."""
+    eid = "e" * 32
+
+    def rec(off: int, state: str, run: str, start: str | None) -> Record:
+        doc = {"id": eid, "namespace": "shop", "flowId": "f", "state": state,
+               "terminal": state != "RUNNING", "runId": run, "startDate": start}
+        return (0, off, eid.encode(), json.dumps(doc).encode(), 1_795_000_000_000 + off)
+
+    t1, t2, t3 = ("2026-11-25T16:00:00+00:00", "2026-11-25T16:05:00+00:00",
+                  "2026-11-25T16:09:00+00:00")
+    records = [rec(0, "RUNNING", "r1", t1), rec(1, "RETRYING", "r1", t2),
+               rec(2, "FAILED", "r1", t2), rec(3, "RUNNING", "r2", None),
+               rec(4, "SUCCESS", "r2", t2), rec(5, "RUNNING", "r3", t3)]
+    us = {t: int(datetime.fromisoformat(t).timestamp()) * 1_000_000 for t in (t1, t2)}
+    # (run, first start, last state, first offset, last offset)
+    expected = [("r1", us[t1], "FAILED", 0, 2), ("r2", us[t2], "SUCCESS", 3, 4)]
+    splits: dict[str, list[list[Record]]] = {
+        "one at a time": [[r] for r in records], "one batch": [records],
+        "split runs": [records[:2], records[2:4], records[4:]],
+    }
+    for how, batches in splits.items():
+        with ExecutionIndex(tmp_path / f"{how}.duckdb") as ix:
+            for batch in batches:
+                ix.ingest_batch(LOG, batch)
+            got = [(r[1], r[2], r[3], r[5], r[6]) for r in ix._db.execute(
+                "SELECT * FROM runs ORDER BY first_offset").fetchall()]
+            assert got == expected, how
+            [row] = ix.list()
+            assert row["runs"] == 3 and row["runId"] == "r3", how
