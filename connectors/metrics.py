@@ -345,38 +345,19 @@ def executions_done(executions: Sequence[Execution] = (), *,
 def _observe_execution(execution: Execution) -> None:
     """Count one done execution from its object (callers hold ``FAST.lock``): what
     :func:`observe_document` counts of its terminal document."""
-    flow, state = f"{execution.namespace}.{execution.flow_id}", str(execution.state)
-    FAST.inc(EXECUTIONS, (flow, state))
-    if execution.end is not None:
-        FAST.observe(EXECUTION_SECONDS, (flow,),
-                     (execution.end - execution.start).total_seconds())
     trig = execution.trigger
-    if trig.offset is not None:  # one record
-        topic = str(trig.topic)
-        FAST.inc(RECORDS, (flow, topic))
-        if state == "SKIPPED":
-            FAST.inc(SKIPPED, (flow, topic))
-    elif trig.offsets:  # a batch: counted on its topic (topics, comma-joined)
-        topic = ",".join(sorted({k.rsplit("/", 1)[0] for k in trig.offsets}))
-        count = int(trig.messages_count or 0)
-        skipped = int(trig.skipped_count or 0)
-        FAST.inc(RECORDS, (flow, topic), count + skipped)
-        if skipped:
-            FAST.inc(SKIPPED, (flow, topic), skipped)
-        FAST.observe(BATCH_RECORDS, (flow, "trigger"), count + skipped)
+    runs = []
     for run in execution.task_runs:
-        task, kind, attempts = run.task_id, run.type, run.attempts
-        for attempt in attempts:
-            FAST.inc(TASK_ATTEMPTS, (flow, task, str(attempt.state)))
-        if len(attempts) > 1:
-            FAST.inc(TASK_RETRIES, (flow, task), len(attempts) - 1)
-        if attempts and attempts[-1].end is not None:
-            secs = (attempts[-1].end - attempts[0].start).total_seconds()
-            FAST.observe(TASK_SECONDS, (flow, task, kind), max(secs, 0.0))
-        outputs = run.outputs
-        if (kind.endswith(".Load") and run.state in ("SUCCESS", "WARNING")
-                and isinstance(outputs, dict) and isinstance(outputs.get("rows"), int)):
-            FAST.inc(ROWS_LOADED, (flow, task, kind), outputs["rows"])
+        attempts = run.attempts
+        secs = ((attempts[-1].end - attempts[0].start).total_seconds()
+                if attempts and attempts[-1].end is not None else None)
+        runs.append((run.task_id, run.type, [str(a.state) for a in attempts], secs,
+                     _rows_loaded(run.type, run.state, run.outputs)))
+    _observe(f"{execution.namespace}.{execution.flow_id}", str(execution.state),
+             (execution.end - execution.start).total_seconds()
+             if execution.end is not None else None,
+             topic=trig.topic, record=trig.offset is not None, offsets=trig.offsets,
+             count=trig.messages_count, skipped=trig.skipped_count, runs=runs)
 
 
 def _observe_compiled(compiled: Sequence[Compiled]) -> None:
@@ -423,31 +404,42 @@ def observe_document(doc: dict[str, Any]) -> None:
     runs = [_task_run(flow, run) for run in doc.get("taskRuns") or ()]
     duration = doc.get("durationMs")
     with FAST.lock:
-        FAST.inc(EXECUTIONS, (flow, state))
-        if isinstance(duration, int | float):
-            FAST.observe(EXECUTION_SECONDS, (flow,), duration / 1000)
-        if trig.get("offset") is not None:  # one record
-            topic = str(trig.get("topic"))
-            FAST.inc(RECORDS, (flow, topic))
-            if state == "SKIPPED":
-                FAST.inc(SKIPPED, (flow, topic))
-        elif trig.get("offsets"):  # a batch: counted on its topic (topics, comma-joined)
-            topic = ",".join(sorted({k.rsplit("/", 1)[0] for k in trig["offsets"]}))
-            count = int(trig.get("messagesCount") or 0)
-            skipped = int(trig.get("skippedCount") or 0)
-            FAST.inc(RECORDS, (flow, topic), count + skipped)
-            if skipped:
-                FAST.inc(SKIPPED, (flow, topic), skipped)
-            FAST.observe(BATCH_RECORDS, (flow, "trigger"), count + skipped)
-        for task, kind, states, secs, rows in runs:
-            for attempt_state in states:
-                FAST.inc(TASK_ATTEMPTS, (flow, task, attempt_state))
-            if len(states) > 1:
-                FAST.inc(TASK_RETRIES, (flow, task), len(states) - 1)
-            if secs is not None:
-                FAST.observe(TASK_SECONDS, (flow, task, kind), max(secs, 0.0))
-            if rows is not None:
-                FAST.inc(ROWS_LOADED, (flow, task, kind), rows)
+        _observe(flow, state, duration / 1000 if isinstance(duration, int | float) else None,
+                 topic=trig.get("topic"), record=trig.get("offset") is not None,
+                 offsets=trig.get("offsets"), count=trig.get("messagesCount"),
+                 skipped=trig.get("skippedCount"), runs=runs)
+
+
+def _observe(flow: str, state: str, seconds: float | None, *, topic: Any, record: bool,
+             offsets: Any, count: Any, skipped: Any,
+             runs: Iterable[tuple[str, str, list[str], float | None, int | None]]) -> None:
+    """Count one done execution (callers hold ``FAST.lock``), whether read from its
+    terminal document (:func:`observe_document`) or its object (:func:`executions_done`):
+    ``record`` (one record of ``topic``) or ``offsets`` (a batch, ``count`` records and
+    ``skipped``), and its task runs as :func:`_task_run` gives them."""
+    FAST.inc(EXECUTIONS, (flow, state))
+    if seconds is not None:
+        FAST.observe(EXECUTION_SECONDS, (flow,), seconds)
+    if record:
+        FAST.inc(RECORDS, (flow, str(topic)))
+        if state == "SKIPPED":
+            FAST.inc(SKIPPED, (flow, str(topic)))
+    elif offsets:  # a batch: counted on its topic (topics, comma-joined)
+        topics = ",".join(sorted({k.rsplit("/", 1)[0] for k in offsets}))
+        total = int(count or 0) + int(skipped or 0)
+        FAST.inc(RECORDS, (flow, topics), total)
+        if skipped:
+            FAST.inc(SKIPPED, (flow, topics), int(skipped))
+        FAST.observe(BATCH_RECORDS, (flow, "trigger"), total)
+    for task, kind, states, secs, rows in runs:
+        for attempt_state in states:
+            FAST.inc(TASK_ATTEMPTS, (flow, task, attempt_state))
+        if len(states) > 1:
+            FAST.inc(TASK_RETRIES, (flow, task), len(states) - 1)
+        if secs is not None:
+            FAST.observe(TASK_SECONDS, (flow, task, kind), max(secs, 0.0))
+        if rows is not None:
+            FAST.inc(ROWS_LOADED, (flow, task, kind), rows)
 
 
 def _task_run(flow: str, run: dict[str, Any]
@@ -457,12 +449,16 @@ def _task_run(flow: str, run: dict[str, Any]
     attempts = run.get("attempts") or []
     secs = _seconds(attempts[0].get("startDate"), attempts[-1].get("endDate")) \
         if attempts else None
-    outputs = run.get("outputs")
-    rows = None
-    if (kind.endswith(".Load") and run.get("state") in ("SUCCESS", "WARNING")
+    return (task, kind, [str(a.get("state")) for a in attempts], secs,
+            _rows_loaded(kind, run.get("state"), run.get("outputs")))
+
+
+def _rows_loaded(kind: str, state: Any, outputs: Any) -> int | None:
+    """The rows a successful ``*.Load`` task run loaded (its ``rows`` output), else None."""
+    if (kind.endswith(".Load") and state in ("SUCCESS", "WARNING")
             and isinstance(outputs, dict) and isinstance(outputs.get("rows"), int)):
-        rows = outputs["rows"]
-    return task, kind, [str(a.get("state")) for a in attempts], secs, rows
+        return int(outputs["rows"])
+    return None
 
 
 def dlq_records(topic: str, count: int = 1) -> None:

@@ -134,7 +134,7 @@ class RecordExecutions:
         if not self._fast_decided:
             assert self.pipeline is not None
             executor = self.executor
-            if (not self.share and self.pipeline.quiet and executor.inline
+            if (not self.share and executor.inline
                     and not executor.running_docs):
                 fast = compile_flow(flow=self.flow, exprs=executor.engine.exprs,
                                     env=executor.engine.env, trigger_type=self.trigger_type)

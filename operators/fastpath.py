@@ -85,9 +85,6 @@ TASK_LOG = logging.getLogger("waxflow.task")  # where the engine prints a task's
 ENV = "WAXFLOW_FASTPATH"
 #: the variables a compiled template may read (the engine's, minus the task's own)
 ROOTS = frozenset({"trigger", "outputs", "flow", "labels", "env", "execution"})
-#: the compiled templates the path takes: constants, paths and direct evaluators
-#: (:mod:`waxflow.expressions`; a Jinja template proper stays on the general path)
-_KINDS = frozenset({"_Constant", "_Path", "_Direct"})
 #: globals a compiled template may name: values, no side effect, nothing secret
 _GLOBALS = frozenset({"dict", "null"})
 _PARSER = jinja2.Environment()
@@ -201,8 +198,7 @@ class CompiledFlow:
         if isinstance(value, str):
             if not any(m in value for m in _MARKERS):
                 return
-            kind = type(self._exprs.compile(value)).__name__
-            if kind not in _KINDS:
+            if not self._exprs.compile(value).DIRECT:  # Jinja proper: the general path
                 raise NotEligible(f"{where}: template {value!r} is not evaluated directly")
             roots = jinja2.meta.find_undeclared_variables(_PARSER.parse(value))
             if not roots <= ROOTS | _GLOBALS:

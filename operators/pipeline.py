@@ -319,17 +319,15 @@ class Pipeline:
         # of one per execution (transactional ones buffer: ``txn``)
         self._scope: BatchScope | None = (BatchScope(executor.output, None)
                                           if executor.output is not None else None)
-        #: quiet mode (consumer groups): no Python call per delivered record; what the
-        #: broker acknowledged is learnt at each snapshot (:meth:`_settle`), which also
-        #: counts the executions it settles when metrics are on
-        self._quiet = True
+        # quiet mode (a consumer group's records, :meth:`_start`): no Python call per
+        # delivered record; what the broker acknowledged is learnt at each snapshot
+        # (:meth:`_settle`), which also counts the executions it settles when metrics are on
         self._metered = metrics.STATE.enabled
         self._unacked: list[_Sent] = []
         #: one thread at a time serves the quiet producers' reports (so a failure is
         #: recorded before the thread that emptied the queue reads it)
         self._quiet_lock = threading.RLock()
-        if self._quiet:
-            progress.settle = self._settle
+        progress.settle = self._settle
         tune_gc()
 
     # -- entry point (worker thread) ---------------------------------------------------------
@@ -351,12 +349,6 @@ class Pipeline:
             self._pool_submit(self._start, item)
 
     # -- the compiled path (consumer groups, quiet mode) ------------------------------------
-    @property
-    def quiet(self) -> bool:
-        """Quiet mode (consumer groups, with or without metrics): documents and records
-        settled at snapshots."""
-        return self._quiet
-
     def fast_ready(self) -> bool:
         """Whether a batch may take the compiled path now: no secret registered (documents
         are redacted on the general path) and the job is not stopping."""
@@ -556,7 +548,7 @@ class Pipeline:
         if shutdown.requested():
             self._abandon(item)
             return
-        item.quiet = quiet = self._quiet and type(item.part) is PartitionProgress
+        item.quiet = quiet = type(item.part) is PartitionProgress
         if self._scope is not None:
             item.scope = _ItemScope(self._scope, self.txn,
                                     self._serve_quiet if quiet else None)

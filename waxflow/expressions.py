@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 import jinja2
@@ -1135,6 +1135,8 @@ class Template(ABC):
 
     __slots__ = ()
     source: Any
+    #: rendered without Jinja (a constant, a plain path, or :mod:`waxflow.template_direct`)
+    DIRECT: ClassVar[bool] = True
 
     @abstractmethod
     def render(self, ctx: Mapping[str, Any]) -> Any:
@@ -1153,6 +1155,7 @@ class _Constant(Template):
 
 class _Jinja(Template):
     __slots__ = ("_constants", "_env", "_globals", "_pure_secret", "_root", "source")
+    DIRECT = False
 
     def __init__(self, source: str, compiled: jinja2.Template, globals_: dict[str, Any],
                  pure_secret: bool = False, constants: tuple[str, ...] = ()) -> None:
@@ -1235,6 +1238,7 @@ class _Structure(Template):
     """A dict or list whose strings are templates; renders to a fresh container each time."""
 
     __slots__ = ("_items", "source")
+    DIRECT = False  # (its parts may be Jinja)
 
     def __init__(self, source: Any, items: list[tuple[Any, Template]]) -> None:
         self.source = source
