@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from waxflow.connectors.broker import LocalBroker
@@ -35,6 +35,24 @@ def create_topic(admin: AdminClient, name: str, partitions: int = 1,
     raise TimeoutError(f"topic {name} not ready")
 
 
+_NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT}
+
+
+def high_watermark(c: Consumer, tp: TopicPartition, *, timeout: float = 30.0) -> int:
+    """The partition's end offset (the last stable offset for a read_committed consumer),
+    asked of its leader. A topic the job under test has just created can answer "not leader"
+    until its leadership is known everywhere; that is retried for up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(c.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+        except KafkaException as e:
+            if e.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_all(bootstrap: str, topic: str, *, isolation: str = "read_uncommitted",
              timeout: float = 30.0, extra: dict[str, Any] | None = None) -> list[Message]:
     """Every record of ``topic`` from the beginning up to the end offsets seen at the start."""
@@ -45,8 +63,7 @@ def read_all(bootstrap: str, topic: str, *, isolation: str = "read_uncommitted",
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
         parts = [TopicPartition(topic, p, 0) for p in md.partitions]
-        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-                for tp in parts}
+        ends = {tp.partition: high_watermark(c, tp) for tp in parts}
         todo = {p for p, end in ends.items() if end > 0}
         c.assign(parts)
         out: list[Message] = []
@@ -87,8 +104,7 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "end-offsets"})
     try:
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                           cached=False)[1] for p in range(partitions)}
+        return {p: high_watermark(c, TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         c.close()
 
@@ -100,8 +116,7 @@ def lso_hwm(bootstrap: str, topic: str, parts: int) -> tuple[dict[int, int], dic
                   "isolation.level": "read_committed"})
     try:
         hwm = end_offsets(bootstrap, topic, parts)
-        lso = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                          cached=False)[1] for p in range(parts)}
+        lso = {p: high_watermark(c, TopicPartition(topic, p)) for p in range(parts)}
         return lso, hwm
     finally:
         c.close()

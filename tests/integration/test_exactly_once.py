@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from tests.flow_helpers import (
     LogWatcher,
@@ -29,7 +28,7 @@ from tests.flow_helpers import (
     start_flow,
     write_flow,
 )
-from tests.kafka_helpers import committed, end_offsets, read_all
+from tests.kafka_helpers import committed, end_offsets, lso_hwm, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -58,15 +57,8 @@ tasks:
 
 
 def _lso_equals_hwm(bootstrap: str, topic: str, parts: int) -> bool:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                  "isolation.level": "read_committed"})
-    try:
-        hwm = end_offsets(bootstrap, topic, parts)
-        lso = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                          cached=False)[1] for p in range(parts)}
-        return lso == hwm
-    finally:
-        c.close()
+    lso, hwm = lso_hwm(bootstrap, topic, parts)
+    return lso == hwm
 
 
 def _kill_run(bootstrap: str, new_topic: Callable[..., str], tmp_path: Path,
