@@ -10,6 +10,7 @@ compiled here, once per flow.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -192,14 +193,20 @@ def _compile_batch(flow: FlowBase, trig: BatchTrigger, options: RunOptions) -> D
     return df
 
 
-def _transactional_produces(flow: FlowBase) -> list[Any]:
-    """The flow's ``kafka.Produce`` tasks that produce inside their batch's transaction.
-    (A flow with Produce tasks imported their module when it was parsed; one without
-    does not import it here, with its libraries.)"""
+def _produces(flow: FlowBase, transactional: bool) -> list[Any]:
+    """The flow's ``kafka.Produce`` tasks that produce inside their batch's transaction
+    (``transactional``), or the others. (A flow with Produce tasks imported their module
+    when it was parsed; one without does not import it here, with its libraries.)"""
     module = sys.modules.get("waxflow.connectors.kafka_produce")
     if module is None:
         return []
-    return [t for _, t in flow.all_tasks() if isinstance(t, module.Produce) and t.transactional]
+    return [t for _, t in flow.all_tasks()
+            if isinstance(t, module.Produce) and t.transactional == transactional]
+
+
+def _transactional_produces(flow: FlowBase) -> list[Any]:
+    """The flow's ``kafka.Produce`` tasks that produce inside their batch's transaction."""
+    return _produces(flow, True)
 
 
 def _joins_transaction(flow: FlowBase) -> bool:
@@ -233,6 +240,8 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     share = trig.groupType == "SHARE"
     txn_confs = [client_conf(t.properties) for t in _transactional_produces(flow)]
     progress, txn = runner.pipelined(txn_confs[0] if txn_confs and not share else None)
+    pipeline = runner.pipeline
+    assert pipeline is not None
     if share:
         from waxflow.connectors.kafka_share import KafkaShareSource
 
@@ -248,7 +257,8 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
                                   since=trig.since, batch_size=options.batch_size,
                                   idle_stop=options.stop_when_idle,
                                   warm_up=_txn_warm_up(flow, runner), progress=progress,
-                                  checkpoint=txn)
+                                  checkpoint=txn, start=functools.partial(
+                                      pipeline.warm_up, _produces(flow, False)))
     df = _dataflow(flow)
     raw = op.input("kafka", df, source)
     decoded = deserialize("deserialize", raw, key_de=trigger_deserializer(trig, "key"),
