@@ -232,21 +232,63 @@ class InstanceLock:
 
 
 _HELD: InstanceLock | None = None
+#: an acquisition going on in the background (:func:`hold` with ``background``)
+_PENDING: _Acquiring | None = None
 
 
-def hold(conf: dict[str, Any], group_id: str, what: str) -> None:
-    """Take the instance lock for this process (once; a no-op when the parent holds it)."""
-    global _HELD
-    if _HELD is not None or os.environ.get(HELD_ENV) == "1":
+class _Acquiring(threading.Thread):
+    """:meth:`InstanceLock.acquire` on a thread; :func:`check` waits for its outcome."""
+
+    def __init__(self, lock: InstanceLock) -> None:
+        super().__init__(name="instance-lock-acquire", daemon=True)
+        self.lock = lock
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.lock.acquire()
+        except BaseException as exc:  # raised where the job waits for the lock (check)
+            self.error = exc
+
+
+def hold(conf: dict[str, Any], group_id: str, what: str, *, background: bool = False
+         ) -> None:
+    """Take the instance lock for this process (once; a no-op when the parent holds it).
+    ``background``: return at once and take it on a thread while the job starts; the first
+    :func:`check` (every source calls it before it reads a record) waits for it, and
+    raises its InstanceConflict. For jobs whose sources all call :func:`check` before
+    anything they do could disturb a running instance (measured: the lock takes ~0.3 s
+    of a ~1.1 s start; the dataflow's start runs beside it)."""
+    global _HELD, _PENDING
+    if _HELD is not None or _PENDING is not None or os.environ.get(HELD_ENV) == "1":
         return
     lock = InstanceLock(conf, group_id, what)
+    if background:
+        _PENDING = _Acquiring(lock)
+        _PENDING.start()
+        return
     lock.acquire()
     _HELD = lock
 
 
+def _wait_pending() -> None:
+    """Wait for a background acquisition to end; raise what it raised."""
+    global _HELD, _PENDING
+    pending = _PENDING
+    if pending is None:
+        return
+    pending.join()
+    if pending.error is not None:
+        raise pending.error
+    _HELD, _PENDING = pending.lock, None
+
+
 def check(where: str) -> None:
     """Raise InstanceConflict when this process held the lock and lost it (sources call it
-    before they read or commit)."""
+    before they read or commit); first wait for a lock still being taken
+    (:func:`hold` ``background``) and raise why it could not be."""
+    if _PENDING is not None:
+        _wait_pending()
     if _HELD is not None and _HELD.lost:
         raise InstanceConflict(f"{_HELD.what}: lost the instance lock while running ({where}); "
                                "another instance may have started: stopping without "
