@@ -483,3 +483,45 @@ def test_keyboard_interrupt_is_not_a_serde_error() -> None:
     with pytest.raises(KeyboardInterrupt):
         decode(raw, DESERIALIZERS["STRING"], _Broken(KeyboardInterrupt()), fail=False,
                filters={})
+
+
+_JSON_EDGES = [
+    b'{"a":1,"a":2}', b"-0", b"-0.0", b"1E5", b"0.1e-999", b"1.5e308", b"1e400", b"-1e400",
+    b"NaN", b"-Infinity", b'"\\ud800"', b'"\\u0000"', b'"\x7f"', b"\t[1] \n",
+    b"123456789012345678901234567890", b"-9223372036854775809", b"18446744073709551615",
+    b"18446744073709551616", b'{"id":"12345678901234567890123"}', b'"caf\xc3\xa9"',
+    b"\xef\xbb\xbf{}", b'"\xed\xa0\x80"', b'"\xff"', b'"a\x01b"', b"[1,]", b"01", b'{"a":1}x',
+    b"", b" ", b"[" * 201 + b"]" * 201,
+]
+
+
+def _json_outcome(decode: Any, data: bytes) -> tuple[str, Any]:
+    try:
+        value = decode(data)
+    except Exception as exc:
+        return "error", str(exc)
+    return "value", (type(value).__name__, repr(value))
+
+
+_REFERENCE = serdes.guarded("JSON", serdes._json_loads)  # json.loads alone (before orjson)
+
+
+@pytest.mark.parametrize("data", _JSON_EDGES, ids=repr)
+def test_json_decodes_exactly_as_json_loads(data: bytes) -> None:
+    """orjson decodes first; every value (its type too) and every error are json.loads's:
+    an integer past 64 bits stays exact, NaN/1e400/lone surrogates still decode, malformed
+    text and invalid UTF-8 are refused with json's words."""
+    de = deserializer("JSON")
+    assert _json_outcome(de, data) == _json_outcome(_REFERENCE, data)
+
+
+def test_json_floats_decode_as_json_loads() -> None:
+    import random
+
+    rnd = random.Random(7)
+    de = deserializer("JSON")
+    for _ in range(20_000):
+        x = rnd.random() * 10 ** rnd.randint(-300, 300)
+        for text in (repr(x), f"{x:.17g}", f"{-x:.5e}"):
+            got, want = de(f'{{"v":{text}}}'.encode())["v"], json.loads(text)
+            assert got == want and type(got) is type(want), text
