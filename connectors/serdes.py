@@ -86,8 +86,8 @@ def json_depth(data: bytes) -> int:
 
 def json_too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
     """Whether the JSON text ``data`` nests deeper than ``limit`` levels. Cheap for the
-    common case: text with at most ``limit`` opening brackets cannot."""
-    if data.count(b"[") + data.count(b"{") <= limit:
+    common case: text with at most ``limit`` opening brackets (or bytes) cannot."""
+    if len(data) <= limit or data.count(b"[") + data.count(b"{") <= limit:
         return False
     return json_depth(data) > limit
 
@@ -129,8 +129,10 @@ def _string(data: bytes | None) -> str | None:
 
 
 #: a run of 19 digits: possibly an integer past 64 bits, which orjson reads as a float
-#: (json.loads keeps it exact)
-_LONG_DIGITS = re.compile(rb"\d{19}")
+#: (json.loads keeps it exact); found as 19 zeros in the text with every digit made a
+#: zero (0.5 us for 200 bytes, against 3.4 for the regular expression ``\d{19}``)
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_DIGITS = b"0" * 19
 
 
 def _json(data: bytes | None) -> Any:
@@ -141,7 +143,7 @@ def _json(data: bytes | None) -> Any:
     lone surrogates), takes json's path, which decides and words the error as before."""
     if data is None:
         return None
-    if not json_too_deep(data) and _LONG_DIGITS.search(data) is None:
+    if not json_too_deep(data) and data.translate(_DIGITS_TO_ZERO).find(_LONG_DIGITS) < 0:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
