@@ -176,10 +176,15 @@ class Deliveries:
     deferrable = True
 
     def __init__(self, producer: Producer | None, *,
-                 cond: threading.Condition | None = None) -> None:
+                 cond: threading.Condition | None = None, quiet: bool = False) -> None:
         """``cond``: a condition to share instead of one of its own (~1.5 µs each), for
-        owners that never wait on it (nothing is ever pending: records only buffered)."""
+        owners that never wait on it (nothing is ever pending: records only buffered).
+        ``quiet``: ``producer`` is a quiet one (:data:`QUIET`: Python hears only of failed
+        deliveries), used by this tracker alone: nothing counts as pending, :meth:`wait`
+        flushes the producer (everything sent is then acknowledged or failed) and
+        :meth:`settle` must not be used."""
         self._producer = producer
+        self.quiet = quiet
         self.sent = 0
         self._pending = 0
         self._errors: list[str] = []
@@ -220,7 +225,8 @@ class Deliveries:
                 what = f"record to topic {msg.topic()}"
         settled = None
         with self._cond:
-            self._pending -= 1
+            if not self.quiet:  # (a quiet producer reports failures only: none was counted)
+                self._pending -= 1
             if err is not None:
                 self._errors.append(f"{what}: {err.str()}")
                 self.failures.append((err, record))
@@ -264,9 +270,13 @@ class Deliveries:
         # sent again after an outage)
         record: Record = (topic, key, value, headers, partition, timestamp)
         report = functools.partial(self._on_delivery, record=record)
-        with self._cond:
-            self._pending += 1
+        quiet = self.quiet
+        if quiet:
             self.sent += 1
+        else:
+            with self._cond:
+                self._pending += 1
+                self.sent += 1
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers,
@@ -275,8 +285,9 @@ class Deliveries:
             except BufferError:
                 self.producer.poll(0.05)
             except Exception as exc:
-                with self._cond:
-                    self._pending -= 1
+                if not quiet:
+                    with self._cond:
+                        self._pending -= 1
                 err = kafka_error(exc)
                 if err is not None and self._refused(err, record):
                     return
@@ -294,7 +305,15 @@ class Deliveries:
         if timeout is None:
             timeout = max(120.0, give_up_seconds())
         deadline = time.monotonic() + timeout
-        while True:
+        if self.quiet:  # its reports: failures only, served by the flush
+            if self._abandoned():
+                return
+            left = self.producer.flush(timeout)
+            if self._abandoned():
+                return
+            if left:
+                raise DeliveryError(f"{left} deliveries unacknowledged after {timeout:.0f}s")
+        while not self.quiet:
             if self._abandoned():
                 return
             # serve delivery reports without blocking; when another thread's poll serves

@@ -73,6 +73,10 @@ class KafkaOutput:
         self.flow_key = flow_key
         self.group_conf = group_conf  # conf incl. group.id of the consumer-group source
         self.process_id = os.environ.get("WAXFLOW_PROCESS_ID", "0")
+        #: transactional producers report failed deliveries only (:data:`QUIET`): set
+        #: before the first one is made, by an owner whose transactions produce through
+        #: :class:`_TxnDeliveries` alone (a pipelined flow's epoch transactions)
+        self.quiet_txn = False
         self._lock = threading.Lock()
         self._plain: dict[tuple[tuple[str, str], ...], Producer] = {}
         #: the same config object asks again (a task's cached config): no key to build
@@ -170,7 +174,8 @@ class KafkaOutput:
         # a killed incarnation's open transaction blocks the group's offset fetches
         # (read_committed, require_stable) until fenced or timed out: keep it short
         producer = Producer({"transaction.timeout.ms": 10000, "error_cb": client_error, **conf,
-                             "transactional.id": self._tid(key), "linger.ms": 5})
+                             "transactional.id": self._tid(key), "linger.ms": 5,
+                             **(QUIET if self.quiet_txn else {})})
         try:
             producer.init_transactions(timeout)
         except BaseException:
@@ -444,7 +449,7 @@ class BatchScope:
                 step = "begin"
                 producer.begin_transaction()
                 step = "produce"
-                again = Deliveries(producer)
+                again = Deliveries(producer, quiet=self.output.quiet_txn)
                 for topic, key, value, headers, part, ts in self.records:
                     again.produce(topic, key, value, headers, partition=part, timestamp=ts)
                 again.wait(max(1.0, deadline - time.monotonic()))
@@ -528,7 +533,7 @@ class _TxnDeliveries(Deliveries):
     failing the task, a failure of the record fails it (and poisons the batch)."""
 
     def __init__(self, scope: BatchScope) -> None:
-        super().__init__(scope._producer)
+        super().__init__(scope._producer, quiet=scope.output.quiet_txn)
         self.scope = scope
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None,
