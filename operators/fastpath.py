@@ -43,6 +43,7 @@ once).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,8 @@ from waxflow.records import Decoded, headers_text
 from waxflow.tasks import TaskBase
 
 LOG = logging.getLogger("waxflow.fastpath")
+#: a string's JSON text (what json_scalar writes for one)
+_STRING = json.encoder.encode_basestring
 TASK_LOG = logging.getLogger("waxflow.task")  # where the engine prints a task's log lines
 
 #: ``$WAXFLOW_FASTPATH``: ``0`` (or ``false``/``off``) keeps every flow on the general path
@@ -187,6 +190,8 @@ class CompiledFlow:
                       f'"runId":')
         self._trigger_head = f'{{"type":{json_scalar(trigger_type)},"topic":'
         self._labels_text = json_scalar(dict(flow.labels))
+        #: the document's text up to a record's partition, by topic
+        self._topic_text: dict[str, str] = {}
 
     # -- compiling -----------------------------------------------------------------------------
     def _template(self, value: Any, where: str) -> Any:
@@ -356,7 +361,8 @@ class CompiledFlow:
     def _document(self, rec: Decoded, exec_id: str, rid: str, start: datetime,
                   end: datetime, runs: list[list[Any]], logs: list[dict[str, Any]] | None,
                   upstream: str | None) -> str:
-        """:meth:`Execution._json_text` of the execution the general path would hold."""
+        """:meth:`Execution._json_text` of the execution the general path would hold
+        (``exec_id`` and ``rid`` are hex: written without escaping)."""
         raw = rec.raw
         s, e = json_date(start), json_date(end)
         attempt_tail = f',"endDate":{e},"error":null}}],"outputs":'
@@ -365,16 +371,30 @@ class CompiledFlow:
             parts.append(f"{prefix}{s}{attempt_tail}"
                          f"{json_value(jsonable(out)) if out else 'null'}}}")
         head, mid = self._head
-        trigger = (f'{self._trigger_head}{json_scalar(raw.topic)},"partition":'
-                   f'{json_scalar(raw.partition)},"offset":{json_scalar(raw.offset)},'
-                   f'"key":{json_scalar(jsonable(rec.key))},'
-                   f'"timestamp":{json_scalar(raw.timestamp)},"offsets":null,'
-                   f'"messagesCount":null,"deliveryCount":{json_scalar(raw.delivery_count)}}}')
-        text = (f'{head}{json_scalar(exec_id)}{mid}{json_scalar(rid)},"startDate":{s},'
+        # (json_scalar's text, spelled out for the types these fields nearly always have:
+        # ids are hex, partitions and offsets ints, a duration a finite float)
+        topic = self._topic_text.get(raw.topic)
+        if topic is None:
+            topic = f'{self._trigger_head}{json_scalar(raw.topic)},"partition":'
+            if len(self._topic_text) < 1024:
+                self._topic_text[raw.topic] = topic
+        partition, offset, key = raw.partition, raw.offset, rec.key
+        timestamp, count = raw.timestamp, raw.delivery_count
+        trigger = (f'{topic}'
+                   f'{partition if type(partition) is int else json_scalar(partition)},'
+                   f'"offset":{offset if type(offset) is int else json_scalar(offset)},'
+                   f'"key":{_STRING(key) if type(key) is str else json_scalar(jsonable(key))},'
+                   f'"timestamp":'
+                   f'{timestamp if type(timestamp) is int else json_scalar(timestamp)},'
+                   f'"offsets":null,"messagesCount":null,"deliveryCount":'
+                   f'{"null" if count is None else json_scalar(count)}}}')
+        text = (f'{head}"{exec_id}"{mid}"{rid}","startDate":{s},'
                 f'"endDate":{e},"durationMs":'
-                f'{json_scalar((end - start).total_seconds() * 1000)},'
+                f'{float.__repr__((end - start).total_seconds() * 1000)},'
                 f'"trigger":{trigger},"taskRuns":[{",".join(parts)}],"error":null,'
-                f'"upstreamExecutionId":{json_scalar(upstream)},"labels":{self._labels_text}')
+                f'"upstreamExecutionId":'
+                f'{"null" if upstream is None else json_scalar(upstream)},'
+                f'"labels":{self._labels_text}')
         if logs:
             text += f',"logs":{_encode(logs)}'
         return text + "}"
