@@ -204,19 +204,14 @@ def _produces(flow: FlowBase, transactional: bool) -> list[Any]:
             if isinstance(t, module.Produce) and t.transactional == transactional]
 
 
-def _transactional_produces(flow: FlowBase) -> list[Any]:
-    """The flow's ``kafka.Produce`` tasks that produce inside their batch's transaction."""
-    return _produces(flow, True)
-
-
 def _joins_transaction(flow: FlowBase) -> bool:
     """Whether the flow's executions produce inside their batch's Kafka transaction."""
-    return bool(_transactional_produces(flow))
+    return bool(_produces(flow, True))
 
 
 def _txn_warm_up(flow: FlowBase, runner: RecordExecutions) -> Callable[[], None] | None:
     """Initialise the worker's transactional producers before its source starts reading."""
-    confs = [client_conf(t.properties) for t in _transactional_produces(flow)]
+    confs = [client_conf(t.properties) for t in _produces(flow, True)]
     output = runner.executor.output
     if not confs or output is None:
         return None
@@ -238,7 +233,7 @@ def compile_flow(flow: FlowBase, options: RunOptions | None = None) -> Dataflow:
     # in the epoch's transaction with the offsets below which everything is done (a share
     # group has no offsets: such a task commits its own transaction)
     share = trig.groupType == "SHARE"
-    txn_confs = [client_conf(t.properties) for t in _transactional_produces(flow)]
+    txn_confs = [client_conf(t.properties) for t in _produces(flow, True)]
     progress, txn = runner.pipelined(txn_confs[0] if txn_confs and not share else None)
     pipeline = runner.pipeline
     assert pipeline is not None

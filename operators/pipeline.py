@@ -351,8 +351,8 @@ class Pipeline:
         def warm() -> None:
             try:
                 self.log().quiet_producer()
-                for task in produces:
-                    if output is not None:
+                if output is not None:
+                    for task in produces:
                         output.quiet_producer(task.client_conf())
             except Exception as exc:  # the first execution meets it again and reports it
                 LOG.debug("warm-up of the producers failed: %s", exc)
