@@ -299,6 +299,19 @@ class Deliveries:
                                         f": {reason}") from None
                 raise
 
+    def produce_all(self, records: list[Record]) -> list[tuple[Record, str]]:
+        """Send every record as :meth:`produce` does; those the client refused at once, with
+        why (the others are sent, their reports awaited by :meth:`wait`)."""
+        refused: list[tuple[Record, str]] = []
+        for record in records:
+            topic, key, value, headers, partition, timestamp = record
+            try:
+                self.produce(topic, key, value, headers, partition=partition,
+                             timestamp=timestamp)
+            except DeliveryError as exc:
+                refused.append((record, str(exc)))
+        return refused
+
     def wait(self, timeout: float | None = None) -> None:
         """Block until every delivery is acknowledged; raise if one failed or timed out
         (``timeout``: default the broker give-up, at least 120 s)."""

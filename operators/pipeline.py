@@ -76,6 +76,7 @@ from waxflow.connectors.deliveries import (
     OUTAGE,
     Deliveries,
     QuietDeliveries,
+    Record,
     describe_record,
     is_outage,
 )
@@ -151,7 +152,7 @@ class _Item:
     ctx: Any = None  # the engine's run state once started
     scope: _ItemScope | None = None
     #: transactional Produce records, held for the transaction once the execution is done
-    produced: list[tuple[str, Buffered]] | None = None
+    produced: list[tuple[str, Sequence[Record]]] | None = None
     #: quiet mode (a consumer group's record): its terminal document and at-least-once
     #: records go to the quiet producers and are settled at the next snapshot
     quiet: bool = False
@@ -209,7 +210,7 @@ class _FastItem:
         self.part = part
         self.offset = offset
         self.outputs: list[tuple[str, Any]] | None = None
-        self.produced: list[tuple[str, Buffered]] | None = None
+        self.produced: list[tuple[str, Sequence[Record]]] | None = None
         self._job: Job | None = None
 
     @property
@@ -408,16 +409,13 @@ class Pipeline:
                 if run.records:
                     assert output is not None
                     outputs: list[tuple[str, Any]] = []
-                    held: list[tuple[str, Buffered]] = []
+                    held: list[tuple[str, Sequence[Record]]] = []
                     first, refuse = True, False  # first: nothing of it sent yet
                     for task, records in run.records:
                         if task.transactional:  # held for the epoch's transaction
                             assert self.txn is not None
-                            buffered = self.txn.buffer(task.client_conf())
-                            for out_topic, key, value, headers, partition, ts in records:
-                                buffered.produce(out_topic, key, value, headers,
-                                                 partition=partition, timestamp=ts)
-                            held.append((task.id, buffered))
+                            self.txn.check(task.client_conf())
+                            held.append((task.id, records))
                             continue
                         producer = output.quiet_producer(task.client_conf())
                         report = _Outputs()
@@ -672,7 +670,8 @@ class Pipeline:
         if job.finish is not None:
             job.finish(job.execution)
         if item.scope is not None and item.scope.buffered:
-            item.produced = item.scope.buffered
+            item.produced = [(task_id, buffered.records)
+                             for task_id, buffered in item.scope.buffered]
         item.ctx = item.scope = None
         self._send(item, job.execution.to_json(), terminal=True)
         self.progress.finished()

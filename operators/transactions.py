@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +82,8 @@ class Produced:
     built only if one of its records is refused)."""
 
     id: str
-    runs: list[tuple[str, Buffered]]
+    #: (task id, its records) per Produce task run
+    runs: list[tuple[str, Sequence[Record]]]
     source: Execution | Callable[[], Execution]
 
     @property
@@ -122,13 +123,18 @@ class Transactions:
     # -- the pipeline's side (any thread) -----------------------------------------------------
     def buffer(self, conf: Mapping[str, Any]) -> Buffered:
         """Where a transactional Produce task run puts its records."""
+        self.check(conf)
+        return Buffered(conf)
+
+    def check(self, conf: Mapping[str, Any]) -> None:
+        """Raise DeliveryError unless a Produce task with these properties may put its
+        records in this flow's transactions (the compiled path holds its records itself)."""
         if conf is not self._same_conf:  # (a task's cached config asks again: no key)
             if conf_key(conf) != self._key:
                 raise DeliveryError("one flow's transactions span one cluster and one set "
                                     "of producer properties; use transactional: false for a "
                                     "second target")
             self._same_conf = conf
-        return Buffered(conf)
 
     def accepts(self, conf: Mapping[str, Any]) -> bool:
         """Whether :meth:`buffer` takes a Produce task's records with these properties."""
@@ -182,21 +188,20 @@ class Transactions:
         for _round in range(3):
             scope = self.output.scope()
             deliveries = scope.deliveries(self.conf, True)  # begins the transaction
-            owner: dict[int, tuple[Produced, str]] = {}
-            failed: dict[str, tuple[str, str]] = {}
-            for produced in taken:
-                for task_id, buffered in produced.runs:
-                    for topic, key, value, headers, partition, ts in buffered.records:
-                        owner[id(headers)] = (produced, task_id)  # a list per record
-                        try:
-                            deliveries.produce(topic, key, value, headers,
-                                               partition=partition, timestamp=ts)
-                        except DeliveryError as exc:  # refused at once (e.g. too large)
-                            failed.setdefault(produced.id, (task_id, str(exc)))
+            records = [record for produced in taken for _task_id, held in produced.runs
+                       for record in held]
+            refused = deliveries.produce_all(records)
+            failed = self._owners(taken, refused) if refused else {}
             try:
                 deliveries.wait()
             except DeliveryError as exc:
-                failed.update(self._owners(deliveries, owner, exc))
+                found = self._owners(taken, [(record, f"delivery failed: "
+                                              f"{deliveries.describe(*record[:4])}: {err.str()}")
+                                             for err, record in deliveries.failures])
+                if not found:  # not one of ours: the transaction cannot be trusted
+                    raise exc from None
+                for exec_id, why in found.items():
+                    failed.setdefault(exec_id, why)
             if failed:
                 scope.abort()
                 self._refused(taken, failed)
@@ -208,19 +213,21 @@ class Transactions:
         raise TransactionError("the epoch's transaction aborted three times; stopping")
 
     @staticmethod
-    def _owners(deliveries: Deliveries, owner: Mapping[int, tuple[Produced, str]],
-                exc: DeliveryError) -> dict[str, tuple[str, str]]:
-        """The executions whose records the broker refused: ``{id: (task id, error)}``."""
+    def _owners(taken: list[Produced], refused: list[tuple[Record, str]]
+                ) -> dict[str, tuple[str, str]]:
+        """The executions whose records were refused: ``{id: (task id, error)}``. A record
+        is known by its topic, key and value (a delivery report carries no headers): a
+        refusal is about what a record is, so records alike are refused alike, and every
+        execution that sent one is failed (called only on failure)."""
+        wanted: dict[tuple[str, bytes | None, bytes | None], str] = {
+            (record[0], record[1], record[2]): why for record, why in refused}
         failed: dict[str, tuple[str, str]] = {}
-        for err, record in deliveries.failures:
-            got = owner.get(id(record[3]))
-            if got is None:  # not one of ours: the transaction cannot be trusted
-                raise exc
-            what = deliveries.describe(*record[:4])
-            failed.setdefault(got[0].id, (got[1], f"delivery failed: {what}: "
-                                                            f"{err.str()}"))
-        if not failed:
-            raise exc
+        for produced in taken:
+            for task_id, held in produced.runs:
+                for record in held:
+                    why = wanted.get((record[0], record[1], record[2]))
+                    if why is not None:
+                        failed.setdefault(produced.id, (task_id, why))
         return failed
 
     def _refused(self, taken: list[Produced], failed: Mapping[str, tuple[str, str]]) -> None:

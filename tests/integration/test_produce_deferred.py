@@ -27,13 +27,18 @@ from tests.kafka_helpers import committed, end_offsets, read_all
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("big", [4000, 1_100_000], ids=["broker-refuses", "client-refuses"])
 @pytest.mark.parametrize("txn", [True, False], ids=["transactional", "at-least-once"])
 def test_a_delivery_refused_after_the_task_returned_fails_only_its_execution(
-        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, txn: bool) -> None:
+        bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, txn: bool,
+        big: int) -> None:
+    """``big``: 4,000 bytes is taken by the client and refused by the broker afterwards;
+    1.1 MB is over the client's ``message.max.bytes`` and refused as it is sent (for a
+    transactional task: when the epoch's transaction sends the held records)."""
     src = new_topic(1)
     # the broker refuses a whole record batch: the large record goes alone to partition 1
     dst = new_topic(2, **{"max.message.bytes": "1024"})
-    sizes = [10, 20, 4000, 30, 40]
+    sizes = [10, 20, big, 30, 40]
     produce(bootstrap, src, [json.dumps({"n": i, "size": s}).encode()
                              for i, s in enumerate(sizes)])
     trig = trigger(src, valueDeserializer="JSON")
