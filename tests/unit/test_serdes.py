@@ -9,6 +9,7 @@ AVRO runs against ``confluent_kafka``'s in-process mock registry (``mock://``).
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import math
 import struct
@@ -525,3 +526,104 @@ def test_json_floats_decode_as_json_loads() -> None:
         for text in (repr(x), f"{x:.17g}", f"{-x:.5e}"):
             got, want = de(f'{{"v":{text}}}'.encode())["v"], json.loads(text)
             assert got == want and type(got) is type(want), text
+
+
+# -- the JSON serializer: orjson first, exactly json's bytes ----------------------------------
+def _json_reference(value: Any) -> tuple[str, Any]:
+    """What ``json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+    default=...)`` makes of ``value`` (UUIDs as text, enum members as their value); None is
+    a tombstone."""
+    if value is None:
+        return "value", None
+    try:
+        text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                                default=serdes._ser_default).encode(value)
+        return "value", text.encode()
+    except (TypeError, ValueError, RecursionError):
+        return "error", None
+
+
+def _ser_outcome(value: Any) -> tuple[str, Any]:
+    try:
+        return "value", SERIALIZERS["JSON"](value)
+    except SerdeError:
+        return "error", None
+
+
+def _nest(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+_LOOP: list[Any] = []
+_LOOP.append(_LOOP)
+
+
+class _Color(enum.Enum):
+    RED = 1
+    BLUE = (2, "b")
+
+
+class _Text(str):
+    pass
+
+
+class _Num(int):
+    pass
+
+
+class _Map(dict):  # type: ignore[type-arg]
+    pass
+
+
+_SER_EDGES: list[Any] = [
+    {"a": None}, [1, None], {"f": 1e-5}, {"f": 1.5e-7}, {"f": 0.00012}, {"f": 1e16},
+    {"f": 1.5e300}, {"f": 5e-324}, {"f": -0.0}, {"f": 100.0}, {"f": 0.1 + 0.2},
+    {"nan": math.nan}, {"inf": math.inf}, [-math.inf], {"big": 2**64}, {"big": -(2**63) - 1},
+    {"u64": 2**63}, {1: "int key"}, {None: 1, True: 2, 1.5: 3}, {"s": "caf\u00e9 \u2028 \x7f"},
+    {"ctl": "\x00\x01\x1f\n\t\"\\"}, {"lone": "\ud800"}, {"e-": "tick-e-1"}, (1, 2),
+    uuid.UUID(int=5), {"id": uuid.UUID(int=7)}, _Color.RED, {"c": _Color.BLUE},
+    _Text("sub"), {"n": _Num(3)}, _Map(a=1), {_Text("k"): 1}, {1, 2}, b"bytes",
+    {"d": __import__("datetime").date(2024, 1, 1)}, object(), True, 0, "", [], {},
+    [[[[]]]], {"deep": _nest(300)}, "null", "0.00001", _LOOP,
+]
+
+
+@pytest.mark.parametrize("value", _SER_EDGES, ids=lambda v: type(v).__name__)
+def test_json_serializes_exactly_as_json(value: Any) -> None:
+    """orjson encodes first; the bytes, and what is refused, are json's: nulls, small floats,
+    NaN, big integers, non-str keys, subclasses, lone surrogates and deep nesting take json's
+    encoder; UUIDs and enum members are written as their text and value on both."""
+    assert _ser_outcome(value) == _json_reference(value)
+
+
+def test_json_serializes_random_values_as_json() -> None:
+    import random
+
+    rnd = random.Random(11)
+
+    def scalar() -> Any:
+        kind = rnd.randrange(6)
+        if kind == 0:
+            return rnd.random() * 10 ** rnd.randint(-12, 20) * rnd.choice((1, -1))
+        if kind == 1:
+            return rnd.randint(-(2**70), 2**70) if rnd.random() < 0.1 else rnd.randint(-999, 9**9)
+        if kind == 2:
+            return "".join(chr(rnd.choice((rnd.randrange(32), rnd.randrange(32, 127),
+                                          rnd.randrange(0x80, 0x3000))))
+                           for _ in range(rnd.randrange(12)))
+        return (None, True, False, round(rnd.uniform(-1e4, 1e4), rnd.randrange(6)))[kind - 3]
+
+    def value(depth: int) -> Any:
+        if depth > 3 or rnd.random() < 0.4:
+            return scalar()
+        if rnd.random() < 0.5:
+            return [value(depth + 1) for _ in range(rnd.randrange(5))]
+        return {f"k{i}{scalar() if rnd.random() < 0.2 else ''}": value(depth + 1)
+                for i in range(rnd.randrange(6))}
+
+    for _ in range(20_000):
+        v = value(0)
+        assert _ser_outcome(v) == _json_reference(v), v
