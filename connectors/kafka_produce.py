@@ -196,28 +196,36 @@ class Produce(TaskBase):
         sent; a record that does not fit fails the task (TaskFailure naming it)."""
         ser_key, ser_value = self.serializers()
         prepared: list[Prepared] = []
+        own = exec_id.encode()
+        fixed = [(k, v.encode()) for k, v in task_headers.items()]
+        default_part = self.partition  # (pydantic attributes: read once)
         for i, item in enumerate(items):
             if not isinstance(item, dict) or RECORD_KEYS.isdisjoint(item):
                 item = {"value": item}  # a bare value (e.g. an item of an API response)
             topic = item.get("topic") or default_topic
             if not topic:
                 raise TaskFailure(f"record {i}: no `topic` on the record or the task")
+            name = str(topic)
             field = "key"
             try:
-                key = ser_key(item.get("key"), str(topic))
+                key = ser_key(item.get("key"), name)
                 field = "value"
-                value = ser_value(item.get("value"), str(topic))
+                value = ser_value(item.get("value"), name)
             except SerdeError as exc:
                 serde = self.keySerializer if field == "key" else self.valueSerializer
                 raise TaskFailure(f"record {i} field `{field}` does not fit {serde}: {exc}"
                                   ) from None
-            headers: list[tuple[str, str | bytes | None]] = [(LOG_HEADER, exec_id.encode())]
-            headers += [(k, v.encode()) for k, v in task_headers.items()]
-            headers += [(str(k), str(v).encode()) for k, v in (item.get("headers") or {}).items()]
-            part = item.get("partition", self.partition)
-            prepared.append((str(topic), key, value, headers,
+            headers: list[tuple[str, str | bytes | None]] = [(LOG_HEADER, own)]
+            if fixed:
+                headers += fixed
+            extra = item.get("headers")
+            if extra:
+                headers += [(str(k), str(v).encode()) for k, v in extra.items()]
+            part = item.get("partition", default_part)
+            stamp = item.get("timestamp")
+            prepared.append((name, key, value, headers,
                              int(part) if part is not None else None,
-                             _timestamp(item.get("timestamp"))))
+                             None if stamp is None else _timestamp(stamp)))
         return prepared
 
     def run(self, ctx: RunContext) -> dict[str, Any] | None:

@@ -259,6 +259,8 @@ def _ser_struct(fmt: str, name: str, kind: type) -> Serializer:
 
 
 def _ser_string(value: Any) -> bytes | None:
+    if type(value) is str:
+        return value.encode()
     if value is None:
         return None
     if isinstance(value, bytes):

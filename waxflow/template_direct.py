@@ -117,7 +117,46 @@ class _Builder:
 
         return get
 
+    def _path(self, node: nodes.Getattr | nodes.Getitem) -> Getter | None:
+        """A chain of ``.name``/``["name"]`` look-ups on a variable (``trigger.value.n``)
+        as one getter: the same steps as the getters of its parts, without a call per part
+        (an intermediate value that is missing, Undefined or not a dict: Jinja decides)."""
+        names: list[str] = []
+        top: nodes.Node = node
+        while True:
+            if isinstance(top, nodes.Getattr):
+                names.append(top.attr)
+            elif (isinstance(top, nodes.Getitem) and isinstance(top.arg, nodes.Const)
+                  and type(top.arg.value) is str):
+                names.append(top.arg.value)
+            else:
+                break
+            top = top.node
+        if (not names or not isinstance(top, nodes.Name) or top.ctx != "load"
+                or top.name in SPECIAL_NAMES):
+            return None
+        names.reverse()
+        name = top.name
+        default = self.globals.get(name, _MISSING)
+        keys = tuple(names)
+
+        def get(ctx: Mapping[str, Any]) -> Any:
+            obj = ctx.get(name, default)  # (_MISSING and Undefined are not dicts)
+            for key in keys:
+                if (type(obj) is dict or isinstance(obj, dict)) and key in obj:
+                    obj = obj[key]
+                else:
+                    raise _FALLBACK
+            if isinstance(obj, _UNDEFINED):
+                raise _FALLBACK
+            return obj
+
+        return get
+
     def _Getattr(self, node: nodes.Getattr) -> Getter | None:
+        path = self._path(node)
+        if path is not None:
+            return path
         inner = self.build(node.node)
         if inner is None:
             return None
@@ -133,6 +172,9 @@ class _Builder:
         return get
 
     def _Getitem(self, node: nodes.Getitem) -> Getter | None:
+        path = self._path(node)
+        if path is not None:
+            return path
         inner = self.build(node.node)
         if inner is None or not isinstance(node.arg, nodes.Const):
             return None
