@@ -215,7 +215,9 @@ class InstanceLock:
         assert consumer is not None
         while not self._stop.is_set():
             try:
-                consumer.poll(0.5)
+                # (short: release joins this thread, and a stop waits for the poll to end;
+                # ten polls a second of a consumer that receives nothing cost next to nothing)
+                consumer.poll(0.1)
             except RuntimeError:  # closed meanwhile
                 return
 

@@ -195,9 +195,9 @@ class Transactions:
             try:
                 deliveries.wait()
             except DeliveryError as exc:
-                found = self._owners(taken, [(record, f"delivery failed: "
-                                              f"{deliveries.describe(*record[:4])}: {err.str()}")
-                                             for err, record in deliveries.failures])
+                found = self._owners(taken, [(record, err.str())
+                                             for err, record in deliveries.failures],
+                                     describe=deliveries.describe)
                 if not found:  # not one of ours: the transaction cannot be trusted
                     raise exc from None
                 for exec_id, why in found.items():
@@ -213,12 +213,14 @@ class Transactions:
         raise TransactionError("the epoch's transaction aborted three times; stopping")
 
     @staticmethod
-    def _owners(taken: list[Produced], refused: list[tuple[Record, str]]
-                ) -> dict[str, tuple[str, str]]:
+    def _owners(taken: list[Produced], refused: list[tuple[Record, str]], *,
+                describe: Callable[..., str] | None = None) -> dict[str, tuple[str, str]]:
         """The executions whose records were refused: ``{id: (task id, error)}``. A record
         is known by its topic, key and value (a delivery report carries no headers): a
         refusal is about what a record is, so records alike are refused alike, and every
-        execution that sent one is failed (called only on failure)."""
+        execution that sent one is failed (called only on failure). ``describe``: the
+        refusals are delivery reports (``why`` is the broker's error), worded with the
+        record as it was held (its headers name its execution and source record)."""
         wanted: dict[tuple[str, bytes | None, bytes | None], str] = {
             (record[0], record[1], record[2]): why for record, why in refused}
         failed: dict[str, tuple[str, str]] = {}
@@ -227,6 +229,8 @@ class Transactions:
                 for record in held:
                     why = wanted.get((record[0], record[1], record[2]))
                     if why is not None:
+                        if describe is not None:
+                            why = f"delivery failed: {describe(*record[:4])}: {why}"
                         failed.setdefault(produced.id, (task_id, why))
         return failed
 

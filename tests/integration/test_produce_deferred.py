@@ -57,6 +57,8 @@ def test_a_delivery_refused_after_the_task_returned_fails_only_its_execution(
     assert failed["error"]["taskId"] == "out"
     assert "too large" in failed["error"]["message"].lower(), failed["error"]
     assert f"topic {dst}" in failed["error"]["message"]
+    if txn:  # worded from the record as it was held (its headers name the execution)
+        assert f"of execution {failed['id']}" in failed["error"]["message"]
     assert [r["state"] for r in failed["taskRuns"]] == ["FAILED"]
     assert committed(bootstrap, trig["groupId"], src, 1) == end_offsets(bootstrap, src, 1)
     isolation = "read_committed" if txn else "read_uncommitted"
