@@ -47,7 +47,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import jinja2
@@ -64,12 +63,13 @@ from waxflow.execution import (
     State,
     TaskRun,
     TriggerInfo,
-    iso,
-    json_date,
+    from_us,
+    iso_us,
     json_scalar,
     json_value,
     jsonable,
     now,
+    now_us,
     run_id,
 )
 from waxflow.execution import encode_json as _encode
@@ -130,7 +130,7 @@ class FastRun:
                  "rid", "runs", "start", "upstream")
 
     def __init__(self, *, flow: CompiledFlow, rec: Decoded, exec_id: str, rid: str,
-                 start: datetime, end: datetime, runs: list[list[Any]],
+                 start: int, end: int, runs: list[list[Any]],
                  logs: list[dict[str, Any]] | None, upstream: str | None,
                  records: list[tuple[Produce, list[Prepared]]], document: bytes) -> None:
         self._flow = flow
@@ -158,7 +158,7 @@ class FastRun:
         Compiled`): its id, flow, topic, duration and task runs (id, type), each a SUCCESS
         in one attempt, as :meth:`execution` builds them."""
         return (self.exec_id, self._flow.name, self.rec.raw.topic,
-                (self.end - self.start).total_seconds(),
+                (self.end - self.start) / 1_000_000,
                 [(meta[0].id, meta[0].type) for meta, _out in self.runs])
 
 
@@ -324,7 +324,7 @@ class CompiledFlow:
         """The execution of one decoded record (no serde error, not filtered), or None: the
         general path must run it (module doc). Emits nothing."""
         raw = rec.raw
-        start = now()
+        start = now_us()  # (microseconds: FastRun's times)
         rid = run_id()
         headers = headers_text(raw.headers)
         outputs: dict[str, Any] = {}
@@ -337,7 +337,7 @@ class CompiledFlow:
             "env": self._env,
         }
         if self.needs_execution:
-            ctx["execution"] = {"id": exec_id, "startDate": iso(start), "runId": rid,
+            ctx["execution"] = {"id": exec_id, "startDate": iso_us(start), "runId": rid,
                                 "state": State.RUNNING.value}
         st = _State(ctx, outputs, exec_id)
         try:
@@ -345,7 +345,7 @@ class CompiledFlow:
                 step(st)
         except Exception:  # the general path runs it (and records the failure)
             return None
-        end = now()
+        end = now_us()
         upstream = headers.get("waxflow.execution.id")
         try:
             text = self._document(rec, exec_id, rid, start, end, st.runs, st.logs, upstream)
@@ -358,13 +358,13 @@ class CompiledFlow:
                        runs=st.runs, logs=st.logs, upstream=upstream, records=st.records,
                        document=data)
 
-    def _document(self, rec: Decoded, exec_id: str, rid: str, start: datetime,
-                  end: datetime, runs: list[list[Any]], logs: list[dict[str, Any]] | None,
+    def _document(self, rec: Decoded, exec_id: str, rid: str, start: int,
+                  end: int, runs: list[list[Any]], logs: list[dict[str, Any]] | None,
                   upstream: str | None) -> str:
         """:meth:`Execution._json_text` of the execution the general path would hold
         (``exec_id`` and ``rid`` are hex: written without escaping)."""
         raw = rec.raw
-        s, e = json_date(start), json_date(end)
+        s, e = f'"{iso_us(start)}"', f'"{iso_us(end)}"'  # (json_date of from_us(...))
         attempt_tail = f',"endDate":{e},"error":null}}],"outputs":'
         parts = []
         for (_task, _parent, prefix), out in runs:
@@ -390,7 +390,7 @@ class CompiledFlow:
                    f'{"null" if count is None else json_scalar(count)}}}')
         text = (f'{head}"{exec_id}"{mid}"{rid}","startDate":{s},'
                 f'"endDate":{e},"durationMs":'
-                f'{float.__repr__((end - start).total_seconds() * 1000)},'
+                f'{float.__repr__((end - start) / 1_000_000 * 1000)},'
                 f'"trigger":{trigger},"taskRuns":[{",".join(parts)}],"error":null,'
                 f'"upstreamExecutionId":'
                 f'{"null" if upstream is None else json_scalar(upstream)},'
@@ -414,16 +414,16 @@ class CompiledFlow:
                                 partition=raw.partition, offset=raw.offset,
                                 key=jsonable(rec.key), timestamp=raw.timestamp,
                                 delivery_count=raw.delivery_count),
-            run_id=run.rid, start=run.start, upstream_id=run.upstream,
+            run_id=run.rid, start=from_us(run.start), upstream_id=run.upstream,
             labels=dict(self.flow.labels))
         for (task, parent_id, _prefix), out in run.runs:
             execution.task_runs.append(TaskRun(
                 task.id, task.type, parent_id, state=State.SUCCESS,
-                attempts=[Attempt(State.SUCCESS, run.start, run.end)],
+                attempts=[Attempt(State.SUCCESS, from_us(run.start), from_us(run.end))],
                 outputs=out if isinstance(out, dict) else None))
         if run.logs:
             execution.logs = list(run.logs)
-        execution.state, execution.end = State.SUCCESS, run.end
+        execution.state, execution.end = State.SUCCESS, from_us(run.end)
         return execution
 
 

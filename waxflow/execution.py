@@ -29,9 +29,10 @@ import math
 import os
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -167,6 +168,33 @@ def iso(ts: datetime | None) -> str | None:
     if hit[0] != second:
         hit = _ISO_SECOND[0] = (second, ts.replace(microsecond=0, tzinfo=None).isoformat())
     micro = ts.microsecond
+    return f"{hit[1]}.{micro:06d}+00:00" if micro else f"{hit[1]}+00:00"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: (an epoch second, its ISO text without offset): one slot, replaced whole
+_ISO_EPOCH_SECOND: list[tuple[int, str]] = [(-1, "")]
+
+
+def now_us() -> int:
+    """Now, as integer microseconds since the epoch: the clock :func:`now` reads (the
+    system's, floored to the microsecond), without a datetime object (the compiled path
+    keeps its times so and builds datetimes only if it needs the execution object)."""
+    return time.time_ns() // 1000
+
+
+def from_us(us: int) -> datetime:
+    """The UTC datetime of :func:`now_us`'s microseconds (exact)."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def iso_us(us: int) -> str:
+    """``iso(from_us(us))`` without the datetime: the second's text formatted once."""
+    second, micro = divmod(us, 1_000_000)
+    hit = _ISO_EPOCH_SECOND[0]
+    if hit[0] != second:
+        text = (_EPOCH + timedelta(seconds=second)).replace(tzinfo=None).isoformat()
+        hit = _ISO_EPOCH_SECOND[0] = (second, text)
     return f"{hit[1]}.{micro:06d}+00:00" if micro else f"{hit[1]}+00:00"
 
 

@@ -538,6 +538,29 @@ def test_dates_are_isoformat_around_second_boundaries() -> None:
     assert iso(None) is None
 
 
+def test_microsecond_times_are_the_datetimes_and_texts_of_the_same_instants() -> None:
+    """The compiled path's clock (integer microseconds): the same instants, texts and
+    durations as the general path's datetimes."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from waxflow.execution import from_us, iso, iso_us, now, now_us
+
+    base = datetime(2026, 12, 31, 23, 59, 59, 999_998, tzinfo=UTC)
+    base_us = (base - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    for step in range(6):  # crosses a second, a minute, a day, a month and a year
+        assert from_us(base_us + step) == base + timedelta(microseconds=step)
+        assert iso_us(base_us + step) == (base + timedelta(microseconds=step)).isoformat()
+    rnd = random.Random(3)
+    for _ in range(2_000):
+        us, dur = rnd.randrange(0, 4_102_444_800 * 10**6), rnd.randrange(0, 10**8)
+        start, end = from_us(us), from_us(us + dur)
+        assert iso_us(us) == iso(start) and iso_us(us + dur) == iso(end)
+        assert dur / 1_000_000 * 1000 == (end - start).total_seconds() * 1000
+    before, got, after = now(), from_us(now_us()), now()
+    assert before <= got <= after
+
+
 def test_run_ids_are_fresh_hex() -> None:
     ids = {Execution(id="e", namespace="n", flow_id="f", trigger=TriggerInfo(type="t")).run_id
            for _ in range(100)}
