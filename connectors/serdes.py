@@ -1,10 +1,12 @@
 """Kafka key/value (de)serializers by Kestra's names, compatible with Kafka's Java serdes.
 
 Numbers are big-endian like ``IntegerSerializer``/``LongSerializer``/...; STRING and UUID are
-UTF-8 text; JSON is UTF-8 JSON. A null payload (tombstone) deserializes to ``None`` for every
-type. A payload that does not fit its type raises :class:`SerdeError` with the reason, and so
-does every other failure of a deserializer (a decoder's own exception, ``RecursionError``,
-``MemoryError``): a bad record is a serde error of that record, never a crash of the job.
+UTF-8 text; JSON is UTF-8 JSON (written compact, non-ASCII kept; NaN and infinities refused;
+a UUID written as its text and an enum member as its value). A null payload (tombstone)
+deserializes to ``None`` for every type. A payload that does not fit its type raises
+:class:`SerdeError` with the reason, and so does every other failure of a deserializer (a
+decoder's own exception, ``RecursionError``, ``MemoryError``): a bad record is a serde error
+of that record, never a crash of the job.
 
 JSON and ION values nested deeper than :data:`MAX_DEPTH` levels of arrays/objects are serde
 errors too. Later steps walk values recursively on Python's stack (recursion limit 1,000),
