@@ -75,9 +75,12 @@ class Executor:
         self.stop_on_failure = stop_on_failure
         self.key_ordering = key_ordering
         self.max_concurrency = max_concurrency
-        # no task of the flow blocks: run executions on the worker thread (no pool hand-off)
-        self.inline = max_concurrency == 1 or not any(
-            task.BLOCKING for _, task in engine.flow.all_tasks())
+        # no task of the flow blocks: run executions on the worker thread (no pool hand-off).
+        # A flow whose tasks may block runs them on the pool even with maxConcurrency 1 (a
+        # pool of one thread, in submission order): inline, a batch of slow executions kept
+        # the worker in the step for its whole length, with no snapshot (nothing settled,
+        # committed or counted) and no RUNNING document meanwhile
+        self.inline = not any(task.BLOCKING for _, task in engine.flow.all_tasks())
         #: write a RUNNING document when an execution starts: by default only where
         #: executions may take long (blocking tasks on the pool); an inline execution takes
         #: micro- to milliseconds and writes its terminal document only

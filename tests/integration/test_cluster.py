@@ -153,9 +153,8 @@ def test_two_members_started_separately_form_one_cluster_and_survive_a_kill(
 
     # 2. more records; SIGKILL member 1 mid-way: member 0 stops by itself with one line.
     # "Mid-way" is read from the execution log (a terminal document is written as its
-    # execution ends), not from the metrics: those count an execution at the snapshot that
-    # settles it, and with maxConcurrency 1 a worker takes its whole first batch (here each
-    # member's 400 records) before its next snapshot, so the count jumps from 0 to 400
+    # execution ends), not from the metrics, which count an execution only at the snapshot
+    # that settles it
     write_flow(tmp_path, FLOW.format(topic=topic, group=group, ms=30))
     produce_json(bootstrap, topic, [{"id": i} for i in range(400, 1200)], partitions=4)
     zero, one = cluster.start(0), cluster.start(1)
