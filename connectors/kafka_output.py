@@ -577,8 +577,8 @@ class _TxnDeliveries(Deliveries):
             pass
         self.sent += done
         with self.scope._lock:
-            self.scope.records += records[:done] if done < len(records) else records
-        return super().produce_all(records[done:]) if done < len(records) else []
+            self.scope.records += records[:done]
+        return super().produce_all(records[done:])
 
     def _refused(self, err: KafkaError, record: Record) -> bool:
         if not is_outage(err):
